@@ -1,0 +1,69 @@
+"""One exception tree for pybpf.
+
+Every error a user can meet derives from BpfError, so `except BpfError` is
+enough for a CLI to print one clean line and exit non-zero.
+"""
+import errno as _errno
+import os as _os
+
+
+class BpfError(Exception):
+    """Base of every pybpf error."""
+
+
+class AssemblerError(BpfError, ValueError):
+    """An instruction or program cannot be encoded or parsed.
+
+    `where` is a human location: "file.py:12", "line 3, column 7", or "insn 5".
+    """
+
+    def __init__(self, message, where=None):
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class SyscallError(BpfError, OSError):
+    """A system call failed. Says which command and why."""
+
+    def __init__(self, command, err, detail=None):
+        self.command = command
+        text = f"{command}: {_os.strerror(err)} ({_errno.errorcode.get(err, err)})"
+        if detail:
+            text += f": {detail}"
+        OSError.__init__(self, err, text)
+
+    def __str__(self):
+        return self.strerror
+
+
+class VerifierError(SyscallError):
+    """The verifier rejected a program.
+
+    log:      the full verifier log
+    insn_idx: index of the failing instruction, when the log names one
+    insn:     that instruction in kernel syntax
+    source:   "file.py:line" of the DSL call that emitted it, when known
+    """
+
+    def __init__(self, err, log, insn_idx=None, insn=None, source=None, name=None):
+        self.log = log
+        self.insn_idx = insn_idx
+        self.insn = insn
+        self.source = source
+        self.name = name
+        tail = [line for line in log.strip().splitlines() if line.strip()][-3:]
+        detail = " | ".join(tail) if tail else "no verifier log"
+        if insn is not None:
+            detail += f"\n  failing instruction {insn_idx}: {insn}"
+        if source:
+            detail += f"\n  emitted at {source}"
+        super().__init__("BPF_PROG_LOAD" + (f" {name}" if name else ""), err, detail)
+
+
+class FeatureUnavailable(BpfError):
+    """The running kernel lacks something a call needs (a hook, a map type)."""
+
+
+class NotPermitted(SyscallError):
+    """EPERM/EACCES: usually not root, or a locked-down kernel."""

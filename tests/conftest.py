@@ -1,0 +1,38 @@
+"""Shared test fixtures.
+
+Kernel tests need root and a kernel with BPF. Without them they skip with a
+one-line reason; they never fail with a traceback.
+"""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def _kernel_reason():
+    if os.geteuid() != 0:
+        return "needs root (BPF syscalls)"
+    if not os.path.exists("/sys/fs/bpf") and not os.path.exists("/proc/sys/kernel/unprivileged_bpf_disabled"):
+        return "kernel has no BPF"
+    return None
+
+
+KERNEL_SKIP_REASON = _kernel_reason()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/kernel/ is a kernel test; so is anything marked so."""
+    skip = pytest.mark.skip(reason=KERNEL_SKIP_REASON) if KERNEL_SKIP_REASON else None
+    for item in items:
+        if f"{os.sep}tests{os.sep}kernel{os.sep}" in str(item.fspath):
+            item.add_marker(pytest.mark.kernel)
+        if skip and "kernel" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kernel: needs root and a BPF-capable kernel")
