@@ -22,6 +22,7 @@ ffi = cffi.FFI()
 ffi.cdef("""
 long syscall(long number, ...);
 int ioctl(int fd, unsigned long request, ...);
+int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data);
 
 union bpf_attr {
     struct {                                 /* BPF_MAP_CREATE */
@@ -637,6 +638,37 @@ def obj_get(path, flags=0):
         return bpf(Cmd.OBJ_GET, attr)
     except SyscallError as e:
         raise syscall_error(f"BPF_OBJ_GET {path}", e.errno) from None
+
+
+def mount_point(path, fstype):
+    """The mount point of the nearest `fstype` mount at or above path (from /proc/self/mountinfo), or None."""
+    path = os.path.realpath(path)
+    best = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            # mount point is field 5; the fs type follows the " - " separator
+            target = fields[4].replace("\\040", " ")
+            if fields[fields.index("-") + 1] != fstype:
+                continue
+            if path == target or path.startswith(target.rstrip("/") + "/"):
+                if best is None or len(target) > len(best):
+                    best = target
+    return best
+
+
+def ensure_bpffs(directory="/sys/fs/bpf"):
+    """Make sure directory lies on a bpffs, mounting one at /sys/fs/bpf when it is missing.
+
+    Pins only work on bpffs; a fresh VM or container often lacks the mount.
+    """
+    if mount_point(directory, "bpf"):
+        return
+    root = "/sys/fs/bpf"
+    if not os.path.realpath(directory).startswith(root):
+        raise BpfError(f"{directory} is not on a bpffs mount (mount -t bpf bpf <dir>)")
+    if lib.mount(b"bpf", root.encode(), b"bpf", 0, ffi.NULL) != 0:
+        raise syscall_error(f"mount -t bpf bpf {root}", ffi.errno)
 
 
 def get_fd_by_id(kind, id, flags=0):
