@@ -1,0 +1,50 @@
+"""bpfhook command line: one subcommand per tool module.
+
+A tool module registers itself in COMMANDS and provides
+  HELP                 one-line description
+  NEEDS_ROOT           True when it loads BPF, changes namespaces, ...
+  add_arguments(p)     fills its argparse (sub)parser
+  run(args) -> int     does the work; raises BpfError/OSError on failure
+"""
+import argparse
+import importlib
+import os
+import sys
+
+from pybpf.errors import BpfError
+
+COMMANDS = {
+    "lab": "bpfhook.lab",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes print one line, not the whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser():
+    parser = _Parser(prog="bpfhook", description="eBPF tools for containers, in pure Python")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.set_defaults(module=module)
+        module.add_arguments(p)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.module.NEEDS_ROOT and os.geteuid() != 0:
+        print(f"bpfhook: error: '{args.command}' needs root (run it with sudo)", file=sys.stderr)
+        return 1
+    try:
+        return args.module.run(args) or 0
+    except (BpfError, OSError) as e:
+        print(f"bpfhook: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,39 @@
+"""`import pybpf` and `import bpfhook` stay cheap: no heavy dependency at import time."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HEAVY = ("pyroute2", "construct", "cffi")
+BUDGET_MS = 50
+
+# Time the import inside the interpreter, so process start-up noise stays out.
+PROBE = """
+import sys, time
+t = time.perf_counter()
+import {module}
+ms = (time.perf_counter() - t) * 1000
+print(ms, ",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def _import_cost(module):
+    """Best of 5 fresh interpreters: (milliseconds, heavy modules loaded)."""
+    runs = []
+    for _ in range(5):
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE.format(module=module, heavy=HEAVY)],
+            cwd=ROOT, capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.split()
+        runs.append((float(out[0]), out[1:]))
+    return min(runs)
+
+
+@pytest.mark.parametrize("module", ["pybpf", "bpfhook", "bpfhook.cli"])
+def test_import_is_light(module):
+    ms, heavy = _import_cost(module)
+    print(f"\nimport {module}: {ms:.1f} ms over bare python (budget {BUDGET_MS} ms)")
+    assert heavy == [], f"import {module} pulled in {heavy}"
+    assert ms < BUDGET_MS
