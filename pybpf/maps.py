@@ -38,7 +38,7 @@ LOCAL_STORAGE_TYPES = frozenset({MapType.SK_STORAGE, MapType.INODE_STORAGE, MapT
                                  MapType.CGRP_STORAGE})
 _NO_PREALLOC_TYPES = LOCAL_STORAGE_TYPES | {MapType.LPM_TRIE}
 # Errors that mean "this kernel/map has no batch ops", not "your call was wrong".
-_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, 524)   # 524: the kernel-internal ENOTSUPP
+_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, _sys.ENOTSUPP)
 
 _BATCH_SIZE = 4096
 
@@ -528,7 +528,9 @@ class Map:
         try:
             _sys.bpf(cmd, attr)
         except SyscallError as e:
-            e.done = attr.batch.count     # elements processed before the failure
+            # Elements processed before the failure; a kernel that refused the
+            # command outright leaves count untouched.
+            e.done = attr.batch.count if attr.batch.count < count else 0
             raise
 
     # ---- whole-map operations ----------------------------------------------------

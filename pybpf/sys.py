@@ -507,6 +507,7 @@ _SYSCALLS = {
 _NR = _SYSCALLS.get(platform.machine())
 
 ATTR_SIZE = ffi.sizeof("union bpf_attr")
+ENOTSUPP = 524   # kernel-internal errno that bpf() lets escape; strerror() does not know it
 
 # perf_event_open(2) and its ioctls (asm-generic _IO/_IOW encoding, same on both arches).
 PERF_FLAG_FD_CLOEXEC = 1 << 3
@@ -547,6 +548,8 @@ def syscall_error(command, err, detail=None):
     """The exception for a failed call: NotPermitted for EPERM/EACCES, SyscallError otherwise."""
     if err in (_errno.EPERM, _errno.EACCES):
         return NotPermitted(command, err, detail or "are you root? (needs CAP_BPF/CAP_SYS_ADMIN)")
+    if err == ENOTSUPP:
+        detail = "ENOTSUPP: not supported for this object or kernel" + (f"; {detail}" if detail else "")
     return SyscallError(command, err, detail)
 
 

@@ -177,6 +177,9 @@ def test_prog_array(no_fd_leak):
             prog_id = bsys.obj_get_info_by_fd(prog, "prog").id
             assert m[0] == prog_id
             assert m.lookup(1) is None
+            # prog arrays have no batch ops (ENOTSUPP): both fall back to one element at a time
+            m.update_batch({2: prog})
+            assert m.lookup_batch() == [(0, prog_id), (2, prog_id)]
             assert m.delete(0) and m.lookup(0) is None
     finally:
         os.close(prog)
