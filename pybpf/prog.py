@@ -1,0 +1,517 @@
+"""Load programs into the kernel, run them, and read them back.
+
+    prog = load(insns, "xdp", name="pass")       # -> Program (owns the fd)
+    prog.test_run(b"\\0" * 64).retval
+    prog_info(fd).xlated                          # any program, ours or not
+
+The first BPF_PROG_LOAD asks for no verifier log: that is the fast path, and
+most loads succeed. Only a failed load is retried with a log (64 KiB, growing
+x4 on ENOSPC up to 16 MiB); the error then names the failing instruction in
+kernel syntax and the Python line that emitted it.
+"""
+import errno as _errno
+import os
+import re
+from dataclasses import dataclass
+
+from . import sys as _sys
+from .errors import AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError
+from .insn import Insn, InvalidInsn
+from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType
+
+LOG_SIZE_START = 64 << 10
+LOG_SIZE_MAX = 16 << 20
+LOG_STATS = 4  # BPF_LOG_STATS: the verifier's summary lines only
+BPF_MAXINSNS = 4096  # unprivileged limit; root gets BPF_COMPLEXITY_LIMIT_INSNS
+COMPLEXITY_LIMIT_INSNS = 1_000_000
+ENOTSUPP = 524  # kernel-internal errno that BPF_PROG_TEST_RUN leaks for types it cannot run
+_EAGAIN_RETRIES = 5  # the kernel returns EAGAIN when a load races a signal; libbpf retries too
+
+# Program types whose BPF_PROG_TEST_RUN takes a context only: repeat, data and duration must be zero.
+_CTX_ONLY_TEST_RUN = frozenset((ProgType.RAW_TRACEPOINT, ProgType.SYSCALL))
+
+_INSN_LINE = re.compile(r"^(\d+): \(([0-9a-f]{2})\) (.*)$", re.M)
+_INSN_MENTION = re.compile(r"\binsn (\d+)")
+_STATS_LINE = re.compile(r"^processed \d+ insns.*$", re.M)
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.]")
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+def _enum_arg(enum, value, what):
+    """An enum member from a member, an int, or a name ("xdp", "BPF_PROG_TYPE_XDP", "SCHED_CLS")."""
+    if isinstance(value, enum):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return enum(value)
+        except ValueError:
+            return value  # a type newer than our table: let the kernel judge it
+    if isinstance(value, str):
+        key = value.upper()
+        for prefix in ("BPF_PROG_TYPE_", "BPF_"):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        try:
+            return enum[key]
+        except KeyError:
+            known = ", ".join(m.name.lower() for m in enum if m.value)
+            raise BpfError(f"unknown {what} {value!r}; known: {known}") from None
+    raise BpfError(f"{what} must be a name, an int or {enum.__name__}, not {type(value).__name__}")
+
+
+def prog_type_of(value):
+    """ProgType for "xdp", "sched_cls", ProgType.XDP or 6."""
+    return _enum_arg(ProgType, value, "program type")
+
+
+def attach_type_of(value):
+    """AttachType for "cgroup_inet4_connect", AttachType.XDP or 37."""
+    return _enum_arg(AttachType, value, "attach type")
+
+
+def _type_name(value):
+    return value.name.lower() if isinstance(value, ProgType) else f"type {value}"
+
+
+def object_name(name):
+    """The kernel takes 15 chars of [A-Za-z0-9_.]; anything else would be EINVAL."""
+    return _NAME_CHARS.sub("_", str(name))[:OBJ_NAME_LEN - 1]
+
+
+def _fd_of(ref, insn):
+    fd = getattr(ref, "fd", None)
+    if not isinstance(fd, int) or fd < 0:
+        raise AssemblerError(f"{insn.op.name}: map {ref!r} has no open fd (closed?)", insn.source)
+    return fd
+
+
+def instructions(program):
+    """Linked Insn list for a DSL program, a list of Insn, or None for raw bytes.
+
+    Label references are resolved here; map references are left to `patch_maps`.
+    """
+    if isinstance(program, (bytes, bytearray, memoryview)):
+        return None
+    if hasattr(program, "link") and callable(program.link):
+        program = program.link()
+    if isinstance(program, (list, tuple)):
+        for i, insn in enumerate(program):
+            if not isinstance(insn, (Insn, InvalidInsn)):
+                raise AssemblerError(f"program element {i} is {type(insn).__name__}, not an Insn")
+        from .link import link
+
+        return link(program)
+    raise AssemblerError("program must be a list of Insn, a DSL program (with .link()) or bytes, "
+                         f"not {type(program).__name__}")
+
+
+def patch_maps(insns):
+    """Write map fds into ld_map_fd / ld_map_value instructions whose ref is a map object."""
+    out = []
+    for insn in insns:
+        ref = insn.ref
+        if insn.op is not None and insn.op.name in ("ld_map_fd", "ld_map_value") and hasattr(ref, "fd"):
+            fd = _fd_of(ref, insn)
+            # ld_map_value keeps its value offset in the high half of imm.
+            imm = fd if insn.op.name == "ld_map_fd" else fd | (insn.imm_hi << 32)
+            insn = Insn(insn.op, insn.dst, insn.src, insn.off, imm,
+                        label=insn.label, ref=ref, source=insn.source)
+        out.append(insn)
+    return out
+
+
+def _slot_table(insns):
+    """slot index -> Insn (ld_imm64 covers two slots; the verifier counts slots)."""
+    table = []
+    for insn in insns:
+        table.extend([insn] * insn.slots)
+    return table
+
+
+# -- the verifier log ------------------------------------------------------------------------------
+
+def failing_insn_index(log):
+    """Index of the instruction the verifier stopped at: the last "N: (xx) ..." line,
+    else an "insn N" the error message names (unreachable insn, jump out of range)."""
+    found = None
+    for match in _INSN_LINE.finditer(log):
+        found = match
+    if found is not None:
+        return int(found.group(1)), found.group(0)
+    for line in reversed([l for l in log.splitlines() if l.strip()][-3:]):
+        mention = _INSN_MENTION.search(line)
+        if mention:
+            return int(mention.group(1)), None
+    return None, None
+
+
+def _insn_text(insn, kernel_line):
+    """Kernel syntax for insn: pybpf.disasm when it is there, else the verifier's own line."""
+    try:
+        from .disasm import format_insn
+    except ImportError:
+        format_insn = None
+    if format_insn is not None and insn is not None:
+        try:
+            return format_insn(insn)
+        except Exception:  # a formatter bug must never hide the verifier's message
+            pass
+    if kernel_line is not None:
+        return kernel_line.split(" ", 1)[1]
+    return repr(insn) if insn is not None else None
+
+
+def stats_line(log):
+    """The verifier's "processed N insns (limit ...) ..." line, or None."""
+    match = None
+    for match in _STATS_LINE.finditer(log or ""):
+        pass
+    return match.group(0) if match else None
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+def _bpf_prog_load(attr, log_level):
+    """Run BPF_PROG_LOAD; returns (fd, errno, log). The log buffer grows until it fits."""
+    size, buf = LOG_SIZE_START, None
+    retries = _EAGAIN_RETRIES
+    while True:
+        if log_level:
+            if buf is None or len(buf) < size:
+                buf = _sys.ffi.new("char[]", size)
+            attr.log_level, attr.log_size, attr.log_buf = log_level, size, _sys.address(buf)
+            attr.log_true_size = 0
+        else:
+            attr.log_level, attr.log_size, attr.log_buf = 0, 0, 0
+        try:
+            fd = _sys.bpf(Cmd.PROG_LOAD, attr)
+            err = 0
+        except SyscallError as e:
+            fd, err = None, e.errno
+        if err == _errno.EAGAIN and retries:
+            retries -= 1
+            continue
+        if err == _errno.ENOSPC and log_level and size < LOG_SIZE_MAX:
+            size = min(LOG_SIZE_MAX, max(size * 4, attr.log_true_size))
+            continue
+        log = _sys.ffi.string(buf).decode(errors="replace") if log_level else ""
+        return fd, err, log
+
+
+def _load_error(err, log, slots, ptype, name, insn_cnt):
+    label = f"BPF_PROG_LOAD {name or _type_name(ptype)}"
+    if log.strip():
+        idx, kernel_line = failing_insn_index(log)
+        insn = slots[idx] if slots is not None and idx is not None and idx < len(slots) else None
+        source = getattr(insn, "source", None)
+        return VerifierError(err, log, idx, _insn_text(insn, kernel_line), source, name or None)
+    if err in (_errno.EPERM, _errno.EACCES):
+        if os.geteuid() != 0:
+            return NotPermitted(label, err, "needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)")
+        return NotPermitted(label, err, f"the kernel refuses {_type_name(ptype)} programs here "
+                            "(lockdown, LSM policy, or the hook is not built in)")
+    if err == _errno.E2BIG:
+        if insn_cnt > BPF_MAXINSNS:
+            return SyscallError(label, err, f"program too large: {insn_cnt} instructions "
+                                f"(limit {COMPLEXITY_LIMIT_INSNS} as root, {BPF_MAXINSNS} unprivileged)")
+        return SyscallError(label, err, "the kernel is too old for a load attribute set here")
+    if err == _errno.EINVAL:
+        return SyscallError(label, err, f"kernel rejected {_type_name(ptype)}: unknown to this kernel, "
+                            "or it needs expected_attach_type / attach_btf_id, or the load flags are wrong")
+    return SyscallError(label, err)
+
+
+def load(program, prog_type, *, name="", license="GPL", expected_attach_type=None, attach_btf_id=0,
+         attach_btf_obj_fd=0, attach_prog_fd=0, kern_version=0, prog_flags=0, log_level=0,
+         fd_array=None, ifindex=0, stats=False):
+    """Load a program; returns a Program that owns the fd.
+
+    program:   list of Insn (labels linked, map refs patched), a DSL program (.link()), or bytes
+    prog_type: ProgType, its value, or its name ("xdp", "sched_cls", "BPF_PROG_TYPE_XDP")
+    log_level: 1 or 2 asks for the verifier log on success too (Program.log); stats=True adds the
+               verifier's summary (Program.stats). Without either, the log is fetched only on failure.
+    fd_array:  fds (or objects with .fd) for ld_map_idx / kfunc module BTFs
+
+    Raises VerifierError (log, insn_idx, insn, source), NotPermitted, SyscallError, AssemblerError.
+    """
+    ptype = prog_type_of(prog_type)
+    insns = instructions(program)
+    if insns is None:
+        code, slots = bytes(program), None
+        if len(code) % 8:
+            raise AssemblerError(f"bytecode is {len(code)} bytes, not a multiple of 8")
+    else:
+        insns = patch_maps(insns)
+        from .insn import encode
+
+        code, slots = encode(insns), _slot_table(insns)
+    insn_cnt = len(code) // 8
+    if not insn_cnt:
+        raise AssemblerError("empty program: it needs at least an exit")
+
+    ffi = _sys.ffi
+    code_buf = ffi.from_buffer(code)
+    license_buf = ffi.new("char[]", str(license).encode())
+    attr = _sys.new_attr()
+    attr.prog_type = int(ptype)
+    attr.insn_cnt = insn_cnt
+    attr.insns = _sys.address(code_buf)
+    attr.license = _sys.address(license_buf)
+    attr.kern_version = kern_version
+    attr.prog_flags = int(prog_flags)
+    attr.prog_name = object_name(name).encode()
+    attr.prog_ifindex = ifindex
+    if expected_attach_type is not None:
+        attr.expected_attach_type = int(attach_type_of(expected_attach_type))
+    attr.attach_btf_id = attach_btf_id
+    if attach_prog_fd and attach_btf_obj_fd:
+        raise BpfError("attach_prog_fd and attach_btf_obj_fd share one field: give only one")
+    attr.attach_prog_fd = attach_prog_fd or attach_btf_obj_fd
+    fds_buf = None
+    if fd_array:
+        fds_buf = ffi.new("int32_t[]", [f if isinstance(f, int) else f.fd for f in fd_array])
+        attr.fd_array = _sys.address(fds_buf)
+
+    wanted_log = int(log_level) | (LOG_STATS if stats else 0)
+    fd, err, log = _bpf_prog_load(attr, wanted_log)
+    if fd is None and not wanted_log:
+        # The fast path failed: load again, this time with the verifier telling why.
+        fd, err, log = _bpf_prog_load(attr, 1)
+    if fd is None:
+        raise _load_error(err, log, slots, ptype, object_name(name), insn_cnt)
+    prog = Program(fd, insns=insns)
+    if wanted_log:
+        prog.log, prog.stats = log, stats_line(log)
+    return prog
+
+
+# -- reading programs back ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProgInfo:
+    """What BPF_OBJ_GET_INFO_BY_FD tells about a program (ours or anyone's)."""
+
+    id: int
+    name: str
+    type: object  # ProgType, or an int for a type newer than pybpf
+    tag: str  # 16 hex digits, as bpftool prints it
+    xlated: bytes  # the instructions after the verifier's rewrites (empty without permission)
+    jited: bytes  # native code (empty when not JIT-ed or not permitted)
+    map_ids: tuple
+    load_time_ns: int  # CLOCK_BOOTTIME at load
+    created_by_uid: int
+    run_time_ns: int  # zero unless BPF stats are enabled (kernel.bpf_stats_enabled)
+    run_cnt: int
+    recursion_misses: int
+    verified_insns: int
+    gpl_compatible: bool
+    btf_id: int
+    ifindex: int
+    attach_btf_id: int
+    attach_btf_obj_id: int
+
+    def insns(self):
+        """The xlated instructions decoded (pybpf.insn.decode)."""
+        from .insn import decode
+
+        return decode(self.xlated)
+
+
+def _prog_type(value):
+    try:
+        return ProgType(value)
+    except ValueError:
+        return value
+
+
+def prog_info(fd):
+    """ProgInfo for any program fd: two BPF_OBJ_GET_INFO_BY_FD calls (sizes, then contents)."""
+    ffi = _sys.ffi
+    sizes = _sys.obj_get_info_by_fd(fd, "prog")
+    info = ffi.new("struct bpf_prog_info *")
+    xlated = ffi.new("uint8_t[]", sizes.xlated_prog_len) if sizes.xlated_prog_len else None
+    jited = ffi.new("uint8_t[]", sizes.jited_prog_len) if sizes.jited_prog_len else None
+    map_ids = ffi.new("uint32_t[]", sizes.nr_map_ids) if sizes.nr_map_ids else None
+    if xlated is not None:
+        info.xlated_prog_len, info.xlated_prog_insns = sizes.xlated_prog_len, _sys.address(xlated)
+    if jited is not None:
+        info.jited_prog_len, info.jited_prog_insns = sizes.jited_prog_len, _sys.address(jited)
+    if map_ids is not None:
+        info.nr_map_ids, info.map_ids = sizes.nr_map_ids, _sys.address(map_ids)
+    _sys.obj_get_info_by_fd(fd, info)
+    return ProgInfo(
+        id=info.id,
+        name=ffi.string(info.name).decode(errors="replace"),
+        type=_prog_type(info.type),
+        tag=bytes(info.tag).hex(),
+        xlated=bytes(ffi.buffer(xlated, info.xlated_prog_len)) if xlated is not None else b"",
+        jited=bytes(ffi.buffer(jited, info.jited_prog_len)) if jited is not None else b"",
+        map_ids=tuple(map_ids[i] for i in range(min(info.nr_map_ids, sizes.nr_map_ids))) if map_ids else (),
+        load_time_ns=info.load_time,
+        created_by_uid=info.created_by_uid,
+        run_time_ns=info.run_time_ns,
+        run_cnt=info.run_cnt,
+        recursion_misses=info.recursion_misses,
+        verified_insns=info.verified_insns,
+        gpl_compatible=bool(info.gpl_compatible),
+        btf_id=info.btf_id,
+        ifindex=info.ifindex,
+        attach_btf_id=info.attach_btf_id,
+        attach_btf_obj_id=info.attach_btf_obj_id,
+    )
+
+
+def iter_ids():
+    """Ids of every program loaded in the system, ascending."""
+    current = _sys.get_next_id("prog", 0)
+    while current is not None:
+        yield current
+        current = _sys.get_next_id("prog", current)
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    retval: int  # the program's return value as the kernel reports it: u32
+    data_out: bytes
+    ctx_out: bytes
+    duration_ns: int  # mean time of one run
+
+    __test__ = False  # not a pytest class
+
+
+class Program:
+    """A loaded program. Owns its fd: close() it, use `with`, or let it be collected.
+
+    fd, name, type (ProgType), tag (hex), id; insns (linked Insn list when pybpf loaded it, else None);
+    log / stats (verifier log and summary line, when asked for at load).
+    """
+
+    def __init__(self, fd, insns=None):
+        self.fd = fd
+        self.insns = insns
+        self.log = None
+        self.stats = None
+        self.pinned = None
+        try:
+            basic = _sys.obj_get_info_by_fd(fd, "prog")
+        except BaseException:
+            os.close(fd)
+            self.fd = -1
+            raise
+        self.id = basic.id
+        self.name = _sys.ffi.string(basic.name).decode(errors="replace")
+        self.type = _prog_type(basic.type)
+        self.tag = bytes(basic.tag).hex()
+
+    @classmethod
+    def from_id(cls, prog_id):
+        """Open a program by id (BPF_PROG_GET_FD_BY_ID); needs root."""
+        return cls(_sys.get_fd_by_id("prog", prog_id))
+
+    @classmethod
+    def from_pinned(cls, path):
+        """Open a program pinned in bpffs, whoever loaded it."""
+        return cls(_sys.obj_get(path))
+
+    @classmethod
+    def from_fd(cls, fd):
+        """Wrap a duplicate of an existing program fd (the caller keeps its own)."""
+        return cls(os.dup(fd))
+
+    def info(self):
+        return prog_info(self._open_fd())
+
+    def _open_fd(self):
+        if self.fd < 0:
+            raise BpfError(f"program {self.name or self.id} is closed")
+        return self.fd
+
+    def test_run(self, data_in=b"", ctx_in=None, repeat=1, data_size_out=None, ctx_size_out=None,
+                 flags=0, cpu=0):
+        """BPF_PROG_TEST_RUN. data_out is sized len(data_in) + 4096 unless data_size_out says otherwise."""
+        ffi = _sys.ffi
+        attr = _sys.new_attr()
+        test = attr.test
+        test.prog_fd = self._open_fd()
+        data_in = bytes(data_in)
+        keep = []  # cdata buffers that must outlive the syscall
+        if data_in:
+            buf = ffi.from_buffer(data_in)
+            keep.append(buf)
+            test.data_in, test.data_size_in = _sys.address(buf), len(data_in)
+        out_size = (len(data_in) + 4096 if data_in else 0) if data_size_out is None else data_size_out
+        data_out = ffi.new("uint8_t[]", out_size) if out_size else None
+        if data_out is not None:
+            test.data_out, test.data_size_out = _sys.address(data_out), out_size
+        ctx_out = None
+        if ctx_in is not None:
+            ctx_in = bytes(ctx_in)
+            buf = ffi.from_buffer(ctx_in)
+            keep.append(buf)
+            test.ctx_in, test.ctx_size_in = _sys.address(buf), len(ctx_in)
+        ctx_size = (len(ctx_in) if ctx_in else 0) if ctx_size_out is None else ctx_size_out
+        if ctx_size and self.type not in _CTX_ONLY_TEST_RUN:
+            ctx_out = ffi.new("uint8_t[]", ctx_size)
+            test.ctx_out, test.ctx_size_out = _sys.address(ctx_out), ctx_size
+        # raw_tracepoint and syscall programs run once and reject repeat, even repeat=1.
+        test.repeat = 0 if self.type in _CTX_ONLY_TEST_RUN and repeat <= 1 else repeat
+        test.flags, test.cpu = int(flags), cpu
+        try:
+            _sys.bpf(Cmd.PROG_TEST_RUN, attr)
+        except SyscallError as e:
+            detail = None
+            if e.errno == _errno.ENOSPC:
+                detail = (f"output needs {test.data_size_out} data / {test.ctx_size_out} ctx bytes; "
+                          "pass a larger data_size_out / ctx_size_out")
+            elif e.errno in (ENOTSUPP, _errno.EOPNOTSUPP):
+                detail = f"{_type_name(self.type)} programs cannot be test-run"
+            elif e.errno == _errno.EINVAL:
+                detail = f"bad input for a {_type_name(self.type)} program (packet too short? ctx layout?)"
+            raise _sys.syscall_error(f"BPF_PROG_TEST_RUN {self.name or self.id}", e.errno, detail) from None
+        return TestRunResult(
+            retval=test.retval,
+            data_out=bytes(ffi.buffer(data_out, min(test.data_size_out, out_size))) if data_out is not None else b"",
+            ctx_out=bytes(ffi.buffer(ctx_out, min(test.ctx_size_out, ctx_size))) if ctx_out is not None else b"",
+            duration_ns=test.duration,
+        )
+
+    def pin(self, path):
+        """Pin in bpffs so the program outlives this process; unpin() removes it."""
+        _sys.obj_pin(self._open_fd(), path)
+        self.pinned = os.fspath(path)
+
+    def unpin(self, path=None):
+        path = path or self.pinned
+        if path is None:
+            raise BpfError(f"program {self.name or self.id} is not pinned")
+        os.unlink(path)
+        if path == self.pinned:
+            self.pinned = None
+
+    def close(self):
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    @property
+    def closed(self):
+        return self.fd < 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        # Interpreter shutdown may have torn down os already; an fd then dies with the process.
+        if getattr(self, "fd", -1) >= 0:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self):
+        state = "closed" if self.fd < 0 else f"fd={self.fd}"
+        return f"<Program {self.name or '?'} {_type_name(self.type)} id={self.id} tag={self.tag} {state}>"
