@@ -37,5 +37,6 @@ def _in_checkout():
     return not installed and os.path.isfile(os.path.join(_CHECKOUT_PROGRAMS, "__init__.py"))
 
 
+# First in line: an editable install's finder may map the name to another checkout.
 if _in_checkout() and _CheckoutProgramsFinder not in sys.meta_path:
-    sys.meta_path.append(_CheckoutProgramsFinder)
+    sys.meta_path.insert(0, _CheckoutProgramsFinder)
