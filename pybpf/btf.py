@@ -267,14 +267,14 @@ class Btf:
             i, end = 0, len(words)
             try:
                 while True:
+                    append_name(words[i])   # IndexError here ends the walk: nothing half-appended
                     append(i)
-                    append_name(words[i])
                     i += step[words[i + 1]]
             except IndexError:
-                offsets.pop()
-                names.pop()
+                pass
             if i != end:
-                raise BpfError(f"BTF: last type record runs {4 * (i - end)} bytes past the type section")
+                raise BpfError(f"BTF: type [{self.start_id + len(offsets) - 1}] runs past the end "
+                               f"of the type section")
             if self.start_id + len(offsets) > MAX_TYPE_ID + 1:
                 raise BpfError(f"BTF: {len(offsets)} types exceed the id space")
             self._name_words = names.tobytes()
@@ -306,6 +306,8 @@ class Btf:
         """Offsets of the string `name` here and in the base (split types may use either)."""
         needle = b"\0" + name.encode() + b"\0"
         found = self.base._name_offsets(name) if self.base else []
+        if self._data.startswith(needle[1:], self._s0):   # a split blob's first string has no NUL before it
+            found.append(self._str_start)
         p = self._s0
         while True:
             q = self._data.find(needle, p, self._s1)
