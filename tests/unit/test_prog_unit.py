@@ -1,0 +1,139 @@
+"""pybpf.prog without the kernel: input checks, linking, map patching, log parsing."""
+import pytest
+
+from pybpf import isa, prog
+from pybpf.errors import AssemblerError, BpfError
+from pybpf.insn import Insn
+from pybpf.uapi import AttachType, ProgType
+
+FAILED_LOG = """\
+func#0 @0
+0: R1=ctx() R10=fp0
+0: (b7) r0 = 2                        ; R0=2
+1: (b7) r1 = 2                        ; R1=2
+2: (bf) r0 = r3
+R3 !read_ok
+processed 3 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0
+"""
+
+
+class FakeMap:
+    """Stands in for pybpf.maps.Map: only the fd matters to the loader."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+
+def test_failing_insn_is_the_last_insn_line():
+    idx, line = prog.failing_insn_index(FAILED_LOG)
+    assert idx == 2
+    assert line == "2: (bf) r0 = r3"
+
+
+@pytest.mark.parametrize("log, idx", [
+    ("unreachable insn 4\nprocessed 0 insns\n", 4),
+    ("jump out of range from insn 1 to 9\n", 1),
+    ("last insn is not an exit or jmp\n", None),
+    ("", None),
+])
+def test_failing_insn_from_message(log, idx):
+    assert prog.failing_insn_index(log)[0] == idx
+
+
+def test_stats_line():
+    assert prog.stats_line(FAILED_LOG).startswith("processed 3 insns (limit 1000000)")
+    assert prog.stats_line("nothing here") is None
+    assert prog.stats_line(None) is None
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("xdp", ProgType.XDP), ("XDP", ProgType.XDP), ("BPF_PROG_TYPE_SCHED_CLS", ProgType.SCHED_CLS),
+    ("socket_filter", ProgType.SOCKET_FILTER), (6, ProgType.XDP), (ProgType.SK_LOOKUP, ProgType.SK_LOOKUP),
+    (999, 999),
+])
+def test_prog_type_of(value, expected):
+    assert prog.prog_type_of(value) == expected
+
+
+def test_unknown_prog_type_name_lists_known_ones():
+    with pytest.raises(BpfError, match="unknown program type 'xdpp'.*socket_filter"):
+        prog.prog_type_of("xdpp")
+    with pytest.raises(BpfError, match="not float"):
+        prog.prog_type_of(1.5)
+
+
+def test_attach_type_of():
+    assert prog.attach_type_of("cgroup_inet4_connect") == AttachType.CGROUP_INET4_CONNECT
+    assert prog.attach_type_of("BPF_SK_LOOKUP") == AttachType.SK_LOOKUP
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("count", "count"), ("with-dash", "with_dash"), ("a" * 20, "a" * 15), ("x.y_z", "x.y_z"), ("", ""),
+])
+def test_object_name(name, expected):
+    assert prog.object_name(name) == expected
+
+
+def test_instructions_links_labels():
+    insns = [Insn("mov", 0, 0, 0, 0), Insn("jeq", 0, 0, 0, 0, ref="out"), Insn("lddw", 1, imm=1 << 40),
+             Insn("exit", label="out")]
+    linked = prog.instructions(insns)
+    assert linked[1].off == 2  # lddw takes two slots
+
+
+def test_instructions_accepts_dsl_programs():
+    class Dsl:
+        def link(self):
+            return [Insn("mov", 0, 0, 0, 7), Insn("exit")]
+
+    assert [i.op.name for i in prog.instructions(Dsl())] == ["mov", "exit"]
+
+
+def test_instructions_rejects_bad_input():
+    with pytest.raises(AssemblerError, match="not int"):
+        prog.instructions(42)
+    with pytest.raises(AssemblerError, match="element 1 is str"):
+        prog.instructions([Insn("exit"), "exit"])
+    assert prog.instructions(b"\x95" + bytes(7)) is None
+
+
+def test_patch_maps_writes_fds_and_keeps_value_offset():
+    m = FakeMap(17)
+    insns = prog.patch_maps([Insn("ld_map_fd", 1, ref=m), Insn("ld_map_value", 2, imm=24 << 32, ref=m),
+                             Insn("ld_map_fd", 3, imm=5), Insn("exit")])
+    assert insns[0].imm == 17
+    assert insns[1].imm == 17 | (24 << 32)
+    assert insns[2].imm == 5  # no ref: the user's raw fd stays
+    assert insns[1].ref is m
+
+
+def test_patch_maps_rejects_closed_map():
+    with pytest.raises(AssemblerError, match="no open fd"):
+        prog.patch_maps([Insn("ld_map_fd", 1, ref=FakeMap(-1), source="p.py:3")])
+
+
+def test_slot_table_counts_ld_imm64_twice():
+    a, b, c = Insn("mov", 0, 0, 0, 0), Insn("lddw", 1, imm=1), Insn("exit")
+    assert prog._slot_table([a, b, c]) == [a, b, b, c]
+
+
+@pytest.mark.parametrize("program, match", [
+    ([], "empty program"),
+    (b"", "empty program"),
+    (b"\x95" + bytes(8), "not a multiple of 8"),
+    ({"insns": 1}, "not dict"),
+])
+def test_load_rejects_before_any_syscall(program, match):
+    with pytest.raises(AssemblerError, match=match):
+        prog.load(program, "xdp")
+
+
+def test_load_rejects_sharing_attach_fields():
+    with pytest.raises(BpfError, match="share one field"):
+        prog.load([Insn("exit")], "ext", attach_prog_fd=3, attach_btf_obj_fd=4)
+
+
+def test_insn_text_falls_back_to_kernel_line():
+    insn = Insn(isa.lookup("mov", "reg"), 0, 3)
+    text = prog._insn_text(insn, "2: (bf) r0 = r3")
+    assert "r0 = r3" in text
