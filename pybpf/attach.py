@@ -1,0 +1,551 @@
+"""Attach loaded programs to kernel hooks.
+
+Every function returns an Attachment: a context manager whose close() (alias
+detach()) undoes the attachment and closes the fds it owns; closing twice is
+harmless. Programs are passed as a pybpf.prog.Program or anything with .fd,
+or a plain fd; the attachment keeps what it needs, so the caller may close
+the program right after attaching.
+
+bpf links come first everywhere: a link dies with its fd, so even SIGKILL
+leaves nothing behind. Where the kernel lacks the link for a hook, the legacy
+path (PERF_EVENT_IOC_SET_BPF, BPF_PROG_ATTACH, netlink, cls_bpf) is used and
+recorded in pybpf.cleanup, which undoes it at exit and on SIGINT/SIGTERM.
+
+    tracepoint(prog, "sched:sched_process_exec")      perf event + BPF_PERF_EVENT link
+    raw_tracepoint(prog, "sched_process_exec")         BPF_RAW_TRACEPOINT_OPEN
+    kprobe(prog, "tcp_connect") / kretprobe(...)       kprobe PMU perf event
+    fentry(prog) / fexit(prog) / tracing(prog)         target fixed at load by attach_btf_id
+    cgroup(prog, "egress", "/my/group")                BPF_LINK_CREATE, else BPF_PROG_ATTACH
+    tc(prog, "eth0", "ingress")                        tcx link, else clsact + cls_bpf (pybpf.tc)
+    xdp(prog, "eth0", mode="skb")                      BPF_XDP link, else IFLA_XDP netlink
+    netns(prog) / sk_lookup(prog)                      netns links
+    sockmap(prog, map, "sk_msg_verdict")               sockmap link, else BPF_PROG_ATTACH
+"""
+import errno
+import os
+import socket
+
+from . import cleanup
+from . import sys as _sys
+from . import tracefs
+from .errors import BpfError, FeatureUnavailable, SyscallError
+from .uapi import AttachFlags, AttachType, Cmd
+
+ffi = _sys.ffi
+
+# Errnos meaning "this kernel has no such link / attach type", which send us to the legacy path.
+# 524 is the kernel-internal ENOTSUPP that leaks out of some bpf() paths.
+_NO_LINK = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
+
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+
+# Short names for cgroup hooks, as bpftool spells most of them.
+CGROUP_HOOKS = {
+    "ingress": AttachType.CGROUP_INET_INGRESS,
+    "egress": AttachType.CGROUP_INET_EGRESS,
+    "sock_create": AttachType.CGROUP_INET_SOCK_CREATE,
+    "sock_release": AttachType.CGROUP_INET_SOCK_RELEASE,
+    "sock_ops": AttachType.CGROUP_SOCK_OPS,
+    "device": AttachType.CGROUP_DEVICE,
+    "bind4": AttachType.CGROUP_INET4_BIND,
+    "bind6": AttachType.CGROUP_INET6_BIND,
+    "post_bind4": AttachType.CGROUP_INET4_POST_BIND,
+    "post_bind6": AttachType.CGROUP_INET6_POST_BIND,
+    "connect4": AttachType.CGROUP_INET4_CONNECT,
+    "connect6": AttachType.CGROUP_INET6_CONNECT,
+    "sendmsg4": AttachType.CGROUP_UDP4_SENDMSG,
+    "sendmsg6": AttachType.CGROUP_UDP6_SENDMSG,
+    "recvmsg4": AttachType.CGROUP_UDP4_RECVMSG,
+    "recvmsg6": AttachType.CGROUP_UDP6_RECVMSG,
+    "getpeername4": AttachType.CGROUP_INET4_GETPEERNAME,
+    "getpeername6": AttachType.CGROUP_INET6_GETPEERNAME,
+    "getsockname4": AttachType.CGROUP_INET4_GETSOCKNAME,
+    "getsockname6": AttachType.CGROUP_INET6_GETSOCKNAME,
+    "sysctl": AttachType.CGROUP_SYSCTL,
+    "getsockopt": AttachType.CGROUP_GETSOCKOPT,
+    "setsockopt": AttachType.CGROUP_SETSOCKOPT,
+    "unix_connect": AttachType.CGROUP_UNIX_CONNECT,
+    "unix_sendmsg": AttachType.CGROUP_UNIX_SENDMSG,
+    "unix_recvmsg": AttachType.CGROUP_UNIX_RECVMSG,
+    "unix_getpeername": AttachType.CGROUP_UNIX_GETPEERNAME,
+    "unix_getsockname": AttachType.CGROUP_UNIX_GETSOCKNAME,
+}
+
+# include/uapi/linux/if_link.h XDP_FLAGS_*
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_REPLACE = 1 << 4
+XDP_MODES = {None: 0, "skb": 1 << 1, "drv": 1 << 2, "hw": 1 << 3}
+
+
+# -- arguments ---------------------------------------------------------------
+def prog_fd(prog):
+    """The fd of a Program (anything with .fd) or of a plain int."""
+    fd = getattr(prog, "fd", prog)
+    if not isinstance(fd, int) or fd < 0:
+        raise BpfError(f"expected a loaded program or its fd, got {prog!r}")
+    return fd
+
+
+def ifindex(iface):
+    """Interface index of a name or index in the calling thread's netns; one-line error if absent."""
+    try:
+        if isinstance(iface, int):
+            socket.if_indextoname(iface)
+            return iface
+        return socket.if_nametoindex(iface)
+    except OSError:
+        raise BpfError(f"no network interface {iface!r} in this network namespace") from None
+
+
+def attach_type(value, names=None):
+    """An AttachType from the enum, its int, its name ("CGROUP_INET_EGRESS") or a short name."""
+    if isinstance(value, str):
+        if names and value in names:
+            return names[value]
+        try:
+            return AttachType[value.upper()]
+        except KeyError:
+            known = ", ".join(sorted(names)) if names else "an AttachType name"
+            raise BpfError(f"unknown attach type {value!r} (expected {known})") from None
+    try:
+        return AttachType(value)
+    except ValueError:
+        raise BpfError(f"unknown attach type {value!r}") from None
+
+
+def _attach_error(error, what, hint=None):
+    """Re-raise a syscall failure naming the hook; the errno and exception class stay."""
+    return _sys.syscall_error(f"{error.command} ({what})", error.errno, hint)
+
+
+# -- attachment objects ------------------------------------------------------
+class Attachment:
+    """Something attached. Close it (or leave its `with` block) to detach."""
+
+    what = "attachment"
+    _closed = True
+
+    def close(self):
+        """Detach and close owned fds. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    detach = close
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def _release(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 -- interpreter shutdown; cleanup.run_all covers the rest
+            pass
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.what}{' closed' if self._closed else ''}>"
+
+
+class Link(Attachment):
+    """A bpf link: detached when its fd closes (also when the process dies)."""
+
+    def __init__(self, fd, what):
+        self.fd = fd
+        self.what = what
+        self._closed = False
+
+    def info(self):
+        """struct bpf_link_info (cffi) from BPF_OBJ_GET_INFO_BY_FD."""
+        return _sys.obj_get_info_by_fd(self.fd, "link")
+
+    @property
+    def id(self):
+        return self.info().id
+
+    def update(self, prog, old_prog=None):
+        """BPF_LINK_UPDATE: swap in another program atomically (optionally only if old_prog is current)."""
+        attr = _sys.new_attr()
+        attr.link_update.link_fd = self.fd
+        attr.link_update.new_prog_fd = prog_fd(prog)
+        if old_prog is not None:
+            attr.link_update.flags = AttachFlags.REPLACE
+            attr.link_update.old_prog_fd = prog_fd(old_prog)
+        try:
+            _sys.bpf(Cmd.LINK_UPDATE, attr)
+        except SyscallError as e:
+            raise _attach_error(e, self.what) from None
+
+    def pin(self, path):
+        """Pin the link on bpffs (it then outlives the process until unpinned; recorded for cleanup)."""
+        _sys.obj_pin(self.fd, path)
+        cleanup.register(lambda: _unlink_quietly(path), f"pin {path}")
+
+    def _release(self):
+        os.close(self.fd)
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class PerfEventLink(Attachment):
+    """A program on a perf event (tracepoint, kprobe): a BPF_PERF_EVENT link when the
+    kernel has one, else PERF_EVENT_IOC_SET_BPF. Either way it ends with the perf fd."""
+
+    def __init__(self, perf_fd, link_fd, what):
+        self.perf_fd = perf_fd
+        self.link_fd = link_fd
+        self.what = what
+        self._closed = False
+
+    @property
+    def fd(self):
+        return self.link_fd if self.link_fd is not None else self.perf_fd
+
+    def _release(self):
+        try:
+            if self.link_fd is not None:
+                os.close(self.link_fd)
+            else:
+                _sys.ioctl(self.perf_fd, _sys.PERF_EVENT_IOC_DISABLE)
+        finally:
+            os.close(self.perf_fd)
+
+
+class ProgAttachment(Attachment):
+    """BPF_PROG_ATTACH to a target fd (cgroup, sockmap). It outlives the process, so it
+    is undone by BPF_PROG_DETACH on close, at exit and on SIGINT/SIGTERM (pybpf.cleanup)."""
+
+    def __init__(self, target_fd, prog, type, flags, what):
+        self.what = what
+        self.attach_type = type
+        # Own duplicates: the detach must name the same program and target even if the caller closed theirs.
+        target = os.dup(target_fd)
+        program = os.dup(prog_fd(prog))
+        try:
+            attr = _sys.new_attr()
+            attr.target_fd = target
+            attr.attach_bpf_fd = program
+            attr.attach_type = type
+            attr.attach_flags = flags
+            _sys.bpf(Cmd.PROG_ATTACH, attr)
+        except BaseException as e:
+            os.close(target)
+            os.close(program)
+            if isinstance(e, SyscallError):
+                raise _attach_error(e, what) from None
+            raise
+        self._token = cleanup.register(lambda: _prog_detach(target, program, type), what)
+        self._closed = False
+
+    def _release(self):
+        cleanup.run(self._token)
+
+
+def _prog_detach(target, program, type):
+    attr = _sys.new_attr()
+    attr.target_fd = target
+    attr.attach_bpf_fd = program
+    attr.attach_type = type
+    try:
+        _sys.bpf(Cmd.PROG_DETACH, attr)
+    except SyscallError as e:
+        if e.errno != errno.ENOENT:  # already gone (target removed): nothing left to undo
+            raise
+    finally:
+        os.close(target)
+        os.close(program)
+
+
+# -- the generic link ----------------------------------------------------------
+def link_create(prog, target_fd, type, flags=0, *, cookie=None, target_btf_id=0):
+    """BPF_LINK_CREATE -> link fd. cookie goes where the attach type keeps it."""
+    attr = _sys.new_attr()
+    lc = attr.link_create
+    lc.prog_fd = prog_fd(prog)
+    lc.target_fd = target_fd
+    lc.attach_type = type
+    lc.flags = flags
+    if type == AttachType.PERF_EVENT:
+        lc.perf_event.bpf_cookie = cookie or 0
+    elif target_btf_id or cookie:
+        lc.tracing.target_btf_id = target_btf_id
+        lc.tracing.cookie = cookie or 0
+    return _sys.bpf(Cmd.LINK_CREATE, attr)
+
+
+# -- perf events: tracepoints and kprobes --------------------------------------
+def _attach_perf_event(prog, attr, what, cookie):
+    # pid -1 on one CPU: a BPF program on a tracepoint/kprobe event runs for hits on every
+    # CPU (the program hangs off the trace event, not the per-CPU perf event).
+    pfd = _sys.perf_event_open(attr, -1, 0)
+    link_fd = None
+    try:
+        try:
+            link_fd = link_create(prog, pfd, AttachType.PERF_EVENT, cookie=cookie)
+        except SyscallError as e:
+            if e.errno not in _NO_LINK:
+                raise _attach_error(e, what) from None
+            if cookie:
+                raise FeatureUnavailable(f"{what}: a bpf cookie needs BPF_PERF_EVENT links, "
+                                         f"which this kernel lacks") from None
+            try:
+                _sys.ioctl(pfd, _sys.PERF_EVENT_IOC_SET_BPF, prog_fd(prog))
+            except SyscallError as e2:
+                raise _attach_error(e2, what) from None
+        _sys.ioctl(pfd, _sys.PERF_EVENT_IOC_ENABLE)
+    except BaseException:
+        if link_fd is not None:
+            os.close(link_fd)
+        os.close(pfd)
+        raise
+    return PerfEventLink(pfd, link_fd, what)
+
+
+def tracepoint(prog, category, name=None, *, cookie=None):
+    """Attach a BPF_PROG_TYPE_TRACEPOINT program: tracepoint(p, "sched:sched_process_exec")
+    or tracepoint(p, "sched", "sched_process_exec"). Mounts tracefs if needed."""
+    category, name = tracefs.split_name(category, name)
+    attr = _sys.new_perf_attr()
+    attr.type = _sys.PERF_TYPE_TRACEPOINT
+    attr.config = tracefs.tracepoint_id(category, name)
+    return _attach_perf_event(prog, attr, f"tracepoint {category}:{name}", cookie)
+
+
+def _read_sysfs(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def kprobe(prog, func, *, offset=0, retprobe=False, cookie=None):
+    """Attach a BPF_PROG_TYPE_KPROBE program to a kernel function through the kprobe PMU."""
+    what = f"{'kretprobe' if retprobe else 'kprobe'} {func}" + (f"+{offset:#x}" if offset else "")
+    try:
+        pmu_type = int(_read_sysfs(f"{KPROBE_PMU}/type"))
+    except FileNotFoundError:
+        raise FeatureUnavailable(f"{what}: this kernel has no kprobe PMU ({KPROBE_PMU}/type is absent)") from None
+    attr = _sys.new_perf_attr()
+    attr.type = pmu_type
+    if retprobe:
+        # format/retprobe reads "config:<bit>"
+        attr.config = 1 << int(_read_sysfs(f"{KPROBE_PMU}/format/retprobe").split(":")[1])
+    name = ffi.new("char[]", func.encode())  # must stay alive until perf_event_open returns
+    attr.kprobe_func = _sys.address(name)
+    attr.probe_offset = offset
+    try:
+        return _attach_perf_event(prog, attr, what, cookie)
+    except SyscallError as e:
+        if e.errno == errno.ENOENT:
+            raise FeatureUnavailable(f"{what}: no such kernel function (or it cannot be probed)") from None
+        raise
+
+
+def kretprobe(prog, func, *, cookie=None):
+    """kprobe(prog, func, retprobe=True)."""
+    return kprobe(prog, func, retprobe=True, cookie=cookie)
+
+
+# -- raw tracepoints and BTF-typed tracing ------------------------------------
+def _raw_tracepoint_open(prog, name, what, cookie=None):
+    attr = _sys.new_attr()
+    if name is not None:  # None: a tracing program, whose target came with attach_btf_id
+        cname = ffi.new("char[]", name.encode())
+        attr.raw_tracepoint.name = _sys.address(cname)
+    attr.raw_tracepoint.prog_fd = prog_fd(prog)
+    attr.raw_tracepoint.cookie = cookie or 0
+    try:
+        return Link(_sys.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr), what)
+    except SyscallError as e:
+        if e.errno == errno.ENOENT and name is not None:
+            raise FeatureUnavailable(f"{what}: no such raw tracepoint on this kernel") from None
+        raise _attach_error(e, what) from None
+
+
+def raw_tracepoint(prog, name, *, cookie=None):
+    """Attach a BPF_PROG_TYPE_RAW_TRACEPOINT program by tracepoint name ("sched_process_exec";
+    a "category:" prefix, as in "sock:inet_sock_set_state", is dropped)."""
+    name = name.rpartition(":")[2]
+    return _raw_tracepoint_open(prog, name, f"raw_tracepoint {name}", cookie)
+
+
+def tracing(prog, type=None, *, cookie=None):
+    """Attach a BTF-typed tracing program (fentry, fexit, fmod_ret, tp_btf, lsm) whose target
+    was fixed at load time by attach_btf_id; type is the expected_attach_type it was loaded
+    with (default: prog.expected_attach_type, when the object carries one)."""
+    if type is None:
+        type = getattr(prog, "expected_attach_type", None)
+        if type is None:
+            raise BpfError("tracing: give the attach type the program was loaded with (e.g. TRACE_FENTRY)")
+    type = attach_type(type)
+    what = f"{type.name.lower()} program"
+    try:
+        return Link(link_create(prog, 0, type, cookie=cookie), what)
+    except SyscallError as e:
+        if e.errno not in _NO_LINK or cookie:
+            raise _attach_error(e, what) from None
+    return _raw_tracepoint_open(prog, None, what)  # kernels before tracing links
+
+
+def fentry(prog, *, cookie=None):
+    return tracing(prog, AttachType.TRACE_FENTRY, cookie=cookie)
+
+
+def fexit(prog, *, cookie=None):
+    return tracing(prog, AttachType.TRACE_FEXIT, cookie=cookie)
+
+
+# -- cgroups -------------------------------------------------------------------
+def cgroup2_root():
+    """Where cgroup2 is mounted, from /proc/self/mountinfo."""
+    root = tracefs.find_mount("cgroup2")
+    if root is None:
+        raise FeatureUnavailable("no cgroup2 filesystem is mounted (see /proc/self/mountinfo)")
+    return root
+
+
+def cgroup_path(cgroup):
+    """Absolute path of a cgroup2 directory: absolute paths pass, others are under the cgroup2 root."""
+    cgroup = os.fspath(cgroup)
+    if os.path.isabs(cgroup) and os.path.isdir(cgroup):
+        return cgroup
+    return os.path.join(cgroup2_root(), cgroup.lstrip("/"))
+
+
+def cgroup(prog, type, cgroup="/", *, mode=None, flags=AttachFlags.ALLOW_MULTI):
+    """Attach a cgroup program (type: an AttachType or a CGROUP_HOOKS name such as "egress",
+    "connect4", "sock_create") to a cgroup2 directory (absolute, or relative to the cgroup2 root).
+
+    mode: None = link, falling back to BPF_PROG_ATTACH when the kernel has no cgroup links;
+          "link" or "attach" to force one. flags apply to BPF_PROG_ATTACH only."""
+    type = attach_type(type, CGROUP_HOOKS)
+    if mode not in (None, "link", "attach"):
+        raise BpfError(f"cgroup attach mode {mode!r}: expected 'link' or 'attach'")
+    path = cgroup_path(cgroup)
+    what = f"cgroup {path} {type.name.lower()}"
+    try:
+        dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise BpfError(f"{what}: cannot open cgroup: {e.strerror}") from None
+    try:
+        if mode != "attach":
+            try:
+                return Link(link_create(prog, dirfd, type), what)
+            except SyscallError as e:
+                if mode == "link" or e.errno not in _NO_LINK:
+                    raise _attach_error(e, what) from None
+        return ProgAttachment(dirfd, prog, type, flags, what)
+    finally:
+        os.close(dirfd)
+
+
+# -- XDP -----------------------------------------------------------------------
+class XdpNetlink(Attachment):
+    """XDP attached through rtnetlink IFLA_XDP: survives the process, so it is recorded in
+    pybpf.cleanup. The detach only removes our program (XDP_FLAGS_REPLACE + EXPECTED_FD)."""
+
+    def __init__(self, prog, index, flags, what):
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        self.what = what
+        ipr = IPRoute()  # bound to this netns for good: the detach reaches the same device
+        program = os.dup(prog_fd(prog))
+        try:
+            ipr.link("set", index=index, xdp={"attrs": [
+                ("IFLA_XDP_FD", program), ("IFLA_XDP_FLAGS", flags | XDP_FLAGS_UPDATE_IF_NOEXIST)]})
+        except BaseException as e:
+            ipr.close()
+            os.close(program)
+            if isinstance(e, NetlinkError):
+                raise _sys.syscall_error(f"IFLA_XDP ({what})", e.code) from None
+            raise
+
+        def undo():
+            try:
+                ipr.link("set", index=index, xdp={"attrs": [
+                    ("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", flags | XDP_FLAGS_REPLACE),
+                    ("IFLA_XDP_EXPECTED_FD", program)]})
+            except NetlinkError as e:
+                # ENODEV: the device is gone, and our program with it. EEXIST: someone replaced it.
+                if e.code not in (errno.ENODEV, errno.EEXIST):
+                    raise
+            finally:
+                ipr.close()
+                os.close(program)
+
+        self._token = cleanup.register(undo, what)
+        self._closed = False
+
+    def _release(self):
+        cleanup.run(self._token)
+
+
+def xdp(prog, iface, *, mode=None, via=None):
+    """Attach an XDP program to an interface. mode: None (kernel picks), "skb", "drv", "hw".
+    via: None = BPF_XDP link, falling back to netlink; "link" or "netlink" to force one."""
+    if mode not in XDP_MODES:
+        raise BpfError(f"xdp mode {mode!r}: expected one of skb, drv, hw")
+    if via not in (None, "link", "netlink"):
+        raise BpfError(f"xdp via {via!r}: expected 'link' or 'netlink'")
+    index = ifindex(iface)
+    what = f"xdp {iface}" + (f" {mode}" if mode else "")
+    if via != "netlink":
+        try:
+            return Link(link_create(prog, index, AttachType.XDP, XDP_MODES[mode]), what)
+        except SyscallError as e:
+            if via == "link" or e.errno not in _NO_LINK:
+                raise _attach_error(e, what) from None
+    return XdpNetlink(prog, index, XDP_MODES[mode], what)
+
+
+# -- tc --------------------------------------------------------------------------
+def tc(prog, iface, direction="ingress", *, mode=None, prio=None):
+    """Attach a SCHED_CLS program at ingress or egress; see pybpf.tc.attach."""
+    from . import tc as _tc
+    return _tc.attach(prog, iface, direction, mode=mode, prio=prio)
+
+
+# -- netns and sockmap ---------------------------------------------------------
+def netns(prog, type=AttachType.SK_LOOKUP, netns="/proc/thread-self/ns/net"):
+    """Attach an sk_lookup or flow_dissector program to a network namespace (default: ours)."""
+    type = attach_type(type)
+    what = f"netns {netns} {type.name.lower()}"
+    nsfd = os.open(netns, os.O_RDONLY)
+    try:
+        return Link(link_create(prog, nsfd, type), what)
+    except SyscallError as e:
+        raise _attach_error(e, what) from None
+    finally:
+        os.close(nsfd)
+
+
+def sk_lookup(prog, netns_path="/proc/thread-self/ns/net"):
+    return netns(prog, AttachType.SK_LOOKUP, netns_path)
+
+
+def sockmap(prog, map, type):
+    """Attach an sk_msg / sk_skb program to a sockmap or sockhash (type e.g. "sk_msg_verdict").
+    A sockmap link where the kernel has one (6.10+), else BPF_PROG_ATTACH."""
+    type = attach_type(type)
+    map_fd = getattr(map, "fd", map)
+    what = f"sockmap fd {map_fd} {type.name.lower()}"
+    try:
+        return Link(link_create(prog, map_fd, type), what)
+    except SyscallError as e:
+        if e.errno not in _NO_LINK:
+            raise _attach_error(e, what) from None
+    return ProgAttachment(map_fd, prog, type, 0, what)

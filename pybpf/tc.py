@@ -1,0 +1,136 @@
+"""SCHED_CLS programs at a device's ingress or egress.
+
+tcx links (BPF_LINK_CREATE with BPF_TCX_INGRESS/EGRESS, Linux 6.6+) are used
+where the kernel has them: they die with their fd. Elsewhere a clsact qdisc
+and a direct-action cls_bpf filter are added through pyroute2 (imported only
+then). Those outlive the process, so exactly what was added is recorded in
+pybpf.cleanup: our filter (by parent, prio and handle), and the clsact qdisc
+only if we created it and no other filter is left on it.
+
+The device is looked up in the calling thread's network namespace; to work in
+another one, enter it first (pyroute2.netns.pushns). A cls_bpf filter keeps
+its netlink socket, which stays in that namespace, so its removal reaches the
+right device from wherever the process is when it exits.
+"""
+import errno
+import os
+
+from . import cleanup
+from . import sys as _sys
+from .attach import Attachment, Link, ifindex, link_create, prog_fd
+from .errors import BpfError, SyscallError
+from .uapi import AttachType
+
+TCX = {"ingress": AttachType.TCX_INGRESS, "egress": AttachType.TCX_EGRESS}
+# clsact's ingress and egress hooks, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS).
+CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
+FILTER_HANDLE = 1
+ETH_P_ALL = 0x0003
+
+_NO_TCX = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
+
+# (netns inode, ifindex) -> how many of our filters sit on a clsact qdisc this process created.
+_our_qdiscs = {}
+
+
+def _netlink_error(e, what):
+    return _sys.syscall_error(what, e.code)
+
+
+def _netns_inode():
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+class TcFilter(Attachment):
+    """A cls_bpf direct-action filter on a clsact qdisc, removed on close, at exit and on signals."""
+
+    def __init__(self, prog, index, direction, prio, name, what):
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        self.what = what
+        self.ifindex = index
+        self.direction = direction
+        parent = CLSACT_PARENT[direction]
+        ipr = IPRoute()
+        qdisc_key = (_netns_inode(), index)
+        created_qdisc = False
+        try:
+            if not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=index)):
+                ipr.tc("add", "clsact", index)
+                created_qdisc = True
+                _our_qdiscs[qdisc_key] = 0
+            if prio is None:
+                taken = {f["info"] >> 16 for f in ipr.get_filters(index=index, parent=parent)}
+                prio = min(set(range(1, len(taken) + 2)) - taken)
+            ipr.tc("add-filter", "bpf", index, FILTER_HANDLE, fd=prog_fd(prog), name=name,
+                   parent=parent, prio=prio, protocol=ETH_P_ALL, classid=1, direct_action=True)
+        except BaseException as e:
+            if created_qdisc:
+                _our_qdiscs.pop(qdisc_key, None)
+                ipr.tc("del", "clsact", index)
+            ipr.close()
+            if isinstance(e, NetlinkError):
+                raise _netlink_error(e, f"tc add cls_bpf ({what})") from None
+            raise
+        self.prio = prio
+        if qdisc_key in _our_qdiscs:
+            _our_qdiscs[qdisc_key] += 1
+
+        def undo():
+            try:
+                ipr.tc("del-filter", "bpf", index, FILTER_HANDLE, parent=parent, prio=prio, protocol=ETH_P_ALL)
+            except NetlinkError as e:
+                if e.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):  # device or qdisc already gone
+                    raise _netlink_error(e, f"tc del cls_bpf ({what})") from None
+            finally:
+                try:
+                    _release_qdisc(ipr, qdisc_key, NetlinkError)
+                finally:
+                    ipr.close()
+
+        self._token = cleanup.register(undo, what)
+        self._closed = False
+
+    def _release(self):
+        cleanup.run(self._token)
+
+
+def _release_qdisc(ipr, key, NetlinkError):
+    """Drop our clsact when our last filter on it goes, unless someone else's filters remain."""
+    if key not in _our_qdiscs:
+        return
+    _our_qdiscs[key] -= 1
+    if _our_qdiscs[key] > 0:
+        return
+    del _our_qdiscs[key]
+    index = key[1]
+    try:
+        if any(ipr.get_filters(index=index, parent=p) for p in CLSACT_PARENT.values()):
+            return
+        ipr.tc("del", "clsact", index)
+    except NetlinkError as e:
+        if e.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+            raise _netlink_error(e, f"tc del clsact (ifindex {index})") from None
+
+
+def attach(prog, iface, direction="ingress", *, mode=None, prio=None, name="pybpf"):
+    """Attach a SCHED_CLS program to iface (name or index) at "ingress" or "egress".
+
+    mode: None = tcx link, falling back to cls_bpf when the kernel has no tcx;
+          "tcx" or "cls_bpf" to force one. prio and name apply to cls_bpf
+          (prio defaults to the lowest one free on that hook).
+    Returns a Link (tcx) or a TcFilter (cls_bpf); both are context managers."""
+    if direction not in TCX:
+        raise BpfError(f"tc direction {direction!r}: expected 'ingress' or 'egress'")
+    if mode not in (None, "tcx", "cls_bpf"):
+        raise BpfError(f"tc mode {mode!r}: expected 'tcx' or 'cls_bpf'")
+    index = ifindex(iface)
+    what = f"tc {iface} {direction}"
+    if mode != "cls_bpf":
+        try:
+            return Link(link_create(prog, index, TCX[direction]), f"tcx {iface} {direction}")
+        except SyscallError as e:
+            if mode == "tcx" or e.errno not in _NO_TCX:
+                raise _sys.syscall_error(f"{e.command} (tcx {iface} {direction})", e.errno) from None
+    return TcFilter(prog, index, direction, prio, name, f"{what} cls_bpf")
