@@ -18,13 +18,12 @@ struct.Struct formats and the builder's construct Structs (LAYOUTS, built on
 first use so that the parser never imports construct) both derive from it.
 Byte order is the host's, as it is for the kernel's BTF.
 """
-import bisect
 import os
 import struct
 from array import array
 from collections import namedtuple
 
-from .errors import BpfError, FeatureUnavailable, SyscallError
+from .errors import BpfError, FeatureUnavailable
 
 VMLINUX_PATH = "/sys/kernel/btf/vmlinux"
 MAGIC = 0xEB9F
@@ -89,7 +88,6 @@ _TYPE_WORDS = _FMT["btf_type"].size // 4
 _FIXED_WORDS = tuple(_TYPE_WORDS + (_FMT[tail].size // 4 if tail else 0) for _, tail, _ in KINDS)
 _ITEM_WORDS = tuple(_FMT[item].size // 4 if item else 0 for _, _, item in KINDS)
 _POINTER_SIZE = struct.calcsize("P")
-_NOT_FOUND = object()
 
 
 _WRITER = ("BtfBuilder", "map_btf", "load_btf")

@@ -6,7 +6,6 @@ structs that bpfhook reads are compared with what pybpf.btf decodes. The
 builder's BTF goes through the kernel's BTF verifier, into a BTF-typed map,
 and back out through `bpftool map dump -j` with our field names.
 """
-import ctypes
 import json
 import os
 import re
