@@ -1,0 +1,1106 @@
+"""The eBPF DSL: write programs as Python statements, get Insn values.
+
+    from pybpf.asm import Program, u32, u64
+
+    p = Program("count", prog_type="socket_filter")
+    p.r6 = p.r1                              # r6 = r1
+    p.r0 = p.r6.u32[0]                       # r0 = *(u32 *)(r6 + 0)   (skb->len)
+    with p.If(p.r0 > 100):
+        p.r0 >>= 1                           # r0 >>= 1
+    with p.Else():
+        p.r0 = 0
+    p.exit()
+
+Everything is an attribute of the Program `p`: `p.r1 += 5` rebinds the
+attribute, which the DSL turns into one `add` (a bare name `r1 += 5` would
+only rebind a Python variable). Views of a register pick the instruction:
+`p.w1`/`p.r1.w` is the 32-bit half (ALU32/JMP32), `p.r1.s` is signed (s>, s/,
+s%, s>>), `p.r1.u32[4]` is the memory at r1+4.
+
+Instructions carry `source="file.py:line"` of the DSL call that emitted
+them, labels, and symbolic references (jump targets, subprograms, maps) that
+`Program.link()` resolves through pybpf.link.
+"""
+import os
+import sys
+
+from . import isa
+from .errors import AssemblerError
+from .insn import Insn
+
+__all__ = ["Program", "Reg", "Mem", "Type", "FuncRef", "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64"]
+
+MAX_STACK = 512
+_new_insn = Insn.__new__
+S32_MIN, S32_MAX, U32_MAX = -(1 << 31), (1 << 31) - 1, (1 << 32) - 1
+
+
+# -- source locations ------------------------------------------------------------
+
+_INTERNAL = set()  # co_filename of every DSL module: frames the source walk skips
+_LINES = {}  # co_filename -> {line: "file.py:line"}: formatting once per line keeps emission fast
+_getframe = sys._getframe
+
+
+def _internal(code_filename):
+    _INTERNAL.add(code_filename)
+
+
+def _source(depth=2):
+    """ "file.py:line" of the first frame outside the DSL's own modules."""
+    f = _getframe(depth)
+    name = f.f_code.co_filename
+    while name in _INTERNAL:
+        f = f.f_back
+        name = f.f_code.co_filename
+    lines = _LINES.get(name)
+    if lines is None:
+        lines = _LINES[name] = {}
+    line = f.f_lineno
+    where = lines.get(line)
+    if where is None:
+        where = lines[line] = f"{os.path.basename(name)}:{line}"
+    return where
+
+
+# -- access types ----------------------------------------------------------------
+
+class Type:
+    """A memory access type: u32 is a 4-byte unsigned load, s16 a sign-extending one."""
+
+    __slots__ = ("name", "size", "signed", "suffix")
+
+    def __init__(self, name, size, signed):
+        self.name, self.size, self.signed = name, size, signed
+        self.suffix = {1: "b", 2: "h", 4: "w", 8: "dw"}[size]
+
+    def __repr__(self):
+        return self.name
+
+
+u8, u16, u32, u64 = Type("u8", 1, False), Type("u16", 2, False), Type("u32", 4, False), Type("u64", 8, False)
+s8, s16, s32, s64 = Type("s8", 1, True), Type("s16", 2, True), Type("s32", 4, True), Type("s64", 8, True)
+TYPES = {t.name: t for t in (u8, u16, u32, u64, s8, s16, s32, s64)}
+_BY_SIZE = {(t.size, t.signed): t for t in TYPES.values()}
+
+
+def _type(what):
+    t = TYPES.get(what) if isinstance(what, str) else what
+    if not isinstance(t, Type):
+        raise AssemblerError(f"unknown access type {what!r} (one of {', '.join(TYPES)})", _source())
+    return t
+
+
+# -- opcode rows, looked up once ---------------------------------------------------
+
+def _row(name, source=None):
+    return isa.lookup(name, source)
+
+
+_ALU = {(op.name, bits, src): _row(op.name + sfx, src)
+        for op in isa.ALU_OPS for bits, sfx in ((64, ""), (32, "32")) for src in ("imm", "reg")}
+_JMP = {(c.name, bits, src): _row(c.name + sfx, src)
+        for c in isa.JMP_CONDS for bits, sfx in ((64, ""), (32, "32")) for src in ("imm", "reg")}
+_LDX = {t: _row(("ldxs" if t.signed and t.size < 8 else "ldx") + t.suffix) for t in TYPES.values()}
+_ST = {t: _row("st" + t.suffix) for t in TYPES.values()}
+_STX = {t: _row("stx" + t.suffix) for t in TYPES.values()}
+_ATOMIC = {(op.name, bits): _row(f"lock_{op.name}{'' if bits == 64 else '32'}")
+           for op in isa.ATOMIC_OPS for bits in (64, 32)}
+_NEG = {64: _row("neg"), 32: _row("neg32")}
+_JA, _GOTOL, _MAY_GOTO, _EXIT = _row("ja"), _row("gotol"), _row("may_goto"), _row("exit")
+_CALL, _CALL_LOCAL, _CALL_KFUNC = _row("call"), _row("call_local"), _row("call_kfunc")
+_LDDW, _LD_MAP_FD, _LD_MAP_VALUE, _LD_FUNC = _row("lddw"), _row("ld_map_fd"), _row("ld_map_value"), _row("ld_func")
+
+# Signed views turn these operations into their signed rows.
+_SIGNED_ALU = {"div": "sdiv", "mod": "smod", "rsh": "arsh"}
+_SIGNED_JMP = {"jgt": "jsgt", "jge": "jsge", "jlt": "jslt", "jle": "jsle"}
+_INVERSE = {"jeq": "jne", "jne": "jeq", "jgt": "jle", "jle": "jgt", "jge": "jlt", "jlt": "jge",
+            "jsgt": "jsle", "jsle": "jsgt", "jsge": "jslt", "jslt": "jsge"}
+_COMMUTATIVE = {"add", "mul", "or", "and", "xor"}
+_STOPS = ("exit", "ja", "gotol")  # kinds after which the next instruction is not reached by falling through
+
+
+# -- operands ----------------------------------------------------------------------
+
+class _Indexer:
+    """`base.u32[off]`: the memory at base + off, read by assigning it, written by assigning to it."""
+
+    __slots__ = ("base", "type")
+
+    def __init__(self, base, type):
+        self.base, self.type = base, type
+
+    def __getitem__(self, off):
+        base = self.base
+        return Mem(base._p, base._base_reg, base._base_off + off, self.type)
+
+    def __setitem__(self, off, value):
+        base = self.base
+        if value is not _DONE:
+            base._p._store(Mem(base._p, base._base_reg, base._base_off + off, self.type), value)
+
+
+class _Addressable:
+    """Something memory can be addressed from: a register, a stack slot, a typed pointer."""
+
+    __slots__ = ()
+    u8 = property(lambda self: _Indexer(self, u8))
+    u16 = property(lambda self: _Indexer(self, u16))
+    u32 = property(lambda self: _Indexer(self, u32))
+    u64 = property(lambda self: _Indexer(self, u64))
+    s8 = property(lambda self: _Indexer(self, s8))
+    s16 = property(lambda self: _Indexer(self, s16))
+    s32 = property(lambda self: _Indexer(self, s32))
+    s64 = property(lambda self: _Indexer(self, s64))
+
+    def mem(self, off, type):
+        """The memory at this + off as `type` (a Type or its name: "u32")."""
+        return Mem(self._p, self._base_reg, self._base_off + off, _type(type))
+
+    def field(self, name):
+        """The memory of field `name` ("a.b" for nested) of this object's layout."""
+        layout = getattr(self, "layout", None)
+        if layout is None:
+            raise AssemblerError(f"{self!r} has no layout; use p.ptr(reg, layout) or p.stack.alloc(layout)",
+                                 _source())
+        off, type = field_of(layout, name)
+        return Mem(self._p, self._base_reg, self._base_off + off, type)
+
+
+def _binary(name):
+    def op(self, other):
+        return BinExpr(self, name, other)
+    return op
+
+
+def _inplace(name):
+    def op(self, other):
+        self._p._alu(name, self, other)
+        return self._p._mark_done(self)
+    return op
+
+
+def _compare(name):
+    def op(self, other):
+        return Cond(self, _SIGNED_JMP.get(name, name) if self.signed else name, other)
+    return op
+
+
+class Reg(_Addressable):
+    """A register view: number, width (64 or 32) and signedness pick the instructions."""
+
+    __slots__ = ("_p", "n", "bits", "signed")
+
+    def __init__(self, p, n, bits, signed):
+        self._p, self.n, self.bits, self.signed = p, n, bits, signed
+
+    @property
+    def _base_reg(self):
+        return self
+
+    _base_off = 0
+
+    def __repr__(self):
+        return f"{'w' if self.bits == 32 else 'r'}{self.n}{'.s' if self.signed else ''}"
+
+    def _view(self, bits, signed):
+        return self._p._views[self.n * 4 + (bits == 32) + 2 * signed]
+
+    w = property(lambda self: self._view(32, self.signed),
+                 lambda self, value: self._p._assign(self._view(32, self.signed), value),
+                 doc="the 32-bit view (ALU32, JMP32)")
+    s = property(lambda self: self._view(self.bits, True),
+                 lambda self, value: self._p._assign(self._view(self.bits, True), value),
+                 doc="the signed view (s>, s/, s%, s>>)")
+
+    __add__ = __radd__ = _binary("add")
+    __sub__ = _binary("sub")
+    __mul__ = __rmul__ = _binary("mul")
+    __truediv__ = __floordiv__ = _binary("div")
+    __mod__ = _binary("mod")
+    __or__ = __ror__ = _binary("or")
+    __and__ = __rand__ = _binary("and")
+    __xor__ = __rxor__ = _binary("xor")
+    __lshift__ = _binary("lsh")
+    __rshift__ = _binary("rsh")
+
+    __iadd__ = _inplace("add")
+    __isub__ = _inplace("sub")
+    __imul__ = _inplace("mul")
+    __itruediv__ = __ifloordiv__ = _inplace("div")
+    __imod__ = _inplace("mod")
+    __ior__ = _inplace("or")
+    __iand__ = _inplace("and")
+    __ixor__ = _inplace("xor")
+    __ilshift__ = _inplace("lsh")
+    __irshift__ = _inplace("rsh")
+
+    __eq__ = _compare("jeq")
+    __ne__ = _compare("jne")
+    __gt__ = _compare("jgt")
+    __ge__ = _compare("jge")
+    __lt__ = _compare("jlt")
+    __le__ = _compare("jle")
+    __hash__ = object.__hash__
+
+    def __neg__(self):
+        return BinExpr(self, "neg", None)
+
+    def __bool__(self):
+        raise AssemblerError(f"{self!r} has no value while assembling; use p.If({self!r} ...) for a runtime test",
+                             _source())
+
+
+class Mem:
+    """`*(type *)(base + off)`: a value in memory. Assign it to a register to load,
+    assign to it to store; `+=`, `|=`, `&=`, `^=` with a register are atomic."""
+
+    __slots__ = ("_p", "base", "off", "type")
+
+    def __init__(self, p, base, off, type):
+        self._p, self.base, self.off, self.type = p, base, off, type
+
+    def __repr__(self):
+        sign = "+" if self.off >= 0 else "-"
+        return f"*({self.type.name} *)(r{self.base.n} {sign} {abs(self.off)})"
+
+    def _atomic(name):
+        def op(self, src):
+            self._p._atomic(name, self, src)
+            return _DONE
+        return op
+
+    __iadd__ = _atomic("add")
+    __ior__ = _atomic("or")
+    __iand__ = _atomic("and")
+    __ixor__ = _atomic("xor")
+    del _atomic
+
+
+_DONE = object()  # what an atomic `mem += reg` leaves behind: nothing left to store
+
+
+class BinExpr:
+    """`reg <op> operand`, computed into the register it is assigned to; `reg & mask` is also a jset test."""
+
+    __slots__ = ("left", "op", "right")
+
+    def __init__(self, left, op, right):
+        self.left, self.op, self.right = left, op, right
+
+    def __invert__(self):
+        if self.op != "and":
+            raise AssemblerError(f"~ negates a test (p.r1 & mask, p.r1 > 5), not {self.op}", _source())
+        return Cond(self.left, "jset", self.right, negated=True)
+
+    def __bool__(self):
+        raise AssemblerError("an expression has no value while assembling; assign it to a register", _source())
+
+
+class Cond:
+    """A runtime test (`p.r1 > 5`), used by p.If, p.While and p.jump_if. `~cond` is its negation."""
+
+    __slots__ = ("reg", "name", "other", "negated")
+
+    def __init__(self, reg, name, other, negated=False):
+        self.reg, self.name, self.other, self.negated = reg, name, other, negated
+
+    def __invert__(self):
+        inverse = _INVERSE.get(self.name)
+        if inverse is None:  # jset has no inverse opcode
+            return Cond(self.reg, self.name, self.other, not self.negated)
+        return Cond(self.reg, inverse, self.other)
+
+    def __bool__(self):
+        raise AssemblerError("a comparison of registers has no value while assembling; use p.If(...)",
+                             _source())
+
+    def __repr__(self):
+        return f"{'!' if self.negated else ''}({self.reg!r} {self.name} {self.other!r})"
+
+
+class FuncRef:
+    """A subprogram by name: an operand of call_local, ld_func, and helper calls taking callbacks."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"FuncRef({self.name!r})"
+
+
+# -- layouts -----------------------------------------------------------------------
+
+_FIELDS = {}  # (id(layout), name) -> (layout, offset, Type); the layout is kept so its id stays unique
+
+
+def _construct_field(layout, path):
+    offset = 0
+    for part in path.split("."):
+        sub = layout
+        while not hasattr(sub, "subcons") and hasattr(sub, "subcon"):
+            sub = sub.subcon  # Renamed, Aligned, ... around a Struct
+        if not hasattr(sub, "subcons"):
+            raise AssemblerError(f"{path!r}: {part!r} is not inside a struct")
+        for member in sub.subcons:
+            if member.name == part:
+                layout = member
+                break
+            offset += member.sizeof()
+        else:
+            raise AssemblerError(f"layout has no field {part!r} (path {path!r})")
+    leaf = layout
+    while not hasattr(leaf, "fmtstr") and not hasattr(leaf, "signed") and hasattr(leaf, "subcon"):
+        leaf = leaf.subcon
+    fmt = getattr(leaf, "fmtstr", "")
+    signed = bool(getattr(leaf, "signed", False)) or (fmt[-1:] in "bhilq" and fmt != "")
+    return offset, layout.sizeof(), signed
+
+
+def field_of(layout, name):
+    """(offset, Type) of field `name` in `layout`.
+
+    `layout` is a construct Struct, an object with `.field(name)`, or a
+    callable `layout(name)` (e.g. `functools.partial(btf.field, "sock")`); the
+    last two answer a pybpf.btf.Field, an (offset, size) or (offset, size, signed).
+    """
+    key = (id(layout), name)
+    hit = _FIELDS.get(key)
+    if hit is not None:
+        return hit[1], hit[2]
+    if hasattr(layout, "subcons") or hasattr(layout, "subcon"):
+        offset, size, signed = _construct_field(layout, name)
+    else:
+        answer = layout.field(name) if hasattr(layout, "field") else layout(name)
+        if hasattr(answer, "byte_offset"):
+            if getattr(answer, "is_bitfield", False):
+                raise AssemblerError(f"field {name!r} is a bitfield: load its storage and mask it", _source())
+            offset, size, signed = answer.byte_offset, answer.size, False
+        else:
+            offset, size, signed = (tuple(answer) + (False,))[:3]
+    type = _BY_SIZE.get((size, signed))
+    if type is None:
+        raise AssemblerError(f"field {name!r} is {size} bytes; a load or store moves 1, 2, 4 or 8", _source())
+    _FIELDS[key] = (layout, offset, type)
+    return offset, type
+
+
+def _sizeof(layout):
+    return layout if isinstance(layout, int) else layout.sizeof()
+
+
+class Ptr(_Addressable):
+    """A register that points at a struct with a known layout: `ptr.field("sport")`."""
+
+    __slots__ = ("_p", "_base_reg", "layout")
+    _base_off = 0
+
+    def __init__(self, p, reg, layout):
+        self._p, self._base_reg, self.layout = p, reg, layout
+
+    def __repr__(self):
+        return f"Ptr({self._base_reg!r})"
+
+
+class StackSlot(_Addressable):
+    """Bytes on the stack at r10 + offset. Assign it to a register for its address."""
+
+    __slots__ = ("_p", "_base_reg", "_base_off", "size", "layout")
+
+    def __init__(self, p, offset, size, layout):
+        self._p, self._base_reg, self._base_off = p, p._views[40], offset
+        self.size, self.layout = size, layout
+
+    @property
+    def offset(self):
+        return self._base_off
+
+    def __repr__(self):
+        return f"StackSlot(r10 {self._base_off}, {self.size} bytes)"
+
+    def zero(self):
+        """Store zeros over the whole slot (the verifier wants stack bytes written before they are read)."""
+        p, off, end = self._p, self._base_off, self._base_off + self.size
+        for t in (u64, u32, u16, u8):
+            while end - off >= t.size and off % t.size == 0:  # widest aligned stores first
+                p._store(Mem(p, self._base_reg, off, t), 0)
+                off += t.size
+
+
+class Stack:
+    """The function's stack frame: `p.stack.alloc(16)` or `p.stack.alloc(layout)`."""
+
+    def __init__(self, p):
+        self._p = p
+        self.used = 0
+
+    def alloc(self, size_or_layout, align=8):
+        """A new StackSlot of `size_or_layout` bytes (an int or a construct layout)."""
+        size = _sizeof(size_or_layout)
+        if size <= 0 or align not in (1, 2, 4, 8):
+            raise AssemblerError(f"stack slot of {size} bytes aligned to {align}: size must be positive, "
+                                 "align 1, 2, 4 or 8", _source())
+        used = -(-(self.used + size) // align) * align
+        if used > MAX_STACK:
+            raise AssemblerError(f"stack frame would be {used} bytes; BPF allows {MAX_STACK}", _source())
+        self.used = used
+        return StackSlot(self._p, -used, size, None if isinstance(size_or_layout, int) else size_or_layout)
+
+
+# -- blocks ------------------------------------------------------------------------
+
+class _Block:
+    """A `with` block; the program keeps a stack of the open ones."""
+
+    def __init__(self, p, source):
+        self.p, self.source = p, source
+
+    def __enter__(self):
+        self.p._blocks.append(self)
+        self.enter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        blocks = self.p._blocks
+        if exc_type is not None:  # the user's exception matters more than our bookkeeping
+            if self in blocks:
+                blocks.remove(self)
+            return False
+        if not blocks or blocks[-1] is not self:
+            raise AssemblerError(f"{type(self).__name__.lstrip('_')} block closed out of order", self.source)
+        blocks.pop()
+        self.leave()
+        return False
+
+
+class _If(_Block):
+    def __init__(self, p, cond, source):
+        super().__init__(p, source)
+        self.cond = p._test(cond)
+        self.else_label = p._new_label("else")
+        self.end_label = None
+
+    def enter(self):
+        self.p._jump(~self.cond, self.else_label)
+
+    def leave(self):
+        p = self.p
+        p._place(self.else_label)
+        if self.end_label:
+            p._place(self.end_label)
+        p._after_if = (self, len(p._code))
+
+
+class _Else(_Block):
+    """Else/Elif continue the If (or Elif) that closed right before them."""
+
+    def __init__(self, p, cond, source):
+        super().__init__(p, source)
+        self.cond = None if cond is None else p._test(cond)
+
+    def enter(self):
+        p = self.p
+        prev, mark = p._after_if or (None, -1)
+        p._after_if = None
+        if prev is None or mark != len(p._code) or p._pending[-1:] != [prev.end_label or prev.else_label]:
+            raise AssemblerError(f"{type(self).__name__.lstrip('_')} without an If block right before it",
+                                 self.source)
+        del p._pending[-2 if prev.end_label else -1:]
+        self.end_label = prev.end_label or p._new_label("endif")
+        # Skip the jump over the else branch when nothing falls through to it:
+        # the verifier rejects unreachable instructions. Labels still pending
+        # (an inner If's exit) are jump targets, so they need it.
+        last = p._code[-1] if p._code else None
+        if p._pending or last is None or last.op.kind not in _STOPS:
+            p._emit(_JA, ref=self.end_label)
+        p._place(prev.else_label)
+        if self.cond is not None:
+            self.else_label = p._new_label("else")
+            p._jump(~self.cond, self.else_label)
+
+    def leave(self):
+        p = self.p
+        if self.cond is None:
+            p._place(self.end_label)
+            return
+        p._place(self.else_label)
+        p._place(self.end_label)
+        p._after_if = (self, len(p._code))
+
+
+class _Elif(_Else):
+    pass
+
+
+class _Loop(_Block):
+    def __init__(self, p, source):
+        super().__init__(p, source)
+        self.top = p._new_label("loop")
+        self.next = self.top  # where Continue goes
+        self.end = p._new_label("endloop")
+
+
+class _While(_Loop):
+    def __init__(self, p, cond, source):
+        super().__init__(p, source)
+        self.cond = p._test(cond)
+
+    def enter(self):
+        self.p._place(self.top)
+        self.p._jump(~self.cond, self.end)
+
+    def leave(self):
+        self.p._emit(_JA, ref=self.top)
+        self.p._place(self.end)
+
+
+class _For(_Loop):
+    def __init__(self, p, reg, start, stop, step, source):
+        super().__init__(p, source)
+        if not isinstance(reg, Reg):
+            raise AssemblerError(f"For counts in a register, not {reg!r}", source)
+        if not isinstance(step, int) or step == 0:
+            raise AssemblerError(f"For step must be a non-zero int, not {step!r}", source)
+        self.reg, self.start, self.stop, self.step = reg, start, stop, step
+        self.next = p._new_label("next")
+
+    def enter(self):
+        p, reg = self.p, self.reg
+        p._assign(reg, self.start)
+        p._place(self.top)
+        p._jump(reg >= self.stop if self.step > 0 else reg <= self.stop, self.end)
+
+    def leave(self):
+        p = self.p
+        p._place(self.next)
+        p._alu("add", self.reg, self.step)
+        p._emit(_JA, ref=self.top)
+        p._place(self.end)
+
+
+class _Function(_Block):
+    def __init__(self, p, name, source):
+        super().__init__(p, source)
+        self.name = name
+
+    def enter(self):
+        p = self.p
+        if len(p._blocks) != 1:
+            raise AssemblerError(f"function {self.name!r} must be defined outside other blocks", self.source)
+        if self.name in p._functions:
+            raise AssemblerError(f"function {self.name!r} defined twice", self.source)
+        self.saved = (p._code, p._pending, p.stack, p._after_if)
+        p._code, p._pending, p.stack, p._after_if = [], [], Stack(p), None
+        p._functions[self.name] = p._code
+        p.label(self.name)
+
+    def leave(self):
+        p = self.p
+        code = p._code
+        if p._pending:
+            raise AssemblerError(f"function {self.name!r} ends with label {p._pending[-1]!r} on no instruction",
+                                 self.source)
+        if not code or code[-1].op.kind not in _STOPS:
+            raise AssemblerError(f"function {self.name!r} must end with exit (or a jump)", self.source)
+        p._code, p._pending, p.stack, p._after_if = self.saved
+
+
+# -- the program ---------------------------------------------------------------------
+
+class _RegAttr:
+    """`p.r1` reads a register view; `p.r1 = x` assigns to it."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __get__(self, p, owner=None):
+        return self if p is None else p._views[self.index]
+
+    def __set__(self, p, value):
+        p._assign(p._views[self.index], value)
+
+
+class Program:
+    """A program under construction.
+
+    name, prog_type, license: optional, for the loader (pybpf.prog).
+    insns:  the unlinked Insn list (main code, then subprograms)
+    link(): the Insn list with every label reference resolved
+    bytes() / encode(): the bytecode
+    maps:   the map objects the code references (ld_map_fd / ld_map_value)
+    """
+
+    def __init__(self, name="", prog_type=None, license="GPL"):
+        self.name, self.prog_type, self.license = name, prog_type, license
+        self._views = [Reg(self, n, bits, signed)
+                       for n in range(isa.MAX_REG + 1) for signed in (False, True) for bits in (64, 32)]
+        self._code = []  # the instructions of the function being written
+        self._main = self._code
+        self._functions = {}  # name -> its instructions, placed after the main code
+        self._pending = []  # labels waiting for the next instruction
+        self._labels = set()
+        self._blocks = []
+        self._after_if = None  # (If/Elif block, code length) while an Else may still follow
+        self._done_view, self._done_at = None, -1  # the in-place op `p.r1 += 1` just emitted
+        self._serial = 0
+        self.stack = Stack(self)
+
+    # -- emission ---------------------------------------------------------------
+    def _emit(self, op, dst=0, src=0, off=0, imm=0, ref=None):
+        insn = _new_insn(Insn)
+        insn.op, insn.dst, insn.src, insn.off, insn.imm = op, dst, src, off, imm
+        if op.fixed:
+            for field, value in op.fixed:
+                setattr(insn, field, value)
+        pending = self._pending
+        if pending:
+            insn.label = pending[0] if len(pending) == 1 else tuple(pending)
+            pending.clear()
+        else:
+            insn.label = None
+        insn.ref = ref
+        insn.source = _source(1)
+        self._code.append(insn)
+        return insn
+
+    def _fail(self, message):
+        raise AssemblerError(message, _source())
+
+    def _mark_done(self, view):
+        self._done_view, self._done_at = view, len(self._code)
+        return view
+
+    def _new_label(self, kind):
+        self._serial += 1
+        return f".{kind}{self._serial}"
+
+    def _place(self, name):
+        self._pending.append(name)
+
+    def _imm(self, value, bits, what):
+        """An immediate operand, as the signed imm32 a decoder would read back.
+
+        64-bit operations sign-extend imm32, so 2**31.. would not mean itself there."""
+        if bits == 64:
+            if not S32_MIN <= value <= S32_MAX:
+                self._fail(f"{what}: {value:#x} does not fit a sign-extended 32-bit immediate; "
+                           "load it into a register first")
+        elif not S32_MIN <= value <= U32_MAX:
+            self._fail(f"{what}: {value:#x} does not fit 32 bits")
+        return value - (1 << 32) if value > S32_MAX else value
+
+    def _dst(self, reg):
+        if not isinstance(reg, Reg):
+            self._fail(f"destination must be a register, not {reg!r}")
+        if reg.n == isa.FRAME_POINTER:
+            self._fail("r10 is the read-only frame pointer")
+        return reg
+
+    # -- assignment: p.rN = value --------------------------------------------------
+    def _assign(self, dst, value):
+        if value is dst and self._done_view is dst and self._done_at == len(self._code):
+            self._done_view = None  # the tail of `p.r1 += x`: already emitted
+            return
+        if dst.n == isa.FRAME_POINTER:
+            self._dst(dst)
+        cls = type(value)
+        if cls is Ptr:
+            value, cls = value._base_reg, Reg
+        if cls is int or cls is bool:
+            self._mov_imm(dst, int(value))
+        elif cls is Reg:
+            bits = 32 if 32 in (dst.bits, value.bits) else 64
+            self._emit(_ALU[("mov", bits, "reg")], dst.n, value.n)
+        elif cls is Mem:
+            self._emit(_LDX[value.type], dst.n, value.base.n, value.off)
+        elif cls is BinExpr:
+            self._assign_expr(dst, value)
+        elif cls is StackSlot:
+            self._emit(_ALU[("mov", 64, "reg")], dst.n, isa.FRAME_POINTER)
+            self._emit(_ALU[("add", 64, "imm")], dst.n, 0, 0, value.offset)
+        elif cls is FuncRef:
+            self.ld_func(dst, value)
+        elif hasattr(value, "fd"):
+            self.ld_map(dst, value)
+        else:
+            self._fail(f"cannot assign {value!r} to {dst!r}")
+
+    def _mov_imm(self, dst, value):
+        if S32_MIN <= value <= S32_MAX:
+            self._emit(_ALU[("mov", dst.bits, "imm")], dst.n, 0, 0, value)
+        elif dst.bits == 32 or value <= U32_MAX and value >= 0:
+            self._emit(_ALU[("mov", 32, "imm")], dst.n, 0, 0, self._imm(value, 32, "mov"))
+        elif -(1 << 63) <= value < (1 << 64):
+            self._emit(_LDDW, dst.n, 0, 0, value)
+        else:
+            self._fail(f"{value:#x} does not fit 64 bits")
+
+    def _assign_expr(self, dst, expr):
+        left, op, right = expr.left, expr.op, expr.right
+        if op == "neg":
+            if left.n != dst.n:
+                self._assign(dst, left)
+            self._emit(_NEG[32 if 32 in (dst.bits, left.bits) else 64], dst.n)
+            return
+        if isinstance(right, Reg) and right.n == dst.n and left.n != dst.n:
+            if op not in _COMMUTATIVE:
+                self._fail(f"{dst!r} = {left!r} {op} {right!r} would overwrite {right!r} before reading it")
+            left, right = right, left
+        view = dst._view(32 if 32 in (dst.bits, left.bits) else 64, left.signed or dst.signed)
+        if left.n != dst.n:
+            self._emit(_ALU[("mov", view.bits, "reg")], dst.n, left.n)
+        self._alu(op, view, right)
+
+    def _alu(self, name, dst, src):
+        if type(dst) is not Reg or dst.n == isa.FRAME_POINTER:
+            self._dst(dst)
+        if dst.signed:
+            name = _SIGNED_ALU.get(name, name)
+        if type(src) is Reg:
+            self._emit(_ALU[(name, dst.bits, "reg")], dst.n, src.n)
+        elif type(src) is int:
+            if not S32_MIN <= src <= S32_MAX:
+                src = self._imm(src, dst.bits, name)
+            self._emit(_ALU[(name, dst.bits, "imm")], dst.n, 0, 0, src)
+        else:
+            self._fail(f"{name}: operand must be a register or an int, not {src!r}")
+
+    # -- memory ----------------------------------------------------------------------
+    def _store(self, mem, value):
+        t = mem.type
+        if type(value) is Reg:
+            self._emit(_STX[t], mem.base.n, value.n, mem.off)
+        elif type(value) is int:
+            if t.size == 8:
+                self._imm(value, 64, f"store to {mem!r}")
+            elif not -(1 << (8 * t.size - 1)) <= value < (1 << (8 * t.size)):
+                self._fail(f"{value} does not fit {mem!r}")
+            elif value > S32_MAX:
+                value -= 1 << 32
+            self._emit(_ST[t], mem.base.n, 0, mem.off, value)
+        else:
+            self._fail(f"cannot store {value!r} to {mem!r}: store a register or an int")
+
+    def mem(self, base, off, type):
+        """`*(type *)(base + off)`; same as `base.u32[off]` for type u32."""
+        return base.mem(off, type)
+
+    def ptr(self, reg, layout):
+        """View `reg` as a pointer to `layout`, for `ptr.field("name")`."""
+        return Ptr(self, reg, layout)
+
+    def _atomic(self, name, mem, src):
+        if type(mem) is not Mem:
+            self._fail(f"atomic {name}: the target must be memory (reg.u64[off]), not {mem!r}")
+        if type(src) is not Reg:
+            self._fail(f"atomic {name}: the operand must be a register, not {src!r}")
+        if mem.type.size not in (4, 8):
+            self._fail(f"atomic {name}: {mem!r} must be 4 or 8 bytes")
+        return self._emit(_ATOMIC[(name, mem.type.size * 8)], mem.base.n, src.n, mem.off)
+
+    def atomic_add(self, mem, src, fetch=False):
+        """`lock *mem += src`; with fetch, src receives the old value."""
+        self._atomic("fetch_add" if fetch else "add", mem, src)
+
+    def atomic_or(self, mem, src, fetch=False):
+        self._atomic("fetch_or" if fetch else "or", mem, src)
+
+    def atomic_and(self, mem, src, fetch=False):
+        self._atomic("fetch_and" if fetch else "and", mem, src)
+
+    def atomic_xor(self, mem, src, fetch=False):
+        self._atomic("fetch_xor" if fetch else "xor", mem, src)
+
+    def xchg(self, mem, src):
+        """src = xchg(mem, src)."""
+        self._atomic("xchg", mem, src)
+
+    def cmpxchg(self, mem, src):
+        """r0 = cmpxchg(mem, r0, src): store src if *mem == r0; r0 gets the old value."""
+        self._atomic("cmpxchg", mem, src)
+
+    # -- other ALU ------------------------------------------------------------------------
+    def sdiv(self, dst, src):
+        self._alu("sdiv", dst, src)
+
+    def smod(self, dst, src):
+        self._alu("smod", dst, src)
+
+    def arsh(self, dst, src):
+        self._alu("arsh", dst, src)
+
+    def neg(self, dst):
+        self._emit(_NEG[self._dst(dst).bits], dst.n)
+
+    def _end(self, name, dst, bits):
+        if bits not in (16, 32, 64):
+            self._fail(f"{name}: width must be 16, 32 or 64, not {bits}")
+        self._emit(_row(f"{name}{bits}"), self._dst(dst).n)
+
+    def bswap(self, dst, bits):
+        """Unconditional byte swap of the low `bits` (cpu v4)."""
+        self._end("bswap", dst, bits)
+
+    def le(self, dst, bits):
+        """To little endian from host order (truncates to `bits`)."""
+        self._end("le", dst, bits)
+
+    def be(self, dst, bits):
+        """To big endian from host order (truncates to `bits`)."""
+        self._end("be", dst, bits)
+
+    def movsx(self, dst, src, bits):
+        """dst = (s`bits`) src, sign-extended to dst's width (cpu v4)."""
+        self._dst(dst)
+        if bits not in ((8, 16, 32) if dst.bits == 64 else (8, 16)):
+            self._fail(f"movsx to {dst!r} from {bits} bits is not an instruction")
+        self._emit(_row(f"movsx{bits}{dst.bits}"), dst.n, src.n)
+
+    # -- registers by number ----------------------------------------------------------
+    def reg(self, n, bits=64):
+        """Register `n` (0..10) as a view of `bits` (64 or 32)."""
+        if type(n) is not int or not 0 <= n <= isa.MAX_REG or bits not in (32, 64):
+            self._fail(f"no register r{n} of {bits} bits (r0..r{isa.MAX_REG}, 64 or 32 bits)")
+        return self._views[n * 4 + (bits == 32)]
+
+    # -- control flow -----------------------------------------------------------------
+    def label(self, name):
+        """Name the next instruction."""
+        if not isinstance(name, str) or not name or name.startswith("."):
+            self._fail(f"bad label {name!r}: a non-empty string not starting with '.' (reserved)")
+        if name in self._labels:
+            self._fail(f"label {name!r} defined twice")
+        self._labels.add(name)
+        self._pending.append(name)
+
+    def _test(self, cond):
+        cls = type(cond)
+        if cls is Cond:
+            return cond
+        if cls is Reg:
+            return cond != 0
+        if cls is BinExpr and cond.op == "and":
+            return Cond(cond.left, "jset", cond.right)
+        self._fail(f"{cond!r} is not a runtime test: compare a register (p.r1 > 5) or mask one (p.r1 & 4)")
+
+    def _jump(self, cond, target):
+        reg, other = cond.reg, cond.other
+        if cond.negated:  # not jset: jump over an unconditional jump when the bits are set
+            skip = self._new_label("skip")
+            self._jump(~cond, skip)
+            self._emit(_JA, ref=target)
+            self._place(skip)
+            return
+        if type(other) is Reg:
+            if other.bits != reg.bits:
+                self._fail(f"compare {reg!r} with {other!r}: both sides need the same width")
+            self._emit(_JMP[(cond.name, reg.bits, "reg")], reg.n, other.n, 0, 0, target)
+        elif type(other) is int:
+            self._emit(_JMP[(cond.name, reg.bits, "imm")], reg.n, 0, 0,
+                       self._imm(other, reg.bits, cond.name), target)
+        else:
+            self._fail(f"compare {reg!r} with a register or an int, not {other!r}")
+
+    def jump_if(self, cond, label):
+        """if cond goto label."""
+        self._jump(self._test(cond), label)
+
+    def goto(self, label, long=False):
+        """goto label; long=True uses gotol (32-bit offset, cpu v4)."""
+        if long:
+            self._emit(_GOTOL, ref=label)
+        else:
+            self._emit(_JA, ref=label)
+
+    def may_goto(self, label):
+        self._emit(_MAY_GOTO, ref=label)
+
+    def If(self, cond):
+        """`with p.If(p.r1 > 5):` -- then optionally `with p.Elif(...)`, `with p.Else():`."""
+        return _If(self, cond, _source())
+
+    def Elif(self, cond):
+        return _Elif(self, cond, _source())
+
+    def Else(self):
+        return _Else(self, None, _source())
+
+    def While(self, cond):
+        """`with p.While(p.r1 < 10):` -- a loop the verifier must see terminate."""
+        return _While(self, cond, _source())
+
+    def For(self, reg, start, stop=None, step=1):
+        """`with p.For(p.r6, 100):` counts r6 from 0 (or start) while < stop (> stop for a negative step)."""
+        if stop is None:
+            start, stop = 0, start
+        return _For(self, reg, start, stop, step, _source())
+
+    def _loop(self, what):
+        for block in reversed(self._blocks):
+            if isinstance(block, _Loop):
+                return block
+            if isinstance(block, _Function):
+                break
+        self._fail(f"{what} outside a loop")
+
+    def Break(self):
+        self._emit(_JA, ref=self._loop("Break").end)
+
+    def Continue(self):
+        self._emit(_JA, ref=self._loop("Continue").next)
+
+    def exit(self, value=None):
+        """exit; with a value, set r0 first."""
+        if value is not None:
+            self._assign(self._views[0], value)
+        self._emit(_EXIT)
+
+    # -- calls ---------------------------------------------------------------------------
+    def call(self, helper, *args):
+        """Call a BPF helper by name or id, loading args into r1..r5; returns r0.
+
+        Arguments are registers, ints, stack slots (their address), maps,
+        FuncRefs (callbacks) or memory (loaded)."""
+        from . import helpers
+
+        try:
+            h = helpers.lookup(helper)
+        except AssemblerError as err:
+            self._fail(err.message)
+        variadic = h.signature.endswith("...)")
+        nargs = h.nargs - variadic
+        if not (nargs <= len(args) <= 5 if variadic else len(args) == nargs):
+            self._fail(f"{h.c_name} takes {nargs}{' or more' if variadic else ''} argument"
+                       f"{'s' * (nargs != 1)}, got {len(args)}")
+        self._load_args(h.c_name, args)
+        self._emit(_CALL, imm=h.id)
+        return self._mark_done(self._views[0])
+
+    def _load_args(self, what, args):
+        for i, arg in enumerate(args, 1):
+            reads = arg.n if type(arg) is Reg else arg._base_reg.n if type(arg) is Ptr else \
+                arg.base.n if type(arg) is Mem else 0
+            if 1 <= reads < i and not (type(args[reads - 1]) is Reg and args[reads - 1].n == reads):
+                self._fail(f"{what}: argument {i} reads r{reads}, which argument {reads} already overwrote")
+            if type(arg) is Reg and arg.n == i:
+                continue
+            self._assign(self._views[i * 4], arg)
+
+    def call_local(self, func):
+        """bpf-to-bpf call of a subprogram (its name or FuncRef); returns r0."""
+        self._emit(_CALL_LOCAL, ref=self._func_name(func))
+        return self._mark_done(self._views[0])
+
+    def call_kfunc(self, btf_id, module=0):
+        """Call kernel function `btf_id`; module indexes the fd_array of module BTFs (0: vmlinux)."""
+        self._emit(_CALL_KFUNC, off=module, imm=btf_id)
+        return self._mark_done(self._views[0])
+
+    def bpf_loop(self, count, callback, ctx=0, flags=0):
+        """bpf_loop(count, callback, ctx, flags): the callback is a subprogram (u32 index, void *ctx)."""
+        return self.call("loop", count, self.fn(callback), ctx, flags)
+
+    def _func_name(self, func):
+        name = func.name if isinstance(func, FuncRef) else func
+        if not isinstance(name, str):
+            self._fail(f"a subprogram is named by a str or FuncRef, not {func!r}")
+        return name
+
+    def fn(self, func):
+        """A FuncRef to a subprogram (for ld_func and callback arguments)."""
+        return FuncRef(self._func_name(func))
+
+    def function(self, name):
+        """`with p.function("add"):` writes subprogram `add`; it is placed after the main code."""
+        return _Function(self, name, _source())
+
+    def subprogram(self, body=None, *, name=None):
+        """Decorator: `@p.subprogram` runs `body()` inside p.function(body.__name__); gives its FuncRef."""
+        def define(body):
+            with _Function(self, name or body.__name__, _source()):
+                body()
+            return FuncRef(name or body.__name__)
+        return define(body) if body is not None else define
+
+    # -- pseudo loads -----------------------------------------------------------------------
+    def ld_map(self, dst, map):
+        """dst = the map (ld_map_fd); its fd is patched in by the loader."""
+        self._emit(_LD_MAP_FD, self._dst(dst).n, 0, 0, 0, map)
+
+    def ld_map_value(self, dst, map, offset=0):
+        """dst = &map value[0] + offset (ld_map_value, array maps)."""
+        self._emit(_LD_MAP_VALUE, self._dst(dst).n, 0, 0, (offset & U32_MAX) << 32, map)
+
+    def ld_func(self, dst, func):
+        """dst = address of a subprogram (callbacks for bpf_loop, timers, ...)."""
+        self._emit(_LD_FUNC, self._dst(dst).n, 0, 0, 0, self._func_name(func))
+
+    # -- results -------------------------------------------------------------------------------
+    @property
+    def insns(self):
+        """Unlinked instructions: the main code, then each subprogram."""
+        out = list(self._main)
+        for code in self._functions.values():
+            out += code
+        return out
+
+    def _check_closed(self):
+        if self._blocks:
+            block = self._blocks[-1]
+            raise AssemblerError(f"{type(block).__name__.lstrip('_')} block is still open", block.source)
+        if self._pending:
+            name = self._pending[-1]
+            what = "a block ends the program" if name.startswith(".") else f"label {name!r} marks no instruction"
+            raise AssemblerError(f"{what}: the program needs an instruction after it (p.exit())",
+                                 self._main[-1].source if self._main else None)
+
+    def link(self):
+        """Instructions with every label reference resolved (pybpf.link)."""
+        from .link import link
+
+        self._check_closed()
+        return link(self.insns)
+
+    def bytes(self):
+        """The bytecode of the linked program."""
+        from .insn import encode
+
+        return encode(self.link())
+
+    encode = bytes
+
+    @property
+    def maps(self):
+        """Map objects referenced by the code, in first-use order."""
+        seen = {}
+        for insn in self.insns:
+            if insn.op.kind == "ld_imm64" and insn.ref is not None and hasattr(insn.ref, "fd"):
+                seen.setdefault(id(insn.ref), insn.ref)
+        return list(seen.values())
+
+    def __str__(self):
+        """Kernel-syntax disassembly of the linked program (pybpf.disasm)."""
+        from .disasm import disassemble
+
+        return disassemble(self.link())
+
+    def __repr__(self):
+        return f"<Program {self.name or '?'}: {sum(i.slots for i in self.insns)} slots>"
+
+
+for _n in range(isa.MAX_REG + 1):
+    setattr(Program, f"r{_n}", _RegAttr(_n * 4))
+    setattr(Program, f"w{_n}", _RegAttr(_n * 4 + 1))
+del _n
+
+_internal(_source.__code__.co_filename)
+
+
+if __name__ == "__main__":
+    from pybpf.text import main
+
+    main()
