@@ -186,20 +186,8 @@ class Link(Attachment):
         except SyscallError as e:
             raise _attach_error(e, self.what) from None
 
-    def pin(self, path):
-        """Pin the link on bpffs (it then outlives the process until unpinned; recorded for cleanup)."""
-        _sys.obj_pin(self.fd, path)
-        cleanup.register(lambda: _unlink_quietly(path), f"pin {path}")
-
     def _release(self):
         os.close(self.fd)
-
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class PerfEventLink(Attachment):
@@ -289,24 +277,34 @@ def link_create(prog, target_fd, type, flags=0, *, cookie=None, target_btf_id=0)
 
 
 # -- perf events: tracepoints and kprobes --------------------------------------
-def _attach_perf_event(prog, attr, what, cookie):
+def _check_mode(mode, what, choices):
+    if mode not in (None,) + choices:
+        raise BpfError(f"{what} mode {mode!r}: expected {' or '.join(map(repr, choices))}")
+
+
+def _attach_perf_event(prog, attr, what, cookie, mode):
+    _check_mode(mode, what.split()[0], ("link", "ioctl"))
+    if cookie and mode == "ioctl":
+        raise BpfError(f"{what}: a bpf cookie needs a BPF_PERF_EVENT link, not the ioctl")
     # pid -1 on one CPU: a BPF program on a tracepoint/kprobe event runs for hits on every
     # CPU (the program hangs off the trace event, not the per-CPU perf event).
     pfd = _sys.perf_event_open(attr, -1, 0)
     link_fd = None
     try:
-        try:
-            link_fd = link_create(prog, pfd, AttachType.PERF_EVENT, cookie=cookie)
-        except SyscallError as e:
-            if e.errno not in _NO_LINK:
-                raise _attach_error(e, what) from None
-            if cookie:
-                raise FeatureUnavailable(f"{what}: a bpf cookie needs BPF_PERF_EVENT links, "
-                                         f"which this kernel lacks") from None
+        if mode != "ioctl":
+            try:
+                link_fd = link_create(prog, pfd, AttachType.PERF_EVENT, cookie=cookie)
+            except SyscallError as e:
+                if mode == "link" or e.errno not in _NO_LINK:
+                    raise _attach_error(e, what) from None
+                if cookie:
+                    raise FeatureUnavailable(f"{what}: a bpf cookie needs BPF_PERF_EVENT links, "
+                                             f"which this kernel lacks") from None
+        if link_fd is None:
             try:
                 _sys.ioctl(pfd, _sys.PERF_EVENT_IOC_SET_BPF, prog_fd(prog))
-            except SyscallError as e2:
-                raise _attach_error(e2, what) from None
+            except SyscallError as e:
+                raise _attach_error(e, what) from None
         _sys.ioctl(pfd, _sys.PERF_EVENT_IOC_ENABLE)
     except BaseException:
         if link_fd is not None:
@@ -316,14 +314,15 @@ def _attach_perf_event(prog, attr, what, cookie):
     return PerfEventLink(pfd, link_fd, what)
 
 
-def tracepoint(prog, category, name=None, *, cookie=None):
+def tracepoint(prog, category, name=None, *, cookie=None, mode=None):
     """Attach a BPF_PROG_TYPE_TRACEPOINT program: tracepoint(p, "sched:sched_process_exec")
-    or tracepoint(p, "sched", "sched_process_exec"). Mounts tracefs if needed."""
+    or tracepoint(p, "sched", "sched_process_exec"). Mounts tracefs if needed.
+    mode: None = BPF_PERF_EVENT link, else PERF_EVENT_IOC_SET_BPF; "link" or "ioctl" forces one."""
     category, name = tracefs.split_name(category, name)
     attr = _sys.new_perf_attr()
     attr.type = _sys.PERF_TYPE_TRACEPOINT
     attr.config = tracefs.tracepoint_id(category, name)
-    return _attach_perf_event(prog, attr, f"tracepoint {category}:{name}", cookie)
+    return _attach_perf_event(prog, attr, f"tracepoint {category}:{name}", cookie, mode)
 
 
 def _read_sysfs(path):
@@ -331,8 +330,9 @@ def _read_sysfs(path):
         return f.read().strip()
 
 
-def kprobe(prog, func, *, offset=0, retprobe=False, cookie=None):
-    """Attach a BPF_PROG_TYPE_KPROBE program to a kernel function through the kprobe PMU."""
+def kprobe(prog, func, *, offset=0, retprobe=False, cookie=None, mode=None):
+    """Attach a BPF_PROG_TYPE_KPROBE program to a kernel function through the kprobe PMU
+    (mode as for tracepoint)."""
     what = f"{'kretprobe' if retprobe else 'kprobe'} {func}" + (f"+{offset:#x}" if offset else "")
     try:
         pmu_type = int(_read_sysfs(f"{KPROBE_PMU}/type"))
@@ -347,16 +347,16 @@ def kprobe(prog, func, *, offset=0, retprobe=False, cookie=None):
     attr.kprobe_func = _sys.address(name)
     attr.probe_offset = offset
     try:
-        return _attach_perf_event(prog, attr, what, cookie)
+        return _attach_perf_event(prog, attr, what, cookie, mode)
     except SyscallError as e:
         if e.errno == errno.ENOENT:
             raise FeatureUnavailable(f"{what}: no such kernel function (or it cannot be probed)") from None
         raise
 
 
-def kretprobe(prog, func, *, cookie=None):
+def kretprobe(prog, func, *, cookie=None, mode=None):
     """kprobe(prog, func, retprobe=True)."""
-    return kprobe(prog, func, retprobe=True, cookie=cookie)
+    return kprobe(prog, func, retprobe=True, cookie=cookie, mode=mode)
 
 
 # -- raw tracepoints and BTF-typed tracing ------------------------------------
@@ -432,8 +432,7 @@ def cgroup(prog, type, cgroup="/", *, mode=None, flags=AttachFlags.ALLOW_MULTI):
     mode: None = link, falling back to BPF_PROG_ATTACH when the kernel has no cgroup links;
           "link" or "attach" to force one. flags apply to BPF_PROG_ATTACH only."""
     type = attach_type(type, CGROUP_HOOKS)
-    if mode not in (None, "link", "attach"):
-        raise BpfError(f"cgroup attach mode {mode!r}: expected 'link' or 'attach'")
+    _check_mode(mode, "cgroup", ("link", "attach"))
     path = cgroup_path(cgroup)
     what = f"cgroup {path} {type.name.lower()}"
     try:

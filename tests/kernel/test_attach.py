@@ -95,6 +95,37 @@ def test_tracepoint_sees_every_cpu():
         assert sum(percpu[0]) == total
 
 
+def test_tracepoint_ioctl_path(counter):
+    """The pre-5.15 path: PERF_EVENT_IOC_SET_BPF on the perf fd, no link."""
+    with load(counter_insns(counter, 0), ProgType.TRACEPOINT) as prog:
+        with attach.tracepoint(prog, "syscalls:sys_enter_getpid", mode="ioctl") as tp:
+            assert tp.link_fd is None and tp.fd == tp.perf_fd
+            run("import os; [os.getpid() for _ in range(100)]")
+        seen = counter[0]
+        assert seen >= 100
+        run("import os; [os.getpid() for _ in range(100)]")
+        assert counter[0] == seen
+        with pytest.raises(BpfError, match="cookie needs a BPF_PERF_EVENT link"):
+            attach.tracepoint(prog, "syscalls:sys_enter_getpid", mode="ioctl", cookie=1)
+
+
+def test_link_update_swaps_program(cgroup_dir):
+    with Map(MapType.ARRAY, key=4, value=8, max_entries=2, name="two") as counts, \
+            load(counter_insns(counts, 1, slot=0), ProgType.CGROUP_SKB) as first, \
+            load(counter_insns(counts, 1, slot=1), ProgType.CGROUP_SKB) as second, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        send = in_cgroup(cgroup_dir, UDP_SEND.format(port=sink.getsockname()[1]))
+        with attach.cgroup(first, "egress", cgroup_dir, mode="link") as link:
+            run(send)
+            link.update(second)
+            assert link.info().prog_id == second.id
+            run(send)
+            with pytest.raises(SyscallError, match="cgroup"):  # first is no longer the current one
+                link.update(first, old_prog=first)
+        assert (counts[0], counts[1]) == (5, 5)
+
+
 def test_tracepoint_two_args_and_bad_names(counter):
     with load(counter_insns(counter, 0), ProgType.TRACEPOINT) as prog:
         with attach.tracepoint(prog, "sched", "sched_process_exec"):
