@@ -1,0 +1,229 @@
+"""cgroup id -> cgroup path -> container.
+
+A cgroup v2 path says which runtime made a cgroup and for which container:
+
+  docker      /system.slice/docker-<64hex>.scope        (systemd driver)
+              /docker/<64hex>                           (cgroupfs driver)
+  kubernetes  /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/
+                  cri-containerd-<64hex>.scope | crio-<64hex>.scope | docker-<64hex>.scope
+              /kubepods/besteffort/pod<uid>/<64hex>     (cgroupfs driver)
+              (the systemd driver writes the pod uid with '_' for '-')
+  podman      /machine.slice/libpod-<64hex>.scope, .../user.slice/libpod-<64hex>.scope,
+              /libpod_parent/libpod-<64hex>; libpod-conmon-<id>.scope is its monitor
+  cri-o       crio-<64hex>.scope, crio-conmon-<id>.scope is its monitor
+  lab         /bpfhook.lab/NAME                         (bpfhook lab containers)
+  service     /system.slice/foo.service (also user@UID.service/app.slice/foo.service)
+  session     /user.slice/user-UID.slice/session-N.scope
+  host        /, /init.scope and anything unrecognised
+
+Components are read innermost first, so a container nested in another
+(kind-in-docker, a pod in a VM slice) is attributed to the innermost one.
+Container names come from the runtime where it is reachable (Docker's API on
+its unix socket, optional); ids always come from the path.
+"""
+import collections
+import dataclasses
+import http.client
+import json
+import re
+import socket
+import time
+
+from bpfhook import cgroups
+
+_HEX64 = r"([0-9a-f]{64})"
+# (regex on one path component, kind, runtime); first match wins.
+_CONTAINER_COMPONENTS = [
+    (re.compile(rf"cri-containerd[-:]{_HEX64}(?:\.scope)?\Z"), "pod", "containerd"),
+    (re.compile(rf"crio-{_HEX64}(?:\.scope)?\Z"), "pod", "cri-o"),
+    (re.compile(rf"docker-{_HEX64}\.scope\Z"), "docker", "docker"),
+    (re.compile(rf"libpod-{_HEX64}(?:\.scope)?\Z"), "podman", "podman"),
+]
+_BARE_ID = re.compile(rf"{_HEX64}\Z")  # cgroupfs drivers: docker's /docker/<id>, kubelet's pod<uid>/<id>
+_MONITOR = re.compile(rf"(?:libpod|crio)-conmon-{_HEX64}(?:\.scope)?\Z")
+# kubepods-burstable-pod<uid>.slice, kubepods-pod<uid>.slice (guaranteed), pod<uid> (cgroupfs)
+_POD = re.compile(r"(?:kubepods-(?:[a-z]+-)?)?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?\Z")
+_SESSION = re.compile(r"session-([^/]+)\.scope\Z")
+_USER_SLICE = re.compile(r"user-(\d+)\.slice\Z")
+
+LAB_PARENT = "bpfhook.lab"
+
+
+@dataclasses.dataclass(frozen=True)
+class Container:
+    """What a cgroup belongs to."""
+
+    kind: str  # docker, pod, podman, lab, monitor, service, session, host
+    id: str  # full container id (64 hex), unit / lab name, "" for the host
+    cgroup_path: str
+    runtime: str = ""  # docker, containerd, cri-o, podman, bpfhook-lab, systemd, ""
+    name: str = ""  # runtime's name when known, else what the path gives
+    pod_uid: str = ""  # kubernetes pod uid, with dashes
+
+    @property
+    def short_id(self):
+        """12 characters for hex container ids, like `docker ps`; other ids unchanged."""
+        return self.id[:12] if re.fullmatch(r"[0-9a-f]{13,}", self.id) else self.id
+
+    @property
+    def is_container(self):
+        return self.kind in ("docker", "pod", "podman", "lab")
+
+    @property
+    def label(self):
+        """Short human name: the name, else the short id, else the kind."""
+        return self.name or self.short_id or self.kind
+
+    def matches(self, text):
+        """True when text names this container: its name, id, or an id prefix of 4+ characters."""
+        if not text:
+            return False
+        return text in (self.name, self.id, self.short_id) or (len(text) >= 4 and self.id.startswith(text))
+
+
+def _unescape_unit(name):
+    r"""systemd escapes '-' inside unit names as \x2d."""
+    return re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m[1], 16)), name)
+
+
+def classify(cgroup_path):
+    """The Container a cgroup path (kernel view, "/..." on cgroup2) belongs to."""
+    if cgroup_path is None:
+        return Container("host", "", "")
+    parts = [p for p in cgroup_path.split("/") if p]
+    if len(parts) == 2 and parts[0] == LAB_PARENT:
+        return Container("lab", parts[1], cgroup_path, runtime="bpfhook-lab", name=parts[1])
+    pod_uid = ""
+    for part in parts:
+        m = _POD.match(part)
+        if m:
+            pod_uid = m[1].replace("_", "-")
+    for part in reversed(parts):
+        for regex, kind, runtime in _CONTAINER_COMPONENTS:
+            m = regex.match(part)
+            if m:
+                kind = "pod" if pod_uid else kind  # any runtime under kubepods runs a pod's container
+                return Container(kind, m[1], cgroup_path, runtime=runtime, pod_uid=pod_uid)
+        m = _BARE_ID.match(part)
+        if m:  # under a pod the runtime is not in the path
+            if pod_uid:
+                return Container("pod", m[1], cgroup_path, pod_uid=pod_uid)
+            return Container("docker", m[1], cgroup_path, runtime="docker")
+        m = _MONITOR.match(part)
+        if m:
+            runtime = "podman" if part.startswith("libpod") else "cri-o"
+            return Container("monitor", m[1], cgroup_path, runtime=runtime, pod_uid=pod_uid)
+        if pod_uid and _POD.match(part):  # the pod's own cgroup (sandbox level)
+            return Container("pod", pod_uid, cgroup_path, pod_uid=pod_uid)
+        if part.endswith(".service"):
+            unit = _unescape_unit(part)
+            return Container("service", unit, cgroup_path, runtime="systemd", name=unit)
+        m = _SESSION.match(part)
+        if m:
+            users = [u[1] for u in map(_USER_SLICE.match, parts) if u]
+            name = f"user {users[0]} session {m[1]}" if users else f"session {m[1]}"
+            return Container("session", f"session-{m[1]}", cgroup_path, runtime="systemd", name=name)
+    return Container("host", "", cgroup_path)
+
+
+class DockerNames:
+    """Container names from Docker's API over its unix socket (optional).
+
+    One short request per unknown id (GET /containers/<id>/json), answers
+    cached. When the daemon is unreachable it is not asked again for
+    `retry_after` seconds, so a missing Docker costs one failed connect.
+    """
+
+    def __init__(self, socket_path="/var/run/docker.sock", timeout=0.25, retry_after=30.0):
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._down_until = 0.0
+        self._names = {}
+
+    def __call__(self, container_id):
+        if container_id in self._names:
+            return self._names[container_id]
+        if time.monotonic() < self._down_until:
+            return ""
+        try:
+            status, body = self._get(f"/containers/{container_id}/json")
+        except (OSError, http.client.HTTPException):
+            self._down_until = time.monotonic() + self.retry_after
+            return ""
+        name = ""
+        if status == 200:
+            try:
+                name = json.loads(body).get("Name", "").lstrip("/")
+            except (ValueError, AttributeError):
+                name = ""
+        self._names[container_id] = name  # 404 too: the id is not Docker's
+        return name
+
+    def _get(self, path):
+        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+        try:
+            conn.request("GET", path, headers={"Host": "docker"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Resolver:
+    """cgroup id -> Container, LRU-cached.
+
+    path_of_id: cgroup id -> path or None (bpfhook.cgroups.path_of_id, which
+                finds the cgroup2 mount itself, also on hybrid hosts)
+    names:      {runtime: callable(id) -> name} asked for containers of that
+                runtime; DockerNames() for docker by default
+    Cgroup ids are never reused, so cached answers stay right; a cgroup that
+    no longer exists resolves to the host with an empty path.
+    """
+
+    def __init__(self, path_of_id=None, names=None, maxsize=4096):
+        self.path_of_id = path_of_id or cgroups.path_of_id
+        self.names = {"docker": DockerNames()} if names is None else names
+        self.maxsize = maxsize
+        self._cache = collections.OrderedDict()
+
+    def __call__(self, cgroup_id):
+        cache = self._cache
+        container = cache.get(cgroup_id)
+        if container is not None:
+            cache.move_to_end(cgroup_id)
+            return container
+        container = self.by_path(self.path_of_id(cgroup_id))
+        cache[cgroup_id] = container
+        if len(cache) > self.maxsize:
+            cache.popitem(last=False)
+        return container
+
+    def by_path(self, cgroup_path):
+        container = classify(cgroup_path)
+        lookup = self.names.get(container.runtime)
+        if lookup is not None and not container.name and container.id:
+            name = lookup(container.id)
+            if name:
+                container = dataclasses.replace(container, name=name)
+        return container
+
+    def cached(self):
+        """Number of cached ids."""
+        return len(self._cache)

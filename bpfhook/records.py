@@ -1,0 +1,262 @@
+"""Every layout the monitor's BPF programs and its user side share, defined once.
+
+All integers are in host byte order (BPF stores native words), every field
+sits at its natural alignment with explicit padding, and each struct's size
+is asserted below. The BPF programs take their offsets from `offsetof()` /
+`sizeof()`, which read this construct definition: there is no second copy.
+
+    EVENT        connection event, one ring buffer (or perf buffer) record, 136 bytes
+    CONN_KEY     LRU hash "conns": the connection's socket, 8 bytes
+    CONN         its value: who opened it, addresses, state, bytes, 112 bytes
+    CGROUP_KEY   hash "metrics_by_cgroup": cgroup id, 8 bytes
+    NETNS_KEY    hash "metrics_by_netns": netns cookie (or inode), 8 bytes
+    METRICS      value of both metrics maps, 176 bytes
+    LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
+
+Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
+the connection's `struct sock`: the one value every hook sees for a TCP
+socket without kprobes (sock:inet_sock_set_state's skaddr, the sock behind an
+accept()ed fd, the sk of a sock_ops/cgroup_skb context). It is unique while the
+socket lives; the programs delete the entry on the transition to TCP_CLOSE,
+so a later socket at the same address starts a fresh entry. A 5-tuple could
+not key a connect() (no source port yet) and repeats across network
+namespaces. EVENT.cookie additionally carries the socket cookie
+(bpf_get_socket_cookie) where the hook can get one, else 0; it is for users
+correlating with other tools, not a map key.
+"""
+import socket
+
+from construct import Array, Bytes, Int8un, Int16un, Int32un, Int64sn, Int64un, Padding, Struct
+
+from pybpf.layout import codec
+
+# ---- values the records carry ------------------------------------------------
+
+# EVENT.kind
+EVENT_KINDS = {1: "connect", 2: "accept", 3: "state", 4: "close", 5: "udp"}
+EV_CONNECT, EV_ACCEPT, EV_STATE, EV_CLOSE, EV_UDP = 1, 2, 3, 4, 5
+
+# TCP states as in the kernel's enum (include/net/tcp_states.h).
+TCP_STATES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+    11: "CLOSING", 12: "NEW_SYN_RECV", 13: "BOUND_INACTIVE",
+}
+TCP_STATE_IDS = {name: number for number, name in TCP_STATES.items()}
+NSTATES = 16  # METRICS.states has one slot per state number; BPF masks newstate with NSTATES-1
+
+# EVENT.flags / CONN.flags bits
+F_NETNS_INODE = 1 << 0  # .netns is the namespace's inode, not its cookie (hook had no netns cookie)
+F_OWNER_FROM_ACCEPT = 1 << 1  # pid/tid/comm/cgroup are the accept()ing task's, not the current one
+
+AF_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
+
+# Slots of the "lost" array (BPF_MAP_TYPE_PERCPU_ARRAY: user space sums the CPUs).
+LOST_SLOTS = {
+    0: "events",  # ring buffer reserve/output failed: an event was dropped
+    1: "conns",  # a close or state change found no conn entry (evicted from the LRU): bytes/duration unknown
+}
+LOST_EVENTS, LOST_CONNS = 0, 1
+
+# ---- layouts -----------------------------------------------------------------
+
+u8, u16, u32, u64, s64 = Int8un, Int16un, Int32un, Int64un, Int64sn
+
+EVENT = Struct(
+    "ts_ns" / u64,  # bpf_ktime_get_ns() (CLOCK_MONOTONIC)
+    "cgroup_id" / u64,  # cgroup v2 id of the owning task
+    "netns" / u64,  # netns cookie, or inode when flags has F_NETNS_INODE
+    "sock" / u64,  # struct sock address: the CONN_KEY of this connection
+    "cookie" / u64,  # socket cookie, 0 when the hook has none
+    "bytes_sent" / u64,  # tcp_sock.bytes_acked (TCP) / payload bytes (UDP); on close and state events
+    "bytes_received" / u64,  # tcp_sock.bytes_received
+    "duration_ns" / u64,  # close: now - CONN.start_ns; else 0
+    "pid" / u32,  # tgid
+    "tid" / u32,
+    "comm" / Bytes(16),  # NUL-padded task comm
+    "saddr" / Bytes(16),  # network order; IPv4 in the first 4 bytes, rest zero
+    "daddr" / Bytes(16),
+    "sport" / u16,  # host order
+    "dport" / u16,  # host order
+    "family" / u16,  # AF_INET 2, AF_INET6 10
+    "protocol" / u8,  # IPPROTO_TCP 6, IPPROTO_UDP 17
+    "kind" / u8,  # EV_*
+    "oldstate" / u8,  # TCP state numbers; 0 when the event is no state change
+    "newstate" / u8,
+    "flags" / u8,  # F_* bits
+    Padding(5),
+)
+
+CONN_KEY = Struct("sock" / u64)
+
+CONN = Struct(
+    "start_ns" / u64,  # first sight (connect / SYN_SENT / accept)
+    "cgroup_id" / u64,
+    "netns" / u64,
+    "bytes_sent" / u64,  # last known; hooks that see data update it, close reads tcp_sock
+    "bytes_received" / u64,
+    "pid" / u32,
+    "tid" / u32,
+    "comm" / Bytes(16),
+    "saddr" / Bytes(16),
+    "daddr" / Bytes(16),
+    "sport" / u16,
+    "dport" / u16,
+    "family" / u16,
+    "protocol" / u8,
+    "state" / u8,  # current TCP state
+    "flags" / u8,  # F_* bits, as in EVENT
+    Padding(7),
+)
+
+CGROUP_KEY = Struct("cgroup_id" / u64)
+NETNS_KEY = Struct("netns" / u64)
+
+METRICS = Struct(
+    "opened" / u64,  # connections seen starting (SYN_SENT, accepted, UDP connect)
+    "closed" / u64,  # transitions to TCP_CLOSE of known connections
+    "active" / s64,  # opened - closed, kept by the BPF side (signed: an evicted open may go below 0)
+    "bytes_sent" / u64,  # summed at close from tcp_sock counters
+    "bytes_received" / u64,
+    "udp" / u64,  # UDP flows (connected UDP sockets / first datagram)
+    "states" / Array(NSTATES, u64),  # transitions into each state, index = new state number
+)
+
+LOST_KEY = u32
+LOST_VALUE = u64
+
+_SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
+          "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 176)}
+
+
+# ---- offsets, derived from the layouts ---------------------------------------
+
+def fields(layout):
+    """[(name, offset, size)] of a Struct's named fields, padding left out."""
+    out, offset = [], 0
+    for sub in layout.subcons:
+        size = sub.sizeof()
+        if sub.name is not None:
+            out.append((sub.name, offset, size))
+        offset += size
+    return out
+
+
+def offsetof(layout, name):
+    """Byte offset of field `name` in `layout` (like C's offsetof)."""
+    for field, offset, _size in fields(layout):
+        if field == name:
+            return offset
+    raise KeyError(f"layout has no field {name!r}")
+
+
+def sizeof(layout, name=None):
+    """Size of a layout, or of one of its fields."""
+    if name is None:
+        return layout.sizeof()
+    for field, _offset, size in fields(layout):
+        if field == name:
+            return size
+    raise KeyError(f"layout has no field {name!r}")
+
+
+def _check(name, layout, size):
+    """The size the C side expects, and every scalar at its natural alignment."""
+    assert layout.sizeof() == size, f"{name} is {layout.sizeof()} bytes, want {size}"
+    assert size % 8 == 0, f"{name}: size {size} is not a multiple of 8"
+    for field, offset, field_size in fields(layout):
+        align = 1 if field_size == 16 else min(field_size, 8)  # 16 = byte arrays
+        assert offset % align == 0, f"{name}.{field} at {offset} is not {align}-aligned"
+
+
+for _name, (_layout, _size) in _SIZES.items():
+    _check(_name, _layout, _size)
+
+
+# ---- decoding ---------------------------------------------------------------
+
+EVENT_CODEC = codec(EVENT)  # flattened to struct.Struct: the ring buffer hot path
+METRICS_CODEC = codec(METRICS)
+
+
+def address(family, raw):
+    """An address field (16 bytes) as text; '' for unknown families."""
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return ""
+
+
+def pack_address(text):
+    """Text address -> (family, 16-byte field), the inverse of address()."""
+    if ":" in text:
+        return socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text)
+    return socket.AF_INET, socket.inet_pton(socket.AF_INET, text) + bytes(12)
+
+
+def comm(raw):
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def state_name(number):
+    """'ESTABLISHED' for 1, '' for 0 (no state), 'STATE_99' for unknown numbers."""
+    if not number:
+        return ""
+    return TCP_STATES.get(number, f"STATE_{number}")
+
+
+def decode_event(record):
+    """An EVENT (bytes or the codec's Container) as a plain dict with names and text addresses."""
+    e = EVENT_CODEC.decode(record) if isinstance(record, (bytes, bytearray, memoryview)) else record
+    family = e.family
+    return {
+        "ts_ns": e.ts_ns,
+        "event": EVENT_KINDS.get(e.kind, f"kind_{e.kind}"),
+        "pid": e.pid,
+        "tid": e.tid,
+        "comm": comm(e.comm),
+        "cgroup_id": e.cgroup_id,
+        "netns": e.netns,
+        "netns_is_inode": bool(e.flags & F_NETNS_INODE),
+        "owner_from_accept": bool(e.flags & F_OWNER_FROM_ACCEPT),
+        "family": AF_NAMES.get(family, str(family)),
+        "protocol": PROTOCOLS.get(e.protocol, str(e.protocol)),
+        "saddr": address(family, e.saddr),
+        "sport": e.sport,
+        "daddr": address(family, e.daddr),
+        "dport": e.dport,
+        "oldstate": state_name(e.oldstate),
+        "newstate": state_name(e.newstate),
+        "bytes_sent": e.bytes_sent,
+        "bytes_received": e.bytes_received,
+        "duration_ns": e.duration_ns,
+        "sock": e.sock,
+        "cookie": e.cookie,
+    }
+
+
+def decode_metrics(value):
+    """A METRICS value (bytes or Container) as a dict; states keyed by name, zero counts left out."""
+    m = METRICS_CODEC.decode(value) if isinstance(value, (bytes, bytearray, memoryview)) else value
+    return {
+        "opened": m.opened,
+        "closed": m.closed,
+        "active": m.active,
+        "bytes_sent": m.bytes_sent,
+        "bytes_received": m.bytes_received,
+        "udp": m.udp,
+        "states": {state_name(n): count for n, count in enumerate(m.states) if n and count},
+    }
+
+
+def describe():
+    """The layouts as C-like text with offsets: what the BPF side codes against."""
+    lines = []
+    for name, (layout, size) in _SIZES.items():
+        lines.append(f"struct {name.lower()} {{  /* {size} bytes */")
+        for field, offset, field_size in fields(layout):
+            lines.append(f"    /* {offset:3d} */ {field}: {field_size} bytes")
+        lines.append("};")
+    return "\n".join(lines)

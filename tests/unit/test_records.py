@@ -1,0 +1,115 @@
+"""Shared record layouts: sizes, offsets, alignment, and decoding to dicts."""
+import socket
+import struct
+
+import pytest
+from construct import Container
+
+from bpfhook import records as r
+
+# The C view the BPF programs are written against. A change here is a change
+# of the kernel/user contract: the programs must move with it.
+EXPECTED_OFFSETS = {
+    "EVENT": {"ts_ns": 0, "cgroup_id": 8, "netns": 16, "sock": 24, "cookie": 32, "bytes_sent": 40,
+              "bytes_received": 48, "duration_ns": 56, "pid": 64, "tid": 68, "comm": 72, "saddr": 88,
+              "daddr": 104, "sport": 120, "dport": 122, "family": 124, "protocol": 126, "kind": 127,
+              "oldstate": 128, "newstate": 129, "flags": 130},
+    "CONN": {"start_ns": 0, "cgroup_id": 8, "netns": 16, "bytes_sent": 24, "bytes_received": 32, "pid": 40,
+             "tid": 44, "comm": 48, "saddr": 64, "daddr": 80, "sport": 96, "dport": 98, "family": 100,
+             "protocol": 102, "state": 103, "flags": 104},
+    "METRICS": {"opened": 0, "closed": 8, "active": 16, "bytes_sent": 24, "bytes_received": 32, "udp": 40,
+                "states": 48},
+    "CONN_KEY": {"sock": 0},
+    "CGROUP_KEY": {"cgroup_id": 0},
+    "NETNS_KEY": {"netns": 0},
+}
+SIZES = {"EVENT": 136, "CONN": 112, "METRICS": 176, "CONN_KEY": 8, "CGROUP_KEY": 8, "NETNS_KEY": 8}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_OFFSETS))
+def test_offsets_and_sizes(name):
+    layout = getattr(r, name)
+    assert {f: r.offsetof(layout, f) for f in EXPECTED_OFFSETS[name]} == EXPECTED_OFFSETS[name]
+    assert r.sizeof(layout) == SIZES[name]
+    assert [f for f, _, _ in r.fields(layout)] == list(EXPECTED_OFFSETS[name])  # nothing undocumented
+
+
+def test_lost_slots_and_field_sizes():
+    assert r.LOST_KEY.sizeof() == 4 and r.LOST_VALUE.sizeof() == 8
+    assert r.LOST_SLOTS[r.LOST_EVENTS] == "events"
+    assert r.sizeof(r.EVENT, "comm") == 16 and r.sizeof(r.EVENT, "saddr") == 16
+    assert r.sizeof(r.METRICS, "states") == 8 * r.NSTATES
+    with pytest.raises(KeyError):
+        r.offsetof(r.EVENT, "nosuch")
+
+
+def test_tcp_states_match_the_kernel_enum():
+    assert r.TCP_STATES[1] == "ESTABLISHED" and r.TCP_STATES[2] == "SYN_SENT"
+    assert r.TCP_STATES[7] == "CLOSE" and r.TCP_STATES[10] == "LISTEN" and r.TCP_STATES[12] == "NEW_SYN_RECV"
+    assert max(r.TCP_STATES) < r.NSTATES and r.NSTATES & (r.NSTATES - 1) == 0  # masking works
+    assert r.state_name(0) == "" and r.state_name(99) == "STATE_99"
+
+
+def _event_bytes(**over):
+    """An EVENT packed by hand with struct at the documented offsets (independent of construct)."""
+    v = dict(ts_ns=10**12, cgroup_id=4242, netns=4026531840, sock=0xFFFF888012345678, cookie=77, bytes_sent=1000,
+             bytes_received=2000, duration_ns=5_000_000, pid=1234, tid=1235, comm=b"curl",
+             saddr=socket.inet_aton("10.77.1.2"), daddr=socket.inet_aton("10.77.1.1"), sport=43210, dport=80,
+             family=socket.AF_INET, protocol=6, kind=r.EV_CLOSE, oldstate=1, newstate=7, flags=r.F_NETNS_INODE)
+    v.update(over)
+    buf = bytearray(136)
+    struct.pack_into("=8Q", buf, 0, v["ts_ns"], v["cgroup_id"], v["netns"], v["sock"], v["cookie"],
+                     v["bytes_sent"], v["bytes_received"], v["duration_ns"])
+    struct.pack_into("=II16s16s16sHHHBBBBB", buf, 64, v["pid"], v["tid"], v["comm"], v["saddr"], v["daddr"],
+                     v["sport"], v["dport"], v["family"], v["protocol"], v["kind"], v["oldstate"],
+                     v["newstate"], v["flags"])
+    return bytes(buf)
+
+
+def test_decode_event_ipv4():
+    d = r.decode_event(_event_bytes())
+    assert d == {
+        "ts_ns": 10**12, "event": "close", "pid": 1234, "tid": 1235, "comm": "curl", "cgroup_id": 4242,
+        "netns": 4026531840, "netns_is_inode": True, "owner_from_accept": False, "family": "ipv4",
+        "protocol": "tcp", "saddr": "10.77.1.2", "sport": 43210, "daddr": "10.77.1.1", "dport": 80,
+        "oldstate": "ESTABLISHED", "newstate": "CLOSE", "bytes_sent": 1000, "bytes_received": 2000,
+        "duration_ns": 5_000_000, "sock": 0xFFFF888012345678, "cookie": 77,
+    }
+
+
+def test_decode_event_ipv6_and_codec_container():
+    raw = _event_bytes(family=socket.AF_INET6, saddr=socket.inet_pton(socket.AF_INET6, "fd77::1:2"),
+                       daddr=socket.inet_pton(socket.AF_INET6, "::1"), kind=r.EV_ACCEPT, oldstate=0, newstate=0,
+                       flags=r.F_OWNER_FROM_ACCEPT, comm=b"python3\0garbage!")
+    d = r.decode_event(r.EVENT_CODEC.decode(raw))  # what the ring buffer reader hands over
+    assert (d["family"], d["saddr"], d["daddr"]) == ("ipv6", "fd77::1:2", "::1")
+    assert (d["event"], d["oldstate"], d["newstate"]) == ("accept", "", "")
+    assert d["comm"] == "python3" and d["owner_from_accept"] and not d["netns_is_inode"]
+
+
+def test_event_roundtrip_through_construct_and_codec():
+    fam, saddr = r.pack_address("fd77::3:1")
+    value = Container(ts_ns=1, cgroup_id=2, netns=3, sock=4, cookie=5, bytes_sent=6, bytes_received=7,
+                      duration_ns=8, pid=9, tid=10, comm=b"x".ljust(16, b"\0"), saddr=saddr,
+                      daddr=r.pack_address("::1")[1], sport=1, dport=2, family=fam, protocol=17,
+                      kind=r.EV_UDP, oldstate=0, newstate=0, flags=0)
+    raw = r.EVENT.build(value)
+    assert raw == r.EVENT_CODEC.encode(value) and len(raw) == 136
+    d = r.decode_event(raw)
+    assert (d["saddr"], d["daddr"], d["protocol"], d["event"]) == ("fd77::3:1", "::1", "udp", "udp")
+    assert r.decode_event(raw[:135] + b"\1")["event"] == "udp"  # padding is ignored
+
+
+def test_decode_metrics():
+    states = [0] * r.NSTATES
+    states[r.TCP_STATE_IDS["ESTABLISHED"]] = 3
+    states[r.TCP_STATE_IDS["CLOSE"]] = 2
+    raw = struct.pack("=QQqQQQ16Q", 5, 2, -1, 100, 200, 1, *states)
+    assert r.decode_metrics(raw) == {"opened": 5, "closed": 2, "active": -1, "bytes_sent": 100,
+                                     "bytes_received": 200, "udp": 1, "states": {"ESTABLISHED": 3, "CLOSE": 2}}
+
+
+def test_describe_lists_every_field_with_its_offset():
+    text = r.describe()
+    assert "struct event {  /* 136 bytes */" in text
+    assert "/* 130 */ flags: 1 bytes" in text and "/*  48 */ states: 128 bytes" in text
