@@ -177,6 +177,8 @@ class Lab:
         check_name(name)
         if ipv6 and not os.path.isdir("/proc/sys/net/ipv6"):
             raise FeatureUnavailable("IPv6 is disabled on this host")
+        from socket import AF_INET6
+
         from pyroute2 import IPRoute
         from pyroute2 import netns as pyroute2_netns
 
@@ -194,21 +196,21 @@ class Lab:
             cgroup_id = cgroups.create(cgroup)
             undo.callback(cgroups.remove, cgroup)
 
-            pyroute2_netns.create(nsname)
-            undo.callback(pyroute2_netns.remove, nsname)
             netns_path = os.path.join(NETNS_DIR, nsname)
+            pyroute2_netns.create(netns_path)
+            undo.callback(pyroute2_netns.remove, netns_path)
 
             ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": netns_path})
             undo.callback(_delete_link, ipr, host_if)
             (ifindex,) = ipr.link_lookup(ifname=host_if)
-            _configure(ipr, ifindex, (host4, 30), ipv6 and (host6, 126))
-            with IPRoute(netns=nsname, flags=0) as ns:
+            _configure(ipr, ifindex, host4, ipv6 and host6)
+            with IPRoute(netns=netns_path, flags=0) as ns:
                 ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
                 (peer_ifindex,) = ns.link_lookup(ifname="eth0")
-                _configure(ns, peer_ifindex, (inside4, 30), ipv6 and (inside6, 126))
+                _configure(ns, peer_ifindex, inside4, ipv6 and inside6)
                 ns.route("add", dst="default", gateway=host4)
                 if ipv6:
-                    ns.route("add", dst="default", gateway=host6, family=10)
+                    ns.route("add", dst="default", gateway=host6, family=AF_INET6)
 
             container = Container(
                 name=name,
@@ -267,9 +269,9 @@ class Lab:
                 raise LabError(f"no container {name!r}")
             cgroups.remove(f"{CGROUP_PARENT}/{name}")
             _delete_link(ipr, host_ifname(name))  # takes eth0 inside with it
-            nsname = NETNS_PREFIX + name
-            if os.path.exists(os.path.join(NETNS_DIR, nsname)):
-                pyroute2_netns.remove(nsname)
+            netns_path = os.path.join(NETNS_DIR, NETNS_PREFIX + name)
+            if os.path.exists(netns_path):
+                pyroute2_netns.remove(netns_path)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(state)
             with contextlib.suppress(OSError):  # only once the last container is gone
@@ -291,9 +293,10 @@ class Lab:
 
 
 def _configure(ipr, index, ipv4, ipv6):
-    ipr.addr("add", index=index, address=ipv4[0], prefixlen=ipv4[1])
+    """Address one end of the veth (/30, and /126 when ipv6) and bring it up."""
+    ipr.addr("add", index=index, address=ipv4, prefixlen=30)
     if ipv6:
-        ipr.addr("add", index=index, address=ipv6[0], prefixlen=ipv6[1], flags=IFA_F_NODAD)
+        ipr.addr("add", index=index, address=ipv6, prefixlen=126, flags=IFA_F_NODAD)
     ipr.link("set", index=index, state="up")
 
 

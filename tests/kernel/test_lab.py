@@ -1,5 +1,4 @@
 """Lab containers on the real kernel: netns, veth, cgroup, and their cleanup."""
-import json
 import os
 import shutil
 import socket
