@@ -271,6 +271,27 @@ def test_cgroup_sock_create(counter, cgroup_dir):
     assert counter[0] == 4
 
 
+def test_cgroup_sock_ops(counter, cgroup_dir):
+    connect = "socket.create_connection(('127.0.0.1', {port}), timeout=5).close()"
+    with load(counter_insns(counter, 1), ProgType.SOCK_OPS) as prog, \
+            socket.create_server(("127.0.0.1", 0)) as server, \
+            attach.cgroup(prog, "sock_ops", cgroup_dir):
+        run(in_cgroup(cgroup_dir, connect.format(port=server.getsockname()[1])))
+        server.accept()[0].close()
+    assert counter[0] >= 1  # TCP_CONNECT_CB, ACTIVE_ESTABLISHED_CB, ...
+
+
+def test_cgroup_sysctl_denies_read(counter, cgroup_dir):
+    read = ("try:\n    open('/proc/sys/net/ipv4/ip_forward').read(); print('read')\n"
+            "except PermissionError: print('denied')")
+    with load(counter_insns(counter, 0), ProgType.CGROUP_SYSCTL,
+              expected_attach_type=AttachType.CGROUP_SYSCTL) as prog:
+        with attach.cgroup(prog, "sysctl", cgroup_dir):
+            assert run(in_cgroup(cgroup_dir, read)).strip() == "denied"
+        assert run(in_cgroup(cgroup_dir, read)).strip() == "read"
+    assert counter[0] == 1
+
+
 def test_cgroup_errors(counter):
     with load(counter_insns(counter, 1), ProgType.CGROUP_SKB) as prog:
         fds = open_fds()
@@ -461,6 +482,21 @@ def test_program_may_close_first(counter, cgroup_dir):
         sink.bind(("127.0.0.1", 0))
         run(in_cgroup(cgroup_dir, UDP_SEND.format(port=sink.getsockname()[1])))
         assert counter[0] == 5
+
+
+def test_double_detach_netlink_kinds(counter, veth_pair):
+    ns_a, ns_b, va, vb, addr_a, addr_b = veth_pair
+    with load(counter_insns(counter, 0), ProgType.SCHED_CLS) as cls, \
+            load(counter_insns(counter, 2), ProgType.XDP) as xdp:
+        with inside(ns_b):
+            made = [attach.tc(cls, vb, mode="cls_bpf"), attach.tc(cls, vb, mode="tcx"),
+                    attach.xdp(xdp, vb, via="netlink")]
+        assert len(cleanup.pending()) == 2
+        for att in made:
+            att.close()
+            att.detach()
+            assert att.closed
+        assert cleanup.pending() == []
 
 
 @pytest.mark.parametrize("kind", ["tc", "xdp"])
