@@ -1048,6 +1048,16 @@ class Program:
             out += code
         return out
 
+    @property
+    def functions(self):
+        """[(name, slot)] of every function, the main program first at slot 0: what BTF func_info
+        records describe (the kernel wants them for callbacks such as bpf_loop's)."""
+        out, slot = [(self.name or "main", 0)], sum(insn.slots for insn in self._main)
+        for name, code in self._functions.items():
+            out.append((name, slot))
+            slot += sum(insn.slots for insn in code)
+        return out
+
     def _check_closed(self):
         if self._blocks:
             block = self._blocks[-1]

@@ -387,6 +387,7 @@ def test_subprograms_and_local_calls():
         K("mov", 0, imm=0), I("exit"),  # body at slot 12
     ]
     assert p.insns[8].label == "double" and p.insns[11].label == "body"
+    assert p.functions == [("main", 0), ("double", 9), ("body", 12)]
 
 
 def test_function_must_end_with_exit_and_not_nest():
