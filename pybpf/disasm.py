@@ -203,7 +203,7 @@ def _kernel_ld_imm64(src, imm, syms):
         return f"map[idx:{lo}]"
     if src == isa.PSEUDO_MAP_IDX_VALUE:
         return f"map[idx:{lo}][0]+{hi}"
-    return f"btf_id[{lo}]" + (f"[fd:{hi}]" if hi else "")
+    return f"btf_id[{lo}]" if not hi else f"btf_id[{imm & _U64:#x}]"  # hi: a module BTF's fd
 
 
 def _s32(value):
@@ -430,9 +430,14 @@ def _slots(code, syntax, symbols):
             yield pos >> 3, key, text
             pos += 8
             continue
-        wide = key[0] == _LD_IMM64 and len(key) == 8
-        if wide:
+        if key[0] == _LD_IMM64 and len(key) == 8:
+            # ld_imm64 is cached under both its slots.
             key = data[pos:pos + 16]
+            text = cache.get(key)
+            if text is not None:
+                yield pos >> 3, key, text
+                pos += 16
+                continue
         insn = _decode_one(key, symbols)
         if insn.op is None:
             text = _body(insn, syntax, symbols)
@@ -441,8 +446,7 @@ def _slots(code, syntax, symbols):
             text = fmt(insn.op, insn.dst, insn.src, insn.off, insn.imm, symbols)
             if kernel:
                 text = f"({insn.op.code:02x}) {text}"
-            if not wide:
-                cache[key] = text
+            cache[key] = text
         yield pos >> 3, key, text
         pos += len(key)
 

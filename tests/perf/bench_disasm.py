@@ -1,0 +1,100 @@
+"""Disassembly speed: pybpf.disasm beside llvm-objdump on the same bytes, same run.
+
+    python tests/perf/bench_disasm.py [instructions]
+
+Two corpora of valid instructions drawn from every row of isa.OPS:
+  typical  operands from the small sets compilers use (registers, stack offsets, small
+           constants), so many slots repeat as in real programs;
+  distinct every slot different (random 32-bit immediates): the cache never hits.
+llvm-objdump reads the same instructions from an ELF .text (process start included;
+its figure is for the whole run of the tool, as a user would see it).
+
+run() returns {name: (ours, peer, unit, target)} for tests/perf/run.py.
+"""
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from pybpf import disasm, isa  # noqa: E402
+from pybpf.insn import Insn, encode  # noqa: E402
+from tests.elfutil import bpf_elf  # noqa: E402
+
+LLVM_OBJDUMP = next((p for p in ("/usr/lib/llvm-19/bin/llvm-objdump", "/usr/bin/llvm-objdump-19")
+                     if os.path.exists(p)), None)
+TARGET = ">= 500000"
+
+
+def corpus(count, distinct, seed=1):
+    rnd = random.Random(seed)
+    rows = [row for row in isa.OPS if not row.wide]
+    wide = [row for row in isa.OPS if row.wide]
+    out, slots = [], 0
+    while slots < count:
+        row = rnd.choice(wide) if rnd.random() < 0.03 else rnd.choice(rows)
+        fields = {
+            "dst": rnd.randrange(11) if distinct else rnd.choice((0, 1, 2, 6, 7, 10)),
+            "src": rnd.randrange(11) if distinct else rnd.choice((1, 2, 6, 10)),
+            "off": rnd.randrange(-32768, 32768) if distinct else rnd.choice((-8, -16, 0, 4, 8, 2)),
+            "imm": rnd.randrange(-(1 << 31), 1 << 31) if distinct else rnd.choice((0, 1, 8, 14, 255)),
+        }
+        kw = {k: v for k, v in fields.items() if k in row.uses}
+        out.append(Insn(row, **kw))
+        slots += row.slots
+    return encode(out)
+
+
+def _rate(fn, slots, repeat=3):
+    best = min(_timed(fn) for _ in range(repeat))
+    return slots / best
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _llvm_rate(code):
+    if not LLVM_OBJDUMP:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".o") as obj:
+        obj.write(bpf_elf(code))
+        obj.flush()
+        cmd = [LLVM_OBJDUMP, "-d", "--mcpu=v4", "--no-show-raw-insn", obj.name]
+
+        def go():
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, timeout=300)
+        return _rate(go, len(code) // 8, repeat=2)
+
+
+def run(count=200_000):
+    figures = {}
+    for name in ("typical", "distinct"):
+        code = corpus(count, distinct=name == "distinct")
+        slots = len(code) // 8
+        peer = _llvm_rate(code)
+        for syntax in disasm.SYNTAXES:
+            ours = _rate(lambda: disasm.disassemble(code, syntax), slots)
+            target = TARGET if (syntax, name) == ("kernel", "typical") else None
+            figures[f"disasm {name} {syntax} insns/s"] = (round(ours), round(peer) if peer else None,
+                                                          "insn/s", target)
+    return figures
+
+
+def main():
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    figures = run(count)
+    print(f"{'figure':40} {'pybpf':>12} {'llvm-objdump':>14}  target")
+    for name, (ours, peer, unit, target) in figures.items():
+        print(f"{name:40} {ours:>12,} {peer if peer is None else format(peer, ','):>14}  {target or ''}")
+
+
+if __name__ == "__main__":
+    main()
