@@ -37,22 +37,17 @@ S32_MIN, S32_MAX, U32_MAX = -(1 << 31), (1 << 31) - 1, (1 << 32) - 1
 
 # -- source locations ------------------------------------------------------------
 
-_INTERNAL = set()  # co_filename of every DSL module: frames the source walk skips
 _LINES = {}  # co_filename -> {line: "file.py:line"}: formatting once per line keeps emission fast
 _getframe = sys._getframe
 
 
-def _internal(code_filename):
-    _INTERNAL.add(code_filename)
-
-
 def _source(depth=2):
-    """ "file.py:line" of the first frame outside the DSL's own modules."""
+    """ "file.py:line" of the first frame outside this module (its frames share our globals:
+    an identity test is the cheapest way to skip them)."""
     f = _getframe(depth)
-    name = f.f_code.co_filename
-    while name in _INTERNAL:
+    while f.f_globals is _GLOBALS:
         f = f.f_back
-        name = f.f_code.co_filename
+    name = f.f_code.co_filename
     lines = _LINES.get(name)
     if lines is None:
         lines = _LINES[name] = {}
@@ -1107,7 +1102,7 @@ for _n in range(isa.MAX_REG + 1):
     setattr(Program, f"w{_n}", _RegAttr(_n * 4 + 1))
 del _n
 
-_internal(_source.__code__.co_filename)
+_GLOBALS = globals()
 
 
 if __name__ == "__main__":
