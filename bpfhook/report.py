@@ -1,0 +1,286 @@
+"""The monitor's aggregation and its periodic text report.
+
+Aggregator consumes decoded events (bpfhook.records.decode_event dicts) and
+snapshots of the metrics-by-cgroup map, and keeps what the report shows:
+active connections by socket, state transitions, durations, recent
+connections and per-cgroup totals. snapshot() freezes that into a Snapshot;
+render()/render_final() are pure functions of a Snapshot, so the layout is
+tested without a kernel:
+
+    ================================================================
+    CONNECTION METRICS REPORT  2025-06-01 12:00:05
+    ================================================================
+    Active connections: 3 (host: 1, container: 2)
+    By state:
+      ESTABLISHED      2
+      ...
+    Recent connections (last 10):
+      [CTR] web         pid 4242  python3   10.77.1.2:80 <- 10.77.1.1:51234  ESTABLISHED ...
+    Cgroup-based metrics:
+      CONTAINER  KIND  OPENED CLOSED ACTIVE  SENT  RECEIVED  CGROUP
+    Lost events: 0
+"""
+import collections
+import dataclasses
+import time
+
+from bpfhook.containers import Container
+
+HOST = Container("host", "", "")
+RULE = "=" * 100
+_OPENING_STATES = ("SYN_SENT", "SYN_RECV", "ESTABLISHED")
+
+
+@dataclasses.dataclass
+class CgroupTotals:
+    cgroup_id: int
+    container: Container
+    opened: int = 0
+    closed: int = 0
+    active: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    udp: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    time: float  # wall clock, seconds
+    active: list  # connection dicts, oldest first
+    by_state: dict  # state name -> active connections in it
+    recent: list  # connection dicts, newest last
+    cgroups: list  # CgroupTotals, busiest first
+    transitions: dict  # (oldstate, newstate) -> count
+    events: int
+    lost: int
+    closed: int
+    duration_total_ns: int
+    duration_max_ns: int
+
+    @property
+    def container_active(self):
+        return sum(1 for c in self.active if c["container"].is_container)
+
+    @property
+    def host_active(self):
+        return len(self.active) - self.container_active
+
+
+class Aggregator:
+    """Folds events and map snapshots into what the report shows.
+
+    resolve: cgroup id -> Container (bpfhook.containers.Resolver); host by default
+    recent:  how many finished or new connections to remember
+    """
+
+    def __init__(self, resolve=None, recent=10, clock=time.time):
+        self.resolve = resolve or (lambda cgroup_id: HOST)
+        self.clock = clock
+        self.active = {}  # sock -> connection dict
+        self.recent = collections.deque(maxlen=recent)
+        self.transitions = collections.Counter()
+        self.totals = {}  # cgroup id -> CgroupTotals, from events
+        self.map_totals = {}  # cgroup id -> metrics dict from the BPF map (wins over events)
+        self._closed = collections.OrderedDict()  # socks closed lately: a close seen twice counts once
+        self.events = 0
+        self.lost = 0
+        self.closed = 0
+        self.duration_total_ns = 0
+        self.duration_max_ns = 0
+
+    def _totals(self, cgroup_id, container):
+        t = self.totals.get(cgroup_id)
+        if t is None:
+            t = self.totals[cgroup_id] = CgroupTotals(cgroup_id, container)
+        return t
+
+    def add(self, event):
+        """Take one decoded event; returns its Container."""
+        self.events += 1
+        container = self.resolve(event["cgroup_id"])
+        totals = self._totals(event["cgroup_id"], container)
+        kind, sock = event["event"], event["sock"]
+        if event["oldstate"] or event["newstate"]:
+            self.transitions[(event["oldstate"], event["newstate"])] += 1
+        if kind == "udp":
+            totals.udp += 1
+            totals.bytes_sent += event["bytes_sent"]
+            totals.bytes_received += event["bytes_received"]
+            self.recent.append(dict(event, container=container, state="UDP"))
+        elif kind == "close" or event["newstate"] == "CLOSE":
+            self._close(event, container, totals)
+        else:
+            conn = self.active.get(sock)
+            if conn is None:
+                state = event["newstate"] or ("ESTABLISHED" if kind == "accept" else "SYN_SENT")
+                if state not in _OPENING_STATES:
+                    return container  # mid-life transition of a connection opened before we started
+                self._closed.pop(sock, None)  # the kernel reuses a freed sock's address for new sockets
+                conn = self.active[sock] = dict(event, container=container, state=state, start_ns=event["ts_ns"])
+                totals.opened += 1
+                totals.active += 1
+                self.recent.append(conn)
+            elif kind == "accept":  # the accepting task owns it, not the softirq that saw the handshake
+                before = self._totals(conn["cgroup_id"], conn["container"])
+                before.opened -= 1
+                before.active -= 1
+                totals.opened += 1
+                totals.active += 1
+                conn.update(pid=event["pid"], tid=event["tid"], comm=event["comm"], cgroup_id=event["cgroup_id"],
+                            container=container)
+            if event["newstate"]:
+                conn["state"] = event["newstate"]
+        return container
+
+    def _close(self, event, container, totals):
+        sock = event["sock"]
+        conn = self.active.pop(sock, None)
+        seen = self._closed.get(sock)
+        if seen is not None:  # the second record of one close (state CLOSE + close event): merge
+            conn, totals = seen
+            self._account(conn, totals, event)
+            return
+        if conn is not None:
+            totals = self._totals(conn["cgroup_id"], conn["container"])  # the owner's, e.g. the acceptor
+            totals.active -= 1
+        else:
+            conn = dict(event, container=container, start_ns=None)
+        totals.closed += 1
+        self.closed += 1
+        conn.update(state="CLOSE", bytes_sent=0, bytes_received=0, duration_ns=0)
+        self._account(conn, totals, event)
+        self._closed[sock] = (conn, totals)
+        if len(self._closed) > 4096:
+            self._closed.popitem(last=False)
+        if not any(c is conn for c in self.recent):
+            self.recent.append(conn)
+
+    def _account(self, conn, totals, event):
+        """Fold a close record into its connection: bytes, duration.
+
+        Byte counters are cumulative per socket, so only what is new since the
+        connection's last record is added to the totals.
+        """
+        for field in ("bytes_sent", "bytes_received"):
+            new = event[field] - conn[field]
+            if new > 0:
+                setattr(totals, field, getattr(totals, field) + new)
+                conn[field] = event[field]
+        start = conn["start_ns"]
+        duration = event["duration_ns"] or (event["ts_ns"] - start if start is not None else 0)
+        if duration and not conn["duration_ns"]:
+            conn["duration_ns"] = duration
+            self.duration_total_ns += duration
+            self.duration_max_ns = max(self.duration_max_ns, duration)
+
+    def set_cgroup_metrics(self, metrics):
+        """The metrics-by-cgroup map: {cgroup id: records.decode_metrics dict}."""
+        self.map_totals = dict(metrics)
+
+    def set_lost(self, lost):
+        """Total events lost so far (ring buffer drops plus reader-side losses)."""
+        self.lost = lost
+
+    def snapshot(self):
+        rows = {cgid: dataclasses.replace(t) for cgid, t in self.totals.items()}
+        for cgid, m in self.map_totals.items():
+            row = rows.get(cgid) or CgroupTotals(cgid, self.resolve(cgid))
+            rows[cgid] = dataclasses.replace(
+                row, opened=m["opened"], closed=m["closed"], active=m["active"], bytes_sent=m["bytes_sent"],
+                bytes_received=m["bytes_received"], udp=m.get("udp", row.udp))
+        active = sorted(self.active.values(), key=lambda c: c["start_ns"])
+        return Snapshot(
+            time=self.clock(),
+            active=active,
+            by_state=dict(collections.Counter(c["state"] for c in active).most_common()),
+            recent=list(self.recent),
+            cgroups=sorted(rows.values(), key=lambda t: (-t.opened, -t.bytes_sent, t.cgroup_id)),
+            transitions=dict(self.transitions),
+            events=self.events,
+            lost=self.lost,
+            closed=self.closed,
+            duration_total_ns=self.duration_total_ns,
+            duration_max_ns=self.duration_max_ns,
+        )
+
+
+# ---- formatting -------------------------------------------------------------
+
+def human_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(ns):
+    if not ns:
+        return "-"
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f}us"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.1f}ms"
+    return f"{ns / 1e9:.2f}s"
+
+
+def endpoint(addr, port):
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def connection_line(conn):
+    """One recent connection: [CTR] mark, owner, addresses, state, bytes, duration."""
+    c = conn["container"]
+    mark = "[CTR]" if c.is_container else "     "
+    arrow = "<-" if conn["event"] == "accept" else "->"
+    return (f"  {mark} {c.label[:16]:<16} pid {conn['pid']:<7} {conn['comm'][:15]:<15} "
+            f"{endpoint(conn['saddr'], conn['sport']):>22} {arrow} {endpoint(conn['daddr'], conn['dport']):<22} "
+            f"{conn['state']:<12} sent {human_bytes(conn['bytes_sent']):>8} "
+            f"recv {human_bytes(conn['bytes_received']):>8} {human_duration(conn.get('duration_ns', 0)):>8}")
+
+
+def _body(s, show_containers, recent):
+    out = [f"Active connections: {len(s.active)} (host: {s.host_active}, container: {s.container_active})", ""]
+    out.append("By state:")
+    out += [f"  {state:<16} {count}" for state, count in s.by_state.items()] or ["  (none)"]
+    out.append("")
+    shown = s.recent[-recent:] if recent else []
+    out.append(f"Recent connections (last {len(shown)}):")
+    out += [connection_line(c) for c in shown] or ["  (none)"]
+    out.append("")
+    out.append("Cgroup-based metrics:")
+    if s.cgroups:
+        who = f"{'CONTAINER':<16} {'KIND':<8} {'ID':<12} " if show_containers else ""
+        out.append(f"        {who}{'OPENED':>7} {'CLOSED':>7} {'ACTIVE':>7} {'SENT':>10} {'RECEIVED':>10}  CGROUP")
+        for t in s.cgroups:
+            c = t.container
+            mark = "[CTR]" if c.is_container else "     "
+            who = f"{c.label[:16]:<16} {c.kind:<8} {c.short_id[:12] or '-':<12} " if show_containers else ""
+            out.append(f"  {mark} {who}{t.opened:>7} {t.closed:>7} {t.active:>7} {human_bytes(t.bytes_sent):>10} "
+                       f"{human_bytes(t.bytes_received):>10}  {c.cgroup_path or '?'} (id {t.cgroup_id})")
+    else:
+        out.append("  (none)")
+    out.append("")
+    lost = f"Lost events: {s.lost}" + ("  (ring buffer overflowed: numbers above are incomplete)" if s.lost else "")
+    out.append(lost)
+    return out
+
+
+def render(snapshot, show_containers=False, recent=10):
+    """The periodic report."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.time))
+    head = [RULE, f"CONNECTION METRICS REPORT  {stamp}", RULE]
+    return "\n".join(head + _body(snapshot, show_containers, recent) + [RULE]) + "\n"
+
+
+def render_final(snapshot, show_containers=False, recent=10):
+    """The report printed on exit: the periodic one plus totals and state transitions."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.time))
+    head = [RULE, f"FINAL CONNECTION METRICS REPORT  {stamp}", RULE]
+    mean = snapshot.duration_total_ns // snapshot.closed if snapshot.closed else 0
+    tail = ["", f"Events: {snapshot.events}  closed connections: {snapshot.closed}  "
+                f"duration mean {human_duration(mean)} max {human_duration(snapshot.duration_max_ns)}",
+            "State transitions:"]
+    tail += [f"  {old or '-':<12} -> {new:<12} {count}"
+             for (old, new), count in sorted(snapshot.transitions.items(), key=lambda kv: -kv[1])] or ["  (none)"]
+    return "\n".join(head + _body(snapshot, show_containers, recent) + tail + [RULE]) + "\n"

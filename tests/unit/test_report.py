@@ -1,0 +1,167 @@
+"""Aggregation of decoded events and the text report's layout."""
+import re
+
+from bpfhook.containers import classify
+from bpfhook.report import Aggregator, human_bytes, human_duration, render, render_final
+
+CGROUPS = {100: "/bpfhook.lab/web", 200: "/user.slice/user-0.slice/session-1.scope", 300: "/bpfhook.lab/db"}
+
+
+def resolve(cgroup_id):
+    return classify(CGROUPS.get(cgroup_id))
+
+
+def ev(event="state", sock=1, ts_ns=0, cgroup_id=100, oldstate="", newstate="", **over):
+    e = {"ts_ns": ts_ns, "event": event, "pid": 10, "tid": 10, "comm": "curl", "cgroup_id": cgroup_id,
+         "netns": 4026531840, "netns_is_inode": False, "owner_from_accept": False, "family": "ipv4",
+         "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000 + sock, "daddr": "10.77.1.1", "dport": 80,
+         "oldstate": oldstate, "newstate": newstate, "bytes_sent": 0, "bytes_received": 0, "duration_ns": 0,
+         "sock": sock, "cookie": 0}
+    e.update(over)
+    return e
+
+
+def lifecycle(agg, sock, cgroup_id, start, end, sent, received):
+    agg.add(ev("state", sock, start, cgroup_id, "CLOSE", "SYN_SENT"))
+    agg.add(ev("state", sock, start + 1000, cgroup_id, "SYN_SENT", "ESTABLISHED"))
+    agg.add(ev("state", sock, end, cgroup_id, "ESTABLISHED", "FIN_WAIT1"))
+    agg.add(ev("state", sock, end + 10, cgroup_id, "FIN_WAIT1", "CLOSE"))
+    agg.add(ev("close", sock, end + 10, cgroup_id, "FIN_WAIT1", "CLOSE", bytes_sent=sent, bytes_received=received,
+               duration_ns=end + 10 - start))
+
+
+def test_lifecycle_counts_once_and_keeps_bytes_and_duration():
+    agg = Aggregator(resolve=resolve, clock=lambda: 0)
+    lifecycle(agg, 1, 100, 1_000, 5_000_000, 300, 4096)
+    agg.add(ev("state", 2, 2_000, 200, "CLOSE", "SYN_SENT"))
+    s = agg.snapshot()
+    assert [c["sock"] for c in s.active] == [2]
+    assert (s.host_active, s.container_active, s.by_state) == (1, 0, {"SYN_SENT": 1})
+    assert s.closed == 1 and s.duration_max_ns == 5_000_000 + 10 - 1_000
+    web = next(t for t in s.cgroups if t.cgroup_id == 100)
+    assert (web.opened, web.closed, web.active, web.bytes_sent, web.bytes_received) == (1, 1, 0, 300, 4096)
+    assert s.transitions[("SYN_SENT", "ESTABLISHED")] == 1 and s.transitions[("FIN_WAIT1", "CLOSE")] == 2
+    closed = s.recent[0]
+    assert (closed["state"], closed["bytes_sent"], closed["duration_ns"]) == ("CLOSE", 300, 5_000_000 + 10 - 1_000)
+    assert len(s.recent) == 2  # the closed one is not listed twice
+
+
+def test_a_reused_sock_address_is_a_new_connection():
+    agg = Aggregator(resolve=resolve)
+    lifecycle(agg, 5, 100, 10, 20, 1, 1)
+    agg.add(ev("state", 5, 30, 100, "CLOSE", "SYN_SENT"))
+    s = agg.snapshot()
+    assert [c["ts_ns"] for c in s.active] == [30] and s.cgroups[0].opened == 2
+
+
+def test_accept_moves_ownership_to_the_acceptor():
+    agg = Aggregator(resolve=resolve)
+    agg.add(ev("state", 7, 0, 200, "SYN_RECV", "ESTABLISHED", comm="swapper/0", pid=0))  # softirq: host
+    agg.add(ev("accept", 7, 5, 300, comm="postgres", pid=4242))
+    s = agg.snapshot()
+    (conn,) = s.active
+    assert (conn["pid"], conn["comm"], conn["container"].name, conn["state"]) == (4242, "postgres", "db", "ESTABLISHED")
+    # closing charges the acceptor's cgroup
+    agg.add(ev("close", 7, 100, 200, "ESTABLISHED", "CLOSE", bytes_sent=5, bytes_received=6, duration_ns=95))
+    rows = {t.cgroup_id: t for t in agg.snapshot().cgroups}
+    assert (rows[200].opened, rows[200].active, rows[200].closed) == (0, 0, 0)  # not the softirq's host cgroup
+    assert (rows[300].opened, rows[300].active, rows[300].closed, rows[300].bytes_received) == (1, 0, 1, 6)
+
+
+def test_accept_first_opens_as_established_in_the_acceptor():
+    agg = Aggregator(resolve=resolve)
+    agg.add(ev("accept", 9, 0, 300, comm="postgres"))
+    s = agg.snapshot()
+    assert s.by_state == {"ESTABLISHED": 1} and s.container_active == 1
+    assert next(t for t in s.cgroups if t.cgroup_id == 300).opened == 1
+
+
+def test_transitions_of_connections_older_than_the_monitor_are_not_opens():
+    agg = Aggregator(resolve=resolve)
+    agg.add(ev("state", 3, 0, 100, "ESTABLISHED", "CLOSE_WAIT"))
+    s = agg.snapshot()
+    assert s.active == [] and s.cgroups[0].opened == 0
+    agg.add(ev("state", 3, 5, 100, "LAST_ACK", "CLOSE"))
+    s = agg.snapshot()
+    assert s.closed == 1 and s.cgroups[0].closed == 1 and s.recent[0]["duration_ns"] == 0
+
+
+def test_map_snapshot_wins_over_event_counts_and_lost_is_kept():
+    agg = Aggregator(resolve=resolve)
+    lifecycle(agg, 1, 100, 0, 10, 1, 2)
+    agg.set_cgroup_metrics({100: {"opened": 50, "closed": 48, "active": 2, "bytes_sent": 10**6,
+                                  "bytes_received": 2 * 10**6, "udp": 0, "states": {}},
+                            300: {"opened": 1, "closed": 0, "active": 1, "bytes_sent": 0, "bytes_received": 0,
+                                  "udp": 3, "states": {}}})
+    agg.set_lost(17)
+    s = agg.snapshot()
+    rows = {t.cgroup_id: t for t in s.cgroups}
+    assert (rows[100].opened, rows[100].bytes_sent, rows[300].udp, rows[300].container.name) == (50, 10**6, 3, "db")
+    assert [t.cgroup_id for t in s.cgroups] == [100, 300]  # busiest first
+    assert s.lost == 17
+
+
+def test_udp_flows_are_counted_per_cgroup():
+    agg = Aggregator(resolve=resolve)
+    agg.add(ev("udp", 0, 0, 300, protocol="udp", bytes_sent=64, bytes_received=64))
+    t = agg.snapshot().cgroups[0]
+    assert (t.udp, t.bytes_sent, t.opened) == (1, 64, 0)
+
+
+def test_recent_is_bounded():
+    agg = Aggregator(resolve=resolve, recent=3)
+    for sock in range(10):
+        agg.add(ev("state", sock, sock, 100, "CLOSE", "SYN_SENT"))
+    assert [c["sock"] for c in agg.snapshot().recent] == [7, 8, 9]
+
+
+def _sample():
+    agg = Aggregator(resolve=resolve, clock=lambda: 1_700_000_000)
+    lifecycle(agg, 1, 100, 0, 12_300_000, 1500, 70_000)
+    agg.add(ev("state", 2, 0, 200, "CLOSE", "SYN_SENT", comm="ssh", family="ipv6", saddr="::1", daddr="::1"))
+    agg.add(ev("accept", 3, 0, 300, comm="postgres"))
+    return agg.snapshot()
+
+
+def test_render_layout():
+    text = render(_sample(), show_containers=True)
+    lines = text.splitlines()
+    assert lines[0] == lines[2] == "=" * 100 and lines[-1] == "=" * 100
+    assert re.fullmatch(r"CONNECTION METRICS REPORT  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", lines[1])
+    assert "Active connections: 2 (host: 1, container: 1)" in lines
+    i = lines.index("By state:")
+    assert lines[i + 1:i + 3] == ["  SYN_SENT         1", "  ESTABLISHED      1"]
+    i = lines.index("Recent connections (last 3):")
+    web, ssh, db = lines[i + 1:i + 4]
+    assert web.startswith("  [CTR] web ") and "10.77.1.2:40001 -> 10.77.1.1:80" in web
+    assert "CLOSE" in web and "1.5KiB" in web and "68.4KiB" in web and "12.3ms" in web
+    assert ssh.startswith("        user 0 session 1 ") and "[::1]:40002 -> [::1]:80" in ssh and "SYN_SENT" in ssh
+    assert db.startswith("  [CTR] db ") and "<-" in db and "postgres" in db
+    i = lines.index("Cgroup-based metrics:")
+    assert "CONTAINER" in lines[i + 1] and "OPENED" in lines[i + 1]
+    assert re.match(r"  \[CTR\] web +lab +web +1 +1 +0 +1\.5KiB +68\.4KiB  /bpfhook\.lab/web \(id 100\)",
+                    lines[i + 2]), lines[i + 2]
+    assert lines[-2] == "Lost events: 0"
+
+
+def test_render_without_containers_and_with_losses():
+    s = _sample()
+    text = render(s)
+    assert "CONTAINER" not in text and "/bpfhook.lab/db (id 300)" in text
+    agg = Aggregator()
+    agg.set_lost(5)
+    text = render(agg.snapshot())
+    assert "Lost events: 5  (ring buffer overflowed" in text
+    assert "Active connections: 0 (host: 0, container: 0)" in text and text.count("(none)") == 3
+
+
+def test_final_report():
+    text = render_final(_sample())
+    assert "FINAL CONNECTION METRICS REPORT" in text
+    assert "closed connections: 1" in text and "max 12.3ms" in text
+    assert re.search(r"  SYN_SENT +-> ESTABLISHED +1", text)
+
+
+def test_human_units():
+    assert [human_bytes(n) for n in (0, 1023, 1024, 5 * 2**20)] == ["0B", "1023B", "1.0KiB", "5.0MiB"]
+    assert [human_duration(n) for n in (0, 999, 1_500_000, 2_000_000_000)] == ["-", "1us", "1.5ms", "2.00s"]
