@@ -1,0 +1,139 @@
+"""JSON lines and the Prometheus exposition, parsed back strictly and scraped over real HTTP."""
+import http.client
+import io
+import json
+import re
+import socket
+
+import pytest
+
+from bpfhook.containers import classify
+from bpfhook.exporters import JsonLines, PrometheusServer, event_object, exposition
+from bpfhook.report import Aggregator
+
+JSON_FIELDS = {"ts", "event", "pid", "tid", "comm", "cgroup_id", "cgroup", "container", "netns", "family", "saddr",
+               "sport", "daddr", "dport", "oldstate", "newstate", "bytes_sent", "bytes_received"}
+
+
+def ev(**over):
+    e = {"ts_ns": 1_500_000_000, "event": "close", "pid": 7, "tid": 8, "comm": "curl", "cgroup_id": 100,
+         "netns": 4026531840, "netns_is_inode": False, "owner_from_accept": False, "family": "ipv4",
+         "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000, "daddr": "10.77.1.1", "dport": 80,
+         "oldstate": "LAST_ACK", "newstate": "CLOSE", "bytes_sent": 10, "bytes_received": 20,
+         "duration_ns": 30, "sock": 1, "cookie": 0}
+    e.update(over)
+    return e
+
+
+def test_json_lines_one_object_per_event():
+    out = io.StringIO()
+    sink = JsonLines(out)
+    sink.write(ev(), classify("/bpfhook.lab/web"))
+    sink.write(ev(event="connect", oldstate="", newstate=""), classify("/"))
+    first, second = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert JSON_FIELDS <= set(first)
+    assert (first["ts"], first["container"], first["container_id"], first["cgroup"]) == (
+        1.5, "web", "web", "/bpfhook.lab/web")
+    assert (first["oldstate"], first["newstate"], first["bytes_sent"]) == ("LAST_ACK", "CLOSE", 10)
+    assert (second["container"], second["container_kind"], second["oldstate"]) == (None, "host", None)
+    assert out.getvalue().count("\n") == 2
+
+
+def test_event_object_takes_an_explicit_cgroup_path():
+    assert event_object(ev(), classify(None), cgroup_path="/gone")["cgroup"] == "/gone"
+
+
+# One sample line: name{label="value",...} number   (label values escaped: \\ \" \n)
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+SAMPLE = re.compile(rf"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{{({_LABEL}(?:,{_LABEL})*)\}})? (-?[0-9]+(?:\.[0-9]+)?)\Z")
+HELP = re.compile(r"# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) \S.*\Z")
+TYPE = re.compile(r"# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge)\Z")
+
+
+def parse_exposition(text):
+    """{(name, labels-tuple): value}, asserting every line is well formed and typed before use."""
+    assert text.endswith("\n")
+    typed, samples = {}, {}
+    for line in text.splitlines():
+        if m := HELP.match(line):
+            continue
+        if m := TYPE.match(line):
+            assert m[1] not in typed, f"TYPE twice for {m[1]}"
+            typed[m[1]] = m[2]
+            continue
+        m = SAMPLE.match(line)
+        assert m, f"malformed line: {line!r}"
+        assert m[1] in typed, f"sample before its TYPE: {line!r}"
+        labels = tuple(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m[2] or ""))
+        key = (m[1], labels)
+        assert key not in samples, f"duplicate series {key}"
+        samples[key] = float(m[3])
+    return typed, samples
+
+
+def _snapshot():
+    paths = {100: "/bpfhook.lab/web", 200: '/system.slice/we"ird\\name.service'}
+    agg = Aggregator(resolve=lambda cgid: classify(paths.get(cgid)))
+    agg.add(ev(event="state", oldstate="CLOSE", newstate="SYN_SENT", sock=1, cgroup_id=100))
+    agg.add(ev(event="close", oldstate="FIN_WAIT1", newstate="CLOSE", sock=1, cgroup_id=100, bytes_sent=1000,
+               bytes_received=2000))
+    agg.add(ev(event="state", oldstate="CLOSE", newstate="SYN_SENT", sock=2, cgroup_id=200))
+    agg.set_lost(3)
+    return agg.snapshot()
+
+
+def test_exposition_is_strictly_well_formed():
+    typed, samples = parse_exposition(exposition(_snapshot()))
+    assert typed["bpfhook_connections_active"] == "gauge"
+    assert typed["bpfhook_connections_opened_total"] == "counter"
+    web = (("container", "web"), ("container_id", "web"), ("cgroup", "/bpfhook.lab/web"), ("cgroup_id", "100"),
+           ("kind", "lab"))
+    assert samples[("bpfhook_connections_opened_total", web)] == 1
+    assert samples[("bpfhook_connections_closed_total", web)] == 1
+    assert samples[("bpfhook_bytes_sent_total", web)] == 1000
+    assert samples[("bpfhook_bytes_received_total", web)] == 2000
+    assert samples[("bpfhook_connections_active", web)] == 0
+    assert samples[("bpfhook_lost_events_total", ())] == 3
+    weird = [labels for (name, labels) in samples if name == "bpfhook_connections_active" and labels != web]
+    assert dict(weird[0])["cgroup"] == '/system.slice/we\\"ird\\\\name.service'  # escaped, still one line
+    assert dict(weird[0])["container"] == "" and dict(weird[0])["kind"] == "service"
+
+
+def test_the_parser_rejects_malformed_text():
+    for bad in ['x{a="b} 1\n', "# TYPE x counter\nx 1 2\n", "y 1\n", '# TYPE x counter\nx{a="1"} 1\nx{a="1"} 2\n']:
+        with pytest.raises(AssertionError):
+            parse_exposition(bad)
+
+
+def _get(address, path):
+    conn = http.client.HTTPConnection(*address, timeout=5)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type"), r.read().decode()
+    finally:
+        conn.close()
+
+
+def test_scrape_over_http():
+    text = exposition(_snapshot())
+    scrapes = []
+
+    def render():
+        scrapes.append(1)
+        return text
+
+    with PrometheusServer("127.0.0.1", 0, render) as server:
+        status, ctype, body = _get(server.address, "/metrics")
+        assert (status, body) == (200, text)
+        assert ctype.startswith("text/plain; version=0.0.4")
+        parse_exposition(body)
+        status, _, body = _get(server.address, "/")
+        assert status == 404 and "/metrics" in body
+        assert _get(server.address, "/metrics?x=1")[0] == 200
+        address = server.address
+    assert len(scrapes) == 2
+    with pytest.raises(OSError):  # closed: the port no longer answers
+        socket.create_connection(address, timeout=1).close()
+    with PrometheusServer(*address, render) as again:  # and it can be bound again at once
+        assert again.address == address
