@@ -19,6 +19,7 @@ raw bytes and trailing "; ..." state are ignored, and when the text is such a
 listing, lines without an "N: (xx)" prefix (register states, headers) are
 skipped.
 """
+import gc
 import re
 import sys
 
@@ -799,35 +800,44 @@ def parse(text, syntax="auto"):
     out = []
     labels = []
     ctx = _Line()
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.lstrip()
-        if not stripped:
-            continue
-        if fast is not None:
-            # Fast path: a bare statement, dispatched on its first characters or mnemonic.
-            forms = fast(stripped)
-            if forms:
-                for form in forms:
-                    m = form.regex.match(line)
-                    if m is not None:
-                        ctx.lineno, ctx.m = lineno, m
-                        ctx.source = f"line {lineno}, column {len(line) - len(stripped) + 1}"
-                        insn = form.build(ctx)
-                        if labels:
-                            insn.label = labels[0] if len(labels) == 1 else tuple(labels)
-                            labels = []
-                        out.append(insn)
-                        break
-                else:
-                    forms = None
-                if forms:
+    # Programs repeat statements ("r1 = r6", "exit"): parse each distinct line once.
+    seen = {}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # Insn values hold no cycles; collecting while creating 100k of them only costs time
+    try:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            hit = seen.get(line)
+            if hit is not None:
+                op, dst, src, off, imm, ref, col = hit
+                insn = _new(Insn)
+                insn.op, insn.dst, insn.src, insn.off, insn.imm = op, dst, src, off, imm
+                insn.label, insn.ref, insn.source = None, ref, f"line {lineno}, column {col}"
+            else:
+                stripped = line.lstrip()
+                if not stripped:
                     continue
-        insn = _parse_line(ctx, lineno, line, listing, forms_for, labels)
-        if insn is not None:
+                insn = None
+                if fast is not None:
+                    # Fast path: a bare statement, dispatched on its first characters or mnemonic.
+                    for form in fast(stripped) or ():
+                        m = form.regex.match(line)
+                        if m is not None:
+                            col = len(line) - len(stripped) + 1
+                            ctx.lineno, ctx.m, ctx.source = lineno, m, f"line {lineno}, column {col}"
+                            insn = form.build(ctx)
+                            seen[line] = (insn.op, insn.dst, insn.src, insn.off, insn.imm, insn.ref, col)
+                            break
+                if insn is None:
+                    insn = _parse_line(ctx, lineno, line, listing, forms_for, labels)
+                    if insn is None:
+                        continue
             if labels:
                 insn.label = labels[0] if len(labels) == 1 else tuple(labels)
                 labels = []
             out.append(insn)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if labels:
         # A label after the last instruction names the end: only meaningful as an error.
         raise AssemblerError(f"label {labels[-1]!r} marks no instruction", f"line {lineno}")
