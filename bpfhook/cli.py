@@ -15,6 +15,8 @@ from pybpf.errors import BpfError
 
 COMMANDS = {
     "lab": "bpfhook.lab",
+    "monitor": "bpfhook.monitor_cli",
+    "trafficgen": "bpfhook.trafficgen",
 }
 
 

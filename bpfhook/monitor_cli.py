@@ -1,0 +1,156 @@
+"""`bpfhook monitor`: options, their validation, and the per-event filter.
+
+The work itself is bpfhook.monitor.run(options), given a validated
+MonitorOptions. Bad syntax (numbers, HOST:PORT) is a usage error (exit 2,
+from argparse); a cgroup path that does not exist is a runtime error (exit 1).
+"""
+import argparse
+import dataclasses
+import importlib
+import ipaddress
+import os
+
+from pybpf.errors import BpfError
+
+HELP = "watch TCP connections (and UDP flows) per process, cgroup and container"
+NEEDS_ROOT = True
+
+
+class MonitorError(BpfError):
+    """Options that parse but cannot be used on this system."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorOptions:
+    cgroup: str  # filesystem directory of the cgroup the cgroup hooks attach to
+    metrics_interval: float
+    show_containers: bool = False
+    show_events: bool = False
+    json: bool = False
+    prometheus: tuple = None  # (host, port)
+    container: str = None
+    pid: int = None
+    port: int = None
+    duration: float = None
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _int_in(low, high, what):
+    def parse(text):
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+pid_number = _int_in(1, 2**22, "pid")
+port_number = _int_in(1, 65535, "port")
+
+
+def host_port(text):
+    """'HOST:PORT', '[v6]:PORT' or ':PORT' (all interfaces) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad IPv6 address in {text!r}") from None
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"write IPv6 addresses in brackets: [{host}]:{port}")
+    if not host:
+        host = "0.0.0.0"
+    try:
+        number = _int_in(0, 65535, "port")(port)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} in {text!r}") from None
+    return host, number
+
+
+def add_arguments(parser):
+    parser.add_argument("-c", "--cgroup", metavar="PATH",
+                        help="cgroup2 directory to attach the cgroup hooks to (default: the cgroup2 mount)")
+    parser.add_argument("-m", "--metrics-interval", metavar="SEC", type=positive_float, default=5.0,
+                        help="seconds between reports (default 5)")
+    parser.add_argument("-s", "--show-containers", action="store_true", help="name containers in the report")
+    parser.add_argument("-e", "--show-events", action="store_true", help="print every connection event")
+    parser.add_argument("--json", action="store_true", help="one JSON object per event on stdout, no text report")
+    parser.add_argument("--prometheus", metavar="HOST:PORT", type=host_port,
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics")
+    parser.add_argument("--container", metavar="NAME|ID", help="only connections of this container")
+    parser.add_argument("--pid", type=pid_number, help="only connections of this process")
+    parser.add_argument("--port", type=port_number, help="only connections with this local or remote port")
+    parser.add_argument("--duration", metavar="SEC", type=positive_float, help="stop after SEC seconds")
+
+
+def options_from(args):
+    """Check what argparse cannot (the cgroup exists) and freeze the options."""
+    cgroup = args.cgroup
+    if cgroup is None:
+        from bpfhook import cgroups
+
+        cgroup = cgroups.mount()
+    if not os.path.isdir(cgroup):
+        raise MonitorError(f"cgroup path {cgroup!r} does not exist (or is not a directory)")
+    if not os.path.exists(os.path.join(cgroup, "cgroup.procs")):
+        raise MonitorError(f"{cgroup!r} is not a cgroup2 directory (no cgroup.procs)")
+    return MonitorOptions(
+        cgroup=cgroup, metrics_interval=args.metrics_interval, show_containers=args.show_containers,
+        show_events=args.show_events, json=args.json, prometheus=args.prometheus, container=args.container,
+        pid=args.pid, port=args.port, duration=args.duration,
+    )
+
+
+def run(args):
+    options = options_from(args)
+    try:
+        monitor = importlib.import_module("bpfhook.monitor")
+    except ModuleNotFoundError as e:
+        if e.name != "bpfhook.monitor":
+            raise
+        raise MonitorError("monitor: BPF side not available yet") from None
+    return monitor.run(options)
+
+
+@dataclasses.dataclass(frozen=True)
+class EventFilter:
+    """Which decoded events to keep: all given conditions must hold."""
+
+    container: str = None  # name, id, short id or id prefix (Container.matches)
+    pid: int = None
+    port: int = None
+
+    @classmethod
+    def from_options(cls, options):
+        return cls(container=options.container, pid=options.pid, port=options.port)
+
+    @property
+    def passes_everything(self):
+        return self.container is None and self.pid is None and self.port is None
+
+    def __call__(self, event, container):
+        """event: records.decode_event dict; container: its bpfhook.containers.Container."""
+        if self.pid is not None and event["pid"] != self.pid:
+            return False
+        if self.port is not None and self.port not in (event["sport"], event["dport"]):
+            return False
+        if self.container is not None and not container.matches(self.container):
+            return False
+        return True

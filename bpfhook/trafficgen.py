@@ -1,0 +1,370 @@
+"""Traffic generator: HTTP/1.1, TCP echo, UDP echo and Unix stream echo.
+
+`bpfhook trafficgen --auto` starts its own server on 127.0.0.1 (or inside a
+lab container with --container NAME) and runs a bounded client loop against
+it: at most --requests requests and at most --duration seconds. Every TCP,
+HTTP and Unix request is a fresh connection, so a monitor sees the whole
+lifecycle each time. Targets are limited to loopback and lab container
+addresses: this tool never sends traffic anywhere else.
+"""
+import argparse
+import contextlib
+import dataclasses
+import http.client
+import http.server
+import ipaddress
+import os
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from bpfhook.monitor_cli import positive_float
+from pybpf.errors import BpfError
+
+TYPES = ("http", "tcp", "udp", "uds")
+PAYLOAD = b"bpfhook-trafficgen:" + bytes(range(48, 58)) * 4  # 59 bytes, recognisable in captures
+HTTP_BODY = b"hello from bpfhook trafficgen\n"
+
+
+class TrafficError(BpfError):
+    """A target this tool will not use, or a server that cannot start."""
+
+
+# ---- servers -------------------------------------------------------------------
+
+class _EchoStream(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.settimeout(5)
+        with contextlib.suppress(OSError):
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+
+
+class _EchoDatagram(socketserver.BaseRequestHandler):
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(data, self.client_address)
+
+
+class _Http(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self._reply(HTTP_BODY)
+
+    def do_POST(self):
+        self._reply(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+    def _reply(self, body):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")  # one connection per request
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def _server_class(base, host):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return type(base.__name__, (base,), {"address_family": family, "allow_reuse_address": True,
+                                          "daemon_threads": True})
+
+
+class Server:
+    """One server of a type, serving from a daemon thread until close()."""
+
+    def __init__(self, kind, host="127.0.0.1", port=0, path=None):
+        self.kind = kind
+        self._tmpdir = None
+        if kind == "uds":
+            if path is None:
+                self._tmpdir = tempfile.mkdtemp(prefix="bpfhook-trafficgen-")
+                path = os.path.join(self._tmpdir, "echo.sock")
+            server = socketserver.ThreadingUnixStreamServer
+            server = type(server.__name__, (server,), {"daemon_threads": True})
+            self.server = server(path, _EchoStream)
+        elif kind in ("tcp", "http", "udp"):
+            base, handler = {"tcp": (socketserver.ThreadingTCPServer, _EchoStream),
+                             "http": (http.server.ThreadingHTTPServer, _Http),
+                             "udp": (socketserver.ThreadingUDPServer, _EchoDatagram)}[kind]
+            self.server = _server_class(base, host)((host, port), handler)
+        else:
+            raise TrafficError(f"unknown traffic type {kind!r} (choose from {', '.join(TYPES)})")
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                       name=f"trafficgen-{kind}", daemon=True)
+        self.thread.start()
+
+    @property
+    def target(self):
+        """HOST:PORT (or the socket path) that clients use."""
+        if self.kind == "uds":
+            return self.server.server_address
+        host, port = self.server.server_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def close(self):
+        if self.thread is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(timeout=5)
+            self.thread = None
+            if self.kind == "uds":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.server.server_address)
+            if self._tmpdir:
+                os.rmdir(self._tmpdir)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---- targets ---------------------------------------------------------------------
+
+def parse_target(kind, target):
+    """(host, port) for network types, the path for uds; refuses anything but loopback and lab addresses."""
+    if kind == "uds":
+        if not target or "\0" in target:
+            raise TrafficError(f"uds target must be a socket path, got {target!r}")
+        return target
+    host, sep, port = target.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(host)
+        port = int(port)
+    except ValueError:
+        raise TrafficError(f"target must be ADDRESS:PORT with a numeric address, got {target!r}") from None
+    if not sep or not 0 < port < 65536:
+        raise TrafficError(f"bad port in target {target!r}")
+    if not address.is_loopback and str(address) not in _lab_addresses():
+        raise TrafficError(f"{host} is neither loopback nor a lab container address: trafficgen only sends there")
+    return str(address), port
+
+
+def _lab_addresses():
+    from bpfhook.lab import Lab
+
+    try:
+        containers = Lab.list()
+    except (OSError, BpfError):
+        return set()
+    return {a for c in containers for a in (c.ipv4, c.host_ipv4, c.ipv6, c.host_ipv6) if a}
+
+
+# ---- clients ---------------------------------------------------------------------
+
+def _connect(host, port, timeout):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def _echo_over(sock, payload):
+    """Send payload, read the same length back; returns (sent, received)."""
+    sock.sendall(payload)
+    got = 0
+    while got < len(payload):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"echo ended after {got} of {len(payload)} bytes")
+        got += len(chunk)
+    return len(payload), got
+
+
+def tcp_request(target, timeout):
+    with _connect(*target, timeout) as s:
+        return _echo_over(s, PAYLOAD)
+
+
+def uds_request(path, timeout):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        return _echo_over(s, PAYLOAD)
+
+
+def udp_request(target, timeout):
+    host, port = target
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.send(PAYLOAD)
+        return len(PAYLOAD), len(s.recv(65536))
+
+
+def http_request(target, timeout):
+    host, port = target
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("POST", "/echo", body=PAYLOAD, headers={"Content-Type": "application/octet-stream"})
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200 or body != PAYLOAD:
+            raise ConnectionError(f"HTTP {response.status}, {len(body)} bytes")
+        return len(PAYLOAD), len(body)
+    finally:
+        conn.close()
+
+
+REQUESTS = {"http": http_request, "tcp": tcp_request, "udp": udp_request, "uds": uds_request}
+
+
+@dataclasses.dataclass
+class Summary:
+    kind: str
+    target: str
+    requests: int = 0
+    errors: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    elapsed: float = 0.0
+    last_error: str = ""
+
+    @property
+    def rate(self):
+        return self.requests / self.elapsed if self.elapsed > 0 else 0.0
+
+    def line(self):
+        error = f" (last: {self.last_error})" if self.errors else ""
+        return (f"{self.kind} {self.target}: {self.requests} requests, {self.errors} errors{error}, "
+                f"{self.bytes_sent} bytes sent, {self.bytes_received} received, "
+                f"{self.elapsed:.2f}s, {self.rate:.0f} req/s")
+
+
+def generate(kind, target, requests=10, duration=10.0, timeout=2.0, interval=0.0):
+    """Run at most `requests` requests for at most `duration` seconds; returns a Summary."""
+    if kind not in REQUESTS:
+        raise TrafficError(f"unknown traffic type {kind!r} (choose from {', '.join(TYPES)})")
+    where = parse_target(kind, target)
+    request = REQUESTS[kind]
+    summary = Summary(kind, target)
+    start = time.monotonic()
+    deadline = start + duration
+    while summary.requests < requests and time.monotonic() < deadline:
+        summary.requests += 1
+        try:
+            sent, received = request(where, min(timeout, max(deadline - time.monotonic(), 0.01)))
+        except OSError as e:
+            summary.errors += 1
+            summary.last_error = str(e) or type(e).__name__
+        else:
+            summary.bytes_sent += sent
+            summary.bytes_received += received
+        if interval:
+            time.sleep(interval)
+    summary.elapsed = time.monotonic() - start
+    return summary
+
+
+# ---- a server inside a lab container ------------------------------------------------
+
+@contextlib.contextmanager
+def server_in_container(kind, container, ipv6=False):
+    """A Server of `kind` running inside lab container `container` (a child process); yields its target."""
+    host = container.ipv6 if ipv6 else container.ipv4
+    if ipv6 and not host:
+        raise TrafficError(f"lab container {container.name!r} has no IPv6 address (lab up --ipv6)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    child = container.spawn([sys.executable, "-m", "bpfhook.trafficgen", "serve", kind, host],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        ready = _readline(child.stdout, timeout=10)
+        if not ready:
+            raise TrafficError(f"{kind} server in container {container.name!r} did not start "
+                               f"(exit status {child.poll()})")
+        yield ready
+    finally:
+        child.stdin.close()  # the server exits on EOF
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+
+
+def _readline(stream, timeout):
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return ""
+    return stream.readline().strip()
+
+
+def _serve_main(kind, host):
+    """Child side of server_in_container: print the target, serve until stdin closes."""
+    with Server(kind, host) as server:
+        print(server.target, flush=True)
+        sys.stdin.read()
+
+
+# ---- command line --------------------------------------------------------------------
+
+HELP = "generate HTTP, TCP, UDP or Unix socket traffic to loopback or lab containers"
+NEEDS_ROOT = False
+
+
+def add_arguments(parser):
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--auto", action="store_true", help="start a server of --type and send traffic to it")
+    where.add_argument("--target", metavar="HOST:PORT|PATH", help="an existing server (loopback or lab container)")
+    parser.add_argument("--type", choices=TYPES, default="http", dest="kind", help="traffic type (default http)")
+    parser.add_argument("--requests", type=_positive_int, default=10, metavar="N", help="requests (default 10)")
+    parser.add_argument("--duration", type=positive_float, default=10.0, metavar="SEC",
+                        help="stop after SEC seconds even if requests remain (default 10)")
+    parser.add_argument("--container", metavar="NAME", help="with --auto: run the server in this lab container")
+    parser.add_argument("--ipv6", action="store_true", help="with --auto: use IPv6 (::1 or the container's)")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def run(args):
+    if args.container and not args.auto:
+        raise TrafficError("--container needs --auto")
+    if args.auto and args.container:
+        from bpfhook.lab import Lab
+
+        if os.geteuid() != 0:
+            raise TrafficError("--container needs root (it enters the lab container)")
+        with server_in_container(args.kind, Lab.get(args.container), ipv6=args.ipv6) as target:
+            summary = generate(args.kind, target, args.requests, args.duration)
+    elif args.auto:
+        with Server(args.kind, "::1" if args.ipv6 else "127.0.0.1") as server:
+            summary = generate(args.kind, server.target, args.requests, args.duration)
+    else:
+        summary = generate(args.kind, args.target, args.requests, args.duration)
+    print(summary.line())
+    return 0 if summary.errors == 0 else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["serve"] or len(sys.argv) != 4:
+        sys.exit("usage: python -m bpfhook.trafficgen serve TYPE HOST   (used by server_in_container)")
+    _serve_main(sys.argv[2], sys.argv[3])
