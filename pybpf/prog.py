@@ -429,29 +429,33 @@ class Program:
 
     def test_run(self, data_in=b"", ctx_in=None, repeat=1, data_size_out=None, ctx_size_out=None,
                  flags=0, cpu=0):
-        """BPF_PROG_TEST_RUN. data_out is sized len(data_in) + 4096 unless data_size_out says otherwise."""
+        """BPF_PROG_TEST_RUN -> TestRunResult(retval (u32), data_out, ctx_out, duration_ns).
+
+        data_out is sized len(data_in) + 4096 unless data_size_out says otherwise; ctx_out
+        defaults to len(ctx_in). raw_tracepoint and syscall programs take a ctx only and run
+        once; a syscall program's ctx_out is the ctx as it left it."""
         ffi = _sys.ffi
         attr = _sys.new_attr()
         test = attr.test
         test.prog_fd = self._open_fd()
         data_in = bytes(data_in)
-        keep = []  # cdata buffers that must outlive the syscall
-        if data_in:
-            buf = ffi.from_buffer(data_in)
-            keep.append(buf)
-            test.data_in, test.data_size_in = _sys.address(buf), len(data_in)
+        data_buf = ffi.from_buffer(data_in) if data_in else None  # the kernel only reads data_in
+        if data_buf is not None:
+            test.data_in, test.data_size_in = _sys.address(data_buf), len(data_in)
         out_size = (len(data_in) + 4096 if data_in else 0) if data_size_out is None else data_size_out
         data_out = ffi.new("uint8_t[]", out_size) if out_size else None
         if data_out is not None:
             test.data_out, test.data_size_out = _sys.address(data_out), out_size
-        ctx_out = None
+        ctx_out = ctx_buf = None
         if ctx_in is not None:
             ctx_in = bytes(ctx_in)
-            buf = ffi.from_buffer(ctx_in)
-            keep.append(buf)
-            test.ctx_in, test.ctx_size_in = _sys.address(buf), len(ctx_in)
+            # A copy: syscall programs write their ctx back into ctx_in.
+            ctx_buf = ffi.new("uint8_t[]", ctx_in) if ctx_in else None
+            test.ctx_in, test.ctx_size_in = (_sys.address(ctx_buf), len(ctx_in)) if ctx_in else (0, 0)
         ctx_size = (len(ctx_in) if ctx_in else 0) if ctx_size_out is None else ctx_size_out
-        if ctx_size and self.type not in _CTX_ONLY_TEST_RUN:
+        if self.type == ProgType.SYSCALL and ctx_buf is not None:
+            ctx_out, ctx_size = ctx_buf, len(ctx_in)
+        elif ctx_size and self.type not in _CTX_ONLY_TEST_RUN:
             ctx_out = ffi.new("uint8_t[]", ctx_size)
             test.ctx_out, test.ctx_size_out = _sys.address(ctx_out), ctx_size
         # raw_tracepoint and syscall programs run once and reject repeat, even repeat=1.
@@ -472,7 +476,8 @@ class Program:
         return TestRunResult(
             retval=test.retval,
             data_out=bytes(ffi.buffer(data_out, min(test.data_size_out, out_size))) if data_out is not None else b"",
-            ctx_out=bytes(ffi.buffer(ctx_out, min(test.ctx_size_out, ctx_size))) if ctx_out is not None else b"",
+            ctx_out=bytes(ffi.buffer(ctx_out, ctx_size if ctx_out is ctx_buf else min(test.ctx_size_out, ctx_size)))
+            if ctx_out is not None else b"",
             duration_ns=test.duration,
         )
 

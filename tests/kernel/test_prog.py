@@ -193,9 +193,14 @@ def test_test_run_sees_packet_writes():
 
 def test_test_run_of_syscall_program_with_ctx():
     # syscall programs read their ctx: return its first u32.
-    program = [Insn("ldxw", 0, 1, 0), Insn("exit")]
+    # syscall programs read their ctx and may write it: return its first u32, store 7 in the second.
+    program = [Insn("ldxw", 0, 1, 0), Insn("stw", 1, 0, 4, 7), Insn("exit")]
+    ctx = struct.pack("<II", 0xC0FFEE, 0)
     with load(program, "syscall", prog_flags=ProgFlags.SLEEPABLE) as p:
-        assert p.test_run(ctx_in=struct.pack("<I", 0xC0FFEE)).retval == 0xC0FFEE
+        r = p.test_run(ctx_in=ctx)
+    assert r.retval == 0xC0FFEE
+    assert r.ctx_out == struct.pack("<II", 0xC0FFEE, 7)
+    assert ctx == struct.pack("<II", 0xC0FFEE, 0)  # the caller's bytes are untouched
 
 
 def test_test_run_bad_input_is_one_line():
