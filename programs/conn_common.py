@@ -1,0 +1,246 @@
+"""What the monitor's programs share: their maps, kernel struct offsets, DSL pieces.
+
+Maps (layouts from bpfhook.records, the one definition both sides read):
+    conns            LRU hash  CONN_KEY -> CONN          live TCP connections by struct sock address
+    metrics_cgroup   hash      CGROUP_KEY -> METRICS     per cgroup id
+    metrics_netns    hash      NETNS_KEY -> METRICS      per netns cookie
+    events           ring buffer of EVENT (a perf event array where the kernel has no ring buffer)
+    lost             per-CPU array, LOST_* slots
+
+Kernel structs are read with bpf_probe_read_kernel at offsets taken from the
+running kernel's BTF when the programs are built (CO-RE done in Python): the
+programs never carry a hard-coded offset of a kernel-internal struct.
+"""
+import dataclasses
+import socket
+
+from bpfhook import records
+from bpfhook.records import EVENT, METRICS, offsetof
+from pybpf.maps import Map
+from pybpf.uapi import MapType
+
+IPPROTO_TCP, IPPROTO_UDP = int(socket.IPPROTO_TCP), int(socket.IPPROTO_UDP)
+AF_INET, AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
+BPF_NOEXIST = 1
+BPF_RB_NO_WAKEUP, BPF_RB_FORCE_WAKEUP = 1, 2
+BPF_RB_AVAIL_DATA = 0
+BPF_F_CURRENT_CPU = 0xFFFFFFFF
+
+CONNS_MAX = 32768
+METRICS_MAX = 4096
+RINGBUF_SIZE = 4 << 20
+# Wake the reader only once this much is waiting: it also polls on a short timer, so
+# batching wakeups costs latency of at most one poll interval and saves a wakeup per event.
+WAKEUP_BYTES = RINGBUF_SIZE // 16
+
+# (struct, field path) the programs read; the attribute names of KernelOffsets
+_KERNEL_FIELDS = {
+    "sk_family": ("sock", "__sk_common.skc_family"),
+    "sk_num": ("sock", "__sk_common.skc_num"),
+    "sk_dport": ("sock", "__sk_common.skc_dport"),
+    "sk_rcv_saddr": ("sock", "__sk_common.skc_rcv_saddr"),
+    "sk_daddr": ("sock", "__sk_common.skc_daddr"),
+    "sk_v6_rcv_saddr": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+    "sk_v6_daddr": ("sock", "__sk_common.skc_v6_daddr"),
+    "sk_net": ("sock", "__sk_common.skc_net"),
+    "sk_protocol": ("sock", "sk_protocol"),
+    "sk_cgroup": ("sock", "sk_cgrp_data.cgroup"),
+    "cgroup_kn": ("cgroup", "kn"),
+    "kn_id": ("kernfs_node", "id"),
+    "net_cookie": ("net", "net_cookie"),
+    "bytes_sent": ("tcp_sock", "bytes_sent"),
+    "bytes_received": ("tcp_sock", "bytes_received"),
+    "task_files": ("task_struct", "files"),
+    "files_fdt": ("files_struct", "fdt"),
+    "fdt_max_fds": ("fdtable", "max_fds"),
+    "fdt_fd": ("fdtable", "fd"),
+    "file_private_data": ("file", "private_data"),
+    "socket_sk": ("socket", "sk"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelOffsets:
+    """Byte offsets (and sizes) of the kernel fields the programs read, from BTF."""
+
+    offsets: dict  # name -> (byte offset, size)
+
+    @classmethod
+    def from_btf(cls, btf=None):
+        if btf is None:
+            from pybpf.btf import Btf
+
+            btf = Btf.vmlinux()
+        out = {}
+        for name, (struct, path) in _KERNEL_FIELDS.items():
+            f = btf.field(struct, path)
+            out[name] = (f.byte_offset, f.size)
+        return cls(out)
+
+    def __getattr__(self, name):
+        try:
+            return self.offsets[name][0]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def size(self, name):
+        return self.offsets[name][1]
+
+
+class Maps:
+    """The monitor's maps, created together and closed together."""
+
+    def __init__(self, ringbuf=True, conns_max=CONNS_MAX):
+        self._all = []
+        try:
+            self.conns = self._add(MapType.LRU_HASH, records.CONN_KEY, records.CONN, conns_max, "conns")
+            self.metrics_cgroup = self._add(MapType.HASH, records.CGROUP_KEY, METRICS, METRICS_MAX,
+                                            "metrics_cgroup")
+            self.metrics_netns = self._add(MapType.HASH, records.NETNS_KEY, METRICS, METRICS_MAX, "metrics_netns")
+            if ringbuf:
+                self.events = self._add(MapType.RINGBUF, None, None, RINGBUF_SIZE, "events")
+            else:
+                self.events = self._add(MapType.PERF_EVENT_ARRAY, 4, 4, None, "events")
+            self.lost = self._add(MapType.PERCPU_ARRAY, records.LOST_KEY, records.LOST_VALUE,
+                                  len(records.LOST_SLOTS), "lost")
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, type, key, value, max_entries, name):
+        m = Map(type, key=key, value=value, max_entries=max_entries, name=name)
+        self._all.append(m)
+        return m
+
+    @property
+    def ringbuf(self):
+        return self.events.type == MapType.RINGBUF
+
+    def lost_counts(self):
+        """{slot name: total over CPUs}."""
+        return {name: sum(self.lost.lookup(slot) or [0]) for slot, name in records.LOST_SLOTS.items()}
+
+    def close(self):
+        for m in self._all:
+            m.close()
+        self._all = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---- DSL pieces ------------------------------------------------------------------
+
+E = {name: offset for name, offset, _size in records.fields(EVENT)}  # EVENT field offsets
+C = {name: offset for name, offset, _size in records.fields(records.CONN)}  # CONN field offsets
+
+
+def kread(p, dst_slot, dst_off, size, src, src_off):
+    """*(dst_slot + dst_off) = size bytes at kernel address src + src_off (bpf_probe_read_kernel).
+
+    src is a callee-saved register (r6..r9) or stack memory holding the address.
+    On a fault the helper zeroes the destination: a NULL pointer reads as zeros."""
+    p.r3 = src
+    if src_off:
+        p.r3 += src_off
+    p.r1 = p.r10
+    p.r1 += dst_slot.offset + dst_off
+    p.call("probe_read_kernel", p.r1, size, p.r3)
+
+
+def sock_owner(p, k, ev, scratch, sk):
+    """ev.cgroup_id and ev.netns from the struct sock in register `sk`.
+
+    The cgroup is the one the socket was created in (sk_cgrp_data; a passive
+    child inherits its listener's), the netns is its namespace's cookie: both
+    right in softirq context, where the current task is unrelated."""
+    kread(p, scratch, 0, 8, sk, k.sk_cgroup)
+    kread(p, scratch, 0, 8, scratch.u64[0], k.cgroup_kn)
+    kread(p, ev, E["cgroup_id"], 8, scratch.u64[0], k.kn_id)
+    kread(p, scratch, 0, 8, sk, k.sk_net)
+    kread(p, ev, E["netns"], 8, scratch.u64[0], k.net_cookie)
+
+
+def current_task(p, ev, cgroup=True):
+    """ev.pid, tid, comm (and cgroup_id) of the current task."""
+    p.call("get_current_pid_tgid")
+    ev.u32[E["tid"]] = p.r0
+    p.r0 >>= 32
+    ev.u32[E["pid"]] = p.r0
+    p.r1 = p.r10
+    p.r1 += ev.offset + E["comm"]
+    p.call("get_current_comm", p.r1, 16)
+    if cgroup:
+        p.call("get_current_cgroup_id")
+        ev.u64[E["cgroup_id"]] = p.r0
+
+
+def metrics_getter(p, map, name):
+    """Subprogram `name`(r1 = key) -> r0 = its METRICS value in `map`, created zeroed if absent (or NULL)."""
+    with p.function(name):
+        key = p.stack.alloc(8)
+        zero = p.stack.alloc(METRICS)
+        key.u64[0] = p.r1
+        p.call("map_lookup_elem", map, key)
+        with p.If(p.r0 != 0):
+            p.exit()
+        zero.zero()
+        p.call("map_update_elem", map, key, zero, BPF_NOEXIST)
+        p.call("map_lookup_elem", map, key)
+        p.exit()
+
+
+def define_metrics(p, maps, netns=True):
+    """The getter subprograms `account` calls (the verifier rejects one that is never called)."""
+    metrics_getter(p, maps.metrics_cgroup, "cgroup_metrics")
+    if netns:
+        metrics_getter(p, maps.metrics_netns, "netns_metrics")
+
+
+def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), state=None):
+    """Add to METRICS fields of the entries keyed by `keys` (memory or registers, one per getter).
+
+    updates: [(METRICS field, int or memory to add)]; state: a register or stack
+    memory holding a TCP state number whose states[] slot gets +1."""
+    for getter, k in zip(getters, keys):
+        p.r1 = k
+        p.call_local(getter)
+        with p.If(p.r0 != 0):
+            for field, value in updates:
+                p.r1 = value
+                p.r0.u64[offsetof(METRICS, field)] += p.r1
+            if state is not None:
+                p.r1 = state
+                p.r1 &= records.NSTATES - 1
+                p.r1 <<= 3
+                p.r0 += p.r1
+                p.r1 = 1
+                p.r0.u64[offsetof(METRICS, "states")] += p.r1
+
+
+def emit(p, maps, ev, ctx, scratch):
+    """Send the EVENT in stack slot `ev`; a failure counts in lost[LOST_EVENTS]. ctx: the context
+    register (the perf buffer path needs it); scratch: 4 spare stack bytes."""
+    size = EVENT.sizeof()
+    if maps.ringbuf:
+        p.call("ringbuf_query", maps.events, BPF_RB_AVAIL_DATA)
+        p.r4 = BPF_RB_NO_WAKEUP
+        with p.If(p.r0 >= WAKEUP_BYTES):
+            p.r4 = BPF_RB_FORCE_WAKEUP
+        p.call("ringbuf_output", maps.events, ev, size, p.r4)
+    else:
+        p.call("perf_event_output", ctx, maps.events, BPF_F_CURRENT_CPU, ev, size)
+    with p.If(p.r0 != 0):
+        count_lost(p, maps, scratch, records.LOST_EVENTS)
+
+
+def count_lost(p, maps, slot, which):
+    """lost[which] += 1 on this CPU; `slot` is 4 spare stack bytes (clobbered)."""
+    slot.u32[0] = which
+    p.call("map_lookup_elem", maps.lost, slot)
+    with p.If(p.r0 != 0):
+        p.r1 = 1
+        p.r0.u64[0] += p.r1

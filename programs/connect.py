@@ -1,0 +1,77 @@
+"""Outbound connection attempts from cgroup connect4 / connect6 (cgroup_sock_addr).
+
+Runs in the connecting task before the kernel's own connect(), for sockets of
+tasks in the cgroup subtree it is attached to. Reports pid, tid, comm, cgroup
+id, the netns cookie (bpf_get_netns_cookie works here), the destination and
+the socket (its struct sock address joins the state events; its cookie is for
+other tools). A connect() of a UDP socket is a UDP flow: kind udp, counted in
+the metrics' udp field. Other protocols (ICMP ping sockets, raw) are skipped.
+The program never refuses a connect: it returns 1.
+
+struct bpf_sock_addr offsets come from the kernel's BTF like every other
+struct the monitor reads.
+"""
+from bpfhook import records
+from pybpf.asm import Program
+
+from .conn_common import IPPROTO_TCP, IPPROTO_UDP, E, account, current_task, define_metrics, emit
+
+ALLOW = 1
+HOOKS = {4: "connect4", 6: "connect6"}
+_CTX_FIELDS = ("user_ip4", "user_ip6", "user_port", "family", "protocol", "sk")
+
+
+def ctx_offsets(btf=None):
+    """{field: offset} of struct bpf_sock_addr from BTF."""
+    if btf is None:
+        from pybpf.btf import Btf
+
+        btf = Btf.vmlinux()
+    return {name: btf.field("bpf_sock_addr", name).byte_offset for name in _CTX_FIELDS}
+
+
+def build(maps, version, ctx=None):
+    """The program for connect4 (version 4) or connect6 (version 6)."""
+    at = ctx or ctx_offsets()
+    p = Program(f"bh_{HOOKS[version]}", prog_type="cgroup_sock_addr")
+    ev = p.stack.alloc(records.EVENT)
+    scratch = p.stack.alloc(8)
+
+    p.r9 = p.r1
+    p.r6 = p.r9.u32[at["protocol"]]
+    p.r1 = p.r6
+    with p.If(p.r1 != IPPROTO_TCP):
+        with p.If(p.r6 != IPPROTO_UDP):
+            p.exit(ALLOW)
+    ev.zero()
+    p.call("ktime_get_ns")
+    ev.u64[E["ts_ns"]] = p.r0
+    ev.u8[E["protocol"]] = p.r6
+    ev.u8[E["kind"]] = records.EV_CONNECT
+    p.r1 = p.r9.u32[at["family"]]
+    ev.u16[E["family"]] = p.r1
+    p.r1 = p.r9.u32[at["user_port"]]  # network order in the low 16 bits
+    p.be(p.r1, 16)
+    ev.u16[E["dport"]] = p.r1
+    if version == 4:
+        p.r1 = p.r9.u32[at["user_ip4"]]
+        ev.u32[E["daddr"]] = p.r1
+    else:
+        for word in range(4):
+            p.r1 = p.r9.u32[at["user_ip6"] + 4 * word]
+            ev.u32[E["daddr"] + 4 * word] = p.r1
+    p.r1 = p.r9.u64[at["sk"]]
+    ev.u64[E["sock"]] = p.r1
+    p.call("get_socket_cookie", p.r9)
+    ev.u64[E["cookie"]] = p.r0
+    p.call("get_netns_cookie", p.r9)
+    ev.u64[E["netns"]] = p.r0
+    current_task(p, ev)
+    with p.If(p.r6 == IPPROTO_UDP):
+        ev.u8[E["kind"]] = records.EV_UDP
+        account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]), [("udp", 1)])
+    emit(p, maps, ev, p.r9, scratch)
+    p.exit(ALLOW)
+    define_metrics(p, maps)
+    return p
+
