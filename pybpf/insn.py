@@ -21,14 +21,6 @@ _WIDE = struct.Struct("<BBhiBBhi")
 _RAW = struct.Struct("<BBhI")
 
 S16 = (-(1 << 15), (1 << 15) - 1)
-S32 = (-(1 << 31), (1 << 31) - 1)
-
-
-def _s32(value):
-    """Accept -2**31 .. 2**32-1 for a 32-bit immediate, return it as signed."""
-    if not -(1 << 31) <= value < (1 << 32):
-        return None
-    return value - (1 << 32) if value >= (1 << 31) else value
 
 
 class Insn:
@@ -77,43 +69,49 @@ class Insn:
 
     def validate(self):
         """Check every field against the table; return the imm to encode."""
+        dst_lo, dst_hi, src_lo, src_hi, off_lo, off_hi, imm_lo, imm_hi = self.op.bounds
+        imm = self.imm
+        if not (dst_lo <= self.dst <= dst_hi and src_lo <= self.src <= src_hi
+                and off_lo <= self.off <= off_hi and imm_lo <= imm <= imm_hi):
+            self._explain()
+        if imm_hi > 0xFFFFFFFF:  # ld_imm64: the whole 64 bits, unsigned
+            return imm & 0xFFFFFFFFFFFFFFFF
+        return imm - (1 << 32) if imm > 0x7FFFFFFF else imm
+
+    def _explain(self):
+        """Raise the AssemblerError that says which field is wrong, and why."""
         op = self.op
-        uses = op.uses
         fixed = dict(op.fixed)
         for field in ("dst", "src"):
             value = getattr(self, field)
-            if field in uses:
-                if not 0 <= value <= isa.MAX_REG:
-                    self._fail(f"{field} register r{value} out of range r0..r{isa.MAX_REG}")
-            elif value != fixed.get(field, 0):
-                self._fail(f"reserved field {field} must be {fixed.get(field, 0)}, is {value}")
-        if "off" in uses or "off" in fixed:
+            if field in fixed or field not in op.uses:
+                if value != fixed.get(field, 0):
+                    self._fail(f"reserved field {field} must be {fixed.get(field, 0)}, is {value}")
+            elif not 0 <= value <= isa.MAX_REG:
+                self._fail(f"{field} register r{value} out of range r0..r{isa.MAX_REG}")
+        if "off" in fixed or "off" in op.uses:
             if not S16[0] <= self.off <= S16[1]:
                 self._fail(f"offset {self.off} out of range {S16[0]}..{S16[1]}")
+            if "off" in fixed and self.off != fixed["off"]:
+                self._fail(f"field off must be {fixed['off']} for {op.name}, is {self.off}")
         elif self.off:
             self._fail(f"reserved field off must be 0, is {self.off}")
         if op.wide:
-            if not -(1 << 63) <= self.imm < (1 << 64):
-                self._fail(f"immediate {self.imm:#x} does not fit 64 bits")
-            return self.imm & 0xFFFFFFFFFFFFFFFF
-        if "imm" in uses or "imm" in fixed:
-            imm = _s32(self.imm)
-            if imm is None:
-                self._fail(f"immediate {self.imm} does not fit 32 bits")
-            return imm
-        if self.imm:
-            self._fail(f"reserved field imm must be 0, is {self.imm}")
-        return 0
+            self._fail(f"immediate {self.imm:#x} does not fit 64 bits")
+        if "imm" in fixed and self.imm != fixed["imm"]:
+            self._fail(f"field imm must be {fixed['imm']} for {op.name}, is {self.imm}")
+        if "imm" in op.uses:
+            self._fail(f"immediate {self.imm} does not fit 32 bits")
+        self._fail(f"reserved field imm must be 0, is {self.imm}")
 
     def encode(self):
         imm = self.validate()
-        regs = (self.src << 4) | self.dst
-        if self.op.wide:
-            lo = imm & 0xFFFFFFFF
-            hi = imm >> 32
-            return _WIDE.pack(self.op.code, regs, self.off, lo - (1 << 32) if lo >> 31 else lo,
+        op = self.op
+        if op.slots == 2:
+            lo, hi = imm & 0xFFFFFFFF, imm >> 32
+            return _WIDE.pack(op.code, (self.src << 4) | self.dst, self.off, lo - (1 << 32) if lo >> 31 else lo,
                               0, 0, 0, hi - (1 << 32) if hi >> 31 else hi)
-        return _SLOT.pack(self.op.code, regs, self.off, imm)
+        return _SLOT.pack(op.code, (self.src << 4) | self.dst, self.off, imm)
 
     # -- pseudo-instruction views ----------------------------------------
     @property
@@ -150,9 +148,29 @@ class InvalidInsn:
         return f"InvalidInsn({self.raw.hex()}, {self.reason!r})"
 
 
+_ENCODED = {}  # (op, dst, src, off, imm) -> bytes: programs repeat instructions a lot
+_ENCODED_MAX = 1 << 16
+
+
 def encode(insns):
-    """Bytes of a sequence of instructions."""
-    return b"".join(insn.encode() for insn in insns)
+    """Bytes of a sequence of instructions (InvalidInsn raw bytes pass through)."""
+    cache = _ENCODED
+    out = []
+    append = out.append
+    for insn in insns:
+        op = insn.op
+        if op is None:
+            append(insn.raw)
+            continue
+        key = (op, insn.dst, insn.src, insn.off, insn.imm)
+        code = cache.get(key)
+        if code is None:
+            code = insn.encode()  # validates; only valid encodings are remembered
+            if len(cache) >= _ENCODED_MAX:
+                cache.clear()
+            cache[key] = code
+        append(code)
+    return b"".join(out)
 
 
 def _why_invalid(code, dst, src, off, imm):

@@ -11,7 +11,7 @@ Instruction layout (little endian, 8 bytes):
     opcode:8  dst_reg:4 (low)  src_reg:4 (high)  offset:s16  imm:s32
 ld_imm64 takes two slots; the second has opcode 0 and carries imm's high half.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Instruction classes (opcode & 0x07).
 LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = range(8)
@@ -154,6 +154,24 @@ class Op:
     uses: frozenset = frozenset()
     fixed: tuple = ()
     c_op: str = ""
+    # (low, high) bounds of dst, src, off, imm, flattened: derived from uses/fixed so that
+    # validating an instruction is eight comparisons (see Insn.validate).
+    bounds: tuple = field(init=False, repr=False, compare=False)
+    slots: int = field(init=False, repr=False, compare=False)  # ld_imm64 takes two 8-byte slots
+
+    def __post_init__(self):
+        fixed = dict(self.fixed)
+        bounds = []
+        for name, used in (("dst", (0, MAX_REG)), ("src", (0, MAX_REG)), ("off", (-(1 << 15), (1 << 15) - 1)),
+                           ("imm", (-(1 << 63), (1 << 64) - 1) if self.kind == "ld_imm64" else (-(1 << 31), (1 << 32) - 1))):
+            if name in fixed:
+                bounds += (fixed[name], fixed[name])
+            elif name in self.uses:
+                bounds += used
+            else:
+                bounds += (0, 0)  # reserved: must be zero
+        object.__setattr__(self, "bounds", tuple(bounds))
+        object.__setattr__(self, "slots", 2 if self.kind == "ld_imm64" else 1)
 
     @property
     def cls(self):
@@ -162,11 +180,7 @@ class Op:
     @property
     def wide(self):
         """ld_imm64 takes two 8-byte slots."""
-        return self.kind == "ld_imm64"
-
-    @property
-    def slots(self):
-        return 2 if self.kind == "ld_imm64" else 1
+        return self.slots == 2
 
     @property
     def size(self):
