@@ -44,22 +44,26 @@ def link(insns):
     """Return new instructions with every label reference resolved.
 
     Raises AssemblerError naming the instruction's source when a label is
-    unknown or an offset does not fit its field.
+    unknown or an offset does not fit its field. Instructions without a label
+    reference are passed through as they are.
     """
     slots = label_slots(insns)
     out, pc = [], 0
+    append = out.append
     for insn in insns:
-        field = target_field(insn)
-        if field and isinstance(insn.ref, str):
-            if insn.ref not in slots:
+        if insn.ref.__class__ is str and (field := target_field(insn)):
+            target = slots.get(insn.ref)
+            if target is None:
                 raise AssemblerError(f"unknown label {insn.ref!r}", insn.source)
             resolved = Insn(insn.op, insn.dst, insn.src, insn.off, insn.imm,
                             label=insn.label, ref=insn.ref, source=insn.source)
-            setattr(resolved, field, slots[insn.ref] - (pc + 1))
+            delta = target - (pc + 1)
+            # ld_func keeps its 32-bit offset in the low half; the second slot's imm stays 0
+            setattr(resolved, field, delta & 0xFFFFFFFF if insn.op.slots == 2 else delta)
             if field == "off" and not -(1 << 15) <= resolved.off < (1 << 15):
                 raise AssemblerError(f"jump to {insn.ref!r} is {resolved.off} slots away; "
                                      "more than a 16-bit offset can hold (use gotol)", insn.source)
             insn = resolved
-        out.append(insn)
+        append(insn)
         pc += insn.slots
     return out

@@ -274,7 +274,8 @@ def _map_load(c):
 
 def _subprog(c):
     off, label = c.target("target")
-    return _insn(_PSEUDO["ld_func"], c.reg("dst", 64)[0], imm=off, ref=label, source=c.source)
+    # a 32-bit pc-relative offset in the low half; the second slot's imm is 0 (as link() writes it)
+    return _insn(_PSEUDO["ld_func"], c.reg("dst", 64)[0], imm=off & 0xFFFFFFFF, ref=label, source=c.source)
 
 
 def _btf_id(c):
@@ -570,7 +571,10 @@ def _u_call_kfunc(c):
 
 
 def _u_ld_imm64(c):
-    return _insn(isa.BY_NAME[(c.m.group("m"), None)], c.ureg("dst"), imm=c.num("imm"), source=c.source)
+    op, imm = isa.BY_NAME[(c.m.group("m"), None)], c.num("imm")
+    if op.name != "lddw" and -(1 << 31) <= imm < 0:
+        imm &= 0xFFFFFFFF  # pseudo loads hold a 32-bit value (fd, id, offset) in the low half
+    return _insn(op, c.ureg("dst"), imm=imm, source=c.source)
 
 
 def _u_ld_imm64_halves(c):
@@ -586,7 +590,7 @@ def _u_map_by(c):
 
 def _u_ld_func(c):
     off, label = c.target("target")
-    return _insn(_PSEUDO["ld_func"], c.ureg("dst"), imm=off, ref=label, source=c.source)
+    return _insn(_PSEUDO["ld_func"], c.ureg("dst"), imm=off & 0xFFFFFFFF, ref=label, source=c.source)
 
 
 def _u_ld_abs(c):

@@ -21,10 +21,10 @@ U64 = st.integers(0, (1 << 64) - 1)
 REG = st.integers(0, isa.MAX_REG)
 U32 = st.integers(0, (1 << 32) - 1)
 # ld_imm64 rows: what the 64-bit immediate can hold. A map fd, map index or BTF id
-# is 32 bits with a zero high half (the kernel rejects anything else), a
-# subprogram is a signed pc-relative offset; map values carry an offset on top.
+# is 32 bits with a zero high half (the kernel rejects anything else), and so is
+# a subprogram's signed pc-relative offset; map values carry an offset on top.
 IMM64 = {"lddw": U64, "ld_map_value": U64, "ld_map_idx_value": U64,
-         "ld_map_fd": U32, "ld_map_idx": U32, "ld_btf_id": U32, "ld_func": S32}
+         "ld_map_fd": U32, "ld_map_idx": U32, "ld_btf_id": U32, "ld_func": U32}
 
 
 @st.composite
@@ -79,7 +79,8 @@ def programs_with_jumps(draw):
         if insn.op.jumps or insn.op.name in ("call_local", "ld_func"):
             target = draw(st.sampled_from(starts))
             field = "imm" if insn.op.kind == "gotol" or insn.op.name in ("call_local", "ld_func") else "off"
-            setattr(insn, field, target - (pc + 1))
+            delta = target - (pc + 1)
+            setattr(insn, field, delta & 0xFFFFFFFF if insn.op.name == "ld_func" else delta)
         out.append(insn)
         pc += insn.slots
     return out

@@ -58,7 +58,7 @@ LLVM = [
     ("r1 = map[id:5][0]+8", "ld_map_value", dict(dst=1, imm=5 | 8 << 32)),
     ("r1 = map[idx:2]", "ld_map_idx", dict(dst=1, imm=2)),
     ("r1 = map[idx:2]+16", "ld_map_idx_value", dict(dst=1, imm=2 | 16 << 32)),
-    ("r2 = subprog[-4]", "ld_func", dict(dst=2, imm=-4)),
+    ("r2 = subprog[-4]", "ld_func", dict(dst=2, imm=-4 & 0xFFFFFFFF)),
     ("ld_pseudo r1, 1, 5", "ld_map_fd", dict(dst=1, imm=5)),
     ("lock *(u64 *)(r1 + 0) += r2", "lock_add", dict(dst=1, src=2)),
     ("lock *(u32 *)(r1 +8) |= r2", "lock_or32", dict(dst=1, src=2, off=8)),
