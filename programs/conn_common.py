@@ -12,6 +12,8 @@ running kernel's BTF when the programs are built (CO-RE done in Python): the
 programs never carry a hard-coded offset of a kernel-internal struct.
 """
 import dataclasses
+import json
+import os
 import socket
 
 from bpfhook import records
@@ -56,7 +58,20 @@ _KERNEL_FIELDS = {
     "fdt_fd": ("fdtable", "fd"),
     "file_private_data": ("file", "private_data"),
     "socket_sk": ("socket", "sk"),
+    # the cgroup_sock_addr context (uapi, but read like the rest)
+    "ctx_user_ip4": ("bpf_sock_addr", "user_ip4"),
+    "ctx_user_ip6": ("bpf_sock_addr", "user_ip6"),
+    "ctx_user_port": ("bpf_sock_addr", "user_port"),
+    "ctx_family": ("bpf_sock_addr", "family"),
+    "ctx_protocol": ("bpf_sock_addr", "protocol"),
+    "ctx_sk": ("bpf_sock_addr", "sk"),
 }
+
+# Parsing vmlinux BTF costs most of the monitor's start-up time and memory, and its answers
+# cannot change until the next boot: they are kept in a file on tmpfs keyed by boot id.
+CACHE_PATH = "/run/bpfhook/kernel-offsets.json"
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +92,31 @@ class KernelOffsets:
             out[name] = (f.byte_offset, f.size)
         return cls(out)
 
+    @classmethod
+    def load(cls, cache_path=CACHE_PATH):
+        """From the boot's cache when it answers for these very fields, else from BTF (and cached)."""
+        try:
+            key = _cache_key()
+        except OSError:
+            return cls.from_btf()
+        try:
+            with open(cache_path) as f:
+                cached = json.load(f)
+            if cached.get("key") == key:
+                return cls({name: tuple(v) for name, v in cached["offsets"].items()})
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+        found = cls.from_btf()
+        try:
+            os.makedirs(os.path.dirname(cache_path), mode=0o700, exist_ok=True)
+            tmp = f"{cache_path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump({"key": key, "offsets": found.offsets}, f)
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass  # a read-only /run only costs the next start its BTF parse
+        return found
+
     def __getattr__(self, name):
         try:
             return self.offsets[name][0]
@@ -85,6 +125,13 @@ class KernelOffsets:
 
     def size(self, name):
         return self.offsets[name][1]
+
+
+def _cache_key():
+    with open(BOOT_ID) as f:
+        boot = f.read().strip()
+    return {"boot_id": boot, "btf_size": os.stat(VMLINUX_BTF).st_size,
+            "fields": {name: list(spec) for name, spec in _KERNEL_FIELDS.items()}}
 
 
 class Maps:

@@ -21,18 +21,9 @@ HOOKS = {4: "connect4", 6: "connect6"}
 _CTX_FIELDS = ("user_ip4", "user_ip6", "user_port", "family", "protocol", "sk")
 
 
-def ctx_offsets(btf=None):
-    """{field: offset} of struct bpf_sock_addr from BTF."""
-    if btf is None:
-        from pybpf.btf import Btf
-
-        btf = Btf.vmlinux()
-    return {name: btf.field("bpf_sock_addr", name).byte_offset for name in _CTX_FIELDS}
-
-
-def build(maps, version, ctx=None):
-    """The program for connect4 (version 4) or connect6 (version 6)."""
-    at = ctx or ctx_offsets()
+def build(maps, kernel, version):
+    """The program for connect4 (version 4) or connect6 (version 6); kernel: conn_common.KernelOffsets."""
+    at = {name: getattr(kernel, "ctx_" + name) for name in _CTX_FIELDS}
     p = Program(f"bh_{HOOKS[version]}", prog_type="cgroup_sock_addr")
     ev = p.stack.alloc(records.EVENT)
     scratch = p.stack.alloc(8)

@@ -1,0 +1,263 @@
+"""`bpfhook monitor`: load the connection programs, attach them, report until told to stop.
+
+    Monitor(cgroup_dir)   probe features, create maps, build + load + attach every program
+      .read(timeout)      decoded events (records.decode_event dicts) that arrived
+      .cgroup_metrics()   {cgroup id: metrics dict} from the metrics_cgroup map
+      .lost()             {"events": n, "conns": n}: kernel-side drops, never hidden
+      .close()            detach everything (links: even SIGKILL leaves nothing attached)
+
+    run(options)          the command: event loop, periodic report, JSON lines,
+                          Prometheus, filters, --duration, SIGINT/SIGTERM -> final report
+
+Feature choices are probed, never read off the kernel version: the ring
+buffer where the kernel has one, else a perf event array; accept attribution
+through syscall exit tracepoints (works without kprobes/fentry).
+"""
+import contextlib
+import signal
+import sys
+import threading
+import time
+
+from bpfhook import records
+from pybpf.errors import FeatureUnavailable
+
+POLL_SECONDS = 0.1  # the BPF side batches wakeups; we look at least this often
+
+
+class Monitor:
+    """Everything the kernel side needs, owned together.
+
+    cgroup_dir: cgroup2 directory the connect4/connect6 hooks attach to
+    events:     "auto" (probe), "ringbuf" or "perf"
+    on_record:  called with each decoded event as it is read
+    """
+
+    def __init__(self, cgroup_dir, events="auto", on_record=None):
+        from pybpf import attach, features
+        from pybpf.events import open_reader
+        from pybpf.prog import load
+
+        from bpfhook.programs import accept, conn_common, conn_state, connect
+
+        if events == "auto":
+            events = "ringbuf" if features.has("map_type.ringbuf") else "perf"
+        self.events_kind = events
+        self.notes = []  # what could not be attached, said once at start
+        self._stack = contextlib.ExitStack()
+        try:
+            kernel = conn_common.KernelOffsets.load()
+            self.maps = self._stack.enter_context(conn_common.Maps(ringbuf=events == "ringbuf"))
+            state = load(conn_state.build(self.maps, kernel), "tracepoint", name="bh_conn_state")
+            self._hold(state)
+            self._stack.enter_context(attach.tracepoint(state, conn_state.TRACEPOINT))
+            for tracepoint in accept.TRACEPOINTS:
+                try:
+                    prog = load(accept.build(self.maps, kernel, tracepoint), "tracepoint", name="bh_accept")
+                    self._hold(prog)
+                    self._stack.enter_context(attach.tracepoint(prog, tracepoint))
+                except FeatureUnavailable as e:
+                    self.notes.append(f"accepted connections keep no process identity: {e}")
+            for version, hook in connect.HOOKS.items():
+                prog = load(connect.build(self.maps, kernel, version), "cgroup_sock_addr", name=f"bh_{hook}",
+                            expected_attach_type=f"cgroup_inet{version}_connect")
+                self._hold(prog)
+                self._stack.enter_context(attach.cgroup(prog, hook, cgroup_dir))
+            self.reader = self._stack.enter_context(open_reader(self.maps.events, on_record))
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _hold(self, prog):
+        # A program stays loaded while attached; our fd is closed with the rest.
+        self._stack.callback(prog.close)
+
+    def read(self, timeout):
+        """Decoded events that arrived (waiting up to `timeout` seconds for the first)."""
+        return [records.decode_event(r) for r in self.reader.read(timeout)]
+
+    def cgroup_metrics(self):
+        return {k.cgroup_id: records.decode_metrics(v) for k, v in self.maps.metrics_cgroup.items()}
+
+    def netns_metrics(self):
+        return {k.netns: records.decode_metrics(v) for k, v in self.maps.metrics_netns.items()}
+
+    def lost(self):
+        """Kernel-side drops: events the buffer refused (plus perf's own lost records), and
+        closes of connections the LRU map no longer held."""
+        counts = self.maps.lost_counts()
+        counts["events"] += self.reader.lost
+        return counts
+
+    def close(self):
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---- the command ---------------------------------------------------------------
+
+def event_line(event, container):
+    """One -e line."""
+    from bpfhook.report import endpoint
+
+    mark = "[CTR]" if container.is_container else "     "
+    states = f"{event['oldstate'] or '-'}->{event['newstate']}" if event["newstate"] else ""
+    extra = ""
+    if event["event"] == "close":
+        extra = f" sent {event['bytes_sent']} recv {event['bytes_received']} {event['duration_ns'] / 1e6:.1f}ms"
+    return (f"{time.strftime('%H:%M:%S')} {event['event']:<7} {mark} {container.label[:16]:<16} "
+            f"pid {event['pid']:<7} {event['comm'][:15]:<15} {event['family']} {event['protocol']} "
+            f"{endpoint(event['saddr'], event['sport'])} -> {endpoint(event['daddr'], event['dport'])} "
+            f"{states}{extra}")
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag the loop checks; the loop then reports and detaches."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+
+    def _handler(self, signum, _frame):
+        self.signal = signum
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __bool__(self):
+        return self.signal is not None
+
+
+def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
+    """Run the monitor until --duration, SIGINT/SIGTERM, or `stop` (a threading.Event) is set.
+
+    out/err: streams for reports/events and for status lines (stdout/stderr);
+    on_event(event, container): called for each event that passes the filters
+    (the in-process hook the tests use). Returns the exit status."""
+    from bpfhook.containers import Resolver
+    from bpfhook.exporters import JsonLines, PrometheusServer, exposition
+    from bpfhook.monitor_cli import EventFilter
+    from bpfhook.report import Aggregator, render, render_final
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    started = time.monotonic()
+    interrupted = _Stop()
+    interrupted.install()
+    try:
+        resolve = Resolver()
+        keep = EventFilter.from_options(options)
+        aggregator = Aggregator(resolve)
+        lock = threading.Lock()
+        json_out = JsonLines(out) if options.json else None
+        with contextlib.ExitStack() as stack:
+            monitor = stack.enter_context(Monitor(options.cgroup, events=events))
+            print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
+                  f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
+            for note in monitor.notes:
+                print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
+
+            def refresh():
+                if keep.passes_everything:  # the maps count everything; filtered views come from events
+                    aggregator.set_cgroup_metrics(monitor.cgroup_metrics())
+                aggregator.set_lost(monitor.lost()["events"])
+
+            def scrape():
+                with lock:
+                    refresh()
+                    return exposition(aggregator.snapshot())
+
+            if options.prometheus:
+                server = stack.enter_context(PrometheusServer(*options.prometheus, scrape))
+                host, port = server.address
+                print(f"bpfhook monitor: Prometheus metrics on http://{host}:{port}/metrics", file=err, flush=True)
+            deadline = started + options.duration if options.duration else None
+            next_report = time.monotonic() + options.metrics_interval
+            lost_said = 0
+            while not interrupted and not (stop is not None and stop.is_set()):
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                wait = min(POLL_SECONDS, next_report - now, (deadline - now) if deadline else POLL_SECONDS)
+                batch = monitor.read(max(wait, 0))
+                with lock:
+                    for event in batch:
+                        container = resolve(event["cgroup_id"])
+                        if not keep(event, container):
+                            continue
+                        if not _listener_close(event):
+                            aggregator.add(event)
+                        if json_out is not None:
+                            json_out.write(event, container)
+                        elif options.show_events:
+                            print(event_line(event, container), file=out)
+                        if on_event is not None:
+                            on_event(event, container)
+                lost = monitor.lost()["events"]
+                if lost > lost_said:
+                    _say_lost(lost - lost_said, lost, json_out, out, err)
+                    lost_said = lost
+                if time.monotonic() >= next_report:
+                    next_report += options.metrics_interval
+                    if json_out is None:
+                        with lock:
+                            refresh()
+                            out.write(render(aggregator.snapshot(), options.show_containers))
+                        out.flush()
+            for event in monitor.read(0):  # what arrived while we were stopping
+                container = resolve(event["cgroup_id"])
+                if keep(event, container):
+                    if not _listener_close(event):
+                        aggregator.add(event)
+                    if json_out is not None:
+                        json_out.write(event, container)
+                    if on_event is not None:
+                        on_event(event, container)
+            with lock:
+                refresh()
+                snapshot = aggregator.snapshot()
+            lost = monitor.lost()
+            if json_out is None:
+                out.write(render_final(snapshot, options.show_containers))
+            else:
+                json_out.stream.write(_summary_json(snapshot, lost) + "\n")
+            out.flush()
+        print(f"bpfhook monitor: detached ({snapshot.events} events, {lost['events']} lost)", file=err, flush=True)
+        return 0
+    finally:
+        interrupted.restore()
+
+
+def _listener_close(event):
+    """A listening socket closing: a state event worth printing, but no connection to count."""
+    return event["oldstate"] == "LISTEN" and event["newstate"] == "CLOSE"
+
+
+def _say_lost(new, total, json_out, out, err):
+    if json_out is not None:
+        import json
+
+        out.write(json.dumps({"ts": time.time(), "event": "lost", "lost": new, "lost_total": total}) + "\n")
+        out.flush()
+    print(f"bpfhook monitor: warning: {new} events lost ({total} in all): the ring buffer was full",
+          file=err, flush=True)
+
+
+def _summary_json(snapshot, lost):
+    import json
+
+    return json.dumps({"ts": snapshot.time, "event": "summary", "events": snapshot.events,
+                       "lost": lost["events"], "lost_conns": lost["conns"], "closed": snapshot.closed,
+                       "active": len(snapshot.active)}, separators=(",", ":"))
