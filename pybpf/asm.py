@@ -37,46 +37,36 @@ S32_MIN, S32_MAX, U32_MAX = -(1 << 31), (1 << 31) - 1, (1 << 32) - 1
 
 # -- source locations ------------------------------------------------------------
 
-_LINES = {}  # (co_filename, line) -> "file.py:line": formatting once per line keeps emission fast
 _getframe = sys._getframe
+_LINES = {}  # (id(code), f_lasti) -> ("file.py:line", code): the code is kept so its id stays its own
+_LINES_MAX = 1 << 16
 
 
 def _source(depth=2):
-    """ "file.py:line" of the first frame outside this module (its frames share our globals:
-    an identity test is the cheapest way to skip them).
+    """ "file.py:line" of the user's call: the first frame, from the caller of the
+    function `depth` frames up, whose code is not this module's (our frames share
+    our globals: an identity test is the cheapest way to skip them).
 
-    Walking frames with f_back makes Python build a frame object for each one;
-    sys._getframe(n) builds only the one it returns. So the distance from each
-    emitting function up to the user's frame is remembered, and a hit costs
-    two _getframe calls: the frame there must be the user's and the one below
-    it ours."""
-    caller = _getframe(depth + 1)  # who called the emitting function: a better key than the emitter
-    code = caller.f_code
-    up = _DEPTH.get(code)
-    if up is not None:
-        try:
-            f = _getframe(depth + 1 + up)
-            if f.f_globals is not _GLOBALS and _getframe(depth + up).f_globals is _GLOBALS:
-                return _where(f)
-        except ValueError:  # fewer frames than last time: walk
-            pass
-    f, up = caller, 0
-    while f.f_globals is _GLOBALS:
-        f, up = f.f_back, up + 1
-    _DEPTH[code] = up
-    return _where(f)
-
-
-def _where(frame):
-    """ "file.py:line" of a frame, formatted once per line."""
-    key = (frame.f_code.co_filename, frame.f_lineno)
-    where = _LINES.get(key)
-    if where is None:
-        where = _LINES[key] = f"{os.path.basename(key[0])}:{key[1]}"
+    A walk of f_back is a few pointer hops (a remembered depth would be cheaper
+    only when right, and calls reach the user by paths of different lengths).
+    The position is keyed by the call's bytecode offset: f_lineno would scan
+    the line table on every call."""
+    f = _getframe(depth + 1)
+    try:
+        while f.f_globals is _GLOBALS:
+            f = f.f_back
+    except AttributeError:  # no frame outside this module
+        return None
+    code = f.f_code
+    key = (id(code), f.f_lasti)
+    hit = _LINES.get(key)
+    if hit is not None:
+        return hit[0]
+    if len(_LINES) >= _LINES_MAX:
+        _LINES.clear()
+    where = f"{os.path.basename(code.co_filename)}:{f.f_lineno}"
+    _LINES[key] = (where, code)
     return where
-
-
-_DEPTH = {}  # code object of an emitting function -> frames from it up to the user's frame
 
 
 # -- access types ----------------------------------------------------------------
