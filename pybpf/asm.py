@@ -57,15 +57,17 @@ def _source(depth=2):
             f = f.f_back
     except AttributeError:  # no frame outside this module
         return None
-    code = f.f_code
-    key = (id(code), f.f_lasti)
-    hit = _LINES.get(key)
-    if hit is not None:
-        return hit[0]
+    hit = _LINES.get((id(f.f_code), f.f_lasti))
+    return hit[0] if hit is not None else _remember(f)
+
+
+def _remember(frame):
+    """The "file.py:line" of a frame not seen at this position before."""
     if len(_LINES) >= _LINES_MAX:
         _LINES.clear()
-    where = f"{os.path.basename(code.co_filename)}:{f.f_lineno}"
-    _LINES[key] = (where, code)
+    code = frame.f_code
+    where = f"{os.path.basename(code.co_filename)}:{frame.f_lineno}"
+    _LINES[(id(code), frame.f_lasti)] = (where, code)
     return where
 
 
@@ -123,7 +125,29 @@ _SIGNED_JMP = {"jgt": "jsgt", "jge": "jsge", "jlt": "jslt", "jle": "jsle"}
 _INVERSE = {"jeq": "jne", "jne": "jeq", "jgt": "jle", "jle": "jgt", "jge": "jlt", "jlt": "jge",
             "jsgt": "jsle", "jsle": "jsgt", "jsge": "jslt", "jslt": "jsge"}
 _COMMUTATIVE = {"add", "mul", "or", "and", "xor"}
+# What an ALU name means for a register view of (bits, signed): name -> (imm row, reg row).
+_ALU_ROWS = {(bits, signed): {op.name: (_ALU[(_SIGNED_ALU.get(op.name, op.name) if signed else op.name, bits, "imm")],
+                                        _ALU[(_SIGNED_ALU.get(op.name, op.name) if signed else op.name, bits, "reg")])
+                              for op in isa.ALU_OPS}
+             for bits in (64, 32) for signed in (False, True)}
+_MOV_IMM = {bits: _ALU[("mov", bits, "imm")] for bits in (64, 32)}
+_MOV_REG = {bits: _ALU[("mov", bits, "reg")] for bits in (64, 32)}
+_ADD_IMM = _ALU[("add", 64, "imm")]
+_FP = isa.FRAME_POINTER
 _STOPS = ("exit", "ja", "gotol")  # kinds after which the next instruction is not reached by falling through
+
+
+_HELPERS = {}  # helper name or id -> (id, C name, fixed argument count, variadic)
+
+
+def _helper(name_or_id):
+    """Look a helper up in pybpf.helpers (imported on first use) and remember what calls need."""
+    from . import helpers
+
+    h = helpers.lookup(name_or_id)
+    variadic = h.signature.endswith("...)")
+    _HELPERS[name_or_id] = found = (h.id, h.c_name, h.nargs - variadic, variadic)
+    return found
 
 
 # -- operands ----------------------------------------------------------------------
@@ -195,10 +219,11 @@ def _compare(name):
 class Reg(_Addressable):
     """A register view: number, width (64 or 32) and signedness pick the instructions."""
 
-    __slots__ = ("_p", "n", "bits", "signed")
+    __slots__ = ("_p", "n", "bits", "signed", "_alu_rows")
 
     def __init__(self, p, n, bits, signed):
         self._p, self.n, self.bits, self.signed = p, n, bits, signed
+        self._alu_rows = _ALU_ROWS[(bits, signed)]
 
     @property
     def _base_reg(self):
@@ -597,8 +622,8 @@ class _Function(_Block):
             raise AssemblerError(f"function {self.name!r} must be defined outside other blocks", self.source)
         if self.name in p._functions:
             raise AssemblerError(f"function {self.name!r} defined twice", self.source)
-        self.saved = (p._code, p._pending, p.stack, p._after_if)
-        p._code, p._pending, p.stack, p._after_if = [], [], Stack(p), None
+        self.saved = (p._code, p._pending, p.stack, p._after_if, p._pc, p._here)
+        p._code, p._pending, p.stack, p._after_if, p._pc, p._here = [], [], Stack(p), None, 0, {}
         p._functions[self.name] = p._code
         p.label(self.name)
 
@@ -610,7 +635,8 @@ class _Function(_Block):
                                  self.source)
         if not code or code[-1].op.kind not in _STOPS:
             raise AssemblerError(f"function {self.name!r} must end with exit (or a jump)", self.source)
-        p._code, p._pending, p.stack, p._after_if = self.saved
+        p._function_slots[self.name] = (p._pc, p._here)
+        p._code, p._pending, p.stack, p._after_if, p._pc, p._here = self.saved
 
 
 # -- the program ---------------------------------------------------------------------
@@ -647,6 +673,11 @@ class Program:
         self._code = []  # the instructions of the function being written
         self._main = self._code
         self._functions = {}  # name -> its instructions, placed after the main code
+        # Slots are counted as instructions are emitted, so linking need not scan for labels:
+        self._pc = 0  # slots emitted in the function being written
+        self._here = {}  # its labels -> slot from its start
+        self._main_slots = self._here
+        self._function_slots = {}  # name -> (its size in slots, its labels)
         self._pending = []  # labels waiting for the next instruction
         self._labels = set()
         self._blocks = []
@@ -658,19 +689,35 @@ class Program:
     # -- emission ---------------------------------------------------------------
     def _emit(self, op, dst=0, src=0, off=0, imm=0, ref=None):
         insn = _new_insn(Insn)
-        insn.op, insn.dst, insn.src, insn.off, insn.imm = op, dst, src, off, imm
+        insn.op = op
+        insn.dst = dst
+        insn.src = src
+        insn.off = off
+        insn.imm = imm
         if op.fixed:
             for field, value in op.fixed:
                 setattr(insn, field, value)
         pending = self._pending
         if pending:
+            here, pc = self._here, self._pc
+            for name in pending:
+                here[name] = pc
             insn.label = pending[0] if len(pending) == 1 else tuple(pending)
             pending.clear()
         else:
             insn.label = None
         insn.ref = ref
-        insn.source = _source(1)
+        # _source(1), inline: this is the hottest path of the DSL
+        f = _getframe(1)
+        try:
+            while f.f_globals is _GLOBALS:
+                f = f.f_back
+            hit = _LINES.get((id(f.f_code), f.f_lasti))
+            insn.source = hit[0] if hit is not None else _remember(f)
+        except AttributeError:  # no frame outside this module
+            insn.source = None
         self._code.append(insn)
+        self._pc += op.slots
         return insn
 
     def _fail(self, message):
@@ -702,7 +749,7 @@ class Program:
     def _dst(self, reg):
         if not isinstance(reg, Reg):
             self._fail(f"destination must be a register, not {reg!r}")
-        if reg.n == isa.FRAME_POINTER:
+        if reg.n == _FP:
             self._fail("r10 is the read-only frame pointer")
         return reg
 
@@ -711,23 +758,22 @@ class Program:
         if value is dst and self._done_view is dst and self._done_at == len(self._code):
             self._done_view = None  # the tail of `p.r1 += x`: already emitted
             return
-        if dst.n == isa.FRAME_POINTER:
+        if dst.n == _FP:
             self._dst(dst)
         cls = type(value)
         if cls is Ptr:
             value, cls = value._base_reg, Reg
-        if cls is int or cls is bool:
+        if cls is Reg:
+            self._emit(_MOV_REG[32 if 32 in (dst.bits, value.bits) else 64], dst.n, value.n)
+        elif cls is int or cls is bool:
             self._mov_imm(dst, int(value))
-        elif cls is Reg:
-            bits = 32 if 32 in (dst.bits, value.bits) else 64
-            self._emit(_ALU[("mov", bits, "reg")], dst.n, value.n)
         elif cls is Mem:
             self._emit(_LDX[value.type], dst.n, value.base.n, value.off)
         elif cls is BinExpr:
             self._assign_expr(dst, value)
         elif cls is StackSlot:
-            self._emit(_ALU[("mov", 64, "reg")], dst.n, isa.FRAME_POINTER)
-            self._emit(_ALU[("add", 64, "imm")], dst.n, 0, 0, value.offset)
+            self._emit(_MOV_REG[64], dst.n, _FP)
+            self._emit(_ADD_IMM, dst.n, 0, 0, value.offset)
         elif cls is FuncRef:
             self.ld_func(dst, value)
         elif hasattr(value, "fd"):
@@ -737,9 +783,9 @@ class Program:
 
     def _mov_imm(self, dst, value):
         if S32_MIN <= value <= S32_MAX:
-            self._emit(_ALU[("mov", dst.bits, "imm")], dst.n, 0, 0, value)
+            self._emit(_MOV_IMM[dst.bits], dst.n, 0, 0, value)
         elif dst.bits == 32 or value <= U32_MAX and value >= 0:
-            self._emit(_ALU[("mov", 32, "imm")], dst.n, 0, 0, self._imm(value, 32, "mov"))
+            self._emit(_MOV_IMM[32], dst.n, 0, 0, self._imm(value, 32, "mov"))
         elif -(1 << 63) <= value < (1 << 64):
             self._emit(_LDDW, dst.n, 0, 0, value)
         else:
@@ -758,21 +804,22 @@ class Program:
             left, right = right, left
         view = dst._view(32 if 32 in (dst.bits, left.bits) else 64, left.signed or dst.signed)
         if left.n != dst.n:
-            self._emit(_ALU[("mov", view.bits, "reg")], dst.n, left.n)
+            self._emit(_MOV_REG[view.bits], dst.n, left.n)
         self._alu(op, view, right)
 
     def _alu(self, name, dst, src):
-        if type(dst) is not Reg or dst.n == isa.FRAME_POINTER:
+        if type(dst) is not Reg or dst.n == _FP:
             self._dst(dst)
-        if dst.signed:
-            name = _SIGNED_ALU.get(name, name)
+        rows = dst._alu_rows[name]
         if type(src) is Reg:
-            self._emit(_ALU[(name, dst.bits, "reg")], dst.n, src.n)
+            self._emit(rows[1], dst.n, src.n)
         elif type(src) is int:
             if not S32_MIN <= src <= S32_MAX:
-                src = self._imm(src, dst.bits, name)
-            self._emit(_ALU[(name, dst.bits, "imm")], dst.n, 0, 0, src)
+                src = self._imm(src, dst.bits, rows[0].operation)
+            self._emit(rows[0], dst.n, 0, 0, src)
         else:
+            if dst.signed:
+                name = _SIGNED_ALU.get(name, name)
             self._fail(f"{name}: operand must be a register or an int, not {src!r}")
 
     # -- memory ----------------------------------------------------------------------
@@ -971,19 +1018,15 @@ class Program:
 
         Arguments are registers, ints, stack slots (their address), maps,
         FuncRefs (callbacks) or memory (loaded)."""
-        from . import helpers
-
         try:
-            h = helpers.lookup(helper)
+            helper_id, c_name, nargs, variadic = _HELPERS.get(helper) or _helper(helper)
         except AssemblerError as err:
             self._fail(err.message)
-        variadic = h.signature.endswith("...)")
-        nargs = h.nargs - variadic
         if not (nargs <= len(args) <= 5 if variadic else len(args) == nargs):
-            self._fail(f"{h.c_name} takes {nargs}{' or more' if variadic else ''} argument"
+            self._fail(f"{c_name} takes {nargs}{' or more' if variadic else ''} argument"
                        f"{'s' * (nargs != 1)}, got {len(args)}")
-        self._load_args(h.c_name, args)
-        self._emit(_CALL, imm=h.id)
+        self._load_args(c_name, args)
+        self._emit(_CALL, imm=helper_id)
         return self._mark_done(self._views[0])
 
     def _load_args(self, what, args):
@@ -1064,6 +1107,19 @@ class Program:
             slot += sum(insn.slots for insn in code)
         return out
 
+    def _labels_linked(self):
+        """Every label -> its slot in the linked program (main code, then each subprogram)."""
+        if self._code is not self._main or len(self._function_slots) != len(self._functions):
+            return None  # a subprogram's body raised before it closed: let link() count
+        labels = dict(self._main_slots)
+        base = self._pc
+        for name in self._functions:
+            size, here = self._function_slots[name]
+            for label, pc in here.items():
+                labels[label] = base + pc
+            base += size
+        return labels
+
     def _check_closed(self):
         if self._blocks:
             block = self._blocks[-1]
@@ -1079,7 +1135,7 @@ class Program:
         from .link import link
 
         self._check_closed()
-        return link(self.insns)
+        return link(self.insns, self._labels_linked())
 
     def bytes(self):
         """The bytecode of the linked program."""

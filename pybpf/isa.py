@@ -158,6 +158,10 @@ class Op:
     # validating an instruction is eight comparisons (see Insn.validate).
     bounds: tuple = field(init=False, repr=False, compare=False)
     slots: int = field(init=False, repr=False, compare=False)  # ld_imm64 takes two 8-byte slots
+    # the field a label reference resolves into (pc-relative): "off" for jumps, "imm" for gotol,
+    # call_local and ld_func; None for the rest
+    target: object = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         fixed = dict(self.fixed)
@@ -172,6 +176,15 @@ class Op:
                 bounds += (0, 0)  # reserved: must be zero
         object.__setattr__(self, "bounds", tuple(bounds))
         object.__setattr__(self, "slots", 2 if self.kind == "ld_imm64" else 1)
+        target = "off" if self.kind in ("jmp", "ja", "may_goto") else \
+            "imm" if self.kind == "gotol" or self.operation in ("local", "ld_func") else None
+        object.__setattr__(self, "target", target)
+        # Rows are dict keys on every encode (insn.encode's cache): hash the compared fields once.
+        object.__setattr__(self, "_hash", hash((self.name, self.code, self.kind, self.operation, self.bits,
+                                                self.source, self.uses, self.fixed, self.c_op)))
+
+    def __hash__(self):
+        return self._hash
 
     @property
     def cls(self):
