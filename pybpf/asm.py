@@ -42,16 +42,16 @@ _LINES = {}  # (id(code), f_lasti) -> ("file.py:line", code): the code is kept s
 _LINES_MAX = 1 << 16
 
 
-def _source(depth=2):
-    """ "file.py:line" of the user's call: the first frame, from the caller of the
-    function `depth` frames up, whose code is not this module's (our frames share
-    our globals: an identity test is the cheapest way to skip them).
+def _source():
+    """ "file.py:line" of the user's call: the first frame up from our caller whose
+    code is not this module's (our frames share our globals: an identity test is
+    the cheapest way to skip them).
 
     A walk of f_back is a few pointer hops (a remembered depth would be cheaper
     only when right, and calls reach the user by paths of different lengths).
     The position is keyed by the call's bytecode offset: f_lineno would scan
     the line table on every call."""
-    f = _getframe(depth + 1)
+    f = _getframe(1)
     try:
         while f.f_globals is _GLOBALS:
             f = f.f_back
@@ -707,7 +707,7 @@ class Program:
         else:
             insn.label = None
         insn.ref = ref
-        # _source(1), inline: this is the hottest path of the DSL
+        # _source(), inline: this is the hottest path of the DSL
         f = _getframe(1)
         try:
             while f.f_globals is _GLOBALS:
