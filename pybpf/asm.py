@@ -622,8 +622,8 @@ class _Function(_Block):
             raise AssemblerError(f"function {self.name!r} must be defined outside other blocks", self.source)
         if self.name in p._functions:
             raise AssemblerError(f"function {self.name!r} defined twice", self.source)
-        self.saved = (p._code, p._pending, p.stack, p._after_if, p._pc, p._here)
-        p._code, p._pending, p.stack, p._after_if, p._pc, p._here = [], [], Stack(p), None, 0, {}
+        self.saved = (p._code, p._pending, p.stack, p._after_if, p._pc, p._here, p._refs)
+        p._code, p._pending, p.stack, p._after_if, p._pc, p._here, p._refs = [], [], Stack(p), None, 0, {}, []
         p._functions[self.name] = p._code
         p.label(self.name)
 
@@ -635,8 +635,8 @@ class _Function(_Block):
                                  self.source)
         if not code or code[-1].op.kind not in _STOPS:
             raise AssemblerError(f"function {self.name!r} must end with exit (or a jump)", self.source)
-        p._function_slots[self.name] = (p._pc, p._here)
-        p._code, p._pending, p.stack, p._after_if, p._pc, p._here = self.saved
+        p._function_slots[self.name] = (p._pc, p._here, p._refs)
+        p._code, p._pending, p.stack, p._after_if, p._pc, p._here, p._refs = self.saved
 
 
 # -- the program ---------------------------------------------------------------------
@@ -676,8 +676,8 @@ class Program:
         # Slots are counted as instructions are emitted, so linking need not scan for labels:
         self._pc = 0  # slots emitted in the function being written
         self._here = {}  # its labels -> slot from its start
-        self._main_slots = self._here
-        self._function_slots = {}  # name -> (its size in slots, its labels)
+        self._refs = []  # (index, slot) of its instructions that reference a label
+        self._function_slots = {}  # name -> (its size in slots, its labels, its refs)
         self._pending = []  # labels waiting for the next instruction
         self._labels = set()
         self._blocks = []
@@ -707,6 +707,8 @@ class Program:
         else:
             insn.label = None
         insn.ref = ref
+        if ref.__class__ is str and op.target:
+            self._refs.append((len(self._code), self._pc))
         # _source(), inline: this is the hottest path of the DSL
         f = _getframe(1)
         try:
@@ -1107,19 +1109,6 @@ class Program:
             slot += sum(insn.slots for insn in code)
         return out
 
-    def _labels_linked(self):
-        """Every label -> its slot in the linked program (main code, then each subprogram)."""
-        if self._code is not self._main or len(self._function_slots) != len(self._functions):
-            return None  # a subprogram's body raised before it closed: let link() count
-        labels = dict(self._main_slots)
-        base = self._pc
-        for name in self._functions:
-            size, here = self._function_slots[name]
-            for label, pc in here.items():
-                labels[label] = base + pc
-            base += size
-        return labels
-
     def _check_closed(self):
         if self._blocks:
             block = self._blocks[-1]
@@ -1132,10 +1121,26 @@ class Program:
 
     def link(self):
         """Instructions with every label reference resolved (pybpf.link)."""
-        from .link import link
+        from .link import link, resolve
 
         self._check_closed()
-        return link(self.insns, self._labels_linked())
+        if self._code is not self._main or len(self._function_slots) != len(self._functions):
+            return link(self.insns)  # a subprogram's body raised before it closed: let link() count
+        # Labels and references were placed as the code was emitted: only the references need work.
+        bodies = [(self._main, (self._pc, self._here, self._refs))]
+        bodies += [(code, self._function_slots[name]) for name, code in self._functions.items()]
+        labels, base = {}, 0
+        for _, (size, here, _) in bodies:
+            for name, pc in here.items():
+                labels[name] = base + pc
+            base += size
+        out = self.insns
+        index = base = 0
+        for code, (size, _, refs) in bodies:
+            for i, pc in refs:
+                out[index + i] = resolve(out[index + i], base + pc, labels)
+            index, base = index + len(code), base + size
+        return out
 
     def bytes(self):
         """The bytecode of the linked program."""

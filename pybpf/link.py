@@ -29,16 +29,36 @@ def label_slots(insns):
     return slots
 
 
-def link(insns, labels=None):
+def resolve(insn, pc, labels):
+    """A copy of `insn`, at slot `pc`, with its label reference turned into an offset.
+
+    `insn.op.target` names the field; `labels` maps names to slots."""
+    op, ref = insn.op, insn.ref
+    target = labels.get(ref)
+    if target is None:
+        raise AssemblerError(f"unknown label {ref!r}", insn.source)
+    delta = target - (pc + 1)
+    resolved = _new_insn(Insn)
+    resolved.op, resolved.dst, resolved.src, resolved.off, resolved.imm = op, insn.dst, insn.src, insn.off, insn.imm
+    resolved.label, resolved.ref, resolved.source = insn.label, ref, insn.source
+    if op.target == "off":
+        if not -(1 << 15) <= delta < (1 << 15):
+            raise AssemblerError(f"jump to {ref!r} is {delta} slots away; "
+                                 "more than a 16-bit offset can hold (use gotol)", insn.source)
+        resolved.off = delta
+    else:  # ld_func keeps its 32-bit offset in the low half; the second slot's imm stays 0
+        resolved.imm = delta & 0xFFFFFFFF if op.slots == 2 else delta
+    return resolved
+
+
+def link(insns):
     """Return new instructions with every label reference resolved.
 
-    `labels` (name -> slot) may be given by a producer that counted slots as
-    it emitted (the DSL); otherwise the instructions are scanned for them.
     Raises AssemblerError naming the instruction's source when a label is
-    unknown or an offset does not fit its field. Instructions without a label
-    reference are passed through as they are.
+    defined twice or unknown, or an offset does not fit its field.
+    Instructions without a label reference are passed through as they are.
     """
-    slots = label_slots(insns) if labels is None else labels
+    slots = label_slots(insns)
     out, pc = [], 0
     append = out.append
     for insn in insns:
@@ -47,23 +67,8 @@ def link(insns, labels=None):
             append(insn)
             pc += 1
             continue
-        ref = insn.ref
-        if ref.__class__ is str and op.target is not None:
-            target = slots.get(ref)
-            if target is None:
-                raise AssemblerError(f"unknown label {ref!r}", insn.source)
-            delta = target - (pc + 1)
-            resolved = _new_insn(Insn)
-            resolved.op, resolved.dst, resolved.src, resolved.off, resolved.imm = op, insn.dst, insn.src, insn.off, insn.imm
-            resolved.label, resolved.ref, resolved.source = insn.label, ref, insn.source
-            if op.target == "off":
-                if not -(1 << 15) <= delta < (1 << 15):
-                    raise AssemblerError(f"jump to {ref!r} is {delta} slots away; "
-                                         "more than a 16-bit offset can hold (use gotol)", insn.source)
-                resolved.off = delta
-            else:  # ld_func keeps its 32-bit offset in the low half; the second slot's imm stays 0
-                resolved.imm = delta & 0xFFFFFFFF if op.slots == 2 else delta
-            insn = resolved
+        if insn.ref.__class__ is str and op.target is not None:
+            insn = resolve(insn, pc, slots)
         append(insn)
         pc += op.slots
     return out
