@@ -43,15 +43,15 @@ _LINES_MAX = 1 << 16
 
 
 def _source():
-    """ "file.py:line" of the user's call: the first frame up from our caller whose
-    code is not this module's (our frames share our globals: an identity test is
-    the cheapest way to skip them).
+    """ "file.py:line" of the user's call: the first frame up from our caller's caller
+    whose code is not this module's (our frames share our globals: an identity
+    test is the cheapest way to skip them).
 
     A walk of f_back is a few pointer hops (a remembered depth would be cheaper
     only when right, and calls reach the user by paths of different lengths).
     The position is keyed by the call's bytecode offset: f_lineno would scan
     the line table on every call."""
-    f = _getframe(1)
+    f = _getframe(2)  # our caller is ours: f_back would build a frame object only to skip it
     try:
         while f.f_globals is _GLOBALS:
             f = f.f_back
@@ -489,8 +489,13 @@ class _Block:
         self.p, self.source = p, source
 
     def __enter__(self):
-        self.p._blocks.append(self)
-        self.enter()
+        p = self.p
+        p._blocks.append(self)
+        p._at = self.source  # what a block emits is written on its `with` line
+        try:
+            self.enter()
+        finally:
+            p._at = None
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -502,7 +507,11 @@ class _Block:
         if not blocks or blocks[-1] is not self:
             raise AssemblerError(f"{type(self).__name__.lstrip('_')} block closed out of order", self.source)
         blocks.pop()
-        self.leave()
+        self.p._at = self.source
+        try:
+            self.leave()
+        finally:
+            self.p._at = None
         return False
 
 
@@ -684,6 +693,7 @@ class Program:
         self._after_if = None  # (If/Elif block, code length) while an Else may still follow
         self._done_view, self._done_at = None, -1  # the in-place op `p.r1 += 1` just emitted
         self._serial = 0
+        self._at = None  # the source of a statement that emits several instructions, found once
         self.stack = Stack(self)
 
     # -- emission ---------------------------------------------------------------
@@ -709,15 +719,17 @@ class Program:
         insn.ref = ref
         if ref.__class__ is str and op.target:
             self._refs.append((len(self._code), self._pc))
-        # _source(), inline: this is the hottest path of the DSL
-        f = _getframe(1)
-        try:
-            while f.f_globals is _GLOBALS:
-                f = f.f_back
-            hit = _LINES.get((id(f.f_code), f.f_lasti))
-            insn.source = hit[0] if hit is not None else _remember(f)
-        except AttributeError:  # no frame outside this module
-            insn.source = None
+        source = self._at
+        if source is None:  # _source(), inline: this is the hottest path of the DSL
+            f = _getframe(2)  # _emit's caller is ours
+            try:
+                while f.f_globals is _GLOBALS:
+                    f = f.f_back
+                hit = _LINES.get((id(f.f_code), f.f_lasti))
+                source = hit[0] if hit is not None else _remember(f)
+            except AttributeError:  # no frame outside this module
+                pass
+        insn.source = source
         self._code.append(insn)
         self._pc += op.slots
         return insn
@@ -1027,8 +1039,14 @@ class Program:
         if not (nargs <= len(args) <= 5 if variadic else len(args) == nargs):
             self._fail(f"{c_name} takes {nargs}{' or more' if variadic else ''} argument"
                        f"{'s' * (nargs != 1)}, got {len(args)}")
-        self._load_args(c_name, args)
-        self._emit(_CALL, imm=helper_id)
+        outer = self._at
+        if outer is None:
+            self._at = _source()
+        try:
+            self._load_args(c_name, args)
+            self._emit(_CALL, imm=helper_id)
+        finally:
+            self._at = outer
         return self._mark_done(self._views[0])
 
     def _load_args(self, what, args):
