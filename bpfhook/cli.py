@@ -15,6 +15,8 @@ from pybpf.errors import BpfError
 
 COMMANDS = {
     "lab": "bpfhook.lab",
+    "mirror": "bpfhook.mirror",
+    "demo": "bpfhook.demo",
     "monitor": "bpfhook.monitor_cli",
     "trafficgen": "bpfhook.trafficgen",
 }

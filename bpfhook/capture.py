@@ -1,0 +1,511 @@
+"""bpfhook capture: a container's network packets and Unix-socket messages to pcapng.
+
+Network: cgroup_skb programs (programs/capture.py) on the container's
+cgroup see every TCP/UDP packet delivered to one of its sockets (and, with
+--both-directions, sent by one), as L3 packets: interface 0, LINKTYPE_RAW.
+The process owning a packet's socket is found here, by 5-tuple, the way
+`ss -p` does (the socket table of the container's netns, then its
+processes' fds); a socket that is gone before we look stays "unknown".
+
+UDS: syscall tracepoints (programs/uds.py) see read/write/send*/recv*
+on Unix sockets of the container's processes: interface 1, LINKTYPE_USER0
+with the header of bpfhook.pcapng.UdsHeader.
+
+Nothing is silent: ring buffer losses and snaplen cuts are counted in the
+kernel, shown on the terminal and written to the file (ISB ifdrop and
+comments), periodically and at the end.
+"""
+import contextlib
+import dataclasses
+import ipaddress
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+from bpfhook import cgroups, pcapng
+from pybpf.errors import BpfError
+
+SUMMARY_EVERY = 1.0  # seconds between live summary lines
+STATS_EVERY = 10.0  # seconds between ISBs
+DEFAULT_SNAPLEN = 262144
+OWNER_RETRY = 0.5  # seconds before asking /proc again about a socket we could not place
+
+
+class CaptureError(BpfError):
+    """A capture that cannot start: no such container, a file that cannot be written, ..."""
+
+
+# -- the target -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    label: str  # container name (or id) for humans and comments
+    cgroup_path: str  # "/bpfhook.lab/web"
+    cgroup_id: int
+
+    @property
+    def cgroup_dir(self):
+        return cgroups.directory(self.cgroup_path)
+
+
+def resolve_target(text):
+    """A lab container name, a cgroup path, or a container name/id (prefix of 4+) found in the cgroup tree."""
+    from bpfhook import containers
+    from bpfhook.lab import NAME_RE, Lab, LabError
+
+    if NAME_RE.match(text):
+        with contextlib.suppress(LabError):
+            c = Lab.get(text)
+            if os.path.isdir(c.cgroup_dir):
+                return Target(c.name, c.cgroup_path, c.cgroup_id)
+    if text.startswith("/"):
+        root = cgroups.mount()
+        rel = os.path.relpath(text, root) if text.startswith(root + "/") else text.lstrip("/")
+        path = "/" + rel
+        if os.path.isdir(cgroups.directory(path)):
+            return Target(containers.classify(path).label, path, cgroups.cgroup_id(path))
+    root = cgroups.mount()
+    for dirpath, _dirs, _files in os.walk(root):
+        path = "/" + os.path.relpath(dirpath, root)
+        c = containers.classify(path)
+        if c.is_container and c.cgroup_path == path and c.matches(text):
+            return Target(c.label, path, cgroups.cgroup_id(path))
+    raise CaptureError(f"no container {text!r} (a lab name, a cgroup path, or a container name/id)")
+
+
+# -- who owns a socket ------------------------------------------------------------------------
+
+_TABLES = {(4, 6): "tcp", (6, 6): "tcp6", (4, 17): "udp", (6, 17): "udp6"}
+
+
+def five_tuple(packet):
+    """(ip version, proto, src, sport, dst, dport) of an L3 packet, or None when it is not TCP/UDP."""
+    if len(packet) < 20:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        proto, l4 = packet[9], (packet[0] & 0x0F) * 4
+        src, dst = packet[12:16], packet[16:20]
+    elif version == 6 and len(packet) >= 40:
+        proto, l4 = packet[6], 40
+        src, dst = packet[8:24], packet[24:40]
+    else:
+        return None
+    if proto not in (6, 17) or len(packet) < l4 + 4:
+        return None
+    sport, dport = struct.unpack_from(">HH", packet, l4)
+    return version, proto, ipaddress.ip_address(bytes(src)), sport, ipaddress.ip_address(bytes(dst)), dport
+
+
+def _proc_addr(text, version):
+    """An address:port of /proc/net/{tcp,udp}[6] (host-order 32-bit words in hex)."""
+    addr, port = text.split(":")
+    raw = bytes.fromhex(addr)
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(raw if version == 6 or len(raw) == 4 else raw), int(port, 16)
+
+
+class Owners:
+    """Socket -> (pid, comm), for the processes of one cgroup subtree."""
+
+    def __init__(self, target):
+        self.target = target
+        self._by_cookie = {}  # cookie -> (pid, comm) or (None, retry_after)
+
+    def _pids(self):
+        out = []
+        for dirpath, _dirs, _files in os.walk(self.target.cgroup_dir):
+            with contextlib.suppress(OSError):
+                with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                    out.extend(int(line) for line in f if line.strip())
+        return out
+
+    def lookup(self, cookie, tuple5, local_is_dst):
+        hit = self._by_cookie.get(cookie)
+        now = time.monotonic()
+        if hit is not None and (hit[0] is not None or now < hit[1]):
+            return hit if hit[0] is not None else None
+        owner = self._find(tuple5, local_is_dst)
+        self._by_cookie[cookie] = owner if owner else (None, now + OWNER_RETRY)
+        return owner
+
+    def _find(self, tuple5, local_is_dst):
+        version, proto, src, sport, dst, dport = tuple5
+        local, lport, remote, rport = (dst, dport, src, sport) if local_is_dst else (src, sport, dst, dport)
+        pids = self._pids()
+        if not pids:
+            return None
+        candidates = self._inodes(pids[0], version, proto, local, lport, remote, rport)
+        if not candidates:
+            return None
+        owners = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fd_dir = f"/proc/{pid}/fd"
+                for fd in os.listdir(fd_dir):
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(f"{fd_dir}/{fd}")
+                        if link.startswith("socket:["):
+                            owners.setdefault(int(link[8:-1]), pid)
+        for inode in candidates:  # the connected socket if a process still holds it, else the listener
+            if inode in owners:
+                return owners[inode], _comm(owners[inode])
+        return None
+
+    @staticmethod
+    def _inodes(pid, version, proto, local, lport, remote, rport):
+        """Inodes of the sockets matching, best first: connected, then bound-only (listeners, UDP)."""
+        exact, wild = [], []
+        names = [_TABLES[(version, proto)]]
+        if version == 4:
+            names.append(_TABLES[(6, proto)])  # v4-mapped on dual-stack sockets
+        for name in names:
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/net/{name}") as f:
+                    next(f)
+                    for line in f:
+                        fields = line.split()
+                        laddr, lp = _proc_addr(fields[1], 6 if name.endswith("6") else 4)
+                        raddr, rp = _proc_addr(fields[2], 6 if name.endswith("6") else 4)
+                        inode = int(fields[9])
+                        if lp != lport or not inode:
+                            continue
+                        laddr = getattr(laddr, "ipv4_mapped", None) or laddr
+                        raddr = getattr(raddr, "ipv4_mapped", None) or raddr
+                        if laddr not in (local,) and not laddr.is_unspecified:
+                            continue
+                        if raddr == remote and rp == rport:
+                            exact.append(inode)
+                        elif raddr.is_unspecified and rp == 0:
+                            wild.append(inode)
+        return exact + wild
+
+
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _word(text):
+    """A comment value without spaces (comments are key=value words)."""
+    return "".join(c if c.isprintable() and not c.isspace() else "_" for c in text) or "_"
+
+
+# -- the capture ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Counters:
+    packets: int = 0
+    bytes: int = 0
+    uds_messages: int = 0
+    uds_bytes: int = 0
+    filtered: int = 0  # left out by --pid
+
+    def line(self, drops, elapsed):
+        return (f"{elapsed:6.1f}s  net {self.packets} pkts {_human(self.bytes)}  "
+                f"uds {self.uds_messages} msgs {_human(self.uds_bytes)}  "
+                f"drops {drops['total']} (ring {drops['ring']}, truncated {drops['truncated']})")
+
+
+def _human(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+class Capture:
+    """Everything a running capture holds: maps, programs, attachments, readers, the writer.
+
+    Build it (loads programs, attaches nothing), then start(writer) attaches
+    and poll() moves records into the file. close() detaches and closes all."""
+
+    def __init__(self, target, *, net=True, uds=False, both_directions=False, snaplen=DEFAULT_SNAPLEN,
+                 ip_proto=0, port=0, pid=0, pages=256):
+        self.target, self.net, self.uds, self.pid = target, net, uds, pid
+        self.both_directions, self.snaplen = both_directions, snaplen
+        self.counters = Counters()
+        self.owners = Owners(target)
+        self._clock = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+        self._cgroup_paths = {}
+        self._stack = contextlib.ExitStack()
+        self._attach_steps = []
+        self._readers = []
+        self.writer = None
+        try:
+            if net:
+                self._build_net(ip_proto, port, pages)
+            if uds:
+                self._build_uds(pages)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    # -- network --------------------------------------------------------------------------
+    def _build_net(self, ip_proto, port, pages):
+        from bpfhook.programs import capture as prog
+        from pybpf import attach
+        from pybpf.events import open_reader
+        from pybpf.prog import load
+
+        self._net_prog = prog
+        events, self.net_stats = prog.maps()
+        self._stack.callback(events.close)
+        self._stack.callback(self.net_stats.close)
+        directions = ("ingress", "egress") if self.both_directions else ("ingress",)
+        for direction in directions:
+            program = load(prog.build(direction, events, self.net_stats, self.snaplen, ip_proto, port),
+                           "cgroup_skb", name=f"cap_{direction}",
+                           expected_attach_type=f"cgroup_inet_{direction}")
+            self._stack.callback(program.close)
+            self._attach_steps.append(
+                lambda program=program, direction=direction: attach.cgroup(program, direction,
+                                                                           self.target.cgroup_dir))
+        self._head = prog.PacketEvent.sizeof()
+        self._head_codec = struct.Struct("<QQQIIBB6x")
+        reader = open_reader(events, callback=self._on_packet, pages=pages)
+        self._stack.callback(reader.close)
+        self.net_reader = reader
+        self._readers.append(reader)
+
+    def _on_packet(self, record):
+        ts, cookie, cgid, length, caplen, direction, _proto = self._head_codec.unpack_from(record)
+        data = record[self._head:self._head + caplen]
+        inbound = direction == self._net_prog.INGRESS
+        tuple5 = five_tuple(data)
+        owner = self.owners.lookup(cookie, tuple5, inbound) if tuple5 else None
+        if self.pid and (owner is None or owner[0] != self.pid):
+            self.counters.filtered += 1
+            return
+        comment = self._comment(owner, cgid)
+        self.writer.packet(self.net_if, ts + self._clock, data, length, comment,
+                           pcapng.INBOUND if inbound else pcapng.OUTBOUND)
+        self.counters.packets += 1
+        self.counters.bytes += length
+
+    def _comment(self, owner, cgid):
+        path = self._cgroup_paths.get(cgid)
+        if path is None:
+            path = self._cgroup_paths[cgid] = cgroups.path_of_id(cgid) or f"id:{cgid}"
+        who = f"pid={owner[0]} comm={_word(owner[1])}" if owner else "pid=unknown comm=unknown"
+        return f"{who} cgroup={_word(path)} container={_word(self.target.label)}"
+
+    # -- unix sockets ---------------------------------------------------------------------
+    def _build_uds(self, pages):
+        from bpfhook.programs import uds as prog
+        from pybpf.events import open_reader
+
+        self._uds_prog = prog
+        self.uds_set = prog.UdsPrograms(self.target.cgroup_dir, self.pid, self.snaplen)
+        self._stack.callback(self.uds_set.close)
+        self._attach_steps.append(self.uds_set.attach)
+        reader = open_reader(self.uds_set.events, callback=self._on_uds, pages=pages)
+        self._stack.callback(reader.close)
+        self.uds_reader = reader
+        self._readers.append(reader)
+        self._segments = {}  # msg id -> [event, payload...] until its last segment
+
+    def _on_uds(self, record):
+        prog = self._uds_prog
+        ev = prog.decode(record)
+        parts = self._segments.setdefault(ev.msg_id, [ev])
+        parts.append(ev.payload)
+        if not ev.last:
+            return
+        del self._segments[ev.msg_id]
+        first = parts[0]
+        payload = b"".join(parts[1:])
+        pid, tid = first.pid_tgid >> 32, first.pid_tgid & 0xFFFFFFFF
+        data = pcapng.encode_uds(first.direction, first.sock_type, pid, tid, first.peer_pid, first.fd,
+                                 first.path, first.peer_path, payload,
+                                 truncated=len(payload) < first.total)
+        comment = (f"pid={pid} comm={_word(first.comm)} cgroup={_word(self._cgroup_path(first.cgroup_id))} "
+                   f"container={_word(self.target.label)} path={_word(pcapng.show_path(first.path))} "
+                   f"peer_path={_word(pcapng.show_path(first.peer_path))} peer_pid={first.peer_pid or 'unknown'} "
+                   f"syscall={prog.SYSCALL_NAMES[first.syscall]}")
+        self.writer.packet(self.uds_if, first.ts_ns + self._clock, data,
+                           len(data) - len(payload) + first.total, comment,
+                           pcapng.OUTBOUND if first.direction == 0 else pcapng.INBOUND)
+        self.counters.uds_messages += 1
+        self.counters.uds_bytes += first.total
+
+    def _cgroup_path(self, cgid):
+        path = self._cgroup_paths.get(cgid)
+        if path is None:
+            path = self._cgroup_paths[cgid] = cgroups.path_of_id(cgid) or f"id:{cgid}"
+        return path
+
+    # -- running --------------------------------------------------------------------------
+    def start(self, writer):
+        """Describe the interfaces in `writer`, then attach. Nothing stays attached if one step fails."""
+        self.writer = writer
+        self.start_ns = time.time_ns()
+        label = self.target.label
+        if self.net:
+            self.net_if = writer.interface(pcapng.LINKTYPE_RAW, f"{label}:net",
+                                           f"IP packets of container {label} ({self.target.cgroup_path}), "
+                                           f"{'both directions' if self.both_directions else 'incoming'}",
+                                           self.snaplen)
+        if self.uds:
+            self.uds_if = writer.interface(pcapng.LINKTYPE_USER0, f"{label}:unix",
+                                           f"Unix-socket messages of container {label}: bpfhook UdsHeader "
+                                           "(24 bytes, big endian) + path + peer path + payload", self.snaplen)
+        for step in self._attach_steps:
+            self._stack.enter_context(step())
+        self._last_stats = time.monotonic()
+
+    def poll(self, timeout):
+        """Move what the kernel wrote into the file; wait up to `timeout` for something."""
+        import select
+
+        if len(self._readers) == 1:
+            self._readers[0].read(timeout)
+        else:
+            select.select(self._readers, [], [], timeout)
+            for reader in self._readers:
+                reader.read(0)
+        if time.monotonic() - self._last_stats >= STATS_EVERY:
+            self.write_statistics()
+
+    def drops(self):
+        """{'ring': .., 'truncated': .., 'total': ..} from the kernel counters and the readers."""
+        ring = truncated = 0
+        if self.net:
+            values = self._net_stats()
+            ring += values["lost"] + self.net_reader.lost
+            truncated += values["truncated"]
+        if self.uds:
+            values = self.uds_set.stats()
+            ring += values["lost"] + self.uds_reader.lost
+            truncated += values["truncated"]
+        return {"ring": ring, "truncated": truncated, "total": ring}
+
+    def _net_stats(self):
+        prog = self._net_prog
+        return {name: sum(self.net_stats.lookup(index)) for name, index in prog.STAT.items()}
+
+    def write_statistics(self):
+        """ISBs with what the kernel saw and dropped so far."""
+        now = time.time_ns()
+        if self.net:
+            values = self._net_stats()
+            lost = values["lost"] + self.net_reader.lost
+            self.writer.statistics(self.net_if, now, received=values["seen"], dropped=lost, start_ns=self.start_ns,
+                                   comment=f"kernel: seen={values['seen']} lost_ring_full={lost} "
+                                           f"truncated_at_snaplen={values['truncated']} "
+                                           f"written={self.counters.packets} filtered_by_pid={self.counters.filtered}")
+        if self.uds:
+            values = self.uds_set.stats()
+            lost = values["lost"] + self.uds_reader.lost
+            self.writer.statistics(self.uds_if, now, received=values["seen"], dropped=lost, start_ns=self.start_ns,
+                                   comment=f"kernel: seen={values['seen']} lost_ring_full={lost} "
+                                           f"truncated_at_snaplen={values['truncated']} "
+                                           f"written={self.counters.uds_messages}")
+        self._last_stats = time.monotonic()
+
+    def close(self):
+        self._stack.close()
+
+
+# -- command line -------------------------------------------------------------------------
+
+HELP = "capture a container's incoming network and Unix-socket traffic to pcapng"
+NEEDS_ROOT = True
+
+
+def add_arguments(parser):
+    parser.add_argument("--container", required=True, metavar="NAME|ID|CGROUP",
+                        help="lab container name, container name or id (prefix), or cgroup path")
+    parser.add_argument("--pid", type=int, default=0, help="only this process (its tgid)")
+    parser.add_argument("-w", "--write", metavar="FILE.pcapng", help="output file (created 0600; must not exist)")
+    parser.add_argument("--snaplen", type=int, default=DEFAULT_SNAPLEN, help="bytes kept per packet/message")
+    parser.add_argument("--net", action="store_true", help="network packets (default: both net and uds)")
+    parser.add_argument("--uds", action="store_true", help="Unix-socket messages (default: both net and uds)")
+    parser.add_argument("--both-directions", action="store_true", help="also packets the container sends")
+    parser.add_argument("--filter", default="", metavar="PORT|PROTO|PROTO/PORT",
+                        help="network filter: 80, tcp, udp/53")
+    parser.add_argument("--duration", type=float, default=0, metavar="SEC", help="stop after SEC seconds")
+    parser.add_argument("--quiet", action="store_true", help="no live summary lines")
+
+
+def parse_filter(text):
+    """'tcp/80' -> (6, 80); 'udp' -> (17, 0); '53' -> (0, 53); '' -> (0, 0)."""
+    from bpfhook.programs.capture import IPPROTO
+
+    proto, port = 0, 0
+    for part in filter(None, text.lower().split("/")):
+        if part in IPPROTO and not proto:
+            proto = IPPROTO[part]
+        elif part.isdigit() and 0 < int(part) < 65536 and not port:
+            port = int(part)
+        else:
+            raise CaptureError(f"bad --filter {text!r}: use PORT, tcp, udp, or tcp/PORT")
+    return proto, port
+
+
+def run(args):
+    if not 0 < args.snaplen <= DEFAULT_SNAPLEN:
+        raise CaptureError(f"--snaplen {args.snaplen}: must be 1..{DEFAULT_SNAPLEN}")
+    if not args.write:
+        raise CaptureError("no output file: give -w FILE.pcapng")
+    proto, port = parse_filter(args.filter)
+    net, uds = (args.net, args.uds) if (args.net or args.uds) else (True, True)
+    target = resolve_target(args.container)
+    if os.path.lexists(args.write):
+        raise CaptureError(f"{args.write} exists; captures are never overwritten")
+    directory = os.path.dirname(os.path.abspath(args.write))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CaptureError(f"cannot write in {directory}")
+    capture = Capture(target, net=net, uds=uds, both_directions=args.both_directions, snaplen=args.snaplen,
+                      ip_proto=proto, port=port, pid=args.pid)
+    try:
+        writer = pcapng.Writer(args.write, application="bpfhook capture")
+        try:
+            capture.start(writer)
+        except BaseException:
+            writer.close()
+            os.unlink(args.write)
+            raise
+        return _loop(capture, args)
+    finally:
+        capture.close()
+        if capture.writer is not None:
+            capture.writer.close()
+
+
+def _loop(capture, args):
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    tty = sys.stderr.isatty()
+    started = time.monotonic()
+    deadline = started + args.duration if args.duration else None
+    next_line = started + SUMMARY_EVERY
+    what = " + ".join(w for w, on in (("net", capture.net), ("uds", capture.uds)) if on)
+    print(f"capturing {what} of {capture.target.label} ({capture.target.cgroup_path}) to {args.write}",
+          file=sys.stderr)
+    while not stop:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            break
+        capture.poll(min(0.2, deadline - now) if deadline else 0.2)
+        if not args.quiet and time.monotonic() >= next_line:
+            next_line += SUMMARY_EVERY
+            line = capture.counters.line(capture.drops(), time.monotonic() - started)
+            print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    capture.poll(0)
+    capture.write_statistics()
+    drops = capture.drops()
+    if tty and not args.quiet:
+        print(file=sys.stderr)
+    print("done: " + capture.counters.line(drops, time.monotonic() - started), file=sys.stderr)
+    if drops["total"]:
+        print(f"warning: the kernel dropped {drops['total']} records (ring buffer full); "
+              "they are counted in the file's statistics blocks", file=sys.stderr)
+    return 0

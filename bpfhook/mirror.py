@@ -1,0 +1,597 @@
+"""bpfhook mirror: copy the packets of one interface to an observer interface.
+
+    bpfhook mirror --from web --to observer [--direction both] [--method mirred|bpf]
+
+Every packet the source interface receives (ingress) and/or sends (egress)
+is cloned to the observer's egress, so any packet tool on the observer (or,
+for a veth, inside the netns of its peer) sees it. Two ways:
+
+  mirred  a clsact qdisc, one filter per direction matching everything
+          (matchall where the kernel has it, else `u32 match u32 0 0`) with
+          a mirred egress-mirror action whose control verdict is "continue",
+          so filters after ours still run.
+  bpf     programs/mirror.py, a sched_cls program calling bpf_clone_redirect,
+          attached through pybpf.tc (tcx link, else direct-action cls_bpf);
+          --filter PROTO[/PORT] keeps it to matching packets.
+
+What was added is written to /run/bpfhook/mirror/SOURCE.json and is removed,
+and nothing else, on SIGINT/SIGTERM or normal exit; with --keep it stays (bpf:
+the tcx links pinned under /sys/fs/bpf/bpfhook/mirror) until
+`bpfhook mirror --remove --from SOURCE [--to OBSERVER]`. Our mirred filters are
+known by their shape as well as by the state file: one mirred action,
+egress mirror to the observer, control "continue" (TC_ACT_UNSPEC); removal
+checks that shape before deleting anything.
+
+A source or observer is an interface of this netns, a lab container, a pid or
+a container id (docker/containerd/cri-o/podman, found through its cgroup):
+for the last three the host-side veth is the peer of the container's eth0.
+"""
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import signal
+import socket
+
+from pybpf.errors import BpfError, FeatureUnavailable, NotPermitted
+
+STATE_DIR = "/run/bpfhook/mirror"
+PIN_DIR = "/sys/fs/bpf/bpfhook/mirror"
+DIRECTIONS = ("ingress", "egress")
+METHODS = ("mirred", "bpf")
+# clsact's two hooks, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS)
+CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
+CLSACT_HANDLE = 0xFFFF0000  # shared with the old `ingress` qdisc: the two exclude each other
+ETH_P_ALL = 0x0003
+FIRST_PRIO = 0xC000  # where tc itself starts numbering filters
+MIRRED_EGRESS_MIRROR = 2  # TCA_EGRESS_MIRROR
+TC_ACT_UNSPEC = -1  # "continue": the next filter still runs
+CLASSIFIERS = ("matchall", "u32")  # preferred first; probed by trying
+BPF_PROG_NAME = "bh_mirror"
+
+
+class MirrorError(BpfError):
+    """A mirror cannot be set up, found or removed."""
+
+
+# -- endpoints -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    spec: str  # what the user wrote
+    ifname: str  # in this netns
+    ifindex: int
+
+    def __str__(self):
+        return self.ifname if self.spec == self.ifname else f"{self.spec} ({self.ifname})"
+
+
+def resolve(spec):
+    """An Endpoint from an interface name, lab container name, pid or container id
+    (an Endpoint or a bpfhook.lab.Container passes through)."""
+    if isinstance(spec, Endpoint):
+        return spec
+    if hasattr(spec, "host_if"):  # a lab Container
+        return _endpoint_at(spec.name, spec.ifindex)
+    if not spec:
+        raise MirrorError("empty interface or container name")
+    with contextlib.suppress(OSError):
+        return Endpoint(spec, spec, socket.if_nametoindex(spec))
+    from bpfhook import lab
+
+    if lab.NAME_RE.match(spec) and os.path.exists(lab.Lab._state_path(spec)):
+        c = lab.Lab.get(spec)
+        return _endpoint_at(spec, c.ifindex)
+    if spec.isdigit():
+        if not os.path.exists(f"/proc/{spec}"):
+            raise MirrorError(f"no interface, container or process {spec!r}")
+        return _endpoint_at(spec, _host_peer_of(f"/proc/{spec}/ns/net", spec))
+    pid = _pid_of_container(spec)
+    if pid is None:
+        raise MirrorError(f"no interface, lab container, pid or container id {spec!r}")
+    return _endpoint_at(spec, _host_peer_of(f"/proc/{pid}/ns/net", spec))
+
+
+def _endpoint_at(spec, ifindex):
+    try:
+        return Endpoint(spec, socket.if_indextoname(ifindex), ifindex)
+    except OSError:
+        raise MirrorError(f"{spec}: its host-side interface (ifindex {ifindex}) is gone") from None
+
+
+def _pid_of_container(spec):
+    """A pid in the container whose id (or 4+ char prefix) or name is spec, from the cgroup tree."""
+    from bpfhook import cgroups, containers
+
+    root = cgroups.mount()
+    for dirpath, _dirs, files in os.walk(root):
+        if "cgroup.procs" not in files:
+            continue
+        path = "/" + os.path.relpath(dirpath, root)
+        c = containers.classify(path)
+        if c.is_container and c.matches(spec):
+            for sub, _d, _f in os.walk(dirpath):  # the processes may sit in a child cgroup
+                with contextlib.suppress(OSError):
+                    pids = cgroups.pids("/" + os.path.relpath(sub, root))
+                    if pids:
+                        return pids[0]
+    return None
+
+
+@contextlib.contextmanager
+def netns_of(path):
+    """Run the block with the calling thread inside the network namespace at path."""
+    from pyroute2 import netns
+
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netns.setns(target, flags=0)
+        try:
+            yield
+        finally:
+            netns.setns(home, flags=0)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def _host_peer_of(nspath, spec):
+    """ifindex, in our netns, of the veth peer of eth0 in the netns at nspath."""
+    from pyroute2 import IPRoute
+
+    try:
+        if os.stat(nspath).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+            raise MirrorError(f"{spec} shares this network namespace: name an interface instead")
+        with netns_of(nspath):
+            ipr = IPRoute()
+        with ipr:
+            links = ipr.get_links(ifname="eth0")
+    except OSError as e:
+        raise MirrorError(f"{spec}: cannot read its network namespace ({e.strerror})") from None
+    peer = links[0].get_attr("IFLA_LINK") if links else None
+    if not peer:
+        raise MirrorError(f"{spec}: no veth eth0 in its network namespace")
+    return peer
+
+
+# -- packet filters (bpf method) -------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PacketFilter:
+    proto: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text):
+        """"tcp", "udp/53", "8080" (TCP, UDP or SCTP), "icmp", "icmpv6"."""
+        from programs.mirror import PROTOCOLS, WITH_PORTS
+
+        proto, _, port = text.lower().partition("/")
+        if proto.isdigit() and not port:
+            proto, port = None, proto
+        if proto is not None and proto not in PROTOCOLS:
+            raise MirrorError(f"--filter {text!r}: protocol must be one of {', '.join(PROTOCOLS)}")
+        if port:
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise MirrorError(f"--filter {text!r}: port must be 1..65535")
+            if proto is not None and PROTOCOLS[proto] not in WITH_PORTS:
+                raise MirrorError(f"--filter {text!r}: {proto} has no ports")
+        return cls(proto, int(port) if port else None)
+
+    def __str__(self):
+        return "/".join(str(x) for x in (self.proto, self.port) if x is not None)
+
+
+# -- state -----------------------------------------------------------------------------------
+
+def _state_path(ifname):
+    return os.path.join(STATE_DIR, ifname + ".json")
+
+
+def read_state(ifname):
+    try:
+        with open(_state_path(ifname)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _write_state(state):
+    os.makedirs(STATE_DIR, exist_ok=True)
+    path = _state_path(state["source"])
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- netlink ---------------------------------------------------------------------------------
+
+def _netlink_error(e, what):
+    from pybpf import sys as _sys
+
+    return _sys.syscall_error(what, e.code)
+
+
+def _prio(f):
+    return f["info"] >> 16
+
+
+def _actions(f):
+    """The actions (tca_act nlas) of a u32 or matchall filter node, [] for other entries."""
+    opts = f.get_attr("TCA_OPTIONS")
+    attr = {"u32": "TCA_U32_ACT", "matchall": "TCA_MATCHALL_ACT"}.get(f.get_attr("TCA_KIND"))
+    acts = opts.get_attr(attr) if opts and attr else None
+    return [act for _name, act in acts["attrs"]] if acts else []
+
+
+def _mirred_parms(f):
+    """(eaction, ifindex, control) of each mirred action of a filter node; None for other actions."""
+    out = []
+    for act in _actions(f):
+        if act.get_attr("TCA_ACT_KIND") != "mirred":
+            out.append(None)
+            continue
+        parms = act.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_MIRRED_PARMS")
+        out.append((parms["eaction"], parms["ifindex"], parms["action"]))
+    return out
+
+
+def is_our_filter(f, observer_ifindex):
+    """True for a filter of the shape this module adds: one mirred egress mirror to the observer, then continue."""
+    return _mirred_parms(f) == [(MIRRED_EGRESS_MIRROR, observer_ifindex, TC_ACT_UNSPEC)]
+
+
+def _tc_hook_filters(ipr, ifindex, direction):
+    """Filters on one clsact hook, one entry per (prio, protocol) chain head and node."""
+    return [f for f in ipr.get_filters(index=ifindex, parent=CLSACT_PARENT[direction])]
+
+
+def _add_mirred(ipr, kind, ifindex, direction, prio, observer_ifindex):
+    """Add our filter through pyroute2's tcmsg.
+
+    Built here rather than with IPRoute.tc(action=mirred): pyroute2 fixes
+    mirred's control verdict to "pipe", which would end classification and
+    starve every filter behind ours."""
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_NEWTFILTER
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    parms = {"eaction": MIRRED_EGRESS_MIRROR, "ifindex": observer_ifindex, "action": TC_ACT_UNSPEC}
+    action = {"attrs": [["TCA_ACT_PRIO_1", {"attrs": [
+        ["TCA_ACT_KIND", "mirred"],
+        ["TCA_ACT_OPTIONS", {"attrs": [["TCA_MIRRED_PARMS", parms]]}],
+    ]}]]}
+    if kind == "u32":
+        options = [["TCA_U32_SEL", {"keys": ["0x0/0x0+0"]}], ["TCA_U32_ACT", action]]  # u32 match u32 0 0
+    else:
+        options = [["TCA_MATCHALL_ACT", action]]
+    msg = tcmsg()
+    msg["index"] = ifindex
+    msg["parent"] = CLSACT_PARENT[direction]
+    msg["handle"] = 0
+    msg["info"] = (prio << 16) | socket.htons(ETH_P_ALL)
+    msg["attrs"] = [["TCA_KIND", kind], ["TCA_OPTIONS", {"attrs": options}]]
+    msg["header"]["type"] = RTM_NEWTFILTER
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    list(ipr.nlm_request_batch([msg]))
+
+
+def _del_filter(ipr, ifindex, direction, prio):
+    """Delete the whole (prio, ETH_P_ALL) chain element; no kind: pyroute2 would want options for it."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        ipr.tc("del-filter", index=ifindex, parent=CLSACT_PARENT[direction], prio=prio, protocol=ETH_P_ALL)
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            raise _netlink_error(e, f"tc filter del (ifindex {ifindex} {direction} pref {prio})") from None
+
+
+def _has_clsact(ipr, ifindex):
+    for q in ipr.get_qdiscs(index=ifindex):
+        if q["handle"] == CLSACT_HANDLE:
+            if q.get_attr("TCA_KIND") != "clsact":
+                return q.get_attr("TCA_KIND")
+            return True
+    return False
+
+
+# -- setting up and taking down -----------------------------------------------------------------
+
+class Mirror:
+    """One source mirrored to one observer. Use mirror(...) to make one."""
+
+    def __init__(self, source, observer, directions, method, packet_filter, keep):
+        self.source, self.observer = source, observer
+        self.directions, self.method = tuple(directions), method
+        self.packet_filter, self.keep = packet_filter, keep
+        self.attachments = []  # bpf: Link / TcFilter objects while we hold them
+        self.state = None
+        self._token = None
+
+    def describe(self):
+        what = f" ({self.packet_filter})" if self.packet_filter else ""
+        how = self.method if self.method != "bpf" or not self.state else f"bpf/{self.state['attach']}"
+        return f"{self.source} {'+'.join(self.directions)} -> {self.observer}{what} via {how}"
+
+    def close(self):
+        """Take down what we added (not with keep: that stays until remove())."""
+        from pybpf import cleanup
+
+        if self._token is not None:
+            token, self._token = self._token, None
+            cleanup.run(token)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _check(source, observer, directions, method, packet_filter):
+    if source.ifindex == observer.ifindex:
+        raise MirrorError(f"the observer {observer} is the source itself")
+    if not directions or any(d not in DIRECTIONS for d in directions):
+        raise MirrorError(f"direction must be ingress, egress or both, not {directions!r}")
+    if method not in METHODS:
+        raise MirrorError(f"method must be mirred or bpf, not {method!r}")
+    if packet_filter and method != "bpf":
+        raise MirrorError("--filter needs --method bpf (mirred mirrors everything)")
+
+
+def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filter=None, keep=False,
+           bpf_attach=None):
+    """Set up mirroring of source to observer (specs or Endpoints); returns a Mirror.
+
+    Returns None when this very mirror is already in place (running twice is
+    harmless). Raises MirrorError on conflicts, with nothing left half-done.
+    bpf_attach: None (tcx where the kernel has it), "tcx" or "cls_bpf"."""
+    source, observer = resolve(source), resolve(observer)
+    directions = tuple(d for d in DIRECTIONS if d in directions)
+    _check(source, observer, directions, method, packet_filter)
+    existing = read_state(source.ifname)
+    if existing is not None:
+        same = (existing["observer_ifindex"] == observer.ifindex and existing["method"] == method
+                and existing["directions"] == list(directions)
+                and existing.get("filter") == (str(packet_filter) if packet_filter else None))
+        if existing["keep"] or _alive(existing["pid"]):
+            if same:
+                return None
+            raise MirrorError(
+                f"{source.ifname} is already mirrored to {existing['observer']} ({existing['method']}); "
+                f"take that down first: bpfhook mirror --remove --from {source.ifname}")
+        _remove_state(existing)  # left by a process that died without cleaning up
+    if method == "bpf" and keep and bpf_attach == "cls_bpf":
+        raise FeatureUnavailable("--keep with --method bpf pins tcx links; cls_bpf filters cannot be kept")
+
+    from pybpf import cleanup
+
+    m = Mirror(source, observer, directions, method, packet_filter, keep)
+    state = {"source": source.ifname, "source_ifindex": source.ifindex, "observer": observer.ifname,
+             "observer_ifindex": observer.ifindex, "method": method, "directions": list(directions),
+             "filter": str(packet_filter) if packet_filter else None, "keep": keep, "pid": os.getpid(),
+             "clsact_created": False, "filters": [], "pins": [], "attach": None}
+    m.state = state
+    undo = lambda: _teardown(m)  # noqa: E731
+    m._token = cleanup.register(undo, f"mirror {source.ifname} -> {observer.ifname}")
+    try:
+        _write_state(state)  # first: a crash from here on leaves a record for --remove
+        if method == "mirred":
+            _setup_mirred(m)
+        else:
+            _setup_bpf(m, bpf_attach)
+        _write_state(state)
+    except BaseException:
+        m.close()
+        raise
+    if keep:  # ours no longer: remove() takes it down
+        for a in m.attachments:
+            a.close()  # pinned links stay attached
+        m.attachments.clear()
+        cleanup.unregister(m._token)
+        m._token = None
+    return m
+
+
+def _setup_mirred(m):
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    state, index = m.state, m.source.ifindex
+    with IPRoute() as ipr:
+        try:
+            present = _has_clsact(ipr, index)
+            if isinstance(present, str):
+                raise MirrorError(f"{m.source.ifname} has an {present} qdisc, which excludes clsact; "
+                                  "mirred needs clsact (remove that qdisc or use --method bpf)")
+            if not present:
+                ipr.tc("add", "clsact", index)
+                state["clsact_created"] = True
+                _write_state(state)
+            for direction in m.directions:
+                filters = _tc_hook_filters(ipr, index, direction)
+                prios = {_prio(f) for f in filters}
+                prio = min(prios) - 1 if prios else FIRST_PRIO
+                if prio < 1:  # ours must run first to see every packet
+                    raise MirrorError(f"{m.source.ifname} {direction}: a filter at pref 1 leaves no room "
+                                      "for the mirror in front of it")
+                state["filters"].append({"direction": direction, "prio": prio, "kind": _add_any(
+                    ipr, index, direction, prio, m.observer.ifindex)})
+                _write_state(state)
+        except NetlinkError as e:
+            if e.code == errno.EPERM:
+                raise NotPermitted("tc: changing qdiscs and filters needs CAP_NET_ADMIN") from None
+            raise _netlink_error(e, f"tc on {m.source.ifname}") from None
+
+
+def _add_any(ipr, index, direction, prio, observer_ifindex):
+    """Add our filter with the first classifier the kernel has; returns its kind."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    for kind in CLASSIFIERS:
+        try:
+            _add_mirred(ipr, kind, index, direction, prio, observer_ifindex)
+            return kind
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.EOPNOTSUPP) or kind == CLASSIFIERS[-1]:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _setup_bpf(m, bpf_attach):
+    from programs.mirror import build
+    from pybpf import prog, tc
+    from pybpf import sys as _sys
+    from pybpf.attach import Link
+
+    f = m.packet_filter
+    program = prog.load(build(m.observer.ifindex, f and f.proto, f and f.port), "sched_cls", name=BPF_PROG_NAME)
+    with program:
+        for direction in m.directions:
+            a = tc.attach(program, m.source.ifindex, direction, mode=bpf_attach, name=BPF_PROG_NAME)
+            m.attachments.append(a)
+            m.state["attach"] = "tcx" if isinstance(a, Link) else "cls_bpf"
+            if m.keep:
+                if not isinstance(a, Link):
+                    raise FeatureUnavailable("--keep with --method bpf needs tcx links (Linux 6.6+) to pin")
+                _sys.ensure_bpffs(PIN_DIR)
+                os.makedirs(PIN_DIR, exist_ok=True)
+                pin = os.path.join(PIN_DIR, f"{m.source.ifname}-{direction}")
+                _sys.obj_pin(a.fd, pin)
+                m.state["pins"].append(pin)
+                _write_state(m.state)
+
+
+def _teardown(m):
+    for a in m.attachments:
+        a.close()
+    m.attachments.clear()
+    _remove_state(m.state)
+
+
+def _remove_state(state):
+    """Remove what a state record says was added, after checking it is still ours; then the record."""
+    from pyroute2 import IPRoute
+
+    for pin in state["pins"]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pin)  # the link's last reference: it detaches
+    index = state["source_ifindex"]
+    try:
+        current = socket.if_indextoname(index)
+    except OSError:
+        current = None  # the interface went away, taking its qdiscs and filters along
+    if current == state["source"] and (state["filters"] or state["clsact_created"]):
+        with IPRoute() as ipr:
+            for f in state["filters"]:
+                at_prio = [x for x in _tc_hook_filters(ipr, index, f["direction"]) if _prio(x) == f["prio"]]
+                nodes = [x for x in at_prio if _actions(x)]  # u32 also lists its hash table entries
+                if nodes and all(is_our_filter(x, state["observer_ifindex"]) for x in nodes):
+                    _del_filter(ipr, index, f["direction"], f["prio"])
+            if state["clsact_created"] and _has_clsact(ipr, index) is True and not any(
+                    _tc_hook_filters(ipr, index, d) for d in DIRECTIONS):
+                ipr.tc("del", "clsact", index)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_state_path(state["source"]))
+
+
+def remove(source, observer=None):
+    """Take down the mirror of source (spec or Endpoint) left by --keep or by a dead process."""
+    ifname = _source_ifname(source)
+    state = read_state(ifname)
+    if state is None:
+        raise MirrorError(f"no mirror of {ifname} (nothing in {STATE_DIR})")
+    if observer is not None:
+        obs = resolve(observer)
+        if obs.ifindex != state["observer_ifindex"]:
+            raise MirrorError(f"{ifname} is mirrored to {state['observer']}, not to {obs.ifname}")
+    if not state["keep"] and state["pid"] != os.getpid() and _alive(state["pid"]):
+        raise MirrorError(f"{ifname} is mirrored by running process {state['pid']}: stop it instead")
+    _remove_state(state)
+    return state
+
+
+def _source_ifname(spec):
+    """The source interface of spec: resolved when it still exists, else a state file of that name."""
+    try:
+        return resolve(spec).ifname
+    except MirrorError:
+        if isinstance(spec, str) and read_state(spec) is not None:
+            return spec
+        raise
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+HELP = "copy an interface's or container's packets to an observer interface (tc mirred or BPF)"
+NEEDS_ROOT = True
+
+
+def add_arguments(parser):
+    parser.add_argument("--from", dest="source", required=True, metavar="IFACE|CONTAINER",
+                        help="interface, lab container, pid or container id to mirror")
+    parser.add_argument("--to", dest="observer", metavar="IFACE|CONTAINER",
+                        help="where the copies go (a container: its host-side veth, so they arrive on its eth0)")
+    parser.add_argument("--direction", choices=("ingress", "egress", "both"), default="both",
+                        help="packets the source receives, sends, or both (default)")
+    parser.add_argument("--method", choices=METHODS, default="mirred",
+                        help="tc mirred action (default) or a BPF program with bpf_clone_redirect")
+    parser.add_argument("--filter", metavar="PROTO[/PORT]|PORT",
+                        help="bpf method only: mirror just tcp, udp/53, 8080 (tcp/udp/sctp), icmp, ...")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--keep", action="store_true", help="leave the mirror in place and exit")
+    action.add_argument("--remove", action="store_true", help="take down a mirror left by --keep")
+
+
+def run(args):
+    if args.remove:
+        state = remove(args.source, args.observer)
+        print(f"removed mirror {state['source']} -> {state['observer']} ({state['method']})")
+        return 0
+    if not args.observer:
+        raise MirrorError("--to is required (except with --remove)")
+    directions = DIRECTIONS if args.direction == "both" else (args.direction,)
+    packet_filter = PacketFilter.parse(args.filter) if args.filter else None
+    m = mirror(args.source, args.observer, directions, args.method, packet_filter, keep=args.keep)
+    if m is None:
+        print(f"{args.source} is already mirrored to {args.observer} this way: nothing to do")
+        return 0
+    if args.keep:
+        print(f"mirroring {m.describe()}; take it down with: "
+              f"bpfhook mirror --remove --from {m.source.ifname} --to {m.observer.ifname}")
+        return 0
+    print(f"mirroring {m.describe()}; Ctrl-C or SIGTERM stops it", flush=True)
+    with m:
+        _wait_for_signal()
+    print("mirror removed")
+    return 0
+
+
+def _wait_for_signal():
+    """Block until SIGINT or SIGTERM; both end the wait normally, so the caller cleans up."""
+    received = []
+
+    def stop(signum, _frame):
+        received.append(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not received:
+            signal.pause()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
