@@ -15,6 +15,7 @@ from pybpf.errors import BpfError
 
 COMMANDS = {
     "lab": "bpfhook.lab",
+    "capture": "bpfhook.capture",
     "mirror": "bpfhook.mirror",
     "demo": "bpfhook.demo",
     "monitor": "bpfhook.monitor_cli",
