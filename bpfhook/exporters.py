@@ -6,6 +6,8 @@ on /metrics by a ThreadingHTTPServer in a daemon thread (`--prometheus`).
 """
 import http.server
 import json
+import socket
+import socketserver
 import threading
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -101,7 +103,8 @@ class PrometheusServer:
 
     def __init__(self, host, port, render):
         handler = type("Handler", (_MetricsHandler,), {"render": staticmethod(render)})
-        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
+        server = _HTTPServer6 if ":" in host else _HTTPServer
+        self.httpd = server((host, port), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                        name="prometheus", daemon=True)  # short poll: quick close()
@@ -124,6 +127,17 @@ class PrometheusServer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        """Like HTTPServer's, without its reverse DNS lookup (getfqdn): a host without DNS would stall."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _MetricsHandler(http.server.BaseHTTPRequestHandler):

@@ -72,6 +72,13 @@ class _Http(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _HttpServer(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        """Like HTTPServer's, without its reverse DNS lookup (getfqdn), which stalls in a netns without DNS."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
 def _server_class(base, host):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return type(base.__name__, (base,), {"address_family": family, "allow_reuse_address": True,
@@ -93,7 +100,7 @@ class Server:
             self.server = server(path, _EchoStream)
         elif kind in ("tcp", "http", "udp"):
             base, handler = {"tcp": (socketserver.ThreadingTCPServer, _EchoStream),
-                             "http": (http.server.ThreadingHTTPServer, _Http),
+                             "http": (_HttpServer, _Http),
                              "udp": (socketserver.ThreadingUDPServer, _EchoDatagram)}[kind]
             self.server = _server_class(base, host)((host, port), handler)
         else:

@@ -137,3 +137,9 @@ def test_scrape_over_http():
         socket.create_connection(address, timeout=1).close()
     with PrometheusServer(*address, render) as again:  # and it can be bound again at once
         assert again.address == address
+
+
+def test_scrape_over_ipv6_loopback():
+    with PrometheusServer("::1", 0, lambda: "# TYPE x counter\nx 1\n") as server:
+        status, _, body = _get(server.address, "/metrics")
+    assert (status, parse_exposition(body)[1]) == (200, {("x", ()): 1.0})

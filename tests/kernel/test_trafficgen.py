@@ -1,0 +1,91 @@
+"""trafficgen on real sockets: every type on loopback, the bounds, the target rule, lab containers."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bpfhook import cgroups
+from bpfhook.trafficgen import PAYLOAD, TYPES, Server, TrafficError, generate, server_in_container
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("kind", TYPES)
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_every_type_on_loopback(kind, host):
+    if kind == "uds" and host == "::1":
+        pytest.skip("unix sockets have no address family to vary")
+    with Server(kind, host) as server:
+        s = generate(kind, server.target, requests=25, duration=10)
+    assert (s.requests, s.errors) == (25, 0), s.last_error
+    assert s.bytes_sent == s.bytes_received == 25 * len(PAYLOAD)
+    assert s.rate > 0 and f"{kind} {server.target}: 25 requests, 0 errors" in s.line()
+
+
+def test_each_request_is_a_new_connection():
+    accepted = []
+    with Server("tcp") as server:
+        original = server.server.process_request
+        server.server.process_request = lambda request, addr: (accepted.append(addr), original(request, addr))
+        generate("tcp", server.target, requests=5)
+    assert len({port for _host, port in accepted}) == 5
+
+
+def test_the_time_bound_holds_when_the_server_never_answers():
+    with socket.socket() as silent:  # the kernel completes handshakes; nobody ever reads or replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(128)
+        target = "127.0.0.1:%d" % silent.getsockname()[1]
+        start = time.monotonic()
+        s = generate("tcp", target, requests=1000, duration=0.6, timeout=0.2)
+        elapsed = time.monotonic() - start
+    assert 0.5 < elapsed < 1.5
+    assert 0 < s.requests < 10 and s.errors == s.requests and "timed out" in s.last_error
+
+
+def test_refused_requests_are_counted_errors():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connect is refused
+        summary = generate("tcp", f"127.0.0.1:{port}", requests=3)
+    assert (summary.requests, summary.errors, summary.bytes_sent) == (3, 3, 0)
+
+
+@pytest.mark.parametrize("target", ["10.1.2.3:80", "192.0.2.1:53", "[2001:db8::1]:80", "example.com:80", "127.0.0.1"])
+def test_only_loopback_and_lab_targets(target):
+    with pytest.raises(TrafficError):
+        generate("tcp", target, requests=1)
+
+
+def test_cli_auto_prints_a_summary():
+    r = subprocess.run([sys.executable, "-m", "bpfhook", "trafficgen", "--auto", "--type", "udp", "--requests", "7"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("udp 127.0.0.1:") and ": 7 requests, 0 errors" in r.stdout
+
+
+@pytest.mark.parametrize("kind", ["http", "tcp", "udp"])
+def test_server_inside_a_lab_container(lab, kind):
+    c = lab(ipv6=True)
+    with server_in_container(kind, c) as target:
+        assert target.startswith(c.ipv4 + ":")
+        (server_pid,) = c.pids()
+        assert cgroups.of_pid(server_pid) == c.cgroup_path
+        assert os.stat(f"/proc/{server_pid}/ns/net").st_ino == c.netns_ino
+        s = generate(kind, target, requests=10, duration=10)
+    assert (s.requests, s.errors) == (10, 0), s.last_error
+    assert c.pids() == []  # the server went away with the context
+    with server_in_container("tcp", c, ipv6=True) as target:
+        assert target.startswith(f"[{c.ipv6}]:")
+        assert generate("tcp", target, requests=3).errors == 0
+
+
+def test_cli_auto_in_a_container(lab):
+    c = lab(ipv6=False)
+    r = subprocess.run([sys.executable, "-m", "bpfhook", "trafficgen", "--auto", "--type", "tcp", "--requests", "4",
+                        "--container", c.name], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"tcp {c.ipv4}:") and ": 4 requests, 0 errors" in r.stdout
