@@ -130,6 +130,8 @@ class Aggregator:
                             container=container)
             if event["newstate"]:
                 conn["state"] = event["newstate"]
+            if not conn["sport"] and event["sport"]:  # connect() sees no source address yet; later events do
+                conn.update(saddr=event["saddr"], sport=event["sport"], daddr=event["daddr"], dport=event["dport"])
         return container
 
     def _close(self, event, container, totals):

@@ -54,6 +54,14 @@ def test_a_reused_sock_address_is_a_new_connection():
     assert [c["ts_ns"] for c in s.active] == [30] and s.cgroups[0].opened == 2
 
 
+def test_connect_without_source_address_learns_it_later():
+    agg = Aggregator(resolve=resolve)
+    agg.add(ev("connect", 4, 0, 100, saddr="0.0.0.0", sport=0))
+    agg.add(ev("state", 4, 1, 100, "CLOSE", "SYN_SENT", saddr="10.77.1.2", sport=50000))
+    (conn,) = agg.snapshot().active
+    assert (conn["saddr"], conn["sport"], conn["state"]) == ("10.77.1.2", 50000, "SYN_SENT")
+
+
 def test_accept_moves_ownership_to_the_acceptor():
     agg = Aggregator(resolve=resolve)
     agg.add(ev("state", 7, 0, 200, "SYN_RECV", "ESTABLISHED", comm="swapper/0", pid=0))  # softirq: host
