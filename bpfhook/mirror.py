@@ -259,15 +259,30 @@ def _tc_hook_filters(ipr, ifindex, direction):
     return [f for f in ipr.get_filters(index=ifindex, parent=CLSACT_PARENT[direction])]
 
 
+def _filter_request(ipr, msg_type, flags, ifindex, direction, prio, attrs):
+    """One RTM_*TFILTER request for the (prio, ETH_P_ALL) filter on a clsact hook, through pyroute2's tcmsg."""
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    msg = tcmsg()
+    msg["index"] = ifindex
+    msg["parent"] = CLSACT_PARENT[direction]
+    msg["handle"] = 0
+    msg["info"] = (prio << 16) | socket.htons(ETH_P_ALL)  # never 0: a zero prio would mean every filter
+    msg["attrs"] = attrs
+    msg["header"]["type"] = msg_type
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
+    list(ipr.nlm_request_batch([msg]))
+
+
 def _add_mirred(ipr, kind, ifindex, direction, prio, observer_ifindex):
-    """Add our filter through pyroute2's tcmsg.
+    """Add our filter.
 
     Built here rather than with IPRoute.tc(action=mirred): pyroute2 fixes
     mirred's control verdict to "pipe", which would end classification and
     starve every filter behind ours."""
-    from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+    from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
     from pyroute2.netlink.rtnl import RTM_NEWTFILTER
-    from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
     parms = {"eaction": MIRRED_EGRESS_MIRROR, "ifindex": observer_ifindex, "action": TC_ACT_UNSPEC}
     action = {"attrs": [["TCA_ACT_PRIO_1", {"attrs": [
@@ -278,25 +293,19 @@ def _add_mirred(ipr, kind, ifindex, direction, prio, observer_ifindex):
         options = [["TCA_U32_SEL", {"keys": ["0x0/0x0+0"]}], ["TCA_U32_ACT", action]]  # u32 match u32 0 0
     else:
         options = [["TCA_MATCHALL_ACT", action]]
-    msg = tcmsg()
-    msg["index"] = ifindex
-    msg["parent"] = CLSACT_PARENT[direction]
-    msg["handle"] = 0
-    msg["info"] = (prio << 16) | socket.htons(ETH_P_ALL)
-    msg["attrs"] = [["TCA_KIND", kind], ["TCA_OPTIONS", {"attrs": options}]]
-    msg["header"]["type"] = RTM_NEWTFILTER
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-    list(ipr.nlm_request_batch([msg]))
+    _filter_request(ipr, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, ifindex, direction, prio,
+                    [["TCA_KIND", kind], ["TCA_OPTIONS", {"attrs": options}]])
 
 
-def _del_filter(ipr, ifindex, direction, prio):
-    """Delete the whole (prio, ETH_P_ALL) chain element; no kind: pyroute2 would want options for it."""
+def _del_filter(ipr, ifindex, direction, prio, kind):
+    """Delete our (prio, ETH_P_ALL) chain element; the kernel refuses when its kind is not `kind`."""
     from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl import RTM_DELTFILTER
 
     try:
-        ipr.tc("del-filter", index=ifindex, parent=CLSACT_PARENT[direction], prio=prio, protocol=ETH_P_ALL)
+        _filter_request(ipr, RTM_DELTFILTER, 0, ifindex, direction, prio, [["TCA_KIND", kind]])
     except NetlinkError as e:
-        if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+        if e.code not in (errno.ENOENT, errno.ENODEV):
             raise _netlink_error(e, f"tc filter del (ifindex {ifindex} {direction} pref {prio})") from None
 
 
@@ -501,7 +510,7 @@ def _remove_state(state):
                 at_prio = [x for x in _tc_hook_filters(ipr, index, f["direction"]) if _prio(x) == f["prio"]]
                 nodes = [x for x in at_prio if _actions(x)]  # u32 also lists its hash table entries
                 if nodes and all(is_our_filter(x, state["observer_ifindex"]) for x in nodes):
-                    _del_filter(ipr, index, f["direction"], f["prio"])
+                    _del_filter(ipr, index, f["direction"], f["prio"], f["kind"])
             if state["clsact_created"] and _has_clsact(ipr, index) is True and not any(
                     _tc_hook_filters(ipr, index, d) for d in DIRECTIONS):
                 ipr.tc("del", "clsact", index)
