@@ -30,10 +30,9 @@ class Monitor:
 
     cgroup_dir: cgroup2 directory the connect4/connect6 hooks attach to
     events:     "auto" (probe), "ringbuf" or "perf"
-    on_record:  called with each decoded event as it is read
     """
 
-    def __init__(self, cgroup_dir, events="auto", on_record=None):
+    def __init__(self, cgroup_dir, events="auto"):
         from pybpf import attach, features
         from pybpf.events import open_reader
         from pybpf.prog import load
@@ -48,6 +47,9 @@ class Monitor:
         try:
             kernel = conn_common.KernelOffsets.load()
             self.maps = self._stack.enter_context(conn_common.Maps(ringbuf=events == "ringbuf"))
+            # Reader before programs: a perf array slot without its ring makes the output fail.
+            # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
+            self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
             state = load(conn_state.build(self.maps, kernel), "tracepoint", name="bh_conn_state")
             self._hold(state)
             self._stack.enter_context(attach.tracepoint(state, conn_state.TRACEPOINT))
@@ -63,7 +65,6 @@ class Monitor:
                             expected_attach_type=f"cgroup_inet{version}_connect")
                 self._hold(prog)
                 self._stack.enter_context(attach.cgroup(prog, hook, cgroup_dir))
-            self.reader = self._stack.enter_context(open_reader(self.maps.events, on_record))
         except BaseException:
             self._stack.close()
             raise

@@ -1,0 +1,412 @@
+"""The connection monitor end to end, on the real kernel, with lab containers.
+
+Traffic goes between the host and lab containers (addresses inside netns the
+test creates) or over loopback; every wait is bounded.
+"""
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from bpfhook import cgroups
+from bpfhook.monitor import Monitor, run
+from bpfhook.monitor_cli import MonitorOptions
+from pybpf import sys as bpfsys
+from pybpf.prog import Program, iter_ids, prog_info
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CGROUP_ROOT = cgroups.mount()
+MONITOR_PROGRAMS = {"bh_conn_state", "bh_accept", "bh_connect4", "bh_connect6"}
+
+# Client: connect to argv[1]:argv[2], send SEND bytes, read RECV bytes, close; prints its pid first.
+CLIENT = """
+import os, socket, sys
+print(os.getpid(), flush=True)
+host, port, send, recv = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+with socket.create_connection((host, port), timeout=10) as s:
+    print(s.getsockname()[1], flush=True)
+    s.sendall(b"c" * send)
+    got = 0
+    while got < recv:
+        got += len(s.recv(recv - got))
+"""
+
+# Server: listen on argv[1] (port 0), print the port, accept one connection, read SEND, reply RECV bytes.
+SERVER = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+recv, send = int(sys.argv[2]), int(sys.argv[3])
+with socket.socket(family) as s:
+    s.settimeout(10)
+    s.bind((sys.argv[1], 0))
+    s.listen(1)
+    print(s.getsockname()[1], flush=True)
+    conn, _ = s.accept()
+    with conn:
+        got = 0
+        while got < recv:
+            got += len(conn.recv(recv - got))
+        conn.sendall(b"s" * send)
+        conn.recv(1)  # the client's FIN: the client closes first
+"""
+
+
+def host_server(address, recv, send):
+    """A one-connection server thread on the host; returns (port, thread)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    srv = socket.socket(family)
+    srv.settimeout(10)
+    srv.bind((address, 0))
+    srv.listen(1)
+
+    def serve():
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                got = 0
+                while got < recv:
+                    got += len(conn.recv(recv - got))
+                conn.sendall(b"s" * send)
+                conn.recv(1)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv.getsockname()[1], t
+
+
+def collect(monitor, until, timeout=5.0):
+    """Events read until `until(events)` holds (or timeout)."""
+    events, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events += monitor.read(0.1)
+        if until(events):
+            break
+    return events
+
+
+def of_sock(events, first):
+    """The events of `first`'s socket from `first` on (a freed sock's address is soon reused)."""
+    return [e for e in events if e["sock"] == first["sock"] and e["ts_ns"] >= first["ts_ns"]]
+
+
+def closed(events, sport=None, dport=None):
+    return [e for e in events if e["event"] == "close" and (sport is None or e["sport"] == sport)
+            and (dport is None or e["dport"] == dport)]
+
+
+@pytest.fixture
+def monitor():
+    with Monitor(CGROUP_ROOT) as m:
+        yield m
+
+
+def _outbound(monitor, c, server_addr, client_addr_family):
+    port, t = host_server(server_addr, 1000, 77)
+    client = c.spawn([sys.executable, "-c", CLIENT, server_addr, str(port), "1000", "77"],
+                     stdout=subprocess.PIPE, text=True)
+    pid = int(client.stdout.readline())
+    sport = int(client.stdout.readline())
+    client.wait(10)
+    t.join(10)
+    events = collect(monitor, lambda ev: closed(ev, sport=sport) and closed(ev, dport=sport))
+    connect = [e for e in events if e["event"] == "connect" and e["pid"] == pid]
+    assert connect, "no connect event from the container's client"
+    connect = connect[0]
+    assert (connect["cgroup_id"], connect["daddr"], connect["dport"]) == (c.cgroup_id, server_addr, port)
+    assert connect["family"] == client_addr_family and connect["comm"].startswith("python")
+    mine = of_sock(events, connect)
+    states = [(e["oldstate"], e["newstate"]) for e in mine if e["newstate"]]
+    assert states == [("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
+                      ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE")]
+    close = mine[-1]
+    assert close["event"] == "close"
+    assert (close["bytes_sent"], close["bytes_received"]) == (1000, 77)
+    assert close["pid"] == pid and close["cgroup_id"] == c.cgroup_id
+    assert 0 < close["duration_ns"] < 10e9
+    # The server side ran on the host: its close carries the mirror image of the bytes.
+    (server_close,) = closed(events, dport=sport)
+    assert (server_close["bytes_sent"], server_close["bytes_received"]) == (77, 1000)
+    assert server_close["netns"] != close["netns"]  # the container has its own network namespace
+    return close
+
+
+def test_outbound_from_a_container(monitor, lab):
+    c = lab(ipv6=False)
+    close = _outbound(monitor, c, c.host_ipv4, "ipv4")
+    assert close["saddr"] == c.ipv4
+    m = monitor.cgroup_metrics()[c.cgroup_id]
+    assert (m["opened"], m["closed"], m["active"]) == (1, 1, 0)
+    assert (m["bytes_sent"], m["bytes_received"]) == (1000, 77)
+    assert m["states"]["SYN_SENT"] == 1 and m["states"]["CLOSE"] == 1
+    assert monitor.netns_metrics()[close["netns"]]["opened"] == 1
+    assert monitor.lost()["events"] == 0
+
+
+def test_outbound_over_ipv6(monitor, lab):
+    c = lab(ipv6=True)
+    close = _outbound(monitor, c, c.host_ipv6, "ipv6")
+    assert close["family"] == "ipv6" and close["saddr"] == c.ipv6
+
+
+def test_inbound_is_attributed_to_the_accepting_process(monitor, lab):
+    c = lab(ipv6=False)
+    server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "500", "300"], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    with socket.create_connection((c.ipv4, port), timeout=10) as s:
+        s.sendall(b"h" * 500)
+        got = 0
+        while got < 300:
+            got += len(s.recv(300 - got))
+    server.wait(10)
+    events = collect(monitor, lambda ev: closed(ev, sport=port))
+    accepts = [e for e in events if e["event"] == "accept" and e["sport"] == port]
+    assert len(accepts) == 1, accepts
+    a = accepts[0]
+    assert (a["pid"], a["cgroup_id"], a["owner_from_accept"]) == (server.pid, c.cgroup_id, True)
+    assert (a["saddr"], a["daddr"]) == (c.ipv4, c.host_ipv4)
+    # The handshake ran in softirq: the SYN_RECV record names nobody, not some random task.
+    syn_recv = [e for e in events if e["sock"] == a["sock"] and e["newstate"] == "SYN_RECV"
+                and e["ts_ns"] <= a["ts_ns"]][-1:]
+    assert syn_recv and syn_recv[0]["pid"] == 0 and syn_recv[0]["cgroup_id"] == c.cgroup_id
+    (close,) = closed(events, sport=port)
+    assert close["sock"] == a["sock"]
+    assert (close["pid"], close["cgroup_id"]) == (server.pid, c.cgroup_id)
+    assert (close["bytes_sent"], close["bytes_received"]) == (300, 500)
+    m = monitor.cgroup_metrics()[c.cgroup_id]
+    assert (m["opened"], m["closed"], m["bytes_sent"], m["bytes_received"]) == (1, 1, 300, 500)
+
+
+def test_host_loopback_traffic_and_udp(monitor):
+    me = cgroups.cgroup_id(cgroups.of_pid())
+    port, t = host_server("127.0.0.1", 10, 20)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        sport = s.getsockname()[1]
+        s.sendall(b"x" * 10)
+        s.recv(20)
+    t.join(10)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.connect(("127.0.0.1", 9))
+        usport = u.getsockname()[1]
+    events = collect(monitor, lambda ev: closed(ev, sport=sport) and any(e["event"] == "udp" for e in ev))
+    (close,) = closed(events, sport=sport)
+    assert (close["pid"], close["cgroup_id"], close["bytes_sent"]) == (os.getpid(), me, 10)
+    udp = [e for e in events if e["event"] == "udp" and e["pid"] == os.getpid()]
+    assert udp and udp[0]["protocol"] == "udp" and udp[0]["dport"] == 9 and usport
+    assert monitor.cgroup_metrics()[me]["udp"] >= 1
+
+
+def test_perf_buffer_path_delivers_the_same_events():
+    with Monitor(CGROUP_ROOT, events="perf") as m:
+        assert m.events_kind == "perf"
+        port, t = host_server("127.0.0.1", 1, 1)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            sport = s.getsockname()[1]
+            s.sendall(b"x")
+            s.recv(1)
+        t.join(10)
+        events = collect(m, lambda ev: closed(ev, sport=sport))
+        assert closed(events, sport=sport)[0]["bytes_sent"] == 1
+        assert m.lost()["events"] == 0
+
+
+def _options(**kw):
+    base = dict(cgroup=CGROUP_ROOT, metrics_interval=60.0)
+    base.update(kw)
+    return MonitorOptions(**base)
+
+
+def _run_in_thread(options, on_event):
+    """run() in a thread; returns (stop event, thread, out, err) once attached."""
+    stop, out, err = threading.Event(), io.StringIO(), io.StringIO()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("rc", run(options, out=out, err=err,
+                                                                     on_event=on_event, stop=stop)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while "attached" not in err.getvalue() and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return stop, t, out, err, result
+
+
+def test_pid_and_container_filters(lab):
+    c = lab(ipv6=False)
+    seen = []
+    server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "5", "5"], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    stop, t, out, _err, result = _run_in_thread(_options(pid=server.pid, container=c.name),
+                                                 lambda e, ctr: seen.append((e, ctr)))
+    try:
+        host_port, host_t = host_server("127.0.0.1", 1, 1)  # host traffic the filters must drop
+        with socket.create_connection(("127.0.0.1", host_port)) as s:
+            s.sendall(b"x")
+            s.recv(1)
+        host_t.join(10)
+        with socket.create_connection((c.ipv4, port), timeout=10) as s:
+            s.sendall(b"h" * 5)
+            s.recv(5)
+        server.wait(10)
+        deadline = time.monotonic() + 5
+        while not any(e["event"] == "close" for e, _ in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(10)
+    assert result["rc"] == 0
+    assert seen and all(e["pid"] == server.pid and ctr.name == c.name for e, ctr in seen)
+    assert {"accept", "close"} <= {e["event"] for e, _ in seen}
+    assert "FINAL CONNECTION METRICS REPORT" in out.getvalue()
+
+
+# ---- the command as a subprocess ------------------------------------------------
+
+def _spawn(*args):
+    return subprocess.Popen([sys.executable, "-m", "bpfhook", "monitor", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_attached(p):
+    line = p.stderr.readline()
+    assert "attached" in line, line + p.stderr.read()
+
+
+def _our_prog_ids():
+    """Ids of loaded programs named like the monitor's."""
+    ids = set()
+    for prog_id in iter_ids():
+        try:
+            with Program.from_id(prog_id) as prog:
+                if prog_info(prog.fd).name in MONITOR_PROGRAMS:
+                    ids.add(prog_id)
+        except OSError:  # unloaded between the id walk and the open
+            pass
+    return ids
+
+
+def _link_ids(progs):
+    """Ids of links holding one of the programs `progs` (by id)."""
+    ids, current = set(), bpfsys.get_next_id("link", 0)
+    while current is not None:
+        try:
+            fd = bpfsys.get_fd_by_id("link", current)
+        except OSError:  # gone meanwhile
+            fd = None
+        if fd is not None:
+            try:
+                if bpfsys.obj_get_info_by_fd(fd, "link").prog_id in progs:
+                    ids.add(current)
+            finally:
+                os.close(fd)
+        current = bpfsys.get_next_id("link", current)
+    return ids
+
+
+def test_json_lines_with_port_filter_and_duration(lab):
+    c = lab(ipv6=False)
+    server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "40", "60"], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    p = _spawn("--json", "--port", str(port), "--duration", "3")
+    _wait_attached(p)
+    other, other_t = host_server("127.0.0.1", 1, 1)  # filtered out by --port
+    with socket.create_connection(("127.0.0.1", other)) as s:
+        s.sendall(b"x")
+        s.recv(1)
+    other_t.join(10)
+    with socket.create_connection((c.ipv4, port), timeout=10) as s:
+        s.sendall(b"j" * 40)
+        got = 0
+        while got < 60:
+            got += len(s.recv(60 - got))
+    server.wait(10)
+    out, err = p.communicate(timeout=15)  # --duration ends it by itself
+    assert p.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    summary = lines.pop()
+    assert summary["event"] == "summary" and summary["lost"] == 0
+    assert lines and all(port in (o["sport"], o["dport"]) for o in lines)
+    for field in ("ts", "event", "pid", "tid", "comm", "cgroup_id", "cgroup", "container", "netns", "family",
+                  "saddr", "sport", "daddr", "dport", "oldstate", "newstate", "bytes_sent", "bytes_received"):
+        assert all(field in o for o in lines), field
+    accept = [o for o in lines if o["event"] == "accept"][0]
+    assert (accept["pid"], accept["cgroup_id"], accept["container"]) == (server.pid, c.cgroup_id, c.name)
+    assert accept["cgroup"] == c.cgroup_path
+    server_close = [o for o in lines if o["event"] == "close" and o["sport"] == port][0]
+    assert (server_close["bytes_sent"], server_close["bytes_received"]) == (60, 40)
+    client_close = [o for o in lines if o["event"] == "close" and o["dport"] == port][0]
+    assert client_close["container"] is None  # the host's side
+
+
+def test_prometheus_scrape_has_per_container_series(lab):
+    c = lab(ipv6=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        prom_port = probe.getsockname()[1]
+    p = _spawn("--prometheus", f"127.0.0.1:{prom_port}", "-m", "30", "--duration", "20")
+    try:
+        _wait_attached(p)
+        server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "7", "9"], stdout=subprocess.PIPE, text=True)
+        port = int(server.stdout.readline())
+        with socket.create_connection((c.ipv4, port), timeout=10) as s:
+            s.sendall(b"p" * 7)
+            s.recv(9)
+        server.wait(10)
+        want = f'cgroup_id="{c.cgroup_id}"'
+        deadline, text = time.monotonic() + 10, ""
+        while time.monotonic() < deadline:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/metrics", timeout=2).read().decode()
+            except OSError:
+                text = ""
+            rows = [line for line in text.splitlines() if line.startswith("bpfhook_bytes_sent_total") and want in line]
+            if rows and rows[0].endswith(" 9"):
+                break
+            time.sleep(0.2)
+        assert rows and rows[0].endswith(" 9"), text
+        assert f'container="{c.name}"' in rows[0]
+        opened = [line for line in text.splitlines()
+                  if line.startswith("bpfhook_connections_opened_total") and want in line]
+        assert opened and opened[0].endswith(" 1")
+        assert "bpfhook_lost_events_total 0" in text
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=15)
+    assert p.returncode == 0, err
+    assert "FINAL CONNECTION METRICS REPORT" in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_shutdown_leaves_nothing_attached(sig):
+    progs_before = _our_prog_ids()
+    p = _spawn("-m", "60")
+    try:
+        _wait_attached(p)
+        progs_running = _our_prog_ids() - progs_before
+        links_running = _link_ids(progs_running)
+    finally:
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=15)
+    assert len(progs_running) == 5 and len(links_running) == 5
+    if sig == signal.SIGTERM:
+        assert p.returncode == 0, err
+        assert "FINAL CONNECTION METRICS REPORT" in out and "detached" in err
+    else:
+        assert p.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10  # the kernel frees programs after an RCU grace period
+    while (_our_prog_ids() & progs_running or _link_ids(progs_running)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _our_prog_ids() & progs_running
+    assert not _link_ids(progs_running)
+
+
+def test_missing_cgroup_is_one_line_and_nonzero():
+    p = subprocess.run([sys.executable, "-m", "bpfhook", "monitor", "-c", "/nonexistent/cg", "--duration", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0
+    assert len(p.stderr.strip().splitlines()) == 1 and "/nonexistent/cg" in p.stderr
