@@ -192,6 +192,11 @@ def _comm(pid):
         return "?"
 
 
+def _sun_path(path):
+    """A bound filesystem path's address length counts its NUL; abstract names are exact."""
+    return path if path[:1] == b"\0" else path.rstrip(b"\0")
+
+
 def _word(text):
     """A comment value without spaces (comments are key=value words)."""
     return "".join(c if c.isprintable() and not c.isspace() else "_" for c in text) or "_"
@@ -323,11 +328,11 @@ class Capture:
         payload = b"".join(parts[1:])
         pid, tid = first.pid_tgid >> 32, first.pid_tgid & 0xFFFFFFFF
         data = pcapng.encode_uds(first.direction, first.sock_type, pid, tid, first.peer_pid, first.fd,
-                                 first.path, first.peer_path, payload,
+                                 _sun_path(first.path), _sun_path(first.peer_path), payload,
                                  truncated=len(payload) < first.total)
         comment = (f"pid={pid} comm={_word(first.comm)} cgroup={_word(self._cgroup_path(first.cgroup_id))} "
-                   f"container={_word(self.target.label)} path={_word(pcapng.show_path(first.path))} "
-                   f"peer_path={_word(pcapng.show_path(first.peer_path))} peer_pid={first.peer_pid or 'unknown'} "
+                   f"container={_word(self.target.label)} path={_word(pcapng.show_path(_sun_path(first.path)))} "
+                   f"peer_path={_word(pcapng.show_path(_sun_path(first.peer_path)))} peer_pid={first.peer_pid or 'unknown'} "
                    f"syscall={prog.SYSCALL_NAMES[first.syscall]}")
         self.writer.packet(self.uds_if, first.ts_ns + self._clock, data,
                            len(data) - len(payload) + first.total, comment,

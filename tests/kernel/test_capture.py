@@ -1,0 +1,195 @@
+"""bpfhook capture against real traffic in a lab container.
+
+A server in the container receives known TCP, UDP and Unix-socket payloads;
+the pcapng must hold exactly those bytes with the right process and
+container, read back by tshark (the independent reader) and by our reader.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bpfhook import pcapng
+from bpfhook.lab import Lab
+
+NAME = "captest"
+TCP_PAYLOAD = b"GET /known-tcp-payload HTTP/1.1\r\nHost: lab\r\n\r\n"
+UDP_PAYLOAD = b"known-udp-payload-\x00\x01\x02"
+UDS_STREAM = [b"uds-stream-one|", b"iov-two"]
+UDS_DGRAM = b"uds-dgram-abstract"
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAIN = os.path.dirname(os.path.dirname(HERE))
+
+SERVER = r"""
+import select, socket, sys, threading
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 8080)); t.listen()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 9090))
+us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); us.bind(sys.argv[1]); us.listen()
+ud = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ud.bind("\0bpfhook-captest")
+def udp():
+    while True:
+        data, peer = u.recvfrom(4096); u.sendto(data, peer)
+def uds():
+    while True:
+        c, _ = us.accept(); data = c.recv(65536); c.sendall(b"pong:" + data); c.close()
+def dgram():  # select first: a recv already blocked when the capture attaches is not seen
+    while True:
+        select.select([ud], [], []); ud.recv(65536)
+for f in (udp, uds, dgram):
+    threading.Thread(target=f, daemon=True).start()
+print("ready", flush=True)
+while True:
+    c, _ = t.accept(); c.recv(4096); c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); c.close()
+"""
+
+UDS_CLIENT = r"""
+import socket, sys
+c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1])
+c.sendmsg([b"uds-stream-one|", b"iov-two"]); c.recv(100)
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.sendto(b"uds-dgram-abstract", b"\0bpfhook-captest")
+"""
+
+
+@pytest.fixture
+def lab(tmp_path):
+    try:
+        Lab.down(NAME)
+    except Exception:
+        pass
+    c = Lab.up(NAME)
+    sock = str(tmp_path / "srv.sock")
+    server = c.spawn([sys.executable, "-c", SERVER, sock], stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    yield c, server, sock
+    server.kill()
+    server.wait()
+    Lab.down(NAME)
+
+
+def capture(out, *args):
+    return subprocess.Popen([sys.executable, "-m", "bpfhook", "capture", "--container", NAME, "-w", str(out),
+                             "--quiet", *args], cwd=MAIN, stderr=subprocess.PIPE, text=True)
+
+
+def wait_started(proc, out, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(out) and os.path.getsize(out) > 100:
+            time.sleep(0.3)  # attached right after the interfaces are written
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.1)
+    raise AssertionError("capture did not start")
+
+
+def send_traffic(c, sock):
+    with socket.create_connection((c.ipv4, 8080), timeout=5) as s:
+        s.sendall(TCP_PAYLOAD)
+        assert s.recv(100).endswith(b"ok")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(UDP_PAYLOAD, (c.ipv4, 9090))
+        assert s.recv(100) == UDP_PAYLOAD
+    client = c.spawn([sys.executable, "-c", UDS_CLIENT, sock])
+    assert client.wait(timeout=10) == 0
+
+
+def tshark(path, *fields, filter=None):
+    argv = ["tshark", "-r", str(path), "-T", "fields"] + [a for f in fields for a in ("-e", f)]
+    if filter:
+        argv += ["-Y", filter]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "warn" not in r.stderr.lower() and "appears" not in r.stderr, r.stderr
+    return [line.split("\t") for line in r.stdout.splitlines()]
+
+
+def test_capture_net_and_uds_exact_bytes_and_attribution(lab, tmp_path):
+    c, server, sock = lab
+    out = tmp_path / "cap.pcapng"
+    proc = capture(out, "--both-directions")
+    wait_started(proc, out)
+    send_traffic(c, sock)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0, proc.stderr.read()
+    assert os.stat(out).st_mode & 0o777 == 0o600
+
+    # tshark: TCP and UDP payloads, comments naming the server process and the container
+    tcp = tshark(out, "tcp.payload", "frame.comment", filter="tcp.payload && tcp.dstport == 8080")
+    assert [bytes.fromhex(p) for p, _ in tcp] == [TCP_PAYLOAD]
+    comment = pcapng.parse_comment(tcp[0][1])
+    assert comment["pid"] == str(server.pid) and comment["container"] == NAME
+    assert comment["cgroup"] == c.cgroup_path
+    udp = tshark(out, "udp.payload", "frame.comment", filter="udp.dstport == 9090")
+    assert [bytes.fromhex(p) for p, _ in udp] == [UDP_PAYLOAD]
+    assert pcapng.parse_comment(udp[0][1])["pid"] == str(server.pid)
+    uds_rows = tshark(out, "data", "frame.comment", filter="frame.comment contains \"path=\"")
+    assert len(uds_rows) >= 3
+
+    # our reader: the same bytes, and the Unix-socket records decoded
+    packets = [r for r in pcapng.Reader(out) if isinstance(r, pcapng.Packet)]
+    ours_tcp = [p for p in packets if p.interface.linktype == pcapng.LINKTYPE_RAW and TCP_PAYLOAD in p.data]
+    assert len(ours_tcp) == 1 and ours_tcp[0].direction == "in"
+    uds = [pcapng.decode_uds(p.data) for p in packets if p.interface.linktype == pcapng.LINKTYPE_USER0]
+    received = [u for u in uds if u.pid == server.pid and u.direction == 1]
+    assert b"".join(UDS_STREAM) in [u.payload for u in received if u.sock_type == 1]
+    stream = next(u for u in received if u.payload == b"".join(UDS_STREAM))
+    assert stream.path == sock.encode() and stream.peer_pid not in (0, server.pid)
+    dgram = [u for u in received if u.sock_type == 2]
+    assert [u.payload for u in dgram] == [UDS_DGRAM] and dgram[0].path == b"\0bpfhook-captest"
+    sent = [u for u in uds if u.pid == server.pid and u.direction == 0 and u.sock_type == 1]
+    assert b"pong:" + b"".join(UDS_STREAM) in [u.payload for u in sent]
+    stats = [r for r in pcapng.Reader(out) if isinstance(r, pcapng.Statistics)]
+    assert stats and all(s.dropped == 0 for s in stats)
+
+
+def test_sigkill_leaves_a_readable_file(lab, tmp_path):
+    c, _server, sock = lab
+    out = tmp_path / "killed.pcapng"
+    proc = capture(out, "--net")
+    wait_started(proc, out)
+    send_traffic(c, sock)
+    time.sleep(1)
+    proc.kill()
+    proc.wait(timeout=10)
+    rows = tshark(out, "tcp.payload", filter="tcp.payload")
+    assert [bytes.fromhex(p) for (p,) in rows] == [TCP_PAYLOAD]
+    reader = pcapng.Reader(out)
+    assert any(TCP_PAYLOAD in p.data for p in reader if isinstance(p, pcapng.Packet))
+    assert reader.truncated == 0
+    assert subprocess.run(["capinfos", str(out)], capture_output=True, timeout=60).returncode == 0
+
+
+def _attached_cgroup_progs():
+    r = subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True, timeout=30)
+    return r.stdout.count("cap_")
+
+
+@pytest.mark.parametrize("container,path,message", [
+    ("no-such-container", "ok", "no container"),
+    (NAME, "/proc/nope/out.pcapng", "cannot write"),
+])
+def test_bad_input_one_line_nothing_left(lab, tmp_path, container, path, message):
+    out = tmp_path / "out.pcapng" if path == "ok" else path
+    before = _attached_cgroup_progs()
+    r = subprocess.run([sys.executable, "-m", "bpfhook", "capture", "--container", container, "-w", str(out),
+                        "--duration", "1"], cwd=MAIN, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
+    assert not os.path.exists(out)
+    assert _attached_cgroup_progs() == before
+
+
+def test_existing_file_is_never_overwritten(lab, tmp_path):
+    out = tmp_path / "exists.pcapng"
+    out.write_bytes(b"keep")
+    r = subprocess.run([sys.executable, "-m", "bpfhook", "capture", "--container", NAME, "-w", str(out)],
+                       cwd=MAIN, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "exists" in r.stderr
+    assert out.read_bytes() == b"keep"
