@@ -1,0 +1,81 @@
+"""pcapng writer/reader: round trip, torn tails, tshark as the independent reader, file safety."""
+import os
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from bpfhook import pcapng
+
+IP_UDP = bytes.fromhex("4500001f00004000401100000a4d01010a4d0102") + struct.pack(">HHHH", 1234, 5678, 11, 0) + b"abc"
+
+
+def write_sample(path):
+    with pcapng.Writer(str(path), application="test") as w:
+        net = w.interface(pcapng.LINKTYPE_RAW, "x:net", "container x", 1500)
+        uds = w.interface(pcapng.LINKTYPE_USER0, "x:unix", None, 1500)
+        w.packet(net, 1_700_000_000_123_456_789, IP_UDP, 40, "pid=7 comm=srv container=x", pcapng.INBOUND)
+        w.packet(uds, 1_700_000_000_200_000_000,
+                 pcapng.encode_uds(1, 2, 7, 8, 9, 3, b"\0abstract", b"/run/peer.sock", b"payload!"),
+                 comment="pid=7 path=@abstract")
+        w.statistics(net, 1_700_000_001_000_000_000, received=1, dropped=2, comment="kernel: lost=2")
+    return net, uds
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "f.pcapng"
+    write_sample(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    reader = pcapng.Reader(str(path))
+    records = list(reader)
+    assert reader.application == "test" and reader.truncated == 0
+    p, u, s = records
+    assert p.data == IP_UDP and p.orig_len == 40 and p.ts_ns == 1_700_000_000_123_456_789
+    assert p.direction == "in" and pcapng.parse_comment(p.comment) == {"pid": "7", "comm": "srv", "container": "x"}
+    rec = pcapng.decode_uds(u.data)
+    assert (rec.direction, rec.sock_type, rec.pid, rec.tid, rec.peer_pid, rec.fd) == (1, 2, 7, 8, 9, 3)
+    assert rec.path == b"\0abstract" and rec.peer_path == b"/run/peer.sock" and rec.payload == b"payload!"
+    assert pcapng.show_path(rec.path) == "@abstract" and pcapng.show_path(b"") == "(unnamed)"
+    assert (s.received, s.dropped, s.comments) == (1, 2, ["kernel: lost=2"])
+
+
+def test_existing_file_is_not_overwritten(tmp_path):
+    path = tmp_path / "f.pcapng"
+    path.write_bytes(b"keep")
+    with pytest.raises(pcapng.PcapngError, match="cannot create"):
+        pcapng.Writer(str(path))
+    assert path.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("cut", [1, 4, 11, 30])
+def test_torn_tail_reads_up_to_last_whole_block(tmp_path, cut):
+    path = tmp_path / "f.pcapng"
+    write_sample(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-cut])
+    reader = pcapng.Reader(str(path))
+    records = list(reader)
+    assert len(records) == 2 and reader.truncated > 0  # the ISB was torn
+
+
+def test_garbage_is_one_clear_error(tmp_path):
+    path = tmp_path / "g"
+    path.write_bytes(b"\0" * 64)
+    with pytest.raises(pcapng.PcapngError, match="not a pcapng"):
+        pcapng.Reader(str(path))
+    with pytest.raises(pcapng.PcapngError, match="shorter"):
+        pcapng.decode_uds(b"\1\0")
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_tshark_reads_it_without_complaint(tmp_path):
+    path = tmp_path / "f.pcapng"
+    write_sample(path)
+    r = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.comment", "-e", "udp.payload",
+                        "-e", "data", "-e", "frame.p2p_dir"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "appears" not in r.stderr and "warn" not in r.stderr.lower()
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert rows[0][0] == "pid=7 comm=srv container=x" and rows[0][1] == b"abc".hex()
+    assert bytes.fromhex(rows[1][2]).endswith(b"payload!")
