@@ -31,9 +31,10 @@ BPF_F_CURRENT_CPU = 0xFFFFFFFF
 CONNS_MAX = 32768
 METRICS_MAX = 4096
 RINGBUF_SIZE = 4 << 20
-# Wake the reader only once this much is waiting: it also polls on a short timer, so
+# Wake the reader only once this much is waiting (small: the reader decodes a batch at once, and
+# its peak memory follows the batch size); it also polls on a short timer, so
 # batching wakeups costs latency of at most one poll interval and saves a wakeup per event.
-WAKEUP_BYTES = RINGBUF_SIZE // 16
+WAKEUP_BYTES = 64 << 10
 
 # (struct, field path) the programs read; the attribute names of KernelOffsets
 _KERNEL_FIELDS = {

@@ -1,0 +1,136 @@
+"""The monitor beside bpftrace running an equivalent one-liner, in the same run.
+
+    launch -> attached   seconds from exec to the "attached" status line (bpftrace: its
+                         "Attaching N probes" line, printed just before it attaches)
+    resident memory      VmHWM after the attach and one churn run
+    churn                loopback connect/accept/close rate with each tool attached,
+                         relative to the rate with nothing attached (runs interleaved)
+    lost                 events the monitor reported lost during its churn run
+
+Run as root: python tests/perf/run.py monitor
+"""
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BPFTRACE_ONE_LINER = "tracepoint:sock:inet_sock_set_state { @[args->newstate] = count(); }"
+CONNECTIONS = 4000  # per churn run; bounded by CHURN_SECONDS too
+CHURN_SECONDS = 10
+LAUNCHES = 5
+
+# The server closes first, so TIME_WAIT sits on the server side and the client's
+# ephemeral ports do not run out across runs. Prints connections per second.
+CHURN = """
+import socket, sys, threading, time
+n, limit = int(sys.argv[1]), float(sys.argv[2])
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1024)
+addr = srv.getsockname()
+def serve():
+    for _ in range(n):
+        c, _ = srv.accept(); c.close()
+threading.Thread(target=serve, daemon=True).start()
+start = time.perf_counter(); done = 0
+while done < n and time.perf_counter() - start < limit:
+    s = socket.create_connection(addr); s.recv(1); s.close(); done += 1
+print(done / (time.perf_counter() - start))
+"""
+
+
+def _monitor_cmd():
+    return [sys.executable, "-m", "bpfhook", "monitor", "-m", "600"]
+
+
+def _bpftrace_cmd():
+    return ["bpftrace", "-e", BPFTRACE_ONE_LINER]
+
+
+def _start(cmd, marker):
+    """(process, seconds until a stderr/stdout line containing marker)."""
+    start = time.monotonic()
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = start + 20
+    while time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if not line:
+            break
+        if marker in line:
+            return p, time.monotonic() - start
+    p.kill()
+    p.wait()
+    raise RuntimeError(f"{cmd[0]} did not report {marker!r}")
+
+
+def _stop(p):
+    p.send_signal(signal.SIGINT)
+    try:
+        out, _ = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+    return out
+
+
+def _hwm_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def _churn():
+    out = subprocess.run([sys.executable, "-c", CHURN, str(CONNECTIONS), str(CHURN_SECONDS)],
+                         capture_output=True, text=True, timeout=CHURN_SECONDS + 30, check=True).stdout
+    return float(out)
+
+
+def _launch_times(cmd, marker):
+    times = []
+    for _ in range(LAUNCHES):
+        p, seconds = _start(cmd, marker)
+        times.append(seconds)
+        _stop(p)
+    return statistics.median(times)
+
+
+def run():
+    have_bpftrace = shutil.which("bpftrace") is not None
+    ours_launch = _launch_times(_monitor_cmd(), "attached")
+    peer_launch = _launch_times(_bpftrace_cmd(), "Attaching") if have_bpftrace else None
+
+    base = [_churn()]
+    p, _ = _start(_monitor_cmd(), "attached")
+    ours_rate = _churn()
+    ours_mem = _hwm_mb(p.pid)
+    out = _stop(p)
+    m = re.search(r"detached \((\d+) events, (\d+) lost\)", out)
+    lost = int(m[2]) if m else None
+    base.append(_churn())
+    peer_rate = peer_mem = None
+    if have_bpftrace:
+        p, _ = _start(_bpftrace_cmd(), "Attaching")
+        time.sleep(0.3)  # "Attaching" comes just before the attach itself
+        peer_rate = _churn()
+        peer_mem = _hwm_mb(p.pid)
+        _stop(p)
+        base.append(_churn())
+    unmonitored = statistics.mean(base)
+    return {
+        "launch to attached (s)": (ours_launch, peer_launch, "s", "<= 0.15"),
+        "resident memory VmHWM (MB)": (ours_mem, peer_mem, "MB", "< 40"),
+        "churn rate vs unmonitored": (ours_rate / unmonitored, peer_rate / unmonitored if peer_rate else None,
+                                      "ratio", ">= 0.97"),
+        "churn unmonitored (conn/s)": (unmonitored, None, "conn/s", None),
+        "lost events during churn": (lost, None, "events", "<= 0"),
+    }
+
+
+if __name__ == "__main__":
+    for name, figure in run().items():
+        print(name, figure)
