@@ -20,6 +20,8 @@ COMMANDS = {
     "demo": "bpfhook.demo",
     "monitor": "bpfhook.monitor_cli",
     "trafficgen": "bpfhook.trafficgen",
+    "analyze": "bpfhook.analyze",
+    "replay": "bpfhook.replay",
 }
 
 

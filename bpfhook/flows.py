@@ -290,7 +290,6 @@ class Capture:
     ignored: int  # records that are no TCP/UDP/UDS (ARP, ICMP, fragments, unknown link types)
     truncated: int  # bytes of a torn tail
     drops: int  # what the capturer's statistics blocks say it dropped (last value per interface)
-    per_packet: list  # (meta, direction-independent bytes) per record, for per-process totals
 
 
 def _meta(packet):
@@ -312,7 +311,6 @@ def read(path):
     uds = {}
     packets = ignored = 0
     drops = {}
-    per_packet = []
     for index, record in enumerate(reader):
         if isinstance(record, pcapng.Statistics):
             if record.dropped is not None:
@@ -329,19 +327,17 @@ def read(path):
                 continue
             size = record.orig_len - (pcapng.UdsHeader.sizeof() + len(rec.path) + len(rec.peer_path))
             _add_uds(uds, order, index, record.ts_ns, rec, meta, max(size, len(rec.payload)))
-            per_packet.append((meta, len(rec.payload)))
             continue
         seg = parse_packet(linktype, record.data, index, record.ts_ns, meta)
         if seg is None:
             ignored += 1
             continue
-        per_packet.append((meta, len(seg.payload)))
         _add_net(net, order, seg)
     flows = []
     for number, (_first, kind, key) in enumerate(sorted(order, key=lambda o: o[0]), 1):
         flows.append(_net_flow(number, *key) if kind == "net" else _uds_flow(number, key, uds[key]))
     _mark_duplicates(flows)
-    return Capture(flows, packets, ignored, reader.truncated, sum(drops.values()), per_packet)
+    return Capture(flows, packets, ignored, reader.truncated, sum(drops.values()))
 
 
 def _add_net(net, order, seg):

@@ -1,0 +1,205 @@
+"""bpfhook analyze: what a capture holds, flow by flow.
+
+Flows and Unix-socket conversations (bpfhook.flows) with bytes, packets,
+duration and reassembly problems; top talkers; totals per process and per
+container (from the packets' pid/comm/container comments); HTTP/1.x
+exchanges found in the streams (method, path, status, latency from the end
+of the request to the first byte of the response).
+"""
+import collections
+import json
+import re
+
+from bpfhook import flows
+
+HELP = "flows, Unix-socket conversations, talkers, processes and HTTP requests of a pcapng capture"
+NEEDS_ROOT = False
+
+REQUEST_LINE = re.compile(rb"([A-Z]{3,10}) (\S+) HTTP/1\.[01]\Z")
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: .*)?\Z")
+HEAD_END = b"\r\n\r\n"
+MAX_HEAD = 64 * 1024  # a request/response head longer than this is not HTTP we parse
+
+
+# -- HTTP/1.x ------------------------------------------------------------------------------------
+
+def _head(data, pos, line_re):
+    """(match, headers dict, body start) of the message head at pos, or None."""
+    end = data.find(HEAD_END, pos, pos + MAX_HEAD)
+    if end < 0:
+        return None
+    lines = data[pos:end].split(b"\r\n")
+    match = line_re.match(lines[0])
+    if not match:
+        return None
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return match, headers, end + len(HEAD_END)
+
+
+def _body_end(data, pos, headers, until_close):
+    """Where the body starting at pos ends, or None when the captured bytes stop first."""
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        for _ in range(100000):  # bounded: a chunk per turn
+            line_end = data.find(b"\r\n", pos)
+            if line_end < 0:
+                return None
+            try:
+                size = int(data[pos:line_end].split(b";")[0], 16)
+            except ValueError:
+                return None
+            pos = line_end + 2 + size + 2
+            if size == 0:  # no trailers: the last chunk's CRLF ends it
+                return pos if pos <= len(data) else None
+        return None
+    if b"content-length" in headers:
+        try:
+            end = pos + int(headers[b"content-length"])
+        except ValueError:
+            return None
+        return end if end <= len(data) else None
+    return len(data) if until_close else pos
+
+
+def _requests(data):
+    """[(method, path, start, end)] of the requests at the start of a client stream."""
+    out, pos = [], 0
+    while pos < len(data):
+        head = _head(data, pos, REQUEST_LINE)
+        if head is None:
+            break
+        match, headers, body = head
+        end = _body_end(data, body, headers, until_close=False)
+        if end is None:
+            break
+        out.append((match[1].decode(), match[2].decode(errors="replace"), pos, end))
+        pos = end
+    return out
+
+
+def _responses(data, methods):
+    """[(status, start)] of the final responses in a server stream (1xx ones skipped)."""
+    out, pos = [], 0
+    while pos < len(data) and len(out) < len(methods):
+        head = _head(data, pos, STATUS_LINE)
+        if head is None:
+            break
+        match, headers, body = head
+        status = int(match[1])
+        if status < 200 or status in (204, 304) or methods[len(out)] == "HEAD":
+            end = body
+        else:
+            end = _body_end(data, body, headers, until_close=True)
+        if status >= 200:
+            out.append((status, pos))
+        if end is None:
+            break
+        pos = end
+    return out
+
+
+def http_exchanges(flow):
+    """[{flow, method, path, status, latency_ms}] for a stream flow that carries HTTP/1.x."""
+    if not flow.streams:
+        return []
+    c2s, s2c = flow.streams[flows.C2S], flow.streams[flows.S2C]
+    requests = _requests(c2s.contiguous())
+    responses = _responses(s2c.contiguous(), [method for method, *_ in requests])
+    out = []
+    for i, (method, path, _start, end) in enumerate(requests):
+        status, latency = None, None
+        if i < len(responses):
+            status, at = responses[i]
+            latency = (s2c.ts_at(at) - c2s.ts_at(end - 1)) / 1e6
+        out.append(dict(flow=flow.id, method=method, path=path, status=status,
+                        latency_ms=None if latency is None else round(latency, 3)))
+    return out
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+def _process(meta):
+    return f"{meta.get('pid', '?')}/{meta.get('comm', '?')}"
+
+
+def report(path, top=10):
+    """Everything analyze prints, as one JSON-able dict."""
+    cap = flows.read(path)
+    rows, http = [], []
+    talkers = collections.defaultdict(lambda: [0, 0, 0])  # bytes, packets, flows
+    processes = collections.defaultdict(lambda: [0, 0, 0])
+    containers = collections.defaultdict(lambda: [0, 0, 0])
+    for f in cap.flows:
+        rows.append(dict(id=f.id, kind=f.kind, client=f.client, server=f.server, packets=f.packets,
+                         bytes=f.bytes, start_ns=f.first_ns, duration_s=round(f.duration, 6),
+                         pid=f.meta.get("pid"), comm=f.meta.get("comm"), container=f.meta.get("container"),
+                         cgroup=f.meta.get("cgroup"), problems=f.problems(), duplicate=f.duplicate))
+        http += http_exchanges(f)
+        talker = str(f.client_addr[0]) if f.client_addr else f.client
+        for table, key in ((talkers, talker), (processes, _process(f.meta)),
+                           (containers, f.meta.get("container", "?"))):
+            table[key][0] += f.total_bytes
+            table[key][1] += f.total_packets
+            table[key][2] += 1
+
+    def ranked(table, name):
+        best = sorted(table.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top]
+        return [{name: key, "bytes": b, "packets": p, "flows": n} for key, (b, p, n) in best]
+
+    return dict(file=str(path), records=cap.packets, ignored=cap.ignored, torn_tail_bytes=cap.truncated,
+                drops=cap.drops, flows=rows, http=http, top_talkers=ranked(talkers, "client"),
+                processes=ranked(processes, "process"), containers=ranked(containers, "container"))
+
+
+def _table(header, rows):
+    rows = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _size(n):
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def text(r, top):
+    out = [f"{r['file']}: {r['records']} records ({r['ignored']} not TCP/UDP/UDS), {len(r['flows'])} flows, "
+           f"{len(r['http'])} HTTP requests, drops {r['drops']}"
+           + (f", torn tail of {r['torn_tail_bytes']} bytes" if r["torn_tail_bytes"] else "")]
+    rows = [(f["id"], f["kind"], f"{f['client']} -> {f['server']}",
+             f"{f['packets']['c2s']}/{f['packets']['s2c']}", f"{_size(f['bytes']['c2s'])}/{_size(f['bytes']['s2c'])}",
+             f"{f['duration_s']:.3f}s", f"{f['pid'] or '?'}/{f['comm'] or '?'}", f["container"] or "?",
+             "; ".join(f["problems"] + (["duplicate of the server end"] if f["duplicate"] else [])))
+            for f in r["flows"]]
+    out += ["", "flows", _table(("ID", "KIND", "CLIENT -> SERVER", "PKTS c/s", "BYTES c/s", "DURATION",
+                                 "PROCESS", "CONTAINER", "NOTES"), rows)]
+    if r["http"]:
+        shown = r["http"][:max(top, 1) * 10]
+        out += ["", f"HTTP requests ({len(r['http'])}{'' if len(shown) == len(r['http']) else ', first ' + str(len(shown))})",
+                _table(("FLOW", "METHOD", "PATH", "STATUS", "LATENCY"),
+                       [(h["flow"], h["method"], h["path"], h["status"] or "-",
+                         "-" if h["latency_ms"] is None else f"{h['latency_ms']:.1f} ms") for h in shown])]
+    for title, key, name in (("top talkers", "top_talkers", "client"), ("per process", "processes", "process"),
+                             ("per container", "containers", "container")):
+        out += ["", title, _table((name.upper(), "BYTES", "PACKETS", "FLOWS"),
+                                  [(t[name], _size(t["bytes"]), t["packets"], t["flows"]) for t in r[key]])]
+    return "\n".join(out)
+
+
+def add_arguments(parser):
+    parser.add_argument("file", metavar="FILE.pcapng")
+    parser.add_argument("--json", action="store_true", help="one JSON document")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="rows in the top-N tables (default 10)")
+
+
+def run(args):
+    r = report(args.file, args.top)
+    print(json.dumps(r, indent=1) if args.json else text(r, args.top))
+    return 0
+
