@@ -412,43 +412,74 @@ def _decode_one(raw, symbols):
     return insn
 
 
-def _slots(code, syntax, symbols):
-    """Yield (pc, raw bytes, text body) for each instruction of `code`.
+# opcode -> its row, or (index of the discriminating field in (code, regs, off, imm) with regs
+# split as src, {value: row}) when rows share the opcode: decode_op's answer without the calls.
+_FIELD_INDEX = {"src": 1, "off": 2, "imm": 3}
+_ROWS = {code: isa.DECODE[(code, None)] if field is None else
+        (_FIELD_INDEX[field], {value: row for (c, value), row in isa.DECODE.items() if c == code})
+         for code, field in isa.DISCRIMINATOR.items()}
+_KERNEL_PREFIX = [f"({code:02x}) " for code in range(256)]
 
-    The cache maps raw slot bytes to text: identical slots format once.
+
+def _decoded_text(data, pos, fmt, kernel, symbols):
+    """(raw bytes, text, cacheable) of the instruction at data[pos:], through insn.decode:
+    ld_imm64, invalid slots (with their exact reason) and xlated code's r11."""
+    insn = _decode_one(data[pos:pos + 16], symbols)
+    if insn.op is None:
+        return insn.raw, _body(insn, "kernel" if kernel else "", symbols), False
+    text = fmt(insn.op, insn.dst, insn.src, insn.off, insn.imm, symbols)
+    return data[pos:pos + 8 * insn.op.slots], _KERNEL_PREFIX[insn.op.code] + text if kernel else text, True
+
+
+def _slots(data, syntax, symbols, pcs=True):
+    """(pcs, texts) of the instructions of `data`: each one's first slot and its text body
+    (pcs is None when not asked for).
+
+    The cache maps raw slot bytes to text: identical slots format once. A valid
+    one-slot instruction missing from it is read straight from its fields (the
+    checks of insn.decode, without building an Insn): a program with no repeats
+    costs that per instruction.
     """
-    data = bytes(code)
     fmt = _TEXT[syntax]
     kernel = syntax == "kernel"
+    unpack, rows = _SLOT.unpack_from, _ROWS
     cache = {}
+    texts, at = [], [] if pcs else None
+    add, add_pc = texts.append, at.append if pcs else None
     end = len(data)
     pos = 0
     while pos < end:
         key = data[pos:pos + 8]
         text = cache.get(key)
-        if text is not None:
-            yield pos >> 3, key, text
-            pos += 8
-            continue
-        if key[0] == _LD_IMM64 and len(key) == 8:
-            # ld_imm64 is cached under both its slots.
-            key = data[pos:pos + 16]
-            text = cache.get(key)
-            if text is not None:
-                yield pos >> 3, key, text
-                pos += 16
-                continue
-        insn = _decode_one(key, symbols)
-        if insn.op is None:
-            text = _body(insn, syntax, symbols)
-            key = insn.raw
-        else:
-            text = fmt(insn.op, insn.dst, insn.src, insn.off, insn.imm, symbols)
-            if kernel:
-                text = f"({insn.op.code:02x}) {text}"
-            cache[key] = text
-        yield pos >> 3, key, text
+        if text is None and len(key) == 8:
+            code, regs, off, imm = unpack(key)
+            row = rows.get(code)
+            src = regs >> 4
+            if row.__class__ is tuple:
+                index, by_value = row
+                row = by_value.get(src if index == 1 else off if index == 2 else imm)
+            if row is not None and row.slots == 1:
+                dst = regs & 0x0F
+                dst_lo, dst_hi, src_lo, src_hi, off_lo, off_hi, imm_lo, imm_hi = row.bounds
+                if (dst_lo <= dst <= dst_hi and src_lo <= src <= src_hi and off_lo <= off <= off_hi
+                        and imm_lo <= imm <= imm_hi):
+                    text = fmt(row, dst, src, off, imm, symbols)
+                    if kernel:
+                        text = _KERNEL_PREFIX[code] + text
+                    cache[key] = text
+            elif code == _LD_IMM64:  # cached under both its slots
+                text = cache.get(data[pos:pos + 16])
+                if text is not None:
+                    key = data[pos:pos + 16]
+        if text is None:
+            key, text, cacheable = _decoded_text(data, pos, fmt, kernel, symbols)
+            if cacheable:
+                cache[key] = text
+        add(text)
+        if pcs:
+            add_pc(pos >> 3)
         pos += len(key)
+    return at, texts
 
 
 def disassemble(code, syntax="kernel", *, symbols=RAW, pcs=None):
@@ -464,15 +495,12 @@ def disassemble(code, syntax="kernel", *, symbols=RAW, pcs=None):
         pcs = syntax != "ubpf"
     if not isinstance(code, (bytes, bytearray, memoryview)):
         code = b"".join(insn.encode() for insn in code)
-    lines = []
-    add = lines.append
+    at, lines = _slots(bytes(code), syntax, symbols, pcs)
     if pcs:
-        prefix = "{:8d}:\t".format if syntax == "llvm" else "{: 4d}: ".format
-        for pc, _, text in _slots(code, syntax, symbols):
-            add(prefix(pc) + text)
-    else:
-        for _, _, text in _slots(code, syntax, symbols):
-            add(text)
+        if syntax == "llvm":
+            lines = [f"{pc:8d}:\t{text}" for pc, text in zip(at, lines)]
+        else:
+            lines = [f"{pc: 4d}: {text}" for pc, text in zip(at, lines)]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -488,8 +516,11 @@ def disassemble_json(code, syntax="kernel", *, symbols=RAW, map_names=None):
     _check_syntax(syntax)
     if not isinstance(code, (bytes, bytearray, memoryview)):
         code = b"".join(insn.encode() for insn in code)
+    data = bytes(code)
+    at, texts = _slots(data, syntax, symbols)
     out = []
-    for pc, raw, text in _slots(code, syntax, symbols):
+    for i, (pc, text) in enumerate(zip(at, texts)):
+        raw = data[pc * 8:at[i + 1] * 8 if i + 1 < len(at) else len(data)]
         entry = {"pc": pc, "opcode": raw[0], "raw": raw.hex(), "text": text}
         insn = _decode_one(raw, symbols)
         if insn.op is None:
