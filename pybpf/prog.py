@@ -222,20 +222,28 @@ def _load_error(err, log, slots, ptype, name, insn_cnt):
     return SyscallError(label, err)
 
 
-def load(program, prog_type, *, name="", license="GPL", expected_attach_type=None, attach_btf_id=0,
+def load(program, prog_type=None, *, name=None, license=None, expected_attach_type=None, attach_btf_id=0,
          attach_btf_obj_fd=0, attach_prog_fd=0, kern_version=0, prog_flags=0, log_level=0,
          fd_array=None, ifindex=0, stats=False):
     """Load a program; returns a Program that owns the fd.
 
     program:   list of Insn (labels linked, map refs patched), a DSL program (.link()), or bytes
-    prog_type: ProgType, its value, or its name ("xdp", "sched_cls", "BPF_PROG_TYPE_XDP")
+    prog_type: ProgType, its value, or its name ("xdp", "sched_cls", "BPF_PROG_TYPE_XDP");
+               name, license ("GPL") and expected_attach_type default to the program's own
+               attributes of those names (a DSL Program carries the first three)
     log_level: 1 or 2 asks for the verifier log on success too (Program.log); stats=True adds the
                verifier's summary (Program.stats). Without either, the log is fetched only on failure.
     fd_array:  fds (or objects with .fd) for ld_map_idx / kfunc module BTFs
 
     Raises VerifierError (log, insn_idx, insn, source), NotPermitted, SyscallError, AssemblerError.
     """
+    prog_type = _own(program, "prog_type", prog_type)
+    if prog_type is None:
+        raise BpfError("load: no prog_type given and the program carries none")
     ptype = prog_type_of(prog_type)
+    name = _own(program, "name", name) or ""
+    license = _own(program, "license", license) or "GPL"
+    expected_attach_type = _own(program, "expected_attach_type", expected_attach_type)
     insns = instructions(program)
     if insns is None:
         code, slots = bytes(program), None
@@ -280,10 +288,16 @@ def load(program, prog_type, *, name="", license="GPL", expected_attach_type=Non
         fd, err, log = _bpf_prog_load(attr, 1)
     if fd is None:
         raise _load_error(err, log, slots, ptype, object_name(name), insn_cnt)
-    prog = Program(fd, insns=insns)
+    prog = Program(fd, insns=insns, expected_attach_type=None if expected_attach_type is None
+                   else attach_type_of(expected_attach_type))
     if wanted_log:
         prog.log, prog.stats = log, stats_line(log)
     return prog
+
+
+def _own(program, attribute, given):
+    """An argument the caller gave, else the program's attribute of that name (None for lists)."""
+    return given if given is not None else getattr(program, attribute, None)
 
 
 # -- reading programs back ------------------------------------------------------------------------
@@ -384,12 +398,14 @@ class Program:
     """A loaded program. Owns its fd: close() it, use `with`, or let it be collected.
 
     fd, name, type (ProgType), tag (hex), id; insns (linked Insn list when pybpf loaded it, else None);
-    log / stats (verifier log and summary line, when asked for at load).
+    log / stats (verifier log and summary line, when asked for at load); expected_attach_type
+    (AttachType it was loaded with, None when not given or not loaded by pybpf).
     """
 
-    def __init__(self, fd, insns=None):
+    def __init__(self, fd, insns=None, expected_attach_type=None):
         self.fd = fd
         self.insns = insns
+        self.expected_attach_type = expected_attach_type
         self.log = None
         self.stats = None
         self.pinned = None

@@ -80,6 +80,37 @@ def test_cgroup_sock_addr_needs_its_attach_type():
     assert "expected_attach_type" in str(e.value)
 
 
+def test_dsl_program_supplies_type_name_and_license():
+    from pybpf.asm import Program as Dsl
+
+    p = Dsl("dsl_defaults", prog_type="cgroup_skb", license="Dual BSD/GPL")
+    p.r0 = 1
+    p.exit()
+    with load(p) as prog:
+        assert (prog.type, prog.name, prog.expected_attach_type) == (ProgType.CGROUP_SKB, "dsl_defaults", None)
+        assert prog.info().gpl_compatible
+    with load(p, "socket_filter", name="given") as prog:  # arguments win over the program's own
+        assert (prog.type, prog.name) == (ProgType.SOCKET_FILTER, "given")
+    with pytest.raises(VerifierError, match="GPL"):  # the program's license reached the kernel
+        q = Dsl("proprietary", prog_type="socket_filter", license="Proprietary")
+        q.call("trace_printk", q.stack.alloc(8), 8)  # a GPL-only helper
+        q.exit(0)
+        load(q)
+
+
+def test_expected_attach_type_stays_on_the_program():
+    class Sockaddr(list):  # any program object may carry its own defaults
+        prog_type, name, expected_attach_type = "cgroup_sock_addr", "connect4", "cgroup_inet4_connect"
+
+    with load(Sockaddr(ret(1))) as prog:
+        assert prog.expected_attach_type is AttachType.CGROUP_INET4_CONNECT
+        assert (prog.type, prog.name) == (ProgType.CGROUP_SOCK_ADDR, "connect4")
+    with load(ret(1), "cgroup_sock_addr", expected_attach_type=AttachType.CGROUP_INET6_BIND) as prog:
+        assert prog.expected_attach_type is AttachType.CGROUP_INET6_BIND
+    with load(ret(0), "xdp") as prog:
+        assert prog.expected_attach_type is None
+
+
 def test_btf_types_without_permission_say_so():
     with pytest.raises(NotPermitted) as e:
         load(ret(0), "lsm", expected_attach_type="lsm_mac", attach_btf_id=1)
