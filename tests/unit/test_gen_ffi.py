@@ -1,0 +1,40 @@
+"""pybpf/_ffi.py is pybpf.sys.CDEF pre-parsed: the two never drift, and importing pybpf.sys parses nothing."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _gen_ffi():
+    spec = importlib.util.spec_from_file_location("gen_ffi", os.path.join(ROOT, "tools", "gen_ffi.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_regenerating_gives_the_committed_file():
+    with open(os.path.join(ROOT, "pybpf", "_ffi.py")) as f:
+        committed = f.read()
+    assert _gen_ffi().generate() == committed, "pybpf/_ffi.py is stale: run python3 tools/gen_ffi.py"
+
+
+def test_import_uses_the_generated_ffi_without_pycparser():
+    code = ("import sys, pybpf.sys as s, pybpf._ffi as g; "
+            "print(s.ffi is g.ffi, 'pycparser' in sys.modules, 'cffi' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False", "False"]
+
+
+def test_generated_and_parsed_layouts_agree():
+    import cffi
+
+    from pybpf import sys as bsys
+
+    parsed = cffi.FFI()
+    parsed.cdef(bsys.CDEF)
+    for ctype in ("union bpf_attr", "struct perf_event_attr"):
+        assert bsys.ffi.sizeof(ctype) == parsed.sizeof(ctype)
+    for field in ("map_type", "max_entries", "map_extra", "insns", "log_buf", "prog_name"):
+        assert bsys.ffi.offsetof("union bpf_attr", field) == parsed.offsetof("union bpf_attr", field)
