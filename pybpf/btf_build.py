@@ -5,13 +5,18 @@
     key = b.types_for_layout(Struct("pid" / Int32ul, "comm" / Bytes(16)), "key")
     fd = load_btf(b.encode())
 
-Records are encoded with the construct layouts of pybpf.btf (one definition
+    info = program_btf([("main", 0), ("cb", 7)], [(0, "/src/p.py", 12, "p.r0 = 1")])
+    # -> ProgramBtf: the BTF blob plus the func_info / line_info arrays for BPF_PROG_LOAD
+
+Records are packed from pybpf.btf.RECORDS (one definition
 for reader and writer). The builder checks what it can check without the
 kernel (ids exist, names are identifiers, counts fit); the kernel's BTF
 verifier judges the rest, and load_btf() puts its log in the error.
 """
+import array
 import re
 import struct
+from dataclasses import dataclass
 
 import construct
 
@@ -30,6 +35,20 @@ _FORMATS = {
     "?": ("int", _btf.INT_BOOL), "c": ("int", _btf.INT_CHAR),
     "e": ("float", 0), "f": ("float", 0), "d": ("float", 0),
 }
+
+
+# record -> (struct.Struct, field names), from pybpf.btf.RECORDS: the reader's own definition
+# (its construct LAYOUTS are the same records; struct packs them ten times faster).
+_RECORDS = {name: (struct.Struct("=" + "".join(code for _, code in fields)), [f for f, _ in fields])
+            for name, fields in _btf.RECORDS.items()}
+
+
+def _pack(record, values):
+    packer, fields = _RECORDS[record]
+    try:
+        return packer.pack(*[values[f] for f in fields])
+    except struct.error as e:
+        raise BpfError(f"BTF {record}: {e}") from None
 
 
 class BtfBuilder:
@@ -61,10 +80,17 @@ class BtfBuilder:
             raise BpfError(f"BTF {what} needs a name")
         if not isinstance(name, str) or not rule.match(name):
             raise BpfError(f"BTF {what} name {name!r} is not a valid identifier")
-        off = self._string_offsets.get(name)
+        return self.add_string(name)
+
+    def add_string(self, text):
+        """Offset of `text` in the string section, added once. Free text (file names and
+        source lines for line_info); type names go through the add_* checks instead."""
+        off = self._string_offsets.get(text)
         if off is None:
-            off = self._string_offsets[name] = self._str_start + len(self._strings)
-            self._strings += name.encode() + b"\0"
+            if "\0" in text:
+                raise BpfError(f"BTF string {text!r} contains a NUL byte")
+            off = self._string_offsets[text] = self._str_start + len(self._strings)
+            self._strings += text.encode() + b"\0"
         return off
 
     def _ref(self, type_id, what, void_ok=False):
@@ -77,13 +103,12 @@ class BtfBuilder:
             raise BpfError(f"BTF {kind}: {vlen} entries exceed {_btf.MAX_VLEN}")
         if self.next_id > _btf.MAX_TYPE_ID:
             raise BpfError(f"BTF: more than {_btf.MAX_TYPE_ID} types")
-        layouts = _btf.LAYOUTS
         _, tail_record, item_record = _btf.KINDS[_btf.KIND[kind]]
         info = kind_flag << 31 | _btf.KIND[kind] << 24 | vlen
-        parts = [layouts["btf_type"].build(dict(name_off=name_off, info=info, size_or_type=size_or_type))]
+        parts = [_pack("btf_type", dict(name_off=name_off, info=info, size_or_type=size_or_type))]
         if tail_record:
-            parts.append(layouts[tail_record].build(tail))
-        parts.extend(layouts[item_record].build(item) for item in items)
+            parts.append(_pack(tail_record, tail))
+        parts.extend(_pack(item_record, item) for item in items)
         self._records.append(b"".join(parts))
         return self.next_id - 1
 
@@ -233,10 +258,10 @@ class BtfBuilder:
     def encode(self):
         """The BTF blob: header, types, strings."""
         types = b"".join(self._records)
-        header = _btf.LAYOUTS["btf_header"]
-        return header.build(dict(magic=_btf.MAGIC, version=_btf.VERSION, flags=0, hdr_len=header.sizeof(),
-                                 type_off=0, type_len=len(types), str_off=len(types),
-                                 str_len=len(self._strings))) + types + bytes(self._strings)
+        return _pack("btf_header", dict(magic=_btf.MAGIC, version=_btf.VERSION, flags=0,
+                                        hdr_len=_RECORDS["btf_header"][0].size, type_off=0,
+                                        type_len=len(types), str_off=len(types),
+                                        str_len=len(self._strings))) + types + bytes(self._strings)
 
 
 def map_btf(key_layout, value_layout, key_name="key", value_name="value"):
@@ -245,6 +270,58 @@ def map_btf(key_layout, value_layout, key_name="key", value_name="value"):
     key_id = builder.types_for_layout(key_layout, key_name)
     value_id = builder.types_for_layout(value_layout, value_name)
     return builder.encode(), key_id, value_id
+
+
+# struct bpf_func_info and struct bpf_line_info (uapi bpf.h): BPF_PROG_LOAD takes arrays of them.
+FUNC_INFO = construct.Struct("insn_off" / construct.Int32un, "type_id" / construct.Int32un)
+LINE_INFO = construct.Struct("insn_off" / construct.Int32un, "file_name_off" / construct.Int32un,
+                             "line_off" / construct.Int32un, "line_col" / construct.Int32un)
+# Both are native u32s only, so an array of them is a flat u32 array: one array("I") build for
+# hundreds of line records instead of a struct pack per record.
+assert all(sc.subcon is construct.Int32un for sc in FUNC_INFO.subcons + LINE_INFO.subcons)
+assert array.array("I").itemsize == 4
+MAX_LINE = (1 << 22) - 1  # line_col keeps the line in its top 22 bits, the column in the low 10
+
+
+@dataclass(frozen=True)
+class ProgramBtf:
+    """What BPF_PROG_LOAD needs besides the code: the BTF blob and the info arrays over it."""
+
+    data: bytes
+    func_info: bytes  # packed bpf_func_info records
+    func_info_cnt: int
+    line_info: bytes  # packed bpf_line_info records
+    line_info_cnt: int
+    func_info_rec_size = FUNC_INFO.sizeof()
+    line_info_rec_size = LINE_INFO.sizeof()
+
+
+def program_btf(functions, lines=()):
+    """ProgramBtf for a program's functions and source lines.
+
+    functions: [(name, slot)], strictly ascending, the main program first at slot 0; each
+               becomes a static FUNC `int name(void)` (static functions' arguments are
+               not checked against BTF, only the scalar return)
+    lines:     [(slot, file_name, line, text)], strictly ascending slots; the verifier wants
+               one at every function start. Line numbers past 2**22 - 1 are clamped.
+    """
+    slots = [slot for _, slot in functions]
+    if not slots or slots[0] != 0 or any(a >= b for a, b in zip(slots, slots[1:])):
+        raise BpfError(f"program BTF: function slots {slots} must start at 0 and ascend")
+    line_slots = [line[0] for line in lines]
+    if any(a >= b for a, b in zip(line_slots, line_slots[1:])):
+        raise BpfError("program BTF: line_info slots must ascend strictly")
+    builder = BtfBuilder()
+    proto = builder.add_func_proto(builder.add_int("int", 4, _btf.INT_SIGNED))
+    func_info = []
+    for name, slot in functions:
+        func_info += (slot, builder.add_func(name, proto))  # FUNC_INFO field order
+    string = builder.add_string
+    line_info = []
+    for slot, file_name, line, text in lines:  # LINE_INFO field order
+        line_info += (slot, string(file_name), string(text), min(line, MAX_LINE) << 10)
+    return ProgramBtf(builder.encode(), array.array("I", func_info).tobytes(), len(functions),
+                      array.array("I", line_info).tobytes(), len(lines))
 
 
 def load_btf(data):

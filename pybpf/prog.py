@@ -8,10 +8,17 @@ The first BPF_PROG_LOAD asks for no verifier log: that is the fast path, and
 most loads succeed. Only a failed load is retried with a log (64 KiB, growing
 x4 on ENOSPC up to 16 MiB); the error then names the failing instruction in
 kernel syntax and the Python line that emitted it.
+
+Programs with subprograms or "file.py:line" sources are loaded with BTF
+func_info and line_info: the kernel wants func_info for callbacks (bpf_loop,
+timers), and line_info puts the Python source lines into the verifier log and
+`bpftool prog dump xlated`. load(..., btf=False) leaves both out.
 """
 import errno as _errno
+import linecache
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 from . import sys as _sys
@@ -34,6 +41,8 @@ _INSN_LINE = re.compile(r"^(\d+): \(([0-9a-f]{2})\) (.*)$", re.M)
 _INSN_MENTION = re.compile(r"\binsn (\d+)")
 _STATS_LINE = re.compile(r"^processed \d+ insns.*$", re.M)
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.]")
+_NOT_IDENTIFIER = re.compile(r"\W")
+_FILE_LINE = re.compile(r"(.+):(\d+)\Z")  # an Insn.source the DSL wrote: "file.py:12"
 
 
 # -- argument parsing -----------------------------------------------------------------------------
@@ -224,7 +233,7 @@ def _load_error(err, log, slots, ptype, name, insn_cnt):
 
 def load(program, prog_type=None, *, name=None, license=None, expected_attach_type=None, attach_btf_id=0,
          attach_btf_obj_fd=0, attach_prog_fd=0, kern_version=0, prog_flags=0, log_level=0,
-         fd_array=None, ifindex=0, stats=False):
+         fd_array=None, ifindex=0, stats=False, btf=True):
     """Load a program; returns a Program that owns the fd.
 
     program:   list of Insn (labels linked, map refs patched), a DSL program (.link()), or bytes
@@ -234,6 +243,8 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
     log_level: 1 or 2 asks for the verifier log on success too (Program.log); stats=True adds the
                verifier's summary (Program.stats). Without either, the log is fetched only on failure.
     fd_array:  fds (or objects with .fd) for ld_map_idx / kfunc module BTFs
+    btf:       send BTF func_info/line_info when the program has subprograms or sources (default);
+               False loads the bare code (callbacks then fail: the kernel wants func_info for them)
 
     Raises VerifierError (log, insn_idx, insn, source), NotPermitted, SyscallError, AssemblerError.
     """
@@ -244,6 +255,7 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
     name = _own(program, "name", name) or ""
     license = _own(program, "license", license) or "GPL"
     expected_attach_type = _own(program, "expected_attach_type", expected_attach_type)
+    functions = getattr(program, "functions", None)  # before instructions() replaces a DSL program
     insns = instructions(program)
     if insns is None:
         code, slots = bytes(program), None
@@ -281,11 +293,21 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
         fds_buf = ffi.new("int32_t[]", [f if isinstance(f, int) else f.fd for f in fd_array])
         attr.fd_array = _sys.address(fds_buf)
 
-    wanted_log = int(log_level) | (LOG_STATS if stats else 0)
-    fd, err, log = _bpf_prog_load(attr, wanted_log)
-    if fd is None and not wanted_log:
-        # The fast path failed: load again, this time with the verifier telling why.
-        fd, err, log = _bpf_prog_load(attr, 1)
+    info = program_btf(insns, functions) if btf and insns is not None else None
+    if info is not None:
+        info_bufs = (ffi.from_buffer(info.func_info), ffi.from_buffer(info.line_info))
+        btf_fd = _load_program_btf(info, attr, info_bufs)
+    else:
+        btf_fd = None
+    try:
+        wanted_log = int(log_level) | (LOG_STATS if stats else 0)
+        fd, err, log = _bpf_prog_load(attr, wanted_log)
+        if fd is None and not wanted_log:
+            # The fast path failed: load again, this time with the verifier telling why.
+            fd, err, log = _bpf_prog_load(attr, 1)
+    finally:
+        if btf_fd is not None:
+            os.close(btf_fd)  # the program holds its own reference
     if fd is None:
         raise _load_error(err, log, slots, ptype, object_name(name), insn_cnt)
     prog = Program(fd, insns=insns, expected_attach_type=None if expected_attach_type is None
@@ -298,6 +320,128 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
 def _own(program, attribute, given):
     """An argument the caller gave, else the program's attribute of that name (None for lists)."""
     return given if given is not None else getattr(program, attribute, None)
+
+
+# -- BTF func_info / line_info ------------------------------------------------------------------------
+
+def _identifier(name):
+    name = _NOT_IDENTIFIER.sub("_", str(name)) or "main"
+    return "_" + name if name[0].isdigit() else name
+
+
+def function_slots(insns):
+    """[(name, slot)] of the functions the kernel will find in a linked Insn list: slot 0, then
+    every call_local / ld_func target (named by its label when it has one), as the verifier does."""
+    starts, pc = {0}, 0
+    for insn in insns:
+        if insn.op is not None and insn.op.name in ("call_local", "ld_func"):
+            delta = insn.imm & 0xFFFFFFFF
+            starts.add(pc + 1 + delta - ((delta >> 31) << 32))
+        pc += insn.slots
+    from .link import label_slots
+
+    names = {}
+    for label, slot in label_slots(insns).items():
+        names.setdefault(slot, label)
+    return [(names.get(slot, "main" if slot == 0 else f"func_{slot}"), slot) for slot in sorted(starts)]
+
+
+_paths = {}  # "file.py:12" -> the full path of that file
+_paths_seen = [0]  # size of pybpf.asm's source table when _paths was last filled from it
+
+
+def _source_path(where, file_name):
+    """Full path of the file behind an Insn.source, which names only the base name.
+
+    pybpf.asm keeps the code object behind each source it wrote ((id(code), lasti) ->
+    (where, code)); its co_filename is exact where a base name alone may be ambiguous
+    (programs/capture.py and bpfhook/capture.py). Unknown: the base name, which linecache
+    still finds on sys.path."""
+    path = _paths.get(where)
+    if path is None:
+        table = getattr(sys.modules.get("pybpf.asm"), "_LINES", None) or {}
+        if len(table) != _paths_seen[0]:
+            _paths_seen[0] = len(table)
+            for value in list(table.values()):
+                filename = getattr(value[-1], "co_filename", None) if isinstance(value, tuple) else None
+                if filename:
+                    _paths.setdefault(value[0], filename)
+        path = _paths.get(where, file_name)
+    return path
+
+
+_SOURCES = {}  # Insn.source -> (path, line, text), or None when it is not "file.py:line"
+_SOURCES_MAX = 1 << 16
+
+
+def _source(where):
+    entry = _SOURCES.get(where, False)
+    if entry is False:
+        match = _FILE_LINE.match(where)
+        if match is None:
+            entry = None
+        else:
+            path, line = _source_path(where, match.group(1)), int(match.group(2))
+            entry = (path, line, linecache.getline(path, line).strip())
+        if len(_SOURCES) >= _SOURCES_MAX:
+            _SOURCES.clear()
+        _SOURCES[where] = entry
+    return entry
+
+
+def source_lines(insns, function_starts=(0,)):
+    """[(slot, file, line, text)] for line_info: one where the "file.py:line" source changes, and
+    one at every function start (the verifier insists). Insns without a source continue the
+    line before them; text is the stripped Python line (empty when the file is not readable)."""
+    out, pc, last = [], 0, None
+    starts = set(function_starts)
+    for insn in insns:
+        where = insn.source
+        if where is not last and where != last and where is not None or pc in starts:
+            entry = _source(where) if where is not None else None
+            if entry is not None:
+                out.append((pc, *entry))
+                last = where
+            elif pc in starts:
+                out.append((pc, "", 0, ""))
+                last = None
+        pc += insn.slots
+    return out
+
+
+def program_btf(insns, functions=None):
+    """pybpf.btf_build.ProgramBtf for a linked Insn list, or None when there is nothing to say.
+
+    The functions are the ones the verifier will find (function_slots); `functions`, [(name,
+    slot)] such as a DSL Program's .functions, names them. Without "file.py:line" sources, BTF
+    is made only for several functions named that way: a bare Insn list loads as it always did."""
+    names = dict((slot, name) for name, slot in functions or ())
+    found = [(_identifier(names.get(slot, name)), slot) for name, slot in function_slots(insns)]
+    lines = source_lines(insns, [slot for _, slot in found])
+    if not any(file_name for _, file_name, _, _ in lines) and (functions is None or len(found) < 2):
+        return None
+    from .btf_build import program_btf as build
+
+    return build(found, lines)
+
+
+def _load_program_btf(info, attr, buffers):
+    """Load the program's BTF and point attr at it and at `buffers` (func_info, line_info cdata,
+    kept alive by the caller); returns the BTF fd, or None when the kernel takes no BTF (the
+    program then loads without it: only callbacks need func_info)."""
+    from .btf_build import load_btf
+
+    try:
+        fd = load_btf(info.data)
+    except SyscallError:
+        return None
+    attr.prog_btf_fd = fd
+    attr.func_info_rec_size, attr.func_info, attr.func_info_cnt = (
+        info.func_info_rec_size, _sys.address(buffers[0]), info.func_info_cnt)
+    if info.line_info_cnt:
+        attr.line_info_rec_size, attr.line_info, attr.line_info_cnt = (
+            info.line_info_rec_size, _sys.address(buffers[1]), info.line_info_cnt)
+    return fd
 
 
 # -- reading programs back ------------------------------------------------------------------------

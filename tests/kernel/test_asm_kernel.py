@@ -1,4 +1,7 @@
 """DSL programs against the real verifier, run with BPF_PROG_TEST_RUN."""
+import json
+import os
+import subprocess
 import sys
 
 import construct as c
@@ -111,10 +114,8 @@ def test_bpf_to_bpf_call():
     assert run(p) == 52 * 52
 
 
-@pytest.mark.xfail(strict=True, reason="pybpf.prog.load sends no BTF func_info yet; "
-                   "the kernel wants it for bpf_loop callbacks ('missing btf func_info')")
-def test_bpf_loop_callback_sums_indices():
-    p = Program("bpfloop")
+def bpf_loop_program():
+    p = Program("bpfloop", prog_type="socket_filter")
     acc = p.stack.alloc(8)
     acc.zero()
     p.bpf_loop(10, "add_index", acc, 0)
@@ -128,7 +129,57 @@ def test_bpf_loop_callback_sums_indices():
         p.r2.u64[0] = p.r3
         p.exit(0)
 
-    assert run(p) == 45
+    return p
+
+
+def test_bpf_loop_callback_sums_indices():
+    assert run(bpf_loop_program()) == 45
+
+
+def test_callbacks_need_the_btf_func_info():
+    with pytest.raises(VerifierError, match="missing btf func_info"):
+        load(bpf_loop_program(), btf=False)
+
+
+def _bpftool_xlated(prog_id):
+    out = subprocess.run(["bpftool", "-j", "prog", "dump", "xlated", "id", str(prog_id), "linum"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return json.loads(out)
+
+
+def test_bpftool_shows_the_python_source_lines():
+    p = bpf_loop_program()
+    with load(p) as prog:
+        dump = _bpftool_xlated(prog.id)
+        info = prog.info()
+    here = os.path.abspath(__file__)
+    lines = {(insn["src"], insn["file"], insn["line_num"]) for insn in dump if "src" in insn}
+    source = open(here).read().splitlines()
+    for text in ("acc.zero()", 'p.bpf_loop(10, "add_index", acc, 0)', "p.r3 += p.r1", "p.exit(0)"):
+        number = next(i for i, line in enumerate(source, 1) if line.strip() == text)
+        assert (text, here, number) in lines, text
+    # Function names come from the DSL: the program's and the subprogram's.
+    assert [insn["proto"] for insn in dump if "proto" in insn] == ["int bpfloop()", "int add_index()"]
+    assert info.btf_id > 0
+
+
+def test_verifier_log_shows_the_python_line_of_a_rejected_insn():
+    p = Program("badread", prog_type="socket_filter")
+    p.r0 = 1
+    p.r0 += p.r3  # r3 is never written: rejected
+    p.exit()
+    with pytest.raises(VerifierError) as err:
+        load(p)
+    assert "; p.r0 += p.r3  # r3 is never written: rejected @ test_asm_kernel.py:" in err.value.log
+
+
+def test_btf_false_loads_no_btf():
+    p = Program("nobtf", prog_type="socket_filter")
+    p.r0 = 7
+    p.exit()
+    with load(p, btf=False) as bare, load(p) as described:
+        assert bare.info().btf_id == 0 and described.info().btf_id > 0
+        assert bare.test_run(PACKET).retval == described.test_run(PACKET).retval == 7
 
 
 def test_helper_calls():

@@ -340,3 +340,32 @@ def test_split_btf_continues_base_ids_and_strings():
     assert split.field("mod_state", "port").type.name == "u32"
     assert split.type_by_id(mine).members[1].name == "port"   # string shared with the base
     assert split.resolve(split.type_by_id(ptr).type).name == "sock"
+
+
+def test_program_btf_records():
+    from pybpf.btf_build import FUNC_INFO, LINE_INFO, program_btf
+
+    info = program_btf([("main", 0), ("cb", 4)], [(0, "/x/p.py", 12, "p.r0 = 1"), (4, "/x/p.py", 1 << 23, "")])
+    back = Btf.from_bytes(info.data)
+    proto = back.type_by_id(back.type_by_id(back.func_id("cb")).type)
+    assert back.resolve(proto.type).name == "int" and proto.params == ()
+    funcs = [FUNC_INFO.parse(info.func_info[i:i + 8]) for i in range(0, len(info.func_info), 8)]
+    assert [(f.insn_off, f.type_id) for f in funcs] == [(0, back.func_id("main")), (4, back.func_id("cb"))]
+    lines = [LINE_INFO.parse(info.line_info[i:i + 16]) for i in range(0, len(info.line_info), 16)]
+    assert [(l.insn_off, l.line_col >> 10) for l in lines] == [(0, 12), (4, (1 << 22) - 1)]  # clamped
+    assert lines[1].line_off == 0 and lines[0].file_name_off == lines[1].file_name_off  # strings once
+    assert info.func_info_rec_size == 8 and info.line_info_rec_size == 16
+
+
+@pytest.mark.parametrize("functions, lines, message", [
+    ([("main", 1)], [], "must start at 0"),
+    ([("main", 0), ("f", 0)], [], "ascend"),
+    ([("main", 0)], [(2, "a", 1, ""), (2, "a", 2, "")], "ascend strictly"),
+    ([("main", 0)], [(0, "a", 1, "x\0y")], "NUL"),
+    ([("not valid", 0)], [], "not a valid identifier"),
+])
+def test_program_btf_rejects(functions, lines, message):
+    from pybpf.btf_build import program_btf
+
+    with pytest.raises(BpfError, match=message):
+        program_btf(functions, lines)

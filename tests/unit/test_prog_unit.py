@@ -137,3 +137,69 @@ def test_insn_text_falls_back_to_kernel_line():
     insn = Insn(isa.lookup("mov", "reg"), 0, 3)
     text = prog._insn_text(insn, "2: (bf) r0 = r3")
     assert "r0 = r3" in text
+
+
+# -- BTF func_info / line_info --------------------------------------------------------------------
+
+def test_function_slots_follow_calls_and_ld_func():
+    insns = prog.instructions([
+        Insn("call_local", ref="sub"), Insn("ld_func", 2, ref="cb"), Insn("exit"),
+        Insn("mov", 0, imm=1, label="sub"), Insn("exit"),
+        Insn("mov", 0, imm=0), Insn("exit", label="cb")])  # a label on a later insn of a function
+    assert prog.function_slots(insns) == [("main", 0), ("sub", 4), ("cb", 7)]
+
+
+def test_function_slots_backward_call_and_unnamed_target():
+    insns = [Insn("exit"), Insn("mov", 0, imm=0), Insn("call_local", imm=-3), Insn("exit")]
+    assert prog.function_slots(insns) == [("main", 0)]  # a call back to main adds no function
+    insns = [Insn("call_local", imm=1), Insn("exit"), Insn("mov", 0, imm=0), Insn("exit")]
+    assert prog.function_slots(insns) == [("main", 0), ("func_2", 2)]
+
+
+def test_source_lines_one_per_change_and_at_each_function():
+    from pybpf.asm import Program
+
+    p = Program("lines")
+    p.r0 = 1  # line A
+    p.r1 = 1 << 40  # line B: ld_imm64, two slots
+    p.call_local("sub")
+    p.exit()
+    with p.function("sub"):
+        p.exit()  # a function start
+    insns = prog.instructions(p)
+    lines = prog.source_lines(insns, [slot for _, slot in p.functions])
+    assert [entry[0] for entry in lines] == [0, 1, 3, 4, 5]
+    assert [entry[1] for entry in lines] == [__file__] * 5  # the full path, from pybpf.asm's table
+    assert lines[0][3] == "p.r0 = 1  # line A" and lines[1][3] == "p.r1 = 1 << 40  # line B: ld_imm64, two slots"
+    assert lines[1][2] == lines[0][2] + 1 and lines[4][3] == "p.exit()  # a function start"
+
+
+def test_source_lines_continue_through_insns_without_source():
+    insns = [Insn("mov", 0, imm=1, source="x.py:1"), Insn("mov", 2, imm=1), Insn("exit", source="x.py:1"),
+             Insn("exit")]
+    assert prog.source_lines(insns, [0, 3]) == [(0, "x.py", 1, ""), (3, "", 0, "")]
+
+
+def test_source_lines_skip_sources_that_are_not_file_lines():
+    insns = [Insn("mov", 0, imm=1, source="line 3, column 7"), Insn("exit", source="p.py:x")]
+    assert prog.source_lines(insns, [0]) == [(0, "", 0, "")]
+    assert prog.program_btf(prog.instructions(insns)) is None
+
+
+def test_program_btf_describes_functions_and_lines():
+    from pybpf.btf import Btf
+
+    where = "x.py:3"
+    insns = prog.instructions([Insn("ld_func", 2, ref="cb", source=where), Insn("exit", source=where),
+                               Insn("mov", 0, imm=0, label="cb"), Insn("exit")])
+    info = prog.program_btf(insns, [("my prog", 0), ("9cb", 3)])
+    assert (info.func_info_cnt, info.line_info_cnt) == (2, 2)
+    back = Btf.from_bytes(info.data)
+    assert back.func_id("my_prog") and back.func_id("_9cb")  # made identifiers
+    assert prog.program_btf([Insn("mov", 0, imm=0), Insn("exit")]) is None  # nothing to say
+
+
+def test_load_without_prog_type_is_one_line():
+    with pytest.raises(BpfError, match="no prog_type given"):
+        prog.load([Insn("mov", 0, imm=0), Insn("exit")])
+
