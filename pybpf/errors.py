@@ -5,13 +5,23 @@ enough for a CLI to print one clean line and exit non-zero.
 """
 import errno as _errno
 import os as _os
+import re as _re
+
+# The verifier's statistics lines: they close every log, failed or not, and say nothing about why.
+_LOG_STATS = _re.compile(r"(processed \d+ insns|verification time \d+|stack depth [\d+]+)")
 
 
 class BpfError(Exception):
     """Base of every pybpf error."""
 
 
-class AssemblerError(BpfError, ValueError):
+class InvalidArgument(BpfError, ValueError):
+    """Input that cannot work (a bad size, name, flag, layout or instruction), refused before
+    any system call. The base of every "your input is wrong" error, so callers can tell them
+    from kernel and permission failures; a ValueError too, for code that expects one."""
+
+
+class AssemblerError(InvalidArgument):
     """An instruction or program cannot be encoded or parsed.
 
     `where` is a human location: "file.py:12", "line 3, column 7", or "insn 5".
@@ -40,7 +50,7 @@ class SyscallError(BpfError, OSError):
 class VerifierError(SyscallError):
     """The verifier rejected a program.
 
-    log:      the full verifier log
+    log:      the full verifier log (the message quotes its last lines, statistics left out)
     insn_idx: index of the failing instruction, when the log names one
     insn:     that instruction in kernel syntax
     source:   "file.py:line" of the DSL call that emitted it, when known
@@ -52,7 +62,8 @@ class VerifierError(SyscallError):
         self.insn = insn
         self.source = source
         self.name = name
-        tail = [line for line in log.strip().splitlines() if line.strip()][-3:]
+        tail = [line for line in log.strip().splitlines()
+                if line.strip() and not _LOG_STATS.match(line)][-3:]
         detail = " | ".join(tail) if tail else "no verifier log"
         if insn is not None:
             detail += f"\n  failing instruction {insn_idx}: {insn}"

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 
 from . import sys as _sys
-from .errors import BpfError, SyscallError
+from .errors import BpfError, InvalidArgument, SyscallError
 from .layout import LayoutError, codec, size_of
 from .uapi import Cmd, MapFlags, MapType, UpdateFlags
 
@@ -43,7 +43,7 @@ _NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, _sys.ENOTSUPP)
 _BATCH_SIZE = 4096
 
 
-class MapError(BpfError, ValueError):
+class MapError(InvalidArgument):
     """A map argument the kernel would reject or that cannot mean anything."""
 
 

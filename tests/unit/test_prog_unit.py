@@ -203,3 +203,26 @@ def test_load_without_prog_type_is_one_line():
     with pytest.raises(BpfError, match="no prog_type given"):
         prog.load([Insn("mov", 0, imm=0), Insn("exit")])
 
+
+# -- errors ----------------------------------------------------------------------------------------
+
+def test_verifier_error_message_skips_statistics():
+    from pybpf.errors import VerifierError
+
+    log = FAILED_LOG + "verification time 23 usec\nstack depth 0+0\n"
+    err = VerifierError(13, log, 2, "r0 = r3", "p.py:3", "bad")
+    first = str(err).splitlines()[0]
+    assert first.endswith("1: (b7) r1 = 2                        ; R1=2 | 2: (bf) r0 = r3 | R3 !read_ok")
+    assert "processed" not in str(err) and "verification time" not in str(err)
+    assert err.log == log  # the whole log stays on .log
+    assert str(VerifierError(13, "processed 0 insns (limit 1000000)\n")).endswith("no verifier log")
+
+
+def test_invalid_argument_is_the_base_of_input_errors():
+    from pybpf.errors import InvalidArgument
+    from pybpf.maps import MapError
+
+    for cls in (AssemblerError, MapError):
+        assert issubclass(cls, InvalidArgument) and issubclass(cls, ValueError) and issubclass(cls, BpfError)
+    with pytest.raises(InvalidArgument):
+        prog.instructions(42)
