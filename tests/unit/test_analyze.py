@@ -117,6 +117,8 @@ def echo_server(kind=socket.SOCK_STREAM):
     """A loopback server that records what it receives and answers RESP1 to each request head."""
     srv = socket.socket(socket.AF_INET, kind)
     srv.bind(("127.0.0.1", 0))
+    if kind == socket.SOCK_STREAM:
+        srv.listen()  # before the client can connect
     received = []
 
     def serve():
@@ -125,7 +127,6 @@ def echo_server(kind=socket.SOCK_STREAM):
             received.append(data)
             srv.sendto(b"pong", peer)
             return
-        srv.listen()
         conn, _ = srv.accept()
         with conn:
             buf = b""
