@@ -15,6 +15,7 @@ objects with .fd or .fileno(), as values. A Map is not thread-safe.
 import errno
 import mmap as _mmap
 import os
+import re
 from dataclasses import dataclass
 
 from . import sys as _sys
@@ -41,6 +42,7 @@ _NO_PREALLOC_TYPES = LOCAL_STORAGE_TYPES | {MapType.LPM_TRIE}
 _NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, _sys.ENOTSUPP)
 
 _BATCH_SIZE = 4096
+_NOT_IDENTIFIER = re.compile(r"\W")
 
 
 class MapError(InvalidArgument):
@@ -98,7 +100,11 @@ class Map:
 
     def __init__(self, type, key=None, value=None, max_entries=None, flags=None, name="",
                  inner_map=None, numa_node=None, map_extra=0, ifindex=0, btf_fd=0,
-                 btf_key_type_id=0, btf_value_type_id=0, btf_vmlinux_value_type_id=0):
+                 btf_key_type_id=0, btf_value_type_id=0, btf_vmlinux_value_type_id=0, btf=True):
+        """btf: when key or value is a construct Struct and no btf_fd is given, describe both
+        in BTF so `bpftool map dump` shows field names (and local storage maps get the BTF
+        they need). Best effort: a layout BTF cannot express, or a kernel that refuses it,
+        gives the same map without BTF. btf=False never tries."""
         try:
             type = MapType(type)
         except ValueError:
@@ -138,12 +144,25 @@ class Map:
         attr.btf_key_type_id = btf_key_type_id
         attr.btf_value_type_id = btf_value_type_id
         attr.btf_vmlinux_value_type_id = btf_vmlinux_value_type_id
+        own_btf = _layout_btf(type, key, value, name) if btf and not btf_fd else None
         try:
-            fd = _sys.bpf(Cmd.MAP_CREATE, attr)
+            if own_btf is not None:
+                attr.btf_fd, attr.btf_key_type_id, attr.btf_value_type_id = own_btf
+                try:
+                    fd = _sys.bpf(Cmd.MAP_CREATE, attr)
+                except SyscallError:
+                    # Without it, as asked: the kernel may refuse BTF for this map type.
+                    attr.btf_fd = attr.btf_key_type_id = attr.btf_value_type_id = 0
+                    fd = _sys.bpf(Cmd.MAP_CREATE, attr)
+            else:
+                fd = _sys.bpf(Cmd.MAP_CREATE, attr)
         except SyscallError as e:
             shape = (f"{type.name} map {name!r}: key {attr.key_size} value {attr.value_size} "
                      f"max_entries {max_entries} flags {MapFlags(attr.map_flags)!r}")
             raise _sys.syscall_error("BPF_MAP_CREATE", e.errno, _create_hint(type, e.errno, shape)) from None
+        finally:
+            if own_btf is not None:
+                os.close(own_btf[0])  # the map holds its own reference
         self._setup(fd, type, key, value, attr.key_size, attr.value_size, max_entries,
                     MapFlags(attr.map_flags), name)
 
@@ -594,6 +613,35 @@ class Map:
         type_name = type_name.name.lower() if type_name is not None else "?"
         return (f"<Map {type_name} {getattr(self, 'name', '')!r} key={getattr(self, 'key_size', '?')} "
                 f"value={getattr(self, 'value_size', '?')} max_entries={getattr(self, 'max_entries', '?')} {state}>")
+
+
+def _layout_btf(type, key, value, name):
+    """(btf_fd, key_type_id, value_type_id) describing key and value, or None when neither is a
+    construct Struct (nothing worth naming), the map has no key or holds fds, or BTF fails."""
+    import construct
+
+    if not any(isinstance(layout, construct.Struct) for layout in (key, value)):
+        return None
+    if type in KEYLESS_TYPES or type in FD_VALUE_TYPES:
+        return None
+    from .btf_build import load_btf, map_btf
+
+    base = _NOT_IDENTIFIER.sub("_", name) or "map"
+    try:
+        data, key_id, value_id = map_btf(_as_layout(key), _as_layout(value), f"{base}_key", f"{base}_value")
+        return load_btf(data), key_id, value_id
+    except BpfError:  # a layout BTF cannot say, or a kernel without BTF: the map works without
+        return None
+
+
+def _as_layout(layout):
+    """A construct layout for a key/value given as a size: a native int, else bytes."""
+    if isinstance(layout, int):
+        import construct
+
+        code = {1: "B", 2: "H", 4: "L", 8: "Q"}.get(layout)
+        return construct.FormatField("=", code) if code else construct.Bytes(layout)
+    return layout
 
 
 def _map_info(fd):

@@ -249,6 +249,63 @@ def test_sk_storage_with_btf(no_fd_leak):
         os.close(btf)
 
 
+# ---- BTF made from the layouts -------------------------------------------------------------
+
+Conn = c.Struct("pid" / c.Int32ul, "comm" / c.Bytes(4), "dport" / c.Int16ul, c.Padding(2))
+Stats = c.Struct("packets" / c.Int64ul, "last" / c.Struct("state" / c.Int8ul, c.Padding(3), "seq" / c.Int32ul))
+
+
+def _bpftool_dump(m):
+    import json
+    import subprocess
+
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(m.id)], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    return [entry["formatted"] for entry in json.loads(out)]
+
+
+def test_struct_layouts_get_btf_so_bpftool_names_fields(no_fd_leak):
+    with Map(MapType.HASH, key=Conn, value=Stats, max_entries=4, name="conn.stats") as m:
+        m[dict(pid=7, comm=b"curl", dport=443)] = dict(packets=3, last=dict(state=1, seq=9))
+        info = m.info()
+        assert info.btf_id and info.btf_key_type_id and info.btf_value_type_id
+        assert _bpftool_dump(m) == [{"key": {"pid": 7, "comm": [99, 117, 114, 108], "dport": 443},
+                                     "value": {"packets": 3, "last": {"state": 1, "seq": 9}}}]
+    with Map(MapType.ARRAY, key=4, value=Stats, max_entries=2, name="by_index") as m:  # an int key
+        m[1] = dict(packets=5, last=dict(state=2, seq=3))
+        assert _bpftool_dump(m)[1] == {"key": 1, "value": {"packets": 5, "last": {"state": 2, "seq": 3}}}
+
+
+def test_btf_false_and_plain_sizes_make_no_btf(no_fd_leak):
+    with Map(MapType.HASH, key=Conn, value=Stats, max_entries=4, btf=False) as m:
+        assert m.info().btf_id == 0
+    with Map(MapType.HASH, key=4, value=8, max_entries=4) as m:
+        assert m.info().btf_id == 0
+
+
+def test_layouts_btf_cannot_describe_still_make_the_map(no_fd_leak):
+    flags = c.Struct("mode" / c.Int32ul, "bits" / c.BitStruct("a" / c.Flag, c.Padding(7)), c.Padding(3))
+    with Map(MapType.HASH, key=4, value=flags, max_entries=4) as m:
+        m[1] = dict(mode=2, bits=dict(a=True))
+        assert m[1].bits.a and m.info().btf_id == 0
+
+
+def test_kernel_refusing_btf_for_a_type_still_makes_the_map(no_fd_leak):
+    # Stack trace maps take no BTF (map_check_no_btf): the create is retried without it.
+    frames = c.Struct("ips" / c.Array(4, c.Int64ul))
+    with Map(MapType.STACK_TRACE, key=4, value=frames, max_entries=4) as m:
+        assert m.info().btf_id == 0 and m.value_size == 32
+    with Map(MapType.QUEUE, value=Stats, max_entries=2) as m:  # keyless: not even tried
+        m.push(dict(packets=1, last=dict(state=0, seq=0)))
+        assert m.pop().packets == 1 and m.info().btf_id == 0
+
+
+def test_sk_storage_needs_no_hand_made_btf_for_a_struct_value(no_fd_leak):
+    with socket.socket() as s, Map(MapType.SK_STORAGE, key=4, value=Stats, name="sk_stats") as m:
+        m[s] = dict(packets=4, last=dict(state=1, seq=2))
+        assert m[s].packets == 4 and m.info().btf_value_type_id
+
+
 # ---- batches ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("map_type", [MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH])
