@@ -13,12 +13,13 @@ import errno as _errno
 import os
 import platform
 
+import cffi
+
 from .errors import BpfError, NotPermitted, SyscallError
 from .uapi import Cmd
 
-# The one declaration text. pybpf/_ffi.py holds it pre-parsed (tools/gen_ffi.py writes it):
-# importing that costs no pycparser run and none of its memory.
-CDEF = """
+ffi = cffi.FFI()
+ffi.cdef("""
 long syscall(long number, ...);
 int ioctl(int fd, unsigned long request, ...);
 int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data);
@@ -494,27 +495,7 @@ struct perf_event_attr {
     uint64_t sig_data;
     uint64_t config3;
 };
-"""
-
-
-def _new_ffi():
-    """The generated FFI when it was made from this very CDEF, else one parsed now (slow, same result)."""
-    import zlib
-
-    try:
-        from . import _ffi
-    except ImportError:
-        _ffi = None
-    if _ffi is not None and _ffi.CDEF_CRC32 == zlib.crc32(CDEF.encode()):
-        return _ffi.ffi
-    import cffi
-
-    parsed = cffi.FFI()
-    parsed.cdef(CDEF)
-    return parsed
-
-
-ffi = _new_ffi()
+""")
 lib = ffi.dlopen(None)
 
 # (bpf, perf_event_open) per architecture; asm-generic numbers on aarch64.
@@ -663,20 +644,16 @@ def obj_get(path, flags=0):
 
 
 def mount_point(path, fstype):
-    """The mount point of the nearest `fstype` mount at or above path (from /proc/self/mountinfo), or None."""
-    path = os.path.realpath(path)
-    best = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            # mount point is field 5; the fs type follows the " - " separator
-            target = fields[4].replace("\\040", " ")
-            if fields[fields.index("-") + 1] != fstype:
-                continue
-            if path == target or path.startswith(target.rstrip("/") + "/"):
-                if best is None or len(target) > len(best):
-                    best = target
-    return best
+    """The mount point of the nearest `fstype` mount at or above path (pybpf.mounts), or None."""
+    from .mounts import containing
+
+    return containing(path, fstype)
+
+
+def mount(fstype, target, source=None):
+    """mount -t fstype source target (source defaults to the fs type, as `mount -t bpf bpf` does)."""
+    if lib.mount((source or fstype).encode(), os.fsencode(target), fstype.encode(), 0, ffi.NULL) != 0:
+        raise syscall_error(f"mount -t {fstype} {source or fstype} {target}", ffi.errno)
 
 
 def ensure_bpffs(directory="/sys/fs/bpf"):
@@ -689,8 +666,7 @@ def ensure_bpffs(directory="/sys/fs/bpf"):
     root = "/sys/fs/bpf"
     if not os.path.realpath(directory).startswith(root):
         raise BpfError(f"{directory} is not on a bpffs mount (mount -t bpf bpf <dir>)")
-    if lib.mount(b"bpf", root.encode(), b"bpf", 0, ffi.NULL) != 0:
-        raise syscall_error(f"mount -t bpf bpf {root}", ffi.errno)
+    mount("bpf", root)
 
 
 def get_fd_by_id(kind, id, flags=0):

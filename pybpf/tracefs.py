@@ -1,57 +1,38 @@
 """Find (or mount) tracefs and read tracepoint ids from it.
 
-Mounts are read from /proc/self/mountinfo, never assumed: tracefs may sit at
+Mounts are read from /proc/self/mountinfo (pybpf.mounts), never assumed: tracefs may sit at
 /sys/kernel/tracing, under debugfs at /sys/kernel/debug/tracing, or nowhere.
 When it is nowhere we mount it at /sys/kernel/tracing and leave it mounted
 (as systemd would): other tracers may start using it at once.
 """
 import os
 
-import cffi
-
-from .errors import BpfError, FeatureUnavailable
+from . import mounts as _mounts
+from .errors import BpfError, FeatureUnavailable, SyscallError
 
 TRACEFS_DIR = "/sys/kernel/tracing"
 
-_ffi = cffi.FFI()
-_ffi.cdef("int mount(const char *source, const char *target, const char *fstype,"
-          " unsigned long flags, const void *data);")
-_libc = _ffi.dlopen(None)
-
-
-def _unescape(field):
-    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
 
 def mounts():
-    """Yield (mount_point, fstype, source) for every mount this process sees."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")  # optional fields before " - " vary in number
-            yield _unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])
+    """Yield (mount_point, fstype, source) for every mount this process sees (pybpf.mounts)."""
+    for m in _mounts.mounts():
+        yield m.point, m.fstype, m.source
 
 
 def find_mount(fstype):
-    """The first mount point of a filesystem type, or None."""
-    return next((point for point, kind, _ in mounts() if kind == fstype), None)
+    """The mount point of a filesystem type, or None (pybpf.mounts.find)."""
+    return _mounts.find(fstype)
 
 
 def _mount_tracefs():
+    from . import sys as _sys
+
     os.makedirs(TRACEFS_DIR, exist_ok=True)
-    if _libc.mount(b"nodev", TRACEFS_DIR.encode(), b"tracefs", 0, _ffi.NULL) != 0:
-        err = _ffi.errno
+    try:
+        _sys.mount("tracefs", TRACEFS_DIR, "nodev")
+    except SyscallError as e:
         raise FeatureUnavailable(f"tracefs is not mounted and mounting it at {TRACEFS_DIR} failed: "
-                                 f"{os.strerror(err)}")
+                                 f"{os.strerror(e.errno)}") from None
     return TRACEFS_DIR
 
 
