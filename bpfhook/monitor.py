@@ -30,9 +30,11 @@ class Monitor:
 
     cgroup_dir: cgroup2 directory the connect4/connect6 hooks attach to
     events:     "auto" (probe), "ringbuf" or "perf"
+    stream:     True: every event reaches read(); False: nothing is sent one by one, the
+                report comes from the maps (stats(), recent(), connections())
     """
 
-    def __init__(self, cgroup_dir, events="auto"):
+    def __init__(self, cgroup_dir, events="auto", stream=True):
         from pybpf import attach, features
         from pybpf.events import open_reader
         from pybpf.prog import load
@@ -46,7 +48,7 @@ class Monitor:
         self._stack = contextlib.ExitStack()
         try:
             kernel = conn_common.KernelOffsets.load()
-            self.maps = self._stack.enter_context(conn_common.Maps(ringbuf=events == "ringbuf"))
+            self.maps = self._stack.enter_context(conn_common.Maps(ringbuf=events == "ringbuf", stream=stream))
             # Reader before programs: a perf array slot without its ring makes the output fail.
             # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
             self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
@@ -82,6 +84,34 @@ class Monitor:
 
     def netns_metrics(self):
         return {k.netns: records.decode_metrics(v) for k, v in self.maps.metrics_netns.items()}
+
+    def stats(self):
+        """The kernel's summaries: {"events", "duration_total_ns", "duration_max_ns",
+        "transitions": {(oldstate, newstate): count}}."""
+        def per_cpu(slot):
+            return self.maps.stats.lookup(slot) or [0]
+
+        transitions = {}
+        for old in range(records.NSTATES):
+            for new in range(records.NSTATES):
+                count = sum(per_cpu(records.STAT_TRANSITIONS + old * records.NSTATES + new))
+                if count:
+                    transitions[(records.state_name(old), records.state_name(new))] = count
+        return {"events": sum(per_cpu(records.STAT_EVENTS)),
+                "duration_total_ns": sum(per_cpu(records.STAT_DURATION_TOTAL)),
+                "duration_max_ns": max(per_cpu(records.STAT_DURATION_MAX)),
+                "transitions": transitions}
+
+    def recent(self):
+        """The latest closes and UDP flows the programs remembered (decode_event dicts), oldest first."""
+        out = []
+        for slot in range(records.RECENT_SLOTS):
+            out += [records.decode_event(e) for e in self.maps.recent.lookup(slot) or () if e.kind]
+        return sorted(out, key=lambda e: e["ts_ns"])
+
+    def connections(self):
+        """Live TCP connections from the conns map (records.decode_conn dicts)."""
+        return [records.decode_conn(k.sock, v) for k, v in self.maps.conns.items()]
 
     def lost(self):
         """Kernel-side drops: events the buffer refused (plus perf's own lost records), and
@@ -150,7 +180,7 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
     from bpfhook.containers import Resolver
     from bpfhook.exporters import JsonLines, PrometheusServer, exposition
     from bpfhook.monitor_cli import EventFilter
-    from bpfhook.report import Aggregator, render, render_final
+    from bpfhook.report import Aggregator, render, render_final, summary_snapshot
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -163,22 +193,28 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
         aggregator = Aggregator(resolve)
         lock = threading.Lock()
         json_out = JsonLines(out) if options.json else None
+        # Events one by one only for whoever looks at them; the report alone reads the maps.
+        stream = bool(json_out or options.show_events or on_event or not keep.passes_everything)
         with contextlib.ExitStack() as stack:
-            monitor = stack.enter_context(Monitor(options.cgroup, events=events))
+            monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream))
             print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
                   f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
             for note in monitor.notes:
                 print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
 
-            def refresh():
+            def snapshot():
+                """What the reports show (call with the lock held)."""
+                if not stream:
+                    return summary_snapshot(monitor.connections(), monitor.recent(), monitor.stats(),
+                                            monitor.cgroup_metrics(), resolve, monitor.lost()["events"])
                 if keep.passes_everything:  # the maps count everything; filtered views come from events
                     aggregator.set_cgroup_metrics(monitor.cgroup_metrics())
                 aggregator.set_lost(monitor.lost()["events"])
+                return aggregator.snapshot()
 
             def scrape():
                 with lock:
-                    refresh()
-                    return exposition(aggregator.snapshot())
+                    return exposition(snapshot())
 
             if options.prometheus:
                 server = stack.enter_context(PrometheusServer(*options.prometheus, scrape))
@@ -191,8 +227,10 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                wait = min(POLL_SECONDS, next_report - now, (deadline - now) if deadline else POLL_SECONDS)
-                batch = monitor.read(max(wait, 0))
+                wait = max(min(POLL_SECONDS, next_report - now, (deadline - now) if deadline else POLL_SECONDS), 0)
+                if not stream:
+                    time.sleep(wait)
+                batch = monitor.read(0 if not stream else wait)
                 with lock:
                     for event in batch:
                         container = resolve(event["cgroup_id"])
@@ -214,8 +252,7 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                     next_report += options.metrics_interval
                     if json_out is None:
                         with lock:
-                            refresh()
-                            out.write(render(aggregator.snapshot(), options.show_containers))
+                            out.write(render(snapshot(), options.show_containers))
                         out.flush()
             for event in monitor.read(0):  # what arrived while we were stopping
                 container = resolve(event["cgroup_id"])
@@ -227,15 +264,14 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                     if on_event is not None:
                         on_event(event, container)
             with lock:
-                refresh()
-                snapshot = aggregator.snapshot()
+                final = snapshot()
             lost = monitor.lost()
             if json_out is None:
-                out.write(render_final(snapshot, options.show_containers))
+                out.write(render_final(final, options.show_containers))
             else:
-                json_out.stream.write(_summary_json(snapshot, lost) + "\n")
+                json_out.stream.write(_summary_json(final, lost) + "\n")
             out.flush()
-        print(f"bpfhook monitor: detached ({snapshot.events} events, {lost['events']} lost)", file=err, flush=True)
+        print(f"bpfhook monitor: detached ({final.events} events, {lost['events']} lost)", file=err, flush=True)
         return 0
     finally:
         interrupted.restore()

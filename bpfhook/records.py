@@ -59,6 +59,16 @@ LOST_SLOTS = {
 }
 LOST_EVENTS, LOST_CONNS = 0, 1
 
+# Slots of the "stats" array (per-CPU u64; user space sums the CPUs, or takes the max for *_MAX):
+# the summaries the report needs when events are not streamed to user space one by one.
+STAT_EVENTS = 0  # records the programs produced (streamed or only summarized)
+STAT_DURATION_TOTAL = 1  # sum of closed connections' durations, ns
+STAT_DURATION_MAX = 2  # longest closed connection on this CPU, ns
+STAT_RECENT_NEXT = 3  # this CPU's next slot in the "recent" array
+STAT_TRANSITIONS = 16  # + old * NSTATES + new: count of each TCP state transition
+NSTATS = STAT_TRANSITIONS + 16 * 16
+RECENT_SLOTS = 16  # "recent": per-CPU array of the last closes / UDP flows (EVENT), a ring by STAT_RECENT_NEXT
+
 # ---- layouts -----------------------------------------------------------------
 
 u8, u16, u32, u64, s64 = Int8un, Int16un, Int32un, Int64un, Int64sn
@@ -234,6 +244,22 @@ def decode_event(record):
         "duration_ns": e.duration_ns,
         "sock": e.sock,
         "cookie": e.cookie,
+    }
+
+
+def decode_conn(sock, c):
+    """A CONN map value (codec Container) of socket `sock` as an event-shaped dict (see decode_event),
+    plus its current `state` and `start_ns`: a live connection as the report shows it."""
+    family = c.family
+    from_accept = bool(c.flags & F_OWNER_FROM_ACCEPT)
+    return {
+        "ts_ns": c.start_ns, "event": "accept" if from_accept else "connect", "pid": c.pid, "tid": c.tid,
+        "comm": comm(c.comm), "cgroup_id": c.cgroup_id, "netns": c.netns,
+        "netns_is_inode": bool(c.flags & F_NETNS_INODE), "owner_from_accept": from_accept,
+        "family": AF_NAMES.get(family, str(family)), "protocol": PROTOCOLS.get(c.protocol, str(c.protocol)),
+        "saddr": address(family, c.saddr), "sport": c.sport, "daddr": address(family, c.daddr), "dport": c.dport,
+        "oldstate": "", "newstate": "", "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,
+        "duration_ns": 0, "sock": sock, "cookie": 0, "state": state_name(c.state), "start_ns": c.start_ns,
     }
 
 

@@ -206,6 +206,34 @@ class Aggregator:
         )
 
 
+def summary_snapshot(connections, recent, stats, cgroup_metrics, resolve, lost, keep=10, clock=time.time):
+    """A Snapshot straight from the kernel's maps, for a monitor that streams no events.
+
+    connections: Monitor.connections(); recent: Monitor.recent(); stats: Monitor.stats();
+    cgroup_metrics: {cgroup id: records.decode_metrics dict}; resolve: cgroup id -> Container."""
+    active = sorted((dict(c, container=resolve(c["cgroup_id"])) for c in connections), key=lambda c: c["start_ns"])
+    finished = [dict(e, container=resolve(e["cgroup_id"]), state="UDP" if e["event"] == "udp" else "CLOSE")
+                for e in recent]
+    latest = sorted([(c["start_ns"], c) for c in active] + [(e["ts_ns"], e) for e in finished],
+                    key=lambda pair: pair[0])
+    cgroups = [CgroupTotals(cgid, resolve(cgid), opened=m["opened"], closed=m["closed"], active=m["active"],
+                            bytes_sent=m["bytes_sent"], bytes_received=m["bytes_received"], udp=m["udp"])
+               for cgid, m in cgroup_metrics.items()]
+    return Snapshot(
+        time=clock(),
+        active=active,
+        by_state=dict(collections.Counter(c["state"] for c in active).most_common()),
+        recent=[c for _, c in latest[-keep:]],
+        cgroups=sorted(cgroups, key=lambda t: (-t.opened, -t.bytes_sent, t.cgroup_id)),
+        transitions=stats["transitions"],
+        events=stats["events"],
+        lost=lost,
+        closed=sum(m["closed"] for m in cgroup_metrics.values()),
+        duration_total_ns=stats["duration_total_ns"],
+        duration_max_ns=stats["duration_max_ns"],
+    )
+
+
 # ---- formatting -------------------------------------------------------------
 
 def human_bytes(n):

@@ -6,6 +6,12 @@ Maps (layouts from bpfhook.records, the one definition both sides read):
     metrics_netns    hash      NETNS_KEY -> METRICS      per netns cookie
     events           ring buffer of EVENT (a perf event array where the kernel has no ring buffer)
     lost             per-CPU array, LOST_* slots
+    stats            per-CPU array, STAT_* slots: event count, durations, state transitions
+    recent           per-CPU array of RECENT_SLOTS EVENTs: the latest closes and UDP flows
+
+With stream=False the programs send nothing to the ring buffer: user space
+reads the maps when it reports (the default text report and Prometheus need
+nothing more), so a busy host costs the monitor no per-event work.
 
 Kernel structs are read with bpf_probe_read_kernel at offsets taken from the
 running kernel's BTF when the programs are built (CO-RE done in Python): the
@@ -138,7 +144,8 @@ def _cache_key():
 class Maps:
     """The monitor's maps, created together and closed together."""
 
-    def __init__(self, ringbuf=True, conns_max=CONNS_MAX):
+    def __init__(self, ringbuf=True, conns_max=CONNS_MAX, stream=True):
+        self.stream = stream  # every event to the ring buffer, or summaries in maps only
         self._all = []
         try:
             self.conns = self._add(MapType.LRU_HASH, records.CONN_KEY, records.CONN, conns_max, "conns")
@@ -151,6 +158,8 @@ class Maps:
                 self.events = self._add(MapType.PERF_EVENT_ARRAY, 4, 4, None, "events")
             self.lost = self._add(MapType.PERCPU_ARRAY, records.LOST_KEY, records.LOST_VALUE,
                                   len(records.LOST_SLOTS), "lost")
+            self.stats = self._add(MapType.PERCPU_ARRAY, 4, 8, records.NSTATS, "stats")
+            self.recent = self._add(MapType.PERCPU_ARRAY, 4, EVENT, records.RECENT_SLOTS, "recent")
         except BaseException:
             self.close()
             raise
@@ -269,9 +278,48 @@ def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), state
                 p.r0.u64[offsetof(METRICS, "states")] += p.r1
 
 
+def stat_add(p, maps, scratch, slot, value):
+    """stats[slot] += value on this CPU. slot: int or register; value: int, register or memory
+    (read after the lookup: not r0..r5); scratch: 4 spare stack bytes (clobbered)."""
+    scratch.u32[0] = slot
+    p.call("map_lookup_elem", maps.stats, scratch)
+    with p.If(p.r0 != 0):
+        p.r1 = value
+        p.r0.u64[0] += p.r1
+
+
+def stat_max(p, maps, scratch, slot, value):
+    """stats[slot] = max(stats[slot], value) on this CPU (value: memory)."""
+    scratch.u32[0] = slot
+    p.call("map_lookup_elem", maps.stats, scratch)
+    with p.If(p.r0 != 0):
+        p.r1 = p.r0.u64[0]
+        p.r2 = value
+        with p.If(p.r2 > p.r1):
+            p.r0.u64[0] = p.r2
+
+
+def remember(p, maps, ev, scratch):
+    """Put the EVENT in `ev` into this CPU's next "recent" slot (what the report lists)."""
+    scratch.u32[0] = records.STAT_RECENT_NEXT
+    p.call("map_lookup_elem", maps.stats, scratch)
+    with p.If(p.r0 != 0):
+        p.r1 = p.r0.u64[0]
+        p.r2 = p.r1
+        p.r2 += 1
+        p.r0.u64[0] = p.r2
+        p.r1 &= records.RECENT_SLOTS - 1
+        scratch.u32[0] = p.r1
+        p.call("map_update_elem", maps.recent, scratch, ev, 0)
+
+
 def emit(p, maps, ev, ctx, scratch):
-    """Send the EVENT in stack slot `ev`; a failure counts in lost[LOST_EVENTS]. ctx: the context
-    register (the perf buffer path needs it); scratch: 4 spare stack bytes."""
+    """Count the EVENT in stack slot `ev` and, when streaming, send it; a failure counts in
+    lost[LOST_EVENTS]. ctx: the context register (the perf buffer path needs it); scratch: 4 spare
+    stack bytes."""
+    stat_add(p, maps, scratch, records.STAT_EVENTS, 1)
+    if not maps.stream:
+        return
     size = EVENT.sizeof()
     if maps.ringbuf:
         p.call("ringbuf_query", maps.events, BPF_RB_AVAIL_DATA)

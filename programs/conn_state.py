@@ -22,7 +22,7 @@ from pybpf.asm import Program
 
 from . import tracepoint_format
 from .conn_common import (AF_INET, IPPROTO_TCP, C, E, account, count_lost, current_task, define_metrics, emit,
-                          kread, sock_owner)
+                          kread, remember, sock_owner, stat_add, stat_max)
 
 TRACEPOINT = "sock:inet_sock_set_state"
 FIELDS = ("skaddr", "oldstate", "newstate", "sport", "dport", "family", "protocol", "saddr", "daddr",
@@ -86,6 +86,7 @@ def build(maps, kernel, fields=None):
     with p.Else():
         _owner_from_conn(p, ev)
         p.r7.u8[C["state"]] = p.r8
+        _addresses_to_conn(p, ev)
         with p.If(p.r8 == CLOSE):
             ev.u8[E["kind"]] = records.EV_CLOSE
             p.r1 = ev.u64[E["ts_ns"]]
@@ -99,11 +100,27 @@ def build(maps, kernel, fields=None):
             account(p, keys, [("closed", 1), ("active", -1),
                               ("bytes_sent", ev.u64[E["bytes_sent"]]),
                               ("bytes_received", ev.u64[E["bytes_received"]])])
+            stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[E["duration_ns"]])
+            stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[E["duration_ns"]])
+            remember(p, maps, ev, scratch)
     account(p, keys, [], state=ev.u8[E["newstate"]])
+    _count_transition(p, maps, ev, scratch)
     emit(p, maps, ev, p.r9, scratch)
     p.exit(0)
     define_metrics(p, maps)
     return p
+
+
+def _count_transition(p, maps, ev, scratch):
+    """stats[STAT_TRANSITIONS + old * 16 + new] += 1."""
+    p.r6 = ev.u8[E["oldstate"]]
+    p.r6 &= 15
+    p.r6 <<= 4
+    p.r1 = p.r8
+    p.r1 &= 15
+    p.r6 += p.r1
+    p.r6 += records.STAT_TRANSITIONS
+    stat_add(p, maps, scratch, p.r6, 1)
 
 
 def _drop_fin(p, ev):
@@ -162,6 +179,18 @@ def _owner_from_conn(p, ev):
     for half in (0, 8):
         p.r1 = p.r7.u64[C["comm"] + half]
         ev.u64[E["comm"] + half] = p.r1
+
+
+def _addresses_to_conn(p, ev):
+    """The record's addresses and ports into the CONN at r7: a connect() has no source port
+    at SYN_SENT, the later transitions do."""
+    for name, type in (("sport", "u16"), ("dport", "u16")):
+        p.r1 = getattr(ev, type)[E[name]]
+        getattr(p.r7, type)[C[name]] = p.r1
+    for name in ("saddr", "daddr"):
+        for half in (0, 8):
+            p.r1 = ev.u64[E[name] + half]
+            p.r7.u64[C[name] + half] = p.r1
 
 
 def _copy(p, src, src_layout, dst, dst_layout):

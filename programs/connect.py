@@ -14,7 +14,7 @@ struct the monitor reads.
 from bpfhook import records
 from pybpf.asm import Program
 
-from .conn_common import IPPROTO_TCP, IPPROTO_UDP, E, account, current_task, define_metrics, emit
+from .conn_common import IPPROTO_TCP, IPPROTO_UDP, E, account, current_task, define_metrics, emit, remember
 
 ALLOW = 1
 HOOKS = {4: "connect4", 6: "connect6"}
@@ -61,6 +61,7 @@ def build(maps, kernel, version):
     with p.If(p.r6 == IPPROTO_UDP):
         ev.u8[E["kind"]] = records.EV_UDP
         account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]), [("udp", 1)])
+        remember(p, maps, ev, scratch)
     emit(p, maps, ev, p.r9, scratch)
     p.exit(ALLOW)
     define_metrics(p, maps)

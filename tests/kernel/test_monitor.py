@@ -203,6 +203,31 @@ def test_host_loopback_traffic_and_udp(monitor):
     assert monitor.cgroup_metrics()[me]["udp"] >= 1
 
 
+def test_without_streaming_the_maps_hold_what_the_report_needs():
+    """stream=False: nothing reaches read(); live connections, the latest closes, transitions and
+    durations come from the maps."""
+    with Monitor(CGROUP_ROOT, stream=False) as m:
+        port, t = host_server("127.0.0.1", 10, 20)
+        with socket.create_connection(("127.0.0.1", port)) as live:
+            sport = live.getsockname()[1]
+            deadline = time.monotonic() + 5
+            mine = []
+            while not mine and time.monotonic() < deadline:
+                mine = [c for c in m.connections() if c["sport"] == sport and c["state"] == "ESTABLISHED"]
+            assert mine and mine[0]["pid"] == os.getpid() and mine[0]["dport"] == port
+            live.sendall(b"x" * 10)
+            live.recv(20)
+        t.join(10)
+        deadline, close = time.monotonic() + 5, []
+        while not close and time.monotonic() < deadline:
+            close = [e for e in m.recent() if e["event"] == "close" and e["sport"] == sport]
+        assert close and (close[0]["pid"], close[0]["bytes_sent"], close[0]["bytes_received"]) == (os.getpid(), 10, 20)
+        stats = m.stats()
+        assert stats["transitions"][("CLOSE", "SYN_SENT")] >= 1 and stats["transitions"][("SYN_SENT", "ESTABLISHED")] >= 1
+        assert stats["events"] >= 5 and stats["duration_max_ns"] >= close[0]["duration_ns"] > 0
+        assert m.read(0) == [] and m.lost()["events"] == 0
+
+
 def test_perf_buffer_path_delivers_the_same_events():
     with Monitor(CGROUP_ROOT, events="perf") as m:
         assert m.events_kind == "perf"
