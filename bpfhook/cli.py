@@ -32,10 +32,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser():
+def build_parser(command=None):
+    """The parser of every command; given `command`, only that command's module is imported
+    (a tool's imports are its start-up time: the others stay bare entries until chosen)."""
     parser = _Parser(prog="bpfhook", description="eBPF tools for containers, in pure Python")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
+        if command not in (None, name):
+            sub.add_parser(name)
+            continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         p.set_defaults(module=module)
@@ -44,7 +49,10 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The top level has no option taking a value: its first non-option word names the command.
+    chosen = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(chosen if chosen in COMMANDS else None).parse_args(argv)
     if args.module.NEEDS_ROOT and os.geteuid() != 0:
         print(f"bpfhook: error: '{args.command}' needs root (run it with sudo)", file=sys.stderr)
         return 1
