@@ -8,7 +8,7 @@ import struct
 import construct as c
 import pytest
 
-from pybpf import sys as bsys
+from pybpf import mounts, sys as bsys
 from pybpf.errors import BpfError, SyscallError
 from pybpf.layout import LayoutError
 from pybpf.maps import Map, MapError, possible_cpus
@@ -49,12 +49,10 @@ def _tiny_btf():
 
 
 def _cgroup2_root():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[fields.index("-") + 1] == "cgroup2":
-                return fields[4]
-    pytest.skip("no cgroup2 mount")
+    point = mounts.find("cgroup2")
+    if point is None:
+        pytest.skip("no cgroup2 mount")
+    return point
 
 
 @pytest.fixture
