@@ -9,41 +9,16 @@ cgroup hooks report) is the inode number of the cgroup's directory.
 """
 import functools
 import os
-import re
 import signal
 import time
 
+from pybpf import mounts
 from pybpf.errors import FeatureUnavailable
-
-MOUNTINFO = "/proc/self/mountinfo"
-
-
-def _unescape(field):
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-
 
 @functools.cache
 def mount():
     """Mount point of the cgroup2 hierarchy (unified, or hybrid's unified/)."""
-    with open(MOUNTINFO) as f:
-        return find_cgroup2(f)
-
-
-def find_cgroup2(mountinfo_lines):
-    """The cgroup2 mount point among mountinfo lines.
-
-    A mount of the hierarchy's root wins over a bind mount of a subtree.
-    """
-    found = []
-    for line in mountinfo_lines:
-        fields = line.split()
-        sep = fields.index("-")
-        if fields[sep + 1] == "cgroup2":
-            found.append((fields[3] != "/", _unescape(fields[4])))
-    if not found:
-        raise FeatureUnavailable(f"no cgroup2 hierarchy mounted (looked in {MOUNTINFO})")
-    return min(found)[1]
+    return mounts.cgroup2_root()
 
 
 def directory(cgroup):

@@ -25,7 +25,7 @@ import errno
 import os
 import socket
 
-from . import cleanup
+from . import cleanup, mounts
 from . import sys as _sys
 from . import tracefs
 from .errors import BpfError, FeatureUnavailable, SyscallError
@@ -411,18 +411,17 @@ def fexit(prog, *, cookie=None):
 # -- cgroups -------------------------------------------------------------------
 def cgroup2_root():
     """Where cgroup2 is mounted, from /proc/self/mountinfo."""
-    root = tracefs.find_mount("cgroup2")
-    if root is None:
-        raise FeatureUnavailable("no cgroup2 filesystem is mounted (see /proc/self/mountinfo)")
-    return root
+    return mounts.cgroup2_root()
 
 
 def cgroup_path(cgroup):
-    """Absolute path of a cgroup2 directory: absolute paths pass, others are under the cgroup2 root."""
+    """Directory of a cgroup: a path under the cgroup2 mount passes as it is; anything else is a
+    cgroup path as the kernel writes it ("/", "/system.slice/x.service") below that mount."""
     cgroup = os.fspath(cgroup)
-    if os.path.isabs(cgroup) and os.path.isdir(cgroup):
+    root = cgroup2_root()
+    if cgroup == root or cgroup.startswith(root.rstrip("/") + "/"):
         return cgroup
-    return os.path.join(cgroup2_root(), cgroup.lstrip("/"))
+    return os.path.join(root, cgroup.strip("/")) if cgroup.strip("/") else root
 
 
 def cgroup(prog, type, cgroup="/", *, mode=None, flags=AttachFlags.ALLOW_MULTI):

@@ -449,9 +449,9 @@ def _probe_perf_event_tracepoint():
 
 
 def _mount_probe(fstype):
-    from .tracefs import find_mount
+    from .mounts import find
 
-    point = find_mount(fstype)
+    point = find(fstype)
     return (True, f"mounted at {point}") if point else (False, f"no {fstype} mount in /proc/self/mountinfo")
 
 

@@ -18,10 +18,10 @@ import sys
 
 import construct
 
-from .errors import BpfError
+from .errors import InvalidArgument
 
 
-class LayoutError(BpfError, ValueError):
+class LayoutError(InvalidArgument):
     """Bytes or values that do not fit a layout."""
 
 

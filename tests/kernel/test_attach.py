@@ -522,3 +522,11 @@ def test_bad_arguments(counter):
         with pytest.raises(SyscallError) as caught:  # a SCHED_CLS program is no XDP program
             attach.xdp(prog, "lo", via="link")
         assert caught.value.errno == errno.EINVAL and "xdp lo" in str(caught.value)
+
+
+def test_cgroup_paths_are_read_as_the_kernel_writes_them():
+    root = attach.cgroup2_root()
+    assert attach.cgroup_path("/") == root  # the root cgroup, not the filesystem root
+    assert attach.cgroup_path("/a/b") == os.path.join(root, "a/b")
+    assert attach.cgroup_path("a/b") == os.path.join(root, "a/b")
+    assert attach.cgroup_path(os.path.join(root, "x")) == os.path.join(root, "x")

@@ -9,6 +9,7 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
+from pybpf import mounts
 from bpfhook import cgroups
 from bpfhook.lab import CGROUP_PARENT, Lab, LabError, host_ifname
 
@@ -82,10 +83,13 @@ def test_mountinfo_parsing_prefers_the_root_mount_and_unescapes():
     tmpfs = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw"
     bind = "50 31 0:38 /sub /mnt/bind\\040mount rw - cgroup2 cgroup2 rw"
     root = "41 31 0:38 / /sys/fs/cgroup/with\\040space rw,relatime shared:9 - cgroup2 cgroup2 rw"
-    assert cgroups.find_cgroup2([tmpfs, bind, root]) == "/sys/fs/cgroup/with space"
-    assert cgroups.find_cgroup2([tmpfs, bind]) == "/mnt/bind mount"
+    def find_cgroup2(lines):
+        return mounts.cgroup2_root(mounts.parse(lines))
+
+    assert find_cgroup2([tmpfs, bind, root]) == "/sys/fs/cgroup/with space"
+    assert find_cgroup2([tmpfs, bind]) == "/mnt/bind mount"
     with pytest.raises(cgroups.FeatureUnavailable, match="no cgroup2"):
-        cgroups.find_cgroup2([tmpfs])
+        find_cgroup2([tmpfs])
 
 
 def test_cgroup_ids_and_paths_round_trip():
