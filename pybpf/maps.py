@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from . import sys as _sys
 from .errors import BpfError, InvalidArgument, SyscallError
 from .layout import LayoutError, codec, size_of
-from .uapi import Cmd, MapFlags, MapType, UpdateFlags
+from .uapi import Cmd, MapFlags, MapType, UpdateFlags, member
 
 ffi = _sys.ffi
 
@@ -105,10 +105,9 @@ class Map:
         in BTF so `bpftool map dump` shows field names (and local storage maps get the BTF
         they need). Best effort: a layout BTF cannot express, or a kernel that refuses it,
         gives the same map without BTF. btf=False never tries."""
-        try:
-            type = MapType(type)
-        except ValueError:
-            raise MapError(f"unknown map type {type!r}") from None
+        type = member(MapType, type, "map type")
+        if not isinstance(type, MapType):
+            raise MapError(f"unknown map type {type!r}")
         if key is None:
             key = 0 if type in KEYLESS_TYPES else 4
         if value is None:

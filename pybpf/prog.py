@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from . import sys as _sys
 from .errors import AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError
 from .insn import Insn, InvalidInsn
-from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType
+from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType, member
 
 LOG_SIZE_START = 64 << 10
 LOG_SIZE_MAX = 16 << 20
@@ -47,36 +47,14 @@ _FILE_LINE = re.compile(r"(.+):(\d+)\Z")  # an Insn.source the DSL wrote: "file.
 
 # -- argument parsing -----------------------------------------------------------------------------
 
-def _enum_arg(enum, value, what):
-    """An enum member from a member, an int, or a name ("xdp", "BPF_PROG_TYPE_XDP", "SCHED_CLS")."""
-    if isinstance(value, enum):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return enum(value)
-        except ValueError:
-            return value  # a type newer than our table: let the kernel judge it
-    if isinstance(value, str):
-        key = value.upper()
-        for prefix in ("BPF_PROG_TYPE_", "BPF_"):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        try:
-            return enum[key]
-        except KeyError:
-            known = ", ".join(m.name.lower() for m in enum if m.value)
-            raise BpfError(f"unknown {what} {value!r}; known: {known}") from None
-    raise BpfError(f"{what} must be a name, an int or {enum.__name__}, not {type(value).__name__}")
-
-
 def prog_type_of(value):
     """ProgType for "xdp", "sched_cls", ProgType.XDP or 6."""
-    return _enum_arg(ProgType, value, "program type")
+    return member(ProgType, value, "program type")
 
 
 def attach_type_of(value):
     """AttachType for "cgroup_inet4_connect", AttachType.XDP or 37."""
-    return _enum_arg(AttachType, value, "attach type")
+    return member(AttachType, value, "attach type")
 
 
 def _type_name(value):

@@ -6,6 +6,8 @@ the entries after LSM_CGROUP / SYSCALL / STRUCT_OPS / USER_RINGBUF.
 """
 import enum
 
+from .errors import InvalidArgument
+
 
 class Cmd(enum.IntEnum):
     """enum bpf_cmd: the first argument of bpf(2)."""
@@ -291,3 +293,25 @@ class StatsType(enum.IntEnum):
 
 
 OBJ_NAME_LEN = 16
+
+
+def member(enum, value, what):
+    """An enum member from a member, an int, or a name ("xdp", "BPF_PROG_TYPE_XDP", "SCHED_CLS")."""
+    if isinstance(value, enum):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return enum(value)
+        except ValueError:
+            return value  # a type newer than our table: let the kernel judge it
+    if isinstance(value, str):
+        key = value.upper().removeprefix("BPF_")
+        for prefix in ("PROG_TYPE_", "MAP_TYPE_", "LINK_TYPE_"):
+            if key.startswith(prefix) and key not in enum.__members__:
+                key = key[len(prefix):]
+        try:
+            return enum[key]
+        except KeyError:
+            known = ", ".join(m.name.lower() for m in enum if m.value)
+            raise InvalidArgument(f"unknown {what} {value!r}; known: {known}") from None
+    raise InvalidArgument(f"{what} must be a name, an int or {enum.__name__}, not {type(value).__name__}")

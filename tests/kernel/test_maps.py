@@ -8,6 +8,8 @@ import struct
 import construct as c
 import pytest
 
+from pybpf.errors import InvalidArgument
+
 from pybpf import mounts, sys as bsys
 from pybpf.errors import BpfError, SyscallError
 from pybpf.layout import LayoutError
@@ -394,6 +396,8 @@ def test_errors_are_clear(no_fd_leak):
         assert e.value.errno == errno.E2BIG
     with pytest.raises(MapError, match="unknown map type 999"):
         Map(999, max_entries=1)
+    with pytest.raises(InvalidArgument, match="unknown map type 'hashh'; known: hash, array"):
+        Map("hashh", max_entries=1)
     with pytest.raises(SyscallError, match="BPF_MAP_CREATE.*EINVAL.*HASH map 'bad': key 0"):
         Map(MapType.HASH, key=0, value=4, max_entries=1, name="bad")
     with pytest.raises(MapError, match="needs max_entries"):
@@ -418,3 +422,9 @@ def test_dropped_maps_release_fds(no_fd_leak):
         m = Map(MapType.HASH, key=4, value=4, max_entries=2)
         m[1] = 1
         del m
+
+
+@pytest.mark.parametrize("name", ["hash", "HASH", "BPF_MAP_TYPE_HASH", "map_type_hash"])
+def test_map_types_by_name(name):
+    with Map(name, key=4, value=4, max_entries=1) as m:
+        assert m.type == MapType.HASH
