@@ -13,13 +13,12 @@ import errno as _errno
 import os
 import platform
 
-import cffi
-
 from .errors import BpfError, NotPermitted, SyscallError
 from .uapi import Cmd
 
-ffi = cffi.FFI()
-ffi.cdef("""
+# The one declaration text. pybpf/_ffi.py holds it pre-parsed (tools/gen_ffi.py writes it):
+# importing that costs no pycparser run and none of its memory.
+CDEF = """
 long syscall(long number, ...);
 int ioctl(int fd, unsigned long request, ...);
 int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data);
@@ -495,7 +494,27 @@ struct perf_event_attr {
     uint64_t sig_data;
     uint64_t config3;
 };
-""")
+"""
+
+
+def _new_ffi():
+    """The generated FFI when it was made from this very CDEF, else one parsed now (slow, same result)."""
+    import zlib
+
+    try:
+        from . import _ffi
+    except ImportError:
+        _ffi = None
+    if _ffi is not None and _ffi.CDEF_CRC32 == zlib.crc32(CDEF.encode()):
+        return _ffi.ffi
+    import cffi
+
+    parsed = cffi.FFI()
+    parsed.cdef(CDEF)
+    return parsed
+
+
+ffi = _new_ffi()
 lib = ffi.dlopen(None)
 
 # (bpf, perf_event_open) per architecture; asm-generic numbers on aarch64.
