@@ -20,9 +20,9 @@ Where the kernel has fexit, hooking inet_csk_accept's return is the direct
 way; this path needs only syscall tracepoints, which every kernel here has.
 """
 from bpfhook import records
+from pybpf import tracefs
 from pybpf.asm import Program
 
-from . import tracepoint_format
 from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, account, current_task, define_metrics, emit,
                           kread)
 
@@ -31,8 +31,8 @@ TRACEPOINTS = ("syscalls:sys_exit_accept4", "syscalls:sys_exit_accept")
 
 def build(maps, kernel, tracepoint=TRACEPOINTS[0], fields=None):
     """The program for one sys_exit_accept* tracepoint (its record layout is read from tracefs)."""
-    tp = tracepoint_format.require(fields or tracepoint_format.fields(tracepoint), ("ret",), tracepoint)
-    ret_off = tp["ret"][0]
+    tp = fields or tracefs.tracepoint_fields(tracepoint, require=("ret",))
+    ret_off = tp["ret"].offset
 
     p = Program("bh_accept", prog_type="tracepoint")
     ev = p.stack.alloc(records.EVENT)

@@ -18,9 +18,9 @@ struct offsets from BTF, both read when the program is built.
 """
 from bpfhook import records
 from bpfhook.records import CONN, EVENT, offsetof
+from pybpf import tracefs
 from pybpf.asm import Program
 
-from . import tracepoint_format
 from .conn_common import (AF_INET, IPPROTO_TCP, C, E, account, count_lost, current_task, define_metrics, emit,
                           kread, remember, sock_owner, stat_add, stat_max)
 
@@ -44,9 +44,8 @@ _ARRAYS = ("comm", "saddr", "daddr")  # 16 bytes each: two u64 moves
 def build(maps, kernel, fields=None):
     """The tracepoint program. maps: conn_common.Maps; kernel: conn_common.KernelOffsets;
     fields: the tracepoint's format fields (read from tracefs when None)."""
-    tp = fields or tracepoint_format.fields(TRACEPOINT)
-    tracepoint_format.require(tp, FIELDS, TRACEPOINT)
-    at = {name: tp[name][0] for name in FIELDS}
+    tp = fields or tracefs.tracepoint_fields(TRACEPOINT, require=FIELDS)
+    at = {name: tp[name].offset for name in FIELDS}
 
     p = Program("bh_conn_state", prog_type="tracepoint")
     ev = p.stack.alloc(EVENT)

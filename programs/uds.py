@@ -23,6 +23,7 @@ import struct
 
 import construct
 
+from pybpf import tracefs
 from pybpf.asm import Program, field_of
 from pybpf.maps import Map
 from pybpf.uapi import MapType
@@ -99,20 +100,6 @@ def kernel_offsets():
         "addr_name": ("unix_address", "name"), "pid_numbers": ("pid", "numbers"), "upid_nr": ("upid", "nr"),
     }
     return {key: btf.field(struct_name, path).byte_offset for key, (struct_name, path) in names.items()}
-
-
-def tracepoint_fields(category, name):
-    """{field: offset} of a tracepoint's format file."""
-    from pybpf import tracefs
-
-    out = {}
-    with open(os.path.join(tracefs.root(), "events", category, name, "format")) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("field:"):
-                decl, offset = line.split(";")[0], line.split("offset:")[1].split(";")[0]
-                out[decl.split()[-1].split("[")[0]] = int(offset)
-    return out
 
 
 def _kread(p, tmp, src, off, type="u64"):
@@ -473,11 +460,11 @@ class UdsPrograms:
             maps["pieces"].update(0, pieces.fd)
             self.programs = []
             for syscall in SYSCALLS:
-                fields = tracepoint_fields("syscalls", f"sys_enter_{syscall}")
+                fields = tracefs.tracepoint_fields("syscalls", f"sys_enter_{syscall}")
                 names = list(fields)
                 first = names.index("__syscall_nr") + 1  # fd, then the buffer, then its size
-                args = {"fd": fields[names[first]], "ptr": fields[names[first + 1]],
-                        "count": fields[names[first + 2]]}
+                args = {"fd": fields[names[first]].offset, "ptr": fields[names[first + 1]].offset,
+                        "count": fields[names[first + 2]].offset}
                 for kind, program in (("enter", build_enter(syscall, maps, offsets, args, pid)),
                                       ("exit", build_exit(syscall, maps, offsets, snaplen))):
                     loaded = load(program, "tracepoint", name=f"uds_{kind[:2]}_{syscall}")

@@ -1,4 +1,4 @@
-"""Find (or mount) tracefs and read tracepoint ids from it.
+"""Find (or mount) tracefs and read tracepoint ids and record layouts from it.
 
 Mounts are read from /proc/self/mountinfo (pybpf.mounts), never assumed: tracefs may sit at
 /sys/kernel/tracing, under debugfs at /sys/kernel/debug/tracing, or nowhere.
@@ -6,6 +6,8 @@ When it is nowhere we mount it at /sys/kernel/tracing and leave it mounted
 (as systemd would): other tracers may start using it at once.
 """
 import os
+import re
+from collections import namedtuple
 
 from . import mounts as _mounts
 from .errors import BpfError, FeatureUnavailable, SyscallError
@@ -71,3 +73,40 @@ def tracepoint_id(category, name=None):
     except FileNotFoundError:
         raise FeatureUnavailable(f"tracepoint {category}:{name} does not exist on this kernel "
                                  f"({path} is absent)") from None
+
+
+# A tracepoint program's context is the raw record laid out as the format file says, and that
+# layout changes between kernels (fields are added, arrays move): read offsets, never hard-code them.
+#     field:__u16 sport;	offset:24;	size:2;	signed:0;
+Field = namedtuple("Field", "offset size signed")
+_FORMAT_FIELD = re.compile(r"^\s*field:(?P<decl>[^;]*);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
+                           r"\s*signed:(?P<signed>\d+);", re.M)
+_FIELD_NAME = re.compile(r"(\w+)\s*(\[[^\]]*\])?\s*$")
+
+
+def parse_format(text):
+    """{field name: Field(offset, size, signed)} of a format file's text, in record order."""
+    out = {}
+    for m in _FORMAT_FIELD.finditer(text):
+        name = _FIELD_NAME.search(m["decl"])
+        if name:
+            out[name[1]] = Field(int(m["offset"]), int(m["size"]), m["signed"] == "1")
+    return out
+
+
+def tracepoint_fields(category, name=None, require=()):
+    """{field name: Field(offset, size, signed)} of tracepoint category:name on this kernel, in
+    record order; FeatureUnavailable when the tracepoint or a `require`d field is missing."""
+    category, name = split_name(category, name)
+    path = os.path.join(root(), "events", category, name, "format")
+    try:
+        with open(path) as f:
+            fields = parse_format(f.read())
+    except FileNotFoundError:
+        raise FeatureUnavailable(f"tracepoint {category}:{name} does not exist on this kernel "
+                                 f"({path} is absent)") from None
+    missing = [field for field in require if field not in fields]
+    if missing:
+        raise FeatureUnavailable(f"tracepoint {category}:{name} lacks field(s) {', '.join(missing)} "
+                                 "on this kernel")
+    return fields
