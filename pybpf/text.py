@@ -26,7 +26,7 @@ import sys
 from . import helpers, isa
 from .errors import AssemblerError, BpfError
 from .insn import Insn, encode
-from .link import link
+from .link import link, resolve
 
 SYNTAXES = ("auto", "llvm", "kernel", "ubpf")  # kernel (verifier log, bpftool) and LLVM share one parser
 
@@ -789,6 +789,17 @@ def parse(text, syntax="auto"):
     `source` is "line L, column C". Raises AssemblerError naming the line and
     column and what was expected there.
     """
+    return _parse(text, syntax)[0]
+
+
+def _parse(text, syntax, share=False):
+    """(insns, labels -> slot, [(index, slot)] of label references, first duplicate label error).
+
+    Slots are counted while parsing so that assemble() links without a scan;
+    a label defined twice is reported after every line parsed, as link() would.
+    With `share`, a repeated line gives the very Insn parsed from its first
+    occurrence (its source names that line): for assemble(), which only
+    encodes them."""
     if syntax == "auto":
         syntax = detect_syntax(text)
     if syntax == "kernel":
@@ -802,7 +813,10 @@ def parse(text, syntax="auto"):
     listing = _LISTING.search(text) is not None
     fast = None if listing else _FAST_KEYS[syntax]
     out = []
+    append = out.append
     labels = []
+    slots, refs, twice = {}, [], None
+    pc = 0
     ctx = _Line()
     # Programs repeat statements ("r1 = r6", "exit"): parse each distinct line once.
     seen = {}
@@ -812,10 +826,20 @@ def parse(text, syntax="auto"):
         for lineno, line in enumerate(text.splitlines(), 1):
             hit = seen.get(line)
             if hit is not None:
-                op, dst, src, off, imm, ref, col = hit
-                insn = _new(Insn)
-                insn.op, insn.dst, insn.src, insn.off, insn.imm = op, dst, src, off, imm
-                insn.label, insn.ref, insn.source = None, ref, f"line {lineno}, column {col}"
+                first, col = hit
+                op, ref = first.op, first.ref
+                if share:
+                    insn = first
+                else:
+                    insn = _new(Insn)
+                    insn.op = op
+                    insn.dst = first.dst
+                    insn.src = first.src
+                    insn.off = first.off
+                    insn.imm = first.imm
+                    insn.label = None
+                    insn.ref = ref
+                    insn.source = f"line {lineno}, column {col}"
             else:
                 stripped = line.lstrip()
                 if not stripped:
@@ -829,45 +853,66 @@ def parse(text, syntax="auto"):
                             col = len(line) - len(stripped) + 1
                             ctx.lineno, ctx.m, ctx.source = lineno, m, f"line {lineno}, column {col}"
                             insn = form.build(ctx)
-                            seen[line] = (insn.op, insn.dst, insn.src, insn.off, insn.imm, insn.ref, col)
+                            seen[line] = (insn, col)
                             break
                 if insn is None:
                     insn = _parse_line(ctx, lineno, line, listing, forms_for, labels)
                     if insn is None:
                         continue
+                op, ref = insn.op, insn.ref
             if labels:
-                insn.label = labels[0] if len(labels) == 1 else tuple(labels)
+                if not share:
+                    insn.label = labels[0] if len(labels) == 1 else tuple(labels)
+                for name in labels:
+                    if name in slots and twice is None:
+                        twice = AssemblerError(f"label {name!r} defined twice", insn.source)
+                    slots.setdefault(name, pc)
                 labels = []
-            out.append(insn)
+            if ref is not None and ref.__class__ is str and op.target is not None:
+                refs.append((len(out), pc))
+            append(insn)
+            pc += op.slots
     finally:
         if gc_was_enabled:
             gc.enable()
     if labels:
         # A label after the last instruction names the end: only meaningful as an error.
         raise AssemblerError(f"label {labels[-1]!r} marks no instruction", f"line {lineno}")
-    if syntax == "ubpf":
-        _default_exit_label(out)
-    return out
-
-
-def _default_exit_label(insns):
-    """bpf_conformance programs jump to "exit" meaning the first exit instruction."""
-    defined = set()
-    for insn in insns:
-        if insn.label is not None:
-            defined.update((insn.label,) if isinstance(insn.label, str) else insn.label)
-    if "exit" in defined or not any(insn.ref == "exit" for insn in insns):
-        return
-    for insn in insns:
-        if insn.op.kind == "exit":
-            insn.label = "exit" if insn.label is None else (
-                (insn.label, "exit") if isinstance(insn.label, str) else tuple(insn.label) + ("exit",))
-            return
+    if syntax == "ubpf" and "exit" not in slots and any(insn.ref == "exit" for insn in out):
+        # bpf_conformance programs jump to "exit" meaning the first exit instruction.
+        pc = 0
+        for insn in out:
+            if insn.op.kind == "exit":
+                slots["exit"] = pc
+                if not share:
+                    insn.label = "exit" if insn.label is None else (
+                        (insn.label, "exit") if isinstance(insn.label, str) else tuple(insn.label) + ("exit",))
+                break
+            pc += insn.op.slots
+    return out, slots, refs, twice
 
 
 def assemble(text, syntax="auto"):
     """Assemble LLVM/kernel or ubpf syntax text into eBPF bytecode."""
-    return encode(link(parse(text, syntax)))
+    try:
+        insns, slots, refs, twice = _parse(text, syntax, share=True)
+        if twice is not None:
+            raise twice
+        for index, pc in refs:  # link(), knowing where the labels and references are
+            insns[index] = resolve(insns[index], pc, slots)
+        # encode(), remembering each shared instruction's bytes by identity (all are alive here)
+        codes = {}
+        out = []
+        append = out.append
+        for insn in insns:
+            code = codes.get(id(insn))
+            if code is None:
+                code = codes[id(insn)] = insn.encode()  # validates
+            append(code)
+        return b"".join(out)
+    except AssemblerError:
+        # Shared instructions name the first line written so; the plain pipeline names the very line.
+        return encode(link(parse(text, syntax)))
 
 
 def main(argv=None):
