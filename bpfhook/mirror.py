@@ -9,7 +9,10 @@ for a veth, inside the netns of its peer) sees it. Two ways:
   mirred  a clsact qdisc, one filter per direction matching everything
           (matchall where the kernel has it, else `u32 match u32 0 0`) with
           a mirred egress-mirror action whose control verdict is "continue",
-          so filters after ours still run.
+          so filters after ours still run. --qdisc prio puts the egress
+          filter on a root prio qdisc instead (the classic setup, for kernels
+          without clsact); it is refused when the interface already has a
+          root qdisc of its own, and removing ours brings back the default.
   bpf     programs/mirror.py, a sched_cls program calling bpf_clone_redirect,
           attached through pybpf.tc (tcx link, else direct-action cls_bpf);
           --filter PROTO[/PORT] keeps it to matching packets.
@@ -29,10 +32,12 @@ for the last three the host-side veth is the peer of the container's eth0.
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import os
 import signal
 import socket
+import threading
 
 from pybpf.errors import BpfError, FeatureUnavailable, NotPermitted
 
@@ -43,6 +48,10 @@ METHODS = ("mirred", "bpf")
 # clsact's two hooks, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS)
 CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 CLSACT_HANDLE = 0xFFFF0000  # shared with the old `ingress` qdisc: the two exclude each other
+TC_H_ROOT = 0xFFFFFFFF
+QDISCS = ("clsact", "prio")  # where the mirred filters go: clsact hooks, or a root prio qdisc (egress only)
+PRIO_PRIOMAP = (1, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)  # tc's default: TC_PRIO_* -> band
+CLONE_NEWNET = 0x40000000
 ETH_P_ALL = 0x0003
 FIRST_PRIO = 0xC000  # where tc itself starts numbering filters
 MIRRED_EGRESS_MIRROR = 2  # TCA_EGRESS_MIRROR
@@ -254,19 +263,19 @@ def is_our_filter(f, observer_ifindex):
     return _mirred_parms(f) == [(MIRRED_EGRESS_MIRROR, observer_ifindex, TC_ACT_UNSPEC)]
 
 
-def _tc_hook_filters(ipr, ifindex, direction):
-    """Filters on one clsact hook, one entry per (prio, protocol) chain head and node."""
-    return [f for f in ipr.get_filters(index=ifindex, parent=CLSACT_PARENT[direction])]
+def _filters_at(ipr, ifindex, parent):
+    """Filters on one hook (a clsact hook or a qdisc), one entry per (prio, protocol) chain head and node."""
+    return [f for f in ipr.get_filters(index=ifindex, parent=parent)]
 
 
-def _filter_request(ipr, msg_type, flags, ifindex, direction, prio, attrs):
-    """One RTM_*TFILTER request for the (prio, ETH_P_ALL) filter on a clsact hook, through pyroute2's tcmsg."""
+def _filter_request(ipr, msg_type, flags, ifindex, parent, prio, attrs):
+    """One RTM_*TFILTER request for the (prio, ETH_P_ALL) filter on a hook, through pyroute2's tcmsg."""
     from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
     from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
     msg = tcmsg()
     msg["index"] = ifindex
-    msg["parent"] = CLSACT_PARENT[direction]
+    msg["parent"] = parent
     msg["handle"] = 0
     msg["info"] = (prio << 16) | socket.htons(ETH_P_ALL)  # never 0: a zero prio would mean every filter
     msg["attrs"] = attrs
@@ -275,7 +284,7 @@ def _filter_request(ipr, msg_type, flags, ifindex, direction, prio, attrs):
     list(ipr.nlm_request_batch([msg]))
 
 
-def _add_mirred(ipr, kind, ifindex, direction, prio, observer_ifindex):
+def _add_mirred(ipr, kind, ifindex, parent, prio, observer_ifindex):
     """Add our filter.
 
     Built here rather than with IPRoute.tc(action=mirred): pyroute2 fixes
@@ -293,20 +302,20 @@ def _add_mirred(ipr, kind, ifindex, direction, prio, observer_ifindex):
         options = [["TCA_U32_SEL", {"keys": ["0x0/0x0+0"]}], ["TCA_U32_ACT", action]]  # u32 match u32 0 0
     else:
         options = [["TCA_MATCHALL_ACT", action]]
-    _filter_request(ipr, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, ifindex, direction, prio,
+    _filter_request(ipr, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, ifindex, parent, prio,
                     [["TCA_KIND", kind], ["TCA_OPTIONS", {"attrs": options}]])
 
 
-def _del_filter(ipr, ifindex, direction, prio, kind):
+def _del_filter(ipr, ifindex, parent, prio, kind):
     """Delete our (prio, ETH_P_ALL) chain element; the kernel refuses when its kind is not `kind`."""
     from pyroute2.netlink.exceptions import NetlinkError
     from pyroute2.netlink.rtnl import RTM_DELTFILTER
 
     try:
-        _filter_request(ipr, RTM_DELTFILTER, 0, ifindex, direction, prio, [["TCA_KIND", kind]])
+        _filter_request(ipr, RTM_DELTFILTER, 0, ifindex, parent, prio, [["TCA_KIND", kind]])
     except NetlinkError as e:
         if e.code not in (errno.ENOENT, errno.ENODEV):
-            raise _netlink_error(e, f"tc filter del (ifindex {ifindex} {direction} pref {prio})") from None
+            raise _netlink_error(e, f"tc filter del (ifindex {ifindex} parent {parent:x} pref {prio})") from None
 
 
 def _has_clsact(ipr, ifindex):
@@ -318,14 +327,83 @@ def _has_clsact(ipr, ifindex):
     return False
 
 
+def _root_qdisc(ipr, ifindex):
+    """(kind, handle) of the device's root qdisc; handle 0 is the kernel's default one."""
+    for q in ipr.get_qdiscs(index=ifindex):
+        if q["parent"] == TC_H_ROOT:
+            return q.get_attr("TCA_KIND"), q["handle"]
+    return None, 0
+
+
+def _add_qdisc(ipr, kind, ifindex, handle=None):
+    """Add a clsact qdisc, or a root prio qdisc (tc's default bands) at handle; NLM_F_EXCL, never a replace."""
+    if kind == "clsact":
+        ipr.tc("add", "clsact", ifindex)
+    else:
+        ipr.tc("add", "prio", ifindex, handle, bands=3, priomap=PRIO_PRIOMAP)
+
+
+@functools.cache
+def kernel_has_qdisc(kind):
+    """Whether this kernel takes a `kind` qdisc (clsact, prio): tried on the loopback of a throwaway
+    network namespace, never on a real interface; once per process."""
+    result = []
+    probe = threading.Thread(target=_try_qdisc, args=(kind, result), name=f"bpfhook-probe-{kind}")
+    probe.start()
+    probe.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _try_qdisc(kind, result):
+    """In this thread alone, a new netns; it goes away with the thread, and the qdisc with it."""
+    import ctypes
+
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWNET):
+            code = ctypes.get_errno()
+            if code == errno.EPERM:
+                raise NotPermitted("probing qdiscs in a new network namespace needs CAP_SYS_ADMIN")
+            raise MirrorError(f"unshare(CLONE_NEWNET): {os.strerror(code)}")
+        with IPRoute() as ipr:
+            try:
+                _add_qdisc(ipr, kind, socket.if_nametoindex("lo"), 0x10000)
+                result.append(True)
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.EOPNOTSUPP):  # ENOENT: "qdisc kind is unknown"
+                    raise _netlink_error(e, f"tc qdisc add {kind} (probe)") from None
+                result.append(False)
+    except BaseException as e:
+        result.append(e)
+
+
+def choose_qdisc(requested, directions, has_qdisc):
+    """The qdisc for mirred: requested ("clsact", "prio") or, for None, clsact where the kernel has it
+    (has_qdisc(kind) says), else prio. Ingress always needs clsact."""
+    if requested is not None and requested not in QDISCS:
+        raise MirrorError(f"qdisc must be clsact or prio, not {requested!r}")
+    qdisc = requested or ("clsact" if has_qdisc("clsact") else "prio")
+    if qdisc == "prio" and requested is None and not has_qdisc("prio"):
+        raise FeatureUnavailable("this kernel has neither the clsact nor the prio qdisc: mirred cannot run")
+    if qdisc == "prio" and "ingress" in directions and requested is None:
+        raise MirrorError("this kernel has no clsact qdisc: only egress can be mirrored "
+                          "(a root prio qdisc), use --direction egress")
+    return qdisc
+
+
 # -- setting up and taking down -----------------------------------------------------------------
 
 class Mirror:
     """One source mirrored to one observer. Use mirror(...) to make one."""
 
-    def __init__(self, source, observer, directions, method, packet_filter, keep):
+    def __init__(self, source, observer, directions, method, packet_filter, keep, qdisc=None):
         self.source, self.observer = source, observer
-        self.directions, self.method = tuple(directions), method
+        self.directions, self.method, self.qdisc = tuple(directions), method, qdisc
         self.packet_filter, self.keep = packet_filter, keep
         self.attachments = []  # bpf: Link / TcFilter objects while we hold them
         self.state = None
@@ -333,7 +411,9 @@ class Mirror:
 
     def describe(self):
         what = f" ({self.packet_filter})" if self.packet_filter else ""
-        how = self.method if self.method != "bpf" or not self.state else f"bpf/{self.state['attach']}"
+        how = f"bpf/{self.state['attach']}" if self.method == "bpf" and self.state else self.method
+        if self.qdisc == "prio":
+            how += " (egress on a root prio qdisc)"
         return f"{self.source} {'+'.join(self.directions)} -> {self.observer}{what} via {how}"
 
     def close(self):
@@ -351,7 +431,7 @@ class Mirror:
         self.close()
 
 
-def _check(source, observer, directions, method, packet_filter):
+def _check(source, observer, directions, method, packet_filter, qdisc):
     if source.ifindex == observer.ifindex:
         raise MirrorError(f"the observer {observer} is the source itself")
     if not directions or any(d not in DIRECTIONS for d in directions):
@@ -360,21 +440,29 @@ def _check(source, observer, directions, method, packet_filter):
         raise MirrorError(f"method must be mirred or bpf, not {method!r}")
     if packet_filter and method != "bpf":
         raise MirrorError("--filter needs --method bpf (mirred mirrors everything)")
+    if qdisc and method != "mirred":
+        raise MirrorError("--qdisc needs --method mirred")
 
 
 def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filter=None, keep=False,
-           bpf_attach=None):
+           bpf_attach=None, qdisc=None):
     """Set up mirroring of source to observer (specs or Endpoints); returns a Mirror.
 
     Returns None when this very mirror is already in place (running twice is
     harmless). Raises MirrorError on conflicts, with nothing left half-done.
-    bpf_attach: None (tcx where the kernel has it), "tcx" or "cls_bpf"."""
+    bpf_attach: None (tcx where the kernel has it), "tcx" or "cls_bpf".
+    qdisc (mirred): None (clsact where the kernel has it, else a root prio
+    qdisc for egress), "clsact", or "prio" (egress on a root prio qdisc,
+    ingress on clsact)."""
     source, observer = resolve(source), resolve(observer)
     directions = tuple(d for d in DIRECTIONS if d in directions)
-    _check(source, observer, directions, method, packet_filter)
+    _check(source, observer, directions, method, packet_filter, qdisc)
+    if method == "mirred":
+        qdisc = choose_qdisc(qdisc, directions, kernel_has_qdisc)
     existing = read_state(source.ifname)
     if existing is not None:
         same = (existing["observer_ifindex"] == observer.ifindex and existing["method"] == method
+                and existing.get("qdisc", "clsact" if method == "mirred" else None) == qdisc
                 and existing["directions"] == list(directions)
                 and existing.get("filter") == (str(packet_filter) if packet_filter else None))
         if existing["keep"] or _alive(existing["pid"]):
@@ -389,11 +477,11 @@ def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filt
 
     from pybpf import cleanup
 
-    m = Mirror(source, observer, directions, method, packet_filter, keep)
+    m = Mirror(source, observer, directions, method, packet_filter, keep, qdisc)
     state = {"source": source.ifname, "source_ifindex": source.ifindex, "observer": observer.ifname,
-             "observer_ifindex": observer.ifindex, "method": method, "directions": list(directions),
+             "observer_ifindex": observer.ifindex, "method": method, "qdisc": qdisc, "directions": list(directions),
              "filter": str(packet_filter) if packet_filter else None, "keep": keep, "pid": os.getpid(),
-             "clsact_created": False, "filters": [], "pins": [], "attach": None}
+             "clsact_created": False, "root_qdisc": None, "filters": [], "pins": [], "attach": None}
     m.state = state
     undo = lambda: _teardown(m)  # noqa: E731
     m._token = cleanup.register(undo, f"mirror {source.ifname} -> {observer.ifname}")
@@ -420,40 +508,65 @@ def _setup_mirred(m):
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    state, index = m.state, m.source.ifindex
+    state, index, name = m.state, m.source.ifindex, m.source.ifname
+    on_prio = {d for d in m.directions if m.qdisc == "prio" and d == "egress"}
     with IPRoute() as ipr:
         try:
-            present = _has_clsact(ipr, index)
-            if isinstance(present, str):
-                raise MirrorError(f"{m.source.ifname} has an {present} qdisc, which excludes clsact; "
-                                  "mirred needs clsact (remove that qdisc or use --method bpf)")
-            if not present:
-                ipr.tc("add", "clsact", index)
-                state["clsact_created"] = True
-                _write_state(state)
+            if on_prio != set(m.directions):
+                present = _has_clsact(ipr, index)
+                if isinstance(present, str):
+                    raise MirrorError(f"{name} has an {present} qdisc, which excludes clsact; "
+                                      "mirred needs clsact (remove that qdisc or use --method bpf)")
+                if not present:
+                    _add_qdisc(ipr, "clsact", index)
+                    state["clsact_created"] = True
+                    _write_state(state)
+            if on_prio:
+                _add_root_prio(ipr, m)
             for direction in m.directions:
-                filters = _tc_hook_filters(ipr, index, direction)
-                prios = {_prio(f) for f in filters}
+                parent = state["root_qdisc"]["handle"] if direction in on_prio else CLSACT_PARENT[direction]
+                prios = {_prio(f) for f in _filters_at(ipr, index, parent)}
                 prio = min(prios) - 1 if prios else FIRST_PRIO
                 if prio < 1:  # ours must run first to see every packet
-                    raise MirrorError(f"{m.source.ifname} {direction}: a filter at pref 1 leaves no room "
+                    raise MirrorError(f"{name} {direction}: a filter at pref 1 leaves no room "
                                       "for the mirror in front of it")
-                state["filters"].append({"direction": direction, "prio": prio, "kind": _add_any(
-                    ipr, index, direction, prio, m.observer.ifindex)})
+                state["filters"].append({"direction": direction, "parent": parent, "prio": prio, "kind": _add_any(
+                    ipr, index, parent, prio, m.observer.ifindex)})
                 _write_state(state)
         except NetlinkError as e:
             if e.code == errno.EPERM:
                 raise NotPermitted("tc: changing qdiscs and filters needs CAP_NET_ADMIN") from None
-            raise _netlink_error(e, f"tc on {m.source.ifname}") from None
+            raise _netlink_error(e, f"tc on {name}") from None
 
 
-def _add_any(ipr, index, direction, prio, observer_ifindex):
+def _add_root_prio(ipr, m):
+    """A root prio qdisc in place of the kernel's default one; someone's own root qdisc is never replaced."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    index, name = m.source.ifindex, m.source.ifname
+    kind, handle = _root_qdisc(ipr, index)
+    if handle:
+        raise MirrorError(f"{name} has a root qdisc of its own ({kind} {handle >> 16:x}:), which a prio qdisc "
+                          "would replace: use --qdisc clsact or --method bpf")
+    taken = {q["handle"] >> 16 for q in ipr.get_qdiscs(index=index)}
+    handle = min(set(range(1, len(taken) + 2)) - taken) << 16
+    try:
+        _add_qdisc(ipr, "prio", index, handle)
+    except NetlinkError as e:
+        if e.code in (errno.ENOENT, errno.EOPNOTSUPP):
+            raise FeatureUnavailable("this kernel has no prio qdisc (sch_prio): use --qdisc clsact") from None
+        raise
+    m.state["root_qdisc"] = {"kind": "prio", "handle": handle}
+    _write_state(m.state)
+
+
+def _add_any(ipr, index, parent, prio, observer_ifindex):
     """Add our filter with the first classifier the kernel has; returns its kind."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     for kind in CLASSIFIERS:
         try:
-            _add_mirred(ipr, kind, index, direction, prio, observer_ifindex)
+            _add_mirred(ipr, kind, index, parent, prio, observer_ifindex)
             return kind
         except NetlinkError as e:
             if e.code not in (errno.ENOENT, errno.EOPNOTSUPP) or kind == CLASSIFIERS[-1]:
@@ -504,16 +617,23 @@ def _remove_state(state):
         current = socket.if_indextoname(index)
     except OSError:
         current = None  # the interface went away, taking its qdiscs and filters along
-    if current == state["source"] and (state["filters"] or state["clsact_created"]):
+    root = state.get("root_qdisc")
+    if current == state["source"] and (state["filters"] or state["clsact_created"] or root):
         with IPRoute() as ipr:
+            root_ours = bool(root) and _root_qdisc(ipr, index) == (root["kind"], root["handle"])
             for f in state["filters"]:
-                at_prio = [x for x in _tc_hook_filters(ipr, index, f["direction"]) if _prio(x) == f["prio"]]
+                parent = f.get("parent", CLSACT_PARENT[f["direction"]])
+                if parent not in CLSACT_PARENT.values() and not (root_ours and parent == root["handle"]):
+                    continue  # our root qdisc is gone, its filters with it
+                at_prio = [x for x in _filters_at(ipr, index, parent) if _prio(x) == f["prio"]]
                 nodes = [x for x in at_prio if _actions(x)]  # u32 also lists its hash table entries
                 if nodes and all(is_our_filter(x, state["observer_ifindex"]) for x in nodes):
-                    _del_filter(ipr, index, f["direction"], f["prio"], f["kind"])
+                    _del_filter(ipr, index, parent, f["prio"], f["kind"])
             if state["clsact_created"] and _has_clsact(ipr, index) is True and not any(
-                    _tc_hook_filters(ipr, index, d) for d in DIRECTIONS):
+                    _filters_at(ipr, index, p) for p in CLSACT_PARENT.values()):
                 ipr.tc("del", "clsact", index)
+            if root_ours and not _filters_at(ipr, index, root["handle"]):
+                ipr.tc("del", root["kind"], index, root["handle"])  # the kernel puts its default back
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_state_path(state["source"]))
 
@@ -559,6 +679,9 @@ def add_arguments(parser):
                         help="packets the source receives, sends, or both (default)")
     parser.add_argument("--method", choices=METHODS, default="mirred",
                         help="tc mirred action (default) or a BPF program with bpf_clone_redirect")
+    parser.add_argument("--qdisc", choices=QDISCS,
+                        help="mirred only: clsact hooks (default where the kernel has clsact) or, for egress, "
+                             "a root prio qdisc (refused when the interface has a root qdisc of its own)")
     parser.add_argument("--filter", metavar="PROTO[/PORT]|PORT",
                         help="bpf method only: mirror just tcp, udp/53, 8080 (tcp/udp/sctp), icmp, ...")
     action = parser.add_mutually_exclusive_group()
@@ -575,7 +698,8 @@ def run(args):
         raise MirrorError("--to is required (except with --remove)")
     directions = DIRECTIONS if args.direction == "both" else (args.direction,)
     packet_filter = PacketFilter.parse(args.filter) if args.filter else None
-    m = mirror(args.source, args.observer, directions, args.method, packet_filter, keep=args.keep)
+    m = mirror(args.source, args.observer, directions, args.method, packet_filter, keep=args.keep,
+               qdisc=args.qdisc)
     if m is None:
         print(f"{args.source} is already mirrored to {args.observer} this way: nothing to do")
         return 0

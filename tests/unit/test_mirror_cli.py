@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from bpfhook import cli
+from bpfhook import cli, mirror
 from bpfhook.mirror import MirrorError, PacketFilter
+from pybpf.errors import FeatureUnavailable
 from programs import mirror as program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,8 +20,8 @@ def parse(*argv):
 
 def test_defaults():
     args = parse("--from", "web", "--to", "observer")
-    assert (args.source, args.observer, args.direction, args.method, args.filter, args.keep, args.remove) == \
-        ("web", "observer", "both", "mirred", None, False, False)
+    assert (args.source, args.observer, args.direction, args.method, args.filter, args.keep, args.remove,
+            args.qdisc) == ("web", "observer", "both", "mirred", None, False, False, None)
 
 
 def test_keep_and_remove_exclude_each_other(capsys):
@@ -84,3 +85,29 @@ def test_non_root_gets_one_line():
                        timeout=60)
     assert p.returncode == 1
     assert p.stderr.count("\n") == 1 and "needs root" in p.stderr
+
+
+def test_qdisc_option():
+    assert parse("--from", "a", "--to", "b").qdisc is None
+    assert parse("--from", "a", "--to", "b", "--qdisc", "prio").qdisc == "prio"
+
+
+@pytest.mark.parametrize("requested, directions, kernel, chosen", [
+    (None, ("ingress", "egress"), {"clsact", "prio"}, "clsact"),
+    (None, ("egress",), {"prio"}, "prio"),  # a kernel without clsact: the classic root prio
+    ("prio", ("ingress", "egress"), {"clsact", "prio"}, "prio"),  # egress on prio, ingress on clsact
+    ("clsact", ("egress",), {"prio"}, "clsact"),  # asked for: the kernel's answer will say no
+])
+def test_choose_qdisc(requested, directions, kernel, chosen):
+    """The kernel is a set of qdisc kinds here: kernels without clsact cannot be made on this machine."""
+    assert mirror.choose_qdisc(requested, directions, kernel.__contains__) == chosen
+
+
+@pytest.mark.parametrize("requested, directions, kernel, error, message", [
+    (None, ("ingress", "egress"), {"prio"}, MirrorError, "only egress"),
+    (None, ("egress",), set(), FeatureUnavailable, "neither the clsact nor the prio"),
+    ("htb", ("egress",), {"clsact"}, MirrorError, "clsact or prio"),
+])
+def test_choose_qdisc_refusals(requested, directions, kernel, error, message):
+    with pytest.raises(error, match=message):
+        mirror.choose_qdisc(requested, directions, kernel.__contains__)
