@@ -19,7 +19,8 @@ for a veth, inside the netns of its peer) sees it. Two ways:
 
 What was added is written to /run/bpfhook/mirror/SOURCE.json and is removed,
 and nothing else, on SIGINT/SIGTERM or normal exit; with --keep it stays (bpf:
-the tcx links pinned under /sys/fs/bpf/bpfhook/mirror) until
+tcx links pinned under /sys/fs/bpf/bpfhook/mirror, or cls_bpf filters, which
+hold their program and are found again by hook, pref, handle and name) until
 `bpfhook mirror --remove --from SOURCE [--to OBSERVER]`. Our mirred filters are
 known by their shape as well as by the state file: one mirred action,
 egress mirror to the observer, control "continue" (TC_ACT_UNSPEC); removal
@@ -472,16 +473,14 @@ def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filt
                 f"{source.ifname} is already mirrored to {existing['observer']} ({existing['method']}); "
                 f"take that down first: bpfhook mirror --remove --from {source.ifname}")
         _remove_state(existing)  # left by a process that died without cleaning up
-    if method == "bpf" and keep and bpf_attach == "cls_bpf":
-        raise FeatureUnavailable("--keep with --method bpf pins tcx links; cls_bpf filters cannot be kept")
-
     from pybpf import cleanup
 
     m = Mirror(source, observer, directions, method, packet_filter, keep, qdisc)
     state = {"source": source.ifname, "source_ifindex": source.ifindex, "observer": observer.ifname,
              "observer_ifindex": observer.ifindex, "method": method, "qdisc": qdisc, "directions": list(directions),
              "filter": str(packet_filter) if packet_filter else None, "keep": keep, "pid": os.getpid(),
-             "clsact_created": False, "root_qdisc": None, "filters": [], "pins": [], "attach": None}
+             "clsact_created": False, "root_qdisc": None, "filters": [], "pins": [], "tc_filters": [],
+             "attach": None}
     m.state = state
     undo = lambda: _teardown(m)  # noqa: E731
     m._token = cleanup.register(undo, f"mirror {source.ifname} -> {observer.ifname}")
@@ -496,8 +495,13 @@ def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filt
         m.close()
         raise
     if keep:  # ours no longer: remove() takes it down
+        from pybpf.tc import TcFilter
+
         for a in m.attachments:
-            a.close()  # pinned links stay attached
+            if isinstance(a, TcFilter):
+                a.keep()  # a cls_bpf filter stays, and holds the program
+            else:
+                a.close()  # pinned links stay attached
         m.attachments.clear()
         cleanup.unregister(m._token)
         m._token = None
@@ -578,7 +582,6 @@ def _setup_bpf(m, bpf_attach):
     from programs.mirror import build
     from pybpf import prog, tc
     from pybpf import sys as _sys
-    from pybpf.attach import Link
 
     f = m.packet_filter
     program = prog.load(build(m.observer.ifindex, f and f.proto, f and f.port), "sched_cls", name=BPF_PROG_NAME)
@@ -586,10 +589,11 @@ def _setup_bpf(m, bpf_attach):
         for direction in m.directions:
             a = tc.attach(program, m.source.ifindex, direction, mode=bpf_attach, name=BPF_PROG_NAME)
             m.attachments.append(a)
-            m.state["attach"] = "tcx" if isinstance(a, Link) else "cls_bpf"
-            if m.keep:
-                if not isinstance(a, Link):
-                    raise FeatureUnavailable("--keep with --method bpf needs tcx links (Linux 6.6+) to pin")
+            m.state["attach"] = "cls_bpf" if isinstance(a, tc.TcFilter) else "tcx"
+            if isinstance(a, tc.TcFilter):  # outlives us: recorded so that remove() finds it after a crash too
+                m.state["tc_filters"].append(dataclasses.asdict(a.ref))
+                _write_state(m.state)
+            elif m.keep:
                 _sys.ensure_bpffs(PIN_DIR)
                 os.makedirs(PIN_DIR, exist_ok=True)
                 pin = os.path.join(PIN_DIR, f"{m.source.ifname}-{direction}")
@@ -609,6 +613,8 @@ def _remove_state(state):
     """Remove what a state record says was added, after checking it is still ours; then the record."""
     from pyroute2 import IPRoute
 
+    from pybpf import tc
+
     for pin in state["pins"]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pin)  # the link's last reference: it detaches
@@ -618,6 +624,9 @@ def _remove_state(state):
     except OSError:
         current = None  # the interface went away, taking its qdiscs and filters along
     root = state.get("root_qdisc")
+    if current == state["source"]:
+        for ref in state.get("tc_filters", ()):
+            tc.TcFilterRef(**ref).remove()  # only a cls_bpf filter of our program's name at that spot
     if current == state["source"] and (state["filters"] or state["clsact_created"] or root):
         with IPRoute() as ipr:
             root_ours = bool(root) and _root_qdisc(ipr, index) == (root["kind"], root["handle"])

@@ -7,11 +7,16 @@ then). Those outlive the process, so exactly what was added is recorded in
 pybpf.cleanup: our filter (by parent, prio and handle), and the clsact qdisc
 only if we created it and no other filter is left on it.
 
+A cls_bpf filter can be kept (TcFilter.keep()): it then outlives the
+process, and its program with it (the filter holds a reference), until
+remove_filter() finds it again by (ifindex, direction, prio, handle, name).
+
 The device is looked up in the calling thread's network namespace; to work in
 another one, enter it first (pyroute2.netns.pushns). A cls_bpf filter keeps
 its netlink socket, which stays in that namespace, so its removal reaches the
 right device from wherever the process is when it exits.
 """
+import dataclasses
 import errno
 import os
 
@@ -74,6 +79,8 @@ class TcFilter(Attachment):
                 raise _netlink_error(e, f"tc add cls_bpf ({what})") from None
             raise
         self.prio = prio
+        self.ref = TcFilterRef(index, direction, prio, FILTER_HANDLE, name, qdisc_key in _our_qdiscs)
+        self._ipr, self._qdisc_key = ipr, qdisc_key
         if qdisc_key in _our_qdiscs:
             _our_qdiscs[qdisc_key] += 1
 
@@ -94,6 +101,96 @@ class TcFilter(Attachment):
 
     def _release(self):
         cleanup.run(self._token)
+
+    def keep(self):
+        """Let the filter outlive this object and the process: from now on nothing removes it but
+        remove_filter(). Returns its TcFilterRef (self.ref)."""
+        if self._closed:
+            raise BpfError(f"{self.what}: already detached, nothing to keep")
+        self._closed = True
+        cleanup.unregister(self._token)
+        self._ipr.close()
+        if self._qdisc_key in _our_qdiscs:  # no longer ours to drop when our last filter goes
+            _our_qdiscs[self._qdisc_key] -= 1
+            if not _our_qdiscs[self._qdisc_key]:
+                del _our_qdiscs[self._qdisc_key]
+        return self.ref
+
+
+@dataclasses.dataclass(frozen=True)
+class TcFilterRef:
+    """Where a cls_bpf filter sits, enough to find or remove it from another process:
+    plain values (dataclasses.asdict() them to save them)."""
+
+    ifindex: int
+    direction: str
+    prio: int
+    handle: int
+    name: str
+    clsact_created: bool = False  # made by us: remove() also drops it once no filter is left on it
+
+    def remove(self):
+        return remove_filter(self.ifindex, self.direction, self.prio, self.handle, self.name,
+                             drop_clsact=self.clsact_created)
+
+
+def _matching(ipr, index, direction, prio, handle, name):
+    """The cls_bpf filter nodes at (hook, prio, handle) named name (any name for None)."""
+    found = []
+    for f in ipr.get_filters(index=index, parent=CLSACT_PARENT[direction]):
+        opts = f.get_attr("TCA_OPTIONS")
+        if (f["info"] >> 16 == prio and f["handle"] == handle and f.get_attr("TCA_KIND") == "bpf" and opts
+                and (name is None or opts.get_attr("TCA_BPF_NAME") == name)):
+            found.append(f)
+    return found
+
+
+def _check_direction(direction):
+    if direction not in TCX:
+        raise BpfError(f"tc direction {direction!r}: expected 'ingress' or 'egress'")
+
+
+def find_filter(iface, direction, prio, handle=FILTER_HANDLE, name=None):
+    """Whether a cls_bpf filter sits on iface's clsact hook at (prio, handle), named name (if given)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    _check_direction(direction)
+    index = ifindex(iface)
+    with IPRoute() as ipr:
+        try:
+            return bool(_matching(ipr, index, direction, prio, handle, name))
+        except NetlinkError as e:
+            if e.code in (errno.ENOENT, errno.EINVAL):  # no clsact qdisc
+                return False
+            raise _netlink_error(e, f"tc show cls_bpf (ifindex {index} {direction})") from None
+
+
+def remove_filter(iface, direction, prio, handle=FILTER_HANDLE, name=None, *, drop_clsact=False):
+    """Remove a (kept) cls_bpf filter found as find_filter() finds it; anything else there is left alone.
+    drop_clsact: then delete the clsact qdisc too if no filter is left on either hook.
+    Returns whether a filter was removed; a device that is gone counts as nothing to remove."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    _check_direction(direction)
+    try:
+        index = ifindex(iface)
+    except BpfError:
+        return False
+    removed = False
+    with IPRoute() as ipr:
+        try:
+            if _matching(ipr, index, direction, prio, handle, name):
+                ipr.tc("del-filter", "bpf", index, handle, parent=CLSACT_PARENT[direction], prio=prio,
+                       protocol=ETH_P_ALL)
+                removed = True
+            if drop_clsact and not any(ipr.get_filters(index=index, parent=p) for p in CLSACT_PARENT.values()):
+                ipr.tc("del", "clsact", index)
+        except NetlinkError as e:
+            if e.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):  # device, qdisc or filter already gone
+                raise _netlink_error(e, f"tc del cls_bpf (ifindex {index} {direction} pref {prio})") from None
+    return removed
 
 
 def _release_qdisc(ipr, key, NetlinkError):
@@ -121,8 +218,7 @@ def attach(prog, iface, direction="ingress", *, mode=None, prio=None, name="pybp
           "tcx" or "cls_bpf" to force one. prio and name apply to cls_bpf
           (prio defaults to the lowest one free on that hook).
     Returns a Link (tcx) or a TcFilter (cls_bpf); both are context managers."""
-    if direction not in TCX:
-        raise BpfError(f"tc direction {direction!r}: expected 'ingress' or 'egress'")
+    _check_direction(direction)
     if mode not in (None, "tcx", "cls_bpf"):
         raise BpfError(f"tc mode {mode!r}: expected 'tcx' or 'cls_bpf'")
     index = ifindex(iface)

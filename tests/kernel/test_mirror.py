@@ -6,6 +6,7 @@ frames as PACKET_OUTGOING, ingress ones otherwise) must arrive, byte for byte,
 on the observer's eth0.
 """
 import collections
+import dataclasses
 import errno
 import os
 import select
@@ -18,7 +19,7 @@ import pytest
 
 from bpfhook import demo, mirror
 from bpfhook.mirror import MirrorError, PacketFilter
-from pybpf.errors import FeatureUnavailable
+from pybpf.errors import BpfError, FeatureUnavailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ["mirred", "bpf"]
@@ -353,3 +354,78 @@ def test_qdisc_probe_agrees_with_a_real_interface_and_touches_none(trio, kind):
     assert probed == works
     if kind == "clsact":
         assert probed  # the clsact tests above run on this kernel
+
+
+# -- cls_bpf filters that outlive the process (--keep with --method bpf where there is no tcx) ---------------
+
+def _tc_filters(ifindex):
+    """Our cls_bpf filters (a dump also lists each chain's head, handle 0)."""
+    return [f for f in tc_dump(ifindex)[1] if f[1] == "bpf" and f[2]]
+
+
+def test_tc_filter_keep_find_remove(trio):
+    from programs.mirror import build
+    from pybpf import cleanup, prog, tc
+
+    _client, server, observer = trio
+    before = tc_dump(server.ifindex)
+    with prog.load(build(observer.ifindex), "sched_cls", name="bh_kept") as p:
+        f = tc.attach(p, server.ifindex, "egress", mode="cls_bpf", name="bh_kept")
+        pending = len(cleanup.pending())
+        ref = f.keep()
+    assert len(cleanup.pending()) == pending - 1 and f.closed
+    f.close()  # no longer ours: nothing happens
+    with pytest.raises(BpfError, match="already detached"):
+        f.keep()
+    assert ref == tc.TcFilterRef(server.ifindex, "egress", f.prio, tc.FILTER_HANDLE, "bh_kept", True)
+    assert tc.find_filter(server.host_if, "egress", ref.prio, name="bh_kept")
+    seen, copies = exchange(trio, nbytes=0)  # program fd closed: the filter keeps it running
+    assert copies and collections.Counter(copies) == collections.Counter(seen["egress"])
+    assert not tc.find_filter(server.ifindex, "egress", ref.prio, name="someone_else")
+    assert not tc.find_filter(server.ifindex, "ingress", ref.prio)
+    assert not tc.remove_filter(server.ifindex, "egress", ref.prio, name="someone_else")
+    assert _tc_filters(server.ifindex)
+    assert tc.TcFilterRef(**dataclasses.asdict(ref)).remove()
+    assert tc_dump(server.ifindex) == before  # filter and our clsact gone
+    assert not ref.remove()
+
+
+@pytest.mark.parametrize("foreign", [False, True])
+def test_bpf_cls_bpf_keep_outlives_the_process(trio, foreign):
+    _client, server, observer = trio
+    if foreign:
+        _foreign_filter(server.ifindex)
+    before = tc_dump(server.ifindex)
+    code = ("import sys; from bpfhook import mirror; "
+            "mirror.mirror(sys.argv[1], sys.argv[2], method='bpf', keep=True, bpf_attach='cls_bpf')")
+    subprocess.run([sys.executable, "-c", code, server.host_if, observer.host_if], cwd=ROOT, check=True,
+                   env=dict(os.environ, PYTHONPATH=ROOT), timeout=CLI_SECONDS)
+    state = mirror.read_state(server.host_if)
+    assert state["attach"] == "cls_bpf" and len(state["tc_filters"]) == 2 and state["keep"]
+    assert len(_tc_filters(server.ifindex)) == 2
+    seen, copies = exchange(trio, nbytes=0)
+    assert copies and collections.Counter(copies) == collections.Counter(seen["ingress"] + seen["egress"])
+    mirror.remove(server.host_if, observer.host_if)
+    assert tc_dump(server.ifindex) == before  # with foreign: their clsact and filter stay
+    seen, copies = exchange(trio, nbytes=0)
+    assert seen["ingress"] and not copies
+
+
+def test_bpf_cls_bpf_after_sigkill_remove_takes_it_down(trio):
+    """A killed process cannot remove its cls_bpf filters; the state file says where they are."""
+    _client, server, observer = trio
+    before = tc_dump(server.ifindex)
+    code = ("import sys, time; from bpfhook import mirror; "
+            "mirror.mirror(sys.argv[1], sys.argv[2], method='bpf', bpf_attach='cls_bpf'); "
+            "print('ready', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, server.host_if, observer.host_if], cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], CLI_SECONDS)
+        assert ready and p.stdout.readline() == "ready\n"
+    finally:
+        p.kill()
+        p.wait()
+    assert len(_tc_filters(server.ifindex)) == 2
+    mirror.remove(server.host_if)
+    assert tc_dump(server.ifindex) == before
