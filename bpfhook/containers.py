@@ -23,7 +23,6 @@ its unix socket, optional); ids always come from the path.
 """
 import collections
 import dataclasses
-import http.client
 import json
 import re
 import socket
@@ -148,7 +147,7 @@ class DockerNames:
             return ""
         try:
             status, body = self._get(f"/containers/{container_id}/json")
-        except (OSError, http.client.HTTPException):
+        except OSError:
             self._down_until = time.monotonic() + self.retry_after
             return ""
         name = ""
@@ -161,29 +160,23 @@ class DockerNames:
         return name
 
     def _get(self, path):
-        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
-        try:
-            conn.request("GET", path, headers={"Host": "docker"})
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
+        """(status, body) of a GET over the unix socket; OSError for any failure."""
+        import http.client  # only when a container needs a name: keeps the monitor's start-up light
 
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
+        conn = http.client.HTTPConnection("localhost", timeout=self.timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.unix_path)
-        except OSError:
+            sock.connect(self.socket_path)
+            conn.sock = sock  # already connected: HTTPConnection skips its own connect()
+            conn.request("GET", path, headers={"Host": "docker"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        except http.client.HTTPException as err:
+            raise OSError(f"docker API {path}: {err!r}") from None
+        finally:
+            conn.close()
             sock.close()
-            raise
-        self.sock = sock
 
 
 class Resolver:

@@ -178,7 +178,7 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
     on_event(event, container): called for each event that passes the filters
     (the in-process hook the tests use). Returns the exit status."""
     from bpfhook.containers import Resolver
-    from bpfhook.exporters import JsonLines, PrometheusServer, exposition
+    from bpfhook.exporters import JsonLines, exposition
     from bpfhook.monitor_cli import EventFilter
     from bpfhook.report import Aggregator, render, render_final, summary_snapshot
 
@@ -217,6 +217,8 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                     return exposition(snapshot())
 
             if options.prometheus:
+                from bpfhook.metrics_http import PrometheusServer  # http.server only when asked for
+
                 server = stack.enter_context(PrometheusServer(*options.prometheus, scrape))
                 host, port = server.address
                 print(f"bpfhook monitor: Prometheus metrics on http://{host}:{port}/metrics", file=err, flush=True)

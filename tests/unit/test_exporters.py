@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from bpfhook.containers import classify
-from bpfhook.exporters import JsonLines, PrometheusServer, event_object, exposition
+from bpfhook.exporters import JsonLines, event_object, exposition
+from bpfhook.metrics_http import PrometheusServer
 from bpfhook.report import Aggregator
 
 JSON_FIELDS = {"ts", "event", "pid", "tid", "comm", "cgroup_id", "cgroup", "container", "netns", "family", "saddr",
