@@ -130,6 +130,8 @@ _ALU_ROWS = {(bits, signed): {op.name: (_ALU[(_SIGNED_ALU.get(op.name, op.name) 
                                         _ALU[(_SIGNED_ALU.get(op.name, op.name) if signed else op.name, bits, "reg")])
                               for op in isa.ALU_OPS}
              for bits in (64, 32) for signed in (False, True)}
+_JMP_ROWS = {bits: {c.name: (_JMP[(c.name, bits, "imm")], _JMP[(c.name, bits, "reg")]) for c in isa.JMP_CONDS}
+             for bits in (64, 32)}
 _MOV_IMM = {bits: _ALU[("mov", bits, "imm")] for bits in (64, 32)}
 _MOV_REG = {bits: _ALU[("mov", bits, "reg")] for bits in (64, 32)}
 _ADD_IMM = _ALU[("add", 64, "imm")]
@@ -517,7 +519,7 @@ class _Block:
 
 class _If(_Block):
     def __init__(self, p, cond, source):
-        super().__init__(p, source)
+        self.p, self.source = p, source
         self.cond = p._test(cond)
         self.else_label = p._new_label("else")
         self.end_label = None
@@ -527,9 +529,9 @@ class _If(_Block):
 
     def leave(self):
         p = self.p
-        p._place(self.else_label)
+        p._pending.append(self.else_label)
         if self.end_label:
-            p._place(self.end_label)
+            p._pending.append(self.end_label)
         p._after_if = (self, len(p._code))
 
 
@@ -537,7 +539,7 @@ class _Else(_Block):
     """Else/Elif continue the If (or Elif) that closed right before them."""
 
     def __init__(self, p, cond, source):
-        super().__init__(p, source)
+        self.p, self.source = p, source
         self.cond = None if cond is None else p._test(cond)
 
     def enter(self):
@@ -555,7 +557,7 @@ class _Else(_Block):
         last = p._code[-1] if p._code else None
         if p._pending or last is None or last.op.kind not in _STOPS:
             p._emit(_JA, ref=self.end_label)
-        p._place(prev.else_label)
+        p._pending.append(prev.else_label)
         if self.cond is not None:
             self.else_label = p._new_label("else")
             p._jump(~self.cond, self.else_label)
@@ -563,10 +565,9 @@ class _Else(_Block):
     def leave(self):
         p = self.p
         if self.cond is None:
-            p._place(self.end_label)
+            p._pending.append(self.end_label)
             return
-        p._place(self.else_label)
-        p._place(self.end_label)
+        p._pending += (self.else_label, self.end_label)
         p._after_if = (self, len(p._code))
 
 
@@ -576,7 +577,7 @@ class _Elif(_Else):
 
 class _Loop(_Block):
     def __init__(self, p, source):
-        super().__init__(p, source)
+        self.p, self.source = p, source
         self.top = p._new_label("loop")
         self.next = self.top  # where Continue goes
         self.end = p._new_label("endloop")
@@ -609,15 +610,15 @@ class _For(_Loop):
     def enter(self):
         p, reg = self.p, self.reg
         p._assign(reg, self.start)
-        p._place(self.top)
+        p._pending.append(self.top)
         p._jump(reg >= self.stop if self.step > 0 else reg <= self.stop, self.end)
 
     def leave(self):
         p = self.p
-        p._place(self.next)
+        p._pending.append(self.next)
         p._alu("add", self.reg, self.step)
         p._emit(_JA, ref=self.top)
-        p._place(self.end)
+        p._pending.append(self.end)
 
 
 class _Function(_Block):
@@ -962,13 +963,14 @@ class Program:
             self._emit(_JA, ref=target)
             self._place(skip)
             return
-        if type(other) is Reg:
+        if type(other) is int:
+            if not S32_MIN <= other <= S32_MAX:
+                other = self._imm(other, reg.bits, cond.name)
+            self._emit(_JMP_ROWS[reg.bits][cond.name][0], reg.n, 0, 0, other, target)
+        elif type(other) is Reg:
             if other.bits != reg.bits:
                 self._fail(f"compare {reg!r} with {other!r}: both sides need the same width")
-            self._emit(_JMP[(cond.name, reg.bits, "reg")], reg.n, other.n, 0, 0, target)
-        elif type(other) is int:
-            self._emit(_JMP[(cond.name, reg.bits, "imm")], reg.n, 0, 0,
-                       self._imm(other, reg.bits, cond.name), target)
+            self._emit(_JMP_ROWS[reg.bits][cond.name][1], reg.n, other.n, 0, 0, target)
         else:
             self._fail(f"compare {reg!r} with a register or an int, not {other!r}")
 

@@ -148,7 +148,7 @@ class InvalidInsn:
         return f"InvalidInsn({self.raw.hex()}, {self.reason!r})"
 
 
-_ENCODED = {}  # (op, dst, src, off, imm) -> bytes: programs repeat instructions a lot
+_ENCODED = {}  # (op.serial, dst, src, off, imm) -> bytes: programs repeat instructions a lot
 _ENCODED_MAX = 1 << 16
 
 
@@ -162,7 +162,7 @@ def encode(insns):
         if op is None:
             append(insn.raw)
             continue
-        key = (op, insn.dst, insn.src, insn.off, insn.imm)
+        key = (op.serial, insn.dst, insn.src, insn.off, insn.imm)
         code = cache.get(key)
         if code is None:
             code = insn.encode()  # validates; only valid encodings are remembered

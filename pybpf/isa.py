@@ -12,6 +12,7 @@ Instruction layout (little endian, 8 bytes):
 ld_imm64 takes two slots; the second has opcode 0 and carries imm's high half.
 """
 from dataclasses import dataclass, field
+from itertools import count
 
 # Instruction classes (opcode & 0x07).
 LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = range(8)
@@ -129,6 +130,9 @@ LD_IMM64_PSEUDO = (
 )
 
 
+_SERIALS = count()
+
+
 @dataclass(frozen=True)
 class Op:
     """One row of the instruction table.
@@ -162,6 +166,8 @@ class Op:
     # call_local and ld_func; None for the rest
     target: object = field(init=False, repr=False, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
+    # a number of this row's own (copies keep it): dict keys that hash at C speed (insn.encode's cache)
+    serial: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         fixed = dict(self.fixed)
@@ -182,6 +188,7 @@ class Op:
         # Rows are dict keys on every encode (insn.encode's cache): hash the compared fields once.
         object.__setattr__(self, "_hash", hash((self.name, self.code, self.kind, self.operation, self.bits,
                                                 self.source, self.uses, self.fixed, self.c_op)))
+        object.__setattr__(self, "serial", next(_SERIALS))
 
     def __hash__(self):
         return self._hash
