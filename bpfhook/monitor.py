@@ -11,7 +11,10 @@
 
 Feature choices are probed, never read off the kernel version: the ring
 buffer where the kernel has one, else a perf event array; accept attribution
-through syscall exit tracepoints (works without kprobes/fentry).
+through fexit on inet_csk_accept, else a kretprobe there, else the syscall
+exit tracepoints (programs/accept.py). Loading the fexit program is its own
+probe: it needs no vmlinux BTF parse beyond the cached offsets, where
+features.has("fexit") would parse it on every start.
 """
 import contextlib
 import signal
@@ -32,15 +35,19 @@ class Monitor:
     events:     "auto" (probe), "ringbuf" or "perf"
     stream:     True: every event reaches read(); False: nothing is sent one by one, the
                 report comes from the maps (stats(), recent(), connections())
+    accept:     "auto" (the best of accept.HOOKS the kernel allows), or one of them; the
+                chosen hook is .accept_hook, how it came about .accept_note
     """
 
-    def __init__(self, cgroup_dir, events="auto", stream=True):
+    def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto"):
         from pybpf import attach, features
         from pybpf.events import open_reader
         from pybpf.prog import load
 
-        from bpfhook.programs import accept, conn_common, conn_state, connect
+        from bpfhook.programs import accept as accept_hooks, conn_common, conn_state, connect
 
+        if accept != "auto" and accept not in accept_hooks.HOOKS:
+            raise ValueError(f"accept hook {accept!r}: expected auto or one of {', '.join(accept_hooks.HOOKS)}")
         if events == "auto":
             events = "ringbuf" if features.has("map_type.ringbuf") else "perf"
         self.events_kind = events
@@ -55,13 +62,7 @@ class Monitor:
             state = load(conn_state.build(self.maps, kernel), "tracepoint", name="bh_conn_state")
             self._hold(state)
             self._stack.enter_context(attach.tracepoint(state, conn_state.TRACEPOINT))
-            for tracepoint in accept.TRACEPOINTS:
-                try:
-                    prog = load(accept.build(self.maps, kernel, tracepoint), "tracepoint", name="bh_accept")
-                    self._hold(prog)
-                    self._stack.enter_context(attach.tracepoint(prog, tracepoint))
-                except FeatureUnavailable as e:
-                    self.notes.append(f"accepted connections keep no process identity: {e}")
+            self._attach_accept(kernel, accept_hooks.HOOKS if accept == "auto" else (accept,))
             for version, hook in connect.HOOKS.items():
                 prog = load(connect.build(self.maps, kernel, version), "cgroup_sock_addr", name=f"bh_{hook}",
                             expected_attach_type=f"cgroup_inet{version}_connect")
@@ -70,6 +71,58 @@ class Monitor:
         except BaseException:
             self._stack.close()
             raise
+
+    def _attach_accept(self, kernel, hooks):
+        """Attach the first of `hooks` the kernel takes; the others' failures go to .accept_note."""
+        from pybpf import attach, features
+        from pybpf.errors import BpfError
+        from pybpf.prog import load
+
+        from bpfhook.programs import accept
+
+        def fexit(stack):
+            btf_id, _nargs = kernel.func(accept.FUNC)
+            prog = load(accept.build_fexit(self.maps, kernel), "tracing", name="bh_accept",
+                        expected_attach_type="trace_fexit", attach_btf_id=btf_id)
+            stack.callback(prog.close)
+            stack.enter_context(attach.fexit(prog))
+            return f"fexit {accept.FUNC}"
+
+        def kretprobe(stack):
+            if not features.has("kprobe_pmu"):
+                raise FeatureUnavailable(features.probe("kprobe_pmu").detail)
+            if "regs_rc" not in kernel.offsets:
+                raise FeatureUnavailable("no PT_REGS_RC layout known for this architecture")
+            prog = load(accept.build_kretprobe(self.maps, kernel), "kprobe", name="bh_accept")
+            stack.callback(prog.close)
+            stack.enter_context(attach.kretprobe(prog, accept.FUNC))
+            return f"kretprobe {accept.FUNC}"
+
+        def tracepoints(stack):
+            for tracepoint in accept.TRACEPOINTS:
+                try:
+                    prog = load(accept.build(self.maps, kernel, tracepoint), "tracepoint", name="bh_accept")
+                    stack.callback(prog.close)
+                    stack.enter_context(attach.tracepoint(prog, tracepoint))
+                except FeatureUnavailable as e:
+                    self.notes.append(f"accepted connections keep no process identity: {e}")
+            return "tracepoints " + ", ".join(accept.TRACEPOINTS)
+
+        attempts = {"fexit": fexit, "kretprobe": kretprobe, "tracepoint": tracepoints}
+        passed_over = []
+        for hook in hooks:
+            with contextlib.ExitStack() as stack:
+                try:
+                    how = attempts[hook](stack)
+                except BpfError as e:
+                    if hook == hooks[-1]:
+                        raise
+                    passed_over.append(f"{hook}: {str(e).splitlines()[0]}")
+                    continue
+                self._stack.enter_context(stack.pop_all())  # attached: owned with the rest
+                self.accept_hook = hook
+                self.accept_note = how + (f" ({'; '.join(passed_over)})" if passed_over else "")
+                return
 
     def _hold(self, prog):
         # A program stays loaded while attached; our fd is closed with the rest.
@@ -199,6 +252,7 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
             monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream))
             print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
                   f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
+            print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
             for note in monitor.notes:
                 print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
 

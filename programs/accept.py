@@ -1,23 +1,27 @@
-"""Inbound connections attributed to the process that accept()s them.
+"""Inbound connections attributed to the process that accepts them.
 
 The handshake completes in softirq context, where the current task is
 whoever was interrupted, so the state tracepoint cannot name the server. The
-accepting task is current when accept()/accept4() returns: tracepoints
-syscalls:sys_exit_accept4 and sys_exit_accept run there with the new fd.
-The fd leads to the socket without kprobes or fexit, by reading the
-task's own file table with bpf_probe_read_kernel at BTF offsets:
+accepting task is current when inet_csk_accept() returns the new struct sock,
+and three hooks see that moment; the monitor takes the first the kernel allows
+(HOOKS order):
 
-    current->files->fdt->fd[ret]->private_data (struct socket)->sk
+    fexit      on inet_csk_accept: ctx[nargs] is the returned sock. nargs comes
+               from the function's BTF prototype, which changed in 6.10:
+               (sk, flags, err, kern) before, (sk, struct proto_accept_arg *) since.
+    kretprobe  on inet_csk_accept: the sock is PT_REGS_RC (pt_regs offset from BTF).
+    tracepoint syscalls:sys_exit_accept4 / sys_exit_accept: the new fd leads to the
+               socket through the task's own file table, read with
+               bpf_probe_read_kernel at BTF offsets (no kprobes or fexit needed):
+               current->files->fdt->fd[ret]->private_data (struct socket)->sk
 
-Only TCP sockets of AF_INET/AF_INET6 are reported (accept() also serves Unix
-sockets). The event (kind accept, F_OWNER_FROM_ACCEPT) carries the acceptor's
-pid, tid, comm and cgroup and the sock address the state events are keyed
-by; the connection map entry takes the acceptor as owner, and when the
-acceptor sits in another cgroup than the socket was created in, the
-opened/active counts move to the acceptor's cgroup.
-
-Where the kernel has fexit, hooking inet_csk_accept's return is the direct
-way; this path needs only syscall tracepoints, which every kernel here has.
+All three end in the same code (_accepted). Only TCP sockets of
+AF_INET/AF_INET6 are reported (accept() also serves Unix sockets). The event
+(kind accept, F_OWNER_FROM_ACCEPT) carries the acceptor's pid, tid, comm and
+cgroup and the sock address the state events are keyed by; the connection map
+entry takes the acceptor as owner, and when the acceptor sits in another cgroup
+than the socket was created in, the opened/active counts move to the
+acceptor's cgroup.
 """
 from bpfhook import records
 from pybpf import tracefs
@@ -26,7 +30,29 @@ from pybpf.asm import Program
 from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, account, current_task, define_metrics, emit,
                           kread)
 
+HOOKS = ("fexit", "kretprobe", "tracepoint")  # best first
+FUNC = "inet_csk_accept"
 TRACEPOINTS = ("syscalls:sys_exit_accept4", "syscalls:sys_exit_accept")
+
+
+def build_fexit(maps, kernel):
+    """The fexit program on inet_csk_accept (load it as tracing, trace_fexit, attach_btf_id
+    kernel.func(FUNC)[0])."""
+    _btf_id, nargs = kernel.func(FUNC)
+    p, ev, scratch, key = _program("tracing")
+    p.r9 = p.r1
+    p.r6 = p.r9.u64[8 * nargs]  # fexit's ctx: the arguments, then the return value
+    _accepted(p, maps, kernel, ev, scratch, key)
+    return p
+
+
+def build_kretprobe(maps, kernel):
+    """The kretprobe program on inet_csk_accept."""
+    p, ev, scratch, key = _program("kprobe")
+    p.r9 = p.r1
+    p.r6 = p.r9.u64[kernel.regs_rc]
+    _accepted(p, maps, kernel, ev, scratch, key)
+    return p
 
 
 def build(maps, kernel, tracepoint=TRACEPOINTS[0], fields=None):
@@ -34,11 +60,7 @@ def build(maps, kernel, tracepoint=TRACEPOINTS[0], fields=None):
     tp = fields or tracefs.tracepoint_fields(tracepoint, require=("ret",))
     ret_off = tp["ret"].offset
 
-    p = Program("bh_accept", prog_type="tracepoint")
-    ev = p.stack.alloc(records.EVENT)
-    scratch = p.stack.alloc(8)
-    key = p.stack.alloc(8)
-
+    p, ev, scratch, key = _program("tracepoint")
     p.r9 = p.r1
     p.r7 = p.r9.u64[ret_off]  # the new fd, or -errno
     with p.If(p.r7.s < 0):
@@ -61,6 +83,19 @@ def build(maps, kernel, tracepoint=TRACEPOINTS[0], fields=None):
     kread(p, scratch, 0, 8, scratch.u64[0], kernel.file_private_data)  # struct socket *
     kread(p, scratch, 0, 8, scratch.u64[0], kernel.socket_sk)  # struct sock *
     p.r6 = scratch.u64[0]
+    _accepted(p, maps, kernel, ev, scratch, key)
+    return p
+
+
+def _program(prog_type):
+    """A program named bh_accept with its stack slots: (p, ev, scratch, key)."""
+    p = Program("bh_accept", prog_type=prog_type)
+    return p, p.stack.alloc(records.EVENT), p.stack.alloc(8), p.stack.alloc(8)
+
+
+def _accepted(p, maps, kernel, ev, scratch, key):
+    """The rest of every hook: r6 = the accepted struct sock (or NULL), r9 = ctx, and the
+    accepting task current. Sends the accept event, hands the connection over, exits."""
     with p.If(p.r6 == 0):
         p.exit(0)
 
@@ -109,7 +144,6 @@ def build(maps, kernel, tracepoint=TRACEPOINTS[0], fields=None):
     emit(p, maps, ev, p.r9, scratch)
     p.exit(0)
     define_metrics(p, maps, netns=False)  # a move between cgroups leaves the netns counts as they are
-    return p
 
 
 def _addresses(p, k, ev, scratch):

@@ -73,6 +73,12 @@ _KERNEL_FIELDS = {
     "ctx_protocol": ("bpf_sock_addr", "protocol"),
     "ctx_sk": ("bpf_sock_addr", "sk"),
 }
+# PT_REGS_RC: where a kretprobe finds the return value in struct pt_regs, per architecture
+_RETURN_REGISTER = {"x86_64": ("pt_regs", "ax"), "aarch64": ("pt_regs", "regs")}  # arm64: regs[0]
+if os.uname().machine in _RETURN_REGISTER:
+    _KERNEL_FIELDS["regs_rc"] = _RETURN_REGISTER[os.uname().machine]
+# Kernel functions the programs hook by BTF id (fexit); their prototypes vary between kernels
+_KERNEL_FUNCS = ("inet_csk_accept",)
 
 # Parsing vmlinux BTF costs most of the monitor's start-up time and memory, and its answers
 # cannot change until the next boot: they are kept in a file on tmpfs keyed by boot id.
@@ -83,12 +89,16 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 @dataclasses.dataclass(frozen=True)
 class KernelOffsets:
-    """Byte offsets (and sizes) of the kernel fields the programs read, from BTF."""
+    """Byte offsets (and sizes) of the kernel fields the programs read, and the BTF id and
+    argument count of the functions they hook, from BTF."""
 
     offsets: dict  # name -> (byte offset, size)
+    funcs: dict = dataclasses.field(default_factory=dict)  # name -> (btf id, nargs), or None: not in BTF
 
     @classmethod
     def from_btf(cls, btf=None):
+        from pybpf.errors import FeatureUnavailable
+
         if btf is None:
             from pybpf.btf import Btf
 
@@ -97,7 +107,15 @@ class KernelOffsets:
         for name, (struct, path) in _KERNEL_FIELDS.items():
             f = btf.field(struct, path)
             out[name] = (f.byte_offset, f.size)
-        return cls(out)
+        funcs = {}
+        for name in _KERNEL_FUNCS:
+            try:
+                func = btf.find(name, "func")
+            except FeatureUnavailable:
+                funcs[name] = None  # inlined or renamed on this kernel: only fexit needs it
+                continue
+            funcs[name] = (func.id, len(btf.type_by_id(func.type).params))
+        return cls(out, funcs)
 
     @classmethod
     def load(cls, cache_path=CACHE_PATH):
@@ -110,7 +128,8 @@ class KernelOffsets:
             with open(cache_path) as f:
                 cached = json.load(f)
             if cached.get("key") == key:
-                return cls({name: tuple(v) for name, v in cached["offsets"].items()})
+                return cls({name: tuple(v) for name, v in cached["offsets"].items()},
+                           {name: v and tuple(v) for name, v in cached["funcs"].items()})
         except (OSError, ValueError, KeyError, AttributeError):
             pass
         found = cls.from_btf()
@@ -118,7 +137,7 @@ class KernelOffsets:
             os.makedirs(os.path.dirname(cache_path), mode=0o700, exist_ok=True)
             tmp = f"{cache_path}.{os.getpid()}"
             with open(tmp, "w") as f:
-                json.dump({"key": key, "offsets": found.offsets}, f)
+                json.dump({"key": key, "offsets": found.offsets, "funcs": found.funcs}, f)
             os.replace(tmp, cache_path)
         except OSError:
             pass  # a read-only /run only costs the next start its BTF parse
@@ -133,12 +152,22 @@ class KernelOffsets:
     def size(self, name):
         return self.offsets[name][1]
 
+    def func(self, name):
+        """(BTF type id, number of arguments) of kernel function `name`: what an fexit program
+        attaches to, and where its ctx holds the return value (after the arguments)."""
+        from pybpf.errors import FeatureUnavailable
+
+        found = self.funcs.get(name)
+        if found is None:
+            raise FeatureUnavailable(f"vmlinux BTF has no function {name}")
+        return found
+
 
 def _cache_key():
     with open(BOOT_ID) as f:
         boot = f.read().strip()
     return {"boot_id": boot, "btf_size": os.stat(VMLINUX_BTF).st_size,
-            "fields": {name: list(spec) for name, spec in _KERNEL_FIELDS.items()}}
+            "fields": {name: list(spec) for name, spec in _KERNEL_FIELDS.items()}, "funcs": list(_KERNEL_FUNCS)}
 
 
 class Maps:

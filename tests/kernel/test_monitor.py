@@ -19,7 +19,7 @@ import pytest
 from bpfhook import cgroups
 from bpfhook.monitor import Monitor, run
 from bpfhook.monitor_cli import MonitorOptions
-from pybpf import sys as bpfsys
+from pybpf import features, sys as bpfsys
 from pybpf.prog import Program, iter_ids, prog_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -156,7 +156,41 @@ def test_outbound_over_ipv6(monitor, lab):
     assert close["family"] == "ipv6" and close["saddr"] == c.ipv6
 
 
-def test_inbound_is_attributed_to_the_accepting_process(monitor, lab):
+# The feature each accept hook needs (programs/accept.py HOOKS)
+ACCEPT_NEEDS = {"fexit": "fexit", "kretprobe": "kprobe_pmu", "tracepoint": "perf_event_tracepoint"}
+
+
+def best_accept_hook():
+    return next(hook for hook, need in ACCEPT_NEEDS.items() if features.has(need))
+
+
+@pytest.fixture(params=list(ACCEPT_NEEDS))
+def accept_monitor(request):
+    """A Monitor with each accept hook in turn, skipped where the kernel lacks it."""
+    hook, need = request.param, ACCEPT_NEEDS[request.param]
+    if not features.has(need):
+        pytest.skip(f"no {need} on this kernel: {features.probe(need).detail}")
+    with Monitor(CGROUP_ROOT, accept=hook) as m:
+        assert m.accept_hook == hook
+        yield m
+
+
+def test_auto_takes_the_best_accept_hook_and_says_so():
+    with Monitor(CGROUP_ROOT) as m:
+        assert m.accept_hook == best_accept_hook()
+        assert m.accept_note.startswith({"fexit": "fexit inet_csk_accept", "kretprobe": "kretprobe inet_csk_accept",
+                                         "tracepoint": "tracepoints syscalls:sys_exit_accept4"}[m.accept_hook])
+        for better in list(ACCEPT_NEEDS)[:list(ACCEPT_NEEDS).index(m.accept_hook)]:
+            assert f"{better}: " in m.accept_note  # why a better hook was passed over
+
+
+def test_unknown_accept_hook_is_refused():
+    with pytest.raises(ValueError, match="kprobe"):
+        Monitor(CGROUP_ROOT, accept="kprobe")
+
+
+def test_inbound_is_attributed_to_the_accepting_process(accept_monitor, lab):
+    monitor = accept_monitor
     c = lab(ipv6=False)
     server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "500", "300"], stdout=subprocess.PIPE, text=True)
     port = int(server.stdout.readline())
@@ -298,8 +332,12 @@ def _spawn(*args):
 
 
 def _wait_attached(p):
+    """Reads the start-up lines; returns the one naming the accept hook."""
     line = p.stderr.readline()
     assert "attached" in line, line + p.stderr.read()
+    line = p.stderr.readline()
+    assert "accepted connections through" in line, line + p.stderr.read()
+    return line
 
 
 def _our_prog_ids():
@@ -411,13 +449,16 @@ def test_shutdown_leaves_nothing_attached(sig):
     progs_before = _our_prog_ids()
     p = _spawn("-m", "60")
     try:
-        _wait_attached(p)
+        accept_line = _wait_attached(p)
         progs_running = _our_prog_ids() - progs_before
         links_running = _link_ids(progs_running)
     finally:
         p.send_signal(sig)
         out, err = p.communicate(timeout=15)
-    assert len(progs_running) == 5 and len(links_running) == 5
+    hook = best_accept_hook()
+    assert f"through {'tracepoints' if hook == 'tracepoint' else hook} " in accept_line
+    expected = 5 if hook == "tracepoint" else 4  # two syscall exit tracepoints, or one function hook
+    assert len(progs_running) == expected and len(links_running) == expected
     if sig == signal.SIGTERM:
         assert p.returncode == 0, err
         assert "FINAL CONNECTION METRICS REPORT" in out and "detached" in err
