@@ -221,11 +221,14 @@ def _compare(name):
 class Reg(_Addressable):
     """A register view: number, width (64 or 32) and signedness pick the instructions."""
 
-    __slots__ = ("_p", "n", "bits", "signed", "_alu_rows")
+    # u8 .. s64 as slots shadow _Addressable's properties: a register's indexers are made once
+    __slots__ = ("_p", "n", "bits", "signed", "_alu_rows", "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64")
 
     def __init__(self, p, n, bits, signed):
         self._p, self.n, self.bits, self.signed = p, n, bits, signed
         self._alu_rows = _ALU_ROWS[(bits, signed)]
+        self.u8, self.u16, self.u32, self.u64 = (_Indexer(self, t) for t in (u8, u16, u32, u64))
+        self.s8, self.s16, self.s32, self.s64 = (_Indexer(self, t) for t in (s8, s16, s32, s64))
 
     @property
     def _base_reg(self):
