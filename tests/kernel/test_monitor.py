@@ -3,6 +3,7 @@
 Traffic goes between the host and lab containers (addresses inside netns the
 test creates) or over loopback; every wait is bounded.
 """
+import dataclasses
 import io
 import json
 import os
@@ -19,6 +20,8 @@ import pytest
 from bpfhook import cgroups
 from bpfhook.monitor import Monitor, run
 from bpfhook.monitor_cli import MonitorOptions
+from bpfhook.programs import accept
+from bpfhook.programs.conn_common import KernelOffsets, Maps
 from pybpf import features, sys as bpfsys
 from pybpf.prog import Program, iter_ids, prog_info
 
@@ -182,6 +185,25 @@ def test_auto_takes_the_best_accept_hook_and_says_so():
                                          "tracepoint": "tracepoints syscalls:sys_exit_accept4"}[m.accept_hook])
         for better in list(ACCEPT_NEEDS)[:list(ACCEPT_NEEDS).index(m.accept_hook)]:
             assert f"{better}: " in m.accept_note  # why a better hook was passed over
+
+
+@pytest.mark.parametrize("nargs", [4, 2])  # (sk, flags, err, kern) before 6.10, (sk, arg) since
+def test_fexit_reads_the_return_value_after_the_arguments(nargs):
+    kernel = dataclasses.replace(KernelOffsets.load(), funcs={"inet_csk_accept": (1, nargs)})
+    with Maps() as maps:
+        insns = accept.build_fexit(maps, kernel).link()
+    ctx = [i for i in insns if i.op.name == "ldxdw" and i.src == 9]  # r9 holds ctx
+    assert [(i.dst, i.off) for i in ctx[:1]] == [(6, 8 * nargs)]
+
+
+def test_fexit_target_comes_from_this_kernels_btf():
+    from pybpf.btf import Btf
+
+    btf = Btf.vmlinux()
+    func = btf.find("inet_csk_accept", "func")
+    params = btf.type_by_id(func.type).params
+    assert KernelOffsets.from_btf(btf).func("inet_csk_accept") == (func.id, len(params))
+    assert params[0].name == "sk" and len(params) in (2, 4)
 
 
 def test_unknown_accept_hook_is_refused():
