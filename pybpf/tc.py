@@ -47,7 +47,8 @@ def _netns_inode():
 
 
 class TcFilter(Attachment):
-    """A cls_bpf direct-action filter on a clsact qdisc, removed on close, at exit and on signals."""
+    """A cls_bpf direct-action filter on a clsact qdisc, removed on close, at exit and on signals
+    (unless kept: keep()). ref says where it sits."""
 
     def __init__(self, prog, index, direction, prio, name, what):
         from pyroute2 import IPRoute
