@@ -569,3 +569,30 @@ def test_unknown_access_type():
     with pytest.raises(AssemblerError, match="unknown access type 'u24'"):
         p.mem(p.r1, 0, "u24")
     assert p.mem(p.r1, 4, "u32").type is u32
+
+
+def _build_with_open_if(p):
+    p.If(p.r1 > 1).__enter__()  # the line an error must name: the block is never closed
+    p.exit()
+
+
+def _build_with_big_stack(p):
+    p.r0 = 0
+    p.stack.alloc(1000)  # the line an error must name: more than 512 bytes
+    p.exit()
+
+
+@pytest.mark.parametrize("build, marker", [
+    (_build_with_open_if, "p.If(p.r1 > 1)"),
+    (_build_with_big_stack, "p.stack.alloc(1000)"),
+])
+def test_errors_name_the_users_line_inside_their_own_functions(build, marker):
+    """A DSL call inside a user's function is located at that call, not where the function was called."""
+    import inspect
+
+    lines, first = inspect.getsourcelines(build)
+    line = first + next(i for i, text in enumerate(lines) if marker in text)
+    p = Program()
+    with pytest.raises(AssemblerError, match=rf"test_asm\.py:{line}\b"):
+        build(p)
+        p.link()
