@@ -503,7 +503,7 @@ def _new_ffi():
 
     try:
         from . import _ffi
-    except ImportError:
+    except Exception:  # noqa: BLE001 -- missing, or a cffi backend that cannot read it: parse instead
         _ffi = None
     if _ffi is not None and _ffi.CDEF_CRC32 == zlib.crc32(CDEF.encode()):
         return _ffi.ffi
