@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -152,6 +153,27 @@ def junit_summary(path):
                 failures=failures, skip_reasons=dict(reasons.most_common()))
 
 
+def boot(argv, env, console, timeout):
+    """Exit status of the vng command, or None when it ran out of time (then qemu and all are killed)."""
+    with open(console, "w") as f:
+        # Its own process group: vng -> virtme-run -> qemu all go when we kill it.
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            if proc.returncode is None:  # timed out or interrupted
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def console_tail(console, lines):
+    with open(console, errors="replace") as f:
+        return " | ".join(f.read().strip().splitlines()[-lines:])
+
+
 def run_kernel(kernel, tests, keyword, kvm, timeout, cpus, memory):
     started = time.monotonic()
     result = dict(kernel=kernel, status="error")
@@ -173,25 +195,20 @@ def run_kernel(kernel, tests, keyword, kvm, timeout, cpus, memory):
         env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHONDONTWRITEBYTECODE="1")
         log(f"{kernel}: booting {result['image']} ({'kvm' if kvm else 'tcg'}), running {' '.join(pytest_args)}")
         console = os.path.join(out, "console.log")
-        with open(console, "w") as f:
-            try:
-                proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, timeout=timeout)
-                result["exit"] = proc.returncode
-            except subprocess.TimeoutExpired:
-                raise MatrixError(f"{kernel}: no result within {timeout} s (console: {console})") from None
         result["console"] = console
-        if not os.path.exists(junit):
-            with open(console, errors="replace") as f:
-                tail = f.read().strip().splitlines()[-5:]
-            raise MatrixError(f"{kernel}: the guest wrote no junit XML (exit {result['exit']}): {' | '.join(tail)}")
-        result.update(junit_summary(junit))
-        if os.path.exists(features):
+        result["exit"] = boot(argv, env, console, timeout)
+        if os.path.exists(features):  # written before pytest starts: there even when the tests time out
             with open(features) as f:
                 try:
                     result["features"] = json.load(f)
                 except ValueError:
                     pass
+        if result["exit"] is None:
+            raise MatrixError(f"{kernel}: no result within {timeout} s; progress: {console_tail(console, 1)}")
+        if not os.path.exists(junit):
+            raise MatrixError(f"{kernel}: the guest wrote no junit XML (exit {result['exit']}): "
+                              f"{console_tail(console, 5)}")
+        result.update(junit_summary(junit))
         result["status"] = "failed" if result["failed"] or result["exit"] not in (0, 1) else "ok"
     except MatrixError as e:
         result["error"] = str(e)
@@ -228,6 +245,8 @@ def main(argv=None):
     parser.add_argument("--memory", default="4G")
     args = parser.parse_args(argv)
 
+    # SIGTERM (CI's timeout, kill) unwinds like ^C, so boot() takes qemu down with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kvm = {"auto": kvm_usable(), "kvm": True, "tcg": False}[args.accel]
     kernels = list(KERNELS) if args.kernel == "all" else [args.kernel]
     try:
