@@ -48,7 +48,7 @@ import socket, sys
 family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 recv, send = int(sys.argv[2]), int(sys.argv[3])
 with socket.socket(family) as s:
-    s.settimeout(10)
+    s.settimeout(30)  # the monitor's start-up under qemu emulation can take most of 10 s
     s.bind((sys.argv[1], 0))
     s.listen(1)
     print(s.getsockname()[1], flush=True)
