@@ -93,6 +93,7 @@ def test_tables_say_missing_peers_and_reasons():
     text = perf_run.text_table(rows)
     assert "missing" in text.splitlines()[2] and "NO" in text.splitlines()[2]
     assert "no peer tool" in text.splitlines()[3]
-    page = perf_run.markdown(rows, ["maps", "events"])
+    page = perf_run.markdown(rows, ["maps", "events"], perf_run.machine())
+    assert "load average" in page
     assert "`python tests/perf/run.py --markdown maps events`" in page
     assert "| maps | dump | 0.500 | missing | s |  | <= 0.2 | NO |" in page
