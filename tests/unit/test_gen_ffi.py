@@ -15,21 +15,14 @@ def _gen_ffi():
 
 
 def test_regenerating_gives_the_committed_file():
-    """Same text where the installed cffi is the one that generated it; under another cffi
-    version (its output differs in form), the committed file must still be for this CDEF."""
-    import zlib
-
-    import cffi
-
-    from pybpf.sys import CDEF
+    """Byte for byte, but for the header line naming the cffi version that generated it."""
+    def without_version(text):
+        return [line for line in text.splitlines() if not line.startswith("# cffi ")]
 
     with open(os.path.join(ROOT, "pybpf", "_ffi.py")) as f:
         committed = f.read()
-    header = committed.splitlines()[1]
-    assert f"CDEF_CRC32 = {zlib.crc32(CDEF.encode()):#010x}" in committed, \
+    assert without_version(_gen_ffi().generate()) == without_version(committed), \
         "pybpf/_ffi.py is stale: run python3 tools/gen_ffi.py"
-    if header.startswith(f"# cffi {cffi.__version__},"):
-        assert _gen_ffi().generate() == committed, "pybpf/_ffi.py is stale: run python3 tools/gen_ffi.py"
 
 
 def test_import_uses_the_generated_ffi_without_pycparser():
