@@ -224,7 +224,9 @@ def print_report(results):
         if "error" in r:
             print(f"{head}\n   ERROR: {r['error']}")
             continue
-        print(f"{head}: {r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped")
+        # key=value, not pytest's "N passed, N failed": CI logs are judged by their closing test
+        # line, and this report must not be mistaken for the main suite's.
+        print(f"{head}: passed={r['passed']} failed={r['failed']} skipped={r['skipped']}")
         for failure in r["failures"]:
             print(f"   FAILED {failure}")
         for reason, count in r["skip_reasons"].items():
