@@ -122,6 +122,12 @@ def main(argv=None):
     with open(args.output, "w") as f:
         f.write(text)
     print(f"wrote {args.output} ({len(columns + more)} kernels)")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import readme
+
+    if os.path.abspath(args.output) == readme.SECTIONS["features"]:
+        readme.embed("features")
+        print("embedded it in README.md")
     return 0
 
 

@@ -136,6 +136,8 @@ def main(argv=None):
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON instead of a table")
     output.add_argument("--markdown", action="store_true", help="print a Markdown page with date and machine")
+    output.add_argument("--readme", action="store_true",
+                        help="write that page to docs/benchmarks.md and embed it in README.md")
     args = parser.parse_args(argv)
     names = args.names or available()
     unknown = sorted(set(names) - set(available()))
@@ -150,6 +152,15 @@ def main(argv=None):
         print()
     elif args.markdown:
         print(markdown(rows, args.names, machine_line))
+    elif args.readme:
+        sys.path.insert(0, os.path.join(ROOT, "tools"))
+        import readme
+
+        with open(readme.SECTIONS["benchmarks"], "w") as f:
+            f.write(markdown(rows, args.names, machine_line).replace("--markdown", "--readme") + "\n")
+        readme.embed("benchmarks")
+        print(text_table(rows))
+        print(f"wrote {readme.SECTIONS['benchmarks']} and embedded it in README.md")
     else:
         print(text_table(rows))
     for r in rows:
