@@ -66,7 +66,7 @@ def host_server(address, recv, send):
     """A one-connection server thread on the host; returns (port, thread)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     srv = socket.socket(family)
-    srv.settimeout(10)
+    srv.settimeout(30)  # a container client's start under qemu emulation can take most of 10 s
     srv.bind((address, 0))
     srv.listen(1)
 
