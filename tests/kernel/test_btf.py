@@ -115,9 +115,11 @@ def test_every_vmlinux_type_matches_bpftool(btf, oracle):
     for type_id, want in oracle.items():
         _check_type(btf.type_by_id(type_id), want)
         kinds.add(want["kind"])
-    # the kernel's BTF exercises (nearly) every kind; say which, so a gap is visible
+    # Every vmlinux BTF has these kinds. The newer ones (float, decl_tag, type_tag, enum64) appear
+    # only as the pahole that built the kernel emits them (Debian's 6.12 has no decl_tag): where
+    # present they were compared above, type by type.
     assert {"int", "ptr", "array", "struct", "union", "enum", "fwd", "typedef", "volatile", "const",
-            "func", "func_proto", "var", "datasec", "float", "decl_tag", "enum64"} <= kinds
+            "func", "func_proto", "var", "datasec"} <= kinds
 
 
 @pytest.mark.parametrize("name", STRUCTS)
@@ -221,9 +223,10 @@ def test_loaded_module_continues_vmlinux_ids(btf):
     if not modules:
         pytest.skip("no module has BTF on this kernel (everything built in)")
     module = Btf.load_module(modules[0])
-    oracle = subprocess.run([BPFTOOL, "btf", "dump", "file", os.path.join(os.path.dirname(VMLINUX_PATH), modules[0]),
-                             "base", VMLINUX_PATH, "format", "raw"], check=True, capture_output=True,
-                            text=True).stdout
+    # module BTF is split BTF: bpftool reads it on top of its base (-B)
+    oracle = subprocess.run([BPFTOOL, "-B", VMLINUX_PATH, "btf", "dump", "file",
+                             os.path.join(os.path.dirname(VMLINUX_PATH), modules[0]), "format", "raw"],
+                            check=True, capture_output=True, text=True, timeout=60).stdout
     first = int(_HEAD.match(oracle).group(1))
     assert module.start_id == first == len(btf)
 
