@@ -24,6 +24,16 @@ def _kernel_reason():
 KERNEL_SKIP_REASON = _kernel_reason()
 
 
+def slow_factor():
+    """How many times slower than a normal machine this one runs: $BPFHOOK_SLOW (vagrant/matrix.py
+    sets it under qemu emulation), else 1. It scales the upper bounds of waits that end as soon as
+    what they wait for happens, so it costs nothing where things work; never use it for a sleep."""
+    try:
+        return max(1.0, float(os.environ.get("BPFHOOK_SLOW", "1")))
+    except ValueError:
+        return 1.0
+
+
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/kernel/ is a kernel test; so is anything marked so."""
     skip = pytest.mark.skip(reason=KERNEL_SKIP_REASON) if KERNEL_SKIP_REASON else None

@@ -12,6 +12,7 @@ from pyroute2 import netns as pyroute2_netns
 from pybpf import mounts
 from bpfhook import cgroups
 from bpfhook.lab import CGROUP_PARENT, Lab, LabError, host_ifname
+from tests.conftest import slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -216,7 +217,8 @@ def test_two_containers_at_once(lab):
 
 def _cli(*args, **kw):
     return subprocess.run(
-        [sys.executable, "-m", "bpfhook", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, **kw
+        [sys.executable, "-m", "bpfhook", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=60 * slow_factor(), **kw
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from bpfhook import cgroups
 from bpfhook.trafficgen import PAYLOAD, TYPES, Server, TrafficError, generate, server_in_container
+from tests.conftest import slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -62,7 +63,7 @@ def test_only_loopback_and_lab_targets(target):
 
 def test_cli_auto_prints_a_summary():
     r = subprocess.run([sys.executable, "-m", "bpfhook", "trafficgen", "--auto", "--type", "udp", "--requests", "7"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+                       cwd=ROOT, capture_output=True, text=True, timeout=30 * slow_factor())
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("udp 127.0.0.1:") and ": 7 requests, 0 errors" in r.stdout
 
@@ -86,6 +87,6 @@ def test_server_inside_a_lab_container(lab, kind):
 def test_cli_auto_in_a_container(lab):
     c = lab(ipv6=False)
     r = subprocess.run([sys.executable, "-m", "bpfhook", "trafficgen", "--auto", "--type", "tcp", "--requests", "4",
-                        "--container", c.name], cwd=ROOT, capture_output=True, text=True, timeout=30)
+                        "--container", c.name], cwd=ROOT, capture_output=True, text=True, timeout=30 * slow_factor())
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"tcp {c.ipv4}:") and ": 4 requests, 0 errors" in r.stdout
