@@ -24,6 +24,7 @@ from bpfhook.programs import accept
 from bpfhook.programs.conn_common import KernelOffsets, Maps
 from pybpf import features, sys as bpfsys
 from pybpf.prog import Program, iter_ids, prog_info
+from tests.conftest import slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CGROUP_ROOT = cgroups.mount()
@@ -353,12 +354,18 @@ def _spawn(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_attached(p):
-    """Reads the start-up lines; returns the one naming the accept hook."""
-    line = p.stderr.readline()
-    assert "attached" in line, line + p.stderr.read()
-    line = p.stderr.readline()
-    assert "accepted connections through" in line, line + p.stderr.read()
+def _wait_attached(p, timeout=60):
+    """Reads the start-up lines; returns the one naming the accept hook. A monitor that has not
+    said both within `timeout` (scaled by slow_factor) is killed, which ends the reads."""
+    watchdog = threading.Timer(timeout * slow_factor(), p.kill)
+    watchdog.start()
+    try:
+        line = p.stderr.readline()
+        assert "attached" in line, line + p.stderr.read()
+        line = p.stderr.readline()
+        assert "accepted connections through" in line, line + p.stderr.read()
+    finally:
+        watchdog.cancel()
     return line
 
 
@@ -476,7 +483,7 @@ def test_shutdown_leaves_nothing_attached(sig):
         links_running = _link_ids(progs_running)
     finally:
         p.send_signal(sig)
-        out, err = p.communicate(timeout=15)
+        out, err = p.communicate(timeout=15 * slow_factor())
     hook = best_accept_hook()
     assert f"through {'tracepoints' if hook == 'tracepoint' else hook} " in accept_line
     expected = 5 if hook == "tracepoint" else 4  # two syscall exit tracepoints, or one function hook
