@@ -169,7 +169,9 @@ def server(container, port=DEMO_PORT, seconds=60.0):
     p = container.spawn([sys.executable, "-c", SERVER, str(port), str(seconds)],
                         stdout=subprocess.PIPE, text=True)
     try:
-        ready, _, _ = select.select([p.stdout], [], [], 10)
+        # An upper bound only (returns as soon as it is ready): Python under qemu emulation
+        # takes tens of seconds to start.
+        ready, _, _ = select.select([p.stdout], [], [], 60)
         if not ready or p.stdout.readline().strip() != "ready":
             raise RuntimeError(f"server in {container.name} did not start")
         yield p
