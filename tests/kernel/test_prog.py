@@ -1,6 +1,7 @@
 """pybpf.prog against the real kernel: every loadable type, verifier errors, test runs, info, pins, fds."""
 import errno
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -169,7 +170,8 @@ def test_helper_not_allowed_for_type():
     program = [Insn("call", imm=26), Insn("mov", 0, 0, 0, 0), Insn("exit")]  # skb_load_bytes in XDP
     with pytest.raises(VerifierError) as e:
         load(program, "xdp")
-    assert "cannot use helper bpf_skb_load_bytes#26" in e.value.log
+    # 6.1 says "unknown func", later kernels "cannot use helper"
+    assert re.search(r"(cannot use helper|unknown func) bpf_skb_load_bytes#26", e.value.log)
     assert e.value.insn_idx == 0
 
 
@@ -244,7 +246,8 @@ def test_test_run_sees_packet_writes():
 def test_test_run_of_syscall_program_with_ctx():
     # syscall programs read their ctx: return its first u32.
     # syscall programs read their ctx and may write it: return its first u32, store 7 in the second.
-    program = [Insn("ldxw", 0, 1, 0), Insn("stw", 1, 0, 4, 7), Insn("exit")]
+    # stxw, not stw: kernels before 6.3 refuse BPF_ST into ctx
+    program = [Insn("ldxw", 0, 1, 0), Insn("mov", 2, 0, 0, 7), Insn("stxw", 1, 2, 4), Insn("exit")]
     ctx = struct.pack("<II", 0xC0FFEE, 0)
     with load(program, "syscall", prog_flags=ProgFlags.SLEEPABLE) as p:
         r = p.test_run(ctx_in=ctx)
