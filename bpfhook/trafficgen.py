@@ -292,7 +292,7 @@ def server_in_container(kind, container, ipv6=False):
     child = container.spawn([sys.executable, "-m", "bpfhook.trafficgen", "serve", kind, host],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     try:
-        ready = _readline(child.stdout, timeout=10)
+        ready = _readline(child.stdout, timeout=60)  # an upper bound: slow under emulation
         if not ready:
             raise TrafficError(f"{kind} server in container {container.name!r} did not start "
                                f"(exit status {child.poll()})")
