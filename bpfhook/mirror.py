@@ -618,6 +618,11 @@ def _remove_state(state):
     for pin in state["pins"]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pin)  # the link's last reference: it detaches
+    if state["pins"]:
+        # The directories --keep made, once no mirror pins there any more.
+        for directory in (PIN_DIR, os.path.dirname(PIN_DIR)):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
     index = state["source_ifindex"]
     try:
         current = socket.if_indextoname(index)
