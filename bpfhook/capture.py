@@ -20,7 +20,6 @@ import dataclasses
 import ipaddress
 import os
 import signal
-import socket
 import struct
 import sys
 import time

@@ -16,16 +16,14 @@ run() returns {name: (ours, peer, unit, target)} for tests/perf/run.py.
 """
 import os
 import random
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from tests.perf.timing import rate  # noqa: E402
 from pybpf import disasm, isa  # noqa: E402
 from pybpf.insn import Insn, encode  # noqa: E402
 from tests.elfutil import bpf_elf  # noqa: E402
@@ -55,24 +53,6 @@ def corpus(count, distinct, seed=1):
     return encode(out)
 
 
-def _cpu():
-    """CPU seconds of this process and its finished children: what load from others blurs less."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def _timed(fn):
-    start, cpu = time.perf_counter(), _cpu()
-    fn()
-    return time.perf_counter() - start, _cpu() - cpu
-
-
-def _rate(fn, slots, repeat=ROUNDS):
-    """(insn/s in wall-clock time, insn/s in CPU time), each the best of `repeat` runs."""
-    runs = [_timed(fn) for _ in range(repeat)]
-    return slots / min(wall for wall, _ in runs), slots / max(min(cpu for _, cpu in runs), 1e-9)
-
-
 def _llvm_rate(code):
     if not LLVM_OBJDUMP:
         return None, None
@@ -83,7 +63,7 @@ def _llvm_rate(code):
 
         def go():
             subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, timeout=300)
-        return _rate(go, len(code) // 8)
+        return rate(go, len(code) // 8, ROUNDS)
 
 
 def run(count=200_000):
@@ -93,7 +73,7 @@ def run(count=200_000):
         slots = len(code) // 8
         peer, peer_cpu = _llvm_rate(code)
         for syntax in disasm.SYNTAXES:
-            ours, ours_cpu = _rate(lambda: disasm.disassemble(code, syntax), slots)
+            ours, ours_cpu = rate(lambda: disasm.disassemble(code, syntax), slots, ROUNDS)
             target = TARGET if (syntax, name) == ("kernel", "typical") else None
             figures[f"disasm {name} {syntax} insns/s"] = (round(ours), round(peer) if peer else None,
                                                           "insn/s", target)

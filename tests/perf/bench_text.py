@@ -17,17 +17,16 @@ run() returns {name: (ours, peer, unit, target)} for tests/perf/run.py.
 """
 import os
 import random
-import resource
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from tests.perf.timing import rate  # noqa: E402
 from pybpf import disasm, isa  # noqa: E402
 from pybpf.insn import Insn, encode  # noqa: E402
 from pybpf.text import assemble  # noqa: E402
@@ -70,24 +69,6 @@ def text_of(code, syntax):
     return _COLUMN.sub("", text) if syntax == "llvm" else text
 
 
-def _cpu():
-    """CPU seconds of this process and its finished children: what load from others blurs less."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def _timed(fn):
-    start, cpu = time.perf_counter(), _cpu()
-    fn()
-    return time.perf_counter() - start, _cpu() - cpu
-
-
-def _rate(fn, slots, repeat=ROUNDS):
-    """(insn/s in wall-clock time, insn/s in CPU time), each the best of `repeat` runs."""
-    runs = [_timed(fn) for _ in range(repeat)]
-    return slots / min(wall for wall, _ in runs), slots / max(min(cpu for _, cpu in runs), 1e-9)
-
-
 def _llvm_mc_rate(text, slots):
     if not LLVM_MC:
         return None, None
@@ -99,7 +80,7 @@ def _llvm_mc_rate(text, slots):
 
         def go():
             subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True, timeout=300)
-        return _rate(go, slots)
+        return rate(go, slots, ROUNDS)
 
 
 def run(count=200_000):
@@ -110,7 +91,7 @@ def run(count=200_000):
         text = text_of(code, "llvm")
         assert assemble(text, "llvm") == code, "benchmark text does not assemble back to its bytes"
         peer, peer_cpu = _llvm_mc_rate(text, slots)
-        ours, ours_cpu = _rate(lambda: assemble(text, "llvm"), slots)
+        ours, ours_cpu = rate(lambda: assemble(text, "llvm"), slots, ROUNDS)
         figures[f"asm {name} llvm insns/s"] = (round(ours), round(peer) if peer else None, "insn/s",
                                                TARGET if name == "typical" else None)
         figures[f"asm {name} llvm, CPU insns/s"] = (round(ours_cpu), round(peer_cpu) if peer_cpu else None,
@@ -118,7 +99,7 @@ def run(count=200_000):
     code = corpus(count, distinct=False)
     text = text_of(code, "ubpf")
     assert assemble(text, "ubpf") == code
-    ours, _ = _rate(lambda: assemble(text, "ubpf"), len(code) // 8)
+    ours, _ = rate(lambda: assemble(text, "ubpf"), len(code) // 8, ROUNDS)
     figures["asm typical ubpf insns/s"] = (round(ours), None, "insn/s", None)
     return figures
 

@@ -21,7 +21,7 @@ def test_readme_section_is_the_generated_page(name):
         readme = f.read()
     with open(tool.SECTIONS[name]) as f:
         page = f.read()
-    assert tool.section(name, readme) == tool.body(page), f"run python3 tools/readme.py"
+    assert tool.section(name, readme) == tool.body(page), "run python3 tools/readme.py"
 
 
 def test_embed_replaces_only_its_section(tmp_path):
