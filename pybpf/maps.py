@@ -240,16 +240,7 @@ class Map:
             raise MapError(f"{self.type.name} map {self.name!r} has no keys: use push/pop/peek")
         if self.type in LOCAL_STORAGE_TYPES and not isinstance(key, (int, bytes, bytearray, memoryview)):
             key = _fd_of(key)
-        if isinstance(key, (bytes, bytearray, memoryview)):
-            raw = bytes(key)
-        else:
-            try:
-                raw = self.key_codec.encode(key)
-            except LayoutError as e:
-                raise LayoutError(f"key for map {self.name!r}: {e}") from None
-        if len(raw) != self.key_size:
-            raise LayoutError(f"key is {len(raw)} bytes, map {self.name!r} wants {self.key_size}")
-        return raw
+        return self._encode("key", self.key_codec, self.key_size, key)
 
     def _value(self, value):
         if self.type in FD_VALUE_TYPES and not isinstance(value, (bytes, bytearray, memoryview)):
@@ -263,15 +254,20 @@ class Map:
         return self._one_value(value)
 
     def _one_value(self, value):
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            raw = bytes(value)
+        return self._encode("value", self.value_codec, self.value_size, value)
+
+    def _encode(self, what, field_codec, size, obj):
+        """Bytes of a key or value: raw bytes pass as they are, anything else through the codec;
+        either way exactly `size` bytes."""
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            raw = bytes(obj)
         else:
             try:
-                raw = self.value_codec.encode(value)
+                raw = field_codec.encode(obj)
             except LayoutError as e:
-                raise LayoutError(f"value for map {self.name!r}: {e}") from None
-        if len(raw) != self.value_size:
-            raise LayoutError(f"value is {len(raw)} bytes, map {self.name!r} wants {self.value_size}")
+                raise LayoutError(f"{what} for map {self.name!r}: {e}") from None
+        if len(raw) != size:
+            raise LayoutError(f"{what} is {len(raw)} bytes, map {self.name!r} wants {size}")
         return raw
 
     def _decode_value(self, buf):
