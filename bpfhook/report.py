@@ -130,7 +130,8 @@ class Aggregator:
                             container=container)
             if event["newstate"]:
                 conn["state"] = event["newstate"]
-            if not conn["sport"] and event["sport"]:  # connect() sees no source address yet; later events do
+            if event["sport"] and event["dport"] and not (conn["sport"] and conn["dport"]):
+                # connect() sees no source port yet and a passive child at SYN_RECV no peer: later events do
                 conn.update(saddr=event["saddr"], sport=event["sport"], daddr=event["daddr"], dport=event["dport"])
         return container
 

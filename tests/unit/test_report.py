@@ -62,6 +62,15 @@ def test_connect_without_source_address_learns_it_later():
     assert (conn["saddr"], conn["sport"], conn["state"]) == ("10.77.1.2", 50000, "SYN_SENT")
 
 
+def test_passive_child_learns_its_peer_after_syn_recv():
+    """At SYN_RECV the child socket has the listener's port and no peer yet."""
+    agg = Aggregator(resolve=resolve)
+    agg.add(ev("state", 5, 1, oldstate="LISTEN", newstate="SYN_RECV", sport=80, daddr="0.0.0.0", dport=0))
+    agg.add(ev("state", 5, 2, oldstate="SYN_RECV", newstate="ESTABLISHED", sport=80, daddr="10.77.1.1", dport=51000))
+    (conn,) = agg.snapshot().active
+    assert (conn["sport"], conn["daddr"], conn["dport"]) == (80, "10.77.1.1", 51000)
+
+
 def test_accept_moves_ownership_to_the_acceptor():
     agg = Aggregator(resolve=resolve)
     agg.add(ev("state", 7, 0, 200, "SYN_RECV", "ESTABLISHED", comm="swapper/0", pid=0))  # softirq: host
