@@ -16,6 +16,7 @@ exit tracepoints (programs/accept.py). Loading the fexit program is its own
 probe: it needs no vmlinux BTF parse beyond the cached offsets, where
 features.has("fexit") would parse it on every start.
 """
+import collections
 import contextlib
 import signal
 import sys
@@ -59,9 +60,9 @@ class Monitor:
             # Reader before programs: a perf array slot without its ring makes the output fail.
             # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
             self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
-            state = load(conn_state.build(self.maps, kernel), "tracepoint", name="bh_conn_state")
+            state = load(conn_state.build(self.maps, kernel), "raw_tracepoint", name="bh_conn_state")
             self._hold(state)
-            self._stack.enter_context(attach.tracepoint(state, conn_state.TRACEPOINT))
+            self._stack.enter_context(attach.raw_tracepoint(state, conn_state.RAW_TRACEPOINT))
             self._attach_accept(kernel, accept_hooks.HOOKS if accept == "auto" else (accept,))
             for version, hook in connect.HOOKS.items():
                 prog = load(connect.build(self.maps, kernel, version), "cgroup_sock_addr", name=f"bh_{hook}",
@@ -132,11 +133,16 @@ class Monitor:
         """Decoded events that arrived (waiting up to `timeout` seconds for the first)."""
         return [records.decode_event(r) for r in self.reader.read(timeout)]
 
-    def cgroup_metrics(self):
-        return {k.cgroup_id: records.decode_metrics(v) for k, v in self.maps.metrics_cgroup.items()}
+    def cgroup_metrics(self, connections=None):
+        """{cgroup id: metrics dict}: the kernel's totals of what ended, and the live
+        connections (connections(), read now when not given): active, opened = closed + active."""
+        totals = {k.cgroup_id: records.decode_metrics(v) for k, v in self.maps.metrics_cgroup.items()}
+        return with_live(totals, self.connections() if connections is None else connections, "cgroup_id")
 
-    def netns_metrics(self):
-        return {k.netns: records.decode_metrics(v) for k, v in self.maps.metrics_netns.items()}
+    def netns_metrics(self, connections=None):
+        """{netns cookie: metrics dict}, as cgroup_metrics()."""
+        totals = {k.netns: records.decode_metrics(v) for k, v in self.maps.metrics_netns.items()}
+        return with_live(totals, self.connections() if connections is None else connections, "netns")
 
     def stats(self):
         """The kernel's summaries: {"events", "duration_total_ns", "duration_max_ns",
@@ -181,6 +187,20 @@ class Monitor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def with_live(totals, connections, field):
+    """Metrics dicts {key: records.decode_metrics dict} completed from the live connections:
+    active = connections whose `field` is the key, opened = closed + active. The kernel keeps
+    only what ended: one map update per close rather than one per open and per close."""
+    live = collections.Counter(c[field] for c in connections)
+    out = {}
+    for key in totals.keys() | live.keys():
+        m = dict(totals.get(key) or dict.fromkeys(records.METRICS_FIELDS, 0))
+        m["active"] = live[key]
+        m["opened"] = m["closed"] + m["active"]
+        out[key] = m
+    return out
 
 
 # ---- the command ---------------------------------------------------------------
@@ -259,8 +279,9 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
             def snapshot():
                 """What the reports show (call with the lock held)."""
                 if not stream:
-                    return summary_snapshot(monitor.connections(), monitor.recent(), monitor.stats(),
-                                            monitor.cgroup_metrics(), resolve, monitor.lost()["events"])
+                    live = monitor.connections()
+                    return summary_snapshot(live, monitor.recent(), monitor.stats(), monitor.cgroup_metrics(live),
+                                            resolve, monitor.lost()["events"])
                 if keep.passes_everything:  # the maps count everything; filtered views come from events
                     aggregator.set_cgroup_metrics(monitor.cgroup_metrics())
                 aggregator.set_lost(monitor.lost()["events"])

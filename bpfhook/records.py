@@ -8,9 +8,9 @@ is asserted below. The BPF programs take their offsets from `offsetof()` /
     EVENT        connection event, one ring buffer (or perf buffer) record, 136 bytes
     CONN_KEY     LRU hash "conns": the connection's socket, 8 bytes
     CONN         its value: who opened it, addresses, state, bytes, 112 bytes
-    CGROUP_KEY   hash "metrics_by_cgroup": cgroup id, 8 bytes
-    NETNS_KEY    hash "metrics_by_netns": netns cookie (or inode), 8 bytes
-    METRICS      value of both metrics maps, 176 bytes
+    CGROUP_KEY   per-CPU hash "metrics_cgroup": cgroup id, 8 bytes
+    NETNS_KEY    per-CPU hash "metrics_netns": netns cookie (or inode), 8 bytes
+    METRICS      value of both metrics maps (one per CPU, summed by user space), 32 bytes
     LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
 
 Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
@@ -26,7 +26,7 @@ correlating with other tools, not a map key.
 """
 import socket
 
-from construct import Array, Bytes, Int8un, Int16un, Int32un, Int64sn, Int64un, Padding, Struct
+from construct import Bytes, Int8un, Int16un, Int32un, Int64sn, Int64un, Padding, Struct
 
 from pybpf.layout import codec
 
@@ -43,7 +43,7 @@ TCP_STATES = {
     11: "CLOSING", 12: "NEW_SYN_RECV", 13: "BOUND_INACTIVE",
 }
 TCP_STATE_IDS = {name: number for number, name in TCP_STATES.items()}
-NSTATES = 16  # METRICS.states has one slot per state number; BPF masks newstate with NSTATES-1
+NSTATES = 16  # state numbers fit 4 bits: STAT_TRANSITIONS has NSTATES * NSTATES slots
 
 # EVENT.flags / CONN.flags bits
 F_NETNS_INODE = 1 << 0  # .netns is the namespace's inode, not its cookie (hook had no netns cookie)
@@ -123,21 +123,18 @@ CONN = Struct(
 CGROUP_KEY = Struct("cgroup_id" / u64)
 NETNS_KEY = Struct("netns" / u64)
 
-METRICS = Struct(
-    "opened" / u64,  # connections seen starting (SYN_SENT, accepted, UDP connect)
+METRICS = Struct(  # totals of what ended; what is live is in "conns" (opened = closed + live)
     "closed" / u64,  # transitions to TCP_CLOSE of known connections
-    "active" / s64,  # opened - closed, kept by the BPF side (signed: an evicted open may go below 0)
     "bytes_sent" / u64,  # summed at close from tcp_sock counters
     "bytes_received" / u64,
     "udp" / u64,  # UDP flows (connected UDP sockets / first datagram)
-    "states" / Array(NSTATES, u64),  # transitions into each state, index = new state number
 )
 
 LOST_KEY = u32
 LOST_VALUE = u64
 
 _SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
-          "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 176)}
+          "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32)}
 
 
 # ---- offsets, derived from the layouts ---------------------------------------
@@ -263,18 +260,18 @@ def decode_conn(sock, c):
     }
 
 
+METRICS_FIELDS = tuple(name for name, _offset, _size in fields(METRICS))
+
+
 def decode_metrics(value):
-    """A METRICS value (bytes or Container) as a dict; states keyed by name, zero counts left out."""
-    m = METRICS_CODEC.decode(value) if isinstance(value, (bytes, bytearray, memoryview)) else value
-    return {
-        "opened": m.opened,
-        "closed": m.closed,
-        "active": m.active,
-        "bytes_sent": m.bytes_sent,
-        "bytes_received": m.bytes_received,
-        "udp": m.udp,
-        "states": {state_name(n): count for n, count in enumerate(m.states) if n and count},
-    }
+    """A METRICS value as a dict: bytes or a Container, or a list of them (a per-CPU map's
+    value, one per CPU), summed."""
+    total = dict.fromkeys(METRICS_FIELDS, 0)
+    for v in value if isinstance(value, list) else [value]:
+        m = METRICS_CODEC.decode(v) if isinstance(v, (bytes, bytearray, memoryview)) else v
+        for name in METRICS_FIELDS:
+            total[name] += m[name]
+    return total
 
 
 def describe():

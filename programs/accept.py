@@ -19,16 +19,16 @@ All three end in the same code (_accepted). Only TCP sockets of
 AF_INET/AF_INET6 are reported (accept() also serves Unix sockets). The event
 (kind accept, F_OWNER_FROM_ACCEPT) carries the acceptor's pid, tid, comm and
 cgroup and the sock address the state events are keyed by; the connection map
-entry takes the acceptor as owner, and when the acceptor sits in another cgroup
-than the socket was created in, the opened/active counts move to the
-acceptor's cgroup.
+entry takes the acceptor as owner, so the live connection and, at its close,
+its bytes count in the acceptor's cgroup even when the listener was created in
+another one.
 """
 from bpfhook import records
 from pybpf import tracefs
 from pybpf.asm import Program
 
-from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, account, current_task, define_metrics, emit,
-                          kread)
+from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, current_task, emit,
+                          exit_unless_tcp, field_in, kread, kread_fields, sock_addresses)
 
 HOOKS = ("fexit", "kretprobe", "tracepoint")  # best first
 FUNC = "inet_csk_accept"
@@ -39,19 +39,19 @@ def build_fexit(maps, kernel):
     """The fexit program on inet_csk_accept (load it as tracing, trace_fexit, attach_btf_id
     kernel.func(FUNC)[0])."""
     _btf_id, nargs = kernel.func(FUNC)
-    p, ev, scratch, key = _program("tracing")
+    p, slots = _program("tracing")
     p.r9 = p.r1
     p.r6 = p.r9.u64[8 * nargs]  # fexit's ctx: the arguments, then the return value
-    _accepted(p, maps, kernel, ev, scratch, key)
+    _accepted(p, maps, kernel, *slots)
     return p
 
 
 def build_kretprobe(maps, kernel):
     """The kretprobe program on inet_csk_accept."""
-    p, ev, scratch, key = _program("kprobe")
+    p, slots = _program("kprobe")
     p.r9 = p.r1
     p.r6 = p.r9.u64[kernel.regs_rc]
-    _accepted(p, maps, kernel, ev, scratch, key)
+    _accepted(p, maps, kernel, *slots)
     return p
 
 
@@ -60,7 +60,8 @@ def build(maps, kernel, tracepoint=TRACEPOINTS[0], fields=None):
     tp = fields or tracefs.tracepoint_fields(tracepoint, require=("ret",))
     ret_off = tp["ret"].offset
 
-    p, ev, scratch, key = _program("tracepoint")
+    p, slots = _program("tracepoint")
+    _ev, buf, scratch, _key = slots
     p.r9 = p.r1
     p.r7 = p.r9.u64[ret_off]  # the new fd, or -errno
     with p.If(p.r7.s < 0):
@@ -71,46 +72,61 @@ def build(maps, kernel, tracepoint=TRACEPOINTS[0], fields=None):
     kread(p, scratch, 0, 8, p.r6, kernel.task_files)
     kread(p, scratch, 0, 8, scratch.u64[0], kernel.files_fdt)
     p.r6 = scratch.u64[0]
-    kread(p, scratch, 0, 4, p.r6, kernel.fdt_max_fds)
-    p.r1 = scratch.u32[0]
+    at = kread_fields(p, kernel, buf, p.r6, ("fdt_max_fds", "fdt_fd"))
+    p.r1 = field_in(buf, at, kernel, "fdt_max_fds")
     with p.If(p.r7 >= p.r1):  # closed and reused by another thread already: nothing to trust
         p.exit(0)
-    kread(p, scratch, 0, 8, p.r6, kernel.fdt_fd)  # struct file **fd
+    p.r6 = field_in(buf, at, kernel, "fdt_fd")  # struct file **fd
     p.r7 <<= 3
-    p.r6 = scratch.u64[0]
     p.r6 += p.r7
     kread(p, scratch, 0, 8, p.r6, 0)  # struct file *
     kread(p, scratch, 0, 8, scratch.u64[0], kernel.file_private_data)  # struct socket *
     kread(p, scratch, 0, 8, scratch.u64[0], kernel.socket_sk)  # struct sock *
     p.r6 = scratch.u64[0]
-    _accepted(p, maps, kernel, ev, scratch, key)
+    _accepted(p, maps, kernel, *slots)
     return p
 
 
 def _program(prog_type):
-    """A program named bh_accept with its stack slots: (p, ev, scratch, key)."""
+    """A program named bh_accept and its stack slots (ev, buf, scratch, key)."""
     p = Program("bh_accept", prog_type=prog_type)
-    return p, p.stack.alloc(records.EVENT), p.stack.alloc(8), p.stack.alloc(8)
+    return p, (p.stack.alloc(records.EVENT), p.stack.alloc(32), p.stack.alloc(8), p.stack.alloc(8))
 
 
-def _accepted(p, maps, kernel, ev, scratch, key):
+def _accepted(p, maps, kernel, ev, buf, scratch, key):
     """The rest of every hook: r6 = the accepted struct sock (or NULL), r9 = ctx, and the
-    accepting task current. Sends the accept event, hands the connection over, exits."""
+    accepting task current. Hands the connection over to the acceptor (its map entry's
+    owner: the close is counted in the acceptor's cgroup), sends the accept event when
+    streaming, exits.
+
+    A socket the state program follows is a TCP one with its addresses and netns in its
+    map entry: nothing more is read from it. Without streaming an accept of any other
+    socket (a Unix one, a connection older than the monitor) has nothing to update."""
     with p.If(p.r6 == 0):
         p.exit(0)
+    key.u64[0] = p.r6
+    p.call("map_lookup_elem", maps.conns, key)
+    p.r7 = p.r0
+    if not maps.stream:
+        with p.If(p.r7 == 0):
+            p.exit(0)
+        current_task(p, p.r7, C)
+        _mark_accepted(p)
+        emit(p, maps, ev, p.r9, scratch)  # counted, as streaming would have sent it
+        p.exit(0)
+        return
 
     ev.zero()
-    kread(p, ev, E["family"], 2, p.r6, kernel.sk_family)
-    p.r1 = ev.u16[E["family"]]
-    p.r2 = p.r1
-    with p.If(p.r1 != AF_INET):
-        with p.If(p.r2 != AF_INET6):
-            p.exit(0)
-    kread(p, scratch, 0, kernel.size("sk_protocol"), p.r6, kernel.sk_protocol)
-    p.r1 = scratch.mem(0, {1: "u8", 2: "u16", 4: "u32"}[kernel.size("sk_protocol")])
-    with p.If(p.r1 != IPPROTO_TCP):
-        p.exit(0)
-
+    with p.If(p.r7 == 0):
+        _unfollowed(p, kernel, ev, buf, scratch)
+    with p.Else():
+        for name, type in (("netns", "u64"), ("sport", "u16"), ("dport", "u16"), ("family", "u16")):
+            p.r1 = p.r7.mem(C[name], type)
+            getattr(ev, type)[E[name]] = p.r1
+        for name in ("saddr", "daddr"):
+            for half in (0, 8):
+                p.r1 = p.r7.u64[C[name] + half]
+                ev.u64[E[name] + half] = p.r1
     p.call("ktime_get_ns")
     ev.u64[E["ts_ns"]] = p.r0
     ev.u64[E["sock"]] = p.r6
@@ -118,45 +134,34 @@ def _accepted(p, maps, kernel, ev, scratch, key):
     ev.u8[E["protocol"]] = IPPROTO_TCP
     ev.u8[E["flags"]] = records.F_OWNER_FROM_ACCEPT
     current_task(p, ev)
-    _addresses(p, kernel, ev, scratch)
-
-    # Take the connection over: owner, and its counts if the cgroup differs.
-    key.u64[0] = p.r6
-    p.call("map_lookup_elem", maps.conns, key)
-    p.r7 = p.r0
-    with p.If(p.r7 != 0):
-        p.r1 = p.r7.u64[C["netns"]]
-        ev.u64[E["netns"]] = p.r1
-        p.r1 = p.r7.u64[C["cgroup_id"]]
-        p.r2 = ev.u64[E["cgroup_id"]]
-        with p.If(p.r1 != p.r2):
-            account(p, (p.r7.u64[C["cgroup_id"]],), [("opened", -1), ("active", -1)], getters=("cgroup_metrics",))
-            account(p, (ev.u64[E["cgroup_id"]],), [("opened", 1), ("active", 1)], getters=("cgroup_metrics",))
-        for name, type in (("cgroup_id", "u64"), ("pid", "u32"), ("tid", "u32"), ("flags", "u8")):
+    with p.If(p.r7 != 0):  # the new owner into the entry
+        for name, type in (("cgroup_id", "u64"), ("pid", "u32"), ("tid", "u32")):
             p.r1 = getattr(ev, type)[E[name]]
             getattr(p.r7, type)[C[name]] = p.r1
         for half in (0, 8):
             p.r1 = ev.u64[E["comm"] + half]
             p.r7.u64[C["comm"] + half] = p.r1
-    with p.Else():
-        kread(p, scratch, 0, 8, p.r6, kernel.sk_net)
-        kread(p, ev, E["netns"], 8, scratch.u64[0], kernel.net_cookie)
+        _mark_accepted(p)
     emit(p, maps, ev, p.r9, scratch)
     p.exit(0)
-    define_metrics(p, maps, netns=False)  # a move between cgroups leaves the netns counts as they are
 
 
-def _addresses(p, k, ev, scratch):
-    """Local and remote address and port of the sock in r6 (the server's view: local = listener's)."""
-    kread(p, ev, E["sport"], 2, p.r6, k.sk_num)  # host order
-    kread(p, scratch, 0, 2, p.r6, k.sk_dport)  # network order
-    p.r1 = scratch.u16[0]
-    p.be(p.r1, 16)
-    ev.u16[E["dport"]] = p.r1
+def _mark_accepted(p):
+    """F_OWNER_FROM_ACCEPT into the flags of the CONN at r7."""
+    p.r1 = p.r7.u8[C["flags"]]
+    p.r1 |= records.F_OWNER_FROM_ACCEPT
+    p.r7.u8[C["flags"]] = p.r1
+
+
+def _unfollowed(p, kernel, ev, buf, scratch):
+    """Addresses and netns of an accepted socket with no map entry, from the socket; exits
+    unless it is an AF_INET/AF_INET6 TCP one."""
+    sock_addresses(p, kernel, ev, buf, p.r6)
     p.r1 = ev.u16[E["family"]]
-    with p.If(p.r1 == AF_INET):
-        kread(p, ev, E["saddr"], 4, p.r6, k.sk_rcv_saddr)
-        kread(p, ev, E["daddr"], 4, p.r6, k.sk_daddr)
-    with p.Else():
-        kread(p, ev, E["saddr"], 16, p.r6, k.sk_v6_rcv_saddr)
-        kread(p, ev, E["daddr"], 16, p.r6, k.sk_v6_daddr)
+    p.r2 = p.r1
+    with p.If(p.r1 != AF_INET):
+        with p.If(p.r2 != AF_INET6):
+            p.exit(0)
+    exit_unless_tcp(p, kernel, scratch, p.r6)
+    kread(p, scratch, 0, 8, p.r6, kernel.sk_net)
+    kread(p, ev, E["netns"], 8, scratch.u64[0], kernel.net_cookie)

@@ -2,8 +2,8 @@
 
 Maps (layouts from bpfhook.records, the one definition both sides read):
     conns            LRU hash  CONN_KEY -> CONN          live TCP connections by struct sock address
-    metrics_cgroup   hash      CGROUP_KEY -> METRICS     per cgroup id
-    metrics_netns    hash      NETNS_KEY -> METRICS      per netns cookie
+    metrics_cgroup   per-CPU hash  CGROUP_KEY -> METRICS  per cgroup id
+    metrics_netns    per-CPU hash  NETNS_KEY -> METRICS   per netns cookie
     events           ring buffer of EVENT (a perf event array where the kernel has no ring buffer)
     lost             per-CPU array, LOST_* slots
     stats            per-CPU array, STAT_* slots: event count, durations, state transitions
@@ -12,6 +12,10 @@ Maps (layouts from bpfhook.records, the one definition both sides read):
 With stream=False the programs send nothing to the ring buffer: user space
 reads the maps when it reports (the default text report and Prometheus need
 nothing more), so a busy host costs the monitor no per-event work.
+
+The metrics are per CPU: the client and the server of one connection run on
+different CPUs, and one shared counter would bounce its cache line between
+them on every open and close. User space sums the CPUs.
 
 Kernel structs are read with bpf_probe_read_kernel at offsets taken from the
 running kernel's BTF when the programs are built (CO-RE done in Python): the
@@ -24,6 +28,7 @@ import socket
 
 from bpfhook import records
 from bpfhook.records import EVENT, METRICS, offsetof
+from pybpf.asm import StackSlot
 from pybpf.maps import Map
 from pybpf.uapi import MapType
 
@@ -178,9 +183,10 @@ class Maps:
         self._all = []
         try:
             self.conns = self._add(MapType.LRU_HASH, records.CONN_KEY, records.CONN, conns_max, "conns")
-            self.metrics_cgroup = self._add(MapType.HASH, records.CGROUP_KEY, METRICS, METRICS_MAX,
+            self.metrics_cgroup = self._add(MapType.PERCPU_HASH, records.CGROUP_KEY, METRICS, METRICS_MAX,
                                             "metrics_cgroup")
-            self.metrics_netns = self._add(MapType.HASH, records.NETNS_KEY, METRICS, METRICS_MAX, "metrics_netns")
+            self.metrics_netns = self._add(MapType.PERCPU_HASH, records.NETNS_KEY, METRICS, METRICS_MAX,
+                                           "metrics_netns")
             if ringbuf:
                 self.events = self._add(MapType.RINGBUF, None, None, RINGBUF_SIZE, "events")
             else:
@@ -237,6 +243,77 @@ def kread(p, dst_slot, dst_off, size, src, src_off):
     p.call("probe_read_kernel", p.r1, size, p.r3)
 
 
+# The sock_common fields of an address pair; each group usually lies within one read
+SOCK_V4_FIELDS = ("sk_family", "sk_num", "sk_dport", "sk_rcv_saddr", "sk_daddr")
+SOCK_V6_FIELDS = ("sk_v6_rcv_saddr", "sk_v6_daddr")
+SPAN_MAX = 64  # fields closer than this share one bpf_probe_read_kernel
+_LOAD = {1: "u8", 2: "u16", 4: "u32", 8: "u64"}
+
+
+def kread_fields(p, k, buf, src, names):
+    """Kernel fields `names` (KernelOffsets names) of the struct at `src` (r6..r9) into stack
+    slot `buf`, with one bpf_probe_read_kernel per run of fields within SPAN_MAX bytes rather than
+    one per field: each call costs more than the bytes it copies. Returns {name: offset in buf}.
+
+    A run starts 8-aligned, so every field keeps its natural alignment in `buf` (the verifier
+    wants aligned stack loads)."""
+    spans = []  # [start, end, names]
+    for name in sorted(names, key=lambda n: k.offsets[n][0]):
+        off, size = k.offsets[name]
+        if spans and off + size - spans[-1][0] <= SPAN_MAX:
+            spans[-1][1] = max(spans[-1][1], off + size)
+            spans[-1][2].append(name)
+        else:
+            spans.append([off & ~7, off + size, [name]])
+    at, placed = {}, 0
+    for start, end, members in spans:
+        if placed + end - start > buf.size:
+            raise ValueError(f"fields {', '.join(names)} need {placed + end - start} bytes; the slot has {buf.size}")
+        kread(p, buf, placed, end - start, src, start)
+        for name in members:
+            at[name] = placed + k.offsets[name][0] - start
+        placed += (end - start + 7) & ~7
+    return at
+
+
+def field_in(buf, at, k, name):
+    """The memory of field `name` read into `buf` by kread_fields (`at` is what it returned)."""
+    return buf.mem(at[name], _LOAD[k.size(name)])
+
+
+def sock_addresses(p, k, ev, buf, sk):
+    """ev.family, sport, dport, saddr, daddr from the struct sock at `sk` (ev zeroed before:
+    IPv4 leaves 12 bytes of each address alone). Two reads for IPv4, three for IPv6."""
+    at = kread_fields(p, k, buf, sk, SOCK_V4_FIELDS)
+    p.r1 = field_in(buf, at, k, "sk_num")  # host order
+    ev.u16[E["sport"]] = p.r1
+    p.r1 = field_in(buf, at, k, "sk_dport")  # network order
+    p.be(p.r1, 16)
+    ev.u16[E["dport"]] = p.r1
+    p.r1 = field_in(buf, at, k, "sk_rcv_saddr")
+    ev.u32[E["saddr"]] = p.r1
+    p.r1 = field_in(buf, at, k, "sk_daddr")
+    ev.u32[E["daddr"]] = p.r1
+    p.r1 = field_in(buf, at, k, "sk_family")
+    ev.u16[E["family"]] = p.r1
+    with p.If(p.r1 == AF_INET6):
+        at = kread_fields(p, k, buf, sk, SOCK_V6_FIELDS)
+        for field, name in (("saddr", "sk_v6_rcv_saddr"), ("daddr", "sk_v6_daddr")):
+            for half in (0, 8):
+                p.r1 = buf.u64[at[name] + half]
+                ev.u64[E[field] + half] = p.r1
+
+
+def exit_unless_tcp(p, k, scratch, sk):
+    """Leave the program unless the struct sock at `sk` is a TCP one (sk_protocol, whose width
+    changed in 5.6). scratch: 8 spare stack bytes."""
+    size = k.size("sk_protocol")
+    kread(p, scratch, 0, size, sk, k.sk_protocol)
+    p.r1 = scratch.mem(0, _LOAD[size])
+    with p.If(p.r1 != IPPROTO_TCP):
+        p.exit(0)
+
+
 def sock_owner(p, k, ev, scratch, sk):
     """ev.cgroup_id and ev.netns from the struct sock in register `sk`.
 
@@ -250,18 +327,23 @@ def sock_owner(p, k, ev, scratch, sk):
     kread(p, ev, E["netns"], 8, scratch.u64[0], k.net_cookie)
 
 
-def current_task(p, ev, cgroup=True):
-    """ev.pid, tid, comm (and cgroup_id) of the current task."""
+def current_task(p, dst, at=E, cgroup=True):
+    """pid, tid, comm (and cgroup_id) of the current task into `dst` at the field offsets `at`
+    (EVENT's by default): a stack slot, or r6..r9 pointing at map memory."""
     p.call("get_current_pid_tgid")
-    ev.u32[E["tid"]] = p.r0
+    dst.u32[at["tid"]] = p.r0
     p.r0 >>= 32
-    ev.u32[E["pid"]] = p.r0
-    p.r1 = p.r10
-    p.r1 += ev.offset + E["comm"]
+    dst.u32[at["pid"]] = p.r0
+    if isinstance(dst, StackSlot):
+        p.r1 = p.r10
+        p.r1 += dst.offset + at["comm"]
+    else:
+        p.r1 = dst
+        p.r1 += at["comm"]
     p.call("get_current_comm", p.r1, 16)
     if cgroup:
         p.call("get_current_cgroup_id")
-        ev.u64[E["cgroup_id"]] = p.r0
+        dst.u64[at["cgroup_id"]] = p.r0
 
 
 def metrics_getter(p, map, name):
@@ -286,11 +368,10 @@ def define_metrics(p, maps, netns=True):
         metrics_getter(p, maps.metrics_netns, "netns_metrics")
 
 
-def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), state=None):
-    """Add to METRICS fields of the entries keyed by `keys` (memory or registers, one per getter).
-
-    updates: [(METRICS field, int or memory to add)]; state: a register or stack
-    memory holding a TCP state number whose states[] slot gets +1."""
+def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics")):
+    """Add to METRICS fields of this CPU's entries keyed by `keys` (memory or registers, one per
+    getter). updates: [(METRICS field, int or memory to add)]. The adds are atomic: a program
+    in process context can be interrupted on its CPU by one in softirq updating the same entry."""
     for getter, k in zip(getters, keys):
         p.r1 = k
         p.call_local(getter)
@@ -298,13 +379,6 @@ def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), state
             for field, value in updates:
                 p.r1 = value
                 p.r0.u64[offsetof(METRICS, field)] += p.r1
-            if state is not None:
-                p.r1 = state
-                p.r1 &= records.NSTATES - 1
-                p.r1 <<= 3
-                p.r0 += p.r1
-                p.r1 = 1
-                p.r0.u64[offsetof(METRICS, "states")] += p.r1
 
 
 def stat_add(p, maps, scratch, slot, value):

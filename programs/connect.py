@@ -6,7 +6,9 @@ id, the netns cookie (bpf_get_netns_cookie works here), the destination and
 the socket (its struct sock address joins the state events; its cookie is for
 other tools). A connect() of a UDP socket is a UDP flow: kind udp, counted in
 the metrics' udp field. Other protocols (ICMP ping sockets, raw) are skipped.
-The program never refuses a connect: it returns 1.
+The program never refuses a connect: it returns 1. Without streaming a TCP
+connect() is only counted: the state program records its opening at SYN_SENT,
+in the same task.
 
 struct bpf_sock_addr offsets come from the kernel's BTF like every other
 struct the monitor reads.
@@ -33,6 +35,10 @@ def build(maps, kernel, version):
     p.r1 = p.r6
     with p.If(p.r1 != IPPROTO_TCP):
         with p.If(p.r6 != IPPROTO_UDP):
+            p.exit(ALLOW)
+    if not maps.stream:
+        with p.If(p.r6 == IPPROTO_TCP):  # the state program follows it from SYN_SENT on
+            emit(p, maps, ev, p.r9, scratch)  # counted, as streaming would have sent it
             p.exit(ALLOW)
     ev.zero()
     p.call("ktime_get_ns")

@@ -17,13 +17,12 @@ EXPECTED_OFFSETS = {
     "CONN": {"start_ns": 0, "cgroup_id": 8, "netns": 16, "bytes_sent": 24, "bytes_received": 32, "pid": 40,
              "tid": 44, "comm": 48, "saddr": 64, "daddr": 80, "sport": 96, "dport": 98, "family": 100,
              "protocol": 102, "state": 103, "flags": 104},
-    "METRICS": {"opened": 0, "closed": 8, "active": 16, "bytes_sent": 24, "bytes_received": 32, "udp": 40,
-                "states": 48},
+    "METRICS": {"closed": 0, "bytes_sent": 8, "bytes_received": 16, "udp": 24},
     "CONN_KEY": {"sock": 0},
     "CGROUP_KEY": {"cgroup_id": 0},
     "NETNS_KEY": {"netns": 0},
 }
-SIZES = {"EVENT": 136, "CONN": 112, "METRICS": 176, "CONN_KEY": 8, "CGROUP_KEY": 8, "NETNS_KEY": 8}
+SIZES = {"EVENT": 136, "CONN": 112, "METRICS": 32, "CONN_KEY": 8, "CGROUP_KEY": 8, "NETNS_KEY": 8}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_OFFSETS))
@@ -38,7 +37,6 @@ def test_lost_slots_and_field_sizes():
     assert r.LOST_KEY.sizeof() == 4 and r.LOST_VALUE.sizeof() == 8
     assert r.LOST_SLOTS[r.LOST_EVENTS] == "events"
     assert r.sizeof(r.EVENT, "comm") == 16 and r.sizeof(r.EVENT, "saddr") == 16
-    assert r.sizeof(r.METRICS, "states") == 8 * r.NSTATES
     with pytest.raises(KeyError):
         r.offsetof(r.EVENT, "nosuch")
 
@@ -101,15 +99,19 @@ def test_event_roundtrip_through_construct_and_codec():
 
 
 def test_decode_metrics():
-    states = [0] * r.NSTATES
-    states[r.TCP_STATE_IDS["ESTABLISHED"]] = 3
-    states[r.TCP_STATE_IDS["CLOSE"]] = 2
-    raw = struct.pack("=QQqQQQ16Q", 5, 2, -1, 100, 200, 1, *states)
-    assert r.decode_metrics(raw) == {"opened": 5, "closed": 2, "active": -1, "bytes_sent": 100,
-                                     "bytes_received": 200, "udp": 1, "states": {"ESTABLISHED": 3, "CLOSE": 2}}
+    raw = struct.pack("=QQQQ", 2, 100, 200, 1)
+    assert r.decode_metrics(raw) == {"closed": 2, "bytes_sent": 100, "bytes_received": 200, "udp": 1}
+
+
+def test_decode_metrics_sums_the_values_of_every_cpu():
+    """A per-CPU map's value: each CPU counts the closes and flows it saw."""
+    cpu0 = struct.pack("=QQQQ", 1, 5, 6, 0)
+    cpu1 = struct.pack("=QQQQ", 2, 10, 20, 2)
+    assert r.decode_metrics([cpu0, r.METRICS_CODEC.decode(cpu1)]) == {
+        "closed": 3, "bytes_sent": 15, "bytes_received": 26, "udp": 2}
 
 
 def test_describe_lists_every_field_with_its_offset():
     text = r.describe()
     assert "struct event {  /* 136 bytes */" in text
-    assert "/* 130 */ flags: 1 bytes" in text and "/*  48 */ states: 128 bytes" in text
+    assert "/* 130 */ flags: 1 bytes" in text and "/*  24 */ udp: 8 bytes" in text
