@@ -3,7 +3,7 @@
     Monitor(cgroup_dir)   probe features, create maps, build + load + attach every program
       .read(timeout)      decoded events (records.decode_event dicts) that arrived
       .cgroup_metrics()   {cgroup id: metrics dict} from the metrics_cgroup map
-      .lost()             {"events": n, "conns": n}: kernel-side drops, never hidden
+      .lost()             {"events": n, "missed": n, "conns": n}: kernel-side drops, never hidden
       .close()            detach everything (links: even SIGKILL leaves nothing attached)
 
     run(options)          the command: event loop, periodic report, JSON lines,
@@ -53,6 +53,7 @@ class Monitor:
             events = "ringbuf" if features.has("map_type.ringbuf") else "perf"
         self.events_kind = events
         self.notes = []  # what could not be attached, said once at start
+        self.programs = []  # loaded and attached
         self._stack = contextlib.ExitStack()
         try:
             kernel = conn_common.KernelOffsets.load()
@@ -81,29 +82,29 @@ class Monitor:
 
         from bpfhook.programs import accept
 
-        def fexit(stack):
+        def fexit(stack, held):
             btf_id, _nargs = kernel.func(accept.FUNC)
             prog = load(accept.build_fexit(self.maps, kernel), "tracing", name="bh_accept",
                         expected_attach_type="trace_fexit", attach_btf_id=btf_id)
-            stack.callback(prog.close)
+            self._hold(prog, stack, held)
             stack.enter_context(attach.fexit(prog))
             return f"fexit {accept.FUNC}"
 
-        def kretprobe(stack):
+        def kretprobe(stack, held):
             if not features.has("kprobe_pmu"):
                 raise FeatureUnavailable(features.probe("kprobe_pmu").detail)
             if "regs_rc" not in kernel.offsets:
                 raise FeatureUnavailable("no PT_REGS_RC layout known for this architecture")
             prog = load(accept.build_kretprobe(self.maps, kernel), "kprobe", name="bh_accept")
-            stack.callback(prog.close)
+            self._hold(prog, stack, held)
             stack.enter_context(attach.kretprobe(prog, accept.FUNC))
             return f"kretprobe {accept.FUNC}"
 
-        def tracepoints(stack):
+        def tracepoints(stack, held):
             for tracepoint in accept.TRACEPOINTS:
                 try:
                     prog = load(accept.build(self.maps, kernel, tracepoint), "tracepoint", name="bh_accept")
-                    stack.callback(prog.close)
+                    self._hold(prog, stack, held)
                     stack.enter_context(attach.tracepoint(prog, tracepoint))
                 except FeatureUnavailable as e:
                     self.notes.append(f"accepted connections keep no process identity: {e}")
@@ -113,21 +114,25 @@ class Monitor:
         passed_over = []
         for hook in hooks:
             with contextlib.ExitStack() as stack:
+                held = []
                 try:
-                    how = attempts[hook](stack)
+                    how = attempts[hook](stack, held)
                 except BpfError as e:
                     if hook == hooks[-1]:
                         raise
                     passed_over.append(f"{hook}: {str(e).splitlines()[0]}")
                     continue
                 self._stack.enter_context(stack.pop_all())  # attached: owned with the rest
+                self.programs += held
                 self.accept_hook = hook
                 self.accept_note = how + (f" ({'; '.join(passed_over)})" if passed_over else "")
                 return
 
-    def _hold(self, prog):
-        # A program stays loaded while attached; our fd is closed with the rest.
-        self._stack.callback(prog.close)
+    def _hold(self, prog, stack=None, held=None):
+        """Keep `prog` until `stack` (the monitor's own by default) closes: a program stays
+        loaded while attached, our fd is closed with the rest. lost() reads its misses."""
+        (stack or self._stack).callback(prog.close)
+        (self.programs if held is None else held).append(prog)
 
     def read(self, timeout):
         """Decoded events that arrived (waiting up to `timeout` seconds for the first)."""
@@ -156,7 +161,7 @@ class Monitor:
                 count = sum(per_cpu(records.STAT_TRANSITIONS + old * records.NSTATES + new))
                 if count:
                     transitions[(records.state_name(old), records.state_name(new))] = count
-        return {"events": sum(per_cpu(records.STAT_EVENTS)),
+        return {"events": sum(per_cpu(records.STAT_EVENTS)) + sum(transitions.values()),
                 "duration_total_ns": sum(per_cpu(records.STAT_DURATION_TOTAL)),
                 "duration_max_ns": max(per_cpu(records.STAT_DURATION_MAX)),
                 "transitions": transitions}
@@ -173,10 +178,15 @@ class Monitor:
         return [records.decode_conn(k.sock, v) for k, v in self.maps.conns.items()]
 
     def lost(self):
-        """Kernel-side drops: events the buffer refused (plus perf's own lost records), and
-        closes of connections the LRU map no longer held."""
+        """Kernel-side drops: "events" the buffer refused (plus perf's own lost records) and
+        the "missed" ones, "conns": closes of connections the LRU map no longer held.
+
+        missed: runs the kernel skipped because the same program was already running on
+        that CPU (a transition in softirq interrupting one in process context):
+        bpf_prog_info.recursion_misses. No event exists for them, so they count as lost."""
         counts = self.maps.lost_counts()
-        counts["events"] += self.reader.lost
+        counts["missed"] = sum(prog.info().recursion_misses for prog in self.programs)
+        counts["events"] += self.reader.lost + counts["missed"]
         return counts
 
     def close(self):
@@ -365,8 +375,8 @@ def _say_lost(new, total, json_out, out, err):
 
         out.write(json.dumps({"ts": time.time(), "event": "lost", "lost": new, "lost_total": total}) + "\n")
         out.flush()
-    print(f"bpfhook monitor: warning: {new} events lost ({total} in all): the ring buffer was full",
-          file=err, flush=True)
+    print(f"bpfhook monitor: warning: {new} events lost ({total} in all): the ring buffer was full, or the "
+          "kernel skipped a program already running on that CPU", file=err, flush=True)
 
 
 def _summary_json(snapshot, lost):

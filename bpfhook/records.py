@@ -61,7 +61,8 @@ LOST_EVENTS, LOST_CONNS = 0, 1
 
 # Slots of the "stats" array (per-CPU u64; user space sums the CPUs, or takes the max for *_MAX):
 # the summaries the report needs when events are not streamed to user space one by one.
-STAT_EVENTS = 0  # records the programs produced (streamed or only summarized)
+STAT_EVENTS = 0  # records the connect and accept programs produced (streamed or only summarized);
+# the state program's are its transitions, already counted below
 STAT_DURATION_TOTAL = 1  # sum of closed connections' durations, ns
 STAT_DURATION_MAX = 2  # longest closed connection on this CPU, ns
 STAT_RECENT_NEXT = 3  # this CPU's next slot in the "recent" array

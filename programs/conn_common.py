@@ -368,27 +368,43 @@ def define_metrics(p, maps, netns=True):
         metrics_getter(p, maps.metrics_netns, "netns_metrics")
 
 
-def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics")):
+def add_u64(p, base, off, value, atomic):
+    """*(u64 *)(base + off) += r1 (value moved there first: int, register or memory).
+
+    atomic=False is a plain load, add, store: for per-CPU memory whose only writer is a
+    program the kernel never runs twice at once on one CPU (a raw tracepoint's: preemption
+    is off and a nested run is skipped, counted in recursion_misses). Cheaper than a locked
+    add, which costs tens of nanoseconds in a VM. atomic=True otherwise: a cgroup hook runs
+    preemptibly, another task's run of it can interleave on the same CPU."""
+    p.r1 = value
+    if atomic:
+        base.u64[off] += p.r1
+    else:
+        p.r2 = base.u64[off]
+        p.r2 += p.r1
+        base.u64[off] = p.r2
+
+
+def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomic=True):
     """Add to METRICS fields of this CPU's entries keyed by `keys` (memory or registers, one per
-    getter). updates: [(METRICS field, int or memory to add)]. The adds are atomic: a program
-    in process context can be interrupted on its CPU by one in softirq updating the same entry."""
+    getter). updates: [(METRICS field, int or memory to add)]; atomic: see add_u64 (each field
+    has one writer program)."""
     for getter, k in zip(getters, keys):
         p.r1 = k
         p.call_local(getter)
         with p.If(p.r0 != 0):
             for field, value in updates:
-                p.r1 = value
-                p.r0.u64[offsetof(METRICS, field)] += p.r1
+                add_u64(p, p.r0, offsetof(METRICS, field), value, atomic)
 
 
-def stat_add(p, maps, scratch, slot, value):
+def stat_add(p, maps, scratch, slot, value, atomic=True):
     """stats[slot] += value on this CPU. slot: int or register; value: int, register or memory
-    (read after the lookup: not r0..r5); scratch: 4 spare stack bytes (clobbered)."""
+    (read after the lookup: not r0..r5); scratch: 4 spare stack bytes (clobbered); atomic: see
+    add_u64."""
     scratch.u32[0] = slot
     p.call("map_lookup_elem", maps.stats, scratch)
     with p.If(p.r0 != 0):
-        p.r1 = value
-        p.r0.u64[0] += p.r1
+        add_u64(p, p.r0, 0, value, atomic)
 
 
 def stat_max(p, maps, scratch, slot, value):
@@ -416,11 +432,13 @@ def remember(p, maps, ev, scratch):
         p.call("map_update_elem", maps.recent, scratch, ev, 0)
 
 
-def emit(p, maps, ev, ctx, scratch):
-    """Count the EVENT in stack slot `ev` and, when streaming, send it; a failure counts in
+def emit(p, maps, ev, ctx, scratch, count=True):
+    """Count the EVENT in stack slot `ev` (in stats[STAT_EVENTS], unless count=False: the state
+    program's events are its transitions) and, when streaming, send it; a failure counts in
     lost[LOST_EVENTS]. ctx: the context register (the perf buffer path needs it); scratch: 4 spare
     stack bytes."""
-    stat_add(p, maps, scratch, records.STAT_EVENTS, 1)
+    if count:
+        stat_add(p, maps, scratch, records.STAT_EVENTS, 1)
     if not maps.stream:
         return
     size = EVENT.sizeof()

@@ -104,15 +104,16 @@ def build(maps, kernel):
             p.call("map_delete_elem", maps.conns, key)
             account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]),
                     [("closed", 1), ("bytes_sent", ev.u64[E["bytes_sent"]]),
-                     ("bytes_received", ev.u64[E["bytes_received"]])])
-            stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[E["duration_ns"]])
+                     ("bytes_received", ev.u64[E["bytes_received"]])], atomic=False)
+            stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[E["duration_ns"]], atomic=False)
             stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[E["duration_ns"]])
             remember(p, maps, ev, scratch)
         if maps.stream:
             with p.Else():
                 _event_from_conn(p, ev)
     _count_transition(p, maps, scratch)
-    emit(p, maps, ev, p.r9, scratch)
+    if maps.stream:
+        emit(p, maps, ev, p.r9, scratch, count=False)
     p.exit(0)
     define_metrics(p, maps)
     return p
@@ -153,7 +154,7 @@ def _count_transition(p, maps, scratch):
     p.r1 &= 15
     p.r6 += p.r1
     p.r6 += records.STAT_TRANSITIONS
-    stat_add(p, maps, scratch, p.r6, 1)
+    stat_add(p, maps, scratch, p.r6, 1, atomic=False)
 
 
 def _drop_fin(p, ev):
