@@ -185,7 +185,7 @@ class Monitor:
         that CPU (a transition in softirq interrupting one in process context):
         bpf_prog_info.recursion_misses. No event exists for them, so they count as lost."""
         counts = self.maps.lost_counts()
-        counts["missed"] = sum(prog.info().recursion_misses for prog in self.programs)
+        counts["missed"] = sum(prog.info(contents=False).recursion_misses for prog in self.programs)
         counts["events"] += self.reader.lost + counts["missed"]
         return counts
 

@@ -461,21 +461,25 @@ def _prog_type(value):
         return value
 
 
-def prog_info(fd):
-    """ProgInfo for any program fd: two BPF_OBJ_GET_INFO_BY_FD calls (sizes, then contents)."""
+def prog_info(fd, contents=True):
+    """ProgInfo for any program fd: two BPF_OBJ_GET_INFO_BY_FD calls (sizes, then contents).
+    contents=False: the first call only, for the counters a monitor polls (run_cnt,
+    run_time_ns, recursion_misses); xlated, jited and map_ids stay empty."""
     ffi = _sys.ffi
-    sizes = _sys.obj_get_info_by_fd(fd, "prog")
-    info = ffi.new("struct bpf_prog_info *")
-    xlated = ffi.new("uint8_t[]", sizes.xlated_prog_len) if sizes.xlated_prog_len else None
-    jited = ffi.new("uint8_t[]", sizes.jited_prog_len) if sizes.jited_prog_len else None
-    map_ids = ffi.new("uint32_t[]", sizes.nr_map_ids) if sizes.nr_map_ids else None
-    if xlated is not None:
-        info.xlated_prog_len, info.xlated_prog_insns = sizes.xlated_prog_len, _sys.address(xlated)
-    if jited is not None:
-        info.jited_prog_len, info.jited_prog_insns = sizes.jited_prog_len, _sys.address(jited)
-    if map_ids is not None:
-        info.nr_map_ids, info.map_ids = sizes.nr_map_ids, _sys.address(map_ids)
-    _sys.obj_get_info_by_fd(fd, info)
+    info = sizes = _sys.obj_get_info_by_fd(fd, "prog")
+    xlated = jited = map_ids = None
+    if contents:
+        info = ffi.new("struct bpf_prog_info *")
+        xlated = ffi.new("uint8_t[]", sizes.xlated_prog_len) if sizes.xlated_prog_len else None
+        jited = ffi.new("uint8_t[]", sizes.jited_prog_len) if sizes.jited_prog_len else None
+        map_ids = ffi.new("uint32_t[]", sizes.nr_map_ids) if sizes.nr_map_ids else None
+        if xlated is not None:
+            info.xlated_prog_len, info.xlated_prog_insns = sizes.xlated_prog_len, _sys.address(xlated)
+        if jited is not None:
+            info.jited_prog_len, info.jited_prog_insns = sizes.jited_prog_len, _sys.address(jited)
+        if map_ids is not None:
+            info.nr_map_ids, info.map_ids = sizes.nr_map_ids, _sys.address(map_ids)
+        _sys.obj_get_info_by_fd(fd, info)
     return ProgInfo(
         id=info.id,
         name=ffi.string(info.name).decode(errors="replace"),
@@ -557,8 +561,8 @@ class Program:
         """Wrap a duplicate of an existing program fd (the caller keeps its own)."""
         return cls(os.dup(fd))
 
-    def info(self):
-        return prog_info(self._open_fd())
+    def info(self, contents=True):
+        return prog_info(self._open_fd(), contents)
 
     def _open_fd(self):
         if self.fd < 0:

@@ -313,6 +313,9 @@ def test_info_of_a_program_another_process_loaded():
             assert other.insns is None
             assert [(i.op.name, i.imm) for i in info.insns()] == [("mov", 7), ("exit", 0)]
             assert other.test_run(PACKET).retval == 7
+            counters = prog_info(other.fd, contents=False)  # one call: no instructions, no map ids
+            assert (counters.id, counters.name, counters.xlated, counters.map_ids) == (prog_id, "from_other", b"", ())
+            assert counters.recursion_misses == 0
     finally:
         child.stdin.close()
         child.wait(timeout=10)
