@@ -281,27 +281,29 @@ def field_in(buf, at, k, name):
     return buf.mem(at[name], _LOAD[k.size(name)])
 
 
-def sock_addresses(p, k, ev, buf, sk):
-    """ev.family, sport, dport, saddr, daddr from the struct sock at `sk` (ev zeroed before:
-    IPv4 leaves 12 bytes of each address alone). Two reads for IPv4, three for IPv6."""
-    at = kread_fields(p, k, buf, sk, SOCK_V4_FIELDS)
-    p.r1 = field_in(buf, at, k, "sk_num")  # host order
-    ev.u16[E["sport"]] = p.r1
-    p.r1 = field_in(buf, at, k, "sk_dport")  # network order
+def sock_addresses(p, k, dst, buf, sk, at=E):
+    """family, sport, dport, saddr, daddr of the struct sock at `sk` into `dst` at the field
+    offsets `at` (EVENT's by default): a stack slot, or r6..r9 pointing at a CONN. IPv4 writes
+    the first 4 bytes of each address, so the rest must be zero already. One read for IPv4
+    (the sock_common fields lie together), two for IPv6."""
+    got = kread_fields(p, k, buf, sk, SOCK_V4_FIELDS)
+    p.r1 = field_in(buf, got, k, "sk_num")  # host order
+    dst.u16[at["sport"]] = p.r1
+    p.r1 = field_in(buf, got, k, "sk_dport")  # network order
     p.be(p.r1, 16)
-    ev.u16[E["dport"]] = p.r1
-    p.r1 = field_in(buf, at, k, "sk_rcv_saddr")
-    ev.u32[E["saddr"]] = p.r1
-    p.r1 = field_in(buf, at, k, "sk_daddr")
-    ev.u32[E["daddr"]] = p.r1
-    p.r1 = field_in(buf, at, k, "sk_family")
-    ev.u16[E["family"]] = p.r1
+    dst.u16[at["dport"]] = p.r1
+    p.r1 = field_in(buf, got, k, "sk_rcv_saddr")
+    dst.u32[at["saddr"]] = p.r1
+    p.r1 = field_in(buf, got, k, "sk_daddr")
+    dst.u32[at["daddr"]] = p.r1
+    p.r1 = field_in(buf, got, k, "sk_family")
+    dst.u16[at["family"]] = p.r1
     with p.If(p.r1 == AF_INET6):
-        at = kread_fields(p, k, buf, sk, SOCK_V6_FIELDS)
+        got = kread_fields(p, k, buf, sk, SOCK_V6_FIELDS)
         for field, name in (("saddr", "sk_v6_rcv_saddr"), ("daddr", "sk_v6_daddr")):
             for half in (0, 8):
-                p.r1 = buf.u64[at[name] + half]
-                ev.u64[E[field] + half] = p.r1
+                p.r1 = buf.u64[got[name] + half]
+                dst.u64[at[field] + half] = p.r1
 
 
 def exit_unless_tcp(p, k, scratch, sk):

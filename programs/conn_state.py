@@ -88,9 +88,7 @@ def build(maps, kernel):
         p.r1 = p.r9.u64[ARG_OLDSTATE]
         p.r1 -= SYN_SENT
         with p.If(p.r1 <= SYN_RECV - SYN_SENT):  # out of the handshake: the ports and peer are final
-            ev.zero()
-            sock_addresses(p, kernel, ev, buf, p.r6)
-            _addresses_to_conn(p, ev)
+            sock_addresses(p, kernel, p.r7, buf, p.r6, C)
         with p.If(p.r8 == CLOSE):
             _event_from_conn(p, ev)
             ev.u8[E["kind"]] = records.EV_CLOSE
@@ -177,17 +175,6 @@ def _new_conn(p, maps, ev, conn, key):
     _copy(p, ev, EVENT, conn, CONN)
     conn.u8[C["state"]] = p.r8
     p.call("map_update_elem", maps.conns, key, conn, 0)
-
-
-def _addresses_to_conn(p, ev):
-    """The socket's addresses and ports (read into ev) into the CONN at r7."""
-    for name, type in (("sport", "u16"), ("dport", "u16")):
-        p.r1 = getattr(ev, type)[E[name]]
-        getattr(p.r7, type)[C[name]] = p.r1
-    for name in ("saddr", "daddr"):
-        for half in (0, 8):
-            p.r1 = ev.u64[E[name] + half]
-            p.r7.u64[C[name] + half] = p.r1
 
 
 def _copy(p, src, src_layout, dst, dst_layout):
