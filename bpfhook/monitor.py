@@ -174,8 +174,10 @@ class Monitor:
         return sorted(out, key=lambda e: e["ts_ns"])
 
     def connections(self):
-        """Live TCP connections from the conns map (records.decode_conn dicts)."""
-        return [records.decode_conn(k.sock, v) for k, v in self.maps.conns.items()]
+        """Live TCP connections from the conns map (records.decode_conn dicts): its entries in
+        state CLOSE are ended connections kept for their memory's reuse."""
+        closed = records.TCP_STATE_IDS["CLOSE"]
+        return [records.decode_conn(k.sock, v) for k, v in self.maps.conns.items() if v.state != closed]
 
     def lost(self):
         """Kernel-side drops: "events" the buffer refused (plus perf's own lost records) and

@@ -116,7 +116,7 @@ CONN = Struct(
     "dport" / u16,
     "family" / u16,
     "protocol" / u8,
-    "state" / u8,  # current TCP state
+    "state" / u8,  # current TCP state; CLOSE: ended, the entry kept for the next socket at this address
     "flags" / u8,  # F_* bits, as in EVENT
     Padding(7),
 )

@@ -31,6 +31,7 @@ from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, current_task, em
                           exit_unless_tcp, field_in, kread, kread_fields, sock_addresses)
 
 HOOKS = ("fexit", "kretprobe", "tracepoint")  # best first
+CLOSE = records.TCP_STATE_IDS["CLOSE"]
 FUNC = "inet_csk_accept"
 TRACEPOINTS = ("syscalls:sys_exit_accept4", "syscalls:sys_exit_accept")
 
@@ -107,6 +108,10 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key):
     key.u64[0] = p.r6
     p.call("map_lookup_elem", maps.conns, key)
     p.r7 = p.r0
+    with p.If(p.r7 != 0):
+        p.r1 = p.r7.u8[C["state"]]
+        with p.If(p.r1 == CLOSE):  # an ended connection's entry (conn_state keeps them for reuse)
+            p.r7 = 0
     if not maps.stream:
         with p.If(p.r7 == 0):
             p.exit(0)

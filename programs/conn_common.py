@@ -1,7 +1,8 @@
 """What the monitor's programs share: their maps, kernel struct offsets, DSL pieces.
 
 Maps (layouts from bpfhook.records, the one definition both sides read):
-    conns            LRU hash  CONN_KEY -> CONN          live TCP connections by struct sock address
+    conns            LRU hash  CONN_KEY -> CONN          TCP connections by struct sock address
+                                                         (state CLOSE: ended, memory for the next)
     metrics_cgroup   per-CPU hash  CGROUP_KEY -> METRICS  per cgroup id
     metrics_netns    per-CPU hash  NETNS_KEY -> METRICS   per netns cookie
     events           ring buffer of EVENT (a perf event array where the kernel has no ring buffer)

@@ -7,7 +7,15 @@ connection map follows each TCP socket by its struct sock address:
     CLOSE -> SYN_RECV   (handshake: softirq) new entry, owner unknown (pid 0) until accept()
     SYN_* -> any        the ports and addresses again: a connect() has no source port at
                         SYN_SENT, a passive child no peer address at SYN_RECV
-    any   -> CLOSE      bytes from tcp_sock, duration, entry deleted (kind close)
+    any   -> CLOSE      bytes from tcp_sock, duration (kind close); the entry stays, in
+                        state CLOSE
+
+An ended connection's entry is not deleted: the slab hands a freed struct
+sock's address to a new socket soon, and the new connection is written over
+the old entry in place. A hash map insert and delete cost ~400 ns per socket
+here, which is most of what a short connection costs the monitor; ended
+entries nobody reuses are the least recently used, the first the LRU evicts.
+User space lists only the entries in other states as live.
 
 Why the raw tracepoint rather than sock:inet_sock_set_state: the perf
 tracepoint formats a record of every field before any program runs, which
@@ -59,14 +67,21 @@ def build(maps, kernel):
     buf = p.stack.alloc(32)  # kread_fields' runs of socket fields
     key = p.stack.alloc(8)
     scratch = p.stack.alloc(8)
+    reuse = p.stack.alloc(8)  # an ended connection's entry at this sock address, or 0
 
     p.r9 = p.r1  # ctx: the arguments
     p.r6 = p.r9.u64[ARG_SK]
     p.r8 = p.r9.u64[ARG_NEWSTATE]
     p.r8 &= 0xFF
     key.u64[0] = p.r6
+    reuse.u64[0] = 0
     p.call("map_lookup_elem", maps.conns, key)
     p.r7 = p.r0
+    with p.If(p.r7 != 0):
+        p.r1 = p.r7.u8[C["state"]]
+        with p.If(p.r1 == CLOSE):  # a connection that ended: this is a new socket at its freed address
+            reuse.u64[0] = p.r7
+            p.r7 = 0
     with p.If(p.r7 == 0):  # a socket we do not follow (yet)
         exit_unless_tcp(p, kernel, scratch, p.r6)  # SCTP uses the tracepoint too
         p.r1 = p.r8
@@ -75,7 +90,7 @@ def build(maps, kernel):
             _event_from_sock(p, kernel, ev, buf, scratch)
             with p.If(p.r8 == SYN_SENT):  # connect(): we run in the connecting task
                 current_task(p, ev, cgroup=False)
-            _new_conn(p, maps, ev, conn, key)
+            _new_conn(p, maps, ev, conn, key, reuse)
         with p.Else():
             with p.If(p.r8 == CLOSE):
                 p.r1 = p.r9.u64[ARG_OLDSTATE]
@@ -99,7 +114,6 @@ def build(maps, kernel):
             kread(p, ev, E["bytes_sent"], 8, p.r6, kernel.bytes_sent)
             kread(p, ev, E["bytes_received"], 8, p.r6, kernel.bytes_received)
             _drop_fin(p, ev)
-            p.call("map_delete_elem", maps.conns, key)
             account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]),
                     [("closed", 1), ("bytes_sent", ev.u64[E["bytes_sent"]]),
                      ("bytes_received", ev.u64[E["bytes_received"]])], atomic=False)
@@ -168,13 +182,21 @@ def _drop_fin(p, ev):
         ev.u64[E["bytes_received"]] = p.r1
 
 
-def _new_conn(p, maps, ev, conn, key):
+def _new_conn(p, maps, ev, conn, key, reuse):
+    """The CONN of a new connection, from the EVENT of its opening, into the map: written over
+    the entry of an ended one at the same address when there is one (`reuse`), else inserted."""
     conn.zero()
     p.r1 = ev.u64[E["ts_ns"]]
     conn.u64[C["start_ns"]] = p.r1
     _copy(p, ev, EVENT, conn, CONN)
     conn.u8[C["state"]] = p.r8
-    p.call("map_update_elem", maps.conns, key, conn, 0)
+    p.r1 = reuse.u64[0]
+    with p.If(p.r1 != 0):
+        for off in range(0, CONN.sizeof(), 8):
+            p.r2 = conn.u64[off]
+            p.r1.u64[off] = p.r2
+    with p.Else():
+        p.call("map_update_elem", maps.conns, key, conn, 0)
 
 
 def _copy(p, src, src_layout, dst, dst_layout):

@@ -22,6 +22,7 @@ from bpfhook.monitor import Monitor, run
 from bpfhook.monitor_cli import MonitorOptions
 from bpfhook.programs import accept
 from bpfhook.programs.conn_common import KernelOffsets, Maps
+from bpfhook.records import TCP_STATE_IDS
 from pybpf import features, sys as bpfsys
 from pybpf.prog import Program, iter_ids, prog_info
 from tests.conftest import slow_factor
@@ -287,6 +288,9 @@ def test_without_streaming_the_maps_hold_what_the_report_needs():
         while not close and time.monotonic() < deadline:
             close = [e for e in m.recent() if e["event"] == "close" and e["sport"] == sport]
         assert close and (close[0]["pid"], close[0]["bytes_sent"], close[0]["bytes_received"]) == (os.getpid(), 10, 20)
+        # The ended connection's entry stays for the next socket at its address, listed as live no more
+        assert m.maps.conns.lookup({"sock": close[0]["sock"]}).state == TCP_STATE_IDS["CLOSE"]
+        assert not [c for c in m.connections() if c["sock"] == close[0]["sock"]]
         stats = m.stats()
         assert stats["transitions"][("CLOSE", "SYN_SENT")] >= 1 and stats["transitions"][("SYN_SENT", "ESTABLISHED")] >= 1
         assert stats["events"] >= 5 and stats["duration_max_ns"] >= close[0]["duration_ns"] > 0
