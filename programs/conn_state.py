@@ -39,8 +39,7 @@ from bpfhook.records import CONN, EVENT, offsetof
 from pybpf.asm import Program
 
 from .conn_common import (IPPROTO_TCP, C, E, account, count_lost, current_task, define_metrics, emit,
-                          exit_unless_tcp, kread,
-                          remember, sock_addresses, sock_owner, stat_add, stat_max)
+                          exit_unless_tcp, kread, remember, sock_addresses, sock_owner, stat_add, stat_max)
 
 RAW_TRACEPOINT = "inet_sock_set_state"
 # struct bpf_raw_tracepoint_args: u64 args[]: (const struct sock *sk, int oldstate, int newstate)
