@@ -53,6 +53,7 @@ class Monitor:
             events = "ringbuf" if features.has("map_type.ringbuf") else "perf"
         self.events_kind = events
         self.notes = []  # what could not be attached, said once at start
+        self._closed_baseline = 0  # stats[STAT_CLOSED_KEPT] when trim_closed last emptied the map of them
         self.programs = []  # loaded and attached
         self._stack = contextlib.ExitStack()
         try:
@@ -178,6 +179,31 @@ class Monitor:
         state CLOSE are ended connections kept for their memory's reuse."""
         closed = records.TCP_STATE_IDS["CLOSE"]
         return [records.decode_conn(k.sock, v) for k, v in self.maps.conns.items() if v.state != closed]
+
+    def closed_kept(self):
+        """Ended connections' entries conn_state keeps in conns for reuse, since the last trim
+        (an upper bound: the LRU may have evicted some)."""
+        total = sum(self.maps.stats.lookup(records.STAT_CLOSED_KEPT) or [0]) % 2**64
+        return (total - self._closed_baseline) % 2**64
+
+    def trim_closed(self, limit=None):
+        """Delete the ended connections' entries once more than `limit` (a quarter of the map
+        by default) may be kept: their addresses were not reused soon, and the LRU would evict
+        an idle live connection as readily as one of them. Returns how many it deleted.
+
+        An entry reused between our read and our delete loses its new connection: its close
+        then counts in lost()["conns"], never silently."""
+        from bpfhook.programs.conn_common import CONNS_MAX
+
+        limit = CONNS_MAX // 4 if limit is None else limit
+        if self.closed_kept() <= limit:
+            return 0
+        self._closed_baseline = sum(self.maps.stats.lookup(records.STAT_CLOSED_KEPT) or [0]) % 2**64
+        closed = records.TCP_STATE_IDS["CLOSE"]
+        stale = [k for k, v in self.maps.conns.items() if v.state == closed]
+        for key in stale:
+            self.maps.conns.delete(key)
+        return len(stale)
 
     def lost(self):
         """Kernel-side drops: "events" the buffer refused (plus perf's own lost records) and
@@ -333,6 +359,7 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                             print(event_line(event, container), file=out)
                         if on_event is not None:
                             on_event(event, container)
+                monitor.trim_closed()
                 lost = monitor.lost()["events"]
                 if lost > lost_said:
                     _say_lost(lost - lost_said, lost, json_out, out, err)

@@ -13,9 +13,10 @@ connection map follows each TCP socket by its struct sock address:
 An ended connection's entry is not deleted: the slab hands a freed struct
 sock's address to a new socket soon, and the new connection is written over
 the old entry in place. A hash map insert and delete cost ~400 ns per socket
-here, which is most of what a short connection costs the monitor; ended
-entries nobody reuses are the least recently used, the first the LRU evicts.
-User space lists only the entries in other states as live.
+here, which is most of what a short connection costs the monitor. User
+space lists only the entries in other states as live, and bounds the ended
+ones (Monitor.trim_closed, counted in stats[STAT_CLOSED_KEPT]): the LRU
+would evict an idle live connection as readily as an ended one.
 
 Why the raw tracepoint rather than sock:inet_sock_set_state: the perf
 tracepoint formats a record of every field before any program runs, which
@@ -89,7 +90,7 @@ def build(maps, kernel):
             _event_from_sock(p, kernel, ev, buf, scratch)
             with p.If(p.r8 == SYN_SENT):  # connect(): we run in the connecting task
                 current_task(p, ev, cgroup=False)
-            _new_conn(p, maps, ev, conn, key, reuse)
+            _new_conn(p, maps, ev, conn, key, reuse, scratch)
         with p.Else():
             with p.If(p.r8 == CLOSE):
                 p.r1 = p.r9.u64[ARG_OLDSTATE]
@@ -117,6 +118,7 @@ def build(maps, kernel):
                     [("closed", 1), ("bytes_sent", ev.u64[E["bytes_sent"]]),
                      ("bytes_received", ev.u64[E["bytes_received"]])], atomic=False)
             stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[E["duration_ns"]], atomic=False)
+            stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
             stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[E["duration_ns"]])
             remember(p, maps, ev, scratch)
         if maps.stream:
@@ -181,7 +183,7 @@ def _drop_fin(p, ev):
         ev.u64[E["bytes_received"]] = p.r1
 
 
-def _new_conn(p, maps, ev, conn, key, reuse):
+def _new_conn(p, maps, ev, conn, key, reuse, scratch):
     """The CONN of a new connection, from the EVENT of its opening, into the map: written over
     the entry of an ended one at the same address when there is one (`reuse`), else inserted."""
     conn.zero()
@@ -194,6 +196,7 @@ def _new_conn(p, maps, ev, conn, key, reuse):
         for off in range(0, CONN.sizeof(), 8):
             p.r2 = conn.u64[off]
             p.r1.u64[off] = p.r2
+        stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, -1, atomic=False)
     with p.Else():
         p.call("map_update_elem", maps.conns, key, conn, 0)
 
