@@ -34,6 +34,22 @@ def slow_factor():
         return 1.0
 
 
+def require(feature):
+    """Skip the test, with a one-line reason, unless the running kernel has `feature` (a
+    pybpf.features name): for tests of what only newer kernels do (the kernel matrix runs 6.1)."""
+    from pybpf import features
+
+    if not features.has(feature):
+        pytest.skip(f"this kernel has no {feature}: {features.probe(feature).detail}")
+
+
+def uses_cpu_v4(insns):
+    """Whether instructions include cpu v4 ones (Linux 6.6): signed division, sign-extending
+    moves and loads, unconditional byte swaps, gotol."""
+    return any(i.op.kind in ("bswap", "movsx", "gotol") or i.op.operation in ("sdiv", "smod")
+               or i.op.name.startswith("ldxs") for i in insns)
+
+
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/kernel/ is a kernel test; so is anything marked so."""
     skip = pytest.mark.skip(reason=KERNEL_SKIP_REASON) if KERNEL_SKIP_REASON else None

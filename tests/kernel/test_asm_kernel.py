@@ -12,6 +12,7 @@ from pybpf.errors import VerifierError
 from pybpf.maps import Map
 from pybpf.prog import load
 from pybpf.uapi import MapType
+from tests.conftest import require
 
 PACKET = bytes(range(64))  # socket filters want at least an Ethernet header
 
@@ -38,6 +39,7 @@ def test_if_else_on_packet_length():
 
 
 def test_signed_compares_and_cpu_v4_alu():
+    require("isa.v4")
     p = Program("signed")
     p.r0 = 0
     p.r1 = -5
@@ -170,7 +172,9 @@ def test_verifier_log_shows_the_python_line_of_a_rejected_insn():
     p.exit()
     with pytest.raises(VerifierError) as err:
         load(p)
-    assert "; p.r0 += p.r3  # r3 is never written: rejected @ test_asm_kernel.py:" in err.value.log
+    assert "; p.r0 += p.r3  # r3 is never written: rejected" in err.value.log
+    if " @ " in err.value.log:  # newer kernels (not 6.1) add each source line's file:line
+        assert "; p.r0 += p.r3  # r3 is never written: rejected @ test_asm_kernel.py:" in err.value.log
 
 
 def test_btf_false_loads_no_btf():
@@ -246,6 +250,7 @@ EVENT = c.Struct("pid" / c.Int32ul, "delta" / c.Int16sl, c.Padding(2), "ts" / c.
 
 
 def test_stack_struct_fields():
+    require("isa.v4")  # the signed field reads as a sign-extending load
     p = Program("struct")
     ev = p.stack.alloc(EVENT)
     ev.zero()

@@ -16,6 +16,7 @@ from pybpf.insn import Insn
 from pybpf.maps import Map
 from pybpf.prog import load
 from pybpf.uapi import AttachType, MapType, ProgType
+from tests.conftest import require
 
 _serial = itertools.count()
 # getpid() -> task_tgid_vnr() -> __task_pid_nr_ns(): an out-of-line function on every arch, in BTF too.
@@ -366,6 +367,8 @@ def tc_filters(ns, ifname, parent):
 def test_tc_ingress_on_veth(counter, veth_pair, mode):
     from pybpf import tc
 
+    if mode == "tcx":
+        require("link.tcx")
     ns_a, ns_b, va, vb, addr_a, addr_b = veth_pair
     with load(counter_insns(counter, 0), ProgType.SCHED_CLS, name="tc_count") as prog:
         with inside(ns_b):
@@ -485,6 +488,7 @@ def test_program_may_close_first(counter, cgroup_dir):
 
 
 def test_double_detach_netlink_kinds(counter, veth_pair):
+    require("link.tcx")
     ns_a, ns_b, va, vb, addr_a, addr_b = veth_pair
     with load(counter_insns(counter, 0), ProgType.SCHED_CLS) as cls, \
             load(counter_insns(counter, 2), ProgType.XDP) as xdp:

@@ -16,6 +16,7 @@ from pybpf import attach, cleanup
 from pybpf import sys as bsys
 from pybpf.errors import SyscallError
 from pybpf.uapi import AttachType, Cmd
+from tests.conftest import require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _serial = itertools.count()
@@ -132,6 +133,7 @@ def assert_all_gone(made, ns, cgroup_dir):
 
 
 def test_sigkill_leaves_nothing_with_links(netns_and_cgroup):
+    require("link.tcx")  # the child's tc attachment is a tcx link
     ns, cgroup_dir = netns_and_cgroup
     child, made = start(False, ns, cgroup_dir)
     try:

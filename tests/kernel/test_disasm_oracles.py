@@ -17,6 +17,7 @@ from pybpf import disasm, isa, prog
 from pybpf.insn import Insn, decode, encode
 from pybpf.maps import Map
 from pybpf.uapi import MapType, ProgType
+from tests.conftest import require, uses_cpu_v4
 from tests.elfutil import bpf_elf
 
 BPFTOOL = shutil.which("bpftool")
@@ -158,6 +159,8 @@ def test_kernel_syntax_matches_verifier_log(corpus, name):
     from pybpf.link import link
 
     insns = link(corpus[name])
+    if uses_cpu_v4(insns):
+        require("isa.v4")
     code = encode(insns)
     with _load(insns, name) as p:
         logged = _log_lines(p.log)
@@ -220,6 +223,10 @@ def _bpftool_xlated(prog_id):
 @pytest.mark.skipif(not BPFTOOL, reason="bpftool not installed")
 @pytest.mark.parametrize("name", ["alu_stack_jumps", "calls_and_loads", "packet_loads"])
 def test_xlated_matches_bpftool(corpus, name):
+    from pybpf.link import link
+
+    if uses_cpu_v4(link(corpus[name])):
+        require("isa.v4")
     with _load(corpus[name], name) as p:
         loaded = disasm.read_loaded(prog_id=p.id)
         theirs = _bpftool_xlated(p.id)

@@ -15,6 +15,7 @@ from pybpf.insn import Insn
 from pybpf.maps import Map
 from pybpf.prog import load
 from pybpf.uapi import MapType
+from tests.conftest import require, uses_cpu_v4
 
 MASK32 = (1 << 32) - 1
 MASK64 = (1 << 64) - 1
@@ -62,6 +63,8 @@ EPILOGUE = [
 
 def run(body, subprograms=()):
     """The 64-bit r0 the body leaves, as the kernel computed it."""
+    if uses_cpu_v4(list(body) + list(subprograms)):
+        require("isa.v4")
     with load(PROLOGUE + list(body) + EPILOGUE + list(subprograms), "xdp", name="semantics") as p:
         result = p.test_run(bytes(64))
     assert result.retval == 2
