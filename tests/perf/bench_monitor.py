@@ -43,6 +43,7 @@ CHURN_SECONDS = 10
 LAUNCHES = 5  # best of
 ROUNDS = 9  # churn rounds: the median of their ratios
 PLACEMENTS = ("spread", "one CPU")
+SETTLE_SECONDS = 1.0  # before each run: the previous tool's teardown finishes in the kernel
 
 # The server closes first, so TIME_WAIT sits on the server side and the client's
 # ephemeral ports do not run out across runs. Prints connections per second.
@@ -146,22 +147,37 @@ def run():
     peer_launch = _launch_times(_bpftrace_cmd(), "Attaching") if have_bpftrace else None
 
     # Rounds interleave unmonitored, monitor and bpftrace runs; ratios pair runs of one round.
+    # The order turns with each round, and every run starts a moment after the last tool
+    # stopped: a detach leaves the kernel work (RCU callbacks, freeing maps and probes) that
+    # would otherwise always fall on the run that comes next.
     base, ours, peer = ({p: [] for p in PLACEMENTS} for _ in range(3))
     ours_mem, peer_mem, lost = [], [], 0
-    for _ in range(ROUNDS):
+
+    def unmonitored():
         for placement, rate in _churns().items():
             base[placement].append(rate)
+
+    def monitored():
+        nonlocal lost
         rates, mem, round_lost = _attached_churn(_monitor_cmd(), "attached")
         for placement, rate in rates.items():
             ours[placement].append(rate)
         ours_mem.append(mem)
         lost = None if round_lost is None or lost is None else lost + round_lost
-        if have_bpftrace:
-            # "Attaching" comes just before the attach itself
-            rates, mem, _ = _attached_churn(_bpftrace_cmd(), "Attaching", settle=0.3)
-            for placement, rate in rates.items():
-                peer[placement].append(rate)
-            peer_mem.append(mem)
+
+    def bpftrace():
+        # "Attaching" comes just before the attach itself
+        rates, mem, _ = _attached_churn(_bpftrace_cmd(), "Attaching", settle=0.3)
+        for placement, rate in rates.items():
+            peer[placement].append(rate)
+        peer_mem.append(mem)
+
+    runs = [unmonitored, monitored] + ([bpftrace] if have_bpftrace else [])
+    for round_ in range(ROUNDS):
+        turn = round_ % len(runs)
+        for go in runs[turn:] + runs[:turn]:
+            time.sleep(SETTLE_SECONDS)
+            go()
 
     def ratio(rates, placement):
         pairs = [r / b for r, b in zip(rates[placement], base[placement])]
