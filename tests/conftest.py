@@ -3,6 +3,7 @@
 Kernel tests need root and a kernel with BPF. Without them they skip with a
 one-line reason; they never fail with a traceback.
 """
+import importlib.util
 import os
 import sys
 
@@ -22,6 +23,15 @@ def _kernel_reason():
 
 
 KERNEL_SKIP_REASON = _kernel_reason()
+
+
+def load_script(path, name):
+    """The Python file at `path` (relative to the checkout: a tool, a harness) as a module named
+    `name`: scripts outside the packages, which tests import to call their functions."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def slow_factor():

@@ -1,17 +1,15 @@
 """pybpf/_ffi.py is pybpf.sys.CDEF pre-parsed: the two never drift, and importing pybpf.sys parses nothing."""
-import importlib.util
 import os
 import subprocess
 import sys
+
+from tests.conftest import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _gen_ffi():
-    spec = importlib.util.spec_from_file_location("gen_ffi", os.path.join(ROOT, "tools", "gen_ffi.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/gen_ffi.py", "gen_ffi")
 
 
 def test_regenerating_gives_the_committed_file():

@@ -1,24 +1,18 @@
 """The kernel matrix's junit reading, the feature table and the perf harness's table logic."""
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from tests.conftest import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _module(path, name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-matrix = _module("vagrant/matrix.py", "bpfhook_matrix")
-feature_table = _module("tools/feature_table.py", "bpfhook_feature_table")
-perf_run = _module("tests/perf/run.py", "bpfhook_perf_run")
+matrix = load_script("vagrant/matrix.py", "bpfhook_matrix")
+feature_table = load_script("tools/feature_table.py", "bpfhook_feature_table")
+perf_run = load_script("tests/perf/run.py", "bpfhook_perf_run")
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="5">

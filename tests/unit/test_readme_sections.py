@@ -1,17 +1,11 @@
 """README's generated sections show exactly the pages tools wrote under docs/."""
-import importlib.util
-import os
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import load_script
 
 
 def _readme_tool():
-    spec = importlib.util.spec_from_file_location("readme_tool", os.path.join(ROOT, "tools", "readme.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/readme.py", "readme_tool")
 
 
 @pytest.mark.parametrize("name", ["features", "benchmarks"])
