@@ -28,7 +28,8 @@ from pybpf import tracefs
 from pybpf.asm import Program
 
 from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, current_task, emit,
-                          exit_unless_tcp, field_in, kread, kread_fields, sock_addresses)
+                          copy_shared, exit_unless_tcp, field_in, kread, kread_fields, sock_addresses,
+                          sock_netns)
 
 HOOKS = ("fexit", "kretprobe", "tracepoint")  # best first
 CLOSE = records.TCP_STATE_IDS["CLOSE"]
@@ -125,13 +126,7 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key):
     with p.If(p.r7 == 0):
         _unfollowed(p, kernel, ev, buf, scratch)
     with p.Else():
-        for name, type in (("netns", "u64"), ("sport", "u16"), ("dport", "u16"), ("family", "u16")):
-            p.r1 = p.r7.mem(C[name], type)
-            getattr(ev, type)[E[name]] = p.r1
-        for name in ("saddr", "daddr"):
-            for half in (0, 8):
-                p.r1 = p.r7.u64[C[name] + half]
-                ev.u64[E[name] + half] = p.r1
+        copy_shared(p, p.r7, records.CONN, ev, records.EVENT)  # the owner fields are replaced below
     p.call("ktime_get_ns")
     ev.u64[E["ts_ns"]] = p.r0
     ev.u64[E["sock"]] = p.r6
@@ -168,5 +163,4 @@ def _unfollowed(p, kernel, ev, buf, scratch):
         with p.If(p.r2 != AF_INET6):
             p.exit(0)
     exit_unless_tcp(p, kernel, scratch, p.r6)
-    kread(p, scratch, 0, 8, p.r6, kernel.sk_net)
-    kread(p, ev, E["netns"], 8, scratch.u64[0], kernel.net_cookie)
+    sock_netns(p, kernel, ev, scratch, p.r6)

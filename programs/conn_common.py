@@ -326,8 +326,31 @@ def sock_owner(p, k, ev, scratch, sk):
     kread(p, scratch, 0, 8, sk, k.sk_cgroup)
     kread(p, scratch, 0, 8, scratch.u64[0], k.cgroup_kn)
     kread(p, ev, E["cgroup_id"], 8, scratch.u64[0], k.kn_id)
+    sock_netns(p, k, ev, scratch, sk)
+
+
+def sock_netns(p, k, ev, scratch, sk):
+    """ev.netns: the cookie of the network namespace of the struct sock in register `sk`."""
     kread(p, scratch, 0, 8, sk, k.sk_net)
     kread(p, ev, E["netns"], 8, scratch.u64[0], k.net_cookie)
+
+
+# Fields an EVENT and a CONN share, with their access type
+SHARED_FIELDS = [("cgroup_id", "u64"), ("netns", "u64"), ("pid", "u32"), ("tid", "u32"), ("sport", "u16"),
+                 ("dport", "u16"), ("family", "u16"), ("protocol", "u8"), ("flags", "u8")]
+SHARED_ARRAYS = ("comm", "saddr", "daddr")  # 16 bytes each: two u64 moves
+
+
+def copy_shared(p, src, src_layout, dst, dst_layout):
+    """Every field EVENT and CONN share, from one to the other (stack slots, or r6..r9 pointing
+    at one)."""
+    for name, type in SHARED_FIELDS:
+        p.r1 = getattr(src, type)[offsetof(src_layout, name)]
+        getattr(dst, type)[offsetof(dst_layout, name)] = p.r1
+    for name in SHARED_ARRAYS:
+        for half in (0, 8):
+            p.r1 = src.u64[offsetof(src_layout, name) + half]
+            dst.u64[offsetof(dst_layout, name) + half] = p.r1
 
 
 def current_task(p, dst, at=E, cgroup=True):

@@ -36,11 +36,12 @@ never from the current task, which in softirq context is whoever was
 interrupted. Kernel struct offsets come from BTF when the program is built.
 """
 from bpfhook import records
-from bpfhook.records import CONN, EVENT, offsetof
+from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program
 
 from .conn_common import (IPPROTO_TCP, C, E, account, count_lost, current_task, define_metrics, emit,
-                          exit_unless_tcp, kread, remember, sock_addresses, sock_owner, stat_add, stat_max)
+                          copy_shared, exit_unless_tcp, kread, remember, sock_addresses, sock_owner, stat_add,
+                          stat_max)
 
 RAW_TRACEPOINT = "inet_sock_set_state"
 # struct bpf_raw_tracepoint_args: u64 args[]: (const struct sock *sk, int oldstate, int newstate)
@@ -53,10 +54,6 @@ SYN_SENT, SYN_RECV, CLOSE, LISTEN = (records.TCP_STATE_IDS[s] for s in ("SYN_SEN
 FIN_SEEN_MASK = sum(1 << records.TCP_STATE_IDS[s] for s in ("CLOSE_WAIT", "LAST_ACK", "CLOSING", "TIME_WAIT",
                                                              "FIN_WAIT2"))
 
-# Fields copied between EVENT (stack) and CONN (map value), with their access type.
-_SHARED = [("cgroup_id", "u64"), ("netns", "u64"), ("pid", "u32"), ("tid", "u32"), ("sport", "u16"),
-           ("dport", "u16"), ("family", "u16"), ("protocol", "u8"), ("flags", "u8")]
-_ARRAYS = ("comm", "saddr", "daddr")  # 16 bytes each: two u64 moves
 
 
 def build(maps, kernel):
@@ -155,7 +152,7 @@ def _event_from_sock(p, kernel, ev, buf, scratch):
 def _event_from_conn(p, ev):
     """The EVENT of a transition of the connection whose CONN is at r7."""
     _event_header(p, ev)
-    _copy(p, p.r7, CONN, ev, EVENT)
+    copy_shared(p, p.r7, CONN, ev, EVENT)
 
 
 def _count_transition(p, maps, scratch):
@@ -189,7 +186,7 @@ def _new_conn(p, maps, ev, conn, key, reuse, scratch):
     conn.zero()
     p.r1 = ev.u64[E["ts_ns"]]
     conn.u64[C["start_ns"]] = p.r1
-    _copy(p, ev, EVENT, conn, CONN)
+    copy_shared(p, ev, EVENT, conn, CONN)
     conn.u8[C["state"]] = p.r8
     p.r1 = reuse.u64[0]
     with p.If(p.r1 != 0):
@@ -199,14 +196,3 @@ def _new_conn(p, maps, ev, conn, key, reuse, scratch):
         stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, -1, atomic=False)
     with p.Else():
         p.call("map_update_elem", maps.conns, key, conn, 0)
-
-
-def _copy(p, src, src_layout, dst, dst_layout):
-    """Every shared field from one struct to another (stack slots, or a register pointing at one)."""
-    for name, type in _SHARED:
-        p.r1 = getattr(src, type)[offsetof(src_layout, name)]
-        getattr(dst, type)[offsetof(dst_layout, name)] = p.r1
-    for name in _ARRAYS:
-        for half in (0, 8):
-            p.r1 = src.u64[offsetof(src_layout, name) + half]
-            dst.u64[offsetof(dst_layout, name) + half] = p.r1
