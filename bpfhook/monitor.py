@@ -142,20 +142,24 @@ class Monitor:
     def cgroup_metrics(self, connections=None):
         """{cgroup id: metrics dict}: the kernel's totals of what ended, and the live
         connections (connections(), read now when not given): active, opened = closed + active."""
-        totals = {k.cgroup_id: records.decode_metrics(v) for k, v in self.maps.metrics_cgroup.items()}
-        return with_live(totals, self.connections() if connections is None else connections, "cgroup_id")
+        return self._metrics(self.maps.metrics_cgroup, "cgroup_id", connections)
 
     def netns_metrics(self, connections=None):
         """{netns cookie: metrics dict}, as cgroup_metrics()."""
-        totals = {k.netns: records.decode_metrics(v) for k, v in self.maps.metrics_netns.items()}
-        return with_live(totals, self.connections() if connections is None else connections, "netns")
+        return self._metrics(self.maps.metrics_netns, "netns", connections)
+
+    def _metrics(self, map, field, connections):
+        totals = {k[field]: records.decode_metrics(v) for k, v in map.items()}
+        return with_live(totals, self.connections() if connections is None else connections, field)
+
+    def _stat(self, slot):
+        """stats[slot] of every CPU."""
+        return self.maps.stats.lookup(slot) or [0]
 
     def stats(self):
         """The kernel's summaries: {"events", "duration_total_ns", "duration_max_ns",
         "transitions": {(oldstate, newstate): count}}."""
-        def per_cpu(slot):
-            return self.maps.stats.lookup(slot) or [0]
-
+        per_cpu = self._stat
         transitions = {}
         for old in range(records.NSTATES):
             for new in range(records.NSTATES):
@@ -183,8 +187,11 @@ class Monitor:
     def closed_kept(self):
         """Ended connections' entries conn_state keeps in conns for reuse, since the last trim
         (an upper bound: the LRU may have evicted some)."""
-        total = sum(self.maps.stats.lookup(records.STAT_CLOSED_KEPT) or [0]) % 2**64
-        return (total - self._closed_baseline) % 2**64
+        return (self._closed_total() - self._closed_baseline) % 2**64
+
+    def _closed_total(self):
+        """stats[STAT_CLOSED_KEPT] summed over the CPUs (each drifts; the sum mod 2**64 is exact)."""
+        return sum(self._stat(records.STAT_CLOSED_KEPT)) % 2**64
 
     def trim_closed(self, limit=None):
         """Delete the ended connections' entries once more than `limit` (a quarter of the map
@@ -196,9 +203,10 @@ class Monitor:
         from bpfhook.programs.conn_common import CONNS_MAX
 
         limit = CONNS_MAX // 4 if limit is None else limit
-        if self.closed_kept() <= limit:
+        total = self._closed_total()
+        if (total - self._closed_baseline) % 2**64 <= limit:
             return 0
-        self._closed_baseline = sum(self.maps.stats.lookup(records.STAT_CLOSED_KEPT) or [0]) % 2**64
+        self._closed_baseline = total
         closed = records.TCP_STATE_IDS["CLOSE"]
         stale = [k for k, v in self.maps.conns.items() if v.state == closed]
         for key in stale:
