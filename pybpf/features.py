@@ -12,7 +12,7 @@ Names (stable; `names()` lists them all):
     prog_type.<type>  map_type.<type>  attach_type.<type>  helper.<prog_type>.<helper>
     link.{tcx,netkit,cgroup,xdp,netns,perf_event,sockmap}
     isa.v1 .. isa.v4  bounded_loops  btf  btf_vmlinux  ringbuf
-    kprobe_pmu  fentry  fexit  lsm  raw_tracepoint  perf_event_tracepoint
+    kprobe_pmu  fentry  fexit  lsm  tp_btf  raw_tracepoint  perf_event_tracepoint
     tracefs  debugfs  cgroup2
 
 `available` is True, False, or None when the probe could not decide (it says why).
@@ -375,6 +375,23 @@ def _probe_btf_program(ptype, atype, func):
     return available, f"{atype.name.lower()} on {func}: {detail}"
 
 
+def _probe_tp_btf():
+    """A BTF-typed raw tracepoint program (Linux 5.5): its target is the tracepoint's
+    btf_trace_<name> typedef."""
+    from .btf import Btf
+
+    try:
+        target = Btf.vmlinux().find(f"btf_trace_{TP_BTF_PROBE}", "typedef").id
+    except (BpfError, OSError, KeyError, LookupError) as e:
+        return None, f"not probed: no BTF id for btf_trace_{TP_BTF_PROBE}: {e}"
+    fd, err, log = _load_raw(ProgType.TRACING, RETURN_0, AttachType.TRACE_RAW_TP, attach_btf_id=target, log=True)
+    available, detail = _describe_load(fd, err, log)
+    return available, f"trace_raw_tp on {TP_BTF_PROBE}: {detail}"
+
+
+TP_BTF_PROBE = "sys_enter"
+
+
 def _probe_lsm():
     try:
         with open("/sys/kernel/security/lsm") as f:
@@ -480,6 +497,7 @@ def _catalogue():
         "fentry": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_FENTRY, "bpf_fentry_test1"),
         "fexit": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_FEXIT, "bpf_fentry_test1"),
         "lsm": _probe_lsm,
+        "tp_btf": _probe_tp_btf,
         "tracefs": lambda: _mount_probe("tracefs"),
         "debugfs": lambda: _mount_probe("debugfs"),
         "raw_tracepoint": _probe_raw_tracepoint,

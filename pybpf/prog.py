@@ -186,8 +186,11 @@ def _bpf_prog_load(attr, log_level):
         return fd, err, log
 
 
-def _load_error(err, log, slots, ptype, name, insn_cnt):
+def _load_error(err, log, slots, ptype, name, insn_cnt, expected_attach_type=None):
     label = f"BPF_PROG_LOAD {name or _type_name(ptype)}"
+    kind = _type_name(ptype)
+    if expected_attach_type is not None:  # a tracing kernel may take tp_btf and refuse fexit
+        kind += f" ({attach_type_of(expected_attach_type).name.lower()})"
     if log.strip():
         idx, kernel_line = failing_insn_index(log)
         insn = slots[idx] if slots is not None and idx is not None and idx < len(slots) else None
@@ -196,7 +199,7 @@ def _load_error(err, log, slots, ptype, name, insn_cnt):
     if err in (_errno.EPERM, _errno.EACCES):
         if os.geteuid() != 0:
             return NotPermitted(label, err, "needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)")
-        return NotPermitted(label, err, f"the kernel refuses {_type_name(ptype)} programs here "
+        return NotPermitted(label, err, f"the kernel refuses {kind} programs here "
                             "(lockdown, LSM policy, or the hook is not built in)")
     if err == _errno.E2BIG:
         if insn_cnt > BPF_MAXINSNS:
@@ -287,7 +290,7 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
         if btf_fd is not None:
             os.close(btf_fd)  # the program holds its own reference
     if fd is None:
-        raise _load_error(err, log, slots, ptype, object_name(name), insn_cnt)
+        raise _load_error(err, log, slots, ptype, object_name(name), insn_cnt, expected_attach_type)
     prog = Program(fd, insns=insns, expected_attach_type=None if expected_attach_type is None
                    else attach_type_of(expected_attach_type))
     if wanted_log:

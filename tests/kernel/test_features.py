@@ -18,7 +18,7 @@ from tests.conftest import require
 
 # Features older kernels of the matrix lack, with the release that brought them: there the
 # probe must answer no, not only elsewhere yes.
-SINCE = {"isa.v4": (6, 6), "link.tcx": (6, 6)}
+SINCE = {"isa.v4": (6, 6), "link.tcx": (6, 6), "tp_btf": (5, 5)}
 RELEASE = tuple(int(n) for n in os.uname().release.split("-")[0].split(".")[:2])
 
 
@@ -131,6 +131,14 @@ def test_fentry_fexit_lsm_are_refused_here():
         if result.available:
             pytest.skip(f"{name} loads on this kernel")
         assert result.available is False and "EPERM" in result.detail, (name, result)
+
+
+def test_tp_btf_loads_where_the_kernel_has_it():
+    """tp_btf is a tracing program like fentry, but needs no trampoline: it loads on this VM
+    although fentry does not."""
+    result = features.probe("tp_btf")
+    assert result.available == expect("tp_btf"), result.detail
+    assert result.detail.startswith("trace_raw_tp on sys_enter")
 
 
 def test_btf():
