@@ -10,11 +10,12 @@
                           Prometheus, filters, --duration, SIGINT/SIGTERM -> final report
 
 Feature choices are probed, never read off the kernel version: the ring
-buffer where the kernel has one, else a perf event array; accept attribution
+buffer where the kernel has one, else a perf event array; the state program
+as tp_btf, else as a raw tracepoint (programs/conn_state.py); accept attribution
 through fexit on inet_csk_accept, else a kretprobe there, else the syscall
 exit tracepoints (programs/accept.py). Loading the fexit program is its own
-probe: it needs no vmlinux BTF parse beyond the cached offsets, where
-features.has("fexit") would parse it on every start.
+probe (the tp_btf one too): it needs no vmlinux BTF parse beyond the cached
+offsets, where features.has("fexit") would parse it on every start.
 """
 import collections
 import contextlib
@@ -38,17 +39,19 @@ class Monitor:
                 report comes from the maps (stats(), recent(), connections())
     accept:     "auto" (the best of accept.HOOKS the kernel allows), or one of them; the
                 chosen hook is .accept_hook, how it came about .accept_note
+    state:      the same for the state program and conn_state.HOOKS (.state_hook, .state_note)
     """
 
-    def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto"):
+    def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto"):
         from pybpf import attach, features
         from pybpf.events import open_reader
         from pybpf.prog import load
 
         from bpfhook.programs import accept as accept_hooks, conn_common, conn_state, connect
 
-        if accept != "auto" and accept not in accept_hooks.HOOKS:
-            raise ValueError(f"accept hook {accept!r}: expected auto or one of {', '.join(accept_hooks.HOOKS)}")
+        for what, choice, hooks in (("accept", accept, accept_hooks.HOOKS), ("state", state, conn_state.HOOKS)):
+            if choice != "auto" and choice not in hooks:
+                raise ValueError(f"{what} hook {choice!r}: expected auto or one of {', '.join(hooks)}")
         if events == "auto":
             events = "ringbuf" if features.has("map_type.ringbuf") else "perf"
         self.events_kind = events
@@ -62,10 +65,10 @@ class Monitor:
             # Reader before programs: a perf array slot without its ring makes the output fail.
             # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
             self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
-            state = load(conn_state.build(self.maps, kernel), "raw_tracepoint", name="bh_conn_state")
-            self._hold(state)
-            self._stack.enter_context(attach.raw_tracepoint(state, conn_state.RAW_TRACEPOINT))
-            self._attach_accept(kernel, accept_hooks.HOOKS if accept == "auto" else (accept,))
+            self.state_hook, self.state_note = self._attach_first(
+                self._state_attempts(kernel), conn_state.HOOKS if state == "auto" else (state,))
+            self.accept_hook, self.accept_note = self._attach_first(
+                self._accept_attempts(kernel), accept_hooks.HOOKS if accept == "auto" else (accept,))
             for version, hook in connect.HOOKS.items():
                 prog = load(connect.build(self.maps, kernel, version), "cgroup_sock_addr", name=f"bh_{hook}",
                             expected_attach_type=f"cgroup_inet{version}_connect")
@@ -75,10 +78,32 @@ class Monitor:
             self._stack.close()
             raise
 
-    def _attach_accept(self, kernel, hooks):
-        """Attach the first of `hooks` the kernel takes; the others' failures go to .accept_note."""
+    def _state_attempts(self, kernel):
+        """{hook: attach(stack, held) -> how} for the state program (conn_state.HOOKS)."""
+        from pybpf import attach
+        from pybpf.prog import load
+
+        from bpfhook.programs import conn_state
+
+        def tp_btf(stack, held):
+            btf_id, _nargs = kernel.func(conn_state.TP_BTF)
+            prog = load(conn_state.build(self.maps, kernel, typed=True), "tracing", name="bh_conn_state",
+                        expected_attach_type="trace_raw_tp", attach_btf_id=btf_id)
+            self._hold(prog, stack, held)
+            stack.enter_context(attach.tracing(prog))
+            return f"tp_btf {conn_state.RAW_TRACEPOINT}"
+
+        def raw_tracepoint(stack, held):
+            prog = load(conn_state.build(self.maps, kernel), "raw_tracepoint", name="bh_conn_state")
+            self._hold(prog, stack, held)
+            stack.enter_context(attach.raw_tracepoint(prog, conn_state.RAW_TRACEPOINT))
+            return f"raw tracepoint {conn_state.RAW_TRACEPOINT}"
+
+        return {"tp_btf": tp_btf, "raw_tracepoint": raw_tracepoint}
+
+    def _accept_attempts(self, kernel):
+        """{hook: attach(stack, held) -> how} for accept attribution (accept.HOOKS)."""
         from pybpf import attach, features
-        from pybpf.errors import BpfError
         from pybpf.prog import load
 
         from bpfhook.programs import accept
@@ -111,7 +136,13 @@ class Monitor:
                     self.notes.append(f"accepted connections keep no process identity: {e}")
             return "tracepoints " + ", ".join(accept.TRACEPOINTS)
 
-        attempts = {"fexit": fexit, "kretprobe": kretprobe, "tracepoint": tracepoints}
+        return {"fexit": fexit, "kretprobe": kretprobe, "tracepoint": tracepoints}
+
+    def _attach_first(self, attempts, hooks):
+        """Attach through the first of `hooks` (names in `attempts`) the kernel takes:
+        (hook, how it is attached, with why the better ones were passed over)."""
+        from pybpf.errors import BpfError
+
         passed_over = []
         for hook in hooks:
             with contextlib.ExitStack() as stack:
@@ -125,9 +156,7 @@ class Monitor:
                     continue
                 self._stack.enter_context(stack.pop_all())  # attached: owned with the rest
                 self.programs += held
-                self.accept_hook = hook
-                self.accept_note = how + (f" ({'; '.join(passed_over)})" if passed_over else "")
-                return
+                return hook, how + (f" ({'; '.join(passed_over)})" if passed_over else "")
 
     def _hold(self, prog, stack=None, held=None):
         """Keep `prog` until `stack` (the monitor's own by default) closes: a program stays
@@ -318,6 +347,7 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
             monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream))
             print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
                   f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
+            print(f"bpfhook monitor: connection states through {monitor.state_note}", file=err, flush=True)
             print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
             for note in monitor.notes:
                 print(f"bpfhook monitor: warning: {note}", file=err, flush=True)

@@ -83,8 +83,10 @@ _KERNEL_FIELDS = {
 _RETURN_REGISTER = {"x86_64": ("pt_regs", "ax"), "aarch64": ("pt_regs", "regs")}  # arm64: regs[0]
 if os.uname().machine in _RETURN_REGISTER:
     _KERNEL_FIELDS["regs_rc"] = _RETURN_REGISTER[os.uname().machine]
-# Kernel functions the programs hook by BTF id (fexit); their prototypes vary between kernels
-_KERNEL_FUNCS = ("inet_csk_accept",)
+# Kernel functions and tracepoints the programs hook by BTF id (fexit, tp_btf); their prototypes
+# vary between kernels
+TP_BTF_PREFIX = "btf_trace_"
+_KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state")
 
 # Parsing vmlinux BTF costs most of the monitor's start-up time and memory, and its answers
 # cannot change until the next boot: they are kept in a file on tmpfs keyed by boot id.
@@ -115,12 +117,15 @@ class KernelOffsets:
             out[name] = (f.byte_offset, f.size)
         funcs = {}
         for name in _KERNEL_FUNCS:
+            # a tracepoint's typedef btf_trace_<name>: pointer to (void *data, args...)
+            kind = "typedef" if name.startswith(TP_BTF_PREFIX) else "func"
             try:
-                func = btf.find(name, "func")
+                func = btf.find(name, kind)
             except FeatureUnavailable:
-                funcs[name] = None  # inlined or renamed on this kernel: only fexit needs it
+                funcs[name] = None  # inlined or renamed on this kernel: only fexit/tp_btf need it
                 continue
-            funcs[name] = (func.id, len(btf.type_by_id(func.type).params))
+            proto = btf.type_by_id(btf.type_by_id(func.type).type) if kind == "typedef" else btf.type_by_id(func.type)
+            funcs[name] = (func.id, len(proto.params) - (kind == "typedef"))
         return cls(out, funcs)
 
     @classmethod
@@ -282,57 +287,93 @@ def field_in(buf, at, k, name):
     return buf.mem(at[name], _LOAD[k.size(name)])
 
 
-def sock_addresses(p, k, dst, buf, sk, at=E):
+def typed_field(sk, k, name):
+    """The memory of kernel field `name` of the struct a BTF-typed pointer register points at:
+    a plain load, which the verifier checks against BTF and makes fault-safe (a NULL or stale
+    pointer reads as zero)."""
+    return sk.mem(k.offsets[name][0], _LOAD[k.size(name)])
+
+
+def sock_addresses(p, k, dst, buf, sk, at=E, typed=False):
     """family, sport, dport, saddr, daddr of the struct sock at `sk` into `dst` at the field
     offsets `at` (EVENT's by default): a stack slot, or r6..r9 pointing at a CONN. IPv4 writes
-    the first 4 bytes of each address, so the rest must be zero already. One read for IPv4
-    (the sock_common fields lie together), two for IPv6."""
-    got = kread_fields(p, k, buf, sk, SOCK_V4_FIELDS)
-    p.r1 = field_in(buf, got, k, "sk_num")  # host order
+    the first 4 bytes of each address, so the rest must be zero already.
+
+    typed: `sk` is a BTF-typed pointer (tp_btf, fexit), read with plain loads; else with
+    bpf_probe_read_kernel: one read for IPv4 (the sock_common fields lie together), two for
+    IPv6, into `buf`."""
+    if typed:
+        def field(name):
+            return typed_field(sk, k, name)
+    else:
+        got = kread_fields(p, k, buf, sk, SOCK_V4_FIELDS)
+
+        def field(name):
+            return field_in(buf, got, k, name)
+    p.r1 = field("sk_num")  # host order
     dst.u16[at["sport"]] = p.r1
-    p.r1 = field_in(buf, got, k, "sk_dport")  # network order
+    p.r1 = field("sk_dport")  # network order
     p.be(p.r1, 16)
     dst.u16[at["dport"]] = p.r1
-    p.r1 = field_in(buf, got, k, "sk_rcv_saddr")
+    p.r1 = field("sk_rcv_saddr")
     dst.u32[at["saddr"]] = p.r1
-    p.r1 = field_in(buf, got, k, "sk_daddr")
+    p.r1 = field("sk_daddr")
     dst.u32[at["daddr"]] = p.r1
-    p.r1 = field_in(buf, got, k, "sk_family")
+    p.r1 = field("sk_family")
     dst.u16[at["family"]] = p.r1
     with p.If(p.r1 == AF_INET6):
-        got = kread_fields(p, k, buf, sk, SOCK_V6_FIELDS)
-        for field, name in (("saddr", "sk_v6_rcv_saddr"), ("daddr", "sk_v6_daddr")):
+        if not typed:
+            got = kread_fields(p, k, buf, sk, SOCK_V6_FIELDS)
+        for addr, name in (("saddr", "sk_v6_rcv_saddr"), ("daddr", "sk_v6_daddr")):
             for half in (0, 8):
-                p.r1 = buf.u64[got[name] + half]
-                dst.u64[at[field] + half] = p.r1
+                if typed:
+                    p.r1 = sk.u64[k.offsets[name][0] + half]
+                else:
+                    p.r1 = buf.u64[got[name] + half]
+                dst.u64[at[addr] + half] = p.r1
 
 
-def exit_unless_tcp(p, k, scratch, sk):
+def exit_unless_tcp(p, k, scratch, sk, typed=False):
     """Leave the program unless the struct sock at `sk` is a TCP one (sk_protocol, whose width
-    changed in 5.6). scratch: 8 spare stack bytes."""
-    size = k.size("sk_protocol")
-    kread(p, scratch, 0, size, sk, k.sk_protocol)
-    p.r1 = scratch.mem(0, _LOAD[size])
+    changed in 5.6). scratch: 8 spare stack bytes; typed: see sock_addresses."""
+    if typed:
+        p.r1 = typed_field(sk, k, "sk_protocol")
+    else:
+        size = k.size("sk_protocol")
+        kread(p, scratch, 0, size, sk, k.sk_protocol)
+        p.r1 = scratch.mem(0, _LOAD[size])
     with p.If(p.r1 != IPPROTO_TCP):
         p.exit(0)
 
 
-def sock_owner(p, k, ev, scratch, sk):
-    """ev.cgroup_id and ev.netns from the struct sock in register `sk`.
+def sock_owner(p, k, ev, scratch, sk, typed=False):
+    """ev.cgroup_id and ev.netns from the struct sock in register `sk` (typed: see
+    sock_addresses).
 
     The cgroup is the one the socket was created in (sk_cgrp_data; a passive
     child inherits its listener's), the netns is its namespace's cookie: both
     right in softirq context, where the current task is unrelated."""
-    kread(p, scratch, 0, 8, sk, k.sk_cgroup)
-    kread(p, scratch, 0, 8, scratch.u64[0], k.cgroup_kn)
-    kread(p, ev, E["cgroup_id"], 8, scratch.u64[0], k.kn_id)
-    sock_netns(p, k, ev, scratch, sk)
+    if typed:
+        p.r1 = typed_field(sk, k, "sk_cgroup")
+        p.r1 = typed_field(p.r1, k, "cgroup_kn")
+        p.r1 = typed_field(p.r1, k, "kn_id")
+        ev.u64[E["cgroup_id"]] = p.r1
+    else:
+        kread(p, scratch, 0, 8, sk, k.sk_cgroup)
+        kread(p, scratch, 0, 8, scratch.u64[0], k.cgroup_kn)
+        kread(p, ev, E["cgroup_id"], 8, scratch.u64[0], k.kn_id)
+    sock_netns(p, k, ev, scratch, sk, typed)
 
 
-def sock_netns(p, k, ev, scratch, sk):
+def sock_netns(p, k, ev, scratch, sk, typed=False):
     """ev.netns: the cookie of the network namespace of the struct sock in register `sk`."""
-    kread(p, scratch, 0, 8, sk, k.sk_net)
-    kread(p, ev, E["netns"], 8, scratch.u64[0], k.net_cookie)
+    if typed:
+        p.r1 = typed_field(sk, k, "sk_net")
+        p.r1 = typed_field(p.r1, k, "net_cookie")
+        ev.u64[E["netns"]] = p.r1
+    else:
+        kread(p, scratch, 0, 8, sk, k.sk_net)
+        kread(p, ev, E["netns"], 8, scratch.u64[0], k.net_cookie)
 
 
 # Fields an EVENT and a CONN share, with their access type

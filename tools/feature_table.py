@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # in the order the tool tries them.
 CHOICES = [
     ("monitor", "TCP connection lifecycle",
-     [(("raw_tracepoint",), "raw tracepoint inet_sock_set_state")]),
+     [(("tp_btf",), "tp_btf inet_sock_set_state"), (("raw_tracepoint",), "raw tracepoint inet_sock_set_state")]),
     ("monitor", "accept() attribution",
      [(("fexit",), "fexit inet_csk_accept"), (("kprobe_pmu",), "kretprobe inet_csk_accept"),
       (("perf_event_tracepoint",), "tracepoints syscalls:sys_exit_accept4, sys_exit_accept")]),

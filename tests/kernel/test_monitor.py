@@ -107,9 +107,21 @@ def closed(events, sport=None, dport=None):
             and (dport is None or e["dport"] == dport)]
 
 
-@pytest.fixture
-def monitor():
-    with Monitor(CGROUP_ROOT) as m:
+# The feature each state hook needs (programs/conn_state.py HOOKS)
+STATE_NEEDS = {"tp_btf": "tp_btf", "raw_tracepoint": "raw_tracepoint"}
+
+
+@pytest.fixture(params=list(STATE_NEEDS))
+def monitor(request):
+    """A Monitor with each state hook in turn (skipped where the kernel lacks it): the typed
+    and the probe-read programs must report the same."""
+    hook, need = request.param, STATE_NEEDS[request.param]
+    if not features.has(need):
+        pytest.skip(f"no {need} on this kernel: {features.probe(need).detail}")
+    with Monitor(CGROUP_ROOT, state=hook) as m:
+        assert m.state_hook == hook
+        assert m.state_note.startswith({"tp_btf": "tp_btf", "raw_tracepoint": "raw tracepoint"}[hook]
+                                       + " inet_sock_set_state")
         yield m
 
 
@@ -212,6 +224,28 @@ def test_fexit_target_comes_from_this_kernels_btf():
 def test_unknown_accept_hook_is_refused():
     with pytest.raises(ValueError, match="kprobe"):
         Monitor(CGROUP_ROOT, accept="kprobe")
+    with pytest.raises(ValueError, match="state hook 'fentry': expected auto or one of tp_btf, raw_tracepoint"):
+        Monitor(CGROUP_ROOT, state="fentry")
+
+
+def test_typed_state_program_reads_the_socket_without_helpers():
+    """tp_btf hands the program a BTF-typed struct sock: plain loads (fault-safe, checked by the
+    verifier) replace every bpf_probe_read_kernel of the raw tracepoint program."""
+    from bpfhook.programs import conn_state
+    from pybpf.helpers import name_of
+
+    kernel = KernelOffsets.load()
+    with Maps(stream=False) as maps:
+        calls = {typed: {name_of(i.imm) for i in conn_state.build(maps, kernel, typed).link()
+                         if i.op.name == "call" and i.src == 0}  # helpers (src 1: a subprogram)
+                 for typed in (False, True)}
+    assert "bpf_probe_read_kernel" in calls[False]
+    assert "bpf_probe_read_kernel" not in calls[True] and "bpf_skc_to_tcp_sock" in calls[True]
+
+
+def test_auto_takes_the_best_state_hook():
+    with Monitor(CGROUP_ROOT) as m:
+        assert m.state_hook == next(hook for hook, need in STATE_NEEDS.items() if features.has(need))
 
 
 def test_inbound_is_attributed_to_the_accepting_process(accept_monitor, lab):
@@ -392,12 +426,14 @@ def _spawn(*args):
 
 def _wait_attached(p, timeout=60):
     """Reads the start-up lines; returns the one naming the accept hook. A monitor that has not
-    said both within `timeout` (scaled by slow_factor) is killed, which ends the reads."""
+    said them all within `timeout` (scaled by slow_factor) is killed, which ends the reads."""
     watchdog = threading.Timer(timeout * slow_factor(), p.kill)
     watchdog.start()
     try:
         line = p.stderr.readline()
         assert "attached" in line, line + p.stderr.read()
+        line = p.stderr.readline()
+        assert "connection states through" in line, line + p.stderr.read()
         line = p.stderr.readline()
         assert "accepted connections through" in line, line + p.stderr.read()
     finally:
