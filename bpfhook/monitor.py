@@ -12,8 +12,8 @@
 Feature choices are probed, never read off the kernel version: the ring
 buffer where the kernel has one, else a perf event array; the state program
 as tp_btf, else as a raw tracepoint (programs/conn_state.py); accept attribution
-through fexit on inet_csk_accept, else a kretprobe there, else the syscall
-exit tracepoints (programs/accept.py). Loading the fexit program is its own
+through fexit on inet_csk_accept, else a kretprobe there, else the cgroup
+getpeername hooks, else the syscall exit tracepoints (programs/accept.py). Loading the fexit program is its own
 probe (the tp_btf one too): it needs no vmlinux BTF parse beyond the cached
 offsets, where features.has("fexit") would parse it on every start.
 """
@@ -33,7 +33,7 @@ POLL_SECONDS = 0.1  # the BPF side batches wakeups; we look at least this often
 class Monitor:
     """Everything the kernel side needs, owned together.
 
-    cgroup_dir: cgroup2 directory the connect4/connect6 hooks attach to
+    cgroup_dir: cgroup2 directory the cgroup hooks (connect4/6, getpeername4/6) attach to
     events:     "auto" (probe), "ringbuf" or "perf"
     stream:     True: every event reaches read(); False: nothing is sent one by one, the
                 report comes from the maps (stats(), recent(), connections())
@@ -55,6 +55,7 @@ class Monitor:
         if events == "auto":
             events = "ringbuf" if features.has("map_type.ringbuf") else "perf"
         self.events_kind = events
+        self.cgroup_dir = cgroup_dir
         self.notes = []  # what could not be attached, said once at start
         self._closed_baseline = 0  # stats[STAT_CLOSED_KEPT] when trim_closed last emptied the map of them
         self.programs = []  # loaded and attached
@@ -126,6 +127,14 @@ class Monitor:
             stack.enter_context(attach.kretprobe(prog, accept.FUNC))
             return f"kretprobe {accept.FUNC}"
 
+        def getpeername(stack, held):
+            for version, hook in accept.GETPEERNAME_HOOKS.items():
+                prog = load(accept.build_getpeername(self.maps, kernel, version), "cgroup_sock_addr",
+                            name="bh_accept", expected_attach_type=f"cgroup_inet{version}_getpeername")
+                self._hold(prog, stack, held)
+                stack.enter_context(attach.cgroup(prog, hook, self.cgroup_dir))
+            return "cgroup getpeername4/getpeername6 (accept() calls that take the peer's address)"
+
         def tracepoints(stack, held):
             for tracepoint in accept.TRACEPOINTS:
                 try:
@@ -136,7 +145,7 @@ class Monitor:
                     self.notes.append(f"accepted connections keep no process identity: {e}")
             return "tracepoints " + ", ".join(accept.TRACEPOINTS)
 
-        return {"fexit": fexit, "kretprobe": kretprobe, "tracepoint": tracepoints}
+        return {"fexit": fexit, "kretprobe": kretprobe, "getpeername": getpeername, "tracepoint": tracepoints}
 
     def _attach_first(self, attempts, hooks):
         """Attach through the first of `hooks` (names in `attempts`) the kernel takes:
@@ -344,7 +353,7 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
         # Events one by one only for whoever looks at them; the report alone reads the maps.
         stream = bool(json_out or options.show_events or on_event or not keep.passes_everything)
         with contextlib.ExitStack() as stack:
-            monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream))
+            monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream, accept=options.accept))
             print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
                   f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
             print(f"bpfhook monitor: connection states through {monitor.state_note}", file=err, flush=True)

@@ -48,6 +48,7 @@ NSTATES = 16  # state numbers fit 4 bits: STAT_TRANSITIONS has NSTATES * NSTATES
 # EVENT.flags / CONN.flags bits
 F_NETNS_INODE = 1 << 0  # .netns is the namespace's inode, not its cookie (hook had no netns cookie)
 F_OWNER_FROM_ACCEPT = 1 << 1  # pid/tid/comm/cgroup are the accept()ing task's, not the current one
+F_OWNER_FROM_CLOSE = 1 << 2  # ... the closing task's: a passive connection no accept hook saw
 
 AF_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
@@ -232,6 +233,7 @@ def decode_event(record):
         "netns": e.netns,
         "netns_is_inode": bool(e.flags & F_NETNS_INODE),
         "owner_from_accept": bool(e.flags & F_OWNER_FROM_ACCEPT),
+        "owner_from_close": bool(e.flags & F_OWNER_FROM_CLOSE),
         "family": AF_NAMES.get(family, str(family)),
         "protocol": PROTOCOLS.get(e.protocol, str(e.protocol)),
         "saddr": address(family, e.saddr),
@@ -257,6 +259,7 @@ def decode_conn(sock, c):
         "ts_ns": c.start_ns, "event": "accept" if from_accept else "connect", "pid": c.pid, "tid": c.tid,
         "comm": comm(c.comm), "cgroup_id": c.cgroup_id, "netns": c.netns,
         "netns_is_inode": bool(c.flags & F_NETNS_INODE), "owner_from_accept": from_accept,
+        "owner_from_close": bool(c.flags & F_OWNER_FROM_CLOSE),
         "family": AF_NAMES.get(family, str(family)), "protocol": PROTOCOLS.get(c.protocol, str(c.protocol)),
         "saddr": address(family, c.saddr), "sport": c.sport, "daddr": address(family, c.daddr), "dport": c.dport,
         "oldstate": "", "newstate": "", "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,

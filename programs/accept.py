@@ -3,19 +3,33 @@
 The handshake completes in softirq context, where the current task is
 whoever was interrupted, so the state tracepoint cannot name the server. The
 accepting task is current when inet_csk_accept() returns the new struct sock,
-and three hooks see that moment; the monitor takes the first the kernel allows
+and four hooks see that moment; the monitor takes the first the kernel allows
 (HOOKS order):
 
     fexit      on inet_csk_accept: ctx[nargs] is the returned sock. nargs comes
                from the function's BTF prototype, which changed in 6.10:
                (sk, flags, err, kern) before, (sk, struct proto_accept_arg *) since.
     kretprobe  on inet_csk_accept: the sock is PT_REGS_RC (pt_regs offset from BTF).
+    getpeername  cgroup getpeername4 / getpeername6 (cgroup_sock_addr, Linux 5.8):
+               accept() that asks for the peer's address (accept(fd, &addr, &len): what
+               Python, Go, Java, nginx and most servers do) fetches it through
+               inet_getname(), which runs these hooks in the accepting task with
+               ctx->sk the new socket. getpeername() runs them too, so only a followed
+               connection that has no owner yet is taken: a passive one, first time.
+               An accept(fd, NULL, NULL) runs nothing: that connection's owner is the
+               task that closes it (conn_state). Nor is a connection whose handshake
+               ended before the monitor started (not followed) reported at accept().
     tracepoint syscalls:sys_exit_accept4 / sys_exit_accept: the new fd leads to the
                socket through the task's own file table, read with
                bpf_probe_read_kernel at BTF offsets (no kprobes or fexit needed):
-               current->files->fdt->fd[ret]->private_data (struct socket)->sk
+               current->files->fdt->fd[ret]->private_data (struct socket)->sk.
+               Every accept(), but at a price paid by every task: an enabled syscall
+               tracepoint sends every system call on the host through the kernel's
+               syscall-tracing slow path (here ~40 ns more per call: a loop of
+               1-byte reads runs ~20% slower, a loopback connect/accept/close loop
+               ~3%). So it comes after getpeername.
 
-All three end in the same code (_accepted). Only TCP sockets of
+All four end in the same code (_accepted). Only TCP sockets of
 AF_INET/AF_INET6 are reported (accept() also serves Unix sockets). The event
 (kind accept, F_OWNER_FROM_ACCEPT) carries the acceptor's pid, tid, comm and
 cgroup and the sock address the state events are keyed by; the connection map
@@ -31,7 +45,9 @@ from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, current_task, em
                           copy_shared, exit_unless_tcp, field_in, kread, kread_fields, sock_addresses,
                           sock_netns)
 
-HOOKS = ("fexit", "kretprobe", "tracepoint")  # best first
+HOOKS = ("fexit", "kretprobe", "getpeername", "tracepoint")  # best first
+GETPEERNAME_HOOKS = {4: "getpeername4", 6: "getpeername6"}
+ALLOW = 1  # what a getpeername hook must return
 CLOSE = records.TCP_STATE_IDS["CLOSE"]
 FUNC = "inet_csk_accept"
 TRACEPOINTS = ("syscalls:sys_exit_accept4", "syscalls:sys_exit_accept")
@@ -54,6 +70,19 @@ def build_kretprobe(maps, kernel):
     p.r9 = p.r1
     p.r6 = p.r9.u64[kernel.regs_rc]
     _accepted(p, maps, kernel, *slots)
+    return p
+
+
+def build_getpeername(maps, kernel, version):
+    """The cgroup getpeername4 (version 4) or getpeername6 program; load as cgroup_sock_addr
+    with expected_attach_type cgroup_inet{version}_getpeername."""
+    p, slots = _program("cgroup_sock_addr")
+    p.r9 = p.r1
+    p.r1 = p.r9.u32[kernel.ctx_protocol]
+    with p.If(p.r1 != IPPROTO_TCP):
+        p.exit(ALLOW)
+    p.r6 = p.r9.u64[kernel.ctx_sk]  # a struct bpf_sock view of the struct sock
+    _accepted(p, maps, kernel, *slots, ret=ALLOW, unowned_only=True)
     return p
 
 
@@ -95,17 +124,19 @@ def _program(prog_type):
     return p, (p.stack.alloc(records.EVENT), p.stack.alloc(32), p.stack.alloc(8), p.stack.alloc(8))
 
 
-def _accepted(p, maps, kernel, ev, buf, scratch, key):
+def _accepted(p, maps, kernel, ev, buf, scratch, key, ret=0, unowned_only=False):
     """The rest of every hook: r6 = the accepted struct sock (or NULL), r9 = ctx, and the
     accepting task current. Hands the connection over to the acceptor (its map entry's
     owner: the close is counted in the acceptor's cgroup), sends the accept event when
-    streaming, exits.
+    streaming, exits with `ret`. unowned_only: for a hook that also runs outside accept()
+    (getpeername): only a followed connection without an owner yet is taken, i.e. a passive
+    one (an active one has its connecting task from SYN_SENT) not accepted before.
 
     A socket the state program follows is a TCP one with its addresses and netns in its
     map entry: nothing more is read from it. Without streaming an accept of any other
     socket (a Unix one, a connection older than the monitor) has nothing to update."""
     with p.If(p.r6 == 0):
-        p.exit(0)
+        p.exit(ret)
     key.u64[0] = p.r6
     p.call("map_lookup_elem", maps.conns, key)
     p.r7 = p.r0
@@ -113,13 +144,19 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key):
         p.r1 = p.r7.u8[C["state"]]
         with p.If(p.r1 == CLOSE):  # an ended connection's entry (conn_state keeps them for reuse)
             p.r7 = 0
+    if unowned_only:
+        with p.If(p.r7 == 0):
+            p.exit(ret)
+        p.r1 = p.r7.u32[C["pid"]]
+        with p.If(p.r1 != 0):
+            p.exit(ret)
     if not maps.stream:
         with p.If(p.r7 == 0):
-            p.exit(0)
+            p.exit(ret)
         current_task(p, p.r7, C)
         _mark_accepted(p)
         emit(p, maps, ev, p.r9, scratch)  # counted, as streaming would have sent it
-        p.exit(0)
+        p.exit(ret)
         return
 
     ev.zero()
@@ -143,7 +180,7 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key):
             p.r7.u64[C["comm"] + half] = p.r1
         _mark_accepted(p)
     emit(p, maps, ev, p.r9, scratch)
-    p.exit(0)
+    p.exit(ret)
 
 
 def _mark_accepted(p):
@@ -164,3 +201,4 @@ def _unfollowed(p, kernel, ev, buf, scratch):
             p.exit(0)
     exit_unless_tcp(p, kernel, scratch, p.r6)
     sock_netns(p, kernel, ev, scratch, p.r6)
+

@@ -8,6 +8,8 @@ connection map follows each TCP socket by its struct sock address:
     CLOSE -> SYN_RECV   (handshake: softirq) new entry, owner unknown (pid 0) until accept()
     SYN_* -> any        the ports and addresses again: a connect() has no source port at
                         SYN_SENT, a passive child no peer address at SYN_RECV
+    -> FIN_WAIT1, LAST_ACK  (close()/shutdown(): process context) a connection without an
+                        owner yet takes the closing task
     any   -> CLOSE      bytes from tcp_sock, duration (kind close); the entry stays, in
                         state CLOSE
 
@@ -54,6 +56,8 @@ HOOKS = ("tp_btf", "raw_tracepoint")  # best first
 ARG_SK, ARG_OLDSTATE, ARG_NEWSTATE = 0, 8, 16
 
 SYN_SENT, SYN_RECV, CLOSE, LISTEN = (records.TCP_STATE_IDS[s] for s in ("SYN_SENT", "SYN_RECV", "CLOSE", "LISTEN"))
+# States entered only in the closing task (tcp_close(), tcp_shutdown()): process context
+CLOSER_MASK = sum(1 << records.TCP_STATE_IDS[s] for s in ("FIN_WAIT1", "LAST_ACK"))
 
 # States a connection is only in after the peer's FIN arrived (FIN_WAIT2 ends in CLOSE through
 # TIME_WAIT, i.e. on the peer's FIN, unless its timer expires: then one byte too few is reported).
@@ -107,6 +111,7 @@ def build(maps, kernel, typed=False):
                 _event_from_sock(p, kernel, ev, buf, scratch, typed)
     with p.Else():
         p.r7.u8[C["state"]] = p.r8
+        _owner_from_closer(p)
         p.r1 = p.r9.u64[ARG_OLDSTATE]
         p.r1 -= SYN_SENT
         with p.If(p.r1 <= SYN_RECV - SYN_SENT):  # out of the handshake: the ports and peer are final
@@ -178,6 +183,22 @@ def _event_from_conn(p, ev):
     """The EVENT of a transition of the connection whose CONN is at r7."""
     _event_header(p, ev)
     copy_shared(p, p.r7, CONN, ev, EVENT)
+
+
+def _owner_from_closer(p):
+    """A connection with no owner yet (passive, and no accept hook saw it: accept(fd, NULL,
+    NULL) under the getpeername hook) takes the task that closes it. Entering FIN_WAIT1 or
+    LAST_ACK is always that task's close() or shutdown(), in process context."""
+    p.r1 = 1
+    p.r1 <<= p.r8
+    p.r1 &= CLOSER_MASK
+    with p.If(p.r1 != 0):
+        p.r1 = p.r7.u32[C["pid"]]
+        with p.If(p.r1 == 0):
+            current_task(p, p.r7, C)
+            p.r1 = p.r7.u8[C["flags"]]
+            p.r1 |= records.F_OWNER_FROM_CLOSE
+            p.r7.u8[C["flags"]] = p.r1
 
 
 def _count_transition(p, maps, scratch):

@@ -28,6 +28,7 @@ CHOICES = [
      [(("tp_btf",), "tp_btf inet_sock_set_state"), (("raw_tracepoint",), "raw tracepoint inet_sock_set_state")]),
     ("monitor", "accept() attribution",
      [(("fexit",), "fexit inet_csk_accept"), (("kprobe_pmu",), "kretprobe inet_csk_accept"),
+      (("cgroup2", "attach_type.cgroup_inet4_getpeername"), "cgroup getpeername4 / getpeername6"),
       (("perf_event_tracepoint",), "tracepoints syscalls:sys_exit_accept4, sys_exit_accept")]),
     ("monitor", "connect() attribution",
      [(("cgroup2", "attach_type.cgroup_inet4_connect"), "cgroup connect4 / connect6 (cgroup_sock_addr)")]),

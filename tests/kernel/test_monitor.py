@@ -25,7 +25,7 @@ from bpfhook.programs.conn_common import KernelOffsets, Maps
 from bpfhook.records import TCP_STATE_IDS
 from pybpf import features, sys as bpfsys
 from pybpf.prog import Program, iter_ids, prog_info
-from tests.conftest import slow_factor
+from tests.conftest import require, slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CGROUP_ROOT = cgroups.mount()
@@ -175,7 +175,15 @@ def test_outbound_over_ipv6(monitor, lab):
 
 
 # The feature each accept hook needs (programs/accept.py HOOKS)
-ACCEPT_NEEDS = {"fexit": "fexit", "kretprobe": "kprobe_pmu", "tracepoint": "perf_event_tracepoint"}
+ACCEPT_NEEDS = {"fexit": "fexit", "kretprobe": "kprobe_pmu", "getpeername": "attach_type.cgroup_inet4_getpeername",
+                "tracepoint": "perf_event_tracepoint"}
+
+
+# How the start-up line names each (and the programs it attaches: two for a hook per syscall or
+# per address family, else one)
+ACCEPT_NOTE = {"fexit": "fexit inet_csk_accept", "kretprobe": "kretprobe inet_csk_accept",
+               "getpeername": "cgroup getpeername4/getpeername6", "tracepoint": "tracepoints syscalls:sys_exit_accept4"}
+ACCEPT_PROGRAMS = {"fexit": 1, "kretprobe": 1, "getpeername": 2, "tracepoint": 2}
 
 
 def best_accept_hook():
@@ -196,8 +204,7 @@ def accept_monitor(request):
 def test_auto_takes_the_best_accept_hook_and_says_so():
     with Monitor(CGROUP_ROOT) as m:
         assert m.accept_hook == best_accept_hook()
-        assert m.accept_note.startswith({"fexit": "fexit inet_csk_accept", "kretprobe": "kretprobe inet_csk_accept",
-                                         "tracepoint": "tracepoints syscalls:sys_exit_accept4"}[m.accept_hook])
+        assert m.accept_note.startswith(ACCEPT_NOTE[m.accept_hook])
         for better in list(ACCEPT_NEEDS)[:list(ACCEPT_NEEDS).index(m.accept_hook)]:
             assert f"{better}: " in m.accept_note  # why a better hook was passed over
 
@@ -248,12 +255,14 @@ def test_auto_takes_the_best_state_hook():
         assert m.state_hook == next(hook for hook, need in STATE_NEEDS.items() if features.has(need))
 
 
-def test_inbound_is_attributed_to_the_accepting_process(accept_monitor, lab):
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_inbound_is_attributed_to_the_accepting_process(accept_monitor, lab, family):
     monitor = accept_monitor
-    c = lab(ipv6=False)
-    server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "500", "300"], stdout=subprocess.PIPE, text=True)
+    c = lab(ipv6=family == "ipv6")
+    server_addr, client_addr = (c.ipv4, c.host_ipv4) if family == "ipv4" else (c.ipv6, c.host_ipv6)
+    server = c.spawn([sys.executable, "-c", SERVER, server_addr, "500", "300"], stdout=subprocess.PIPE, text=True)
     port = int(server.stdout.readline())
-    with socket.create_connection((c.ipv4, port), timeout=10) as s:
+    with socket.create_connection((server_addr, port), timeout=10) as s:
         s.sendall(b"h" * 500)
         got = 0
         while got < 300:
@@ -264,7 +273,7 @@ def test_inbound_is_attributed_to_the_accepting_process(accept_monitor, lab):
     assert len(accepts) == 1, accepts
     a = accepts[0]
     assert (a["pid"], a["cgroup_id"], a["owner_from_accept"]) == (server.pid, c.cgroup_id, True)
-    assert (a["saddr"], a["daddr"]) == (c.ipv4, c.host_ipv4)
+    assert (a["family"], a["saddr"], a["daddr"]) == (family, server_addr, client_addr)
     # The handshake ran in softirq: the SYN_RECV record names nobody, not some random task.
     syn_recv = [e for e in events if e["sock"] == a["sock"] and e["newstate"] == "SYN_RECV"
                 and e["ts_ns"] <= a["ts_ns"]][-1:]
@@ -275,6 +284,52 @@ def test_inbound_is_attributed_to_the_accepting_process(accept_monitor, lab):
     assert (close["bytes_sent"], close["bytes_received"]) == (300, 500)
     m = monitor.cgroup_metrics()[c.cgroup_id]
     assert (m["opened"], m["closed"], m["bytes_sent"], m["bytes_received"]) == (1, 1, 300, 500)
+
+
+def test_getpeername_of_a_connected_client_changes_nothing():
+    """The getpeername hooks run for getpeername() too: a connection that has its owner (here
+    the connecting task, from SYN_SENT) keeps it, and is not marked accepted."""
+    require("attach_type.cgroup_inet4_getpeername")
+    port, t = host_server("127.0.0.1", 3, 2)
+    with Monitor(CGROUP_ROOT, accept="getpeername") as monitor:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            sport = s.getsockname()[1]
+            assert s.getpeername() == ("127.0.0.1", port)
+            s.sendall(b"abc")
+            assert s.recv(2) == b"ss"
+        t.join(10)
+        events = collect(monitor, lambda ev: closed(ev, sport=sport) and closed(ev, dport=sport))
+    (client,) = closed(events, sport=sport)
+    assert (client["pid"], client["owner_from_accept"]) == (os.getpid(), False)
+    assert [e for e in events if e["event"] == "accept"] and not [
+        e for e in events if e["event"] == "accept" and e["sock"] == client["sock"]]  # the server's, only
+
+
+# SERVER with accept(fd, NULL, NULL) (through libc): no peer address asked, so no getpeername hook runs
+NULL_ACCEPT_SERVER = SERVER.replace("conn, _ = s.accept()", """import ctypes
+    fd = ctypes.CDLL(None, use_errno=True).accept(s.fileno(), None, None)
+    assert fd >= 0, ctypes.get_errno()
+    conn = socket.socket(fileno=fd)""")
+
+
+def test_accept_without_peer_address_takes_the_closing_task(lab):
+    """Under the getpeername hook an accept() that asks for no address is not seen: the
+    connection's owner is the task that closes it (process context), not nobody."""
+    require("attach_type.cgroup_inet4_getpeername")
+    c = lab(ipv6=False)
+    with Monitor(CGROUP_ROOT, accept="getpeername") as monitor:
+        server = c.spawn([sys.executable, "-c", NULL_ACCEPT_SERVER, c.ipv4, "5", "3"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        port = int(server.stdout.readline())
+        with socket.create_connection((c.ipv4, port), timeout=10) as s:
+            s.sendall(b"h" * 5)
+            assert s.recv(3) == b"sss"
+        assert server.wait(10) == 0, server.stderr.read()
+        events = collect(monitor, lambda ev: closed(ev, sport=port))
+    assert not [e for e in events if e["event"] == "accept" and e["sport"] == port]
+    (close,) = closed(events, sport=port)
+    assert (close["pid"], close["cgroup_id"], close["owner_from_close"]) == (server.pid, c.cgroup_id, True)
+    assert not close["owner_from_accept"] and close["comm"].startswith("python")
 
 
 def test_host_loopback_traffic_and_udp(monitor):
@@ -557,8 +612,8 @@ def test_shutdown_leaves_nothing_attached(sig):
         p.send_signal(sig)
         out, err = p.communicate(timeout=15 * slow_factor())
     hook = best_accept_hook()
-    assert f"through {'tracepoints' if hook == 'tracepoint' else hook} " in accept_line
-    expected = 5 if hook == "tracepoint" else 4  # two syscall exit tracepoints, or one function hook
+    assert f"through {ACCEPT_NOTE[hook]}" in accept_line
+    expected = 3 + ACCEPT_PROGRAMS[hook]  # state, connect4, connect6 and the accept hook's
     assert len(progs_running) == expected and len(links_running) == expected
     if sig == signal.SIGTERM:
         assert p.returncode == 0, err
@@ -577,3 +632,19 @@ def test_missing_cgroup_is_one_line_and_nonzero():
                        cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert p.returncode != 0
     assert len(p.stderr.strip().splitlines()) == 1 and "/nonexistent/cg" in p.stderr
+
+
+def test_an_accept_hook_the_kernel_refuses_is_one_line_and_nonzero():
+    """--accept names one hook: no falling back to another, and nothing left attached."""
+    refused = next((hook for hook, need in ACCEPT_NEEDS.items() if not features.has(need)), None)
+    if refused is None:
+        pytest.skip("this kernel has every accept hook")
+    before = _our_prog_ids()
+    p = subprocess.run([sys.executable, "-m", "bpfhook", "monitor", "--accept", refused, "--duration", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60 * slow_factor())
+    assert p.returncode == 1, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("bpfhook: error: "), p.stderr
+    deadline = time.monotonic() + 10  # the kernel frees programs after an RCU grace period
+    while _our_prog_ids() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _our_prog_ids() - before == set()
