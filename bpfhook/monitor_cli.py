@@ -32,6 +32,7 @@ class MonitorOptions:
     pid: int = None
     port: int = None
     duration: float = None
+    accept: str = "auto"  # accept attribution hook: auto or one of programs.accept.HOOKS
 
 
 def positive_float(text):
@@ -98,6 +99,12 @@ def add_arguments(parser):
     parser.add_argument("--pid", type=pid_number, help="only connections of this process")
     parser.add_argument("--port", type=port_number, help="only connections with this local or remote port")
     parser.add_argument("--duration", metavar="SEC", type=positive_float, help="stop after SEC seconds")
+    from bpfhook.programs.accept import HOOKS
+
+    parser.add_argument("--accept", choices=("auto",) + HOOKS, default="auto",
+                        help="how accepted connections get their process (default auto: the first of "
+                        f"{', '.join(HOOKS)} this kernel allows; tracepoint sees every accept() but slows "
+                        "every system call on the host)")
 
 
 def options_from(args):
@@ -114,7 +121,7 @@ def options_from(args):
     return MonitorOptions(
         cgroup=cgroup, metrics_interval=args.metrics_interval, show_containers=args.show_containers,
         show_events=args.show_events, json=args.json, prometheus=args.prometheus, container=args.container,
-        pid=args.pid, port=args.port, duration=args.duration,
+        pid=args.pid, port=args.port, duration=args.duration, accept=args.accept,
     )
 
 

@@ -32,10 +32,11 @@ def test_defaults_and_all_options():
     o = options_from(parse())
     assert o == MonitorOptions(cgroup=cgroups.mount(), metrics_interval=5.0)
     o = options_from(parse("-c", cgroups.mount(), "-m", "0.5", "-s", "-e", "--json", "--prometheus", "127.0.0.1:9100",
-                           "--container", "web", "--pid", "42", "--port", "80", "--duration", "3"))
+                           "--container", "web", "--pid", "42", "--port", "80", "--duration", "3",
+                           "--accept", "getpeername"))
     assert o == MonitorOptions(cgroup=cgroups.mount(), metrics_interval=0.5, show_containers=True, show_events=True,
                                json=True, prometheus=("127.0.0.1", 9100), container="web", pid=42, port=80,
-                               duration=3.0)
+                               duration=3.0, accept="getpeername")
 
 
 @pytest.mark.parametrize("text, expected", [
