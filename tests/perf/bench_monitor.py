@@ -15,6 +15,9 @@
                          microseconds) and the rate swings by 10% from run to run; on one
                          CPU it is CPU-bound, steadier, and shows the tools' kernel-side
                          cost per connection at its largest.
+    syscalls             a loop of 1-byte read()s (dd bs=1), relative to unmonitored, paired
+                         like churn: what the tool costs every other task on the host (an
+                         enabled syscall tracepoint slows every system call)
     lost                 events the monitor reported lost, all rounds
 
 The monitor runs as a user runs it: `python -m bpfhook monitor` with the site's
@@ -44,6 +47,7 @@ LAUNCHES = 5  # best of
 ROUNDS = 9  # churn rounds: the median of their ratios
 PLACEMENTS = ("spread", "one CPU")
 SETTLE_SECONDS = 1.0  # before each run: the previous tool's teardown finishes in the kernel
+SYSCALL_BYTES = 500_000  # per syscall-loop run (~0.25 s here)
 
 # The server closes first, so TIME_WAIT sits on the server side and the client's
 # ephemeral ports do not run out across runs. Prints connections per second.
@@ -115,9 +119,19 @@ def _churn(placement="spread"):
     return float(out)
 
 
+def _syscalls():
+    """read() calls per second of `dd bs=1` (one read and one write per byte)."""
+    start = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", "of=/dev/null", "bs=1", f"count={SYSCALL_BYTES}"], capture_output=True,
+                   check=True, timeout=60)
+    return SYSCALL_BYTES / (time.perf_counter() - start)
+
+
 def _churns():
-    """{placement: rate}, one run each."""
-    return {placement: _churn(placement) for placement in PLACEMENTS}
+    """{placement: rate} for each churn placement, one run each, and {"syscalls": rate}."""
+    rates = {placement: _churn(placement) for placement in PLACEMENTS}
+    rates["syscalls"] = _syscalls()
+    return rates
 
 
 def _launch_times(cmd, marker):
@@ -150,7 +164,7 @@ def run():
     # The order turns with each round, and every run starts a moment after the last tool
     # stopped: a detach leaves the kernel work (RCU callbacks, freeing maps and probes) that
     # would otherwise always fall on the run that comes next.
-    base, ours, peer = ({p: [] for p in PLACEMENTS} for _ in range(3))
+    base, ours, peer = ({p: [] for p in PLACEMENTS + ("syscalls",)} for _ in range(3))
     ours_mem, peer_mem, lost = [], [], 0
 
     def unmonitored():
@@ -190,6 +204,7 @@ def run():
         "churn unmonitored (conn/s)": (statistics.median(base["spread"]), None, "conn/s", None),
         "churn on one CPU vs unmonitored": (ratio(ours, "one CPU"), ratio(peer, "one CPU"), "ratio", None),
         "churn on one CPU unmonitored (conn/s)": (statistics.median(base["one CPU"]), None, "conn/s", None),
+        "1-byte read() loop vs unmonitored": (ratio(ours, "syscalls"), ratio(peer, "syscalls"), "ratio", None),
         "lost events during churn": (lost, None, "events", "<= 0"),
     }
 
