@@ -17,6 +17,11 @@ only rebind a Python variable). Views of a register pick the instruction:
 `p.w1`/`p.r1.w` is the 32-bit half (ALU32/JMP32), `p.r1.s` is signed (s>, s/,
 s%, s>>), `p.r1.u32[4]` is the memory at r1+4.
 
+`Program(cpu="v3")` targets kernels before 6.6 (no cpu v4 instructions):
+sign-extending loads and moves become a plain one and two shifts, byte swaps
+become be/le, and signed division or gotol is refused at build time, not by
+the verifier. cpu="auto" asks the running kernel (pybpf.features "isa.v4").
+
 Instructions carry `source="file.py:line"` of the DSL call that emitted
 them, labels, and symbolic references (jump targets, subprograms, maps) that
 `Program.link()` resolves through pybpf.link.
@@ -31,6 +36,7 @@ from .insn import Insn
 __all__ = ["Program", "Reg", "Mem", "Type", "FuncRef", "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64"]
 
 MAX_STACK = 512
+CPUS = ("v3", "v4")  # Program(cpu=...): the ISA generations the DSL emits for
 _new_insn = Insn.__new__
 S32_MIN, S32_MAX, U32_MAX = -(1 << 31), (1 << 31) - 1, (1 << 32) - 1
 
@@ -673,14 +679,24 @@ class Program:
     """A program under construction.
 
     name, prog_type, license: optional, for the loader (pybpf.prog).
+    cpu:    "v4" (default: every instruction), "v3" (what kernels before 6.6 take: see
+            the module doc) or "auto" (v4 where the running kernel has it)
     insns:  the unlinked Insn list (main code, then subprograms)
     link(): the Insn list with every label reference resolved
     bytes() / encode(): the bytecode
     maps:   the map objects the code references (ld_map_fd / ld_map_value)
     """
 
-    def __init__(self, name="", prog_type=None, license="GPL"):
+    def __init__(self, name="", prog_type=None, license="GPL", cpu="v4"):
         self.name, self.prog_type, self.license = name, prog_type, license
+        if cpu == "auto":
+            from . import features
+
+            cpu = "v4" if features.has("isa.v4") else "v3"
+        if cpu not in CPUS:
+            raise AssemblerError(f"cpu {cpu!r}: expected one of {', '.join(CPUS)} or auto", _source())
+        self.cpu = cpu
+        self._v3 = cpu == "v3"  # no cpu v4 instructions: lowered, or refused in _emit
         self._views = [Reg(self, n, bits, signed)
                        for n in range(isa.MAX_REG + 1) for signed in (False, True) for bits in (64, 32)]
         self._code = []  # the instructions of the function being written
@@ -702,6 +718,8 @@ class Program:
 
     # -- emission ---------------------------------------------------------------
     def _emit(self, op, dst=0, src=0, off=0, imm=0, ref=None):
+        if op.cpu_v4 and self._v3:
+            self._fail(f"{op.name} is a cpu v4 instruction (Linux 6.6); this program targets cpu {self.cpu}")
         insn = _new_insn(Insn)
         insn.op = op
         insn.dst = dst
@@ -786,7 +804,12 @@ class Program:
         elif cls is int or cls is bool:
             self._mov_imm(dst, int(value))
         elif cls is Mem:
-            self._emit(_LDX[value.type], dst.n, value.base.n, value.off)
+            t = value.type
+            if t.signed and self._v3 and t.size < 8:  # ldxs: a plain load, then sign-extend
+                self._emit(_LDX[_BY_SIZE[(t.size, False)]], dst.n, value.base.n, value.off)
+                self._sign_extend(dst.n, 64, 8 * t.size)
+            else:
+                self._emit(_LDX[t], dst.n, value.base.n, value.off)
         elif cls is BinExpr:
             self._assign_expr(dst, value)
         elif cls is StackSlot:
@@ -913,8 +936,12 @@ class Program:
         self._emit(_row(f"{name}{bits}"), self._dst(dst).n)
 
     def bswap(self, dst, bits):
-        """Unconditional byte swap of the low `bits` (cpu v4)."""
-        self._end("bswap", dst, bits)
+        """Unconditional byte swap of the low `bits` (cpu v4; before it, the conversion to the
+        byte order this host does not have, which swaps the same way)."""
+        if self._v3:
+            self._end("be" if sys.byteorder == "little" else "le", dst, bits)
+        else:
+            self._end("bswap", dst, bits)
 
     def le(self, dst, bits):
         """To little endian from host order (truncates to `bits`)."""
@@ -929,7 +956,17 @@ class Program:
         self._dst(dst)
         if bits not in ((8, 16, 32) if dst.bits == 64 else (8, 16)):
             self._fail(f"movsx to {dst!r} from {bits} bits is not an instruction")
-        self._emit(_row(f"movsx{bits}{dst.bits}"), dst.n, src.n)
+        if self._v3:  # before cpu v4: move, then sign-extend by shifts
+            self._emit(_MOV_REG[dst.bits], dst.n, src.n)
+            self._sign_extend(dst.n, dst.bits, bits)
+        else:
+            self._emit(_row(f"movsx{bits}{dst.bits}"), dst.n, src.n)
+
+    def _sign_extend(self, n, width, bits):
+        """Register n (a `width`-bit view) = its low `bits` sign-extended: shift them to the top,
+        then arithmetic-shift back."""
+        self._emit(_ALU[("lsh", width, "imm")], n, 0, 0, width - bits)
+        self._emit(_ALU[("arsh", width, "imm")], n, 0, 0, width - bits)
 
     # -- registers by number ----------------------------------------------------------
     def reg(self, n, bits=64):

@@ -168,6 +168,9 @@ class Op:
     _hash: int = field(init=False, repr=False, compare=False)
     # a number of this row's own (copies keep it): dict keys that hash at C speed (insn.encode's cache)
     serial: int = field(init=False, repr=False, compare=False)
+    # an instruction of the cpu v4 ISA (Linux 6.6): signed division, sign-extending moves and
+    # loads, unconditional byte swaps, gotol
+    cpu_v4: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         fixed = dict(self.fixed)
@@ -189,6 +192,8 @@ class Op:
         object.__setattr__(self, "_hash", hash((self.name, self.code, self.kind, self.operation, self.bits,
                                                 self.source, self.uses, self.fixed, self.c_op)))
         object.__setattr__(self, "serial", next(_SERIALS))
+        object.__setattr__(self, "cpu_v4", self.kind in ("bswap", "movsx", "gotol")
+                           or self.operation in ("sdiv", "smod") or self.name.startswith("ldxs"))
 
     def __hash__(self):
         return self._hash

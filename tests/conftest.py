@@ -56,8 +56,7 @@ def require(feature):
 def uses_cpu_v4(insns):
     """Whether instructions include cpu v4 ones (Linux 6.6): signed division, sign-extending
     moves and loads, unconditional byte swaps, gotol."""
-    return any(i.op.kind in ("bswap", "movsx", "gotol") or i.op.operation in ("sdiv", "smod")
-               or i.op.name.startswith("ldxs") for i in insns)
+    return any(i.op.cpu_v4 for i in insns)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -280,3 +280,9 @@ def test_verifier_error_names_the_dsl_line():
     with pytest.raises(VerifierError) as err:
         run(p)
     assert err.value.source == line
+
+
+def test_cpu_auto_follows_the_running_kernel():
+    from pybpf import features
+
+    assert Program(cpu="auto").cpu == ("v4" if features.has("isa.v4") else "v3")

@@ -233,6 +233,48 @@ def test_loads(name, value):
     assert run(body) == expected
 
 
+# -- the DSL's cpu v3 lowering of v4 instructions: same results, on any kernel -------------------------
+
+def v3_body(build):
+    """The straight-line body `build(p)` writes into a Program(cpu="v3"): no cpu v4 instruction."""
+    from pybpf.asm import Program
+
+    p = Program(cpu="v3")
+    build(p)
+    assert not uses_cpu_v4(p.insns)
+    return p.insns
+
+
+@pytest.mark.parametrize("name, value, expected", MOVSX, ids=[f"{m[0]}-{m[1]:#x}" for m in MOVSX])
+def test_movsx_lowered_for_cpu_v3(name, value, expected):
+    width, bits = (int(name[5:-2]), int(name[-2:]))
+
+    def build(p):
+        p.r1 = value
+        p.movsx(p.r0 if bits == 64 else p.w0, p.r1, width)
+    assert run(v3_body(build)) == expected
+
+
+@pytest.mark.parametrize("type, value", [("s8", 0x80), ("s8", 0x7F), ("s16", 0x8000), ("s16", 0x1234),
+                                         ("s32", 0x80000000), ("s32", 0xFFFFFFFF), ("s32", 0x7FFFFFFF)])
+def test_signed_loads_lowered_for_cpu_v3(type, value):
+    width = int(type[1:])
+
+    def build(p):
+        p.r1 = value
+        p.r10.u64[-8] = p.r1
+        p.r0 = p.r10.mem(-8, type)
+    assert run(v3_body(build)) == sext(value, width) & MASK64
+
+
+@pytest.mark.parametrize("bits, expected", [(16, 0x8877), (32, 0x88776655), (64, 0x8877665544332211)])
+def test_bswap_lowered_for_cpu_v3(bits, expected):
+    def build(p):
+        p.r0 = 0x1122334455667788
+        p.bswap(p.r0, bits)
+    assert run(v3_body(build)) == expected
+
+
 @pytest.mark.parametrize("value", [0, 1, MASK64, 1 << 63, 0x123456789ABCDEF0, 0xFFFFFFFF, 0x100000000])
 def test_ld_imm64(value):
     assert run([lddw(0, value)]) == value

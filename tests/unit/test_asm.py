@@ -596,3 +596,46 @@ def test_errors_name_the_users_line_inside_their_own_functions(build, marker):
     with pytest.raises(AssemblerError, match=rf"test_asm\.py:{line}\b"):
         build(p)
         p.link()
+
+
+# -- cpu targets -------------------------------------------------------------------------------------
+
+def names(p):
+    return [i.op.name for i in p.insns]
+
+
+def test_cpu_v3_lowers_sign_extension_and_byte_swaps():
+    p = Program(cpu="v3")
+    p.r1 = p.r10.s8[-8]
+    p.w2 = p.r10.s16[-8]
+    p.movsx(p.r3, p.r1, 32)
+    p.movsx(p.w4, p.r1, 8)
+    p.bswap(p.r5, 16)
+    expected_swap = "be16" if sys.byteorder == "little" else "le16"
+    assert names(p) == ["ldxb", "lsh", "arsh", "ldxh", "lsh", "arsh", "mov", "lsh", "arsh", "mov32", "lsh32",
+                        "arsh32", expected_swap]
+    assert [i.imm for i in p.insns if i.op.name.startswith(("lsh", "arsh"))] == [56, 56, 48, 48, 32, 32, 24, 24]
+
+
+def test_cpu_v4_is_the_default_and_keeps_v4_instructions():
+    p = Program()
+    p.r1 = p.r10.s8[-8]
+    p.movsx(p.r3, p.r1, 32)
+    p.bswap(p.r5, 16)
+    assert p.cpu == "v4" and names(p) == ["ldxsb", "movsx3264", "bswap16"]
+
+
+@pytest.mark.parametrize("build, what", [
+    (lambda p: p.sdiv(p.r1, 3), "sdiv"),
+    (lambda p: setattr(p, "r1", p.r1.s % 3), "smod"),
+    (lambda p: p.goto("far", long=True), "gotol"),
+])
+def test_cpu_v3_refuses_what_it_cannot_lower(build, what):
+    p = Program(cpu="v3")
+    with pytest.raises(AssemblerError, match=f"{what}.* is a cpu v4 instruction .Linux 6.6.; this program targets cpu v3"):
+        build(p)
+
+
+def test_unknown_cpu_is_refused():
+    with pytest.raises(AssemblerError, match="cpu 'v5': expected one of v3, v4 or auto"):
+        Program(cpu="v5")
