@@ -68,8 +68,8 @@ def test_decode_event_ipv4():
     d = r.decode_event(_event_bytes())
     assert d == {
         "ts_ns": 10**12, "event": "close", "pid": 1234, "tid": 1235, "comm": "curl", "cgroup_id": 4242,
-        "netns": 4026531840, "netns_is_inode": True, "owner_from_accept": False, "family": "ipv4",
-        "protocol": "tcp", "saddr": "10.77.1.2", "sport": 43210, "daddr": "10.77.1.1", "dport": 80,
+        "netns": 4026531840, "netns_is_inode": True, "owner_from_accept": False, "owner_from_close": False,
+        "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 43210, "daddr": "10.77.1.1", "dport": 80,
         "oldstate": "ESTABLISHED", "newstate": "CLOSE", "bytes_sent": 1000, "bytes_received": 2000,
         "duration_ns": 5_000_000, "sock": 0xFFFF888012345678, "cookie": 77,
     }
@@ -83,6 +83,9 @@ def test_decode_event_ipv6_and_codec_container():
     assert (d["family"], d["saddr"], d["daddr"]) == ("ipv6", "fd77::1:2", "::1")
     assert (d["event"], d["oldstate"], d["newstate"]) == ("accept", "", "")
     assert d["comm"] == "python3" and d["owner_from_accept"] and not d["netns_is_inode"]
+    assert not d["owner_from_close"]
+    closer = r.decode_event(_event_bytes(flags=r.F_OWNER_FROM_CLOSE))
+    assert closer["owner_from_close"] and not closer["owner_from_accept"]
 
 
 def test_event_roundtrip_through_construct_and_codec():
