@@ -44,7 +44,7 @@ BPFTRACE_ONE_LINER = "tracepoint:sock:inet_sock_set_state { @[args->newstate] = 
 CONNECTIONS = 10000  # per churn run; bounded by CHURN_SECONDS too
 CHURN_SECONDS = 10
 LAUNCHES = 5  # best of
-ROUNDS = 9  # churn rounds: the median of their ratios
+ROUNDS = 13  # churn rounds: the median of their ratios
 PLACEMENTS = ("spread", "one CPU")
 SETTLE_SECONDS = 1.0  # before each run: the previous tool's teardown finishes in the kernel
 SYSCALL_BYTES = 500_000  # per syscall-loop run (~0.25 s here)
