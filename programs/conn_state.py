@@ -28,8 +28,9 @@ raw one passes three arguments, and the program reads only what the
 transition needs. Why tp_btf first: its socket argument is a BTF-typed
 pointer, read with plain loads the verifier makes fault-safe, where the raw
 tracepoint program pays a bpf_probe_read_kernel call per run of fields (the
-state program's time per run drops by about a fifth here). A transition of a followed connection costs one map lookup
-and a store; only openings and closes read the socket. With streaming off
+state program's time per run drops by about a fifth here). A transition of
+a followed connection costs one map lookup and a store; only openings and
+closes read the socket. With streaming off
 (the default report) nothing else happens; with it on, every transition
 becomes an EVENT built from the map entry (or, for a socket not followed,
 from the socket itself).
