@@ -13,6 +13,9 @@ import os
 from pybpf.errors import BpfError
 
 HELP = "watch TCP connections (and UDP flows) per process, cgroup and container"
+# programs/accept.py HOOKS, best first (a test holds them equal): importing it here would load the
+# whole BPF side for every `bpfhook ... --help`
+ACCEPT_HOOKS = ("fexit", "kretprobe", "getpeername", "tracepoint")
 NEEDS_ROOT = True
 
 
@@ -99,11 +102,9 @@ def add_arguments(parser):
     parser.add_argument("--pid", type=pid_number, help="only connections of this process")
     parser.add_argument("--port", type=port_number, help="only connections with this local or remote port")
     parser.add_argument("--duration", metavar="SEC", type=positive_float, help="stop after SEC seconds")
-    from bpfhook.programs.accept import HOOKS
-
-    parser.add_argument("--accept", choices=("auto",) + HOOKS, default="auto",
+    parser.add_argument("--accept", choices=("auto",) + ACCEPT_HOOKS, default="auto",
                         help="how accepted connections get their process (default auto: the first of "
-                        f"{', '.join(HOOKS)} this kernel allows; tracepoint sees every accept() but slows "
+                        f"{', '.join(ACCEPT_HOOKS)} this kernel allows; tracepoint sees every accept() but slows "
                         "every system call on the host)")
 
 

@@ -110,3 +110,10 @@ def test_filter():
     assert EventFilter(container="db")(ev(), classify("/bpfhook.lab/db"))
     assert not EventFilter(container="db")(ev(), classify("/bpfhook.lab/dbx"))
     assert EventFilter(port=443)(ev(dport=443), host) and not EventFilter(pid=1)(ev(), host)
+
+
+def test_accept_choices_are_the_programs_hooks():
+    from bpfhook.monitor_cli import ACCEPT_HOOKS
+    from bpfhook.programs.accept import HOOKS
+
+    assert ACCEPT_HOOKS == HOOKS
