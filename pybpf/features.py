@@ -347,49 +347,37 @@ def _probe_btf():
     return True, "BPF_BTF_LOAD accepts a minimal blob"
 
 
-def _vmlinux_func(name):
-    """(btf id, None) or (None, why not)."""
+def _vmlinux_id(name, tracepoint=False):
+    """(btf id, None) or (None, why not) of kernel function `name`, or with tracepoint=True of
+    the btf_trace_<name> typedef a tp_btf program targets."""
+    btf_name = f"btf_trace_{name}" if tracepoint else name
     try:
         from .btf import Btf
 
-        return Btf.vmlinux().func_id(name), None
+        btf = Btf.vmlinux()
+        return (btf.find(btf_name, "typedef").id if tracepoint else btf.func_id(name)), None
     except (BpfError, OSError, KeyError, LookupError) as e:
-        return None, f"no BTF id for {name}: {e}"
+        return None, f"no BTF id for {btf_name}: {e}"
 
 
 def _probe_btf_vmlinux():
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return False, "/sys/kernel/btf/vmlinux is absent"
-    func_id, why = _vmlinux_func("bpf_fentry_test1")
+    func_id, why = _vmlinux_id("bpf_fentry_test1")
     if func_id is None:
         return False, why
     return True, f"parsed; bpf_fentry_test1 is type {func_id}"
 
 
-def _probe_btf_program(ptype, atype, func):
-    func_id, why = _vmlinux_func(func)
-    if func_id is None:
+def _probe_btf_program(ptype, atype, target, tracepoint=False):
+    """Load a program whose attach_btf_id is kernel function `target` (or, with tracepoint=True,
+    tracepoint `target`: tp_btf, Linux 5.5)."""
+    target_id, why = _vmlinux_id(target, tracepoint)
+    if target_id is None:
         return None, f"not probed: {why}"
-    fd, err, log = _load_raw(ptype, RETURN_0, atype, attach_btf_id=func_id, log=True)
+    fd, err, log = _load_raw(ptype, RETURN_0, atype, attach_btf_id=target_id, log=True)
     available, detail = _describe_load(fd, err, log)
-    return available, f"{atype.name.lower()} on {func}: {detail}"
-
-
-def _probe_tp_btf():
-    """A BTF-typed raw tracepoint program (Linux 5.5): its target is the tracepoint's
-    btf_trace_<name> typedef."""
-    from .btf import Btf
-
-    try:
-        target = Btf.vmlinux().find(f"btf_trace_{TP_BTF_PROBE}", "typedef").id
-    except (BpfError, OSError, KeyError, LookupError) as e:
-        return None, f"not probed: no BTF id for btf_trace_{TP_BTF_PROBE}: {e}"
-    fd, err, log = _load_raw(ProgType.TRACING, RETURN_0, AttachType.TRACE_RAW_TP, attach_btf_id=target, log=True)
-    available, detail = _describe_load(fd, err, log)
-    return available, f"trace_raw_tp on {TP_BTF_PROBE}: {detail}"
-
-
-TP_BTF_PROBE = "sys_enter"
+    return available, f"{atype.name.lower()} on {target}: {detail}"
 
 
 def _probe_lsm():
@@ -497,7 +485,7 @@ def _catalogue():
         "fentry": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_FENTRY, "bpf_fentry_test1"),
         "fexit": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_FEXIT, "bpf_fentry_test1"),
         "lsm": _probe_lsm,
-        "tp_btf": _probe_tp_btf,
+        "tp_btf": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_RAW_TP, "sys_enter", tracepoint=True),
         "tracefs": lambda: _mount_probe("tracefs"),
         "debugfs": lambda: _mount_probe("debugfs"),
         "raw_tracepoint": _probe_raw_tracepoint,
