@@ -11,11 +11,12 @@
 
 Feature choices are probed, never read off the kernel version: the ring
 buffer where the kernel has one, else a perf event array; the state program
-as tp_btf, else as a raw tracepoint (programs/conn_state.py); accept attribution
-through fexit on inet_csk_accept, else a kretprobe there, else the cgroup
-getpeername hooks, else the syscall exit tracepoints (programs/accept.py). Loading the fexit program is its own
-probe (the tp_btf one too): it needs no vmlinux BTF parse beyond the cached
-offsets, where features.has("fexit") would parse it on every start.
+as tp_btf, else as a raw tracepoint (programs/conn_state.py); accept
+attribution through fexit on inet_csk_accept, else a kretprobe there, else
+the cgroup getpeername hooks, else the syscall exit tracepoints
+(programs/accept.py). Loading the fexit program is its own probe (the tp_btf
+one too): it needs no vmlinux BTF parse beyond the cached offsets, where
+features.has("fexit") would parse it on every start.
 """
 import collections
 import contextlib

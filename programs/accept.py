@@ -42,7 +42,7 @@ from pybpf import tracefs
 from pybpf.asm import Program
 
 from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, current_task, emit,
-                          copy_shared, exit_unless_tcp, field_in, kread, kread_fields, sock_addresses,
+                          copy_shared, exit_unless_tcp, field_in, kread, kread_fields, mark_conn, sock_addresses,
                           sock_netns)
 
 HOOKS = ("fexit", "kretprobe", "getpeername", "tracepoint")  # best first
@@ -144,17 +144,16 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, ret=0, unowned_only=False)
         p.r1 = p.r7.u8[C["state"]]
         with p.If(p.r1 == CLOSE):  # an ended connection's entry (conn_state keeps them for reuse)
             p.r7 = 0
-    if unowned_only:
-        with p.If(p.r7 == 0):
+    if unowned_only or not maps.stream:
+        with p.If(p.r7 == 0):  # nothing to hand over (and, for getpeername, no accept to report)
             p.exit(ret)
+    if unowned_only:
         p.r1 = p.r7.u32[C["pid"]]
         with p.If(p.r1 != 0):
             p.exit(ret)
     if not maps.stream:
-        with p.If(p.r7 == 0):
-            p.exit(ret)
         current_task(p, p.r7, C)
-        _mark_accepted(p)
+        mark_conn(p, p.r7, records.F_OWNER_FROM_ACCEPT)
         emit(p, maps, ev, p.r9, scratch)  # counted, as streaming would have sent it
         p.exit(ret)
         return
@@ -178,16 +177,9 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, ret=0, unowned_only=False)
         for half in (0, 8):
             p.r1 = ev.u64[E["comm"] + half]
             p.r7.u64[C["comm"] + half] = p.r1
-        _mark_accepted(p)
+        mark_conn(p, p.r7, records.F_OWNER_FROM_ACCEPT)
     emit(p, maps, ev, p.r9, scratch)
     p.exit(ret)
-
-
-def _mark_accepted(p):
-    """F_OWNER_FROM_ACCEPT into the flags of the CONN at r7."""
-    p.r1 = p.r7.u8[C["flags"]]
-    p.r1 |= records.F_OWNER_FROM_ACCEPT
-    p.r7.u8[C["flags"]] = p.r1
 
 
 def _unfollowed(p, kernel, ev, buf, scratch):

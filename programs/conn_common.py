@@ -282,16 +282,17 @@ def kread_fields(p, k, buf, src, names):
     return at
 
 
-def field_in(buf, at, k, name):
-    """The memory of field `name` read into `buf` by kread_fields (`at` is what it returned)."""
-    return buf.mem(at[name], _LOAD[k.size(name)])
+def field_in(buf, at, k, name, type=None, extra=0):
+    """The memory of field `name` read into `buf` by kread_fields (`at` is what it returned);
+    or a `type` at `extra` bytes into it."""
+    return buf.mem(at[name] + extra, type or _LOAD[k.size(name)])
 
 
-def typed_field(sk, k, name):
-    """The memory of kernel field `name` of the struct a BTF-typed pointer register points at:
-    a plain load, which the verifier checks against BTF and makes fault-safe (a NULL or stale
-    pointer reads as zero)."""
-    return sk.mem(k.offsets[name][0], _LOAD[k.size(name)])
+def typed_field(sk, k, name, type=None, extra=0):
+    """The memory of kernel field `name` (or a `type` at `extra` bytes into it) of the struct a
+    BTF-typed pointer register points at: a plain load, which the verifier checks against BTF
+    and makes fault-safe (a NULL or stale pointer reads as zero)."""
+    return sk.mem(k.offsets[name][0] + extra, type or _LOAD[k.size(name)])
 
 
 def sock_addresses(p, k, dst, buf, sk, at=E, typed=False):
@@ -303,13 +304,13 @@ def sock_addresses(p, k, dst, buf, sk, at=E, typed=False):
     bpf_probe_read_kernel: one read for IPv4 (the sock_common fields lie together), two for
     IPv6, into `buf`."""
     if typed:
-        def field(name):
-            return typed_field(sk, k, name)
+        def field(name, type=None, extra=0):
+            return typed_field(sk, k, name, type, extra)
     else:
-        got = kread_fields(p, k, buf, sk, SOCK_V4_FIELDS)
+        got = kread_fields(p, k, buf, sk, SOCK_V4_FIELDS)  # rebound for IPv6 below
 
-        def field(name):
-            return field_in(buf, got, k, name)
+        def field(name, type=None, extra=0):
+            return field_in(buf, got, k, name, type, extra)
     p.r1 = field("sk_num")  # host order
     dst.u16[at["sport"]] = p.r1
     p.r1 = field("sk_dport")  # network order
@@ -326,10 +327,7 @@ def sock_addresses(p, k, dst, buf, sk, at=E, typed=False):
             got = kread_fields(p, k, buf, sk, SOCK_V6_FIELDS)
         for addr, name in (("saddr", "sk_v6_rcv_saddr"), ("daddr", "sk_v6_daddr")):
             for half in (0, 8):
-                if typed:
-                    p.r1 = sk.u64[k.offsets[name][0] + half]
-                else:
-                    p.r1 = buf.u64[got[name] + half]
+                p.r1 = field(name, "u64", half)
                 dst.u64[at[addr] + half] = p.r1
 
 
@@ -392,6 +390,13 @@ def copy_shared(p, src, src_layout, dst, dst_layout):
         for half in (0, 8):
             p.r1 = src.u64[offsetof(src_layout, name) + half]
             dst.u64[offsetof(dst_layout, name) + half] = p.r1
+
+
+def mark_conn(p, conn, flag):
+    """flags |= flag in the CONN that register `conn` points at."""
+    p.r1 = conn.u8[C["flags"]]
+    p.r1 |= flag
+    conn.u8[C["flags"]] = p.r1
 
 
 def current_task(p, dst, at=E, cgroup=True):

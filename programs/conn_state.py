@@ -30,10 +30,9 @@ pointer, read with plain loads the verifier makes fault-safe, where the raw
 tracepoint program pays a bpf_probe_read_kernel call per run of fields (the
 state program's time per run drops by about a fifth here). A transition of
 a followed connection costs one map lookup and a store; only openings and
-closes read the socket. With streaming off
-(the default report) nothing else happens; with it on, every transition
-becomes an EVENT built from the map entry (or, for a socket not followed,
-from the socket itself).
+closes read the socket. With streaming off (the default report) nothing
+else happens; with it on, every transition becomes an EVENT built from the
+map entry (or, for a socket not followed, from the socket itself).
 
 Bytes: tcp_sock.bytes_sent (payload sent, retransmissions included) and
 bytes_received (payload received; it also counts the peer's FIN, removed here).
@@ -46,12 +45,12 @@ from bpfhook import records
 from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program
 
-from .conn_common import (IPPROTO_TCP, C, E, account, count_lost, current_task, define_metrics, emit,
-                          copy_shared, exit_unless_tcp, kread, remember, sock_addresses, sock_owner, stat_add,
-                          stat_max, typed_field)
+from .conn_common import (IPPROTO_TCP, TP_BTF_PREFIX, C, E, account, count_lost, current_task, define_metrics,
+                          emit, copy_shared, exit_unless_tcp, kread, mark_conn, remember, sock_addresses, sock_owner,
+                          stat_add, stat_max, typed_field)
 
 RAW_TRACEPOINT = "inet_sock_set_state"
-TP_BTF = "btf_trace_" + RAW_TRACEPOINT  # the typedef a tp_btf program's attach_btf_id names
+TP_BTF = TP_BTF_PREFIX + RAW_TRACEPOINT  # the typedef a tp_btf program's attach_btf_id names
 HOOKS = ("tp_btf", "raw_tracepoint")  # best first
 # struct bpf_raw_tracepoint_args: u64 args[]: (const struct sock *sk, int oldstate, int newstate)
 ARG_SK, ARG_OLDSTATE, ARG_NEWSTATE = 0, 8, 16
@@ -197,9 +196,7 @@ def _owner_from_closer(p):
         p.r1 = p.r7.u32[C["pid"]]
         with p.If(p.r1 == 0):
             current_task(p, p.r7, C)
-            p.r1 = p.r7.u8[C["flags"]]
-            p.r1 |= records.F_OWNER_FROM_CLOSE
-            p.r7.u8[C["flags"]] = p.r1
+            mark_conn(p, p.r7, records.F_OWNER_FROM_CLOSE)
 
 
 def _count_transition(p, maps, scratch):
