@@ -6,6 +6,7 @@ one-line reason; they never fail with a traceback.
 import importlib.util
 import os
 import sys
+import time
 
 import pytest
 
@@ -42,6 +43,17 @@ def slow_factor():
         return max(1.0, float(os.environ.get("BPFHOOK_SLOW", "1")))
     except ValueError:
         return 1.0
+
+
+def eventually(check, timeout=5.0):
+    """Poll check() until true or timeout (what the kernel does asynchronously: veth delivery,
+    ARP, freeing programs after an RCU grace period); returns its last answer's truth."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def require(feature):

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -16,7 +15,7 @@ from pybpf.insn import Insn
 from pybpf.maps import Map
 from pybpf.prog import load
 from pybpf.uapi import AttachType, MapType, ProgType
-from tests.conftest import require
+from tests.conftest import eventually, require
 
 _serial = itertools.count()
 # getpid() -> task_tgid_vnr() -> __task_pid_nr_ns(): an out-of-line function on every arch, in BTF too.
@@ -54,16 +53,6 @@ def run(code, timeout=20, **kwargs):
     """Run Python code in a child; returns its stdout."""
     return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                           timeout=timeout, **kwargs).stdout
-
-
-def eventually(check, timeout=5.0):
-    """Poll check() until true or timeout: veth delivery and ARP resolution are asynchronous."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def open_fds():

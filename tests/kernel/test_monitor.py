@@ -25,7 +25,7 @@ from bpfhook.programs.conn_common import KernelOffsets, Maps
 from bpfhook.records import TCP_STATE_IDS
 from pybpf import features, sys as bpfsys
 from pybpf.prog import Program, iter_ids, prog_info
-from tests.conftest import require, slow_factor
+from tests.conftest import eventually, require, slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CGROUP_ROOT = cgroups.mount()
@@ -620,9 +620,8 @@ def test_shutdown_leaves_nothing_attached(sig):
         assert "FINAL CONNECTION METRICS REPORT" in out and "detached" in err
     else:
         assert p.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 10  # the kernel frees programs after an RCU grace period
-    while (_our_prog_ids() & progs_running or _link_ids(progs_running)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # the kernel frees programs after an RCU grace period
+    eventually(lambda: not (_our_prog_ids() & progs_running or _link_ids(progs_running)), timeout=10)
     assert not _our_prog_ids() & progs_running
     assert not _link_ids(progs_running)
 
@@ -644,7 +643,5 @@ def test_an_accept_hook_the_kernel_refuses_is_one_line_and_nonzero():
                        cwd=ROOT, capture_output=True, text=True, timeout=60 * slow_factor())
     assert p.returncode == 1, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("bpfhook: error: "), p.stderr
-    deadline = time.monotonic() + 10  # the kernel frees programs after an RCU grace period
-    while _our_prog_ids() - before and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: not _our_prog_ids() - before, timeout=10)  # freed after an RCU grace period
     assert _our_prog_ids() - before == set()

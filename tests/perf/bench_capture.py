@@ -10,11 +10,12 @@ paced at 1 Gbit/s (MEGABYTES, at most ~10 s) and then a burst of DATAGRAMS UDP
 datagrams. Figures: packets each capturer wrote against the packets the veth
 transmitted (IFLA stats in /sys; both capture TCP and UDP, so the link carries
 nothing else: IPv4 only, IPv6 off on both ends, neighbour entries pinned; else
-the link-local IPv6 chatter and ARP replies count against both), the UDP datagrams each holds out of those
-sent, the drops each reports (our ISB ifdrop; tcpdump's "dropped by kernel"),
-and CPU seconds per GB of traffic from /proc/PID/stat utime+stime of each
-capturer read when it has exited (a zombie still shows its times). The BPF
-program itself runs in the kernel's softirq and is charged to no process.
+the link-local IPv6 chatter and ARP replies count against both), the UDP
+datagrams each holds out of those sent, the drops each reports (our ISB
+ifdrop; tcpdump's "dropped by kernel"), and CPU seconds per GB of traffic
+from /proc/PID/stat utime+stime of each capturer read when it has exited (a
+zombie still shows its times). The BPF program itself runs in the kernel's
+softirq and is charged to no process.
 run() returns {name: (ours, peer, unit, target)}.
 """
 import os
