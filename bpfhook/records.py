@@ -49,6 +49,7 @@ NSTATES = 16  # state numbers fit 4 bits: STAT_TRANSITIONS has NSTATES * NSTATES
 F_NETNS_INODE = 1 << 0  # .netns is the namespace's inode, not its cookie (hook had no netns cookie)
 F_OWNER_FROM_ACCEPT = 1 << 1  # pid/tid/comm/cgroup are the accept()ing task's, not the current one
 F_OWNER_FROM_CLOSE = 1 << 2  # ... the closing task's: a passive connection no accept hook saw
+F_PASSIVE = 1 << 3  # the connection was accepted from a listener (its first state SYN_RECV), not connect()ed
 
 AF_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
@@ -234,6 +235,7 @@ def decode_event(record):
         "netns_is_inode": bool(e.flags & F_NETNS_INODE),
         "owner_from_accept": bool(e.flags & F_OWNER_FROM_ACCEPT),
         "owner_from_close": bool(e.flags & F_OWNER_FROM_CLOSE),
+        "passive": bool(e.flags & F_PASSIVE),
         "family": AF_NAMES.get(family, str(family)),
         "protocol": PROTOCOLS.get(e.protocol, str(e.protocol)),
         "saddr": address(family, e.saddr),
@@ -254,12 +256,12 @@ def decode_conn(sock, c):
     """A CONN map value (codec Container) of socket `sock` as an event-shaped dict (see decode_event),
     plus its current `state` and `start_ns`: a live connection as the report shows it."""
     family = c.family
-    from_accept = bool(c.flags & F_OWNER_FROM_ACCEPT)
+    passive = bool(c.flags & (F_PASSIVE | F_OWNER_FROM_ACCEPT))
     return {
-        "ts_ns": c.start_ns, "event": "accept" if from_accept else "connect", "pid": c.pid, "tid": c.tid,
+        "ts_ns": c.start_ns, "event": "accept" if passive else "connect", "pid": c.pid, "tid": c.tid,
         "comm": comm(c.comm), "cgroup_id": c.cgroup_id, "netns": c.netns,
-        "netns_is_inode": bool(c.flags & F_NETNS_INODE), "owner_from_accept": from_accept,
-        "owner_from_close": bool(c.flags & F_OWNER_FROM_CLOSE),
+        "netns_is_inode": bool(c.flags & F_NETNS_INODE), "owner_from_accept": bool(c.flags & F_OWNER_FROM_ACCEPT),
+        "owner_from_close": bool(c.flags & F_OWNER_FROM_CLOSE), "passive": passive,
         "family": AF_NAMES.get(family, str(family)), "protocol": PROTOCOLS.get(c.protocol, str(c.protocol)),
         "saddr": address(family, c.saddr), "sport": c.sport, "daddr": address(family, c.daddr), "dport": c.dport,
         "oldstate": "", "newstate": "", "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,

@@ -168,7 +168,7 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, ret=0, unowned_only=False)
     ev.u64[E["sock"]] = p.r6
     ev.u8[E["kind"]] = records.EV_ACCEPT
     ev.u8[E["protocol"]] = IPPROTO_TCP
-    ev.u8[E["flags"]] = records.F_OWNER_FROM_ACCEPT
+    ev.u8[E["flags"]] = records.F_OWNER_FROM_ACCEPT | records.F_PASSIVE
     current_task(p, ev)
     with p.If(p.r7 != 0):  # the new owner into the entry
         for name, type in (("cgroup_id", "u64"), ("pid", "u32"), ("tid", "u32")):

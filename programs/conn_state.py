@@ -5,7 +5,8 @@ The hook sees (sk, oldstate, newstate) of every transition of a socket. The
 connection map follows each TCP socket by its struct sock address:
 
     CLOSE -> SYN_SENT   (connect(): process context) new entry, owner = current task
-    CLOSE -> SYN_RECV   (handshake: softirq) new entry, owner unknown (pid 0) until accept()
+    CLOSE -> SYN_RECV   (handshake: softirq) new entry, marked passive, owner unknown (pid 0)
+                        until accept()
     SYN_* -> any        the ports and addresses again: a connect() has no source port at
                         SYN_SENT, a passive child no peer address at SYN_RECV
     -> FIN_WAIT1, LAST_ACK  (close()/shutdown(): process context) a connection without an
@@ -101,6 +102,8 @@ def build(maps, kernel, typed=False):
             _event_from_sock(p, kernel, ev, buf, scratch, typed)
             with p.If(p.r8 == SYN_SENT):  # connect(): we run in the connecting task
                 current_task(p, ev, cgroup=False)
+            with p.Else():  # a listener's child: its owner comes with accept() (or close())
+                ev.u8[E["flags"]] = records.F_PASSIVE
             _new_conn(p, maps, ev, conn, key, reuse, scratch)
         with p.Else():
             with p.If(p.r8 == CLOSE):

@@ -363,11 +363,13 @@ def test_without_streaming_the_maps_hold_what_the_report_needs():
             while not mine and time.monotonic() < deadline:
                 mine = [c for c in m.connections() if c["sport"] == sport and c["state"] == "ESTABLISHED"]
             assert mine and mine[0]["pid"] == os.getpid() and mine[0]["dport"] == port
+            assert (mine[0]["event"], mine[0]["passive"]) == ("connect", False)
             accepted = []
             while not accepted and time.monotonic() < deadline:  # the server side, once its thread accepted
                 accepted = [c for c in m.connections() if (c["sport"], c["dport"]) == (port, sport)
                             and c["owner_from_accept"]]
             assert accepted and accepted[0]["pid"] == os.getpid() and accepted[0]["tid"] == t.native_id
+            assert (accepted[0]["event"], accepted[0]["passive"]) == ("accept", True)
             me = m.cgroup_metrics()[cgroups.cgroup_id(cgroups.of_pid())]
             assert me["active"] >= 2 and me["opened"] == me["closed"] + me["active"]  # both ends are live
             live.sendall(b"x" * 10)
@@ -384,6 +386,26 @@ def test_without_streaming_the_maps_hold_what_the_report_needs():
         assert stats["transitions"][("CLOSE", "SYN_SENT")] >= 1 and stats["transitions"][("SYN_SENT", "ESTABLISHED")] >= 1
         assert stats["events"] >= 5 and stats["duration_max_ns"] >= close[0]["duration_ns"] > 0
         assert m.read(0) == [] and m.lost()["events"] == 0
+
+
+def test_a_connection_nobody_accepted_yet_is_listed_as_inbound():
+    """The listener's child is followed from SYN_RECV: before accept() (and so with no owner)
+    it is listed as the passive side, the client's socket as the active one."""
+    with Monitor(CGROUP_ROOT, stream=False) as m, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            sport = client.getsockname()[1]
+
+            def ends():
+                live = m.connections()
+                return ([c for c in live if (c["sport"], c["dport"]) == (port, sport)],
+                        [c for c in live if (c["sport"], c["dport"]) == (sport, port)])
+            assert eventually(lambda: all(ends()))
+            (child,), (active,) = ends()
+            assert (child["event"], child["passive"], child["pid"], child["state"]) == ("accept", True, 0, "ESTABLISHED")
+            assert (active["event"], active["passive"], active["pid"]) == ("connect", False, os.getpid())
 
 
 def test_ended_entries_are_reused_and_trimmed():
