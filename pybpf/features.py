@@ -11,7 +11,7 @@ cached for the life of the process, and has() runs only the probes it needs.
 Names (stable; `names()` lists them all):
     prog_type.<type>  map_type.<type>  attach_type.<type>  helper.<prog_type>.<helper>
     link.{tcx,netkit,cgroup,xdp,netns,perf_event,sockmap}
-    isa.v1 .. isa.v4  bounded_loops  btf  btf_vmlinux  ringbuf
+    isa.v1 .. isa.v4  bounded_loops  atomics  btf  btf_vmlinux  ringbuf
     kprobe_pmu  fentry  fexit  lsm  tp_btf  raw_tracepoint  perf_event_tracepoint
     tracefs  debugfs  cgroup2
 
@@ -325,6 +325,10 @@ def _isa_programs():
                    Insn(mov_reg, 0, 1), Insn("mov", 0, 0, 0, 0), Insn("exit")],
         "bounded_loops": [Insn("mov", 0, 0, 0, 0), Insn("add", 0, 0, 0, 1), Insn("jlt", 0, 0, -2, 4),
                           Insn("mov", 0, 0, 0, 0), Insn("exit")],
+        # fetching atomics and compare-and-swap (5.12); the plain atomic add is older
+        "atomics": [Insn("stdw", 10, 0, -8, 0), Insn("mov", 0, 0, 0, 0), Insn("mov", 1, 0, 0, 1),
+                    Insn("lock_cmpxchg", 10, 1, -8), Insn("lock_fetch_add", 10, 1, -8), Insn("mov", 0, 0, 0, 0),
+                    Insn("exit")],
     }
 
 

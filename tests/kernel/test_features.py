@@ -18,7 +18,7 @@ from tests.conftest import require
 
 # Features older kernels of the matrix lack, with the release that brought them: there the
 # probe must answer no, not only elsewhere yes.
-SINCE = {"isa.v4": (6, 6), "link.tcx": (6, 6), "tp_btf": (5, 5)}
+SINCE = {"isa.v4": (6, 6), "link.tcx": (6, 6), "tp_btf": (5, 5), "atomics": (5, 12)}
 RELEASE = tuple(int(n) for n in os.uname().release.split("-")[0].split(".")[:2])
 
 
@@ -103,7 +103,7 @@ def test_helper_of_unloadable_type_is_not_available():
     assert result.available is False and result.detail == "program type lsm unavailable"
 
 
-@pytest.mark.parametrize("version", ["isa.v1", "isa.v2", "isa.v3", "isa.v4", "bounded_loops"])
+@pytest.mark.parametrize("version", ["isa.v1", "isa.v2", "isa.v3", "isa.v4", "bounded_loops", "atomics"])
 def test_isa_versions_of_this_kernel(version):
     assert features.has(version) == expect(version), features.probe(version).detail
 
