@@ -41,9 +41,11 @@ class Monitor:
     accept:     "auto" (the best of accept.HOOKS the kernel allows), or one of them; the
                 chosen hook is .accept_hook, how it came about .accept_note
     state:      the same for the state program and conn_state.HOOKS (.state_hook, .state_note)
+    slots:      conn_slots' size (conn_common.Maps); None: CONN_SLOTS where the kernel has BPF
+                atomics (a slot is claimed with a compare-and-swap), else 0
     """
 
-    def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto"):
+    def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None):
         from pybpf import attach, features
         from pybpf.events import open_reader
         from pybpf.prog import load
@@ -63,7 +65,10 @@ class Monitor:
         self._stack = contextlib.ExitStack()
         try:
             kernel = conn_common.KernelOffsets.load()
-            self.maps = self._stack.enter_context(conn_common.Maps(ringbuf=events == "ringbuf", stream=stream))
+            if slots is None:
+                slots = conn_common.CONN_SLOTS if features.has("atomics") else 0
+            self.maps = self._stack.enter_context(conn_common.Maps(ringbuf=events == "ringbuf", stream=stream,
+                                                                   slots=slots))
             # Reader before programs: a perf array slot without its ring makes the output fail.
             # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
             self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
@@ -218,10 +223,12 @@ class Monitor:
         return sorted(out, key=lambda e: e["ts_ns"])
 
     def connections(self):
-        """Live TCP connections from the conns map (records.decode_conn dicts): its entries in
-        state CLOSE are ended connections kept for their memory's reuse."""
+        """Live TCP connections, from their slots and from conns (records.decode_conn dicts): an
+        ended one's slot is marked, its entry in conns is in state CLOSE (kept for reuse)."""
         closed = records.TCP_STATE_IDS["CLOSE"]
-        return [records.decode_conn(k.sock, v) for k, v in self.maps.conns.items() if v.state != closed]
+        live = [(sock, c) for sock, c in self.maps.slot_entries() if not sock & records.SLOT_ENDED]
+        live += [(k.sock, c) for k, c in self.maps.conns.items()]
+        return [records.decode_conn(sock, c) for sock, c in live if c.state != closed]
 
     def closed_kept(self):
         """Ended connections' entries conn_state keeps in conns for reuse, since the last trim

@@ -8,6 +8,7 @@ is asserted below. The BPF programs take their offsets from `offsetof()` /
     EVENT        connection event, one ring buffer (or perf buffer) record, 136 bytes
     CONN_KEY     LRU hash "conns": the connection's socket, 8 bytes
     CONN         its value: who opened it, addresses, state, bytes, 112 bytes
+    CONN_SLOT    array "conn_slots": a socket (SLOT_ENDED set once it ended) and its CONN, 120 bytes
     CGROUP_KEY   per-CPU hash "metrics_cgroup": cgroup id, 8 bytes
     NETNS_KEY    per-CPU hash "metrics_netns": netns cookie (or inode), 8 bytes
     METRICS      value of both metrics maps (one per CPU, summed by user space), 32 bytes
@@ -17,8 +18,8 @@ Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
 the connection's `struct sock`: the one value every hook sees for a TCP
 socket without kprobes (sock:inet_sock_set_state's skaddr, the sock behind an
 accept()ed fd, the sk of a sock_ops/cgroup_skb context). It is unique while the
-socket lives; the programs delete the entry on the transition to TCP_CLOSE,
-so a later socket at the same address starts a fresh entry. A 5-tuple could
+socket lives; an entry that ended (TCP_CLOSE) is written over by the next
+socket at that address (see programs/conn_state.py). A 5-tuple could
 not key a connect() (no source port yet) and repeats across network
 namespaces. EVENT.cookie additionally carries the socket cookie
 (bpf_get_socket_cookie) where the hook can get one, else 0; it is for users
@@ -71,6 +72,7 @@ STAT_RECENT_NEXT = 3  # this CPU's next slot in the "recent" array
 STAT_CLOSED_KEPT = 4  # ended connections' entries kept in "conns": +1 at a close, -1 when an opening
 # reuses one; an entry often closes on one CPU and is reused on another, so the CPUs' values drift
 # apart, but their sum (mod 2**64) is exact
+STAT_SCRATCH = 5  # not a statistic: where conn_state turns a typed socket pointer into a number
 STAT_TRANSITIONS = 16  # + old * NSTATES + new: count of each TCP state transition
 NSTATS = STAT_TRANSITIONS + 16 * 16
 RECENT_SLOTS = 16  # "recent": per-CPU array of the last closes / UDP flows (EVENT), a ring by STAT_RECENT_NEXT
@@ -126,6 +128,14 @@ CONN = Struct(
     Padding(7),
 )
 
+# conn_slots: a socket's slot is fixed by its address (conn_common.slot_of); it holds its CONN
+# unless another live connection holds the slot (then the CONN is in "conns").
+CONN_SLOT = Struct(
+    "sock" / u64,  # 0: never used; bit SLOT_ENDED set: the connection ended, the slot is free
+    "conn" / CONN,
+)
+SLOT_ENDED = 1  # struct sock addresses are aligned: bit 0 is free to mark an ended slot
+
 CGROUP_KEY = Struct("cgroup_id" / u64)
 NETNS_KEY = Struct("netns" / u64)
 
@@ -140,6 +150,7 @@ LOST_KEY = u32
 LOST_VALUE = u64
 
 _SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
+          "CONN_SLOT": (CONN_SLOT, 120),
           "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32)}
 
 
@@ -190,6 +201,7 @@ for _name, (_layout, _size) in _SIZES.items():
 # ---- decoding ---------------------------------------------------------------
 
 EVENT_CODEC = codec(EVENT)  # flattened to struct.Struct: the ring buffer hot path
+CONN_CODEC = codec(CONN)
 METRICS_CODEC = codec(METRICS)
 
 

@@ -41,8 +41,8 @@ from bpfhook import records
 from pybpf import tracefs
 from pybpf.asm import Program
 
-from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, current_task, emit,
-                          copy_shared, exit_unless_tcp, field_in, kread, kread_fields, mark_conn, sock_addresses,
+from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, copy_shared, current_task, emit,
+                          exit_unless_tcp, field_in, find_conn, kread, kread_fields, mark_conn, sock_addresses,
                           sock_netns)
 
 HOOKS = ("fexit", "kretprobe", "getpeername", "tracepoint")  # best first
@@ -60,7 +60,7 @@ def build_fexit(maps, kernel):
     p, slots = _program("tracing")
     p.r9 = p.r1
     p.r6 = p.r9.u64[8 * nargs]  # fexit's ctx: the arguments, then the return value
-    _accepted(p, maps, kernel, *slots)
+    _accepted(p, maps, kernel, *slots, sk_type="preemptible")
     return p
 
 
@@ -82,7 +82,7 @@ def build_getpeername(maps, kernel, version):
     with p.If(p.r1 != IPPROTO_TCP):
         p.exit(ALLOW)
     p.r6 = p.r9.u64[kernel.ctx_sk]  # a struct bpf_sock view of the struct sock
-    _accepted(p, maps, kernel, *slots, ret=ALLOW, unowned_only=True)
+    _accepted(p, maps, kernel, *slots, sk_type="preemptible", ret=ALLOW, unowned_only=True)
     return p
 
 
@@ -124,11 +124,12 @@ def _program(prog_type):
     return p, (p.stack.alloc(records.EVENT), p.stack.alloc(32), p.stack.alloc(8), p.stack.alloc(8))
 
 
-def _accepted(p, maps, kernel, ev, buf, scratch, key, ret=0, unowned_only=False):
+def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, unowned_only=False):
     """The rest of every hook: r6 = the accepted struct sock (or NULL), r9 = ctx, and the
     accepting task current. Hands the connection over to the acceptor (its map entry's
     owner: the close is counted in the acceptor's cgroup), sends the accept event when
-    streaming, exits with `ret`. unowned_only: for a hook that also runs outside accept()
+    streaming, exits with `ret`. sk_type: what r6 is (conn_common.sock_number).
+    unowned_only: for a hook that also runs outside accept()
     (getpeername): only a followed connection without an owner yet is taken, i.e. a passive
     one (an active one has its connecting task from SYN_SENT) not accepted before.
 
@@ -137,9 +138,7 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, ret=0, unowned_only=False)
     socket (a Unix one, a connection older than the monitor) has nothing to update."""
     with p.If(p.r6 == 0):
         p.exit(ret)
-    key.u64[0] = p.r6
-    p.call("map_lookup_elem", maps.conns, key)
-    p.r7 = p.r0
+    find_conn(p, maps, p.r6, key, scratch, sk_type)
     with p.If(p.r7 != 0):
         p.r1 = p.r7.u8[C["state"]]
         with p.If(p.r1 == CLOSE):  # an ended connection's entry (conn_state keeps them for reuse)

@@ -1,7 +1,9 @@
 """What the monitor's programs share: their maps, kernel struct offsets, DSL pieces.
 
 Maps (layouts from bpfhook.records, the one definition both sides read):
-    conns            LRU hash  CONN_KEY -> CONN          TCP connections by struct sock address
+    conn_slots       array  u32 -> CONN_SLOT             TCP connections, one slot per socket address
+                                                         hash (slot_of), read in place (mmap)
+    conns            LRU hash  CONN_KEY -> CONN          ... those whose slot another one holds
                                                          (state CLOSE: ended, memory for the next)
     metrics_cgroup   per-CPU hash  CGROUP_KEY -> METRICS  per cgroup id
     metrics_netns    per-CPU hash  NETNS_KEY -> METRICS   per netns cookie
@@ -9,6 +11,15 @@ Maps (layouts from bpfhook.records, the one definition both sides read):
     lost             per-CPU array, LOST_* slots
     stats            per-CPU array, STAT_* slots: event count, durations, state transitions
     recent           per-CPU array of RECENT_SLOTS EVENTs: the latest closes and UDP flows
+
+Why a slot table before the hash map: every transition of a connection looks up
+its entry (about ten per connection), and a hash map lookup is a chain of three
+calls and returns into the kernel, ~100 ns each here (return thunks); the
+verifier inlines an array lookup into a multiply, a shift and a load. A socket
+claims its slot at its opening with a compare-and-swap (kernel 5.12+, feature
+"atomics"); when another live connection holds the slot, or the kernel has no
+BPF atomics (slots=0), the connection goes to "conns" as before. An ended
+connection's slot is marked (SLOT_ENDED) and free for the next socket there.
 
 With stream=False the programs send nothing to the ring buffer: user space
 reads the maps when it reports (the default text report and Prometheus need
@@ -26,12 +37,13 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 
 from bpfhook import records
 from bpfhook.records import EVENT, METRICS, offsetof
 from pybpf.asm import StackSlot
 from pybpf.maps import Map
-from pybpf.uapi import MapType
+from pybpf.uapi import MapFlags, MapType
 
 IPPROTO_TCP, IPPROTO_UDP = int(socket.IPPROTO_TCP), int(socket.IPPROTO_UDP)
 AF_INET, AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
@@ -41,6 +53,9 @@ BPF_RB_AVAIL_DATA = 0
 BPF_F_CURRENT_CPU = 0xFFFFFFFF
 
 CONNS_MAX = 32768
+CONN_SLOTS = 16384  # 1.9 MB; a power of two (slot_of takes the top bits of a product)
+SLOT_HASH = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: Fibonacci hashing spreads slab addresses
+CONN_IN_SLOT = records.offsetof(records.CONN_SLOT, "conn")
 METRICS_MAX = 4096
 RINGBUF_SIZE = 4 << 20
 # Wake the reader only once this much is waiting (small: the reader decodes a batch at once, and
@@ -184,10 +199,18 @@ def _cache_key():
 class Maps:
     """The monitor's maps, created together and closed together."""
 
-    def __init__(self, ringbuf=True, conns_max=CONNS_MAX, stream=True):
+    def __init__(self, ringbuf=True, conns_max=CONNS_MAX, stream=True, slots=CONN_SLOTS):
+        """slots: conn_slots' size, a power of two, or 0 for none (a kernel without BPF atomics)."""
+        if slots & (slots - 1):
+            raise ValueError(f"slots={slots}: expected a power of two or 0")
         self.stream = stream  # every event to the ring buffer, or summaries in maps only
+        self.slots = slots
+        self.conn_slots = None
         self._all = []
         try:
+            if slots:
+                self.conn_slots = self._add(MapType.ARRAY, 4, records.CONN_SLOT, slots, "conn_slots",
+                                            flags=MapFlags.MMAPABLE)
             self.conns = self._add(MapType.LRU_HASH, records.CONN_KEY, records.CONN, conns_max, "conns")
             self.metrics_cgroup = self._add(MapType.PERCPU_HASH, records.CGROUP_KEY, METRICS, METRICS_MAX,
                                             "metrics_cgroup")
@@ -205,14 +228,40 @@ class Maps:
             self.close()
             raise
 
-    def _add(self, type, key, value, max_entries, name):
-        m = Map(type, key=key, value=value, max_entries=max_entries, name=name)
+    def _add(self, type, key, value, max_entries, name, flags=None):
+        m = Map(type, key=key, value=value, max_entries=max_entries, name=name, flags=flags)
         self._all.append(m)
         return m
 
     @property
     def ringbuf(self):
         return self.events.type == MapType.RINGBUF
+
+    def slot_index(self, sock):
+        """The conn_slots index of a struct sock address (what slot_of computes)."""
+        return (sock * SLOT_HASH % 2**64) >> (64 - self.slots.bit_length() + 1) if self.slots > 1 else 0
+
+    def slot_entries(self):
+        """[(sock, CONN)] of every used slot (sock with SLOT_ENDED set: the connection ended),
+        read in place: the slots are mapped into our memory, only used ones are decoded."""
+        if not self.slots:
+            return []
+        size = records.CONN_SLOT.sizeof()
+        view = self.conn_slots.mmap(writable=False)
+        socks = view.cast("Q")[:self.slots * size // 8:size // 8].tolist()
+        return [(sock, records.CONN_CODEC.decode(view[i * size + CONN_IN_SLOT:(i + 1) * size]))
+                for i, sock in enumerate(socks) if sock]
+
+    def entry(self, sock):
+        """(CONN, ended) of the socket at this address, from its slot or from conns, or None."""
+        if self.slots:
+            size = records.CONN_SLOT.sizeof()
+            raw = self.conn_slots.mmap(writable=False)[self.slot_index(sock) * size:][:size]
+            held = int.from_bytes(raw[:8], sys.byteorder)
+            if held & ~records.SLOT_ENDED == sock:
+                return records.CONN_CODEC.decode(raw[CONN_IN_SLOT:]), bool(held & records.SLOT_ENDED)
+        conn = self.conns.lookup({"sock": sock})
+        return None if conn is None else (conn, conn.state == records.TCP_STATE_IDS["CLOSE"])
 
     def lost_counts(self):
         """{slot name: total over CPUs}."""
@@ -390,6 +439,107 @@ def copy_shared(p, src, src_layout, dst, dst_layout):
         for half in (0, 8):
             p.r1 = src.u64[offsetof(src_layout, name) + half]
             dst.u64[offsetof(dst_layout, name) + half] = p.r1
+
+
+def sock_number(p, maps, sk, key, scratch, sk_type):
+    """r1 = the address in register `sk` as a number (what slot_of multiplies), or 0; key gets
+    the address (8 stack bytes). sk_type says what `sk` is:
+
+    "scalar"     a number already: a raw tracepoint's argument, a kprobe register, a probe read
+    "typed"      a BTF-typed pointer, on which the verifier allows no arithmetic, in a program
+                 that runs with preemption off (tp_btf): it goes through this CPU's
+                 stats[STAT_SCRATCH] (map memory is plain bytes; the lookup is inlined)
+    "preemptible"  such a pointer where another task could write that word between our
+                 store and load (fexit, cgroup hooks): read back from the stack with
+                 bpf_probe_read_kernel instead (a helper call: these run once per connection)"""
+    key.u64[0] = sk
+    if sk_type == "scalar":
+        p.r1 = sk
+    elif sk_type == "typed":
+        scratch.u32[0] = records.STAT_SCRATCH
+        p.call("map_lookup_elem", maps.stats, scratch)
+        p.r1 = 0
+        with p.If(p.r0 != 0):
+            p.r0.u64[0] = sk
+            p.r1 = p.r0.u64[0]
+    elif sk_type == "preemptible":
+        p.r3 = p.r10
+        p.r3 += key.offset
+        p.call("probe_read_kernel", key, 8, p.r3)
+        p.r1 = key.u64[0]
+    else:
+        raise ValueError(f"sk_type {sk_type!r}: expected scalar, typed or preemptible")
+
+
+def slot_of(p, maps, scratch):
+    """r0 = the conn_slots slot of the socket address in r1 (a number): the top bits of
+    r1 * SLOT_HASH (NULL only as far as the verifier knows). scratch: 4 spare stack bytes."""
+    if maps.slots > 1:
+        p.r2 = SLOT_HASH
+        p.r1 *= p.r2
+        p.r1 >>= 64 - (maps.slots.bit_length() - 1)
+        scratch.u32[0] = p.r1
+    else:
+        scratch.u32[0] = 0
+    p.call("map_lookup_elem", maps.conn_slots, scratch)
+
+
+def find_conn(p, maps, sk, key, scratch, sk_type, slot=None):
+    """r7 = the map entry (CONN) of the struct sock in register `sk`, or 0: in its slot when the
+    slot holds it, else in conns (there it may be an ended one: state CLOSE). key: 8 stack
+    bytes (conns' key, left set); scratch: 4; sk_type: see sock_number; slot: 8 stack bytes
+    that get the slot's address (for claim_slot and end_slot), or None."""
+    p.r7 = 0
+    if maps.slots:
+        sock_number(p, maps, sk, key, scratch, sk_type)
+        with p.If(p.r1 != 0):
+            slot_of(p, maps, scratch)
+            with p.If(p.r0 != 0):
+                if slot is not None:
+                    slot.u64[0] = p.r0
+                p.r1 = p.r0.u64[0]
+                with p.If(p.r1 == sk):
+                    p.r7 = p.r0
+                    p.r7 += CONN_IN_SLOT
+    else:
+        key.u64[0] = sk
+    with p.If(p.r7 == 0):
+        p.call("map_lookup_elem", maps.conns, key)
+        p.r7 = p.r0
+
+
+def claim_slot(p, slot, sk):
+    """r4 = the CONN in the slot at `slot` (8 stack bytes from find_conn, 0 for none), now the
+    socket in register `sk`'s, or 0 when another live connection holds it. Free is unused (0)
+    or ended (SLOT_ENDED); the swap fails if another CPU claimed it since we read it."""
+    p.r4 = 0
+    p.r1 = slot.u64[0]
+    with p.If(p.r1 != 0):
+        p.r3 = p.r1.u64[0]  # what we expect to replace
+        p.r2 = p.r3
+        p.r2 &= records.SLOT_ENDED
+        with p.If(p.r3 == 0):
+            p.r2 = 1
+        with p.If(p.r2 != 0):
+            p.r0 = p.r3
+            p.r2 = sk
+            p.cmpxchg(p.r1.u64[0], p.r2)
+            with p.If(p.r0 == p.r3):
+                p.r4 = p.r1
+                p.r4 += CONN_IN_SLOT
+
+
+def end_slot(p, slot, sk):
+    """r0 = 1 if the slot at `slot` held the socket in register `sk`, now marked ended (free for
+    the next socket there), else 0 (the connection is in conns)."""
+    p.r0 = 0
+    p.r1 = slot.u64[0]
+    with p.If(p.r1 != 0):
+        p.r2 = p.r1.u64[0]
+        with p.If(p.r2 == sk):
+            p.r2 |= records.SLOT_ENDED
+            p.r1.u64[0] = p.r2
+            p.r0 = 1
 
 
 def mark_conn(p, conn, flag):

@@ -46,9 +46,9 @@ from bpfhook import records
 from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program
 
-from .conn_common import (IPPROTO_TCP, TP_BTF_PREFIX, C, E, account, count_lost, current_task, define_metrics,
-                          emit, copy_shared, exit_unless_tcp, kread, mark_conn, remember, sock_addresses, sock_owner,
-                          stat_add, stat_max, typed_field)
+from .conn_common import (IPPROTO_TCP, TP_BTF_PREFIX, C, E, account, claim_slot, copy_shared, count_lost,
+                          current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread, mark_conn,
+                          remember, sock_addresses, sock_owner, stat_add, stat_max, typed_field)
 
 RAW_TRACEPOINT = "inet_sock_set_state"
 TP_BTF = TP_BTF_PREFIX + RAW_TRACEPOINT  # the typedef a tp_btf program's attach_btf_id names
@@ -79,16 +79,16 @@ def build(maps, kernel, typed=False):
     buf = p.stack.alloc(32)  # kread_fields' runs of socket fields
     key = p.stack.alloc(8)
     scratch = p.stack.alloc(8)
-    reuse = p.stack.alloc(8)  # an ended connection's entry at this sock address, or 0
+    reuse = p.stack.alloc(8)  # where a new connection's CONN goes (an ended entry, its slot), or 0
+    slot = p.stack.alloc(8)  # the socket's conn_slots slot (find_conn)
 
     p.r9 = p.r1  # ctx: the arguments
     p.r6 = p.r9.u64[ARG_SK]
     p.r8 = p.r9.u64[ARG_NEWSTATE]
     p.r8 &= 0xFF
-    key.u64[0] = p.r6
     reuse.u64[0] = 0
-    p.call("map_lookup_elem", maps.conns, key)
-    p.r7 = p.r0
+    slot.u64[0] = 0
+    find_conn(p, maps, p.r6, key, scratch, "typed" if typed else "scalar", slot)
     with p.If(p.r7 != 0):
         p.r1 = p.r7.u8[C["state"]]
         with p.If(p.r1 == CLOSE):  # a connection that ended: this is a new socket at its freed address
@@ -104,7 +104,7 @@ def build(maps, kernel, typed=False):
                 current_task(p, ev, cgroup=False)
             with p.Else():  # a listener's child: its owner comes with accept() (or close())
                 ev.u8[E["flags"]] = records.F_PASSIVE
-            _new_conn(p, maps, ev, conn, key, reuse, scratch)
+            _new_conn(p, maps, ev, conn, key, reuse, slot, scratch)
         with p.Else():
             with p.If(p.r8 == CLOSE):
                 p.r1 = p.r9.u64[ARG_OLDSTATE]
@@ -132,9 +132,11 @@ def build(maps, kernel, typed=False):
                     [("closed", 1), ("bytes_sent", ev.u64[E["bytes_sent"]]),
                      ("bytes_received", ev.u64[E["bytes_received"]])], atomic=False)
             stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[E["duration_ns"]], atomic=False)
-            stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
             stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[E["duration_ns"]])
             remember(p, maps, ev, scratch)
+            end_slot(p, slot, p.r6)  # last: from here another socket may take the slot
+            with p.If(p.r0 == 0):  # the entry stays in conns, counted for Monitor.trim_closed
+                stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
         if maps.stream:
             with p.Else():
                 _event_from_conn(p, ev)
@@ -227,19 +229,33 @@ def _drop_fin(p, ev):
         ev.u64[E["bytes_received"]] = p.r1
 
 
-def _new_conn(p, maps, ev, conn, key, reuse, scratch):
-    """The CONN of a new connection, from the EVENT of its opening, into the map: written over
-    the entry of an ended one at the same address when there is one (`reuse`), else inserted."""
+def _new_conn(p, maps, ev, conn, key, reuse, slot, scratch):
+    """The CONN of a new connection, from the EVENT of its opening, into its slot when that is
+    free, else over the ended entry in conns at this address (`reuse`), else inserted there."""
     conn.zero()
     p.r1 = ev.u64[E["ts_ns"]]
     conn.u64[C["start_ns"]] = p.r1
     copy_shared(p, ev, EVENT, conn, CONN)
     conn.u8[C["state"]] = p.r8
+    if maps.slots:
+        claim_slot(p, slot, p.r6)
+        with p.If(p.r4 != 0):
+            reuse.u64[0] = p.r4  # an ended entry in conns stays there, counted, for trim_closed
+        with p.Else():
+            _unkeep(p, maps, reuse, scratch)
+    else:
+        _unkeep(p, maps, reuse, scratch)
     p.r1 = reuse.u64[0]
     with p.If(p.r1 != 0):
         for off in range(0, CONN.sizeof(), 8):
             p.r2 = conn.u64[off]
             p.r1.u64[off] = p.r2
-        stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, -1, atomic=False)
     with p.Else():
         p.call("map_update_elem", maps.conns, key, conn, 0)
+
+
+def _unkeep(p, maps, reuse, scratch):
+    """An ended entry in conns about to be written over is kept no more."""
+    p.r1 = reuse.u64[0]
+    with p.If(p.r1 != 0):
+        stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, -1, atomic=False)

@@ -30,6 +30,8 @@ CHOICES = [
      [(("fexit",), "fexit inet_csk_accept"), (("kprobe_pmu",), "kretprobe inet_csk_accept"),
       (("cgroup2", "attach_type.cgroup_inet4_getpeername"), "cgroup getpeername4 / getpeername6"),
       (("perf_event_tracepoint",), "tracepoints syscalls:sys_exit_accept4, sys_exit_accept")]),
+    ("monitor", "connection table",
+     [(("atomics",), "slot array (claimed by compare-and-swap), LRU hash for the rest"), ((), "LRU hash")]),
     ("monitor", "connect() attribution",
      [(("cgroup2", "attach_type.cgroup_inet4_connect"), "cgroup connect4 / connect6 (cgroup_sock_addr)")]),
     ("monitor", "events to user space",
@@ -44,7 +46,7 @@ CHOICES = [
 FEATURES = [
     "kprobe_pmu", "fentry", "fexit", "lsm", "raw_tracepoint", "perf_event_tracepoint", "btf_vmlinux",
     "map_type.ringbuf", "link.tcx", "link.netkit", "link.xdp", "link.cgroup", "link.perf_event",
-    "isa.v3", "isa.v4", "bounded_loops", "prog_type.syscall", "prog_type.netfilter", "map_type.arena",
+    "isa.v3", "isa.v4", "bounded_loops", "atomics", "prog_type.syscall", "prog_type.netfilter", "map_type.arena",
     "tracefs", "debugfs", "cgroup2",
 ]
 MARK = {True: "yes", False: "no", None: "?"}

@@ -21,8 +21,8 @@ from bpfhook import cgroups
 from bpfhook.monitor import Monitor, run
 from bpfhook.monitor_cli import MonitorOptions
 from bpfhook.programs import accept
-from bpfhook.programs.conn_common import KernelOffsets, Maps
-from bpfhook.records import TCP_STATE_IDS
+from bpfhook.programs.conn_common import CONN_SLOTS, KernelOffsets, Maps
+from bpfhook.records import SLOT_ENDED, TCP_STATE_IDS
 from pybpf import features, sys as bpfsys
 from pybpf.prog import Program, iter_ids, prog_info
 from tests.conftest import eventually, require, slow_factor
@@ -380,7 +380,8 @@ def test_without_streaming_the_maps_hold_what_the_report_needs():
             close = [e for e in m.recent() if e["event"] == "close" and e["sport"] == sport]
         assert close and (close[0]["pid"], close[0]["bytes_sent"], close[0]["bytes_received"]) == (os.getpid(), 10, 20)
         # The ended connection's entry stays for the next socket at its address, listed as live no more
-        assert m.maps.conns.lookup({"sock": close[0]["sock"]}).state == TCP_STATE_IDS["CLOSE"]
+        entry = m.maps.entry(close[0]["sock"])
+        assert entry and entry[0].state == TCP_STATE_IDS["CLOSE"] and entry[1]
         assert not [c for c in m.connections() if c["sock"] == close[0]["sock"]]
         stats = m.stats()
         assert stats["transitions"][("CLOSE", "SYN_SENT")] >= 1 and stats["transitions"][("SYN_SENT", "ESTABLISHED")] >= 1
@@ -408,10 +409,65 @@ def test_a_connection_nobody_accepted_yet_is_listed_as_inbound():
             assert (active["event"], active["passive"], active["pid"]) == ("connect", False, os.getpid())
 
 
-def test_ended_entries_are_reused_and_trimmed():
-    """An ended connection's entry stays for the next socket at its address; past the limit the
-    monitor deletes the ones nobody reused, so they never push out live connections."""
+def test_a_connection_lives_in_its_slot_and_ends_there():
+    """Both ends are found in the slot user space computes for their address (the program's
+    hash and ours agree), not in conns; closed, the slot is marked ended."""
     with Monitor(CGROUP_ROOT, stream=False) as m:
+        assert m.maps.slots == CONN_SLOTS  # this kernel has BPF atomics
+        port, t = host_server("127.0.0.1", 1, 1)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            sport = s.getsockname()[1]
+            ends = lambda: [c for c in m.connections() if {c["sport"], c["dport"]} == {port, sport}]  # noqa: E731
+            assert eventually(lambda: len(ends()) == 2)
+            socks = [c["sock"] for c in ends()]
+            for sock in socks:
+                assert m.maps.conns.lookup({"sock": sock}) is None
+                conn, ended = m.maps.entry(sock)
+                assert not ended and conn.state == TCP_STATE_IDS["ESTABLISHED"]
+            s.sendall(b"x")
+            s.recv(1)
+        t.join(10)
+        assert eventually(lambda: all(m.maps.entry(sock)[1] for sock in socks))
+        assert not ends() and m.closed_kept() == 0  # nothing was left in conns
+
+
+def test_sockets_racing_for_two_slots_are_each_followed_once():
+    """128 sockets opened from 8 threads on both CPUs share two slots: claims race, the losers
+    go to conns. Each socket is listed once while it lives, none once closed, none lost."""
+    total = 64
+    with Monitor(CGROUP_ROOT, stream=False, slots=2) as m, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(total)
+        port = listener.getsockname()[1]
+        clients, lock = [], threading.Lock()
+
+        def connect():
+            for _ in range(total // 8):
+                s = socket.create_connection(("127.0.0.1", port))
+                with lock:
+                    clients.append(s)
+        threads = [threading.Thread(target=connect) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        servers = [listener.accept()[0] for _ in range(total)]
+        ours = lambda: [c for c in m.connections() if port in (c["sport"], c["dport"])]  # noqa: E731
+        assert eventually(lambda: len(ours()) == 2 * total)
+        assert len({c["sock"] for c in ours()}) == 2 * total
+        assert sum(1 for sock, _ in m.maps.slot_entries() if not sock & SLOT_ENDED) <= 2
+        for s in clients + servers:
+            s.close()
+        assert eventually(lambda: not ours())
+        assert m.lost()["conns"] == 0
+
+
+@pytest.mark.parametrize("slots", [0, 1])
+def test_ended_entries_are_reused_and_trimmed(slots):
+    """An ended connection's entry in conns (no slot table, or its slot was taken) stays for the
+    next socket at its address; past the limit the monitor deletes the ones nobody reused, so
+    they never push out live connections."""
+    with Monitor(CGROUP_ROOT, stream=False, slots=slots) as m:
         for _ in range(20):
             port, t = host_server("127.0.0.1", 1, 1)
             with socket.create_connection(("127.0.0.1", port)) as s:
