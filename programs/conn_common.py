@@ -484,11 +484,12 @@ def slot_of(p, maps, scratch):
     p.call("map_lookup_elem", maps.conn_slots, scratch)
 
 
-def find_conn(p, maps, sk, key, scratch, sk_type, slot=None):
+def find_conn(p, maps, sk, key, scratch, sk_type, slot=None, then_conns=True):
     """r7 = the map entry (CONN) of the struct sock in register `sk`, or 0: in its slot when the
     slot holds it, else in conns (there it may be an ended one: state CLOSE). key: 8 stack
     bytes (conns' key, left set); scratch: 4; sk_type: see sock_number; slot: 8 stack bytes
-    that get the slot's address (for claim_slot and end_slot), or None."""
+    that get the slot's address (for claim_slot and end_slot), or None. then_conns=False: the
+    slot only; the caller may then look in conns with lookup_conns."""
     p.r7 = 0
     if maps.slots:
         sock_number(p, maps, sk, key, scratch, sk_type)
@@ -503,6 +504,12 @@ def find_conn(p, maps, sk, key, scratch, sk_type, slot=None):
                     p.r7 += CONN_IN_SLOT
     else:
         key.u64[0] = sk
+    if then_conns:
+        lookup_conns(p, maps, key)
+
+
+def lookup_conns(p, maps, key):
+    """r7 = the conns entry at `key` (find_conn's), or 0, unless r7 already is an entry."""
     with p.If(p.r7 == 0):
         p.call("map_lookup_elem", maps.conns, key)
         p.r7 = p.r0
@@ -511,7 +518,7 @@ def find_conn(p, maps, sk, key, scratch, sk_type, slot=None):
 def claim_slot(p, slot, sk):
     """r4 = the CONN in the slot at `slot` (8 stack bytes from find_conn, 0 for none), now the
     socket in register `sk`'s, or 0 when another live connection holds it. Free is unused (0)
-    or ended (SLOT_ENDED); the swap fails if another CPU claimed it since we read it."""
+    or ended (SLOT_ENDED); the swap fails if another CPU claimed the slot since we read it."""
     p.r4 = 0
     p.r1 = slot.u64[0]
     with p.If(p.r1 != 0):

@@ -2,7 +2,8 @@
 raw: as tp_btf where the kernel has it (5.5+), else as a raw tracepoint (HOOKS).
 
 The hook sees (sk, oldstate, newstate) of every transition of a socket. The
-connection map follows each TCP socket by its struct sock address:
+connection table (its slot, else the conns hash map: conn_common.find_conn)
+follows each TCP socket by its struct sock address:
 
     CLOSE -> SYN_SENT   (connect(): process context) new entry, owner = current task
     CLOSE -> SYN_RECV   (handshake: softirq) new entry, marked passive, owner unknown (pid 0)
@@ -14,13 +15,14 @@ connection map follows each TCP socket by its struct sock address:
     any   -> CLOSE      bytes from tcp_sock, duration (kind close); the entry stays, in
                         state CLOSE
 
-An ended connection's entry is not deleted: the slab hands a freed struct
-sock's address to a new socket soon, and the new connection is written over
-the old entry in place. A hash map insert and delete cost ~400 ns per socket
-here, which is most of what a short connection costs the monitor. User
-space lists only the entries in other states as live, and bounds the ended
-ones (Monitor.trim_closed, counted in stats[STAT_CLOSED_KEPT]): the LRU
-would evict an idle live connection as readily as an ended one.
+An ended connection's entry is not deleted. Its slot is marked ended and free
+for the next socket there. In conns the entry stays in state CLOSE: the slab
+hands a freed struct sock's address to a new socket soon, and the new
+connection is written over the old entry in place (a hash map insert and
+delete cost ~400 ns per socket here). User space lists only live entries,
+and bounds the ended ones in conns (Monitor.trim_closed, counted in
+stats[STAT_CLOSED_KEPT]): the LRU would evict an idle live connection as
+readily as an ended one.
 
 Why raw rather than the perf tracepoint sock:inet_sock_set_state: the perf
 tracepoint formats a record of every field before any program runs, which
@@ -30,8 +32,8 @@ transition needs. Why tp_btf first: its socket argument is a BTF-typed
 pointer, read with plain loads the verifier makes fault-safe, where the raw
 tracepoint program pays a bpf_probe_read_kernel call per run of fields (the
 state program's time per run drops by about a fifth here). A transition of
-a followed connection costs one map lookup and a store; only openings and
-closes read the socket. With streaming off (the default report) nothing
+a followed connection costs its slot's address (a multiply, a shift, an
+inlined array lookup) and a store; only openings and closes read the socket. With streaming off (the default report) nothing
 else happens; with it on, every transition becomes an EVENT built from the
 map entry (or, for a socket not followed, from the socket itself).
 
@@ -47,8 +49,9 @@ from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program
 
 from .conn_common import (IPPROTO_TCP, TP_BTF_PREFIX, C, E, account, claim_slot, copy_shared, count_lost,
-                          current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread, mark_conn,
-                          remember, sock_addresses, sock_owner, stat_add, stat_max, typed_field)
+                          current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread,
+                          lookup_conns, mark_conn, remember, sock_addresses, sock_owner, stat_add, stat_max,
+                          typed_field)
 
 RAW_TRACEPOINT = "inet_sock_set_state"
 TP_BTF = TP_BTF_PREFIX + RAW_TRACEPOINT  # the typedef a tp_btf program's attach_btf_id names
@@ -57,6 +60,8 @@ HOOKS = ("tp_btf", "raw_tracepoint")  # best first
 ARG_SK, ARG_OLDSTATE, ARG_NEWSTATE = 0, 8, 16
 
 SYN_SENT, SYN_RECV, CLOSE, LISTEN = (records.TCP_STATE_IDS[s] for s in ("SYN_SENT", "SYN_RECV", "CLOSE", "LISTEN"))
+# What an opening comes from: connect() from CLOSE, a listener's child (a clone of it) from LISTEN
+OPENED_FROM_MASK = (1 << CLOSE) | (1 << LISTEN)
 # States entered only in the closing task (tcp_close(), tcp_shutdown()): process context
 CLOSER_MASK = sum(1 << records.TCP_STATE_IDS[s] for s in ("FIN_WAIT1", "LAST_ACK"))
 
@@ -79,8 +84,9 @@ def build(maps, kernel, typed=False):
     buf = p.stack.alloc(32)  # kread_fields' runs of socket fields
     key = p.stack.alloc(8)
     scratch = p.stack.alloc(8)
-    reuse = p.stack.alloc(8)  # where a new connection's CONN goes (an ended entry, its slot), or 0
+    reuse = p.stack.alloc(8)  # an ended connection's entry in conns at this address, or 0
     slot = p.stack.alloc(8)  # the socket's conn_slots slot (find_conn)
+    dest = p.stack.alloc(8)  # where an opening's CONN goes: its claimed slot, or 0
 
     p.r9 = p.r1  # ctx: the arguments
     p.r6 = p.r9.u64[ARG_SK]
@@ -88,14 +94,24 @@ def build(maps, kernel, typed=False):
     p.r8 &= 0xFF
     reuse.u64[0] = 0
     slot.u64[0] = 0
-    find_conn(p, maps, p.r6, key, scratch, "typed" if typed else "scalar", slot)
+    dest.u64[0] = 0
+    find_conn(p, maps, p.r6, key, scratch, "typed" if typed else "scalar", slot, then_conns=False)
+    if maps.slots:
+        _claim_at_opening(p, kernel, scratch, slot, dest, typed)
+        p.r1 = dest.u64[0]
+        with p.If(p.r1 == 0):
+            lookup_conns(p, maps, key)
+    else:
+        lookup_conns(p, maps, key)
     with p.If(p.r7 != 0):
         p.r1 = p.r7.u8[C["state"]]
         with p.If(p.r1 == CLOSE):  # a connection that ended: this is a new socket at its freed address
             reuse.u64[0] = p.r7
             p.r7 = 0
     with p.If(p.r7 == 0):  # a socket we do not follow (yet)
-        exit_unless_tcp(p, kernel, scratch, p.r6, typed)  # SCTP uses the tracepoint too
+        p.r1 = dest.u64[0]
+        with p.If(p.r1 == 0):  # (a claimed slot's socket is a TCP one)
+            exit_unless_tcp(p, kernel, scratch, p.r6, typed)  # SCTP uses the tracepoint too
         p.r1 = p.r8
         p.r1 -= SYN_SENT
         with p.If(p.r1 <= SYN_RECV - SYN_SENT):  # an opening: start following it
@@ -104,7 +120,7 @@ def build(maps, kernel, typed=False):
                 current_task(p, ev, cgroup=False)
             with p.Else():  # a listener's child: its owner comes with accept() (or close())
                 ev.u8[E["flags"]] = records.F_PASSIVE
-            _new_conn(p, maps, ev, conn, key, reuse, slot, scratch)
+            _new_conn(p, maps, ev, conn, key, reuse, dest, scratch)
         with p.Else():
             with p.If(p.r8 == CLOSE):
                 p.r1 = p.r9.u64[ARG_OLDSTATE]
@@ -146,6 +162,28 @@ def build(maps, kernel, typed=False):
     p.exit(0)
     define_metrics(p, maps)
     return p
+
+
+def _claim_at_opening(p, kernel, scratch, slot, dest, typed):
+    """A socket that opens (connect() from CLOSE, a listener's child from LISTEN) claims its
+    slot at once: dest = its CONN there, or 0 (another live connection holds the slot).
+    Claimed, it needs no look in conns (one fewer hash lookup per opening). Its slot holding
+    this address already (r7) means an earlier socket here ended in a run the kernel skipped
+    (counted as missed): the entry is stale, and written over."""
+    p.r2 = p.r9.u64[ARG_OLDSTATE]
+    p.r1 = OPENED_FROM_MASK
+    p.r1 >>= p.r2
+    with p.If(p.r1 & 1):
+        p.r1 = p.r8
+        p.r1 -= SYN_SENT
+        with p.If(p.r1 <= SYN_RECV - SYN_SENT):
+            with p.If(p.r7 != 0):
+                dest.u64[0] = p.r7
+                p.r7 = 0
+            with p.Else():
+                exit_unless_tcp(p, kernel, scratch, p.r6, typed)  # before it takes a slot
+                claim_slot(p, slot, p.r6)
+                dest.u64[0] = p.r4
 
 
 def _event_header(p, ev):
@@ -229,23 +267,21 @@ def _drop_fin(p, ev):
         ev.u64[E["bytes_received"]] = p.r1
 
 
-def _new_conn(p, maps, ev, conn, key, reuse, slot, scratch):
-    """The CONN of a new connection, from the EVENT of its opening, into its slot when that is
-    free, else over the ended entry in conns at this address (`reuse`), else inserted there."""
+def _new_conn(p, maps, ev, conn, key, reuse, dest, scratch):
+    """The CONN of a new connection, from the EVENT of its opening, into its slot (`dest`, when
+    it claimed one), else over the ended entry in conns at this address (`reuse`), else
+    inserted there."""
     conn.zero()
     p.r1 = ev.u64[E["ts_ns"]]
     conn.u64[C["start_ns"]] = p.r1
     copy_shared(p, ev, EVENT, conn, CONN)
     conn.u8[C["state"]] = p.r8
-    if maps.slots:
-        claim_slot(p, slot, p.r6)
-        with p.If(p.r4 != 0):
-            reuse.u64[0] = p.r4  # an ended entry in conns stays there, counted, for trim_closed
-        with p.Else():
-            _unkeep(p, maps, reuse, scratch)
-    else:
+    p.r1 = dest.u64[0]
+    with p.If(p.r1 == 0):
         _unkeep(p, maps, reuse, scratch)
-    p.r1 = reuse.u64[0]
+        p.r1 = reuse.u64[0]
+        dest.u64[0] = p.r1
+    p.r1 = dest.u64[0]
     with p.If(p.r1 != 0):
         for off in range(0, CONN.sizeof(), 8):
             p.r2 = conn.u64[off]

@@ -431,6 +431,49 @@ def test_a_connection_lives_in_its_slot_and_ends_there():
         assert not ends() and m.closed_kept() == 0  # nothing was left in conns
 
 
+def test_an_opening_writes_over_a_slot_whose_close_was_missed():
+    """A live-looking entry at a new socket's own address can only be one whose close the kernel
+    skipped (a nested run): the opening starts afresh over it. Planted here: after each
+    connection, the slot is set back to live at its client's address with a stranger's pid,
+    until the slab hands that address to a socket of the next connection (on one CPU it soon
+    does)."""
+    def one_connection():
+        port, t = host_server("127.0.0.1", 1, 1)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            ends = lambda: [c for c in m.connections() if port in (c["sport"], c["dport"])]  # noqa: E731
+            assert eventually(lambda: len(ends()) == 2)
+            live = ends()
+            s.sendall(b"x")
+            s.recv(1)
+        t.join(10)
+        return live
+
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(saved)})  # the server thread starts here too: one CPU's freelist
+    try:
+        with Monitor(CGROUP_ROOT, stream=False, slots=1) as m:
+            planted = None
+            for _ in range(100):
+                live = one_connection()
+                hit = [c for c in live if planted and c["sock"] == planted[0]]
+                if hit:
+                    break
+                client = next(c for c in live if not c["passive"])
+                assert eventually(lambda: m.maps.entry(client["sock"])[1])  # ended
+                conn, _ended = m.maps.entry(client["sock"])
+                if m.maps.slot_entries()[0][0] & ~SLOT_ENDED == client["sock"]:
+                    stale = dict(conn, pid=999999, state=TCP_STATE_IDS["ESTABLISHED"])
+                    m.maps.conn_slots.update(0, {"sock": client["sock"], "conn": stale})
+                    planted = (client["sock"], conn.start_ns)
+            else:
+                pytest.skip("the slab never handed a planted address out again in 100 connections")
+    finally:
+        os.sched_setaffinity(0, saved)
+    (again,) = hit
+    assert again["pid"] != 999999 and again["start_ns"] > planted[1]
+    assert again["state"] == "ESTABLISHED"
+
+
 def test_sockets_racing_for_two_slots_are_each_followed_once():
     """128 sockets opened from 8 threads on both CPUs share two slots: claims race, the losers
     go to conns. Each socket is listed once while it lives, none once closed, none lost."""
@@ -458,7 +501,8 @@ def test_sockets_racing_for_two_slots_are_each_followed_once():
         assert sum(1 for sock, _ in m.maps.slot_entries() if not sock & SLOT_ENDED) <= 2
         for s in clients + servers:
             s.close()
-        assert eventually(lambda: not ours())
+        # (a close in a run the kernel skipped, a softirq's inside a task's, is counted as missed)
+        assert eventually(lambda: not ours()) or m.lost()["missed"], (ours(), m.lost())
         assert m.lost()["conns"] == 0
 
 
