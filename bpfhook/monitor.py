@@ -226,8 +226,7 @@ class Monitor:
         """Live TCP connections, from their slots and from conns (records.decode_conn dicts): an
         ended one's slot is marked, its entry in conns is in state CLOSE (kept for reuse)."""
         closed = records.TCP_STATE_IDS["CLOSE"]
-        live = [(sock, c) for sock, c in self.maps.slot_entries() if not sock & records.SLOT_ENDED]
-        live += [(k.sock, c) for k, c in self.maps.conns.items()]
+        live = self.maps.slot_entries() + [(k.sock, c) for k, c in self.maps.conns.items()]
         return [records.decode_conn(sock, c) for sock, c in live if c.state != closed]
 
     def closed_kept(self):

@@ -241,16 +241,17 @@ class Maps:
         """The conn_slots index of a struct sock address (what slot_of computes)."""
         return (sock * SLOT_HASH % 2**64) >> (64 - self.slots.bit_length() + 1) if self.slots > 1 else 0
 
-    def slot_entries(self):
-        """[(sock, CONN)] of every used slot (sock with SLOT_ENDED set: the connection ended),
-        read in place: the slots are mapped into our memory, only used ones are decoded."""
+    def slot_entries(self, ended=False):
+        """[(sock, CONN)] of the slots holding a live connection (and, with ended=True, those
+        whose connection ended: sock has SLOT_ENDED set), read in place: the slots are mapped
+        into our memory, and only those are decoded."""
         if not self.slots:
             return []
         size = records.CONN_SLOT.sizeof()
         view = self.conn_slots.mmap(writable=False)
         socks = view.cast("Q")[:self.slots * size // 8:size // 8].tolist()
         return [(sock, records.CONN_CODEC.decode(view[i * size + CONN_IN_SLOT:(i + 1) * size]))
-                for i, sock in enumerate(socks) if sock]
+                for i, sock in enumerate(socks) if sock and (ended or not sock & records.SLOT_ENDED)]
 
     def entry(self, sock):
         """(CONN, ended) of the socket at this address, from its slot or from conns, or None."""
