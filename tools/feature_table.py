@@ -31,7 +31,7 @@ CHOICES = [
       (("cgroup2", "attach_type.cgroup_inet4_getpeername"), "cgroup getpeername4 / getpeername6"),
       (("perf_event_tracepoint",), "tracepoints syscalls:sys_exit_accept4, sys_exit_accept")]),
     ("monitor", "connection table",
-     [(("atomics",), "slot array (claimed by compare-and-swap), LRU hash for the rest"), ((), "LRU hash")]),
+     [(("atomics",), "slot array, LRU hash when a slot is taken"), ((), "LRU hash")]),
     ("monitor", "connect() attribution",
      [(("cgroup2", "attach_type.cgroup_inet4_connect"), "cgroup connect4 / connect6 (cgroup_sock_addr)")]),
     ("monitor", "events to user space",
