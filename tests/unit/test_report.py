@@ -2,7 +2,7 @@
 import re
 
 from bpfhook.containers import classify
-from bpfhook.report import Aggregator, human_bytes, human_duration, render, render_final
+from bpfhook.report import Aggregator, connection_line, human_bytes, human_duration, render, render_final
 
 CGROUPS = {100: "/bpfhook.lab/web", 200: "/user.slice/user-0.slice/session-1.scope", 300: "/bpfhook.lab/db"}
 
@@ -182,3 +182,10 @@ def test_final_report():
 def test_human_units():
     assert [human_bytes(n) for n in (0, 1023, 1024, 5 * 2**20)] == ["0B", "1023B", "1.0KiB", "5.0MiB"]
     assert [human_duration(n) for n in (0, 999, 1_500_000, 2_000_000_000)] == ["-", "1us", "1.5ms", "2.00s"]
+
+
+def test_a_closed_inbound_connection_points_at_its_server_end():
+    """A recent close carries `passive` (the kernel's F_PASSIVE): the server's end reads <-."""
+    def line(**over):
+        return connection_line(dict(ev("close", state="CLOSE", container=classify("/")), **over))
+    assert " <- " in line(passive=True) and " -> " in line(passive=False) and " -> " in line()
