@@ -192,4 +192,3 @@ def _unfollowed(p, kernel, ev, buf, scratch):
             p.exit(0)
     exit_unless_tcp(p, kernel, scratch, p.r6)
     sock_netns(p, kernel, ev, scratch, p.r6)
-

@@ -55,6 +55,7 @@ BPF_F_CURRENT_CPU = 0xFFFFFFFF
 CONNS_MAX = 32768
 CONN_SLOTS = 16384  # 1.9 MB; a power of two (slot_of takes the top bits of a product)
 SLOT_HASH = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: Fibonacci hashing spreads slab addresses
+SLOT_SIZE = records.CONN_SLOT.sizeof()
 CONN_IN_SLOT = records.offsetof(records.CONN_SLOT, "conn")
 METRICS_MAX = 4096
 RINGBUF_SIZE = 4 << 20
@@ -237,9 +238,14 @@ class Maps:
     def ringbuf(self):
         return self.events.type == MapType.RINGBUF
 
+    @property
+    def slot_bits(self):
+        """log2 of the slot count: how many top bits of sk * SLOT_HASH pick a slot (slot_of)."""
+        return max(self.slots.bit_length() - 1, 0)
+
     def slot_index(self, sock):
         """The conn_slots index of a struct sock address (what slot_of computes)."""
-        return (sock * SLOT_HASH % 2**64) >> (64 - self.slots.bit_length() + 1) if self.slots > 1 else 0
+        return (sock * SLOT_HASH % 2**64) >> (64 - self.slot_bits) if self.slot_bits else 0
 
     def slot_entries(self, ended=False):
         """[(sock, CONN)] of the slots holding a live connection (and, with ended=True, those
@@ -247,17 +253,15 @@ class Maps:
         into our memory, and only those are decoded."""
         if not self.slots:
             return []
-        size = records.CONN_SLOT.sizeof()
         view = self.conn_slots.mmap(writable=False)
-        socks = view.cast("Q")[:self.slots * size // 8:size // 8].tolist()
-        return [(sock, records.CONN_CODEC.decode(view[i * size + CONN_IN_SLOT:(i + 1) * size]))
+        socks = view.cast("Q")[:self.slots * SLOT_SIZE // 8:SLOT_SIZE // 8].tolist()
+        return [(sock, records.CONN_CODEC.decode(view[i * SLOT_SIZE + CONN_IN_SLOT:(i + 1) * SLOT_SIZE]))
                 for i, sock in enumerate(socks) if sock and (ended or not sock & records.SLOT_ENDED)]
 
     def entry(self, sock):
         """(CONN, ended) of the socket at this address, from its slot or from conns, or None."""
         if self.slots:
-            size = records.CONN_SLOT.sizeof()
-            raw = self.conn_slots.mmap(writable=False)[self.slot_index(sock) * size:][:size]
+            raw = self.conn_slots.mmap(writable=False)[self.slot_index(sock) * SLOT_SIZE:][:SLOT_SIZE]
             held = int.from_bytes(raw[:8], sys.byteorder)
             if held & ~records.SLOT_ENDED == sock:
                 return records.CONN_CODEC.decode(raw[CONN_IN_SLOT:]), bool(held & records.SLOT_ENDED)
@@ -475,10 +479,10 @@ def sock_number(p, maps, sk, key, scratch, sk_type):
 def slot_of(p, maps, scratch):
     """r0 = the conn_slots slot of the socket address in r1 (a number): the top bits of
     r1 * SLOT_HASH (NULL only as far as the verifier knows). scratch: 4 spare stack bytes."""
-    if maps.slots > 1:
+    if maps.slot_bits:
         p.r2 = SLOT_HASH
         p.r1 *= p.r2
-        p.r1 >>= 64 - (maps.slots.bit_length() - 1)
+        p.r1 >>= 64 - maps.slot_bits
         scratch.u32[0] = p.r1
     else:
         scratch.u32[0] = 0

@@ -33,9 +33,10 @@ pointer, read with plain loads the verifier makes fault-safe, where the raw
 tracepoint program pays a bpf_probe_read_kernel call per run of fields (the
 state program's time per run drops by about a fifth here). A transition of
 a followed connection costs its slot's address (a multiply, a shift, an
-inlined array lookup) and a store; only openings and closes read the socket. With streaming off (the default report) nothing
-else happens; with it on, every transition becomes an EVENT built from the
-map entry (or, for a socket not followed, from the socket itself).
+inlined array lookup) and a store; only openings and closes read the socket.
+With streaming off (the default report) nothing else happens; with it on,
+every transition becomes an EVENT built from the map entry (or, for a socket
+not followed, from the socket itself).
 
 Bytes: tcp_sock.bytes_sent (payload sent, retransmissions included) and
 bytes_received (payload received; it also counts the peer's FIN, removed here).
@@ -112,9 +113,7 @@ def build(maps, kernel, typed=False):
         p.r1 = dest.u64[0]
         with p.If(p.r1 == 0):  # (a claimed slot's socket is a TCP one)
             exit_unless_tcp(p, kernel, scratch, p.r6, typed)  # SCTP uses the tracepoint too
-        p.r1 = p.r8
-        p.r1 -= SYN_SENT
-        with p.If(p.r1 <= SYN_RECV - SYN_SENT):  # an opening: start following it
+        with p.If(_in_handshake(p, p.r8)):  # an opening: start following it
             _event_from_sock(p, kernel, ev, buf, scratch, typed)
             with p.If(p.r8 == SYN_SENT):  # connect(): we run in the connecting task
                 current_task(p, ev, cgroup=False)
@@ -131,9 +130,7 @@ def build(maps, kernel, typed=False):
     with p.Else():
         p.r7.u8[C["state"]] = p.r8
         _owner_from_closer(p)
-        p.r1 = p.r9.u64[ARG_OLDSTATE]
-        p.r1 -= SYN_SENT
-        with p.If(p.r1 <= SYN_RECV - SYN_SENT):  # out of the handshake: the ports and peer are final
+        with p.If(_in_handshake(p, p.r9.u64[ARG_OLDSTATE])):  # out of the handshake: ports and peer are final
             sock_addresses(p, kernel, p.r7, buf, p.r6, C, typed)
         with p.If(p.r8 == CLOSE):
             _event_from_conn(p, ev)
@@ -174,9 +171,7 @@ def _claim_at_opening(p, kernel, scratch, slot, dest, typed):
     p.r1 = OPENED_FROM_MASK
     p.r1 >>= p.r2
     with p.If(p.r1 & 1):
-        p.r1 = p.r8
-        p.r1 -= SYN_SENT
-        with p.If(p.r1 <= SYN_RECV - SYN_SENT):
+        with p.If(_in_handshake(p, p.r8)):
             with p.If(p.r7 != 0):
                 dest.u64[0] = p.r7
                 p.r7 = 0
@@ -184,6 +179,13 @@ def _claim_at_opening(p, kernel, scratch, slot, dest, typed):
                 exit_unless_tcp(p, kernel, scratch, p.r6, typed)  # before it takes a slot
                 claim_slot(p, slot, p.r6)
                 dest.u64[0] = p.r4
+
+
+def _in_handshake(p, state):
+    """The condition: `state` (a register, or memory) is SYN_SENT or SYN_RECV (into r1)."""
+    p.r1 = state
+    p.r1 -= SYN_SENT
+    return p.r1 <= SYN_RECV - SYN_SENT
 
 
 def _event_header(p, ev):
