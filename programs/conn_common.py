@@ -42,6 +42,7 @@ import sys
 from bpfhook import records
 from bpfhook.records import EVENT, METRICS, offsetof
 from pybpf.asm import StackSlot
+from pybpf.features import TP_BTF_PREFIX
 from pybpf.maps import Map
 from pybpf.uapi import MapFlags, MapType
 
@@ -101,7 +102,6 @@ if os.uname().machine in _RETURN_REGISTER:
     _KERNEL_FIELDS["regs_rc"] = _RETURN_REGISTER[os.uname().machine]
 # Kernel functions and tracepoints the programs hook by BTF id (fexit, tp_btf); their prototypes
 # vary between kernels
-TP_BTF_PREFIX = "btf_trace_"
 _KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state")
 
 # Parsing vmlinux BTF costs most of the monitor's start-up time and memory, and its answers

@@ -48,8 +48,9 @@ interrupted. Kernel struct offsets come from BTF when the program is built.
 from bpfhook import records
 from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program
+from pybpf.features import TP_BTF_PREFIX
 
-from .conn_common import (IPPROTO_TCP, TP_BTF_PREFIX, C, E, account, claim_slot, copy_shared, count_lost,
+from .conn_common import (IPPROTO_TCP, C, E, account, claim_slot, copy_shared, count_lost,
                           current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread,
                           lookup_conns, mark_conn, remember, sock_addresses, sock_owner, stat_add, stat_max,
                           typed_field)

@@ -60,6 +60,8 @@ def _returning(value):
 
 RETURN_0 = _returning(0)
 RETURN_MINUS_1 = _returning(-1)
+# A tracepoint's BTF typedef is btf_trace_<name>: what a tp_btf program's attach_btf_id names
+TP_BTF_PREFIX = "btf_trace_"
 
 # How to load a minimal program of each type: (expected_attach_type, prog_flags).
 _LOAD_AS = {
@@ -354,7 +356,7 @@ def _probe_btf():
 def _vmlinux_id(name, tracepoint=False):
     """(btf id, None) or (None, why not) of kernel function `name`, or with tracepoint=True of
     the btf_trace_<name> typedef a tp_btf program targets."""
-    btf_name = f"btf_trace_{name}" if tracepoint else name
+    btf_name = TP_BTF_PREFIX + name if tracepoint else name
     try:
         from .btf import Btf
 
