@@ -183,7 +183,7 @@ def run(megabytes=300, datagrams=20000):
         return {
             f"TCP stream into the container ({nbytes >> 20} MB total)": (round(gbit, 2), None, "Gbit/s", None),
             "packets written / packets the veth sent in": (round(100 * ours_packets / sent, 2),
-                                                           round(100 * peer_packets / sent, 2), "%", ">= 100"),
+                                                            round(100 * peer_packets / sent, 2), "%", ">= 100"),
             f"UDP datagrams in the file (of {datagrams} sent)": (ours_udp, peer_udp, "datagrams", f">= {datagrams}"),
             "drops the capturer reports": (ours_drops, peer_drops, "packets", "<= 0"),
             "capturer CPU per GB of traffic (utime+stime)": (round(ours_cpu / gb, 3), round(peer_cpu / gb, 3),
