@@ -2,7 +2,7 @@
 
     Monitor(cgroup_dir)   probe features, create maps, build + load + attach every program
       .read(timeout)      decoded events (records.decode_event dicts) that arrived
-      .cgroup_metrics()   {cgroup id: metrics dict} from the metrics_cgroup map
+      .cgroup_metrics()   {cgroup id: metrics dict} from the metrics_cgroup map and its cache
       .lost()             {"events": n, "missed": n, "conns": n}: kernel-side drops, never hidden
       .close()            detach everything (links: even SIGKILL leaves nothing attached)
 
@@ -186,14 +186,14 @@ class Monitor:
     def cgroup_metrics(self, connections=None):
         """{cgroup id: metrics dict}: the kernel's totals of what ended, and the live
         connections (connections(), read now when not given): active, opened = closed + active."""
-        return self._metrics(self.maps.metrics_cgroup, "cgroup_id", connections)
+        return self._metrics(self.maps.metrics_cgroup, self.maps.cache_cgroup, "cgroup_id", connections)
 
     def netns_metrics(self, connections=None):
         """{netns cookie: metrics dict}, as cgroup_metrics()."""
-        return self._metrics(self.maps.metrics_netns, "netns", connections)
+        return self._metrics(self.maps.metrics_netns, self.maps.cache_netns, "netns", connections)
 
-    def _metrics(self, map, field, connections):
-        totals = {k[field]: records.decode_metrics(v) for k, v in map.items()}
+    def _metrics(self, table, cache, field, connections):
+        totals = self.maps.metric_totals(table, cache, field)
         return with_live(totals, self.connections() if connections is None else connections, field)
 
     def _stat(self, slot):

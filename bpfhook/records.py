@@ -12,6 +12,7 @@ is asserted below. The BPF programs take their offsets from `offsetof()` /
     CGROUP_KEY   per-CPU hash "metrics_cgroup": cgroup id, 8 bytes
     NETNS_KEY    per-CPU hash "metrics_netns": netns cookie (or inode), 8 bytes
     METRICS      value of both metrics maps (one per CPU, summed by user space), 32 bytes
+    METRICS_CACHED  per-CPU arrays "metrics_*_cache" before them: a key and its METRICS, 40 bytes
     LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
 
 Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
@@ -146,12 +147,20 @@ METRICS = Struct(  # totals of what ended; what is live is in "conns" (opened = 
     "udp" / u64,  # UDP flows (connected UDP sockets / first datagram)
 )
 
+# metrics_cgroup_cache, metrics_netns_cache: this CPU's entry for a key is at a slot fixed by the
+# key (conn_common.cached_metrics); a key whose slot another key holds goes to the hash map.
+METRICS_CACHED = Struct(
+    "key" / u64,  # the cgroup id or netns cookie; 0 with zero metrics: never used
+    "metrics" / METRICS,
+)
+
 LOST_KEY = u32
 LOST_VALUE = u64
 
 _SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
           "CONN_SLOT": (CONN_SLOT, 120),
-          "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32)}
+          "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32),
+          "METRICS_CACHED": (METRICS_CACHED, 40)}
 
 
 # ---- offsets, derived from the layouts ---------------------------------------

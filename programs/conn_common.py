@@ -7,6 +7,8 @@ Maps (layouts from bpfhook.records, the one definition both sides read):
                                                          (state CLOSE: ended, memory for the next)
     metrics_cgroup   per-CPU hash  CGROUP_KEY -> METRICS  per cgroup id
     metrics_netns    per-CPU hash  NETNS_KEY -> METRICS   per netns cookie
+    cache_cgroup     per-CPU array  u32 -> METRICS_CACHED  ... this CPU's entry of a cgroup id, when
+    cache_netns                                          its slot is free or its own (cached_metrics)
     events           ring buffer of EVENT (a perf event array where the kernel has no ring buffer)
     lost             per-CPU array, LOST_* slots
     stats            per-CPU array, STAT_* slots: event count, durations, state transitions
@@ -27,13 +29,18 @@ nothing more), so a busy host costs the monitor no per-event work.
 
 The metrics are per CPU: the client and the server of one connection run on
 different CPUs, and one shared counter would bounce its cache line between
-them on every open and close. User space sums the CPUs.
+them on every open and close. User space sums the CPUs. The state program
+finds a key's metrics in a per-CPU array first (each close adds to two of
+them): a slot fixed by the key, the key's own once it took it, the hash map
+only for a key whose slot another key holds on that CPU. Per CPU, a slot has
+one writer, and it runs with preemption off: no atomics needed.
 
 Kernel structs are read with bpf_probe_read_kernel at offsets taken from the
 running kernel's BTF when the programs are built (CO-RE done in Python): the
 programs never carry a hard-coded offset of a kernel-internal struct.
 """
 import dataclasses
+import itertools
 import json
 import os
 import socket
@@ -59,6 +66,8 @@ SLOT_HASH = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: Fibonacci hashing spread
 SLOT_SIZE = records.CONN_SLOT.sizeof()
 CONN_IN_SLOT = records.offsetof(records.CONN_SLOT, "conn")
 METRICS_MAX = 4096
+METRICS_CACHE_SLOTS = 256  # per CPU and key kind; a power of two (fib_index)
+CACHE_BITS = METRICS_CACHE_SLOTS.bit_length() - 1
 RINGBUF_SIZE = 4 << 20
 # Wake the reader only once this much is waiting (small: the reader decodes a batch at once, and
 # its peak memory follows the batch size); it also polls on a short timer, so
@@ -217,6 +226,9 @@ class Maps:
                                             "metrics_cgroup")
             self.metrics_netns = self._add(MapType.PERCPU_HASH, records.NETNS_KEY, METRICS, METRICS_MAX,
                                            "metrics_netns")
+            self.cache_cgroup, self.cache_netns = (
+                self._add(MapType.PERCPU_ARRAY, 4, records.METRICS_CACHED, METRICS_CACHE_SLOTS, name)
+                for name in ("cache_cgroup", "cache_netns"))
             if ringbuf:
                 self.events = self._add(MapType.RINGBUF, None, None, RINGBUF_SIZE, "events")
             else:
@@ -245,7 +257,12 @@ class Maps:
 
     def slot_index(self, sock):
         """The conn_slots index of a struct sock address (what slot_of computes)."""
-        return (sock * SLOT_HASH % 2**64) >> (64 - self.slot_bits) if self.slot_bits else 0
+        return fib_hash(sock, self.slot_bits)
+
+    @staticmethod
+    def cache_index(key):
+        """The slot of a cgroup id or netns cookie in cache_cgroup / cache_netns (cached_metrics)."""
+        return fib_hash(key, CACHE_BITS)
 
     def slot_entries(self, ended=False):
         """[(sock, CONN)] of the slots holding a live connection (and, with ended=True, those
@@ -267,6 +284,19 @@ class Maps:
                 return records.CONN_CODEC.decode(raw[CONN_IN_SLOT:]), bool(held & records.SLOT_ENDED)
         conn = self.conns.lookup({"sock": sock})
         return None if conn is None else (conn, conn.state == records.TCP_STATE_IDS["CLOSE"])
+
+    def metric_totals(self, table, cache, field):
+        """{key: records.decode_metrics dict}: a metrics hash map (its key's `field`) and the
+        cache before it (cache_cgroup before metrics_cgroup, cache_netns before metrics_netns),
+        every CPU summed."""
+        totals = {}
+        cached = ((e.key, e.metrics) for _, per_cpu in cache.lookup_batch() for e in per_cpu)
+        held = ((k[field], v) for k, v in table.items())
+        for key, value in itertools.chain(held, cached):
+            m = records.decode_metrics(value)
+            if key or any(m.values()):  # (an unused slot is all zero)
+                totals[key] = {n: totals.get(key, {}).get(n, 0) + m[n] for n in m}
+        return totals
 
     def lost_counts(self):
         """{slot name: total over CPUs}."""
@@ -479,14 +509,24 @@ def sock_number(p, maps, sk, key, scratch, sk_type):
 def slot_of(p, maps, scratch):
     """r0 = the conn_slots slot of the socket address in r1 (a number): the top bits of
     r1 * SLOT_HASH (NULL only as far as the verifier knows). scratch: 4 spare stack bytes."""
-    if maps.slot_bits:
+    fib_index(p, maps.slot_bits, scratch)
+    p.call("map_lookup_elem", maps.conn_slots, scratch)
+
+
+def fib_hash(value, bits):
+    """The top `bits` bits of value * SLOT_HASH (mod 2**64), or 0 for bits=0: what fib_index computes."""
+    return (value * SLOT_HASH % 2**64) >> (64 - bits) if bits else 0
+
+
+def fib_index(p, bits, scratch):
+    """scratch (u32) = fib_hash(r1, bits) (r1 clobbered)."""
+    if bits:
         p.r2 = SLOT_HASH
         p.r1 *= p.r2
-        p.r1 >>= 64 - maps.slot_bits
+        p.r1 >>= 64 - bits
         scratch.u32[0] = p.r1
     else:
         scratch.u32[0] = 0
-    p.call("map_lookup_elem", maps.conn_slots, scratch)
 
 
 def find_conn(p, maps, sk, key, scratch, sk_type, slot=None, then_conns=True):
@@ -619,16 +659,42 @@ def add_u64(p, base, off, value, atomic):
         base.u64[off] = p.r2
 
 
-def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomic=True):
+def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomic=True, caches=(), scratch=None):
     """Add to METRICS fields of this CPU's entries keyed by `keys` (memory or registers, one per
     getter). updates: [(METRICS field, int or memory to add)]; atomic: see add_u64 (each field
-    has one writer program)."""
-    for getter, k in zip(getters, keys):
-        p.r1 = k
-        p.call_local(getter)
+    has one writer program). caches: the per-CPU arrays before the getters' maps (one per getter,
+    see cached_metrics: only for a program that runs with preemption off), with scratch: 4 spare
+    stack bytes."""
+    for getter, k, cache in itertools.zip_longest(getters, keys, caches):
+        if cache is None:
+            p.r1 = k
+            p.call_local(getter)
+        else:
+            cached_metrics(p, cache, getter, k, scratch)
         with p.If(p.r0 != 0):
             for field, value in updates:
                 add_u64(p, p.r0, offsetof(METRICS, field), value, atomic)
+
+
+def cached_metrics(p, cache, getter, key, scratch):
+    """r0 = this CPU's METRICS of `key` (memory): in its slot of `cache` (a per-CPU array of
+    METRICS_CACHED, the lookup inlined: no call) when the slot is free (taken now) or holds
+    the key, else through `getter` from the hash map (or NULL). Taking a slot is a plain store:
+    on its CPU the slot's one writer is a program that runs with preemption off."""
+    p.r1 = key
+    fib_index(p, CACHE_BITS, scratch)
+    p.call("map_lookup_elem", cache, scratch)
+    with p.If(p.r0 != 0):
+        p.r1 = p.r0.u64[0]
+        p.r2 = key
+        with p.If(p.r1 == 0):
+            p.r0.u64[0] = p.r2
+            p.r1 = p.r2
+        with p.If(p.r1 == p.r2):
+            p.r0 += offsetof(records.METRICS_CACHED, "metrics")
+        with p.Else():
+            p.r1 = p.r2
+            p.call_local(getter)
 
 
 def stat_add(p, maps, scratch, slot, value, atomic=True):

@@ -144,7 +144,8 @@ def build(maps, kernel, typed=False):
             _drop_fin(p, ev)
             account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]),
                     [("closed", 1), ("bytes_sent", ev.u64[E["bytes_sent"]]),
-                     ("bytes_received", ev.u64[E["bytes_received"]])], atomic=False)
+                     ("bytes_received", ev.u64[E["bytes_received"]])], atomic=False,
+                    caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
             stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[E["duration_ns"]], atomic=False)
             stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[E["duration_ns"]])
             remember(p, maps, ev, scratch)

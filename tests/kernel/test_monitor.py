@@ -22,7 +22,7 @@ from bpfhook.monitor import Monitor, run
 from bpfhook.monitor_cli import MonitorOptions
 from bpfhook.programs import accept
 from bpfhook.programs.conn_common import CONN_SLOTS, KernelOffsets, Maps
-from bpfhook.records import SLOT_ENDED, TCP_STATE_IDS
+from bpfhook.records import METRICS_FIELDS, SLOT_ENDED, TCP_STATE_IDS
 from pybpf import features, sys as bpfsys
 from pybpf.prog import Program, iter_ids, prog_info
 from tests.conftest import eventually, require, slow_factor
@@ -166,6 +166,31 @@ def test_outbound_from_a_container(monitor, lab):
     lost = monitor.lost()
     assert lost["events"] == 0 and lost["missed"] == 0  # misses: recursion_misses of the attached programs
     assert len(monitor.programs) >= 4  # state, accept (one or two), connect4, connect6
+
+
+@pytest.mark.parametrize("slot", ["free", "taken"])
+def test_cgroup_metrics_in_the_per_cpu_cache_or_the_hash_map_behind_it(monitor, lab, slot):
+    """A close adds to its cgroup's entry in the per-CPU cache when the cgroup's slot there is
+    free, and to the hash map when another key holds the slot (planted here on every CPU): the
+    totals are the same either way, and the other key's counts are left as they were."""
+    c = lab(ipv6=False)
+    maps, index = monitor.maps, Maps.cache_index(c.cgroup_id)
+    if Maps.cache_index(cgroups.cgroup_id(cgroups.of_pid())) == index:
+        pytest.skip("the host's cgroup (the server end's) has the container cgroup's cache slot")
+    stranger = c.cgroup_id + 1
+    held = {"free": {"key": 0, "metrics": dict.fromkeys(METRICS_FIELDS, 0)},
+            "taken": {"key": stranger, "metrics": dict(dict.fromkeys(METRICS_FIELDS, 0), closed=5, bytes_sent=7)}}
+    maps.cache_cgroup.update(index, [held[slot]] * maps.cache_cgroup.ncpus)
+    close = _outbound(monitor, c, c.host_ipv4, "ipv4")
+    in_hash = maps.metrics_cgroup.lookup({"cgroup_id": c.cgroup_id}) is not None
+    assert in_hash == (slot == "taken")
+    m = monitor.cgroup_metrics()
+    assert [m[c.cgroup_id][k] for k in ("opened", "closed", "bytes_sent", "bytes_received")] == [1, 1, 1000, 77]
+    if slot == "taken":
+        ncpus = maps.cache_cgroup.ncpus
+        assert [m[stranger][k] for k in ("closed", "bytes_sent")] == [5 * ncpus, 7 * ncpus]
+    n = monitor.netns_metrics()[close["netns"]]
+    assert [n[k] for k in ("opened", "closed", "bytes_sent", "bytes_received")] == [1, 1, 1000, 77]
 
 
 def test_outbound_over_ipv6(monitor, lab):
