@@ -73,7 +73,6 @@ STAT_RECENT_NEXT = 3  # this CPU's next slot in the "recent" array
 STAT_CLOSED_KEPT = 4  # ended connections' entries kept in "conns": +1 at a close, -1 when an opening
 # reuses one; an entry often closes on one CPU and is reused on another, so the CPUs' values drift
 # apart, but their sum (mod 2**64) is exact
-STAT_SCRATCH = 5  # not a statistic: where conn_state turns a typed socket pointer into a number
 STAT_TRANSITIONS = 16  # + old * NSTATES + new: count of each TCP state transition
 NSTATS = STAT_TRANSITIONS + 16 * 16
 RECENT_SLOTS = 16  # "recent": per-CPU array of the last closes / UDP flows (EVENT), a ring by STAT_RECENT_NEXT

@@ -60,7 +60,7 @@ def build_fexit(maps, kernel):
     p, slots = _program("tracing")
     p.r9 = p.r1
     p.r6 = p.r9.u64[8 * nargs]  # fexit's ctx: the arguments, then the return value
-    _accepted(p, maps, kernel, *slots, sk_type="preemptible")
+    _accepted(p, maps, kernel, *slots, sk_type="pointer")
     return p
 
 
@@ -82,7 +82,7 @@ def build_getpeername(maps, kernel, version):
     with p.If(p.r1 != IPPROTO_TCP):
         p.exit(ALLOW)
     p.r6 = p.r9.u64[kernel.ctx_sk]  # a struct bpf_sock view of the struct sock
-    _accepted(p, maps, kernel, *slots, sk_type="preemptible", ret=ALLOW, unowned_only=True)
+    _accepted(p, maps, kernel, *slots, sk_type="pointer", ret=ALLOW, unowned_only=True)
     return p
 
 

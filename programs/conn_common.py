@@ -476,34 +476,24 @@ def copy_shared(p, src, src_layout, dst, dst_layout):
             dst.u64[offsetof(dst_layout, name) + half] = p.r1
 
 
-def sock_number(p, maps, sk, key, scratch, sk_type):
-    """r1 = the address in register `sk` as a number (what slot_of multiplies), or 0; key gets
-    the address (8 stack bytes). sk_type says what `sk` is:
+def sock_number(p, sk, key, sk_type):
+    """r1 = the address in register `sk` as a number (what slot_of multiplies); key gets the
+    address (8 stack bytes). sk_type says what `sk` is:
 
-    "scalar"     a number already: a raw tracepoint's argument, a kprobe register, a probe read
-    "typed"      a BTF-typed pointer, on which the verifier allows no arithmetic, in a program
-                 that runs with preemption off (tp_btf): it goes through this CPU's
-                 stats[STAT_SCRATCH] (map memory is plain bytes; the lookup is inlined)
-    "preemptible"  such a pointer where another task could write that word between our
-                 store and load (fexit, cgroup hooks): read back from the stack with
-                 bpf_probe_read_kernel instead (a helper call: these run once per connection)"""
-    key.u64[0] = sk
+    "scalar"   a number already: a raw tracepoint's argument, a kprobe register, a probe read
+    "pointer"  a pointer the verifier allows no arithmetic on (a tp_btf or fexit argument, a
+               cgroup hook's ctx->sk): added atomically to a zeroed stack word, which the
+               verifier then takes for plain bytes (privileged programs may store pointers).
+               No helper call, and no per-CPU word another task's run could overwrite"""
     if sk_type == "scalar":
+        key.u64[0] = sk
         p.r1 = sk
-    elif sk_type == "typed":
-        scratch.u32[0] = records.STAT_SCRATCH
-        p.call("map_lookup_elem", maps.stats, scratch)
-        p.r1 = 0
-        with p.If(p.r0 != 0):
-            p.r0.u64[0] = sk
-            p.r1 = p.r0.u64[0]
-    elif sk_type == "preemptible":
-        p.r3 = p.r10
-        p.r3 += key.offset
-        p.call("probe_read_kernel", key, 8, p.r3)
+    elif sk_type == "pointer":
+        key.u64[0] = 0
+        key.u64[0] += sk
         p.r1 = key.u64[0]
     else:
-        raise ValueError(f"sk_type {sk_type!r}: expected scalar, typed or preemptible")
+        raise ValueError(f"sk_type {sk_type!r}: expected scalar or pointer")
 
 
 def slot_of(p, maps, scratch):
@@ -537,7 +527,7 @@ def find_conn(p, maps, sk, key, scratch, sk_type, slot=None, then_conns=True):
     slot only; the caller may then look in conns with lookup_conns."""
     p.r7 = 0
     if maps.slots:
-        sock_number(p, maps, sk, key, scratch, sk_type)
+        sock_number(p, sk, key, sk_type)
         with p.If(p.r1 != 0):
             slot_of(p, maps, scratch)
             with p.If(p.r0 != 0):

@@ -97,7 +97,7 @@ def build(maps, kernel, typed=False):
     reuse.u64[0] = 0
     slot.u64[0] = 0
     dest.u64[0] = 0
-    find_conn(p, maps, p.r6, key, scratch, "typed" if typed else "scalar", slot, then_conns=False)
+    find_conn(p, maps, p.r6, key, scratch, "pointer" if typed else "scalar", slot, then_conns=False)
     if maps.slots:
         _claim_at_opening(p, kernel, scratch, slot, dest, typed)
         p.r1 = dest.u64[0]
