@@ -14,7 +14,11 @@
                          a connection waits on cross-CPU wakeups (on a VM, IPIs of tens of
                          microseconds) and the rate swings by 10% from run to run; on one
                          CPU it is CPU-bound, steadier, and shows the tools' kernel-side
-                         cost per connection at its largest.
+                         cost per connection at its largest. Each is printed with the
+                         quartiles of its rounds' ratios: on this shared host one round's
+                         ratio wanders by several percent (an unmonitored run against the
+                         next unmonitored run does too), so the median of 21 rounds is
+                         itself good to a few hundredths, not to the third decimal.
     syscalls             a loop of 1-byte read()s (dd bs=1), relative to unmonitored, paired
                          like churn: what the tool costs every other task on the host (an
                          enabled syscall tracepoint slows every system call)
@@ -44,7 +48,8 @@ BPFTRACE_ONE_LINER = "tracepoint:sock:inet_sock_set_state { @[args->newstate] = 
 CONNECTIONS = 10000  # per churn run; bounded by CHURN_SECONDS too
 CHURN_SECONDS = 10
 LAUNCHES = 5  # best of
-ROUNDS = 13  # churn rounds: the median of their ratios
+ROUNDS = 21  # churn rounds: the median of their ratios; a multiple of 3, so that each of the
+# three kinds of run (unmonitored, monitor, bpftrace) comes first, second and third equally often
 PLACEMENTS = ("spread", "one CPU")
 SETTLE_SECONDS = 1.0  # before each run: the previous tool's teardown finishes in the kernel
 SYSCALL_BYTES = 500_000  # per syscall-loop run (~0.25 s here)
@@ -193,16 +198,29 @@ def run():
             time.sleep(SETTLE_SECONDS)
             go()
 
+    def pairs(rates, placement):
+        return [r / b for r, b in zip(rates[placement], base[placement])]
+
     def ratio(rates, placement):
-        pairs = [r / b for r, b in zip(rates[placement], base[placement])]
-        return statistics.median(pairs) if pairs else None
+        return statistics.median(pairs(rates, placement)) if rates[placement] else None
+
+    def middle_half(rates, placement):
+        """The paired ratios' quartiles: how far one round's figure wanders on this machine."""
+        if len(rates[placement]) < 2:
+            return None
+        q1, _, q3 = statistics.quantiles(pairs(rates, placement), n=4)
+        return f"{q1:.3f}-{q3:.3f}"
 
     return {
         "launch to attached (s)": (ours_launch, peer_launch, "s", "<= 0.15"),
         "resident memory VmHWM (MB)": (max(ours_mem), max(peer_mem) if peer_mem else None, "MB", "< 40"),
         "churn rate vs unmonitored": (ratio(ours, "spread"), ratio(peer, "spread"), "ratio", ">= 0.97"),
+        "churn rate vs unmonitored: middle half of rounds": (middle_half(ours, "spread"), middle_half(peer, "spread"),
+                                                              "ratio", None),
         "churn unmonitored (conn/s)": (statistics.median(base["spread"]), None, "conn/s", None),
         "churn on one CPU vs unmonitored": (ratio(ours, "one CPU"), ratio(peer, "one CPU"), "ratio", None),
+        "churn on one CPU: middle half of rounds": (middle_half(ours, "one CPU"), middle_half(peer, "one CPU"),
+                                                    "ratio", None),
         "churn on one CPU unmonitored (conn/s)": (statistics.median(base["one CPU"]), None, "conn/s", None),
         "1-byte read() loop vs unmonitored": (ratio(ours, "syscalls"), ratio(peer, "syscalls"), "ratio", None),
         "lost events during churn": (lost, None, "events", "<= 0"),
