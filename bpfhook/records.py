@@ -12,7 +12,7 @@ is asserted below. The BPF programs take their offsets from `offsetof()` /
     CGROUP_KEY   per-CPU hash "metrics_cgroup": cgroup id, 8 bytes
     NETNS_KEY    per-CPU hash "metrics_netns": netns cookie (or inode), 8 bytes
     METRICS      value of both metrics maps (one per CPU, summed by user space), 32 bytes
-    METRICS_CACHED  per-CPU arrays "metrics_*_cache" before them: a key and its METRICS, 40 bytes
+    METRICS_CACHED  per-CPU arrays "cache_cgroup", "cache_netns" before them: a key and its METRICS, 40 bytes
     LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
 
 Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
@@ -146,7 +146,7 @@ METRICS = Struct(  # totals of what ended; what is live is in "conns" (opened = 
     "udp" / u64,  # UDP flows (connected UDP sockets / first datagram)
 )
 
-# metrics_cgroup_cache, metrics_netns_cache: this CPU's entry for a key is at a slot fixed by the
+# cache_cgroup, cache_netns: this CPU's entry for a key is at a slot fixed by the
 # key (conn_common.cached_metrics); a key whose slot another key holds goes to the hash map.
 METRICS_CACHED = Struct(
     "key" / u64,  # the cgroup id or netns cookie; 0 with zero metrics: never used
