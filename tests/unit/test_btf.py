@@ -67,13 +67,13 @@ def hand():
                   tail=struct.pack("<III", b.s("lo"), u32, 5 << 24 | 0)
                   + struct.pack("<III", b.s("hi"), u32, 3 << 24 | 5)
                   + struct.pack("<III", b.s("rest"), u32, 24 << 24 | 8))                     # 14
-    outer = b.add("struct", "outer", 48, 6,
-                  tail=struct.pack("<III", b.s("a"), tdef, 0)
-                  + struct.pack("<III", 0, anon_s, 32)
-                  + struct.pack("<III", b.s("in"), inner, 96)
-                  + struct.pack("<III", b.s("name"), arr, 128)
-                  + struct.pack("<III", b.s("flags"), bf3, 256)
-                  + struct.pack("<III", b.s("p"), res, 320))                                 # 15
+    b.add("struct", "outer", 48, 6,
+          tail=struct.pack("<III", b.s("a"), tdef, 0)
+          + struct.pack("<III", 0, anon_s, 32)
+          + struct.pack("<III", b.s("in"), inner, 96)
+          + struct.pack("<III", b.s("name"), arr, 128)
+          + struct.pack("<III", b.s("flags"), bf3, 256)
+          + struct.pack("<III", b.s("p"), res, 320))                                         # 15
     b.add("enum", "colour", 4, 2, kflag=1, tail=struct.pack("<Ii", b.s("RED"), -1) + struct.pack("<Ii", b.s("BLUE"), 7))
     b.add("enum64", "big", 8, 1, tail=struct.pack("<III", b.s("HUGE"), 1, 2))               # 17
     b.add("fwd", "later", 0, kflag=1)                                                        # 18
