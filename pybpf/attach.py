@@ -15,6 +15,7 @@ recorded in pybpf.cleanup, which undoes it at exit and on SIGINT/SIGTERM.
     raw_tracepoint(prog, "sched_process_exec")         BPF_RAW_TRACEPOINT_OPEN
     kprobe(prog, "tcp_connect") / kretprobe(...)       kprobe PMU perf event
     fentry(prog) / fexit(prog) / tracing(prog)         target fixed at load by attach_btf_id
+    iterator(prog) + run_iterator(link)                BPF_TRACE_ITER link, BPF_ITER_CREATE, read()
     cgroup(prog, "egress", "/my/group")                BPF_LINK_CREATE, else BPF_PROG_ATTACH
     tc(prog, "eth0", "ingress")                        tcx link, else clsact + cls_bpf (pybpf.tc)
     xdp(prog, "eth0", mode="skb")                      BPF_XDP link, else IFLA_XDP netlink
@@ -406,6 +407,39 @@ def fentry(prog, *, cookie=None):
 
 def fexit(prog, *, cookie=None):
     return tracing(prog, AttachType.TRACE_FEXIT, cookie=cookie)
+
+
+def iterator(prog):
+    """Attach a BPF iterator program (loaded as tracing, expected_attach_type TRACE_ITER,
+    attach_btf_id the kernel's bpf_iter_<target> function, e.g. bpf_iter_tcp): a Link that
+    run_iterator() runs. Targets that take parameters (map_elem, task of one pid) are not
+    covered here."""
+    try:
+        return Link(link_create(prog, 0, AttachType.TRACE_ITER), "iterator program")
+    except SyscallError as e:
+        raise _attach_error(e, "iterator program") from None
+
+
+def run_iterator(link, max_bytes=64 << 20):
+    """Run an iterator over every object of its target (BPF_ITER_CREATE, then read() to the
+    end: each read runs the program on the next batch). Returns what the program wrote with
+    bpf_seq_write/bpf_seq_printf; raises BpfError past max_bytes of it."""
+    attr = _sys.new_attr()
+    attr.iter_create.link_fd = link.fd
+    try:
+        fd = _sys.bpf(Cmd.ITER_CREATE, attr)
+    except SyscallError as e:
+        raise _attach_error(e, "iterator") from None
+    chunks, size = [], 0
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise BpfError(f"iterator output passed {max_bytes} bytes")
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 # -- cgroups -------------------------------------------------------------------
