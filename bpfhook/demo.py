@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from bpfhook.mirror import netns_of
+from bpfhook.netns import entered as netns_of
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4

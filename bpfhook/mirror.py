@@ -40,6 +40,7 @@ import signal
 import socket
 import threading
 
+from bpfhook import netns
 from pybpf.errors import BpfError, FeatureUnavailable, NotPermitted
 
 STATE_DIR = "/run/bpfhook/mirror"
@@ -129,24 +130,6 @@ def _pid_of_container(spec):
     return None
 
 
-@contextlib.contextmanager
-def netns_of(path):
-    """Run the block with the calling thread inside the network namespace at path."""
-    from pyroute2 import netns
-
-    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        netns.setns(target, flags=0)
-        try:
-            yield
-        finally:
-            netns.setns(home, flags=0)
-    finally:
-        os.close(target)
-        os.close(home)
-
-
 def _host_peer_of(nspath, spec):
     """ifindex, in our netns, of the veth peer of eth0 in the netns at nspath."""
     from pyroute2 import IPRoute
@@ -154,7 +137,7 @@ def _host_peer_of(nspath, spec):
     try:
         if os.stat(nspath).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
             raise MirrorError(f"{spec} shares this network namespace: name an interface instead")
-        with netns_of(nspath):
+        with netns.entered(nspath):
             ipr = IPRoute()
         with ipr:
             links = ipr.get_links(ifname="eth0")

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from bpfhook import demo, mirror  # noqa: E402
+from bpfhook import demo, mirror, netns  # noqa: E402
 from bpfhook.lab import Lab  # noqa: E402
 
 NBYTES = 4 << 30  # the time bound ends each run first
@@ -26,7 +26,7 @@ NBYTES = 4 << 30  # the time bound ends each run first
 def _stats(ifindex, netns_path=None):
     from pyroute2 import IPRoute
 
-    with mirror.netns_of(netns_path) if netns_path else contextlib.nullcontext():
+    with netns.entered(netns_path) if netns_path else contextlib.nullcontext():
         ipr = IPRoute()
     with ipr:
         s = ipr.get_links(ifindex)[0].get_attr("IFLA_STATS64")
