@@ -46,9 +46,11 @@ class Monitor:
     state:      the same for the state program and conn_state.HOOKS (.state_hook, .state_note)
     slots:      conn_slots' size (conn_common.Maps); None: CONN_SLOTS where the kernel has BPF
                 atomics (a slot is claimed with a compare-and-swap), else 0
+    older:      enter the TCP connections open before the start into the table now
+                (enter_older(); .older = how many, None where the kernel cannot)
     """
 
-    def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None):
+    def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None, older=True):
         from pybpf import attach, features
         from pybpf.events import open_reader
         from pybpf.prog import load
@@ -84,9 +86,41 @@ class Monitor:
                             expected_attach_type=f"cgroup_inet{version}_connect")
                 self._hold(prog)
                 self._stack.enter_context(attach.cgroup(prog, hook, cgroup_dir))
+            self._kernel = kernel
+            self.older = self.enter_older() if older else None
         except BaseException:
             self._stack.close()
             raise
+
+    def enter_older(self):
+        """Enter the TCP connections open before we attached (programs/existing.py) into the
+        table: how many; None (with a note) where the kernel has no TCP socket iterator. The
+        constructor does it, unless told older=False (to say "attached" first)."""
+        from pybpf import attach
+        from pybpf.errors import BpfError
+        from pybpf.prog import load
+
+        from bpfhook import netns
+        from bpfhook.programs import existing
+
+        try:
+            kernel = self._kernel
+            prog = load(existing.build(self.maps, kernel), "tracing", name="bh_existing",
+                        expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0])
+            with prog, attach.iterator(prog) as link:
+                # An iterator walks the sockets of the namespace it was created in: each in turn
+                entered = len(attach.run_iterator(link))  # a byte per connection entered
+                here = netns.own()
+                for ident, path in netns.host_namespaces().items():
+                    if ident != here:
+                        with contextlib.suppress(OSError):  # gone meanwhile
+                            with netns.entered(path):
+                                entered += len(attach.run_iterator(link))
+                return entered
+        except BpfError as e:
+            self.notes.append(f"connections open before the monitor started are not listed until they "
+                              f"close: {str(e).splitlines()[0]}")
+            return None
 
     def _state_attempts(self, kernel):
         """{hook: attach(stack, held) -> how} for the state program (conn_state.HOOKS)."""
@@ -363,11 +397,16 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
         # Events one by one only for whoever looks at them; the report alone reads the maps.
         stream = bool(json_out or options.show_events or on_event or not keep.passes_everything)
         with contextlib.ExitStack() as stack:
-            monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream, accept=options.accept))
+            monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream, accept=options.accept,
+                                                  older=False))
             print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
                   f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
             print(f"bpfhook monitor: connection states through {monitor.state_note}", file=err, flush=True)
             print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
+            older = monitor.enter_older()
+            if older is not None:
+                print(f"bpfhook monitor: {older} TCP connections open before the start entered (owner unknown "
+                      "until accepted or closed)", file=err, flush=True)
             for note in monitor.notes:
                 print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
 

@@ -52,6 +52,8 @@ F_NETNS_INODE = 1 << 0  # .netns is the namespace's inode, not its cookie (hook 
 F_OWNER_FROM_ACCEPT = 1 << 1  # pid/tid/comm/cgroup are the accept()ing task's, not the current one
 F_OWNER_FROM_CLOSE = 1 << 2  # ... the closing task's: a passive connection no accept hook saw
 F_PASSIVE = 1 << 3  # the connection was accepted from a listener (its first state SYN_RECV), not connect()ed
+F_OLDER = 1 << 4  # open before the monitor started, found by programs/existing.py: start_ns is when it was
+# found, the owner is unknown until it is accepted or closed, and the direction unless F_PASSIVE
 
 AF_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
@@ -256,6 +258,7 @@ def decode_event(record):
         "owner_from_accept": bool(e.flags & F_OWNER_FROM_ACCEPT),
         "owner_from_close": bool(e.flags & F_OWNER_FROM_CLOSE),
         "passive": bool(e.flags & F_PASSIVE),
+        "older": bool(e.flags & F_OLDER),
         "family": AF_NAMES.get(family, str(family)),
         "protocol": PROTOCOLS.get(e.protocol, str(e.protocol)),
         "saddr": address(family, e.saddr),
@@ -282,6 +285,7 @@ def decode_conn(sock, c):
         "comm": comm(c.comm), "cgroup_id": c.cgroup_id, "netns": c.netns,
         "netns_is_inode": bool(c.flags & F_NETNS_INODE), "owner_from_accept": bool(c.flags & F_OWNER_FROM_ACCEPT),
         "owner_from_close": bool(c.flags & F_OWNER_FROM_CLOSE), "passive": passive,
+        "older": bool(c.flags & F_OLDER),
         "family": AF_NAMES.get(family, str(family)), "protocol": PROTOCOLS.get(c.protocol, str(c.protocol)),
         "saddr": address(family, c.saddr), "sport": c.sport, "daddr": address(family, c.daddr), "dport": c.dport,
         "oldstate": "", "newstate": "", "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,

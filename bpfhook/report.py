@@ -264,6 +264,8 @@ def connection_line(conn):
     c = conn["container"]
     mark = "[CTR]" if c.is_container else "     "
     arrow = "<-" if conn["event"] == "accept" or conn.get("passive") else "->"  # inbound: the server's end
+    if conn.get("older") and arrow == "->":
+        arrow = "--"  # open before the monitor: which end connected is not known
     return (f"  {mark} {c.label[:16]:<16} pid {conn['pid']:<7} {conn['comm'][:15]:<15} "
             f"{endpoint(conn['saddr'], conn['sport']):>22} {arrow} {endpoint(conn['daddr'], conn['dport']):<22} "
             f"{conn['state']:<12} sent {human_bytes(conn['bytes_sent']):>8} "

@@ -130,8 +130,8 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, u
     owner: the close is counted in the acceptor's cgroup), sends the accept event when
     streaming, exits with `ret`. sk_type: what r6 is (conn_common.sock_number).
     unowned_only: for a hook that also runs outside accept()
-    (getpeername): only a followed connection without an owner yet is taken, i.e. a passive
-    one (an active one has its connecting task from SYN_SENT) not accepted before.
+    (getpeername): only a followed connection without an owner yet is taken, and only a passive
+    one (F_PASSIVE; an active one has its connecting task from SYN_SENT) not accepted before.
 
     A socket the state program follows is a TCP one with its addresses and netns in its
     map entry: nothing more is read from it. Without streaming an accept of any other
@@ -150,6 +150,10 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, u
         p.r1 = p.r7.u32[C["pid"]]
         with p.If(p.r1 != 0):
             p.exit(ret)
+        p.r1 = p.r7.u8[C["flags"]]
+        p.r1 &= records.F_PASSIVE
+        with p.If(p.r1 == 0):  # one open before the monitor, already accepted (F_OLDER): its owner is
+            p.exit(ret)  # unknown, and a getpeername() now is no accept
     if not maps.stream:
         current_task(p, p.r7, C)
         mark_conn(p, p.r7, records.F_OWNER_FROM_ACCEPT)

@@ -85,6 +85,8 @@ _KERNEL_FIELDS = {
     "sk_v6_daddr": ("sock", "__sk_common.skc_v6_daddr"),
     "sk_net": ("sock", "__sk_common.skc_net"),
     "sk_protocol": ("sock", "sk_protocol"),
+    "sk_state": ("sock", "__sk_common.skc_state"),
+    "sk_socket": ("sock", "sk_socket"),
     "sk_cgroup": ("sock", "sk_cgrp_data.cgroup"),
     "cgroup_kn": ("cgroup", "kn"),
     "kn_id": ("kernfs_node", "id"),
@@ -111,7 +113,7 @@ if os.uname().machine in _RETURN_REGISTER:
     _KERNEL_FIELDS["regs_rc"] = _RETURN_REGISTER[os.uname().machine]
 # Kernel functions and tracepoints the programs hook by BTF id (fexit, tp_btf); their prototypes
 # vary between kernels
-_KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state")
+_KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state", "bpf_iter_tcp")
 
 # Parsing vmlinux BTF costs most of the monitor's start-up time and memory, and its answers
 # cannot change until the next boot: they are kept in a file on tmpfs keyed by boot id.

@@ -22,7 +22,7 @@ from bpfhook.monitor import Monitor, run
 from bpfhook.monitor_cli import MonitorOptions
 from bpfhook.programs import accept
 from bpfhook.programs.conn_common import CONN_SLOTS, KernelOffsets, Maps
-from bpfhook.records import METRICS_FIELDS, SLOT_ENDED, TCP_STATE_IDS
+from bpfhook.records import F_OWNER_FROM_ACCEPT, METRICS_FIELDS, SLOT_ENDED, TCP_STATE_IDS
 from pybpf import features, sys as bpfsys
 from pybpf.prog import Program, iter_ids, prog_info
 from tests.conftest import eventually, require, slow_factor
@@ -434,6 +434,63 @@ def test_a_connection_nobody_accepted_yet_is_listed_as_inbound():
             (child,), (active,) = ends()
             assert (child["event"], child["passive"], child["pid"], child["state"]) == ("accept", True, 0, "ESTABLISHED")
             assert (active["event"], active["passive"], active["pid"]) == ("connect", False, os.getpid())
+
+
+# Client in a container: connect to argv[1]:argv[2], print the source port, hold the connection
+# until stdin closes, then close it.
+HOLDING_CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
+    print(s.getsockname()[1], flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_connections_open_before_the_start_are_listed_and_end_cleanly(lab):
+    """Connections older than the monitor (a TCP socket iterator enters them at start) are live
+    with their cgroup and netns, their owner unknown (and the direction, unless the socket still
+    waits to be accepted); accept() then hands the waiting one over, and closes are counted,
+    none lost."""
+    c = lab(ipv6=False)
+    with socket.socket() as listener:
+        listener.bind((c.host_ipv4, 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        clients = [c.spawn([sys.executable, "-c", HOLDING_CLIENT, c.host_ipv4, str(port)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        try:
+            sports = [int(p.stdout.readline()) for p in clients]
+            served, _ = listener.accept()  # one accepted before the start, one still waiting
+            with served, Monitor(CGROUP_ROOT, stream=False) as m:
+                assert m.older is not None and m.older >= 4, m.notes
+                live = m.connections()
+                ends = {sport: [x for x in live if sport in (x["sport"], x["dport"])] for sport in sports}
+                for sport in sports:
+                    (client_end,) = [x for x in ends[sport] if x["sport"] == sport]
+                    assert (client_end["older"], client_end["passive"], client_end["pid"]) == (True, False, 0)
+                    assert (client_end["cgroup_id"], client_end["state"], client_end["saddr"]) == (
+                        c.cgroup_id, "ESTABLISHED", c.ipv4)
+                    (server_end,) = [x for x in ends[sport] if x["dport"] == sport]
+                    assert server_end["netns"] != client_end["netns"] and server_end["older"]
+                waiting = [x for x in live if x["sport"] == port and x["passive"]]
+                assert len(waiting) == 1 and waiting[0]["pid"] == 0  # the one not accepted yet
+                (accepted,) = [x for x in live if (x["sport"], x["dport"]) == (port, served.getpeername()[1])]
+                assert not accepted["passive"] and m.maps.entry(accepted["sock"])[0].pid == 0  # no accept
+                pending, _ = listener.accept()
+                with pending:
+                    entry = m.maps.entry(waiting[0]["sock"])
+                    assert entry and entry[0].pid == os.getpid() and entry[0].flags & F_OWNER_FROM_ACCEPT
+                for p in clients:
+                    p.stdin.close()
+                    p.wait(10)
+            # (closed: served and pending at the `with` exits, the clients on stdin's end)
+                assert eventually(lambda: m.cgroup_metrics().get(c.cgroup_id, {}).get("closed") == 2)
+                assert m.lost()["conns"] == 0
+                assert not [x for x in m.connections() if x["cgroup_id"] == c.cgroup_id]
+        finally:
+            for p in clients:
+                p.kill()
+                p.wait()
 
 
 def test_a_connection_lives_in_its_slot_and_ends_there():
