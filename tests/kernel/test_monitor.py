@@ -446,7 +446,8 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
 """
 
 
-def test_connections_open_before_the_start_are_listed_and_end_cleanly(lab):
+@pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
+def test_connections_open_before_the_start_are_listed_and_end_cleanly(lab, slots):
     """Connections older than the monitor (a TCP socket iterator enters them at start) are live
     with their cgroup and netns, their owner unknown (and the direction, unless the socket still
     waits to be accepted); accept() then hands the waiting one over, and closes are counted,
@@ -461,7 +462,7 @@ def test_connections_open_before_the_start_are_listed_and_end_cleanly(lab):
         try:
             sports = [int(p.stdout.readline()) for p in clients]
             served, _ = listener.accept()  # one accepted before the start, one still waiting
-            with served, Monitor(CGROUP_ROOT, stream=False) as m:
+            with served, Monitor(CGROUP_ROOT, stream=False, slots=slots) as m:
                 assert m.older is not None and m.older >= 4, m.notes
                 live = m.connections()
                 ends = {sport: [x for x in live if sport in (x["sport"], x["dport"])] for sport in sports}
