@@ -34,9 +34,9 @@ from pybpf.layout import codec
 
 # ---- values the records carry ------------------------------------------------
 
-# EVENT.kind
-EVENT_KINDS = {1: "connect", 2: "accept", 3: "state", 4: "close", 5: "udp"}
-EV_CONNECT, EV_ACCEPT, EV_STATE, EV_CLOSE, EV_UDP = 1, 2, 3, 4, 5
+# EVENT.kind ("existing": a connection open before the monitor started, newstate its state then)
+EVENT_KINDS = {1: "connect", 2: "accept", 3: "state", 4: "close", 5: "udp", 6: "existing"}
+EV_CONNECT, EV_ACCEPT, EV_STATE, EV_CLOSE, EV_UDP, EV_EXISTING = 1, 2, 3, 4, 5, 6
 
 # TCP states as in the kernel's enum (include/net/tcp_states.h).
 TCP_STATES = {

@@ -100,7 +100,7 @@ class Aggregator:
         container = self.resolve(event["cgroup_id"])
         totals = self._totals(event["cgroup_id"], container)
         kind, sock = event["event"], event["sock"]
-        if event["oldstate"] or event["newstate"]:
+        if (event["oldstate"] or event["newstate"]) and kind != "existing":  # (a state, not a transition)
             self.transitions[(event["oldstate"], event["newstate"])] += 1
         if kind == "udp":
             totals.udp += 1
@@ -113,13 +113,14 @@ class Aggregator:
             conn = self.active.get(sock)
             if conn is None:
                 state = event["newstate"] or ("ESTABLISHED" if kind == "accept" else "SYN_SENT")
-                if state not in _OPENING_STATES:
+                if state not in _OPENING_STATES and kind != "existing":
                     return container  # mid-life transition of a connection opened before we started
                 self._closed.pop(sock, None)  # the kernel reuses a freed sock's address for new sockets
                 conn = self.active[sock] = dict(event, container=container, state=state, start_ns=event["ts_ns"])
                 totals.opened += 1
                 totals.active += 1
-                self.recent.append(conn)
+                if kind != "existing":  # (a start on a busy host would flood the recent list)
+                    self.recent.append(conn)
             elif kind == "accept":  # the accepting task owns it, not the softirq that saw the handshake
                 before = self._totals(conn["cgroup_id"], conn["container"])
                 before.opened -= 1

@@ -18,14 +18,16 @@ opened since the state program was attached):
                                          which accept() then hands over (programs/accept.py)
 
 The kernel runs the program with the socket locked, so its own transitions
-wait for us.
+wait for us. When streaming (on a ring buffer), each is also sent as an event of
+kind "existing" (newstate: its state), so that a report built from events lists
+it too.
 """
 from bpfhook import records
 from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program
 
-from .conn_common import (C, E, IPPROTO_TCP, claim_slot, copy_shared, find_conn, sock_addresses, sock_owner,
-                          typed_field)
+from .conn_common import (C, E, IPPROTO_TCP, claim_slot, copy_shared, emit, find_conn, sock_addresses,
+                          sock_owner, typed_field)
 
 FUNC = "bpf_iter_tcp"  # the iterator target's function: the program's attach_btf_id
 # struct bpf_iter__tcp { struct bpf_iter_meta *meta; struct sock_common *sk_common; uid_t uid; }
@@ -78,6 +80,7 @@ def build(maps, kernel):
     conn.u8[C["state"]] = p.r8
     p.call("ktime_get_ns")
     conn.u64[C["start_ns"]] = p.r0
+    ev.u64[E["ts_ns"]] = p.r0
 
     p.r4 = 0
     if maps.slots:
@@ -88,6 +91,11 @@ def build(maps, kernel):
             p.r4.u64[off] = p.r2
     with p.Else():  # its slot is another live connection's: into conns (over an ended entry there)
         p.call("map_update_elem", maps.conns, key, conn, 0)
+    if maps.stream and maps.ringbuf:  # (a kernel with this iterator has a ring buffer: perf only if asked)
+        ev.u64[E["sock"]] = p.r6
+        ev.u8[E["newstate"]] = p.r8
+        ev.u8[E["kind"]] = records.EV_EXISTING
+        emit(p, maps, ev, p.r9, scratch)
     p.r1 = p.r9.u64[CTX_META]
     p.r1 = p.r1.u64[META_SEQ]
     p.call("seq_write", p.r1, scratch, 1)  # one byte per connection entered: the count, for user space

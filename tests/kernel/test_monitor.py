@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -682,6 +683,32 @@ def test_pid_and_container_filters(lab):
     assert seen and all(e["pid"] == server.pid and ctr.name == c.name for e, ctr in seen)
     assert {"accept", "close"} <= {e["event"] for e, _ in seen}
     assert "FINAL CONNECTION METRICS REPORT" in out.getvalue()
+
+
+def test_the_command_streams_and_reports_connections_open_before_it_started():
+    """Streaming, each older connection comes as one "existing" event (its state then), and the
+    report built from events counts it as active, with no transition."""
+    seen = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client, listener.accept()[0]:
+            cport = client.getsockname()[1]
+            stop, t, out, err, result = _run_in_thread(_options(port=port), lambda e, ctr: seen.append(e))
+            try:
+                assert eventually(lambda: len([e for e in seen if e["event"] == "existing"]) == 2)
+            finally:
+                stop.set()
+                t.join(10)
+    assert result["rc"] == 0
+    existing = [e for e in seen if e["event"] == "existing"]
+    assert {(e["sport"], e["dport"]) for e in existing} == {(port, cport), (cport, port)}
+    assert all(e["newstate"] == "ESTABLISHED" and e["older"] and e["pid"] == 0 for e in existing)
+    m = re.search(r"(\d+) TCP connections open before the start entered", err.getvalue())
+    assert m and int(m[1]) >= 2
+    final = out.getvalue().split("FINAL CONNECTION METRICS REPORT")[1]
+    assert "Active connections: 2 " in final and "ESTABLISHED" in final
 
 
 # ---- the command as a subprocess ------------------------------------------------
