@@ -545,6 +545,17 @@ def find_conn(p, maps, sk, key, scratch, sk_type, slot=None, then_conns=True):
         lookup_conns(p, maps, key)
 
 
+def store_conn(p, maps, dst, conn, key):
+    """The CONN in stack slot `conn` into the slot register `dst` points at (one the socket
+    claimed), or, when dst is 0, into conns at `key` (over an ended entry there). r2 clobbered."""
+    with p.If(dst != 0):
+        for off in range(0, records.CONN.sizeof(), 8):
+            p.r2 = conn.u64[off]
+            dst.u64[off] = p.r2
+    with p.Else():
+        p.call("map_update_elem", maps.conns, key, conn, 0)
+
+
 def lookup_conns(p, maps, key):
     """r7 = the conns entry at `key` (find_conn's), or 0, unless r7 already is an entry."""
     with p.If(p.r7 == 0):

@@ -53,7 +53,7 @@ from pybpf.features import TP_BTF_PREFIX
 from .conn_common import (IPPROTO_TCP, C, E, account, claim_slot, copy_shared, count_lost,
                           current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread,
                           lookup_conns, mark_conn, remember, sock_addresses, sock_owner, stat_add, stat_max,
-                          typed_field)
+                          store_conn, typed_field)
 
 RAW_TRACEPOINT = "inet_sock_set_state"
 TP_BTF = TP_BTF_PREFIX + RAW_TRACEPOINT  # the typedef a tp_btf program's attach_btf_id names
@@ -286,12 +286,7 @@ def _new_conn(p, maps, ev, conn, key, reuse, dest, scratch):
         p.r1 = reuse.u64[0]
         dest.u64[0] = p.r1
     p.r1 = dest.u64[0]
-    with p.If(p.r1 != 0):
-        for off in range(0, CONN.sizeof(), 8):
-            p.r2 = conn.u64[off]
-            p.r1.u64[off] = p.r2
-    with p.Else():
-        p.call("map_update_elem", maps.conns, key, conn, 0)
+    store_conn(p, maps, p.r1, conn, key)
 
 
 def _unkeep(p, maps, reuse, scratch):

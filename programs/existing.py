@@ -27,7 +27,7 @@ from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program
 
 from .conn_common import (C, E, IPPROTO_TCP, claim_slot, copy_shared, emit, find_conn, sock_addresses,
-                          sock_owner, typed_field)
+                          sock_owner, store_conn, typed_field)
 
 FUNC = "bpf_iter_tcp"  # the iterator target's function: the program's attach_btf_id
 # struct bpf_iter__tcp { struct bpf_iter_meta *meta; struct sock_common *sk_common; uid_t uid; }
@@ -85,12 +85,7 @@ def build(maps, kernel):
     p.r4 = 0
     if maps.slots:
         claim_slot(p, slot, p.r6)
-    with p.If(p.r4 != 0):
-        for off in range(0, CONN.sizeof(), 8):
-            p.r2 = conn.u64[off]
-            p.r4.u64[off] = p.r2
-    with p.Else():  # its slot is another live connection's: into conns (over an ended entry there)
-        p.call("map_update_elem", maps.conns, key, conn, 0)
+    store_conn(p, maps, p.r4, conn, key)  # (r4 0: its slot is another live connection's)
     if maps.stream and maps.ringbuf:  # (a kernel with this iterator has a ring buffer: perf only if asked)
         ev.u64[E["sock"]] = p.r6
         ev.u8[E["newstate"]] = p.r8
