@@ -112,10 +112,14 @@ class Monitor:
                 entered = len(attach.run_iterator(link))  # a byte per connection entered
                 here = netns.own()
                 for ident, path in netns.host_namespaces().items():
-                    if ident != here:
-                        with contextlib.suppress(OSError):  # gone meanwhile
-                            with netns.entered(path):
-                                entered += len(attach.run_iterator(link))
+                    if ident == here:
+                        continue
+                    with contextlib.ExitStack() as inside:
+                        try:
+                            inside.enter_context(netns.entered(path))
+                        except OSError:
+                            continue  # the namespace went away meanwhile
+                        entered += len(attach.run_iterator(link))
                 return entered
         except BpfError as e:
             self.notes.append(f"connections open before the monitor started are not listed until they "
