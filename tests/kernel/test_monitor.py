@@ -482,10 +482,9 @@ def test_connections_open_before_the_start_are_listed_and_end_cleanly(lab, slots
                 with pending:
                     entry = m.maps.entry(waiting[0]["sock"])
                     assert entry and entry[0].pid == os.getpid() and entry[0].flags & F_OWNER_FROM_ACCEPT
-                for p in clients:
+                for p in clients:  # the container's two ends close when their stdin does
                     p.stdin.close()
                     p.wait(10)
-            # (closed: served and pending at the `with` exits, the clients on stdin's end)
                 assert eventually(lambda: m.cgroup_metrics().get(c.cgroup_id, {}).get("closed") == 2)
                 assert m.lost()["conns"] == 0
                 assert not [x for x in m.connections() if x["cgroup_id"] == c.cgroup_id]
