@@ -18,9 +18,10 @@ opened since the state program was attached):
                                          which accept() then hands over (programs/accept.py)
 
 The kernel runs the program with the socket locked, so its own transitions
-wait for us. When streaming (on a ring buffer), each is also sent as an event of
-kind "existing" (newstate: its state), so that a report built from events lists
-it too.
+wait for us. When streaming, each is also sent as an event of kind "existing"
+(newstate: its state), so that a report built from events lists it too. (On a
+perf buffer too: bpf_perf_event_output from a tracing program takes its
+registers from a per-CPU scratch area, never from the context.)
 """
 from bpfhook import records
 from bpfhook.records import CONN, EVENT
@@ -86,7 +87,7 @@ def build(maps, kernel):
     if maps.slots:
         claim_slot(p, slot, p.r6)
     store_conn(p, maps, p.r4, conn, key)  # (r4 0: its slot is another live connection's)
-    if maps.stream and maps.ringbuf:  # (a kernel with this iterator has a ring buffer: perf only if asked)
+    if maps.stream:
         ev.u64[E["sock"]] = p.r6
         ev.u8[E["newstate"]] = p.r8
         ev.u8[E["kind"]] = records.EV_EXISTING

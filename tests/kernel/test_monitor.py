@@ -636,6 +636,25 @@ def test_perf_buffer_path_delivers_the_same_events():
         assert m.lost()["events"] == 0
 
 
+@pytest.mark.parametrize("events", ["ringbuf", "perf"])
+def test_older_connections_come_as_existing_events_on_either_buffer(events):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client, listener.accept()[0]:
+            cport = client.getsockname()[1]
+            with Monitor(CGROUP_ROOT, events=events) as m:
+                assert m.events_kind == events and m.older >= 2
+
+                def ours(evs):
+                    return [e for e in evs if e["event"] == "existing" and {e["sport"], e["dport"]} == {port, cport}]
+                found = ours(collect(m, lambda evs: len(ours(evs)) == 2))
+                assert m.lost()["events"] == 0
+    assert sorted((e["sport"], e["dport"]) for e in found) == sorted([(port, cport), (cport, port)])
+    assert all(e["newstate"] == "ESTABLISHED" and e["pid"] == 0 for e in found)
+
+
 def _options(**kw):
     base = dict(cgroup=CGROUP_ROOT, metrics_interval=60.0)
     base.update(kw)
