@@ -3,6 +3,7 @@
 Traffic goes between the host and lab containers (addresses inside netns the
 test creates) or over loopback; every wait is bounded.
 """
+import contextlib
 import dataclasses
 import io
 import json
@@ -86,6 +87,17 @@ def host_server(address, recv, send):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return srv.getsockname()[1], t
+
+
+@contextlib.contextmanager
+def loopback_connection():
+    """An established loopback connection, accepted, for its lifetime: (server port, client port)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client, listener.accept()[0]:
+            yield port, client.getsockname()[1]
 
 
 def collect(monitor, until, timeout=5.0):
@@ -638,19 +650,14 @@ def test_perf_buffer_path_delivers_the_same_events():
 
 @pytest.mark.parametrize("events", ["ringbuf", "perf"])
 def test_older_connections_come_as_existing_events_on_either_buffer(events):
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        port = listener.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port)) as client, listener.accept()[0]:
-            cport = client.getsockname()[1]
-            with Monitor(CGROUP_ROOT, events=events) as m:
-                assert m.events_kind == events and m.older >= 2
+    with loopback_connection() as (port, cport):
+        with Monitor(CGROUP_ROOT, events=events) as m:
+            assert m.events_kind == events and m.older >= 2
 
-                def ours(evs):
-                    return [e for e in evs if e["event"] == "existing" and {e["sport"], e["dport"]} == {port, cport}]
-                found = ours(collect(m, lambda evs: len(ours(evs)) == 2))
-                assert m.lost()["events"] == 0
+            def ours(evs):
+                return [e for e in evs if e["event"] == "existing" and {e["sport"], e["dport"]} == {port, cport}]
+            found = ours(collect(m, lambda evs: len(ours(evs)) == 2))
+            assert m.lost()["events"] == 0
     assert sorted((e["sport"], e["dport"]) for e in found) == sorted([(port, cport), (cport, port)])
     assert all(e["newstate"] == "ESTABLISHED" and e["pid"] == 0 for e in found)
 
@@ -707,18 +714,13 @@ def test_the_command_streams_and_reports_connections_open_before_it_started():
     """Streaming, each older connection comes as one "existing" event (its state then), and the
     report built from events counts it as active, with no transition."""
     seen = []
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        port = listener.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port)) as client, listener.accept()[0]:
-            cport = client.getsockname()[1]
-            stop, t, out, err, result = _run_in_thread(_options(port=port), lambda e, ctr: seen.append(e))
-            try:
-                assert eventually(lambda: len([e for e in seen if e["event"] == "existing"]) == 2)
-            finally:
-                stop.set()
-                t.join(10)
+    with loopback_connection() as (port, cport):
+        stop, t, out, err, result = _run_in_thread(_options(port=port), lambda e, ctr: seen.append(e))
+        try:
+            assert eventually(lambda: len([e for e in seen if e["event"] == "existing"]) == 2)
+        finally:
+            stop.set()
+            t.join(10)
     assert result["rc"] == 0
     existing = [e for e in seen if e["event"] == "existing"]
     assert {(e["sport"], e["dport"]) for e in existing} == {(port, cport), (cport, port)}
