@@ -105,8 +105,9 @@ class Monitor:
 
         try:
             kernel = self._kernel
-            prog = load(existing.build(self.maps, kernel), "tracing", name="bh_existing",
-                        expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0])
+            with existing.listeners_map() as listeners:
+                prog = load(existing.build(self.maps, kernel, listeners), "tracing", name="bh_existing",
+                            expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0])
             with prog, attach.iterator(prog) as link:
                 # An iterator walks the sockets of the namespace it was created in: each in turn
                 entered = len(attach.run_iterator(link))  # a byte per connection entered

@@ -14,6 +14,7 @@ is asserted below. The BPF programs take their offsets from `offsetof()` /
     METRICS      value of both metrics maps (one per CPU, summed by user space), 32 bytes
     METRICS_CACHED  per-CPU arrays "cache_cgroup", "cache_netns" before them: a key and its METRICS, 40 bytes
     LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
+    LISTENER_KEY hash "listeners" (programs/existing.py, one walk): a listening port and its netns, 16 bytes
 
 Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
 the connection's `struct sock`: the one value every hook sees for a TCP
@@ -54,6 +55,8 @@ F_OWNER_FROM_CLOSE = 1 << 2  # ... the closing task's: a passive connection no a
 F_PASSIVE = 1 << 3  # the connection was accepted from a listener (its first state SYN_RECV), not connect()ed
 F_OLDER = 1 << 4  # open before the monitor started, found by programs/existing.py: start_ns is when it was
 # found, the owner is unknown until it is accepted or closed, and the direction unless F_PASSIVE
+F_ACCEPTED_BEFORE = 1 << 5  # with F_OLDER | F_PASSIVE: accept()ed before the monitor started (its local
+# port is a listener's in its netns): the acceptor is unknown, and no later getpeername() is an accept
 
 AF_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
@@ -158,10 +161,16 @@ METRICS_CACHED = Struct(
 LOST_KEY = u32
 LOST_VALUE = u64
 
+LISTENER_KEY = Struct(
+    "netns" / u64,  # as EVENT.netns
+    "port" / u16,  # host order
+    Padding(6),
+)
+
 _SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
           "CONN_SLOT": (CONN_SLOT, 120),
           "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32),
-          "METRICS_CACHED": (METRICS_CACHED, 40)}
+          "METRICS_CACHED": (METRICS_CACHED, 40), "LISTENER_KEY": (LISTENER_KEY, 16)}
 
 
 # ---- offsets, derived from the layouts ---------------------------------------
@@ -259,6 +268,7 @@ def decode_event(record):
         "owner_from_close": bool(e.flags & F_OWNER_FROM_CLOSE),
         "passive": bool(e.flags & F_PASSIVE),
         "older": bool(e.flags & F_OLDER),
+        "accepted_before": bool(e.flags & F_ACCEPTED_BEFORE),
         "family": AF_NAMES.get(family, str(family)),
         "protocol": PROTOCOLS.get(e.protocol, str(e.protocol)),
         "saddr": address(family, e.saddr),
@@ -285,7 +295,7 @@ def decode_conn(sock, c):
         "comm": comm(c.comm), "cgroup_id": c.cgroup_id, "netns": c.netns,
         "netns_is_inode": bool(c.flags & F_NETNS_INODE), "owner_from_accept": bool(c.flags & F_OWNER_FROM_ACCEPT),
         "owner_from_close": bool(c.flags & F_OWNER_FROM_CLOSE), "passive": passive,
-        "older": bool(c.flags & F_OLDER),
+        "older": bool(c.flags & F_OLDER), "accepted_before": bool(c.flags & F_ACCEPTED_BEFORE),
         "family": AF_NAMES.get(family, str(family)), "protocol": PROTOCOLS.get(c.protocol, str(c.protocol)),
         "saddr": address(family, c.saddr), "sport": c.sport, "daddr": address(family, c.daddr), "dport": c.dport,
         "oldstate": "", "newstate": "", "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,

@@ -151,9 +151,9 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, u
         with p.If(p.r1 != 0):
             p.exit(ret)
         p.r1 = p.r7.u8[C["flags"]]
-        p.r1 &= records.F_PASSIVE
-        with p.If(p.r1 == 0):  # one open before the monitor, already accepted (F_OLDER): its owner is
-            p.exit(ret)  # unknown, and a getpeername() now is no accept
+        p.r1 &= records.F_PASSIVE | records.F_ACCEPTED_BEFORE
+        with p.If(p.r1 != records.F_PASSIVE):  # an active one, or one accepted before the monitor
+            p.exit(ret)  # started (its owner is unknown): a getpeername() now is no accept
     if not maps.stream:
         current_task(p, p.r7, C)
         mark_conn(p, p.r7, records.F_OWNER_FROM_ACCEPT)

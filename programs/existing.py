@@ -6,8 +6,8 @@ connection that is not opening follows nothing: it is missing from the live
 table and the report's counts, and its close counts in lost["conns"].
 
 For every full TCP socket (TIME_WAIT and request mini-sockets are skipped, and
-so are listeners and closed sockets), unless the table has it already (it
-opened since the state program was attached):
+so are closed sockets), unless the table has it already (it opened since the
+state program was attached):
 
     addresses, state, cgroup and netns   from the socket, like an opening's
     start_ns                             now (the connection is older: F_OLDER)
@@ -15,7 +15,16 @@ opened since the state program was attached):
                                          (conn_state), or that accepts it
     F_PASSIVE                            a socket no process holds yet (sk_socket NULL):
                                          a listener's child waiting in its accept queue,
-                                         which accept() then hands over (programs/accept.py)
+                                         which accept() then hands over (programs/accept.py);
+                                         or, with F_ACCEPTED_BEFORE, one accepted already:
+                                         its local port is a listener's in its netns
+
+A listener is not a connection: its port goes into the `listeners` map (LISTENER_KEY).
+The walk meets every listener of a namespace before its first established socket
+(the kernel's TCP iterator walks the listening hash, then the established one),
+and an ephemeral port is never one a listener holds (connect() skips bound ports),
+so the port says which end a connection is. One whose listener has closed since
+is left without a direction, as before.
 
 The kernel runs the program with the socket locked, so its own transitions
 wait for us. When streaming, each is also sent as an event of kind "existing"
@@ -34,12 +43,22 @@ FUNC = "bpf_iter_tcp"  # the iterator target's function: the program's attach_bt
 # struct bpf_iter__tcp { struct bpf_iter_meta *meta; struct sock_common *sk_common; uid_t uid; }
 CTX_META, CTX_SK_COMMON = 0, 8
 META_SEQ = 0  # struct bpf_iter_meta { struct seq_file *seq; ... }
-SKIPPED_STATES = (records.TCP_STATE_IDS["LISTEN"], records.TCP_STATE_IDS["CLOSE"])
+LISTEN, CLOSE = records.TCP_STATE_IDS["LISTEN"], records.TCP_STATE_IDS["CLOSE"]
+LISTENERS_MAX = 4096  # listening ports remembered per run (more: those connections keep no direction)
 
 
-def build(maps, kernel):
+def listeners_map():
+    """The walk's `listeners` map (LISTENER_KEY -> u8): create one per enter_older."""
+    from pybpf.maps import Map
+    from pybpf.uapi import MapType
+    return Map(MapType.HASH, key=records.LISTENER_KEY.sizeof(), value=1, max_entries=LISTENERS_MAX,
+               name="listeners")
+
+
+def build(maps, kernel, listeners):
     """The iterator program: load as tracing, expected_attach_type trace_iter, attach_btf_id
-    kernel.func(FUNC)[0]; run with pybpf.attach.iterator and run_iterator."""
+    kernel.func(FUNC)[0]; run with pybpf.attach.iterator and run_iterator. listeners: a
+    listeners_map()."""
     p = Program("bh_existing", prog_type="tracing")
     ev = p.stack.alloc(EVENT)
     conn = p.stack.alloc(CONN)
@@ -57,25 +76,33 @@ def build(maps, kernel):
         p.exit(0)
     p.r6 = p.r0
     p.r8 = typed_field(p.r6, kernel, "sk_state")
-    for state in SKIPPED_STATES:
-        with p.If(p.r8 == state):
-            p.exit(0)
+    with p.If(p.r8 == CLOSE):
+        p.exit(0)
+    ev.zero()
+    sock_addresses(p, kernel, ev, buf, p.r6, E, typed=True)
+    sock_owner(p, kernel, ev, scratch, p.r6, typed=True)
+    _listener_key(p, ev, conn)  # (conn: scratch space until the CONN is built)
+    with p.If(p.r8 == LISTEN):
+        p.r1 = 1
+        scratch.u8[0] = p.r1
+        p.call("map_update_elem", listeners, conn, scratch, 0)
+        p.exit(0)
     slot.u64[0] = 0
     find_conn(p, maps, p.r6, key, scratch, "pointer", slot)
     with p.If(p.r7 != 0):
         p.r1 = p.r7.u8[C["state"]]
-        with p.If(p.r1 != records.TCP_STATE_IDS["CLOSE"]):  # followed already
+        with p.If(p.r1 != CLOSE):  # followed already
             p.exit(0)
 
-    ev.zero()
-    sock_addresses(p, kernel, ev, buf, p.r6, E, typed=True)
-    sock_owner(p, kernel, ev, scratch, p.r6, typed=True)
     ev.u8[E["protocol"]] = IPPROTO_TCP
-    p.r1 = records.F_OLDER
+    ev.u8[E["flags"]] = records.F_OLDER
     p.r2 = typed_field(p.r6, kernel, "sk_socket")
-    with p.If(p.r2 == 0):
-        p.r1 |= records.F_PASSIVE
-    ev.u8[E["flags"]] = p.r1
+    with p.If(p.r2 == 0):  # waiting in an accept queue
+        ev.u8[E["flags"]] = records.F_OLDER | records.F_PASSIVE
+    with p.Else():
+        p.call("map_lookup_elem", listeners, conn)
+        with p.If(p.r0 != 0):
+            ev.u8[E["flags"]] = records.F_OLDER | records.F_PASSIVE | records.F_ACCEPTED_BEFORE
     conn.zero()
     copy_shared(p, ev, EVENT, conn, CONN)
     conn.u8[C["state"]] = p.r8
@@ -97,3 +124,11 @@ def build(maps, kernel):
     p.call("seq_write", p.r1, scratch, 1)  # one byte per connection entered: the count, for user space
     p.exit(0)
     return p
+
+
+def _listener_key(p, ev, key):
+    """A LISTENER_KEY at stack slot `key` from the EVENT's netns and local port."""
+    p.r1 = ev.u64[E["netns"]]
+    key.u64[records.offsetof(records.LISTENER_KEY, "netns")] = p.r1
+    p.r1 = ev.u16[E["sport"]]
+    key.u64[records.offsetof(records.LISTENER_KEY, "port")] = p.r1  # the padding zeroed with it

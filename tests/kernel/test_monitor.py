@@ -462,9 +462,10 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
 @pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
 def test_connections_open_before_the_start_are_listed_and_end_cleanly(lab, slots):
     """Connections older than the monitor (a TCP socket iterator enters them at start) are live
-    with their cgroup and netns, their owner unknown (and the direction, unless the socket still
-    waits to be accepted); accept() then hands the waiting one over, and closes are counted,
-    none lost."""
+    with their cgroup and netns and their owner unknown; the server's ends are passive (one still
+    waiting in the accept queue, one accepted: its port is the listener's), the clients' are not;
+    accept() then hands the waiting one over, a getpeername() on the accepted one takes nothing,
+    and closes are counted, none lost."""
     c = lab(ipv6=False)
     with socket.socket() as listener:
         listener.bind((c.host_ipv4, 0))
@@ -486,10 +487,12 @@ def test_connections_open_before_the_start_are_listed_and_end_cleanly(lab, slots
                         c.cgroup_id, "ESTABLISHED", c.ipv4)
                     (server_end,) = [x for x in ends[sport] if x["dport"] == sport]
                     assert server_end["netns"] != client_end["netns"] and server_end["older"]
-                waiting = [x for x in live if x["sport"] == port and x["passive"]]
-                assert len(waiting) == 1 and waiting[0]["pid"] == 0  # the one not accepted yet
+                server_ends = [x for x in live if x["sport"] == port and x["older"]]
+                assert len(server_ends) == 2 and all(x["passive"] and x["pid"] == 0 for x in server_ends)
+                waiting = [x for x in server_ends if not x["accepted_before"]]
+                assert len(waiting) == 1  # the one not accepted yet
                 (accepted,) = [x for x in live if (x["sport"], x["dport"]) == (port, served.getpeername()[1])]
-                assert not accepted["passive"] and m.maps.entry(accepted["sock"])[0].pid == 0  # no accept
+                assert accepted["accepted_before"] and m.maps.entry(accepted["sock"])[0].pid == 0  # no accept
                 pending, _ = listener.accept()
                 with pending:
                     entry = m.maps.entry(waiting[0]["sock"])
@@ -660,6 +663,9 @@ def test_older_connections_come_as_existing_events_on_either_buffer(events):
             assert m.lost()["events"] == 0
     assert sorted((e["sport"], e["dport"]) for e in found) == sorted([(port, cport), (cport, port)])
     assert all(e["newstate"] == "ESTABLISHED" and e["pid"] == 0 for e in found)
+    # in one netns too, only the server's end has the listener's port
+    assert {e["sport"]: (e["passive"], e["accepted_before"]) for e in found} == {port: (True, True),
+                                                                               cport: (False, False)}
 
 
 def _options(**kw):

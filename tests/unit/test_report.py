@@ -191,7 +191,9 @@ def test_a_closed_inbound_connection_points_at_its_server_end():
     assert " <- " in line(passive=True) and " -> " in line(passive=False) and " -> " in line()
 
 
-def test_a_connection_older_than_the_monitor_has_no_direction_unless_it_was_waiting_to_be_accepted():
+def test_a_connection_older_than_the_monitor_has_no_direction_unless_known_passive():
+    """passive: waiting to be accepted, or accepted before on a port a listener still has."""
     def line(**over):
         return connection_line(dict(ev("close", state="CLOSE", container=classify("/")), **over))
     assert " -- " in line(older=True) and " <- " in line(older=True, passive=True)
+    assert " <- " in line(older=True, passive=True, accepted_before=True)
