@@ -7,6 +7,8 @@ is imported only then.
 """
 import json
 
+from bpfhook import records
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -37,6 +39,7 @@ def event_object(event, container, cgroup_path=None):
         "duration_ns": event["duration_ns"],
         # where pid/comm came from when not the task the event ran in: the accepting or closing task
         "owner_from": "accept" if event["owner_from_accept"] else "close" if event["owner_from_close"] else None,
+        "direction": records.direction(event),  # "in", "out", or null: not known
     }
 
 

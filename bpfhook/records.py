@@ -285,6 +285,17 @@ def decode_event(record):
     }
 
 
+def direction(event):
+    """"in" (the server's end of an accepted connection), "out" (a connect()ed one), or None
+    (not known: open before the monitor, no listener port to tell; a listener): from a decoded
+    event or connection (decode_event, decode_conn)."""
+    if event.get("passive") or event.get("owner_from_accept") or event.get("event") == "accept":
+        return "in"
+    if event.get("older") or "LISTEN" in (event.get("oldstate"), event.get("newstate")):
+        return None
+    return "out"
+
+
 def decode_conn(sock, c):
     """A CONN map value (codec Container) of socket `sock` as an event-shaped dict (see decode_event),
     plus its current `state` and `start_ns`: a live connection as the report shows it."""

@@ -24,9 +24,11 @@ import collections
 import dataclasses
 import time
 
+from bpfhook import records
 from bpfhook.containers import Container
 
 HOST = Container("host", "", "")
+ARROWS = {"in": "<-", "out": "->", None: "--"}  # records.direction: inbound shows the server's end
 RULE = "=" * 100
 _OPENING_STATES = ("SYN_SENT", "SYN_RECV", "ESTABLISHED")
 
@@ -264,9 +266,7 @@ def connection_line(conn):
     """One recent connection: [CTR] mark, owner, addresses, state, bytes, duration."""
     c = conn["container"]
     mark = "[CTR]" if c.is_container else "     "
-    arrow = "<-" if conn["event"] == "accept" or conn.get("passive") else "->"  # inbound: the server's end
-    if conn.get("older") and arrow == "->":
-        arrow = "--"  # open before the monitor: which end connected is not known
+    arrow = ARROWS[records.direction(conn)]
     return (f"  {mark} {c.label[:16]:<16} pid {conn['pid']:<7} {conn['comm'][:15]:<15} "
             f"{endpoint(conn['saddr'], conn['sport']):>22} {arrow} {endpoint(conn['daddr'], conn['dport']):<22} "
             f"{conn['state']:<12} sent {human_bytes(conn['bytes_sent']):>8} "

@@ -825,6 +825,7 @@ def test_json_lines_with_port_filter_and_duration(lab):
     assert (server_close["bytes_sent"], server_close["bytes_received"]) == (60, 40)
     client_close = [o for o in lines if o["event"] == "close" and o["dport"] == port][0]
     assert client_close["container"] is None  # the host's side
+    assert (accept["direction"], server_close["direction"], client_close["direction"]) == ("in", "in", "out")
 
 
 def test_prometheus_scrape_has_per_container_series(lab):

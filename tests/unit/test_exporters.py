@@ -42,6 +42,14 @@ def test_json_lines_one_object_per_event():
     assert out.getvalue().count("\n") == 3
 
 
+@pytest.mark.parametrize("over, expected", [
+    ({}, "out"), ({"event": "connect"}, "out"), ({"event": "accept"}, "in"), ({"passive": True}, "in"),
+    ({"owner_from_accept": True}, "in"), ({"older": True}, None), ({"older": True, "passive": True}, "in"),
+    ({"event": "state", "oldstate": "CLOSE", "newstate": "LISTEN"}, None)])
+def test_json_direction(over, expected):
+    assert event_object(ev(**over), classify("/"))["direction"] == expected
+
+
 def test_event_object_takes_an_explicit_cgroup_path():
     assert event_object(ev(), classify(None), cgroup_path="/gone")["cgroup"] == "/gone"
 
