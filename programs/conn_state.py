@@ -81,14 +81,16 @@ def build(maps, kernel, typed=False):
     bpf_probe_read_kernel. typed=True: a tp_btf one (load as tracing, trace_raw_tp, attach_btf_id
     kernel.func(TP_BTF)[0]); the socket argument is a BTF-typed pointer, read with plain loads."""
     p = Program("bh_conn_state", prog_type="tracing" if typed else "raw_tracepoint")
-    ev = p.stack.alloc(EVENT)
-    conn = p.stack.alloc(CONN)
-    buf = p.stack.alloc(32)  # kread_fields' runs of socket fields
+    # What every run touches first, nearest the caller's frame (a warm cache line); what only
+    # openings and closes use, below it.
     key = p.stack.alloc(8)
     scratch = p.stack.alloc(8)
     reuse = p.stack.alloc(8)  # an ended connection's entry in conns at this address, or 0
     slot = p.stack.alloc(8)  # the socket's conn_slots slot (find_conn)
     dest = p.stack.alloc(8)  # where an opening's CONN goes: its claimed slot, or 0
+    ev = p.stack.alloc(EVENT)
+    conn = p.stack.alloc(CONN)
+    buf = p.stack.alloc(32)  # kread_fields' runs of socket fields
 
     p.r9 = p.r1  # ctx: the arguments
     p.r6 = p.r9.u64[ARG_SK]
