@@ -240,12 +240,15 @@ class Monitor:
 
     def _stat(self, slot):
         """stats[slot] of every CPU."""
-        return self.maps.stats.lookup(slot) or [0]
+        return [cpu[slot] for cpu in self.maps.stats.lookup(0)]
 
     def stats(self):
         """The kernel's summaries: {"events", "duration_total_ns", "duration_max_ns",
         "transitions": {(oldstate, newstate): count}}."""
-        per_cpu = self._stat
+        rows = self.maps.stats.lookup(0)
+
+        def per_cpu(slot):
+            return [cpu[slot] for cpu in rows]
         transitions = {}
         for old in range(records.NSTATES):
             for new in range(records.NSTATES):
@@ -259,9 +262,7 @@ class Monitor:
 
     def recent(self):
         """The latest closes and UDP flows the programs remembered (decode_event dicts), oldest first."""
-        out = []
-        for slot in range(records.RECENT_SLOTS):
-            out += [records.decode_event(e) for e in self.maps.recent.lookup(slot) or () if e.kind]
+        out = [records.decode_event(e) for cpu in self.maps.recent.lookup(0) for e in cpu.events if e.kind]
         return sorted(out, key=lambda e: e["ts_ns"])
 
     def connections(self):

@@ -12,7 +12,15 @@ is asserted below. The BPF programs take their offsets from `offsetof()` /
     CGROUP_KEY   per-CPU hash "metrics_cgroup": cgroup id, 8 bytes
     NETNS_KEY    per-CPU hash "metrics_netns": netns cookie (or inode), 8 bytes
     METRICS      value of both metrics maps (one per CPU, summed by user space), 32 bytes
-    METRICS_CACHED  per-CPU arrays "cache_cgroup", "cache_netns" before them: a key and its METRICS, 40 bytes
+    METRICS_CACHED  a key and its METRICS, 40 bytes
+    METRICS_CACHE   per-CPU "cache_cgroup", "cache_netns" before them: METRICS_CACHE_SLOTS of those
+    STATS        per-CPU "stats": NSTATS u64 counters (STAT_* slots)
+    RECENT       per-CPU "recent": the next slot and a ring of RECENT_SLOTS EVENTs
+
+The per-CPU maps hold one element each, the whole table: the lookup the
+verifier inlines loads the element's per-CPU pointer before the value, and with
+one element that is the same word at every run (a warm cache line), where an
+array of many elements has one pointer per element, each its own cache miss.
     LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
     LISTENER_KEY hash "listeners" (programs/existing.py, one walk): a listening port and its netns, 16 bytes
 
@@ -29,7 +37,7 @@ correlating with other tools, not a map key.
 """
 import socket
 
-from construct import Bytes, Int8un, Int16un, Int32un, Int64sn, Int64un, Padding, Struct
+from construct import Array, Bytes, Int8un, Int16un, Int32un, Int64sn, Int64un, Padding, Struct
 
 from pybpf.layout import codec
 
@@ -68,19 +76,19 @@ LOST_SLOTS = {
 }
 LOST_EVENTS, LOST_CONNS = 0, 1
 
-# Slots of the "stats" array (per-CPU u64; user space sums the CPUs, or takes the max for *_MAX):
-# the summaries the report needs when events are not streamed to user space one by one.
+# Slots of STATS, the "stats" map's value (u64s per CPU; user space sums the CPUs, or takes the max
+# for *_MAX): the summaries the report needs when events are not streamed to user space one by one.
 STAT_EVENTS = 0  # records the connect and accept programs produced (streamed or only summarized);
 # the state program's are its transitions, already counted below
 STAT_DURATION_TOTAL = 1  # sum of closed connections' durations, ns
 STAT_DURATION_MAX = 2  # longest closed connection on this CPU, ns
-STAT_RECENT_NEXT = 3  # this CPU's next slot in the "recent" array
 STAT_CLOSED_KEPT = 4  # ended connections' entries kept in "conns": +1 at a close, -1 when an opening
 # reuses one; an entry often closes on one CPU and is reused on another, so the CPUs' values drift
 # apart, but their sum (mod 2**64) is exact
 STAT_TRANSITIONS = 16  # + old * NSTATES + new: count of each TCP state transition
 NSTATS = STAT_TRANSITIONS + 16 * 16
-RECENT_SLOTS = 16  # "recent": per-CPU array of the last closes / UDP flows (EVENT), a ring by STAT_RECENT_NEXT
+RECENT_SLOTS = 16  # RECENT: the last closes / UDP flows of a CPU, a ring
+METRICS_CACHE_SLOTS = 256  # METRICS_CACHE: per CPU and key kind; a power of two (fib_index)
 
 # ---- layouts -----------------------------------------------------------------
 
@@ -158,6 +166,13 @@ METRICS_CACHED = Struct(
     "metrics" / METRICS,
 )
 
+METRICS_CACHE = Array(METRICS_CACHE_SLOTS, METRICS_CACHED)
+STATS = Array(NSTATS, u64)
+RECENT = Struct(
+    "next" / u64,  # the slot the next one goes to (mod RECENT_SLOTS)
+    "events" / Array(RECENT_SLOTS, EVENT),
+)
+
 LOST_KEY = u32
 LOST_VALUE = u64
 
@@ -170,15 +185,18 @@ LISTENER_KEY = Struct(
 _SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
           "CONN_SLOT": (CONN_SLOT, 120),
           "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32),
-          "METRICS_CACHED": (METRICS_CACHED, 40), "LISTENER_KEY": (LISTENER_KEY, 16)}
+          "METRICS_CACHED": (METRICS_CACHED, 40), "METRICS_CACHE": (METRICS_CACHE, 40 * METRICS_CACHE_SLOTS),
+          "STATS": (STATS, 8 * NSTATS), "RECENT": (RECENT, 8 + 136 * RECENT_SLOTS),
+          "LISTENER_KEY": (LISTENER_KEY, 16)}
 
 
 # ---- offsets, derived from the layouts ---------------------------------------
 
 def fields(layout):
-    """[(name, offset, size)] of a Struct's named fields, padding left out."""
+    """[(name, offset, size)] of a Struct's named fields, padding left out (an Array has none: its
+    element is a layout of its own)."""
     out, offset = [], 0
-    for sub in layout.subcons:
+    for sub in getattr(layout, "subcons", ()):
         size = sub.sizeof()
         if sub.name is not None:
             out.append((sub.name, offset, size))
@@ -332,6 +350,9 @@ def describe():
     """The layouts as C-like text with offsets: what the BPF side codes against."""
     lines = []
     for name, (layout, size) in _SIZES.items():
+        if not hasattr(layout, "subcons"):  # an Array of a struct or an integer
+            lines.append(f"{name.lower()}[{layout.count}]: {layout.subcon.sizeof()} bytes each  /* {size} bytes */")
+            continue
         lines.append(f"struct {name.lower()} {{  /* {size} bytes */")
         for field, offset, field_size in fields(layout):
             lines.append(f"    /* {offset:3d} */ {field}: {field_size} bytes")

@@ -7,12 +7,13 @@ Maps (layouts from bpfhook.records, the one definition both sides read):
                                                          (state CLOSE: ended, memory for the next)
     metrics_cgroup   per-CPU hash  CGROUP_KEY -> METRICS  per cgroup id
     metrics_netns    per-CPU hash  NETNS_KEY -> METRICS   per netns cookie
-    cache_cgroup     per-CPU array  u32 -> METRICS_CACHED  ... this CPU's entry of a cgroup id, when
+    cache_cgroup     per-CPU array  0 -> METRICS_CACHE    ... this CPU's entry of a cgroup id, when
     cache_netns                                          its slot is free or its own (cached_metrics)
     events           ring buffer of EVENT (a perf event array where the kernel has no ring buffer)
     lost             per-CPU array, LOST_* slots
-    stats            per-CPU array, STAT_* slots: event count, durations, state transitions
-    recent           per-CPU array of RECENT_SLOTS EVENTs: the latest closes and UDP flows
+    stats            per-CPU array  0 -> STATS           event count, durations, state transitions
+    recent           per-CPU array  0 -> RECENT          the latest closes and UDP flows
+(The per-CPU tables are one element each: records explains why.)
 
 Why a slot table before the hash map: every transition of a connection looks up
 its entry (about ten per connection), and a hash map lookup is a chain of three
@@ -66,8 +67,7 @@ SLOT_HASH = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: Fibonacci hashing spread
 SLOT_SIZE = records.CONN_SLOT.sizeof()
 CONN_IN_SLOT = records.offsetof(records.CONN_SLOT, "conn")
 METRICS_MAX = 4096
-METRICS_CACHE_SLOTS = 256  # per CPU and key kind; a power of two (fib_index)
-CACHE_BITS = METRICS_CACHE_SLOTS.bit_length() - 1
+CACHE_BITS = records.METRICS_CACHE_SLOTS.bit_length() - 1
 RINGBUF_SIZE = 4 << 20
 # Wake the reader only once this much is waiting (small: the reader decodes a batch at once, and
 # its peak memory follows the batch size); it also polls on a short timer, so
@@ -229,7 +229,7 @@ class Maps:
             self.metrics_netns = self._add(MapType.PERCPU_HASH, records.NETNS_KEY, METRICS, METRICS_MAX,
                                            "metrics_netns")
             self.cache_cgroup, self.cache_netns = (
-                self._add(MapType.PERCPU_ARRAY, 4, records.METRICS_CACHED, METRICS_CACHE_SLOTS, name)
+                self._add(MapType.PERCPU_ARRAY, 4, records.METRICS_CACHE, 1, name)
                 for name in ("cache_cgroup", "cache_netns"))
             if ringbuf:
                 self.events = self._add(MapType.RINGBUF, None, None, RINGBUF_SIZE, "events")
@@ -237,8 +237,8 @@ class Maps:
                 self.events = self._add(MapType.PERF_EVENT_ARRAY, 4, 4, None, "events")
             self.lost = self._add(MapType.PERCPU_ARRAY, records.LOST_KEY, records.LOST_VALUE,
                                   len(records.LOST_SLOTS), "lost")
-            self.stats = self._add(MapType.PERCPU_ARRAY, 4, 8, records.NSTATS, "stats")
-            self.recent = self._add(MapType.PERCPU_ARRAY, 4, EVENT, records.RECENT_SLOTS, "recent")
+            self.stats = self._add(MapType.PERCPU_ARRAY, 4, records.STATS, 1, "stats")
+            self.recent = self._add(MapType.PERCPU_ARRAY, 4, records.RECENT, 1, "recent")
         except BaseException:
             self.close()
             raise
@@ -292,7 +292,7 @@ class Maps:
         cache before it (cache_cgroup before metrics_cgroup, cache_netns before metrics_netns),
         every CPU summed."""
         totals = {}
-        cached = ((e.key, e.metrics) for _, per_cpu in cache.lookup_batch() for e in per_cpu)
+        cached = ((e.key, e.metrics) for per_cpu in cache.lookup(0) for e in per_cpu)
         held = ((k[field], v) for k, v in table.items())
         for key, value in itertools.chain(held, cached):
             m = records.decode_metrics(value)
@@ -511,14 +511,19 @@ def fib_hash(value, bits):
 
 
 def fib_index(p, bits, scratch):
-    """scratch (u32) = fib_hash(r1, bits) (r1 clobbered)."""
+    """scratch (u32) = fib_hash(r1, bits) (r1, r2 clobbered)."""
     if bits:
-        p.r2 = SLOT_HASH
-        p.r1 *= p.r2
-        p.r1 >>= 64 - bits
+        fib_in_r1(p, bits)
         scratch.u32[0] = p.r1
     else:
         scratch.u32[0] = 0
+
+
+def fib_in_r1(p, bits):
+    """r1 = fib_hash(r1, bits), bits > 0 (r2 clobbered)."""
+    p.r2 = SLOT_HASH
+    p.r1 *= p.r2
+    p.r1 >>= 64 - bits
 
 
 def find_conn(p, maps, sk, key, scratch, sk_type, slot=None, then_conns=True):
@@ -680,14 +685,16 @@ def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomi
 
 
 def cached_metrics(p, cache, getter, key, scratch):
-    """r0 = this CPU's METRICS of `key` (memory): in its slot of `cache` (a per-CPU array of
-    METRICS_CACHED, the lookup inlined: no call) when the slot is free (taken now) or holds
-    the key, else through `getter` from the hash map (or NULL). Taking a slot is a plain store:
-    on its CPU the slot's one writer is a program that runs with preemption off."""
-    p.r1 = key
-    fib_index(p, CACHE_BITS, scratch)
-    p.call("map_lookup_elem", cache, scratch)
+    """r0 = this CPU's METRICS of `key` (memory): in its slot of `cache` (a per-CPU METRICS_CACHE,
+    the lookup inlined: no call) when the slot is free (taken now) or holds the key, else
+    through `getter` from the hash map (or NULL). Taking a slot is a plain store: on its CPU
+    the slot's one writer is a program that runs with preemption off."""
+    this_cpu(p, cache, scratch)
     with p.If(p.r0 != 0):
+        p.r1 = key
+        fib_in_r1(p, CACHE_BITS)
+        p.r1 *= records.METRICS_CACHED.sizeof()
+        p.r0 += p.r1
         p.r1 = p.r0.u64[0]
         p.r2 = key
         with p.If(p.r1 == 0):
@@ -700,45 +707,60 @@ def cached_metrics(p, cache, getter, key, scratch):
             p.call_local(getter)
 
 
+def this_cpu(p, table, scratch):
+    """r0 = this CPU's value of `table`, a per-CPU array of one element (or NULL); scratch: 4
+    spare stack bytes (the key)."""
+    scratch.u32[0] = 0
+    p.call("map_lookup_elem", table, scratch)
+
+
+def _stat_at(p, slot):
+    """The offset of STATS[slot] from r0 (this CPU's STATS): slot an int, or a register (bounded
+    below NSTATS) added to r0 (r2 clobbered)."""
+    if isinstance(slot, int):
+        return slot * 8
+    p.r2 = slot
+    p.r2 <<= 3
+    p.r0 += p.r2
+    return 0
+
+
 def stat_add(p, maps, scratch, slot, value, atomic=True):
     """stats[slot] += value on this CPU. slot: int or register; value: int, register or memory
     (read after the lookup: not r0..r5); scratch: 4 spare stack bytes (clobbered); atomic: see
     add_u64."""
-    scratch.u32[0] = slot
-    p.call("map_lookup_elem", maps.stats, scratch)
+    this_cpu(p, maps.stats, scratch)
     with p.If(p.r0 != 0):
-        add_u64(p, p.r0, 0, value, atomic)
+        add_u64(p, p.r0, _stat_at(p, slot), value, atomic)
 
 
 def stat_max(p, maps, scratch, slot, value):
-    """stats[slot] = max(stats[slot], value) on this CPU (value: memory)."""
-    scratch.u32[0] = slot
-    p.call("map_lookup_elem", maps.stats, scratch)
+    """stats[slot] = max(stats[slot], value) on this CPU (slot: int; value: memory)."""
+    this_cpu(p, maps.stats, scratch)
     with p.If(p.r0 != 0):
-        p.r1 = p.r0.u64[0]
+        p.r1 = p.r0.u64[slot * 8]
         p.r2 = value
         with p.If(p.r2 > p.r1):
-            p.r0.u64[0] = p.r2
+            p.r0.u64[slot * 8] = p.r2
 
 
 def remember(p, maps, ev, scratch):
     """Copy the EVENT in stack slot `ev` into this CPU's next "recent" slot (what the report
     lists), in place: the verifier inlines an array lookup, where map_update_elem is a helper
     call, an indirect call and a memcpy (on each close)."""
-    scratch.u32[0] = records.STAT_RECENT_NEXT
-    p.call("map_lookup_elem", maps.stats, scratch)
+    this_cpu(p, maps.recent, scratch)
     with p.If(p.r0 != 0):
-        p.r1 = p.r0.u64[0]
+        p.r1 = p.r0.u64[offsetof(records.RECENT, "next")]
         p.r2 = p.r1
         p.r2 += 1
-        p.r0.u64[0] = p.r2
+        p.r0.u64[offsetof(records.RECENT, "next")] = p.r2
         p.r1 &= records.RECENT_SLOTS - 1
-        scratch.u32[0] = p.r1
-        p.call("map_lookup_elem", maps.recent, scratch)
-        with p.If(p.r0 != 0):
-            for off in range(0, EVENT.sizeof(), 8):
-                p.r1 = ev.u64[off]
-                p.r0.u64[off] = p.r1
+        p.r1 *= EVENT.sizeof()
+        p.r0 += p.r1
+        at = offsetof(records.RECENT, "events")
+        for off in range(0, EVENT.sizeof(), 8):
+            p.r1 = ev.u64[off]
+            p.r0.u64[at + off] = p.r1
 
 
 def emit(p, maps, ev, ctx, scratch, count=True):

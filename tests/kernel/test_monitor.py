@@ -193,7 +193,10 @@ def test_cgroup_metrics_in_the_per_cpu_cache_or_the_hash_map_behind_it(monitor, 
     stranger = c.cgroup_id + 1
     held = {"free": {"key": 0, "metrics": dict.fromkeys(METRICS_FIELDS, 0)},
             "taken": {"key": stranger, "metrics": dict(dict.fromkeys(METRICS_FIELDS, 0), closed=5, bytes_sent=7)}}
-    maps.cache_cgroup.update(index, [held[slot]] * maps.cache_cgroup.ncpus)
+    per_cpu = maps.cache_cgroup.lookup(0)  # each CPU's whole cache (one element)
+    for cache in per_cpu:
+        cache[index] = held[slot]
+    maps.cache_cgroup.update(0, per_cpu)
     close = _outbound(monitor, c, c.host_ipv4, "ipv4")
     in_hash = maps.metrics_cgroup.lookup({"cgroup_id": c.cgroup_id}) is not None
     assert in_hash == (slot == "taken")
