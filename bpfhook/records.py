@@ -8,7 +8,7 @@ is asserted below. The BPF programs take their offsets from `offsetof()` /
     EVENT        connection event, one ring buffer (or perf buffer) record, 136 bytes
     CONN_KEY     LRU hash "conns": the connection's socket, 8 bytes
     CONN         its value: who opened it, addresses, state, bytes, 112 bytes
-    CONN_SLOT    array "conn_slots": a socket (SLOT_ENDED set once it ended) and its CONN, 120 bytes
+    CONN_SLOT    array "conn_slots": a socket (SLOT_ENDED set once it ended) and its CONN, 128 bytes
     CGROUP_KEY   per-CPU hash "metrics_cgroup": cgroup id, 8 bytes
     NETNS_KEY    per-CPU hash "metrics_netns": netns cookie (or inode), 8 bytes
     METRICS      value of both metrics maps (one per CPU, summed by user space), 32 bytes
@@ -121,31 +121,36 @@ EVENT = Struct(
 
 CONN_KEY = Struct("sock" / u64)
 
+# What every state transition reads or writes (state, flags, pid) comes first: in a slot it
+# shares the first cache line with the slot's sock word.
 CONN = Struct(
+    "state" / u8,  # current TCP state; CLOSE: ended, the entry kept for the next socket at this address
+    "flags" / u8,  # F_* bits, as in EVENT
+    "family" / u16,
+    "sport" / u16,
+    "dport" / u16,
+    "pid" / u32,
+    "tid" / u32,
     "start_ns" / u64,  # first sight (connect / SYN_SENT / accept)
     "cgroup_id" / u64,
     "netns" / u64,
     "bytes_sent" / u64,  # last known; hooks that see data update it, close reads tcp_sock
     "bytes_received" / u64,
-    "pid" / u32,
-    "tid" / u32,
     "comm" / Bytes(16),
     "saddr" / Bytes(16),
     "daddr" / Bytes(16),
-    "sport" / u16,
-    "dport" / u16,
-    "family" / u16,
     "protocol" / u8,
-    "state" / u8,  # current TCP state; CLOSE: ended, the entry kept for the next socket at this address
-    "flags" / u8,  # F_* bits, as in EVENT
     Padding(7),
 )
 
 # conn_slots: a socket's slot is fixed by its address (conn_common.slot_of); it holds its CONN
-# unless another live connection holds the slot (then the CONN is in "conns").
+# unless another live connection holds the slot (then the CONN is in "conns"). 128 bytes, and the
+# mmapable array's values start on a page: each slot is two whole cache lines, and a transition
+# of a followed connection touches only the first.
 CONN_SLOT = Struct(
     "sock" / u64,  # 0: never used; bit SLOT_ENDED set: the connection ended, the slot is free
     "conn" / CONN,
+    Padding(8),
 )
 SLOT_ENDED = 1  # struct sock addresses are aligned: bit 0 is free to mark an ended slot
 
@@ -183,7 +188,7 @@ LISTENER_KEY = Struct(
 )
 
 _SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
-          "CONN_SLOT": (CONN_SLOT, 120),
+          "CONN_SLOT": (CONN_SLOT, 128),
           "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32),
           "METRICS_CACHED": (METRICS_CACHED, 40), "METRICS_CACHE": (METRICS_CACHE, 40 * METRICS_CACHE_SLOTS),
           "STATS": (STATS, 8 * NSTATS), "RECENT": (RECENT, 8 + 136 * RECENT_SLOTS),

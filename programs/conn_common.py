@@ -62,10 +62,11 @@ BPF_RB_AVAIL_DATA = 0
 BPF_F_CURRENT_CPU = 0xFFFFFFFF
 
 CONNS_MAX = 32768
-CONN_SLOTS = 16384  # 1.9 MB; a power of two (slot_of takes the top bits of a product)
+CONN_SLOTS = 16384  # 2 MB; a power of two (slot_of takes the top bits of a product)
 SLOT_HASH = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: Fibonacci hashing spreads slab addresses
 SLOT_SIZE = records.CONN_SLOT.sizeof()
 CONN_IN_SLOT = records.offsetof(records.CONN_SLOT, "conn")
+CONN_SIZE = records.CONN.sizeof()
 METRICS_MAX = 4096
 CACHE_BITS = records.METRICS_CACHE_SLOTS.bit_length() - 1
 RINGBUF_SIZE = 4 << 20
@@ -274,7 +275,7 @@ class Maps:
             return []
         view = self.conn_slots.mmap(writable=False)
         socks = view.cast("Q")[:self.slots * SLOT_SIZE // 8:SLOT_SIZE // 8].tolist()
-        return [(sock, records.CONN_CODEC.decode(view[i * SLOT_SIZE + CONN_IN_SLOT:(i + 1) * SLOT_SIZE]))
+        return [(sock, records.CONN_CODEC.decode(view[i * SLOT_SIZE + CONN_IN_SLOT:][:CONN_SIZE]))
                 for i, sock in enumerate(socks) if sock and (ended or not sock & records.SLOT_ENDED)]
 
     def entry(self, sock):
@@ -283,7 +284,7 @@ class Maps:
             raw = self.conn_slots.mmap(writable=False)[self.slot_index(sock) * SLOT_SIZE:][:SLOT_SIZE]
             held = int.from_bytes(raw[:8], sys.byteorder)
             if held & ~records.SLOT_ENDED == sock:
-                return records.CONN_CODEC.decode(raw[CONN_IN_SLOT:]), bool(held & records.SLOT_ENDED)
+                return records.CONN_CODEC.decode(raw[CONN_IN_SLOT:][:CONN_SIZE]), bool(held & records.SLOT_ENDED)
         conn = self.conns.lookup({"sock": sock})
         return None if conn is None else (conn, conn.state == records.TCP_STATE_IDS["CLOSE"])
 

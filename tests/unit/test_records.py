@@ -14,15 +14,17 @@ EXPECTED_OFFSETS = {
               "bytes_received": 48, "duration_ns": 56, "pid": 64, "tid": 68, "comm": 72, "saddr": 88,
               "daddr": 104, "sport": 120, "dport": 122, "family": 124, "protocol": 126, "kind": 127,
               "oldstate": 128, "newstate": 129, "flags": 130},
-    "CONN": {"start_ns": 0, "cgroup_id": 8, "netns": 16, "bytes_sent": 24, "bytes_received": 32, "pid": 40,
-             "tid": 44, "comm": 48, "saddr": 64, "daddr": 80, "sport": 96, "dport": 98, "family": 100,
-             "protocol": 102, "state": 103, "flags": 104},
+    "CONN": {"state": 0, "flags": 1, "family": 2, "sport": 4, "dport": 6, "pid": 8, "tid": 12, "start_ns": 16,
+             "cgroup_id": 24, "netns": 32, "bytes_sent": 40, "bytes_received": 48, "comm": 56, "saddr": 72,
+             "daddr": 88, "protocol": 104},
+    "CONN_SLOT": {"sock": 0, "conn": 8},
     "METRICS": {"closed": 0, "bytes_sent": 8, "bytes_received": 16, "udp": 24},
     "CONN_KEY": {"sock": 0},
     "CGROUP_KEY": {"cgroup_id": 0},
     "NETNS_KEY": {"netns": 0},
 }
-SIZES = {"EVENT": 136, "CONN": 112, "METRICS": 32, "CONN_KEY": 8, "CGROUP_KEY": 8, "NETNS_KEY": 8}
+SIZES = {"EVENT": 136, "CONN": 112, "CONN_SLOT": 128, "METRICS": 32, "CONN_KEY": 8, "CGROUP_KEY": 8,
+         "NETNS_KEY": 8}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_OFFSETS))
