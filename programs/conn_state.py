@@ -205,11 +205,23 @@ def _event_header(p, ev):
 
 
 def _event_from_sock(p, kernel, ev, buf, scratch, typed):
-    """The EVENT of a transition of a socket with no map entry: everything from the sock."""
+    """The EVENT of a transition of a socket with no map entry: everything from the sock.
+
+    Typed, the cgroup and netns pointers are walked from bpf_skc_to_tcp_sock's copy of the
+    socket pointer, not from the tracepoint's argument: loading a pointer field through a
+    trusted pointer (the argument) makes the verifier search all of vmlinux BTF by name for
+    the field's trust annotations, ~1 ms each time it checks that load (~13 ms of this
+    program's load, at start-up); through the helper's untrusted copy it does not. One helper
+    call per opening."""
     _event_header(p, ev)
     ev.u8[E["protocol"]] = IPPROTO_TCP
     sock_addresses(p, kernel, ev, buf, p.r6, E, typed)
-    sock_owner(p, kernel, ev, scratch, p.r6, typed)
+    if typed:
+        p.call("skc_to_tcp_sock", p.r6)
+        with p.If(p.r0 != 0):  # (a TCP socket: exit_unless_tcp ran)
+            sock_owner(p, kernel, ev, scratch, p.r0, typed)
+    else:
+        sock_owner(p, kernel, ev, scratch, p.r6, typed)
 
 
 def _tcp_bytes(p, kernel, ev, typed):
