@@ -43,7 +43,7 @@ from pybpf.asm import Program
 
 from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, copy_shared, current_task, emit,
                           exit_unless_tcp, field_in, find_conn, kread, kread_fields, mark_conn, sock_addresses,
-                          sock_netns)
+                          sock_netns, task_reader)
 
 HOOKS = ("fexit", "kretprobe", "getpeername", "tracepoint")  # best first
 GETPEERNAME_HOOKS = {4: "getpeername4", 6: "getpeername6"}
@@ -136,6 +136,7 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, u
     A socket the state program follows is a TCP one with its addresses and netns in its
     map entry: nothing more is read from it. Without streaming an accept of any other
     socket (a Unix one, a connection older than the monitor) has nothing to update."""
+    task = task_reader(kernel, p.prog_type)
     with p.If(p.r6 == 0):
         p.exit(ret)
     find_conn(p, maps, p.r6, key, scratch, sk_type)
@@ -155,7 +156,7 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, u
         with p.If(p.r1 != records.F_PASSIVE):  # an active one, or one accepted before the monitor
             p.exit(ret)  # started (its owner is unknown): a getpeername() now is no accept
     if not maps.stream:
-        current_task(p, p.r7, C)
+        current_task(p, p.r7, C, task=task)
         mark_conn(p, p.r7, records.F_OWNER_FROM_ACCEPT)
         emit(p, maps, ev, p.r9, scratch)  # counted, as streaming would have sent it
         p.exit(ret)
@@ -172,7 +173,7 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, u
     ev.u8[E["kind"]] = records.EV_ACCEPT
     ev.u8[E["protocol"]] = IPPROTO_TCP
     ev.u8[E["flags"]] = records.F_OWNER_FROM_ACCEPT | records.F_PASSIVE
-    current_task(p, ev)
+    current_task(p, ev, task=task)
     with p.If(p.r7 != 0):  # the new owner into the entry
         for name, type in (("cgroup_id", "u64"), ("pid", "u32"), ("tid", "u32")):
             p.r1 = getattr(ev, type)[E[name]]

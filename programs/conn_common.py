@@ -95,6 +95,7 @@ _KERNEL_FIELDS = {
     "bytes_sent": ("tcp_sock", "bytes_sent"),
     "bytes_received": ("tcp_sock", "bytes_received"),
     "task_files": ("task_struct", "files"),
+    "task_comm": ("task_struct", "comm"),
     "files_fdt": ("files_struct", "fdt"),
     "fdt_max_fds": ("fdtable", "max_fds"),
     "fdt_fd": ("fdtable", "fd"),
@@ -114,7 +115,8 @@ if os.uname().machine in _RETURN_REGISTER:
     _KERNEL_FIELDS["regs_rc"] = _RETURN_REGISTER[os.uname().machine]
 # Kernel functions and tracepoints the programs hook by BTF id (fexit, tp_btf); their prototypes
 # vary between kernels
-_KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state", "bpf_iter_tcp")
+_KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state", "bpf_iter_tcp",
+                 "bpf_get_current_task_btf")  # (the helper's function: in BTF where the helper is)
 
 # Parsing vmlinux BTF costs most of the monitor's start-up time and memory, and its answers
 # cannot change until the next boot: they are kept in a file on tmpfs keyed by boot id.
@@ -610,20 +612,44 @@ def mark_conn(p, conn, flag):
     conn.u8[C["flags"]] = p.r1
 
 
-def current_task(p, dst, at=E, cgroup=True):
+def task_reader(kernel, prog_type):
+    """`kernel` when programs of `prog_type` may call bpf_get_current_task_btf (Linux 5.11;
+    cgroup programs later: probed), for current_task; else None."""
+    if kernel.funcs.get("bpf_get_current_task_btf") is None:
+        return None
+    if prog_type == "tracing":  # (a tracing program has every tracing helper; it cannot be probed
+        return kernel           # without a target)
+    from pybpf import features
+
+    return kernel if features.has(f"helper.{prog_type}.get_current_task_btf") else None
+
+
+def current_task(p, dst, at=E, cgroup=True, task=None):
     """pid, tid, comm (and cgroup_id) of the current task into `dst` at the field offsets `at`
-    (EVENT's by default): a stack slot, or r6..r9 pointing at map memory."""
+    (EVENT's by default): a stack slot, or r6..r9 pointing at map memory. r0-r5 clobbered.
+
+    task: task_reader()'s answer. Given, comm is two loads from bpf_get_current_task_btf's
+    task_struct (NUL-padded there, as the helper's copy is); else bpf_get_current_comm, whose
+    strscpy costs ~55 ns a call here (twice per connection). A char array is a scalar to the
+    verifier: the loads cost it nothing, unlike a pointer field of a trusted pointer (see
+    conn_state._event_from_sock)."""
     p.call("get_current_pid_tgid")
     dst.u32[at["tid"]] = p.r0
     p.r0 >>= 32
     dst.u32[at["pid"]] = p.r0
-    if isinstance(dst, StackSlot):
-        p.r1 = p.r10
-        p.r1 += dst.offset + at["comm"]
+    if task is not None:
+        p.call("get_current_task_btf")
+        for half in (0, 8):
+            p.r1 = typed_field(p.r0, task, "task_comm", "u64", half)
+            dst.u64[at["comm"] + half] = p.r1
     else:
-        p.r1 = dst
-        p.r1 += at["comm"]
-    p.call("get_current_comm", p.r1, 16)
+        if isinstance(dst, StackSlot):
+            p.r1 = p.r10
+            p.r1 += dst.offset + at["comm"]
+        else:
+            p.r1 = dst
+            p.r1 += at["comm"]
+        p.call("get_current_comm", p.r1, 16)
     if cgroup:
         p.call("get_current_cgroup_id")
         dst.u64[at["cgroup_id"]] = p.r0

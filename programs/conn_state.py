@@ -53,7 +53,7 @@ from pybpf.features import TP_BTF_PREFIX
 from .conn_common import (IPPROTO_TCP, C, E, account, claim_slot, copy_shared, count_lost,
                           current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread,
                           lookup_conns, mark_conn, remember, sock_addresses, sock_owner, stat_add, stat_max,
-                          store_conn, typed_field)
+                          store_conn, task_reader, typed_field)
 
 RAW_TRACEPOINT = "inet_sock_set_state"
 TP_BTF = TP_BTF_PREFIX + RAW_TRACEPOINT  # the typedef a tp_btf program's attach_btf_id names
@@ -81,6 +81,7 @@ def build(maps, kernel, typed=False):
     bpf_probe_read_kernel. typed=True: a tp_btf one (load as tracing, trace_raw_tp, attach_btf_id
     kernel.func(TP_BTF)[0]); the socket argument is a BTF-typed pointer, read with plain loads."""
     p = Program("bh_conn_state", prog_type="tracing" if typed else "raw_tracepoint")
+    task = task_reader(kernel, p.prog_type)
     # What every run touches first, nearest the caller's frame (a warm cache line); what only
     # openings and closes use, below it.
     key = p.stack.alloc(8)
@@ -119,7 +120,7 @@ def build(maps, kernel, typed=False):
         with p.If(_in_handshake(p, p.r8)):  # an opening: start following it
             _event_from_sock(p, kernel, ev, buf, scratch, typed)
             with p.If(p.r8 == SYN_SENT):  # connect(): we run in the connecting task
-                current_task(p, ev, cgroup=False)
+                current_task(p, ev, cgroup=False, task=task)
             with p.Else():  # a listener's child: its owner comes with accept() (or close())
                 ev.u8[E["flags"]] = records.F_PASSIVE
             _new_conn(p, maps, ev, conn, key, reuse, dest, scratch)
@@ -132,7 +133,7 @@ def build(maps, kernel, typed=False):
                 _event_from_sock(p, kernel, ev, buf, scratch, typed)
     with p.Else():
         p.r7.u8[C["state"]] = p.r8
-        _owner_from_closer(p)
+        _owner_from_closer(p, task)
         with p.If(_in_handshake(p, p.r9.u64[ARG_OLDSTATE])):  # out of the handshake: ports and peer are final
             sock_addresses(p, kernel, p.r7, buf, p.r6, C, typed)
         with p.If(p.r8 == CLOSE):
@@ -246,7 +247,7 @@ def _event_from_conn(p, ev):
     copy_shared(p, p.r7, CONN, ev, EVENT)
 
 
-def _owner_from_closer(p):
+def _owner_from_closer(p, task):
     """A connection with no owner yet (passive, and no accept hook saw it: accept(fd, NULL,
     NULL) under the getpeername hook) takes the task that closes it. Entering FIN_WAIT1 or
     LAST_ACK is always that task's close() or shutdown(), in process context."""
@@ -256,7 +257,7 @@ def _owner_from_closer(p):
     with p.If(p.r1 != 0):
         p.r1 = p.r7.u32[C["pid"]]
         with p.If(p.r1 == 0):
-            current_task(p, p.r7, C)
+            current_task(p, p.r7, C, task=task)
             mark_conn(p, p.r7, records.F_OWNER_FROM_CLOSE)
 
 

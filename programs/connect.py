@@ -16,7 +16,8 @@ struct the monitor reads.
 from bpfhook import records
 from pybpf.asm import Program
 
-from .conn_common import IPPROTO_TCP, IPPROTO_UDP, E, account, current_task, define_metrics, emit, remember
+from .conn_common import (IPPROTO_TCP, IPPROTO_UDP, E, account, current_task, define_metrics, emit, remember,
+                          task_reader)
 
 ALLOW = 1
 HOOKS = {4: "connect4", 6: "connect6"}
@@ -63,7 +64,7 @@ def build(maps, kernel, version):
     ev.u64[E["cookie"]] = p.r0
     p.call("get_netns_cookie", p.r9)
     ev.u64[E["netns"]] = p.r0
-    current_task(p, ev)
+    current_task(p, ev, task=task_reader(kernel, p.prog_type))
     with p.If(p.r6 == IPPROTO_UDP):
         ev.u8[E["kind"]] = records.EV_UDP
         account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]), [("udp", 1)])
