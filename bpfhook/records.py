@@ -19,8 +19,8 @@ is asserted below. The BPF programs take their offsets from `offsetof()` /
 
 The per-CPU maps hold one element each, the whole table: the lookup the
 verifier inlines loads the element's per-CPU pointer before the value, and with
-one element that is the same word at every run (a warm cache line), where an
-array of many elements has one pointer per element, each its own cache miss.
+one element that is the same word at every run, where an array of many elements
+has one per element; and user space reads a whole table in one system call.
     LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
     LISTENER_KEY hash "listeners" (programs/existing.py, one walk): a listening port and its netns, 16 bytes
 

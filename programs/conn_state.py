@@ -82,8 +82,8 @@ def build(maps, kernel, typed=False):
     kernel.func(TP_BTF)[0]); the socket argument is a BTF-typed pointer, read with plain loads."""
     p = Program("bh_conn_state", prog_type="tracing" if typed else "raw_tracepoint")
     task = task_reader(kernel, p.prog_type)
-    # What every run touches first, nearest the caller's frame (a warm cache line); what only
-    # openings and closes use, below it.
+    # What every run touches nearest the caller's frame; what only openings and closes use,
+    # below it.
     key = p.stack.alloc(8)
     scratch = p.stack.alloc(8)
     reuse = p.stack.alloc(8)  # an ended connection's entry in conns at this address, or 0
@@ -211,9 +211,9 @@ def _event_from_sock(p, kernel, ev, buf, scratch, typed):
     Typed, the cgroup and netns pointers are walked from bpf_skc_to_tcp_sock's copy of the
     socket pointer, not from the tracepoint's argument: loading a pointer field through a
     trusted pointer (the argument) makes the verifier search all of vmlinux BTF by name for
-    the field's trust annotations, ~1 ms each time it checks that load (~13 ms of this
-    program's load, at start-up); through the helper's untrusted copy it does not. One helper
-    call per opening."""
+    the field's trust annotations, ~1 ms each time it checks that load (this program loaded in
+    ~38 ms that way, ~5 ms now: start-up time); through the helper's untrusted copy it does
+    not. One helper call per opening."""
     _event_header(p, ev)
     ev.u8[E["protocol"]] = IPPROTO_TCP
     sock_addresses(p, kernel, ev, buf, p.r6, E, typed)
