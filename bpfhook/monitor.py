@@ -105,7 +105,7 @@ class Monitor:
 
         try:
             kernel = self._kernel
-            with existing.listeners_map() as listeners:
+            with existing.listeners_map() as listeners:  # (the loaded program holds it from here)
                 prog = load(existing.build(self.maps, kernel, listeners), "tracing", name="bh_existing",
                             expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0])
             with prog, attach.iterator(prog) as link:
@@ -238,26 +238,23 @@ class Monitor:
         totals = self.maps.metric_totals(table, cache, field)
         return with_live(totals, self.connections() if connections is None else connections, field)
 
-    def _stat(self, slot):
-        """stats[slot] of every CPU."""
-        return [cpu[slot] for cpu in self.maps.stats.lookup(0)]
+    def _stats_by_slot(self):
+        """[slot][cpu]: every CPU's stats, in one lookup of the one-element table."""
+        return list(zip(*self.maps.stats.lookup(0)))
 
     def stats(self):
         """The kernel's summaries: {"events", "duration_total_ns", "duration_max_ns",
         "transitions": {(oldstate, newstate): count}}."""
-        rows = self.maps.stats.lookup(0)
-
-        def per_cpu(slot):
-            return [cpu[slot] for cpu in rows]
+        per_cpu = self._stats_by_slot()
         transitions = {}
         for old in range(records.NSTATES):
             for new in range(records.NSTATES):
-                count = sum(per_cpu(records.STAT_TRANSITIONS + old * records.NSTATES + new))
+                count = sum(per_cpu[records.STAT_TRANSITIONS + old * records.NSTATES + new])
                 if count:
                     transitions[(records.state_name(old), records.state_name(new))] = count
-        return {"events": sum(per_cpu(records.STAT_EVENTS)) + sum(transitions.values()),
-                "duration_total_ns": sum(per_cpu(records.STAT_DURATION_TOTAL)),
-                "duration_max_ns": max(per_cpu(records.STAT_DURATION_MAX)),
+        return {"events": sum(per_cpu[records.STAT_EVENTS]) + sum(transitions.values()),
+                "duration_total_ns": sum(per_cpu[records.STAT_DURATION_TOTAL]),
+                "duration_max_ns": max(per_cpu[records.STAT_DURATION_MAX]),
                 "transitions": transitions}
 
     def recent(self):
@@ -279,7 +276,7 @@ class Monitor:
 
     def _closed_total(self):
         """stats[STAT_CLOSED_KEPT] summed over the CPUs (each drifts; the sum mod 2**64 is exact)."""
-        return sum(self._stat(records.STAT_CLOSED_KEPT)) % 2**64
+        return sum(self._stats_by_slot()[records.STAT_CLOSED_KEPT]) % 2**64
 
     def trim_closed(self, limit=None):
         """Delete the ended connections' entries once more than `limit` (a quarter of the map

@@ -557,7 +557,7 @@ def store_conn(p, maps, dst, conn, key):
     """The CONN in stack slot `conn` into the slot register `dst` points at (one the socket
     claimed), or, when dst is 0, into conns at `key` (over an ended entry there). r2 clobbered."""
     with p.If(dst != 0):
-        for off in range(0, records.CONN.sizeof(), 8):
+        for off in range(0, CONN_SIZE, 8):
             p.r2 = conn.u64[off]
             dst.u64[off] = p.r2
     with p.Else():
