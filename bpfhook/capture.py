@@ -24,7 +24,7 @@ import struct
 import sys
 import time
 
-from bpfhook import cgroups, pcapng
+from bpfhook import cgroups, pcapng, procfs
 from pybpf.errors import BpfError
 
 SUMMARY_EVERY = 1.0  # seconds between live summary lines
@@ -142,18 +142,10 @@ class Owners:
         candidates = self._inodes(pids[0], version, proto, local, lport, remote, rport)
         if not candidates:
             return None
-        owners = {}
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                fd_dir = f"/proc/{pid}/fd"
-                for fd in os.listdir(fd_dir):
-                    with contextlib.suppress(OSError):
-                        link = os.readlink(f"{fd_dir}/{fd}")
-                        if link.startswith("socket:["):
-                            owners.setdefault(int(link[8:-1]), pid)
+        owners = procfs.socket_holders(pids)
         for inode in candidates:  # the connected socket if a process still holds it, else the listener
             if inode in owners:
-                return owners[inode], _comm(owners[inode])
+                return owners[inode], procfs.comm(owners[inode])
         return None
 
     @staticmethod
@@ -183,14 +175,6 @@ class Owners:
                         elif raddr.is_unspecified and rp == 0:
                             wild.append(inode)
         return exact + wild
-
-
-def _comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
 
 
 def _sun_path(path):

@@ -37,8 +37,10 @@ def event_object(event, container, cgroup_path=None):
         "bytes_sent": event["bytes_sent"],
         "bytes_received": event["bytes_received"],
         "duration_ns": event["duration_ns"],
-        # where pid/comm came from when not the task the event ran in: the accepting or closing task
-        "owner_from": "accept" if event["owner_from_accept"] else "close" if event["owner_from_close"] else None,
+        # where pid/comm came from when not the task the event ran in: the accepting or closing task,
+        # or the process /proc showed holding a connection open before the monitor started
+        "owner_from": ("accept" if event["owner_from_accept"] else "close" if event["owner_from_close"]
+                       else "proc" if event["owner_from_proc"] else None),
         "direction": records.direction(event),  # "in", "out", or null: not known
     }
 

@@ -47,7 +47,8 @@ class Monitor:
     slots:      conn_slots' size (conn_common.Maps); None: CONN_SLOTS where the kernel has BPF
                 atomics (a slot is claimed with a compare-and-swap), else 0
     older:      enter the TCP connections open before the start into the table now
-                (enter_older(); .older = how many, None where the kernel cannot)
+                (enter_older(); .older = how many, None where the kernel cannot), and find
+                their owners in /proc (find_older_owners)
     """
 
     def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None, older=True):
@@ -66,6 +67,8 @@ class Monitor:
         self.cgroup_dir = cgroup_dir
         self.notes = []  # what could not be attached, said once at start
         self._closed_baseline = 0  # stats[STAT_CLOSED_KEPT] when trim_closed last emptied the map of them
+        self._older_inodes = {}  # sock -> socket inode of the connections enter_older entered
+        self._older_owners = {}  # sock -> (pid, comm) of those, from /proc (find_older_owners)
         self.programs = []  # loaded and attached
         self._stack = contextlib.ExitStack()
         try:
@@ -88,6 +91,8 @@ class Monitor:
                 self._stack.enter_context(attach.cgroup(prog, hook, cgroup_dir))
             self._kernel = kernel
             self.older = self.enter_older() if older else None
+            if self.older:
+                self.find_older_owners()
         except BaseException:
             self._stack.close()
             raise
@@ -95,7 +100,8 @@ class Monitor:
     def enter_older(self):
         """Enter the TCP connections open before we attached (programs/existing.py) into the
         table: how many; None (with a note) where the kernel has no TCP socket iterator. The
-        constructor does it, unless told older=False (to say "attached" first)."""
+        constructor does it, unless told older=False (to say "attached" first). Their owners,
+        unknown to the kernel, are looked up in /proc by socket inode (find_older_owners)."""
         from pybpf import attach
         from pybpf.errors import BpfError
         from pybpf.prog import load
@@ -110,7 +116,7 @@ class Monitor:
                             expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0])
             with prog, attach.iterator(prog) as link:
                 # An iterator walks the sockets of the namespace it was created in: each in turn
-                entered = len(attach.run_iterator(link))  # a byte per connection entered
+                output = [attach.run_iterator(link)]
                 here = netns.own()
                 for ident, path in netns.host_namespaces().items():
                     if ident == here:
@@ -120,12 +126,41 @@ class Monitor:
                             inside.enter_context(netns.entered(path))
                         except OSError:
                             continue  # the namespace went away meanwhile
-                        entered += len(attach.run_iterator(link))
-                return entered
+                        output.append(attach.run_iterator(link))
         except BpfError as e:
             self.notes.append(f"connections open before the monitor started are not listed until they "
                               f"close: {str(e).splitlines()[0]}")
             return None
+        output = b"".join(output)
+        codec = records.OLDER_ENTERED_CODEC
+        entered = codec.decode_many(output, len(output) // codec.size)
+        self._older_inodes = {e.sock: e.inode for e in entered if e.inode}
+        return len(entered)
+
+    def find_older_owners(self):
+        """Look up in /proc which processes hold the connections enter_older() entered (as
+        `ss -p` does): from here, connections() and read() give those still without an owner
+        the pid and comm found (owner_from_proc; tid stays 0), the lowest pid when several
+        hold one. Returns how many were found. A scan of every process's fds: for the
+        monitor to do after it said it is attached."""
+        from bpfhook import procfs
+
+        wanted = set(self._older_inodes.values())
+        holders = procfs.socket_holders(procfs.all_pids(), wanted) if wanted else {}
+        comms = {pid: procfs.comm(pid) for pid in set(holders.values())}
+        self._older_owners = {sock: (holders[inode], comms[holders[inode]])
+                              for sock, inode in self._older_inodes.items() if inode in holders}
+        return len(self._older_owners)
+
+    def _with_older_owner(self, decoded):
+        """A decoded event or connection, its owner filled in from find_older_owners() when it
+        is an older connection the kernel knows no owner of."""
+        if decoded["older"] and not decoded["pid"]:
+            owner = self._older_owners.get(decoded["sock"])
+            if owner is not None:
+                decoded["pid"], decoded["comm"] = owner
+                decoded["owner_from_proc"] = True
+        return decoded
 
     def _state_attempts(self, kernel):
         """{hook: attach(stack, held) -> how} for the state program (conn_state.HOOKS)."""
@@ -223,7 +258,7 @@ class Monitor:
 
     def read(self, timeout):
         """Decoded events that arrived (waiting up to `timeout` seconds for the first)."""
-        return [records.decode_event(r) for r in self.reader.read(timeout)]
+        return [self._with_older_owner(records.decode_event(r)) for r in self.reader.read(timeout)]
 
     def cgroup_metrics(self, connections=None):
         """{cgroup id: metrics dict}: the kernel's totals of what ended, and the live
@@ -267,7 +302,7 @@ class Monitor:
         ended one's slot is marked, its entry in conns is in state CLOSE (kept for reuse)."""
         closed = records.TCP_STATE_IDS["CLOSE"]
         live = self.maps.slot_entries() + [(k.sock, c) for k, c in self.maps.conns.items()]
-        return [records.decode_conn(sock, c) for sock, c in live if c.state != closed]
+        return [self._with_older_owner(records.decode_conn(sock, c)) for sock, c in live if c.state != closed]
 
     def closed_kept(self):
         """Ended connections' entries conn_state keeps in conns for reuse, since the last trim
@@ -408,8 +443,9 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
             print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
             older = monitor.enter_older()
             if older is not None:
-                print(f"bpfhook monitor: {older} TCP connections open before the start entered (owner unknown "
-                      "until accepted or closed)", file=err, flush=True)
+                owned = monitor.find_older_owners()
+                print(f"bpfhook monitor: {older} TCP connections open before the start entered, {owned} with "
+                      "their owner from /proc (the rest: when accepted or closed)", file=err, flush=True)
             for note in monitor.notes:
                 print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
 

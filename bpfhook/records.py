@@ -23,6 +23,7 @@ one element that is the same word at every run, where an array of many elements
 has one per element; and user space reads a whole table in one system call.
     LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
     LISTENER_KEY hash "listeners" (programs/existing.py, one walk): a listening port and its netns, 16 bytes
+    OLDER_ENTERED  what that walk writes for each connection it enters: its sock and socket inode
 
 Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
 the connection's `struct sock`: the one value every hook sees for a TCP
@@ -62,7 +63,8 @@ F_OWNER_FROM_ACCEPT = 1 << 1  # pid/tid/comm/cgroup are the accept()ing task's, 
 F_OWNER_FROM_CLOSE = 1 << 2  # ... the closing task's: a passive connection no accept hook saw
 F_PASSIVE = 1 << 3  # the connection was accepted from a listener (its first state SYN_RECV), not connect()ed
 F_OLDER = 1 << 4  # open before the monitor started, found by programs/existing.py: start_ns is when it was
-# found, the owner is unknown until it is accepted or closed, and the direction unless F_PASSIVE
+# found, the kernel knows no owner until it is accepted or closed (Monitor looks in /proc), and the
+# direction unless F_PASSIVE
 F_ACCEPTED_BEFORE = 1 << 5  # with F_OLDER | F_PASSIVE: accept()ed before the monitor started (its local
 # port is a listener's in its netns): the acceptor is unknown, and no later getpeername() is an accept
 
@@ -187,12 +189,19 @@ LISTENER_KEY = Struct(
     Padding(6),
 )
 
+# What the walk writes (bpf_seq_write) for each connection it entered: user space finds its
+# owner by the socket's inode, as ss -p does (bpfhook.procfs)
+OLDER_ENTERED = Struct(
+    "sock" / u64,  # the struct sock's address: the connection's key (decode_conn's sock)
+    "inode" / u64,  # its socket inode, 0 while it waits in an accept queue (no process holds it)
+)
+
 _SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
           "CONN_SLOT": (CONN_SLOT, 128),
           "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32),
           "METRICS_CACHED": (METRICS_CACHED, 40), "METRICS_CACHE": (METRICS_CACHE, 40 * METRICS_CACHE_SLOTS),
           "STATS": (STATS, 8 * NSTATS), "RECENT": (RECENT, 8 + 136 * RECENT_SLOTS),
-          "LISTENER_KEY": (LISTENER_KEY, 16)}
+          "LISTENER_KEY": (LISTENER_KEY, 16), "OLDER_ENTERED": (OLDER_ENTERED, 16)}
 
 
 # ---- offsets, derived from the layouts ---------------------------------------
@@ -245,6 +254,7 @@ for _name, (_layout, _size) in _SIZES.items():
 EVENT_CODEC = codec(EVENT)  # flattened to struct.Struct: the ring buffer hot path
 CONN_CODEC = codec(CONN)
 METRICS_CODEC = codec(METRICS)
+OLDER_ENTERED_CODEC = codec(OLDER_ENTERED)
 
 
 def address(family, raw):
@@ -292,6 +302,7 @@ def decode_event(record):
         "passive": bool(e.flags & F_PASSIVE),
         "older": bool(e.flags & F_OLDER),
         "accepted_before": bool(e.flags & F_ACCEPTED_BEFORE),
+        "owner_from_proc": False,  # set by Monitor: pid/comm from /proc (an older connection's)
         "family": AF_NAMES.get(family, str(family)),
         "protocol": PROTOCOLS.get(e.protocol, str(e.protocol)),
         "saddr": address(family, e.saddr),
@@ -330,6 +341,7 @@ def decode_conn(sock, c):
         "netns_is_inode": bool(c.flags & F_NETNS_INODE), "owner_from_accept": bool(c.flags & F_OWNER_FROM_ACCEPT),
         "owner_from_close": bool(c.flags & F_OWNER_FROM_CLOSE), "passive": passive,
         "older": bool(c.flags & F_OLDER), "accepted_before": bool(c.flags & F_ACCEPTED_BEFORE),
+        "owner_from_proc": False,
         "family": AF_NAMES.get(family, str(family)), "protocol": PROTOCOLS.get(c.protocol, str(c.protocol)),
         "saddr": address(family, c.saddr), "sport": c.sport, "daddr": address(family, c.daddr), "dport": c.dport,
         "oldstate": "", "newstate": "", "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,

@@ -101,6 +101,9 @@ _KERNEL_FIELDS = {
     "fdt_fd": ("fdtable", "fd"),
     "file_private_data": ("file", "private_data"),
     "socket_sk": ("socket", "sk"),
+    "socket_file": ("socket", "file"),
+    "file_inode": ("file", "f_inode"),
+    "inode_ino": ("inode", "i_ino"),
     # the cgroup_sock_addr context (uapi, but read like the rest)
     "ctx_user_ip4": ("bpf_sock_addr", "user_ip4"),
     "ctx_user_ip6": ("bpf_sock_addr", "user_ip6"),

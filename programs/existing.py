@@ -11,13 +11,19 @@ state program was attached):
 
     addresses, state, cgroup and netns   from the socket, like an opening's
     start_ns                             now (the connection is older: F_OLDER)
-    owner                                unknown (pid 0) until the task that closes it
-                                         (conn_state), or that accepts it
+    owner                                unknown to the kernel (pid 0) until the task that
+                                         closes it (conn_state), or that accepts it; user
+                                         space looks its socket inode up in /proc meanwhile
     F_PASSIVE                            a socket no process holds yet (sk_socket NULL):
                                          a listener's child waiting in its accept queue,
                                          which accept() then hands over (programs/accept.py);
                                          or, with F_ACCEPTED_BEFORE, one accepted already:
                                          its local port is a listener's in its netns
+
+What the walk writes (bpf_seq_write), for user space to count and find owners by, is
+one OLDER_ENTERED (sock, socket inode) per connection entered. A record that overflows
+the seq_file buffer is dropped, and its socket visited again by the next read(): found
+with F_OLDER, entered by this walk, it gets its record again and nothing else.
 
 A listener is not a connection: its port goes into the `listeners` map (LISTENER_KEY).
 The walk meets every listener of a namespace before its first established socket
@@ -33,7 +39,7 @@ perf buffer too: bpf_perf_event_output from a tracing program takes its
 registers from a per-CPU scratch area, never from the context.)
 """
 from bpfhook import records
-from bpfhook.records import CONN, EVENT
+from bpfhook.records import CONN, EVENT, OLDER_ENTERED, offsetof
 from pybpf.asm import Program
 
 from .conn_common import (C, E, IPPROTO_TCP, claim_slot, copy_shared, emit, find_conn, sock_addresses,
@@ -66,6 +72,7 @@ def build(maps, kernel, listeners):
     key = p.stack.alloc(8)
     scratch = p.stack.alloc(8)
     slot = p.stack.alloc(8)
+    entered = p.stack.alloc(OLDER_ENTERED)
 
     p.r9 = p.r1
     p.r1 = p.r9.u64[CTX_SK_COMMON]
@@ -87,11 +94,19 @@ def build(maps, kernel, listeners):
         scratch.u8[0] = p.r1
         p.call("map_update_elem", listeners, conn, scratch, 0)
         p.exit(0)
+    _socket_inode(p, kernel, entered)
     slot.u64[0] = 0
     find_conn(p, maps, p.r6, key, scratch, "pointer", slot)
     with p.If(p.r7 != 0):
         p.r1 = p.r7.u8[C["state"]]
         with p.If(p.r1 != CLOSE):  # followed already
+            p.r1 = p.r7.u8[C["flags"]]
+            p.r1 &= records.F_OLDER
+            with p.If(p.r1 == 0):  # opened since the state program was attached
+                p.exit(0)
+            # Entered by this walk: a socket whose record overflowed the seq_file buffer is
+            # visited again by the next read(), and only its record is due
+            _write_entered(p, key, entered)
             p.exit(0)
 
     ev.u8[E["protocol"]] = IPPROTO_TCP
@@ -119,11 +134,29 @@ def build(maps, kernel, listeners):
         ev.u8[E["newstate"]] = p.r8
         ev.u8[E["kind"]] = records.EV_EXISTING
         emit(p, maps, ev, p.r9, scratch)
-    p.r1 = p.r9.u64[CTX_META]
-    p.r1 = p.r1.u64[META_SEQ]
-    p.call("seq_write", p.r1, scratch, 1)  # one byte per connection entered: the count, for user space
+    _write_entered(p, key, entered)
     p.exit(0)
     return p
+
+
+def _socket_inode(p, kernel, entered):
+    """entered.inode = the inode number of the socket (struct socket) holding the tcp_sock at r6,
+    or 0 when none does. Typed loads: through a NULL pointer they read 0."""
+    p.r1 = typed_field(p.r6, kernel, "sk_socket")
+    p.r1 = typed_field(p.r1, kernel, "socket_file")
+    p.r1 = typed_field(p.r1, kernel, "file_inode")
+    p.r1 = typed_field(p.r1, kernel, "inode_ino")
+    entered.u64[offsetof(OLDER_ENTERED, "inode")] = p.r1
+
+
+def _write_entered(p, key, entered):
+    """The OLDER_ENTERED record of the connection (its sock from find_conn's key) to the walk's
+    output: what user space counts, and finds owners by."""
+    p.r1 = key.u64[0]
+    entered.u64[offsetof(OLDER_ENTERED, "sock")] = p.r1
+    p.r1 = p.r9.u64[CTX_META]
+    p.r1 = p.r1.u64[META_SEQ]
+    p.call("seq_write", p.r1, entered, OLDER_ENTERED.sizeof())
 
 
 def _listener_key(p, ev, key):

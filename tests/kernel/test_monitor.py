@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from bpfhook import cgroups
+from bpfhook import cgroups, procfs
 from bpfhook.monitor import Monitor, run
 from bpfhook.monitor_cli import MonitorOptions
 from bpfhook.programs import accept
@@ -465,10 +465,11 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
 @pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
 def test_connections_open_before_the_start_are_listed_and_end_cleanly(lab, slots):
     """Connections older than the monitor (a TCP socket iterator enters them at start) are live
-    with their cgroup and netns and their owner unknown; the server's ends are passive (one still
-    waiting in the accept queue, one accepted: its port is the listener's), the clients' are not;
-    accept() then hands the waiting one over, a getpeername() on the accepted one takes nothing,
-    and closes are counted, none lost."""
+    with their cgroup and netns, and the owner /proc shows holding each (the kernel knows none);
+    the server's ends are passive (one still waiting in the accept queue, held by nobody, one
+    accepted: its port is the listener's), the clients' are not; accept() then hands the waiting
+    one over, a getpeername() on the accepted one takes nothing, and closes are counted, none
+    lost."""
     c = lab(ipv6=False)
     with socket.socket() as listener:
         listener.bind((c.host_ipv4, 0))
@@ -483,22 +484,25 @@ def test_connections_open_before_the_start_are_listed_and_end_cleanly(lab, slots
                 assert m.older is not None and m.older >= 4, m.notes
                 live = m.connections()
                 ends = {sport: [x for x in live if sport in (x["sport"], x["dport"])] for sport in sports}
-                for sport in sports:
+                for sport, client in zip(sports, clients):
                     (client_end,) = [x for x in ends[sport] if x["sport"] == sport]
-                    assert (client_end["older"], client_end["passive"], client_end["pid"]) == (True, False, 0)
+                    assert (client_end["older"], client_end["passive"]) == (True, False)
+                    assert (client_end["pid"], client_end["owner_from_proc"]) == (client.pid, True)
+                    assert client_end["comm"] == procfs.comm(client.pid) and m.maps.entry(client_end["sock"])[0].pid == 0
                     assert (client_end["cgroup_id"], client_end["state"], client_end["saddr"]) == (
                         c.cgroup_id, "ESTABLISHED", c.ipv4)
                     (server_end,) = [x for x in ends[sport] if x["dport"] == sport]
                     assert server_end["netns"] != client_end["netns"] and server_end["older"]
                 server_ends = [x for x in live if x["sport"] == port and x["older"]]
-                assert len(server_ends) == 2 and all(x["passive"] and x["pid"] == 0 for x in server_ends)
-                waiting = [x for x in server_ends if not x["accepted_before"]]
-                assert len(waiting) == 1  # the one not accepted yet
+                assert len(server_ends) == 2 and all(x["passive"] for x in server_ends)
+                (waiting,) = [x for x in server_ends if not x["accepted_before"]]  # not accepted yet
+                assert (waiting["pid"], waiting["owner_from_proc"]) == (0, False)  # no process holds it
                 (accepted,) = [x for x in live if (x["sport"], x["dport"]) == (port, served.getpeername()[1])]
+                assert (accepted["pid"], accepted["owner_from_proc"]) == (os.getpid(), True)
                 assert accepted["accepted_before"] and m.maps.entry(accepted["sock"])[0].pid == 0  # no accept
                 pending, _ = listener.accept()
                 with pending:
-                    entry = m.maps.entry(waiting[0]["sock"])
+                    entry = m.maps.entry(waiting["sock"])
                     assert entry and entry[0].pid == os.getpid() and entry[0].flags & F_OWNER_FROM_ACCEPT
                 for p in clients:  # the container's two ends close when their stdin does
                     p.stdin.close()
@@ -654,6 +658,27 @@ def test_perf_buffer_path_delivers_the_same_events():
         assert m.lost()["events"] == 0
 
 
+def test_every_older_connection_is_counted_and_owned_past_one_read_of_the_walk():
+    """More older connections than one read() of the walk holds (16 bytes each, a 32 KB seq_file
+    buffer): the socket whose record overflowed is visited again by the next read, and still
+    counted and given its owner, though the first visit entered it already."""
+    pairs = 1500
+    with contextlib.ExitStack() as stack, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(pairs)
+        ports = set()
+        for _ in range(pairs):
+            client = stack.enter_context(socket.create_connection(listener.getsockname()))
+            stack.enter_context(listener.accept()[0])
+            ports.add(client.getsockname()[1])
+        with Monitor(CGROUP_ROOT, stream=False) as m:
+            live = m.connections()
+    ours = [x for x in live if x["older"] and ports & {x["sport"], x["dport"]}]
+    assert len(ours) == 2 * pairs
+    assert all((x["pid"], x["owner_from_proc"]) == (os.getpid(), True) for x in ours)
+    assert m.older >= len([x for x in live if x["older"]])  # (a host connection may close meanwhile)
+
+
 @pytest.mark.parametrize("events", ["ringbuf", "perf"])
 def test_older_connections_come_as_existing_events_on_either_buffer(events):
     with loopback_connection() as (port, cport):
@@ -665,7 +690,8 @@ def test_older_connections_come_as_existing_events_on_either_buffer(events):
             found = ours(collect(m, lambda evs: len(ours(evs)) == 2))
             assert m.lost()["events"] == 0
     assert sorted((e["sport"], e["dport"]) for e in found) == sorted([(port, cport), (cport, port)])
-    assert all(e["newstate"] == "ESTABLISHED" and e["pid"] == 0 for e in found)
+    assert all(e["newstate"] == "ESTABLISHED" and (e["pid"], e["owner_from_proc"]) == (os.getpid(), True)
+               for e in found)  # the kernel knows no owner; /proc shows ours
     # in one netns too, only the server's end has the listener's port
     assert {e["sport"]: (e["passive"], e["accepted_before"]) for e in found} == {port: (True, True),
                                                                                cport: (False, False)}
@@ -733,9 +759,10 @@ def test_the_command_streams_and_reports_connections_open_before_it_started():
     assert result["rc"] == 0
     existing = [e for e in seen if e["event"] == "existing"]
     assert {(e["sport"], e["dport"]) for e in existing} == {(port, cport), (cport, port)}
-    assert all(e["newstate"] == "ESTABLISHED" and e["older"] and e["pid"] == 0 for e in existing)
-    m = re.search(r"(\d+) TCP connections open before the start entered", err.getvalue())
-    assert m and int(m[1]) >= 2
+    assert all(e["newstate"] == "ESTABLISHED" and e["older"] and e["pid"] == os.getpid() for e in existing)
+    m = re.search(r"(\d+) TCP connections open before the start entered, (\d+) with their owner from /proc",
+                  err.getvalue())
+    assert m and int(m[1]) >= int(m[2]) >= 2
     final = out.getvalue().split("FINAL CONNECTION METRICS REPORT")[1]
     assert "Active connections: 2 " in final and "ESTABLISHED" in final
 

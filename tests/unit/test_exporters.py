@@ -19,7 +19,7 @@ JSON_FIELDS = {"ts", "event", "pid", "tid", "comm", "cgroup_id", "cgroup", "cont
 def ev(**over):
     e = {"ts_ns": 1_500_000_000, "event": "close", "pid": 7, "tid": 8, "comm": "curl", "cgroup_id": 100,
          "netns": 4026531840, "netns_is_inode": False, "owner_from_accept": False, "owner_from_close": False,
-         "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000, "daddr": "10.77.1.1", "dport": 80,
+         "owner_from_proc": False, "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000, "daddr": "10.77.1.1", "dport": 80,
          "oldstate": "LAST_ACK", "newstate": "CLOSE", "bytes_sent": 10, "bytes_received": 20,
          "duration_ns": 30, "sock": 1, "cookie": 0}
     e.update(over)
@@ -32,14 +32,15 @@ def test_json_lines_one_object_per_event():
     sink.write(ev(), classify("/bpfhook.lab/web"))
     sink.write(ev(event="connect", oldstate="", newstate=""), classify("/"))
     sink.write(ev(owner_from_close=True), classify("/"))
-    first, second, third = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert (first["owner_from"], third["owner_from"]) == (None, "close")
+    sink.write(ev(event="existing", older=True, owner_from_proc=True), classify("/"))
+    first, second, third, fourth = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (first["owner_from"], third["owner_from"], fourth["owner_from"]) == (None, "close", "proc")
     assert JSON_FIELDS <= set(first)
     assert (first["ts"], first["container"], first["container_id"], first["cgroup"]) == (
         1.5, "web", "web", "/bpfhook.lab/web")
     assert (first["oldstate"], first["newstate"], first["bytes_sent"]) == ("LAST_ACK", "CLOSE", 10)
     assert (second["container"], second["container_kind"], second["oldstate"]) == (None, "host", None)
-    assert out.getvalue().count("\n") == 3
+    assert out.getvalue().count("\n") == 4
 
 
 @pytest.mark.parametrize("over, expected", [
