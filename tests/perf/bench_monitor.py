@@ -52,6 +52,10 @@ ROUNDS = 21  # churn rounds: the median of their ratios; a multiple of 3, so tha
 # three kinds of run (unmonitored, monitor, bpftrace) comes first, second and third equally often
 PLACEMENTS = ("spread", "one CPU")
 SETTLE_SECONDS = 1.0  # before each run: the previous tool's teardown finishes in the kernel
+# After each tool's marker line, before its churn: the rest of its start-up finishes (bpftrace
+# attaches after its line; the monitor enters the connections open before it, a walk of every
+# TCP socket including earlier runs' TIME_WAIT ones, and looks their owners up in /proc)
+STARTED_SECONDS = 0.3
 SYSCALL_BYTES = 500_000  # per syscall-loop run (~0.25 s here)
 
 # The server closes first, so TIME_WAIT sits on the server side and the client's
@@ -148,10 +152,10 @@ def _launch_times(cmd, marker):
     return min(times)  # best of N: the machine is shared, the noise only ever adds
 
 
-def _attached_churn(cmd, marker, settle=0.0):
+def _attached_churn(cmd, marker):
     """({placement: churn rate}, VmHWM MB, lost events or None) with `cmd` attached."""
     p, _ = _start(cmd, marker)
-    time.sleep(settle)
+    time.sleep(STARTED_SECONDS)
     rate = _churns()
     mem = _hwm_mb(p.pid)
     m = re.search(r"detached \((\d+) events, (\d+) lost\)", _stop(p))
@@ -185,8 +189,7 @@ def run():
         lost = None if round_lost is None or lost is None else lost + round_lost
 
     def bpftrace():
-        # "Attaching" comes just before the attach itself
-        rates, mem, _ = _attached_churn(_bpftrace_cmd(), "Attaching", settle=0.3)
+        rates, mem, _ = _attached_churn(_bpftrace_cmd(), "Attaching")
         for placement, rate in rates.items():
             peer[placement].append(rate)
         peer_mem.append(mem)
