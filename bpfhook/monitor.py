@@ -152,14 +152,15 @@ class Monitor:
                               for sock, inode in self._older_inodes.items() if inode in holders}
         return len(self._older_owners)
 
-    def _with_older_owner(self, decoded):
-        """A decoded event or connection, its owner filled in from find_older_owners() when it
-        is an older connection the kernel knows no owner of."""
-        if decoded["older"] and not decoded["pid"]:
-            owner = self._older_owners.get(decoded["sock"])
-            if owner is not None:
-                decoded["pid"], decoded["comm"] = owner
-                decoded["owner_from_proc"] = True
+    def _with_older_owners(self, decoded):
+        """Decoded events or connections, those of older connections the kernel knows no owner
+        of given the one find_older_owners() found."""
+        owners = self._older_owners
+        if owners:  # (nothing to do per event on a host that had none)
+            for d in decoded:
+                if d["older"] and not d["pid"] and d["sock"] in owners:
+                    d["pid"], d["comm"] = owners[d["sock"]]
+                    d["owner_from_proc"] = True
         return decoded
 
     def _state_attempts(self, kernel):
@@ -258,7 +259,7 @@ class Monitor:
 
     def read(self, timeout):
         """Decoded events that arrived (waiting up to `timeout` seconds for the first)."""
-        return [self._with_older_owner(records.decode_event(r)) for r in self.reader.read(timeout)]
+        return self._with_older_owners([records.decode_event(r) for r in self.reader.read(timeout)])
 
     def cgroup_metrics(self, connections=None):
         """{cgroup id: metrics dict}: the kernel's totals of what ended, and the live
@@ -302,7 +303,7 @@ class Monitor:
         ended one's slot is marked, its entry in conns is in state CLOSE (kept for reuse)."""
         closed = records.TCP_STATE_IDS["CLOSE"]
         live = self.maps.slot_entries() + [(k.sock, c) for k, c in self.maps.conns.items()]
-        return [self._with_older_owner(records.decode_conn(sock, c)) for sock, c in live if c.state != closed]
+        return self._with_older_owners([records.decode_conn(sock, c) for sock, c in live if c.state != closed])
 
     def closed_kept(self):
         """Ended connections' entries conn_state keeps in conns for reuse, since the last trim
