@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -658,12 +659,28 @@ def test_perf_buffer_path_delivers_the_same_events():
         assert m.lost()["events"] == 0
 
 
+@contextlib.contextmanager
+def open_files_at_least(count):
+    """RLIMIT_NOFILE raised to `count` for the block (a test VM's default soft limit is 1024), then
+    restored; skips when the hard limit is lower and may not be raised."""
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limits[0] < count:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (count, max(limits[1], count)))
+        except (ValueError, OSError):
+            pytest.skip(f"needs {count} open files; the hard limit is {limits[1]}")
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
 def test_every_older_connection_is_counted_and_owned_past_one_read_of_the_walk():
     """More older connections than one read() of the walk holds (16 bytes each, a 32 KB seq_file
     buffer): the socket whose record overflowed is visited again by the next read, and still
     counted and given its owner, though the first visit entered it already."""
     pairs = 1500
-    with contextlib.ExitStack() as stack, socket.socket() as listener:
+    with open_files_at_least(2 * pairs + 256), contextlib.ExitStack() as stack, socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(pairs)
         ports = set()
