@@ -47,8 +47,8 @@ class Monitor:
     slots:      conn_slots' size (conn_common.Maps); None: CONN_SLOTS where the kernel has BPF
                 atomics (a slot is claimed with a compare-and-swap), else 0
     older:      enter the TCP connections open before the start into the table now
-                (enter_older(); .older = how many, None where the kernel cannot), and find
-                their owners in /proc (find_older_owners)
+                (enter_older(); .older = how many, None where the kernel cannot; their owners
+                from /proc in .older_owners)
     """
 
     def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None, older=True):
@@ -67,8 +67,7 @@ class Monitor:
         self.cgroup_dir = cgroup_dir
         self.notes = []  # what could not be attached, said once at start
         self._closed_baseline = 0  # stats[STAT_CLOSED_KEPT] when trim_closed last emptied the map of them
-        self._older_inodes = {}  # sock -> socket inode of the connections enter_older entered
-        self._older_owners = {}  # sock -> (pid, comm) of those, from /proc (find_older_owners)
+        self.older_owners = {}  # sock -> (pid, comm) of the older connections, from /proc (enter_older)
         self.programs = []  # loaded and attached
         self._stack = contextlib.ExitStack()
         try:
@@ -91,8 +90,6 @@ class Monitor:
                 self._stack.enter_context(attach.cgroup(prog, hook, cgroup_dir))
             self._kernel = kernel
             self.older = self.enter_older() if older else None
-            if self.older:
-                self.find_older_owners()
         except BaseException:
             self._stack.close()
             raise
@@ -100,8 +97,13 @@ class Monitor:
     def enter_older(self):
         """Enter the TCP connections open before we attached (programs/existing.py) into the
         table: how many; None (with a note) where the kernel has no TCP socket iterator. The
-        constructor does it, unless told older=False (to say "attached" first). Their owners,
-        unknown to the kernel, are looked up in /proc by socket inode (find_older_owners)."""
+        constructor does it, unless told older=False (to say "attached" first).
+
+        Their owners, unknown to the kernel, are looked up in /proc by socket inode, as `ss -p`
+        does, into .older_owners: from here, connections() and read() give those still without an
+        owner the pid and comm found (owner_from_proc; tid stays 0), the lowest pid when several
+        hold one. A scan of every process's fds: for the command to do after it said it is
+        attached."""
         from pybpf import attach
         from pybpf.errors import BpfError
         from pybpf.prog import load
@@ -134,28 +136,13 @@ class Monitor:
         output = b"".join(output)
         codec = records.OLDER_ENTERED_CODEC
         entered = codec.decode_many(output, len(output) // codec.size)
-        self._older_inodes = {e.sock: e.inode for e in entered if e.inode}
+        self.older_owners = _owners_in_proc({e.sock: e.inode for e in entered if e.inode})
         return len(entered)
-
-    def find_older_owners(self):
-        """Look up in /proc which processes hold the connections enter_older() entered (as
-        `ss -p` does): from here, connections() and read() give those still without an owner
-        the pid and comm found (owner_from_proc; tid stays 0), the lowest pid when several
-        hold one. Returns how many were found. A scan of every process's fds: for the
-        monitor to do after it said it is attached."""
-        from bpfhook import procfs
-
-        wanted = set(self._older_inodes.values())
-        holders = procfs.socket_holders(procfs.all_pids(), wanted) if wanted else {}
-        comms = {pid: procfs.comm(pid) for pid in set(holders.values())}
-        self._older_owners = {sock: (holders[inode], comms[holders[inode]])
-                              for sock, inode in self._older_inodes.items() if inode in holders}
-        return len(self._older_owners)
 
     def _with_older_owners(self, decoded):
         """Decoded events or connections, those of older connections the kernel knows no owner
-        of given the one find_older_owners() found."""
-        owners = self._older_owners
+        of given the one enter_older() found in /proc."""
+        owners = self.older_owners
         if owners:  # (nothing to do per event on a host that had none)
             for d in decoded:
                 if d["older"] and not d["pid"] and d["sock"] in owners:
@@ -356,6 +343,15 @@ class Monitor:
         self.close()
 
 
+def _owners_in_proc(inodes):
+    """{sock: (pid, comm)} of the processes holding the sockets `inodes` ({sock: socket inode})."""
+    from bpfhook import procfs
+
+    holders = procfs.socket_holders(procfs.all_pids(), set(inodes.values())) if inodes else {}
+    comms = {pid: procfs.comm(pid) for pid in set(holders.values())}
+    return {sock: (holders[inode], comms[holders[inode]]) for sock, inode in inodes.items() if inode in holders}
+
+
 def with_live(totals, connections, field):
     """Metrics dicts {key: records.decode_metrics dict} completed from the live connections:
     active = connections whose `field` is the key, opened = closed + active. The kernel keeps
@@ -444,9 +440,9 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
             print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
             older = monitor.enter_older()
             if older is not None:
-                owned = monitor.find_older_owners()
-                print(f"bpfhook monitor: {older} TCP connections open before the start entered, {owned} with "
-                      "their owner from /proc (the rest: when accepted or closed)", file=err, flush=True)
+                print(f"bpfhook monitor: {older} TCP connections open before the start entered, "
+                      f"{len(monitor.older_owners)} with their owner from /proc (the rest: when accepted or "
+                      "closed)", file=err, flush=True)
             for note in monitor.notes:
                 print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
 
