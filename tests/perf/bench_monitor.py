@@ -23,6 +23,11 @@
                          like churn: what the tool costs every other task on the host (an
                          enabled syscall tracepoint slows every system call)
     lost                 events the monitor reported lost, all rounds
+    skipped runs         runs of each tool's programs the kernel skipped because the program
+                         was already running on that CPU (bpf_prog_info.recursion_misses, read
+                         from the kernel for both tools the same way, all rounds): each is an
+                         event neither tool saw. The monitor counts them in its lost events;
+                         bpftrace reports none of them
 
 The monitor runs as a user runs it: `python -m bpfhook monitor` with the site's
 start-up hooks (this machine's site-packages has a .pth that imports certifi,
@@ -34,6 +39,7 @@ module at every launch.
 Run as root: python tests/perf/run.py monitor
 """
 import compileall
+import errno
 import os
 import re
 import shutil
@@ -152,14 +158,39 @@ def _launch_times(cmd, marker):
     return min(times)  # best of N: the machine is shared, the noise only ever adds
 
 
+def _program_ids():
+    from pybpf.prog import iter_ids
+
+    return set(iter_ids())
+
+
+def _skipped_runs(program_ids):
+    """recursion_misses summed over the programs `program_ids` that are still loaded."""
+    from pybpf.errors import SyscallError
+    from pybpf.prog import Program
+
+    skipped = 0
+    for prog_id in program_ids:
+        try:
+            with Program.from_id(prog_id) as prog:
+                skipped += prog.info(contents=False).recursion_misses
+        except SyscallError as e:
+            if e.errno != errno.ENOENT:  # (unloaded since)
+                raise
+    return skipped
+
+
 def _attached_churn(cmd, marker):
-    """({placement: churn rate}, VmHWM MB, lost events or None) with `cmd` attached."""
+    """({placement: churn rate}, VmHWM MB, lost events the tool reported or None, runs of its
+    programs the kernel skipped) with `cmd` attached."""
+    before = _program_ids()
     p, _ = _start(cmd, marker)
     time.sleep(STARTED_SECONDS)
     rate = _churns()
     mem = _hwm_mb(p.pid)
+    skipped = _skipped_runs(_program_ids() - before)
     m = re.search(r"detached \((\d+) events, (\d+) lost\)", _stop(p))
-    return rate, mem, int(m[2]) if m else None
+    return rate, mem, int(m[2]) if m else None, skipped
 
 
 def run():
@@ -175,6 +206,7 @@ def run():
     # would otherwise always fall on the run that comes next.
     base, ours, peer = ({p: [] for p in PLACEMENTS + ("syscalls",)} for _ in range(3))
     ours_mem, peer_mem, lost = [], [], 0
+    skipped = {"ours": 0, "peer": 0}
 
     def unmonitored():
         for placement, rate in _churns().items():
@@ -182,14 +214,16 @@ def run():
 
     def monitored():
         nonlocal lost
-        rates, mem, round_lost = _attached_churn(_monitor_cmd(), "attached")
+        rates, mem, round_lost, skipped_runs = _attached_churn(_monitor_cmd(), "attached")
+        skipped["ours"] += skipped_runs
         for placement, rate in rates.items():
             ours[placement].append(rate)
         ours_mem.append(mem)
         lost = None if round_lost is None or lost is None else lost + round_lost
 
     def bpftrace():
-        rates, mem, _ = _attached_churn(_bpftrace_cmd(), "Attaching")
+        rates, mem, _, skipped_runs = _attached_churn(_bpftrace_cmd(), "Attaching")
+        skipped["peer"] += skipped_runs
         for placement, rate in rates.items():
             peer[placement].append(rate)
         peer_mem.append(mem)
@@ -227,6 +261,8 @@ def run():
         "churn on one CPU unmonitored (conn/s)": (statistics.median(base["one CPU"]), None, "conn/s", None),
         "1-byte read() loop vs unmonitored": (ratio(ours, "syscalls"), ratio(peer, "syscalls"), "ratio", None),
         "lost events during churn": (lost, None, "events", "<= 0"),
+        "runs skipped on a busy CPU during churn": (skipped["ours"], skipped["peer"] if have_bpftrace else None,
+                                                    "runs", None),
     }
 
 
