@@ -67,6 +67,9 @@ F_OLDER = 1 << 4  # open before the monitor started, found by programs/existing.
 # direction unless F_PASSIVE
 F_ACCEPTED_BEFORE = 1 << 5  # with F_OLDER | F_PASSIVE: accept()ed before the monitor started (its local
 # port is a listener's in its netns): the acceptor is unknown, and no later getpeername() is an accept
+F_FOUND_LATE = 1 << 6  # followed from a later transition, its opening unseen (a run the kernel skipped, an
+# LRU eviction: programs/conn_state._found_late): start_ns is when it was found, the owner is its closer or
+# unknown, and the direction unknown
 
 AF_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
@@ -302,6 +305,7 @@ def decode_event(record):
         "passive": bool(e.flags & F_PASSIVE),
         "older": bool(e.flags & F_OLDER),
         "accepted_before": bool(e.flags & F_ACCEPTED_BEFORE),
+        "found_late": bool(e.flags & F_FOUND_LATE),
         "owner_from_proc": False,  # set by Monitor: pid/comm from /proc (an older connection's)
         "family": AF_NAMES.get(family, str(family)),
         "protocol": PROTOCOLS.get(e.protocol, str(e.protocol)),
@@ -321,11 +325,11 @@ def decode_event(record):
 
 def direction(event):
     """"in" (the server's end of an accepted connection), "out" (a connect()ed one), or None
-    (not known: open before the monitor, no listener port to tell; a listener): from a decoded
-    event or connection (decode_event, decode_conn)."""
+    (not known: open before the monitor, no listener port to tell; found late; a listener): from a
+    decoded event or connection (decode_event, decode_conn)."""
     if event.get("passive") or event.get("owner_from_accept") or event.get("event") == "accept":
         return "in"
-    if event.get("older") or "LISTEN" in (event.get("oldstate"), event.get("newstate")):
+    if event.get("older") or event.get("found_late") or "LISTEN" in (event.get("oldstate"), event.get("newstate")):
         return None
     return "out"
 
@@ -341,7 +345,7 @@ def decode_conn(sock, c):
         "netns_is_inode": bool(c.flags & F_NETNS_INODE), "owner_from_accept": bool(c.flags & F_OWNER_FROM_ACCEPT),
         "owner_from_close": bool(c.flags & F_OWNER_FROM_CLOSE), "passive": passive,
         "older": bool(c.flags & F_OLDER), "accepted_before": bool(c.flags & F_ACCEPTED_BEFORE),
-        "owner_from_proc": False,
+        "found_late": bool(c.flags & F_FOUND_LATE), "owner_from_proc": False,
         "family": AF_NAMES.get(family, str(family)), "protocol": PROTOCOLS.get(c.protocol, str(c.protocol)),
         "saddr": address(family, c.saddr), "sport": c.sport, "daddr": address(family, c.daddr), "dport": c.dport,
         "oldstate": "", "newstate": "", "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,

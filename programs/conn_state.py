@@ -14,6 +14,8 @@ follows each TCP socket by its struct sock address:
                         owner yet takes the closing task
     any   -> CLOSE      bytes from tcp_sock, duration (kind close); the entry stays, in
                         state CLOSE
+    other, no entry     a connection whose opening was not seen (a skipped run, an eviction):
+                        followed from here, found late (_found_late)
 
 An ended connection's entry is not deleted. Its slot is marked ended and free
 for the next socket there. In conns the entry stays in state CLOSE: the slab
@@ -129,13 +131,17 @@ def build(maps, kernel, typed=False):
                 p.r1 = p.r9.u64[ARG_OLDSTATE]
                 with p.If(p.r1 != LISTEN):  # a connection we never saw open (evicted, or older than us)
                     count_lost(p, maps, scratch, records.LOST_CONNS)
-            if maps.stream:
-                _event_from_sock(p, kernel, ev, buf, scratch, typed)
+                if maps.stream:
+                    _event_from_sock(p, kernel, ev, buf, scratch, typed)
+            with p.Else():
+                _found_late(p, maps, kernel, ev, conn, buf, key, reuse, dest, scratch, task, typed)
     with p.Else():
+        # The entry's state, not the tracepoint's oldstate: the two differ after a run the kernel
+        # skipped, and a connect() skipped at ESTABLISHED would otherwise keep source port 0
+        with p.If(_in_handshake(p, p.r7.u8[C["state"]])):  # out of the handshake: ports and peer are final
+            sock_addresses(p, kernel, p.r7, buf, p.r6, C, typed)
         p.r7.u8[C["state"]] = p.r8
         _owner_from_closer(p, task)
-        with p.If(_in_handshake(p, p.r9.u64[ARG_OLDSTATE])):  # out of the handshake: ports and peer are final
-            sock_addresses(p, kernel, p.r7, buf, p.r6, C, typed)
         with p.If(p.r8 == CLOSE):
             _event_from_conn(p, ev)
             ev.u8[E["kind"]] = records.EV_CLOSE
@@ -184,6 +190,29 @@ def _claim_at_opening(p, kernel, scratch, slot, dest, typed):
                 exit_unless_tcp(p, kernel, scratch, p.r6, typed)  # before it takes a slot
                 claim_slot(p, slot, p.r6)
                 dest.u64[0] = p.r4
+
+
+def _found_late(p, maps, kernel, ev, conn, buf, key, reuse, dest, scratch, task, typed):
+    """A transition, neither an opening nor a close, of a socket with no entry: a connection
+    whose opening run the kernel skipped (the program was running on that CPU already: both
+    runs of a passive opening, SYN_RECV and ESTABLISHED, fall in the same softirq), or one
+    the LRU evicted, or one older than us that the walk has not reached yet (it takes these
+    over). It is followed from here: F_FOUND_LATE, start_ns now, its closer (FIN_WAIT1,
+    LAST_ACK: process context) as owner, else none, and no direction; it is counted at its
+    close, not lost. A listener's own transitions (CLOSE -> LISTEN) are not connections."""
+    with p.If(p.r8 != records.TCP_STATE_IDS["LISTEN"]):
+        _event_from_sock(p, kernel, ev, buf, scratch, typed)
+        ev.u8[E["flags"]] = records.F_FOUND_LATE
+        p.r1 = 1
+        p.r1 <<= p.r8
+        p.r1 &= CLOSER_MASK
+        with p.If(p.r1 != 0):
+            current_task(p, ev, cgroup=False, task=task)
+            ev.u8[E["flags"]] = records.F_FOUND_LATE | records.F_OWNER_FROM_CLOSE
+        _new_conn(p, maps, ev, conn, key, reuse, dest, scratch)
+    if maps.stream:
+        with p.Else():
+            _event_from_sock(p, kernel, ev, buf, scratch, typed)
 
 
 def _in_handshake(p, state):

@@ -7,7 +7,8 @@ table and the report's counts, and its close counts in lost["conns"].
 
 For every full TCP socket (TIME_WAIT and request mini-sockets are skipped, and
 so are closed sockets), unless the table has it already (it opened since the
-state program was attached):
+state program was attached; one the state program found late, at a transition
+before the walk reached it, is entered over its entry):
 
     addresses, state, cgroup and netns   from the socket, like an opening's
     start_ns                             now (the connection is older: F_OLDER)
@@ -72,6 +73,7 @@ def build(maps, kernel, listeners):
     key = p.stack.alloc(8)
     scratch = p.stack.alloc(8)
     slot = p.stack.alloc(8)
+    over = p.stack.alloc(8)  # the entry a connection found late has (F_FOUND_LATE), or 0
     entered = p.stack.alloc(OLDER_ENTERED)
 
     p.r9 = p.r1
@@ -96,18 +98,25 @@ def build(maps, kernel, listeners):
         p.exit(0)
     _socket_inode(p, kernel, entered)
     slot.u64[0] = 0
+    over.u64[0] = 0
     find_conn(p, maps, p.r6, key, scratch, "pointer", slot)
     with p.If(p.r7 != 0):
         p.r1 = p.r7.u8[C["state"]]
         with p.If(p.r1 != CLOSE):  # followed already
             p.r1 = p.r7.u8[C["flags"]]
-            p.r1 &= records.F_OLDER
+            p.r2 = p.r1
+            p.r2 &= records.F_OLDER
+            with p.If(p.r2 != 0):
+                # Entered by this walk: a socket whose record overflowed the seq_file buffer is
+                # visited again by the next read(), and only its record is due
+                _write_entered(p, key, entered)
+                p.exit(0)
+            p.r1 &= records.F_FOUND_LATE
             with p.If(p.r1 == 0):  # opened since the state program was attached
                 p.exit(0)
-            # Entered by this walk: a socket whose record overflowed the seq_file buffer is
-            # visited again by the next read(), and only its record is due
-            _write_entered(p, key, entered)
-            p.exit(0)
+            # Found late by the state program at a transition since it was attached, before
+            # this walk reached it: an older connection, entered here over that entry
+            over.u64[0] = p.r7
 
     ev.u8[E["protocol"]] = IPPROTO_TCP
     ev.u8[E["flags"]] = records.F_OLDER
@@ -125,10 +134,11 @@ def build(maps, kernel, listeners):
     conn.u64[C["start_ns"]] = p.r0
     ev.u64[E["ts_ns"]] = p.r0
 
-    p.r4 = 0
+    p.r4 = over.u64[0]
     if maps.slots:
-        claim_slot(p, slot, p.r6)
-    store_conn(p, maps, p.r4, conn, key)  # (r4 0: its slot is another live connection's)
+        with p.If(p.r4 == 0):
+            claim_slot(p, slot, p.r6)
+    store_conn(p, maps, p.r4, conn, key)  # (r4 0: into conns; its slot is another live connection's)
     if maps.stream:
         ev.u64[E["sock"]] = p.r6
         ev.u8[E["newstate"]] = p.r8

@@ -46,6 +46,7 @@ def test_json_lines_one_object_per_event():
 @pytest.mark.parametrize("over, expected", [
     ({}, "out"), ({"event": "connect"}, "out"), ({"event": "accept"}, "in"), ({"passive": True}, "in"),
     ({"owner_from_accept": True}, "in"), ({"older": True}, None), ({"older": True, "passive": True}, "in"),
+    ({"found_late": True}, None), ({"found_late": True, "owner_from_close": True}, None),
     ({"event": "state", "oldstate": "CLOSE", "newstate": "LISTEN"}, None)])
 def test_json_direction(over, expected):
     assert event_object(ev(**over), classify("/"))["direction"] == expected
