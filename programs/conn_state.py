@@ -14,6 +14,8 @@ follows each TCP socket by its struct sock address:
                         owner yet takes the closing task
     any   -> CLOSE      bytes from tcp_sock, duration (kind close); the entry stays, in
                         state CLOSE
+    CLOSE/LISTEN -> any, at a live entry: that entry's close was skipped (a new socket lives
+                        at its address): ended first (_end_if_stale)
     other, no entry     a connection whose opening was not seen (a skipped run, an eviction):
                         followed from here, found late (_found_late)
 
@@ -115,6 +117,8 @@ def build(maps, kernel, typed=False):
         with p.If(p.r1 == CLOSE):  # a connection that ended: this is a new socket at its freed address
             reuse.u64[0] = p.r7
             p.r7 = 0
+        with p.Else():
+            _end_if_stale(p, maps, slot, reuse, scratch)
     with p.If(p.r7 == 0):  # a socket we do not follow (yet)
         p.r1 = dest.u64[0]
         with p.If(p.r1 == 0):  # (a claimed slot's socket is a TCP one)
@@ -190,6 +194,25 @@ def _claim_at_opening(p, kernel, scratch, slot, dest, typed):
                 exit_unless_tcp(p, kernel, scratch, p.r6, typed)  # before it takes a slot
                 claim_slot(p, slot, p.r6)
                 dest.u64[0] = p.r4
+
+
+def _end_if_stale(p, maps, slot, reuse, scratch):
+    """The live entry at r7 met by a socket coming from CLOSE or LISTEN (connect(), listen(), a
+    listener's child, a listener closing) is stale: a new socket lives at that address, and the
+    entry's connection ended in a run the kernel skipped. Ended here, as if that run had not
+    been skipped (its slot marked ended; in conns, state CLOSE, kept for reuse), and r7 = 0.
+    (A claimed slot's stale entry is written over by _claim_at_opening before this.)"""
+    p.r2 = p.r9.u64[ARG_OLDSTATE]
+    p.r1 = OPENED_FROM_MASK
+    p.r1 >>= p.r2
+    with p.If(p.r1 & 1):
+        end_slot(p, slot, p.r6)
+        with p.If(p.r0 == 0):
+            p.r1 = CLOSE
+            p.r7.u8[C["state"]] = p.r1
+            stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
+            reuse.u64[0] = p.r7
+        p.r7 = 0
 
 
 def _found_late(p, maps, kernel, ev, conn, buf, key, reuse, dest, scratch, task, typed):

@@ -540,53 +540,9 @@ def test_a_connection_lives_in_its_slot_and_ends_there():
         assert not ends() and m.closed_kept() == 0  # nothing was left in conns
 
 
-def test_an_opening_writes_over_a_slot_whose_close_was_missed():
-    """A live-looking entry at a new socket's own address can only be one whose close the kernel
-    skipped (a nested run): the opening starts afresh over it. Planted here: after each
-    connection, the slot is set back to live at its client's address with a stranger's pid,
-    until the slab hands that address to a socket of the next connection (on one CPU it soon
-    does)."""
-    def one_connection():
-        port, t = host_server("127.0.0.1", 1, 1)
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            ends = lambda: [c for c in m.connections() if port in (c["sport"], c["dport"])]  # noqa: E731
-            assert eventually(lambda: len(ends()) == 2)
-            live = ends()
-            s.sendall(b"x")
-            s.recv(1)
-        t.join(10)
-        return live
-
-    require("atomics")
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {max(saved)})  # the server thread starts here too: one CPU's freelist
-    try:
-        with Monitor(CGROUP_ROOT, stream=False, slots=1) as m:
-            planted = None
-            for _ in range(100):
-                live = one_connection()
-                hit = [c for c in live if planted and c["sock"] == planted[0]]
-                if hit:
-                    break
-                client = next(c for c in live if not c["passive"])
-                assert eventually(lambda: m.maps.entry(client["sock"])[1])  # ended
-                conn, _ended = m.maps.entry(client["sock"])
-                if [sock & ~SLOT_ENDED for sock, _ in m.maps.slot_entries(ended=True)] == [client["sock"]]:
-                    stale = dict(conn, pid=999999, state=TCP_STATE_IDS["ESTABLISHED"])
-                    m.maps.conn_slots.update(0, {"sock": client["sock"], "conn": stale})
-                    planted = (client["sock"], conn.start_ns)
-            else:
-                pytest.skip("the slab never handed a planted address out again in 100 connections")
-    finally:
-        os.sched_setaffinity(0, saved)
-    (again,) = hit
-    assert again["pid"] != 999999 and again["start_ns"] > planted[1]
-    assert again["state"] == "ESTABLISHED"
-
-
 def _in_slot(m, sock):
-    """True when the socket's entry is in its slot (else in conns)."""
-    return bool(m.maps.slots) and m.maps.slot_entries() and sock in [s for s, _ in m.maps.slot_entries()]
+    """True when the socket's entry, live or ended, is in its slot (else in conns)."""
+    return bool(m.maps.slots) and sock in [s & ~SLOT_ENDED for s, _ in m.maps.slot_entries(ended=True)]
 
 
 def _rewrite(m, sock, **fields):
@@ -668,6 +624,45 @@ def test_a_connection_whose_opening_was_skipped_is_followed_from_its_next_transi
         (server_close,) = closed(events, sport=port)
         assert server_close["pid"] == os.getpid() and server_close["owner_from_close"]
         assert m.lost()["conns"] == 0
+
+
+@pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
+@pytest.mark.parametrize("new_life", ["connect", "listen"])
+def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_life, slots):
+    """A live entry at the address of a socket that starts over from CLOSE (connect(), listen())
+    can only be one whose close the kernel skipped: it is ended first. Planted without relying
+    on the slab: a socket whose connect() was refused (its entry ended, at its own address) is
+    set back to live with a stranger's pid; then that same socket connects again (a new
+    connection there, ours) or listens (no connection there)."""
+    with Monitor(CGROUP_ROOT, stream=False, slots=slots) as m, socket.socket() as s, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.socket() as gone:
+            gone.bind(("127.0.0.1", 0))
+            refused = gone.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            s.connect(("127.0.0.1", refused))
+        ended = [sock & ~SLOT_ENDED for sock, c in m.maps.slot_entries(ended=True) if c.dport == refused]
+        ended += [k.sock for k, c in m.maps.conns.items() if c.dport == refused]
+        (sock,) = ended
+        assert m.maps.entry(sock)[1]
+        conn = dict(m.maps.entry(sock)[0], state=TCP_STATE_IDS["ESTABLISHED"], pid=999999)
+        if _in_slot(m, sock):
+            m.maps.conn_slots.update(m.maps.slot_index(sock), {"sock": sock, "conn": conn})
+        else:
+            m.maps.conns.update({"sock": sock}, conn)
+        assert [c["pid"] for c in m.connections() if c["sock"] == sock] == [999999]
+        if new_life == "connect":
+            s.connect(listener.getsockname())
+            (again,) = [c for c in m.connections() if c["sock"] == sock]
+            assert (again["pid"], again["dport"], again["state"]) == (os.getpid(), listener.getsockname()[1],
+                                                                       "ESTABLISHED")
+            assert again["start_ns"] > conn["start_ns"]
+        else:
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            assert not [c for c in m.connections() if c["sock"] == sock]
+            assert m.maps.entry(sock)[1]  # ended
 
 
 @pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
