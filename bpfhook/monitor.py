@@ -327,7 +327,9 @@ class Monitor:
 
         missed: runs the kernel skipped because the same program was already running on
         that CPU (a transition in softirq interrupting one in process context):
-        bpf_prog_info.recursion_misses. No event exists for them, so they count as lost."""
+        bpf_prog_info.recursion_misses. No event exists for them, so they count as lost; what
+        they left in the connection table is mended at the socket's next transition (an opening
+        skipped: found late; a close skipped: ended when a new socket starts at its address)."""
         counts = self.maps.lost_counts()
         counts["missed"] = sum(prog.info(contents=False).recursion_misses for prog in self.programs)
         counts["events"] += self.reader.lost + counts["missed"]
