@@ -16,9 +16,12 @@
                          CPU it is CPU-bound, steadier, and shows the tools' kernel-side
                          cost per connection at its largest. Each is printed with the
                          quartiles of its rounds' ratios: on this shared host one round's
-                         ratio wanders by several percent (an unmonitored run against the
-                         next unmonitored run does too), so the median of 21 rounds is
+                         ratio wanders by several percent, so the median of 24 rounds is
                          itself good to a few hundredths, not to the third decimal.
+    churn A/A            the same for a second unmonitored run in each round against the
+                         first, paired alike: what this host's noise alone makes of a ratio
+                         in the same run (a tool's figure within its spread of 1.0 is no
+                         measured cost)
     syscalls             a loop of 1-byte read()s (dd bs=1), relative to unmonitored, paired
                          like churn: what the tool costs every other task on the host (an
                          enabled syscall tracepoint slows every system call)
@@ -54,8 +57,9 @@ BPFTRACE_ONE_LINER = "tracepoint:sock:inet_sock_set_state { @[args->newstate] = 
 CONNECTIONS = 10000  # per churn run; bounded by CHURN_SECONDS too
 CHURN_SECONDS = 10
 LAUNCHES = 5  # best of
-ROUNDS = 21  # churn rounds: the median of their ratios; a multiple of 3, so that each of the
-# three kinds of run (unmonitored, monitor, bpftrace) comes first, second and third equally often
+ROUNDS = 24  # churn rounds: the median of their ratios; a multiple of 4 (and 3), so that each of
+# the kinds of run (unmonitored, monitor, unmonitored again, bpftrace) comes at each place in a
+# round equally often
 PLACEMENTS = ("spread", "one CPU")
 SETTLE_SECONDS = 1.0  # before each run: the previous tool's teardown finishes in the kernel
 # After each tool's marker line, before its churn: the rest of its start-up finishes (bpftrace
@@ -204,13 +208,16 @@ def run():
     # The order turns with each round, and every run starts a moment after the last tool
     # stopped: a detach leaves the kernel work (RCU callbacks, freeing maps and probes) that
     # would otherwise always fall on the run that comes next.
-    base, ours, peer = ({p: [] for p in PLACEMENTS + ("syscalls",)} for _ in range(3))
+    base, ours, peer, again = ({p: [] for p in PLACEMENTS + ("syscalls",)} for _ in range(4))
     ours_mem, peer_mem, lost = [], [], 0
     skipped = {"ours": 0, "peer": 0}
 
-    def unmonitored():
+    def unmonitored(into=base):
         for placement, rate in _churns().items():
-            base[placement].append(rate)
+            into[placement].append(rate)
+
+    def unmonitored_again():
+        unmonitored(again)
 
     def monitored():
         nonlocal lost
@@ -228,7 +235,7 @@ def run():
             peer[placement].append(rate)
         peer_mem.append(mem)
 
-    runs = [unmonitored, monitored] + ([bpftrace] if have_bpftrace else [])
+    runs = [unmonitored, monitored, unmonitored_again] + ([bpftrace] if have_bpftrace else [])
     for round_ in range(ROUNDS):
         turn = round_ % len(runs)
         for go in runs[turn:] + runs[:turn]:
@@ -254,6 +261,8 @@ def run():
         "churn rate vs unmonitored": (ratio(ours, "spread"), ratio(peer, "spread"), "ratio", ">= 0.97"),
         "churn rate vs unmonitored: middle half of rounds": (middle_half(ours, "spread"), middle_half(peer, "spread"),
                                                               "ratio", None),
+        "churn unmonitored vs unmonitored (A/A: the host's noise)": (ratio(again, "spread"), None, "ratio", None),
+        "churn A/A: middle half of rounds": (middle_half(again, "spread"), None, "ratio", None),
         "churn unmonitored (conn/s)": (statistics.median(base["spread"]), None, "conn/s", None),
         "churn on one CPU vs unmonitored": (ratio(ours, "one CPU"), ratio(peer, "one CPU"), "ratio", None),
         "churn on one CPU: middle half of rounds": (middle_half(ours, "one CPU"), middle_half(peer, "one CPU"),
