@@ -546,7 +546,8 @@ def _in_slot(m, sock):
 
 
 def _rewrite(m, sock, **fields):
-    """The socket's live entry with `fields` changed, as a run the kernel skipped leaves it."""
+    """The socket's entry, live again if it ended, with `fields` changed: as a run the kernel
+    skipped leaves it."""
     conn = dict(m.maps.entry(sock)[0], **fields)
     if _in_slot(m, sock):
         m.maps.conn_slots.update(m.maps.slot_index(sock), {"sock": sock, "conn": conn})
@@ -646,18 +647,15 @@ def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_lif
         ended += [k.sock for k, c in m.maps.conns.items() if c.dport == refused]
         (sock,) = ended
         assert m.maps.entry(sock)[1]
-        conn = dict(m.maps.entry(sock)[0], state=TCP_STATE_IDS["ESTABLISHED"], pid=999999)
-        if _in_slot(m, sock):
-            m.maps.conn_slots.update(m.maps.slot_index(sock), {"sock": sock, "conn": conn})
-        else:
-            m.maps.conns.update({"sock": sock}, conn)
+        planted = m.maps.entry(sock)[0]
+        _rewrite(m, sock, state=TCP_STATE_IDS["ESTABLISHED"], pid=999999)
         assert [c["pid"] for c in m.connections() if c["sock"] == sock] == [999999]
         if new_life == "connect":
             s.connect(listener.getsockname())
             (again,) = [c for c in m.connections() if c["sock"] == sock]
             assert (again["pid"], again["dport"], again["state"]) == (os.getpid(), listener.getsockname()[1],
                                                                        "ESTABLISHED")
-            assert again["start_ns"] > conn["start_ns"]
+            assert again["start_ns"] > planted.start_ns
         else:
             s.bind(("127.0.0.1", 0))
             s.listen(1)
