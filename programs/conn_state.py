@@ -51,7 +51,7 @@ interrupted. Kernel struct offsets come from BTF when the program is built.
 """
 from bpfhook import records
 from bpfhook.records import CONN, EVENT
-from pybpf.asm import Program
+from pybpf.asm import Program, Reg
 from pybpf.features import TP_BTF_PREFIX
 
 from .conn_common import (IPPROTO_TCP, C, E, account, claim_slot, copy_shared, count_lost,
@@ -182,10 +182,7 @@ def _claim_at_opening(p, kernel, scratch, slot, dest, typed):
     Claimed, it needs no look in conns (one fewer hash lookup per opening). Its slot holding
     this address already (r7) means an earlier socket here ended in a run the kernel skipped
     (counted as missed): the entry is stale, and written over."""
-    p.r2 = p.r9.u64[ARG_OLDSTATE]
-    p.r1 = OPENED_FROM_MASK
-    p.r1 >>= p.r2
-    with p.If(p.r1 & 1):
+    with p.If(_state_in(p, OPENED_FROM_MASK, p.r9.u64[ARG_OLDSTATE])):
         with p.If(_in_handshake(p, p.r8)):
             with p.If(p.r7 != 0):
                 dest.u64[0] = p.r7
@@ -202,10 +199,7 @@ def _end_if_stale(p, maps, slot, reuse, scratch):
     entry's connection ended in a run the kernel skipped. Ended here, as if that run had not
     been skipped (its slot marked ended; in conns, state CLOSE, kept for reuse), and r7 = 0.
     (A claimed slot's stale entry is written over by _claim_at_opening before this.)"""
-    p.r2 = p.r9.u64[ARG_OLDSTATE]
-    p.r1 = OPENED_FROM_MASK
-    p.r1 >>= p.r2
-    with p.If(p.r1 & 1):
+    with p.If(_state_in(p, OPENED_FROM_MASK, p.r9.u64[ARG_OLDSTATE])):
         end_slot(p, slot, p.r6)
         with p.If(p.r0 == 0):
             p.r1 = CLOSE
@@ -226,16 +220,24 @@ def _found_late(p, maps, kernel, ev, conn, buf, key, reuse, dest, scratch, task,
     with p.If(p.r8 != records.TCP_STATE_IDS["LISTEN"]):
         _event_from_sock(p, kernel, ev, buf, scratch, typed)
         ev.u8[E["flags"]] = records.F_FOUND_LATE
-        p.r1 = 1
-        p.r1 <<= p.r8
-        p.r1 &= CLOSER_MASK
-        with p.If(p.r1 != 0):
+        with p.If(_state_in(p, CLOSER_MASK, p.r8)):
             current_task(p, ev, cgroup=False, task=task)
             ev.u8[E["flags"]] = records.F_FOUND_LATE | records.F_OWNER_FROM_CLOSE
         _new_conn(p, maps, ev, conn, key, reuse, dest, scratch)
     if maps.stream:
         with p.Else():
             _event_from_sock(p, kernel, ev, buf, scratch, typed)
+
+
+def _state_in(p, states, state):
+    """The condition: `state` (a register, or memory: loaded into r2) is one of the states whose
+    bits `states` sets (r1 clobbered)."""
+    if not isinstance(state, Reg):
+        p.r2 = state
+        state = p.r2
+    p.r1 = states
+    p.r1 >>= state
+    return p.r1 & 1
 
 
 def _in_handshake(p, state):
@@ -303,10 +305,7 @@ def _owner_from_closer(p, task):
     """A connection with no owner yet (passive, and no accept hook saw it: accept(fd, NULL,
     NULL) under the getpeername hook) takes the task that closes it. Entering FIN_WAIT1 or
     LAST_ACK is always that task's close() or shutdown(), in process context."""
-    p.r1 = 1
-    p.r1 <<= p.r8
-    p.r1 &= CLOSER_MASK
-    with p.If(p.r1 != 0):
+    with p.If(_state_in(p, CLOSER_MASK, p.r8)):
         p.r1 = p.r7.u32[C["pid"]]
         with p.If(p.r1 == 0):
             current_task(p, p.r7, C, task=task)
