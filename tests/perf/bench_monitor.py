@@ -2,33 +2,32 @@
 
     launch -> attached   seconds from exec to the "attached" status line (bpftrace: its
                          "Attaching N probes" line, printed just before it attaches)
-    resident memory      VmHWM after the attach and one churn run (worst round)
+    resident memory      VmHWM after the attach and one phase of measurements (worst phase)
     churn                loopback connect/accept/close rate with each tool attached,
-                         relative to the rate with nothing attached: each round runs
-                         unmonitored, with the monitor and with bpftrace back to back, and
-                         the figure is the median over the rounds of attached / unmonitored
-                         in the same round (a best-of-N for each side lets one lucky
-                         unmonitored run or one lucky attached run decide). Twice: with
-                         the client and server threads free to run on any CPU (the
-                         target's figure), and both pinned to one CPU. Spread over CPUs,
-                         a connection waits on cross-CPU wakeups (on a VM, IPIs of tens of
-                         microseconds) and the rate swings by 10% from run to run; on one
-                         CPU it is CPU-bound, steadier, and shows the tools' kernel-side
-                         cost per connection at its largest. Each is printed with the
-                         quartiles of its rounds' ratios: on this shared host one round's
-                         ratio wanders by several percent, so the median of 24 rounds is
-                         itself good to a few hundredths, not to the third decimal.
-    churn A/A            the same for a second unmonitored run in each round against the
-                         first, paired alike: what this host's noise alone makes of a ratio
-                         in the same run (a tool's figure within its spread of 1.0 is no
-                         measured cost)
+                         relative to the rate with nothing attached. Phases alternate:
+                         unmonitored, monitor, unmonitored, bpftrace, ..., and each tool
+                         phase's rate is paired with the mean of the unmonitored phases on
+                         either side of it; the figure is the median of these ratios. The
+                         churn runs in one process for the whole benchmark, stopped between
+                         its measurements, so that what differs from one process to the
+                         next is out of the ratios. Twice: with the client and server threads
+                         free to run on any CPU (the target's figure), and both pinned to one
+                         CPU. Spread over CPUs, a connection waits on cross-CPU wakeups (on a
+                         VM, IPIs of tens of microseconds); on one CPU it is CPU-bound and
+                         shows the tools' kernel-side cost per connection at its largest.
+                         Each figure comes with the 95% interval of its median: this shared
+                         host's speed swings by ~10% within seconds, and one phase's ratio
+                         with it.
+    churn A/A            each inner unmonitored phase paired alike, with its unmonitored
+                         neighbours: what the host's noise alone makes of such a ratio (a
+                         tool's figure within the A/A's interval is no measured cost)
     syscalls             a loop of 1-byte read()s (dd bs=1), relative to unmonitored, paired
                          like churn: what the tool costs every other task on the host (an
                          enabled syscall tracepoint slows every system call)
-    lost                 events the monitor reported lost, all rounds
+    lost                 events the monitor reported lost, all phases
     skipped runs         runs of each tool's programs the kernel skipped because the program
                          was already running on that CPU (bpf_prog_info.recursion_misses, read
-                         from the kernel for both tools the same way, all rounds): each is an
+                         from the kernel for both tools the same way, all phases): each is an
                          event neither tool saw. The monitor counts them in its lost events;
                          bpftrace reports none of them
 
@@ -43,6 +42,7 @@ Run as root: python tests/perf/run.py monitor
 """
 import compileall
 import errno
+import mmap
 import os
 import re
 import shutil
@@ -50,39 +50,38 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BPFTRACE_ONE_LINER = "tracepoint:sock:inet_sock_set_state { @[args->newstate] = count(); }"
-CONNECTIONS = 10000  # per churn run; bounded by CHURN_SECONDS too
-CHURN_SECONDS = 10
 LAUNCHES = 5  # best of
-ROUNDS = 24  # churn rounds: the median of their ratios; a multiple of 4 (and 3), so that each of
-# the kinds of run (unmonitored, monitor, unmonitored again, bpftrace) comes at each place in a
-# round equally often
-PLACEMENTS = ("spread", "one CPU")
-SETTLE_SECONDS = 1.0  # before each run: the previous tool's teardown finishes in the kernel
-# After each tool's marker line, before its churn: the rest of its start-up finishes (bpftrace
-# attaches after its line; the monitor enters the connections open before it, a walk of every
-# TCP socket including earlier runs' TIME_WAIT ones, and looks their owners up in /proc)
+CYCLES = 40  # of (unmonitored, monitor, unmonitored, bpftrace)
+MEASURE_SECONDS = {"spread": 1.5, "one CPU": 0.75}  # a churn's measurement in each phase
+WARM_SECONDS = 0.1  # a continued churn runs this long before its measurement starts
+SETTLE_SECONDS = 0.5  # before each unmonitored phase: the last tool's teardown finishes in the kernel
+# After each tool's marker line, before its measurements: the rest of its start-up finishes
+# (bpftrace attaches after its line; the monitor enters the connections open before it, a walk of
+# every TCP socket including earlier runs' TIME_WAIT ones, and looks their owners up in /proc)
 STARTED_SECONDS = 0.3
 SYSCALL_BYTES = 500_000  # per syscall-loop run (~0.25 s here)
+CHURN_LIMIT = (50_000_000, 3600)  # connections, seconds: a churn process's bound if left running
 
-# The server closes first, so TIME_WAIT sits on the server side and the client's
-# ephemeral ports do not run out across runs. Prints connections per second.
+# The server closes first, so TIME_WAIT sits on the server side and the client's ephemeral
+# ports do not run out. The count of connections done is kept in the shared page on fd argv[1].
 CHURN = """
-import socket, sys, threading, time
-n, limit = int(sys.argv[1]), float(sys.argv[2])
+import mmap, socket, sys, threading, time
+done = memoryview(mmap.mmap(int(sys.argv[1]), 8)).cast("Q")
+limit, seconds = int(sys.argv[2]), float(sys.argv[3])
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1024)
 addr = srv.getsockname()
 def serve():
-    for _ in range(n):
+    while True:
         c, _ = srv.accept(); c.close()
 threading.Thread(target=serve, daemon=True).start()
-start = time.perf_counter(); done = 0
-while done < n and time.perf_counter() - start < limit:
-    s = socket.create_connection(addr); s.recv(1); s.close(); done += 1
-print(done / (time.perf_counter() - start))
+start = time.monotonic(); n = 0
+while n < limit and time.monotonic() - start < seconds:
+    s = socket.create_connection(addr); s.recv(1); s.close(); n += 1; done[0] = n
 """
 
 
@@ -128,14 +127,51 @@ def _hwm_mb(pid):
     return None
 
 
-def _churn(placement="spread"):
-    pin = None
-    if placement == "one CPU":
-        cpu = max(os.sched_getaffinity(0))
-        pin = lambda: os.sched_setaffinity(0, {cpu})  # noqa: E731  (client and server thread alike)
-    out = subprocess.run([sys.executable, "-c", CHURN, str(CONNECTIONS), str(CHURN_SECONDS)], preexec_fn=pin,
-                         capture_output=True, text=True, timeout=CHURN_SECONDS + 30, check=True).stdout
-    return float(out)
+class Churn:
+    """The churn loop in a process of its own, kept for the whole benchmark and stopped (SIGSTOP)
+    between its measurements: each phase measures the same process, so what differs from one
+    process to the next (where its threads land, its memory layout: ~10% in rate here) is out of
+    the ratios."""
+
+    def __init__(self, placement):
+        pin = None
+        if placement == "one CPU":
+            cpu = max(os.sched_getaffinity(0))
+            pin = lambda: os.sched_setaffinity(0, {cpu})  # noqa: E731  (client and server thread alike)
+        self._page = tempfile.TemporaryFile()
+        self._page.write(bytes(8))
+        self._page.flush()
+        fd = self._page.fileno()
+        self._map = mmap.mmap(fd, 8)
+        self._done = memoryview(self._map).cast("Q")
+        self.proc = subprocess.Popen([sys.executable, "-c", CHURN, str(fd), *map(str, CHURN_LIMIT)],
+                                     pass_fds=(fd,), preexec_fn=pin)
+        deadline = time.monotonic() + 10
+        while self._done[0] == 0:  # running
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("the churn process did not start")
+            time.sleep(0.01)
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def rate(self, seconds):
+        """Connections per second over `seconds` of running, after WARM_SECONDS."""
+        self.proc.send_signal(signal.SIGCONT)
+        time.sleep(WARM_SECONDS)
+        done, start = self._done[0], time.monotonic()
+        time.sleep(seconds)
+        done, elapsed = self._done[0] - done, time.monotonic() - start
+        self.proc.send_signal(signal.SIGSTOP)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the churn process exited ({self.proc.returncode})")
+        return done / elapsed
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+        self._done.release()
+        self._map.close()
+        self._page.close()
 
 
 def _syscalls():
@@ -146,9 +182,9 @@ def _syscalls():
     return SYSCALL_BYTES / (time.perf_counter() - start)
 
 
-def _churns():
-    """{placement: rate} for each churn placement, one run each, and {"syscalls": rate}."""
-    rates = {placement: _churn(placement) for placement in PLACEMENTS}
+def _measure(churns):
+    """{placement: churn rate} for each churn placement, and {"syscalls": rate}."""
+    rates = {placement: churn.rate(MEASURE_SECONDS[placement]) for placement, churn in churns.items()}
     rates["syscalls"] = _syscalls()
     return rates
 
@@ -158,6 +194,7 @@ def _launch_times(cmd, marker):
     for _ in range(LAUNCHES):
         p, seconds = _start(cmd, marker)
         times.append(seconds)
+        time.sleep(STARTED_SECONDS)  # bpftrace, stopped while it attaches, ignores SIGINT for 30 s
         _stop(p)
     return min(times)  # best of N: the machine is shared, the noise only ever adds
 
@@ -184,17 +221,32 @@ def _skipped_runs(program_ids):
     return skipped
 
 
-def _attached_churn(cmd, marker):
-    """({placement: churn rate}, VmHWM MB, lost events the tool reported or None, runs of its
-    programs the kernel skipped) with `cmd` attached."""
+def _attached(cmd, marker, churns):
+    """({placement: rate}, VmHWM MB, lost events the tool reported or None, runs of its programs
+    the kernel skipped) with `cmd` attached."""
     before = _program_ids()
     p, _ = _start(cmd, marker)
-    time.sleep(STARTED_SECONDS)
-    rate = _churns()
-    mem = _hwm_mb(p.pid)
-    skipped = _skipped_runs(_program_ids() - before)
-    m = re.search(r"detached \((\d+) events, (\d+) lost\)", _stop(p))
-    return rate, mem, int(m[2]) if m else None, skipped
+    try:
+        time.sleep(STARTED_SECONDS)
+        rates = _measure(churns)
+        mem = _hwm_mb(p.pid)
+        skipped = _skipped_runs(_program_ids() - before)
+    finally:
+        out = _stop(p)
+    m = re.search(r"detached \((\d+) events, (\d+) lost\)", out)
+    return rates, mem, int(m[2]) if m else None, skipped
+
+
+def _median_interval(ratios):
+    """The 95% interval of the median of `ratios`: the order statistics a binomial count of
+    ratios below the true median puts around it, no assumption about their distribution."""
+    if len(ratios) < 6:
+        return None
+    ordered = sorted(ratios)
+    half_width = 1.96 * len(ordered) ** 0.5 / 2
+    low = max(0, int(len(ordered) / 2 - half_width))
+    high = min(len(ordered) - 1, int(len(ordered) / 2 + half_width + 0.5))
+    return f"{ordered[low]:.3f}-{ordered[high]:.3f}"
 
 
 def run():
@@ -204,76 +256,84 @@ def run():
     ours_launch = _launch_times(_monitor_cmd(), "attached")
     peer_launch = _launch_times(_bpftrace_cmd(), "Attaching") if have_bpftrace else None
 
-    # Rounds interleave unmonitored, monitor and bpftrace runs; ratios pair runs of one round.
-    # The order turns with each round, and every run starts a moment after the last tool
-    # stopped: a detach leaves the kernel work (RCU callbacks, freeing maps and probes) that
-    # would otherwise always fall on the run that comes next.
-    base, ours, peer, again = ({p: [] for p in PLACEMENTS + ("syscalls",)} for _ in range(4))
+    # Phases alternate: unmonitored, a tool, unmonitored, the other tool, ... Each tool's phase is
+    # paired with the mean of the unmonitored phases on either side of it, which cancels a drift
+    # of the host's speed that is even over the three; each unmonitored phase, likewise, with its
+    # unmonitored neighbours two phases away (the A/A: what the host's noise alone makes of such
+    # a ratio). Every unmonitored phase starts a moment after the last tool stopped: a detach
+    # leaves the kernel work (RCU callbacks, freeing maps and probes) that would otherwise fall
+    # on it.
+    base, ours, peer = [], [], []  # of {placement: rate}, in phase order
     ours_mem, peer_mem, lost = [], [], 0
     skipped = {"ours": 0, "peer": 0}
 
-    def unmonitored(into=base):
-        for placement, rate in _churns().items():
-            into[placement].append(rate)
-
-    def unmonitored_again():
-        unmonitored(again)
-
     def monitored():
         nonlocal lost
-        rates, mem, round_lost, skipped_runs = _attached_churn(_monitor_cmd(), "attached")
+        rates, mem, phase_lost, skipped_runs = _attached(_monitor_cmd(), "attached", churns)
         skipped["ours"] += skipped_runs
-        for placement, rate in rates.items():
-            ours[placement].append(rate)
+        ours.append(rates)
         ours_mem.append(mem)
-        lost = None if round_lost is None or lost is None else lost + round_lost
+        lost = None if phase_lost is None or lost is None else lost + phase_lost
 
     def bpftrace():
-        rates, mem, _, skipped_runs = _attached_churn(_bpftrace_cmd(), "Attaching")
+        rates, mem, _, skipped_runs = _attached(_bpftrace_cmd(), "Attaching", churns)
         skipped["peer"] += skipped_runs
-        for placement, rate in rates.items():
-            peer[placement].append(rate)
+        peer.append(rates)
         peer_mem.append(mem)
 
-    runs = [unmonitored, monitored, unmonitored_again] + ([bpftrace] if have_bpftrace else [])
-    for round_ in range(ROUNDS):
-        turn = round_ % len(runs)
-        for go in runs[turn:] + runs[:turn]:
+    tools = [monitored] + ([bpftrace] if have_bpftrace else [])
+    churns = {}
+    try:
+        for placement in MEASURE_SECONDS:
+            churns[placement] = Churn(placement)
+        for go in tools * CYCLES:
             time.sleep(SETTLE_SECONDS)
+            base.append(_measure(churns))
             go()
+        time.sleep(SETTLE_SECONDS)
+        base.append(_measure(churns))
+    finally:
+        for churn in churns.values():
+            churn.close()
 
-    def pairs(rates, placement):
-        return [r / b for r, b in zip(rates[placement], base[placement])]
+    def pairs(phases, placement):
+        """Each phase's rate over the mean of the unmonitored phases on either side of it."""
+        if phases is base:  # each inner one between its neighbours
+            return [base[i][placement] * 2 / (base[i - 1][placement] + base[i + 1][placement])
+                    for i in range(1, len(base) - 1)]
+        at = tools.index(monitored if phases is ours else bpftrace)
+        return [rates[placement] * 2 / (base[i][placement] + base[i + 1][placement])
+                for i, rates in zip(range(at, len(base), len(tools)), phases)]
 
-    def ratio(rates, placement):
-        return statistics.median(pairs(rates, placement)) if rates[placement] else None
+    def ratio(phases, placement):
+        return statistics.median(pairs(phases, placement)) if phases else None
 
-    def middle_half(rates, placement):
-        """The paired ratios' quartiles: how far one round's figure wanders on this machine."""
-        if len(rates[placement]) < 2:
-            return None
-        q1, _, q3 = statistics.quantiles(pairs(rates, placement), n=4)
-        return f"{q1:.3f}-{q3:.3f}"
+    def interval(phases, placement):
+        return _median_interval(pairs(phases, placement)) if phases else None
 
+    def unmonitored_rate(placement):
+        return statistics.median(rates[placement] for rates in base)
+
+    tool_phases = (ours, peer)
     return {
         "launch to attached (s)": (ours_launch, peer_launch, "s", "<= 0.15"),
         "resident memory VmHWM (MB)": (max(ours_mem), max(peer_mem) if peer_mem else None, "MB", "< 40"),
-        "churn rate vs unmonitored": (ratio(ours, "spread"), ratio(peer, "spread"), "ratio", ">= 0.97"),
-        "churn rate vs unmonitored: middle half of rounds": (middle_half(ours, "spread"), middle_half(peer, "spread"),
-                                                              "ratio", None),
-        "churn unmonitored vs unmonitored (A/A: the host's noise)": (ratio(again, "spread"), None, "ratio", None),
-        "churn A/A: middle half of rounds": (middle_half(again, "spread"), None, "ratio", None),
-        "churn unmonitored (conn/s)": (statistics.median(base["spread"]), None, "conn/s", None),
-        "churn on one CPU vs unmonitored": (ratio(ours, "one CPU"), ratio(peer, "one CPU"), "ratio", None),
-        "churn on one CPU: middle half of rounds": (middle_half(ours, "one CPU"), middle_half(peer, "one CPU"),
-                                                    "ratio", None),
-        "churn on one CPU unmonitored (conn/s)": (statistics.median(base["one CPU"]), None, "conn/s", None),
-        "1-byte read() loop vs unmonitored": (ratio(ours, "syscalls"), ratio(peer, "syscalls"), "ratio", None),
+        "churn rate vs unmonitored": (*(ratio(phases, "spread") for phases in tool_phases), "ratio", ">= 0.97"),
+        "churn rate vs unmonitored: 95% interval": (*(interval(phases, "spread") for phases in tool_phases),
+                                                     "ratio", None),
+        "churn unmonitored vs unmonitored (A/A: the host's noise)": (ratio(base, "spread"), None, "ratio", None),
+        "churn A/A: 95% interval": (interval(base, "spread"), None, "ratio", None),
+        "churn unmonitored (conn/s)": (unmonitored_rate("spread"), None, "conn/s", None),
+        "churn on one CPU vs unmonitored": (*(ratio(phases, "one CPU") for phases in tool_phases), "ratio", None),
+        "churn on one CPU: 95% interval": (*(interval(phases, "one CPU") for phases in tool_phases), "ratio", None),
+        "churn on one CPU A/A": (ratio(base, "one CPU"), None, "ratio", None),
+        "churn on one CPU A/A: 95% interval": (interval(base, "one CPU"), None, "ratio", None),
+        "churn on one CPU unmonitored (conn/s)": (unmonitored_rate("one CPU"), None, "conn/s", None),
+        "1-byte read() loop vs unmonitored": (*(ratio(phases, "syscalls") for phases in tool_phases), "ratio", None),
         "lost events during churn": (lost, None, "events", "<= 0"),
         "runs skipped on a busy CPU during churn": (skipped["ours"], skipped["peer"] if have_bpftrace else None,
                                                     "runs", None),
     }
-
 
 if __name__ == "__main__":
     for name, figure in run().items():
