@@ -85,14 +85,6 @@ while n < limit and time.monotonic() - start < seconds:
 """
 
 
-def _monitor_cmd():
-    return [sys.executable, "-m", "bpfhook", "monitor", "-m", "600"]
-
-
-def _bpftrace_cmd():
-    return ["bpftrace", "-e", BPFTRACE_ONE_LINER]
-
-
 def _start(cmd, marker):
     """(process, seconds until a stderr/stdout line containing marker)."""
     start = time.monotonic()
@@ -189,16 +181,6 @@ def _measure(churns):
     return rates
 
 
-def _launch_times(cmd, marker):
-    times = []
-    for _ in range(LAUNCHES):
-        p, seconds = _start(cmd, marker)
-        times.append(seconds)
-        time.sleep(STARTED_SECONDS)  # bpftrace, stopped while it attaches, ignores SIGINT for 30 s
-        _stop(p)
-    return min(times)  # best of N: the machine is shared, the noise only ever adds
-
-
 def _program_ids():
     from pybpf.prog import iter_ids
 
@@ -221,20 +203,40 @@ def _skipped_runs(program_ids):
     return skipped
 
 
-def _attached(cmd, marker, churns):
-    """({placement: rate}, VmHWM MB, lost events the tool reported or None, runs of its programs
-    the kernel skipped) with `cmd` attached."""
-    before = _program_ids()
-    p, _ = _start(cmd, marker)
-    try:
-        time.sleep(STARTED_SECONDS)
-        rates = _measure(churns)
-        mem = _hwm_mb(p.pid)
-        skipped = _skipped_runs(_program_ids() - before)
-    finally:
-        out = _stop(p)
-    m = re.search(r"detached \((\d+) events, (\d+) lost\)", out)
-    return rates, mem, int(m[2]) if m else None, skipped
+class Tool:
+    """A tool the benchmark attaches, and what its phases measured."""
+
+    def __init__(self, cmd, marker):
+        self.cmd, self.marker = cmd, marker  # marker: in the line it prints once attached
+        self.phases = []  # {placement: rate} of each of its phases
+        self.mem = []  # VmHWM MB after each
+        self.skipped = 0  # runs of its programs the kernel skipped
+        self.lost = 0  # events it reported lost; None: it reports none
+
+    def launch_time(self):
+        """Seconds from exec to the marker line, best of LAUNCHES: the machine is shared, the
+        noise only ever adds."""
+        times = []
+        for _ in range(LAUNCHES):
+            p, seconds = _start(self.cmd, self.marker)
+            times.append(seconds)
+            time.sleep(STARTED_SECONDS)  # bpftrace, stopped while it attaches, ignores SIGINT for 30 s
+            _stop(p)
+        return min(times)
+
+    def measure(self, churns):
+        """One phase: the tool started, the churns measured, the tool stopped."""
+        before = _program_ids()
+        p, _ = _start(self.cmd, self.marker)
+        try:
+            time.sleep(STARTED_SECONDS)
+            self.phases.append(_measure(churns))
+            self.mem.append(_hwm_mb(p.pid))
+            self.skipped += _skipped_runs(_program_ids() - before)
+        finally:
+            out = _stop(p)
+        m = re.search(r"detached \((\d+) events, (\d+) lost\)", out)
+        self.lost = None if m is None or self.lost is None else self.lost + int(m[2])
 
 
 def _median_interval(ratios):
@@ -252,9 +254,10 @@ def _median_interval(ratios):
 def run():
     for package in ("pybpf", "bpfhook", "programs"):
         compileall.compile_dir(os.path.join(ROOT, package), quiet=1)
-    have_bpftrace = shutil.which("bpftrace") is not None
-    ours_launch = _launch_times(_monitor_cmd(), "attached")
-    peer_launch = _launch_times(_bpftrace_cmd(), "Attaching") if have_bpftrace else None
+    ours = Tool([sys.executable, "-m", "bpfhook", "monitor", "-m", "600"], "attached")
+    peer = Tool(["bpftrace", "-e", BPFTRACE_ONE_LINER], "Attaching") if shutil.which("bpftrace") else None
+    tools = [tool for tool in (ours, peer) if tool]
+    ours_launch, peer_launch = (tool.launch_time() if tool else None for tool in (ours, peer))
 
     # Phases alternate: unmonitored, a tool, unmonitored, the other tool, ... Each tool's phase is
     # paired with the mean of the unmonitored phases on either side of it, which cancels a drift
@@ -263,76 +266,58 @@ def run():
     # a ratio). Every unmonitored phase starts a moment after the last tool stopped: a detach
     # leaves the kernel work (RCU callbacks, freeing maps and probes) that would otherwise fall
     # on it.
-    base, ours, peer = [], [], []  # of {placement: rate}, in phase order
-    ours_mem, peer_mem, lost = [], [], 0
-    skipped = {"ours": 0, "peer": 0}
-
-    def monitored():
-        nonlocal lost
-        rates, mem, phase_lost, skipped_runs = _attached(_monitor_cmd(), "attached", churns)
-        skipped["ours"] += skipped_runs
-        ours.append(rates)
-        ours_mem.append(mem)
-        lost = None if phase_lost is None or lost is None else lost + phase_lost
-
-    def bpftrace():
-        rates, mem, _, skipped_runs = _attached(_bpftrace_cmd(), "Attaching", churns)
-        skipped["peer"] += skipped_runs
-        peer.append(rates)
-        peer_mem.append(mem)
-
-    tools = [monitored] + ([bpftrace] if have_bpftrace else [])
+    base = []  # {placement: rate} of each unmonitored phase
     churns = {}
     try:
         for placement in MEASURE_SECONDS:
             churns[placement] = Churn(placement)
-        for go in tools * CYCLES:
+        for tool in tools * CYCLES:
             time.sleep(SETTLE_SECONDS)
             base.append(_measure(churns))
-            go()
+            tool.measure(churns)
         time.sleep(SETTLE_SECONDS)
         base.append(_measure(churns))
     finally:
         for churn in churns.values():
             churn.close()
 
-    def pairs(phases, placement):
-        """Each phase's rate over the mean of the unmonitored phases on either side of it."""
-        if phases is base:  # each inner one between its neighbours
+    def pairs(tool, placement):
+        """Each of the tool's phases' rate over the mean of the unmonitored phases on either side
+        of it; tool None: each inner unmonitored phase's over its unmonitored neighbours'."""
+        if tool is None:
             return [base[i][placement] * 2 / (base[i - 1][placement] + base[i + 1][placement])
                     for i in range(1, len(base) - 1)]
-        at = tools.index(monitored if phases is ours else bpftrace)
         return [rates[placement] * 2 / (base[i][placement] + base[i + 1][placement])
-                for i, rates in zip(range(at, len(base), len(tools)), phases)]
+                for i, rates in zip(range(tools.index(tool), len(base), len(tools)), tool.phases)]
 
-    def ratio(phases, placement):
-        return statistics.median(pairs(phases, placement)) if phases else None
+    def ratio(tool, placement):
+        return statistics.median(pairs(tool, placement))
 
-    def interval(phases, placement):
-        return _median_interval(pairs(phases, placement)) if phases else None
+    def interval(tool, placement):
+        return _median_interval(pairs(tool, placement))
+
+    def both(figure, placement):
+        return tuple(figure(tool, placement) if tool else None for tool in (ours, peer))
 
     def unmonitored_rate(placement):
         return statistics.median(rates[placement] for rates in base)
 
-    tool_phases = (ours, peer)
     return {
         "launch to attached (s)": (ours_launch, peer_launch, "s", "<= 0.15"),
-        "resident memory VmHWM (MB)": (max(ours_mem), max(peer_mem) if peer_mem else None, "MB", "< 40"),
-        "churn rate vs unmonitored": (*(ratio(phases, "spread") for phases in tool_phases), "ratio", ">= 0.97"),
-        "churn rate vs unmonitored: 95% interval": (*(interval(phases, "spread") for phases in tool_phases),
-                                                     "ratio", None),
-        "churn unmonitored vs unmonitored (A/A: the host's noise)": (ratio(base, "spread"), None, "ratio", None),
-        "churn A/A: 95% interval": (interval(base, "spread"), None, "ratio", None),
+        "resident memory VmHWM (MB)": (max(ours.mem), max(peer.mem) if peer else None, "MB", "< 40"),
+        "churn rate vs unmonitored": (*both(ratio, "spread"), "ratio", ">= 0.97"),
+        "churn rate vs unmonitored: 95% interval": (*both(interval, "spread"), "ratio", None),
+        "churn unmonitored vs unmonitored (A/A: the host's noise)": (ratio(None, "spread"), None, "ratio", None),
+        "churn A/A: 95% interval": (interval(None, "spread"), None, "ratio", None),
         "churn unmonitored (conn/s)": (unmonitored_rate("spread"), None, "conn/s", None),
-        "churn on one CPU vs unmonitored": (*(ratio(phases, "one CPU") for phases in tool_phases), "ratio", None),
-        "churn on one CPU: 95% interval": (*(interval(phases, "one CPU") for phases in tool_phases), "ratio", None),
-        "churn on one CPU A/A": (ratio(base, "one CPU"), None, "ratio", None),
-        "churn on one CPU A/A: 95% interval": (interval(base, "one CPU"), None, "ratio", None),
+        "churn on one CPU vs unmonitored": (*both(ratio, "one CPU"), "ratio", None),
+        "churn on one CPU: 95% interval": (*both(interval, "one CPU"), "ratio", None),
+        "churn on one CPU A/A": (ratio(None, "one CPU"), None, "ratio", None),
+        "churn on one CPU A/A: 95% interval": (interval(None, "one CPU"), None, "ratio", None),
         "churn on one CPU unmonitored (conn/s)": (unmonitored_rate("one CPU"), None, "conn/s", None),
-        "1-byte read() loop vs unmonitored": (*(ratio(phases, "syscalls") for phases in tool_phases), "ratio", None),
-        "lost events during churn": (lost, None, "events", "<= 0"),
-        "runs skipped on a busy CPU during churn": (skipped["ours"], skipped["peer"] if have_bpftrace else None,
-                                                    "runs", None),
+        "1-byte read() loop vs unmonitored": (*both(ratio, "syscalls"), "ratio", None),
+        "lost events during churn": (ours.lost, None, "events", "<= 0"),
+        "runs skipped on a busy CPU during churn": (ours.skipped, peer.skipped if peer else None, "runs", None),
     }
 
 if __name__ == "__main__":
