@@ -386,10 +386,12 @@ def event_line(event, container):
 
 
 class _Stop:
-    """SIGINT/SIGTERM set a flag the loop checks; the loop then reports and detaches."""
+    """SIGINT/SIGTERM, or `stop` (a threading.Event) set: the loop then reports and detaches.
+    A signal sets the event too, so that a loop waiting on it (wait()) wakes at once."""
 
-    def __init__(self):
+    def __init__(self, stop=None):
         self.signal = None
+        self._event = stop if stop is not None else threading.Event()
         self._previous = {}
 
     def install(self):
@@ -399,14 +401,19 @@ class _Stop:
 
     def _handler(self, signum, _frame):
         self.signal = signum
+        self._event.set()
 
     def restore(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
 
+    def wait(self, seconds):
+        """Sleep up to `seconds`, less if told to stop."""
+        self._event.wait(seconds)
+
     def __bool__(self):
-        return self.signal is not None
+        return self.signal is not None or self._event.is_set()
 
 
 def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
@@ -423,7 +430,7 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
     out = out or sys.stdout
     err = err or sys.stderr
     started = time.monotonic()
-    interrupted = _Stop()
+    interrupted = _Stop(stop)
     interrupted.install()
     try:
         resolve = Resolver()
@@ -472,14 +479,16 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
             deadline = started + options.duration if options.duration else None
             next_report = time.monotonic() + options.metrics_interval
             lost_said, next_chores = 0, 0.0
-            while not interrupted and not (stop is not None and stop.is_set()):
+            while not interrupted:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                wait = max(min(POLL_SECONDS, next_report - now, (deadline - now) if deadline else POLL_SECONDS), 0)
-                if not stream:
-                    time.sleep(wait)
-                batch = monitor.read(0 if not stream else wait)
+                wake = next_report if deadline is None else min(next_report, deadline)
+                if stream:
+                    batch = monitor.read(max(min(wake - now, POLL_SECONDS), 0))
+                else:  # nothing comes one by one: wake for the next chore or report only
+                    interrupted.wait(max(min(wake, next_chores) - now, 0))
+                    batch = ()
                 with lock:
                     for event in batch:
                         container = resolve(event["cgroup_id"])

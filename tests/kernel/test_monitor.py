@@ -1042,6 +1042,28 @@ def test_shutdown_leaves_nothing_attached(sig):
     assert not _link_ids(progs_running)
 
 
+def test_the_report_alone_wakes_the_monitor_once_a_second():
+    """Without streaming nothing arrives one by one: the loop sleeps until its next chore (1 s)
+    or report, not every poll interval (it woke 10 times a second)."""
+    p = _spawn("-m", "60")
+    try:
+        _wait_attached(p)
+        time.sleep(slow_factor())  # the rest of start-up (older connections) is over
+        before = _voluntary_switches(p.pid)
+        time.sleep(4)
+        woke = _voluntary_switches(p.pid) - before
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=15 * slow_factor())
+    assert p.returncode == 0, err
+    assert woke <= 4 + 2
+
+
+def _voluntary_switches(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+
+
 def test_missing_cgroup_is_one_line_and_nonzero():
     p = subprocess.run([sys.executable, "-m", "bpfhook", "monitor", "-c", "/nonexistent/cg", "--duration", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=30)
