@@ -3,13 +3,17 @@ import argparse
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from bpfhook import cgroups, cli
 from bpfhook.containers import classify
+from bpfhook.monitor import _Stop
 from bpfhook.monitor_cli import EventFilter, MonitorError, MonitorOptions, host_port, options_from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -121,12 +125,6 @@ def test_accept_choices_are_the_programs_hooks():
 
 def test_a_signal_ends_the_monitor_loops_wait_at_once():
     """SIGINT/SIGTERM set the stop flag and wake the report-only loop's long sleep."""
-    import signal
-    import threading
-    import time
-
-    from bpfhook.monitor import _Stop
-
     stop = _Stop()
     stop.install()
     try:
@@ -140,10 +138,6 @@ def test_a_signal_ends_the_monitor_loops_wait_at_once():
 
 
 def test_the_callers_stop_event_ends_the_wait():
-    import threading
-
-    from bpfhook.monitor import _Stop
-
     event = threading.Event()
     stop = _Stop(event)
     assert not stop
