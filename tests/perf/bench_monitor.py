@@ -90,15 +90,17 @@ def _start(cmd, marker):
     start = time.monotonic()
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = start + 20
+    said = []
     while time.monotonic() < deadline:
         line = p.stdout.readline()
         if not line:
             break
         if marker in line:
             return p, time.monotonic() - start
+        said.append(line.strip())
     p.kill()
     p.wait()
-    raise RuntimeError(f"{cmd[0]} did not report {marker!r}")
+    raise RuntimeError(f"{cmd[0]} did not report {marker!r}: " + " | ".join(said[-3:]))
 
 
 def _stop(p):
@@ -239,6 +241,18 @@ class Tool:
         self.lost = None if m is None or self.lost is None else self.lost + int(m[2])
 
 
+def _peer():
+    """bpftrace with the one-liner, or None where it is not installed. bpftrace finds
+    tracepoints in tracefs, which a fresh machine may not have mounted (the monitor does not
+    need it): mounted first, as the project's tools do."""
+    if not shutil.which("bpftrace"):
+        return None
+    from pybpf import tracefs
+
+    tracefs.root()
+    return Tool(["bpftrace", "-e", BPFTRACE_ONE_LINER], "Attaching")
+
+
 def _median_interval(ratios):
     """The 95% interval of the median of `ratios`: the order statistics a binomial count of
     ratios below the true median puts around it, no assumption about their distribution."""
@@ -255,7 +269,7 @@ def run():
     for package in ("pybpf", "bpfhook", "programs"):
         compileall.compile_dir(os.path.join(ROOT, package), quiet=1)
     ours = Tool([sys.executable, "-m", "bpfhook", "monitor", "-m", "600"], "attached")
-    peer = Tool(["bpftrace", "-e", BPFTRACE_ONE_LINER], "Attaching") if shutil.which("bpftrace") else None
+    peer = _peer()
     tools = [tool for tool in (ours, peer) if tool]
     ours_launch, peer_launch = (tool.launch_time() if tool else None for tool in (ours, peer))
 
