@@ -13,8 +13,14 @@
                          next is out of the ratios. Twice: with the client and server threads
                          free to run on any CPU (the target's figure), and both pinned to one
                          CPU. Spread over CPUs, a connection waits on cross-CPU wakeups (on a
-                         VM, IPIs of tens of microseconds); on one CPU it is CPU-bound and
-                         shows the tools' kernel-side cost per connection at its largest.
+                         VM, IPIs of tens of microseconds); on one CPU it is CPU-bound, and
+                         the ratio weighs the tools' kernel time per connection against the
+                         loop's own.
+                         Spread, a tool that follows each connection (the monitor) also pays
+                         for its entry moving between the CPUs' caches as the socket's
+                         transitions alternate CPUs: there its programs take ~1.5x their
+                         one-CPU time per run (bpf_stats: ~190 against ~126 ns a transition;
+                         an empty program on the same tracepoint ~65 against ~57 ns).
                          Each figure comes with the 95% interval of its median: this shared
                          host's speed swings by ~10% within seconds, and one phase's ratio
                          with it.
