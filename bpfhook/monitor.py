@@ -68,6 +68,7 @@ class Monitor:
         self.notes = []  # what could not be attached, said once at start
         self._closed_baseline = 0  # stats[STAT_CLOSED_KEPT] when trim_closed last emptied the map of them
         self.older_owners = {}  # sock -> (pid, comm) of the older connections, from /proc (enter_older)
+        self._live_bytes, self._live_bytes_failed = None, False  # refresh_bytes's iterator link
         self.programs = []  # loaded and attached
         self._stack = contextlib.ExitStack()
         try:
@@ -108,7 +109,6 @@ class Monitor:
         from pybpf.errors import BpfError
         from pybpf.prog import load
 
-        from bpfhook import netns
         from bpfhook.programs import existing
 
         try:
@@ -117,27 +117,48 @@ class Monitor:
                 prog = load(existing.build(self.maps, kernel, listeners), "tracing", name="bh_existing",
                             expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0])
             with prog, attach.iterator(prog) as link:
-                # An iterator walks the sockets of the namespace it was created in: each in turn
-                output = [attach.run_iterator(link)]
-                here = netns.own()
-                for ident, path in netns.host_namespaces().items():
-                    if ident == here:
-                        continue
-                    with contextlib.ExitStack() as inside:
-                        try:
-                            inside.enter_context(netns.entered(path))
-                        except OSError:
-                            continue  # the namespace went away meanwhile
-                        output.append(attach.run_iterator(link))
+                output = _walk_every_netns(link)
         except BpfError as e:
             self.notes.append(f"connections open before the monitor started are not listed until they "
                               f"close: {str(e).splitlines()[0]}")
             return None
-        output = b"".join(output)
         codec = records.OLDER_ENTERED_CODEC
         entered = codec.decode_many(output, len(output) // codec.size)
         self.older_owners = _owners_in_proc({e.sock: e.inode for e in entered if e.inode})
         return len(entered)
+
+    def refresh_bytes(self):
+        """Bring the live connections' bytes_sent and bytes_received up to now: the state program
+        reads them at the close only, this walk (programs/live_bytes.py) copies each followed
+        socket's into its entry, in every network namespace. For the reports: call it before
+        connections() and the metrics. False where the kernel has no TCP socket iterator (noted
+        once: live connections then count their bytes at their close)."""
+        from pybpf.errors import BpfError
+
+        if self._live_bytes is None:
+            if self._live_bytes_failed:
+                return False
+            try:
+                self._live_bytes = self._stack.enter_context(self._live_bytes_link())
+            except BpfError as e:
+                self._live_bytes_failed = True
+                self.notes.append(f"live connections count their bytes at their close only: "
+                                  f"{str(e).splitlines()[0]}")
+                return False
+        _walk_every_netns(self._live_bytes)
+        return True
+
+    def _live_bytes_link(self):
+        """The live_bytes iterator, loaded and attached: a Link that owns its program."""
+        from pybpf import attach
+        from pybpf.prog import load
+
+        from bpfhook.programs import existing, live_bytes
+
+        kernel = self._kernel
+        with load(live_bytes.build(self.maps, kernel), "tracing", name="bh_live_bytes",
+                  expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0]) as prog:
+            return attach.iterator(prog)
 
     def _with_older_owners(self, decoded):
         """Decoded events or connections, those of older connections the kernel knows no owner
@@ -345,6 +366,27 @@ class Monitor:
         self.close()
 
 
+def _walk_every_netns(link):
+    """Run the socket iterator `link` here, then in every other network namespace (an iterator
+    walks the sockets of the namespace it was created in): what it wrote, joined."""
+    from pybpf import attach
+
+    from bpfhook import netns
+
+    output = [attach.run_iterator(link)]
+    here = netns.own()
+    for ident, path in netns.host_namespaces().items():
+        if ident == here:
+            continue
+        with contextlib.ExitStack() as inside:
+            try:
+                inside.enter_context(netns.entered(path))
+            except OSError:
+                continue  # the namespace went away meanwhile
+            output.append(attach.run_iterator(link))
+    return b"".join(output)
+
+
 def _owners_in_proc(inodes):
     """{sock: (pid, comm)} of the processes holding the sockets `inodes` ({sock: socket inode})."""
     from bpfhook import procfs
@@ -356,14 +398,20 @@ def _owners_in_proc(inodes):
 
 def with_live(totals, connections, field):
     """Metrics dicts {key: records.decode_metrics dict} completed from the live connections:
-    active = connections whose `field` is the key, opened = closed + active. The kernel keeps
-    only what ended: one map update per close rather than one per open and per close."""
+    active = connections whose `field` is the key, opened = closed + active, and their bytes so
+    far (as of Monitor.refresh_bytes) added to the ended ones'. The kernel keeps only what
+    ended: one map update per close rather than one per open and per close."""
     live = collections.Counter(c[field] for c in connections)
+    live_bytes = collections.defaultdict(collections.Counter)
+    for c in connections:
+        live_bytes[c[field]].update(bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
     out = {}
     for key in totals.keys() | live.keys():
         m = dict(totals.get(key) or dict.fromkeys(records.METRICS_FIELDS, 0))
         m["active"] = live[key]
         m["opened"] = m["closed"] + m["active"]
+        for name in ("bytes_sent", "bytes_received"):
+            m[name] += live_bytes[key][name]
         out[key] = m
     return out
 
@@ -452,11 +500,13 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                 print(f"bpfhook monitor: {older} TCP connections open before the start entered, "
                       f"{len(monitor.older_owners)} with their owner from /proc (the rest: when accepted or "
                       "closed)", file=err, flush=True)
+            monitor.refresh_bytes()  # (loads its walk now: a kernel without one is noted below)
             for note in monitor.notes:
                 print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
 
             def snapshot():
                 """What the reports show (call with the lock held)."""
+                monitor.refresh_bytes()
                 if not stream:
                     live = monitor.connections()
                     return summary_snapshot(live, monitor.recent(), monitor.stats(), monitor.cgroup_metrics(live),

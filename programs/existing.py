@@ -77,13 +77,7 @@ def build(maps, kernel, listeners):
     entered = p.stack.alloc(OLDER_ENTERED)
 
     p.r9 = p.r1
-    p.r1 = p.r9.u64[CTX_SK_COMMON]
-    with p.If(p.r1 == 0):  # the end of the walk
-        p.exit(0)
-    p.call("skc_to_tcp_sock", p.r1)  # NULL for mini-sockets and other protocols
-    with p.If(p.r0 == 0):
-        p.exit(0)
-    p.r6 = p.r0
+    full_tcp_sock(p, p.r9)
     p.r8 = typed_field(p.r6, kernel, "sk_state")
     with p.If(p.r8 == CLOSE):
         p.exit(0)
@@ -147,6 +141,18 @@ def build(maps, kernel, listeners):
     _write_entered(p, key, entered)
     p.exit(0)
     return p
+
+
+def full_tcp_sock(p, ctx):
+    """r6 = the tcp_sock of this step of a TCP socket walk (`ctx`: the register holding the
+    program's context); exits at the end of the walk, and for a mini-socket (TIME_WAIT, request)."""
+    p.r1 = ctx.u64[CTX_SK_COMMON]
+    with p.If(p.r1 == 0):  # the end of the walk
+        p.exit(0)
+    p.call("skc_to_tcp_sock", p.r1)  # NULL for mini-sockets and other protocols
+    with p.If(p.r0 == 0):
+        p.exit(0)
+    p.r6 = p.r0
 
 
 def _socket_inode(p, kernel, entered):

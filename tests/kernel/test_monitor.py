@@ -433,6 +433,49 @@ def test_without_streaming_the_maps_hold_what_the_report_needs():
         assert m.read(0) == [] and m.lost()["events"] == 0
 
 
+@pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
+def test_live_connections_count_their_bytes_so_far(lab, slots):
+    """refresh_bytes (a walk of every network namespace's TCP sockets) brings a live
+    connection's bytes into its entry and its cgroup's metrics; once it ends they are counted
+    once, from the close. The peer's FIN, which tcp_sock counts, is no byte."""
+    c = lab(ipv6=False)
+    with Monitor(CGROUP_ROOT, stream=False, slots=slots) as m:
+        server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "500", "300"], stdout=subprocess.PIPE, text=True)
+        port = int(server.stdout.readline())
+        with socket.create_connection((c.ipv4, port), timeout=10) as s:
+            s.sendall(b"h" * 500)
+            got = 0
+            while got < 300:
+                got += len(s.recv(300 - got))
+            sport = s.getsockname()[1]
+            assert m.refresh_bytes()
+            live = {(x["sport"], x["dport"]): x for x in m.connections()}
+            inside, outside = live[(port, sport)], live[(sport, port)]  # (the server's end: in the lab's netns)
+            assert (inside["bytes_received"], inside["bytes_sent"]) == (500, 300)
+            assert (outside["bytes_sent"], outside["bytes_received"]) == (500, 300)
+            metrics = m.cgroup_metrics()[c.cgroup_id]
+            assert (metrics["active"], metrics["closed"], metrics["bytes_sent"], metrics["bytes_received"]) == (1, 0, 300, 500)
+        server.wait(10)
+        assert eventually(lambda: m.cgroup_metrics()[c.cgroup_id]["closed"] == 1)
+        m.refresh_bytes()
+        metrics = m.cgroup_metrics()[c.cgroup_id]
+        assert (metrics["active"], metrics["bytes_sent"], metrics["bytes_received"]) == (0, 300, 500)
+
+        with socket.create_server(("127.0.0.1", 0)) as listener:  # a server end left in CLOSE_WAIT
+            with socket.create_connection(listener.getsockname()) as client:
+                held, _ = listener.accept()
+                with held:
+                    client.sendall(b"x" * 10)
+                    client.shutdown(socket.SHUT_WR)
+                    sock_port = client.getsockname()[1]
+
+                    def held_end():
+                        m.refresh_bytes()
+                        return [x for x in m.connections() if x["dport"] == sock_port and x["state"] == "CLOSE_WAIT"]
+                    assert eventually(held_end)
+                    assert held_end()[0]["bytes_received"] == 10
+
+
 def test_a_connection_nobody_accepted_yet_is_listed_as_inbound():
     """The listener's child is followed from SYN_RECV: before accept() (and so with no owner)
     it is listed as the passive side, the client's socket as the active one."""
