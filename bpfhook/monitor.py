@@ -511,8 +511,10 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                     live = monitor.connections()
                     return summary_snapshot(live, monitor.recent(), monitor.stats(), monitor.cgroup_metrics(live),
                                             resolve, monitor.lost()["events"])
+                live = monitor.connections()
+                aggregator.set_live_bytes(live)
                 if keep.passes_everything:  # the maps count everything; filtered views come from events
-                    aggregator.set_cgroup_metrics(monitor.cgroup_metrics())
+                    aggregator.set_cgroup_metrics(monitor.cgroup_metrics(live))
                 aggregator.set_lost(monitor.lost()["events"])
                 return aggregator.snapshot()
 

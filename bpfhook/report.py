@@ -183,6 +183,14 @@ class Aggregator:
         """The metrics-by-cgroup map: {cgroup id: records.decode_metrics dict}."""
         self.map_totals = dict(metrics)
 
+    def set_live_bytes(self, connections):
+        """Live connections' bytes so far (Monitor.connections() after refresh_bytes), into the
+        active ones this aggregator lists; its totals keep counting bytes from closes."""
+        for c in connections:
+            conn = self.active.get(c["sock"])
+            if conn is not None:
+                conn.update(bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
+
     def set_lost(self, lost):
         """Total events lost so far (ring buffer drops plus reader-side losses)."""
         self.lost = lost

@@ -197,3 +197,17 @@ def test_a_connection_older_than_the_monitor_has_no_direction_unless_known_passi
         return connection_line(dict(ev("close", state="CLOSE", container=classify("/")), **over))
     assert " -- " in line(older=True) and " <- " in line(older=True, passive=True)
     assert " <- " in line(older=True, passive=True, accepted_before=True)
+
+
+def test_live_bytes_show_on_active_connections_and_the_close_counts_them_once():
+    agg = Aggregator(resolve=resolve)
+    agg.add(ev("state", 1, 0, 100, "CLOSE", "SYN_SENT"))
+    agg.add(ev("state", 1, 10, 100, "SYN_SENT", "ESTABLISHED"))
+    agg.set_live_bytes([{"sock": 1, "bytes_sent": 30, "bytes_received": 40},
+                        {"sock": 9, "bytes_sent": 1, "bytes_received": 1}])  # (one it does not list)
+    s = agg.snapshot()
+    assert [(c["sock"], c["bytes_sent"], c["bytes_received"]) for c in s.active] == [(1, 30, 40)]
+    agg.add(ev("state", 1, 20, 100, "ESTABLISHED", "FIN_WAIT1"))
+    agg.add(ev("close", 1, 30, 100, "FIN_WAIT1", "CLOSE", bytes_sent=50, bytes_received=60, duration_ns=30))
+    t = agg.snapshot().cgroups[0]
+    assert (t.closed, t.bytes_sent, t.bytes_received) == (1, 50, 60)
