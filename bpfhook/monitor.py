@@ -135,17 +135,18 @@ class Monitor:
         once: live connections then count their bytes at their close)."""
         from pybpf.errors import BpfError
 
-        if self._live_bytes is None:
-            if self._live_bytes_failed:
-                return False
-            try:
+        if self._live_bytes_failed:
+            return False
+        try:
+            if self._live_bytes is None:
                 self._live_bytes = self._stack.enter_context(self._live_bytes_link())
-            except BpfError as e:
+            _walk_every_netns(self._live_bytes)
+        except BpfError as e:
+            if self._live_bytes is None:  # the kernel has no such walk: said once
                 self._live_bytes_failed = True
                 self.notes.append(f"live connections count their bytes at their close only: "
                                   f"{str(e).splitlines()[0]}")
-                return False
-        _walk_every_netns(self._live_bytes)
+            return False  # (else this report keeps the bytes of the last walk)
         return True
 
     def _live_bytes_link(self):

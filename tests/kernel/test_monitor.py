@@ -476,6 +476,22 @@ def test_live_connections_count_their_bytes_so_far(lab, slots):
                     assert held_end()[0]["bytes_received"] == 10
 
 
+def test_a_kernel_without_the_live_bytes_walk_says_so_once_and_counts_bytes_at_the_close(monkeypatch):
+    from pybpf.errors import FeatureUnavailable
+
+    with Monitor(CGROUP_ROOT, stream=False, older=False) as m:
+        tries = []
+
+        def refused():
+            tries.append(1)
+            raise FeatureUnavailable("no bpf_iter_tcp here")
+        monkeypatch.setattr(m, "_live_bytes_link", refused)
+        assert m.refresh_bytes() is False and m.refresh_bytes() is False
+        said = [note for note in m.notes if note.startswith("live connections")]
+        assert len(tries) == 1 and said == ["live connections count their bytes at their close only: "
+                                            "no bpf_iter_tcp here"]
+
+
 def test_a_connection_nobody_accepted_yet_is_listed_as_inbound():
     """The listener's child is followed from SYN_RECV: before accept() (and so with no owner)
     it is listed as the passive side, the client's socket as the active one."""
