@@ -402,17 +402,16 @@ def with_live(totals, connections, field):
     active = connections whose `field` is the key, opened = closed + active, and their bytes so
     far (as of Monitor.refresh_bytes) added to the ended ones'. The kernel keeps only what
     ended: one map update per close rather than one per open and per close."""
-    live = collections.Counter(c[field] for c in connections)
-    live_bytes = collections.defaultdict(collections.Counter)
+    live = collections.defaultdict(collections.Counter)
     for c in connections:
-        live_bytes[c[field]].update(bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
+        live[c[field]].update(active=1, bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
     out = {}
     for key in totals.keys() | live.keys():
         m = dict(totals.get(key) or dict.fromkeys(records.METRICS_FIELDS, 0))
-        m["active"] = live[key]
+        m["active"] = live[key]["active"]
         m["opened"] = m["closed"] + m["active"]
         for name in ("bytes_sent", "bytes_received"):
-            m[name] += live_bytes[key][name]
+            m[name] += live[key][name]
         out[key] = m
     return out
 

@@ -27,6 +27,7 @@ from bpfhook.programs import accept
 from bpfhook.programs.conn_common import CONN_SLOTS, KernelOffsets, Maps
 from bpfhook.records import F_OWNER_FROM_ACCEPT, METRICS_FIELDS, SLOT_ENDED, TCP_STATE_IDS, direction
 from pybpf import features, sys as bpfsys
+from pybpf.errors import FeatureUnavailable
 from pybpf.prog import Program, iter_ids, prog_info
 from tests.conftest import eventually, require, slow_factor
 
@@ -477,8 +478,6 @@ def test_live_connections_count_their_bytes_so_far(lab, slots):
 
 
 def test_a_kernel_without_the_live_bytes_walk_says_so_once_and_counts_bytes_at_the_close(monkeypatch):
-    from pybpf.errors import FeatureUnavailable
-
     with Monitor(CGROUP_ROOT, stream=False, older=False) as m:
         tries = []
 
