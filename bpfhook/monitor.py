@@ -135,19 +135,28 @@ class Monitor:
         once: live connections then count their bytes at their close)."""
         from pybpf.errors import BpfError
 
-        if self._live_bytes_failed:
+        if not self.load_live_bytes():
             return False
         try:
-            if self._live_bytes is None:
-                self._live_bytes = self._stack.enter_context(self._live_bytes_link())
             _walk_every_netns(self._live_bytes)
-        except BpfError as e:
-            if self._live_bytes is None:  # the kernel has no such walk: said once
+        except BpfError:
+            return False  # this report keeps the bytes of the last walk
+        return True
+
+    def load_live_bytes(self):
+        """Load refresh_bytes's walk, unless loaded or refused before (the command does it at
+        start, so that a refusal is noted with the other warnings). False where the kernel
+        has no TCP socket iterator: noted once, and not asked again."""
+        from pybpf.errors import BpfError
+
+        if self._live_bytes is None and not self._live_bytes_failed:
+            try:
+                self._live_bytes = self._stack.enter_context(self._live_bytes_link())
+            except BpfError as e:
                 self._live_bytes_failed = True
                 self.notes.append(f"live connections count their bytes at their close only: "
                                   f"{str(e).splitlines()[0]}")
-            return False  # (else this report keeps the bytes of the last walk)
-        return True
+        return self._live_bytes is not None
 
     def _live_bytes_link(self):
         """The live_bytes iterator, loaded and attached: a Link that owns its program."""
@@ -461,7 +470,7 @@ class _Stop:
         self._event.wait(seconds)
 
     def __bool__(self):
-        return self.signal is not None or self._event.is_set()
+        return self._event.is_set()  # (the handler sets it too)
 
 
 def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
@@ -500,18 +509,17 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                 print(f"bpfhook monitor: {older} TCP connections open before the start entered, "
                       f"{len(monitor.older_owners)} with their owner from /proc (the rest: when accepted or "
                       "closed)", file=err, flush=True)
-            monitor.refresh_bytes()  # (loads its walk now: a kernel without one is noted below)
+            monitor.load_live_bytes()  # now: a kernel without the walk is noted below
             for note in monitor.notes:
                 print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
 
             def snapshot():
                 """What the reports show (call with the lock held)."""
                 monitor.refresh_bytes()
+                live = monitor.connections()
                 if not stream:
-                    live = monitor.connections()
                     return summary_snapshot(live, monitor.recent(), monitor.stats(), monitor.cgroup_metrics(live),
                                             resolve, monitor.lost()["events"])
-                live = monitor.connections()
                 aggregator.set_live_bytes(live)
                 if keep.passes_everything:  # the maps count everything; filtered views come from events
                     aggregator.set_cgroup_metrics(monitor.cgroup_metrics(live))
