@@ -68,7 +68,7 @@ class Monitor:
         self.notes = []  # what could not be attached, said once at start
         self._closed_baseline = 0  # stats[STAT_CLOSED_KEPT] when trim_closed last emptied the map of them
         self.older_owners = {}  # sock -> (pid, comm) of the older connections, from /proc (enter_older)
-        self._live_bytes, self._live_bytes_failed = None, False  # refresh_bytes's iterator link
+        self._live_walk, self._live_walk_failed = None, False  # refresh_live's iterator link
         self.programs = []  # loaded and attached
         self._stack = contextlib.ExitStack()
         try:
@@ -127,46 +127,46 @@ class Monitor:
         self.older_owners = _owners_in_proc({e.sock: e.inode for e in entered if e.inode})
         return len(entered)
 
-    def refresh_bytes(self):
+    def refresh_live(self):
         """Bring the live connections' bytes_sent and bytes_received up to now: the state program
-        reads them at the close only, this walk (programs/live_bytes.py) copies each followed
+        reads them at the close only, this walk (programs/live_conns.py) copies each followed
         socket's into its entry, in every network namespace. For the reports: call it before
         connections() and the metrics. False where the kernel has no TCP socket iterator (noted
         once: live connections then count their bytes at their close)."""
         from pybpf.errors import BpfError
 
-        if not self.load_live_bytes():
+        if not self.load_live_walk():
             return False
         try:
-            _walk_every_netns(self._live_bytes)
+            _walk_every_netns(self._live_walk)
         except BpfError:
             return False  # this report keeps the bytes of the last walk
         return True
 
-    def load_live_bytes(self):
-        """Load refresh_bytes's walk, unless loaded or refused before (the command does it at
+    def load_live_walk(self):
+        """Load refresh_live's walk, unless loaded or refused before (the command does it at
         start, so that a refusal is noted with the other warnings). False where the kernel
         has no TCP socket iterator: noted once, and not asked again."""
         from pybpf.errors import BpfError
 
-        if self._live_bytes is None and not self._live_bytes_failed:
+        if self._live_walk is None and not self._live_walk_failed:
             try:
-                self._live_bytes = self._stack.enter_context(self._live_bytes_link())
+                self._live_walk = self._stack.enter_context(self._live_walk_link())
             except BpfError as e:
-                self._live_bytes_failed = True
+                self._live_walk_failed = True
                 self.notes.append(f"live connections count their bytes at their close only: "
                                   f"{str(e).splitlines()[0]}")
-        return self._live_bytes is not None
+        return self._live_walk is not None
 
-    def _live_bytes_link(self):
-        """The live_bytes iterator, loaded and attached: a Link that owns its program."""
+    def _live_walk_link(self):
+        """The live_conns iterator, loaded and attached: a Link that owns its program."""
         from pybpf import attach
         from pybpf.prog import load
 
-        from bpfhook.programs import existing, live_bytes
+        from bpfhook.programs import existing, live_conns
 
         kernel = self._kernel
-        with load(live_bytes.build(self.maps, kernel), "tracing", name="bh_live_bytes",
+        with load(live_conns.build(self.maps, kernel), "tracing", name="bh_live_conns",
                   expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0]) as prog:
             return attach.iterator(prog)
 
@@ -409,7 +409,7 @@ def _owners_in_proc(inodes):
 def with_live(totals, connections, field):
     """Metrics dicts {key: records.decode_metrics dict} completed from the live connections:
     active = connections whose `field` is the key, opened = closed + active, and their bytes so
-    far (as of Monitor.refresh_bytes) added to the ended ones'. The kernel keeps only what
+    far (as of Monitor.refresh_live) added to the ended ones'. The kernel keeps only what
     ended: one map update per close rather than one per open and per close."""
     live = collections.defaultdict(collections.Counter)
     for c in connections:
@@ -509,18 +509,18 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                 print(f"bpfhook monitor: {older} TCP connections open before the start entered, "
                       f"{len(monitor.older_owners)} with their owner from /proc (the rest: when accepted or "
                       "closed)", file=err, flush=True)
-            monitor.load_live_bytes()  # now: a kernel without the walk is noted below
+            monitor.load_live_walk()  # now: a kernel without the walk is noted below
             for note in monitor.notes:
                 print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
 
             def snapshot():
                 """What the reports show (call with the lock held)."""
-                monitor.refresh_bytes()
+                monitor.refresh_live()
                 live = monitor.connections()
                 if not stream:
                     return summary_snapshot(live, monitor.recent(), monitor.stats(), monitor.cgroup_metrics(live),
                                             resolve, monitor.lost()["events"])
-                aggregator.set_live_bytes(live)
+                aggregator.set_live(live)
                 if keep.passes_everything:  # the maps count everything; filtered views come from events
                     aggregator.set_cgroup_metrics(monitor.cgroup_metrics(live))
                 aggregator.set_lost(monitor.lost()["events"])

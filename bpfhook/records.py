@@ -139,7 +139,7 @@ CONN = Struct(
     "start_ns" / u64,  # first sight (connect / SYN_SENT / accept)
     "cgroup_id" / u64,
     "netns" / u64,
-    "bytes_sent" / u64,  # so far, as of the last Monitor.refresh_bytes walk (programs/live_bytes.py)
+    "bytes_sent" / u64,  # so far, as of the last Monitor.refresh_live walk (programs/live_conns.py)
     "bytes_received" / u64,
     "comm" / Bytes(16),
     "saddr" / Bytes(16),

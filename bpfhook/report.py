@@ -183,8 +183,8 @@ class Aggregator:
         """The metrics-by-cgroup map: {cgroup id: records.decode_metrics dict}."""
         self.map_totals = dict(metrics)
 
-    def set_live_bytes(self, connections):
-        """Live connections' bytes so far (Monitor.connections() after refresh_bytes), into the
+    def set_live(self, connections):
+        """Live connections' bytes so far (Monitor.connections() after refresh_live), into the
         active ones this aggregator lists; its totals keep counting bytes from closes."""
         for c in connections:
             conn = self.active.get(c["sock"])

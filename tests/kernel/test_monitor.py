@@ -436,7 +436,7 @@ def test_without_streaming_the_maps_hold_what_the_report_needs():
 
 @pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
 def test_live_connections_count_their_bytes_so_far(lab, slots):
-    """refresh_bytes (a walk of every network namespace's TCP sockets) brings a live
+    """refresh_live (a walk of every network namespace's TCP sockets) brings a live
     connection's bytes into its entry and its cgroup's metrics; once it ends they are counted
     once, from the close. The peer's FIN, which tcp_sock counts, is no byte."""
     c = lab(ipv6=False)
@@ -449,7 +449,7 @@ def test_live_connections_count_their_bytes_so_far(lab, slots):
             while got < 300:
                 got += len(s.recv(300 - got))
             sport = s.getsockname()[1]
-            assert m.refresh_bytes()
+            assert m.refresh_live()
             live = {(x["sport"], x["dport"]): x for x in m.connections()}
             inside, outside = live[(port, sport)], live[(sport, port)]  # (the server's end: in the lab's netns)
             assert (inside["bytes_received"], inside["bytes_sent"]) == (500, 300)
@@ -458,7 +458,7 @@ def test_live_connections_count_their_bytes_so_far(lab, slots):
             assert (metrics["active"], metrics["closed"], metrics["bytes_sent"], metrics["bytes_received"]) == (1, 0, 300, 500)
         server.wait(10)
         assert eventually(lambda: m.cgroup_metrics()[c.cgroup_id]["closed"] == 1)
-        m.refresh_bytes()
+        m.refresh_live()
         metrics = m.cgroup_metrics()[c.cgroup_id]
         assert (metrics["active"], metrics["bytes_sent"], metrics["bytes_received"]) == (0, 300, 500)
 
@@ -471,7 +471,7 @@ def test_live_connections_count_their_bytes_so_far(lab, slots):
                     sock_port = client.getsockname()[1]
 
                     def held_end():
-                        m.refresh_bytes()
+                        m.refresh_live()
                         return [x for x in m.connections() if x["dport"] == sock_port and x["state"] == "CLOSE_WAIT"]
                     assert eventually(held_end)
                     assert held_end()[0]["bytes_received"] == 10
@@ -484,8 +484,8 @@ def test_a_kernel_without_the_live_bytes_walk_says_so_once_and_counts_bytes_at_t
         def refused():
             tries.append(1)
             raise FeatureUnavailable("no bpf_iter_tcp here")
-        monkeypatch.setattr(m, "_live_bytes_link", refused)
-        assert m.refresh_bytes() is False and m.refresh_bytes() is False
+        monkeypatch.setattr(m, "_live_walk_link", refused)
+        assert m.refresh_live() is False and m.refresh_live() is False
         said = [note for note in m.notes if note.startswith("live connections")]
         assert len(tries) == 1 and said == ["live connections count their bytes at their close only: "
                                             "no bpf_iter_tcp here"]

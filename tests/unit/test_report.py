@@ -203,7 +203,7 @@ def test_live_bytes_show_on_active_connections_and_the_close_counts_them_once():
     agg = Aggregator(resolve=resolve)
     agg.add(ev("state", 1, 0, 100, "CLOSE", "SYN_SENT"))
     agg.add(ev("state", 1, 10, 100, "SYN_SENT", "ESTABLISHED"))
-    agg.set_live_bytes([{"sock": 1, "bytes_sent": 30, "bytes_received": 40},
+    agg.set_live([{"sock": 1, "bytes_sent": 30, "bytes_received": 40},
                         {"sock": 9, "bytes_sent": 1, "bytes_received": 1}])  # (one it does not list)
     s = agg.snapshot()
     assert [(c["sock"], c["bytes_sent"], c["bytes_received"]) for c in s.active] == [(1, 30, 40)]

@@ -1,5 +1,5 @@
 """Live connections' bytes so far: a TCP socket iterator (bpf_iter_tcp, Linux 5.9) that
-Monitor.refresh_bytes() runs before each report copies tcp_sock.bytes_sent and
+Monitor.refresh_live() runs before each report copies tcp_sock.bytes_sent and
 bytes_received into the entry of every connection the table follows.
 
 The state program reads a connection's bytes only at its close (one read per connection,
@@ -25,7 +25,7 @@ def build(maps, kernel):
     """The iterator program: load as tracing, expected_attach_type trace_iter, attach_btf_id
     kernel.func(existing.FUNC)[0] (the same target); run with pybpf.attach.iterator and
     run_iterator (it writes nothing)."""
-    p = Program("bh_live_bytes", prog_type="tracing")
+    p = Program("bh_live_conns", prog_type="tracing")
     key = p.stack.alloc(8)
     scratch = p.stack.alloc(8)
 
