@@ -69,6 +69,7 @@ class Monitor:
         self._closed_baseline = 0  # stats[STAT_CLOSED_KEPT] when trim_closed last emptied the map of them
         self.older_owners = {}  # sock -> (pid, comm) of the older connections, from /proc (enter_older)
         self._live_walk, self._live_walk_failed = None, False  # refresh_live's iterator link
+        self._gone = _Gone()
         self.programs = []  # loaded and attached
         self._stack = contextlib.ExitStack()
         try:
@@ -117,7 +118,7 @@ class Monitor:
                 prog = load(existing.build(self.maps, kernel, listeners), "tracing", name="bh_existing",
                             expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0])
             with prog, attach.iterator(prog) as link:
-                output = _walk_every_netns(link)
+                output = b"".join(output for _, output in _walk_every_netns(link))
         except BpfError as e:
             self.notes.append(f"connections open before the monitor started are not listed until they "
                               f"close: {str(e).splitlines()[0]}")
@@ -128,19 +129,24 @@ class Monitor:
         return len(entered)
 
     def refresh_live(self):
-        """Bring the live connections' bytes_sent and bytes_received up to now: the state program
-        reads them at the close only, this walk (programs/live_conns.py) copies each followed
-        socket's into its entry, in every network namespace. For the reports: call it before
-        connections() and the metrics. False where the kernel has no TCP socket iterator (noted
-        once: live connections then count their bytes at their close)."""
+        """Walk every network namespace's TCP sockets (programs/live_conns.py): the live
+        connections' bytes_sent and bytes_received come up to now (the state program reads them
+        at the close only), and connections() stops listing those whose close the programs
+        missed (_Gone). For the reports: call it before connections() and the metrics. False
+        where the kernel has no TCP socket iterator (noted once: live connections then count
+        their bytes at their close)."""
         from pybpf.errors import BpfError
 
         if not self.load_live_walk():
             return False
+        started = time.monotonic_ns()  # (the clock of the programs' ktime_get_ns)
         try:
-            _walk_every_netns(self._live_walk)
+            walks = _walk_every_netns(self._live_walk)
         except BpfError:
             return False  # this report keeps the bytes of the last walk
+        codec = records.CONN_KEY_CODEC
+        seen = {key.sock for _, output in walks for key in codec.decode_many(output, len(output) // codec.size)}
+        self._gone.walked(started, seen, {cookie for cookie, _ in walks if cookie is not None})
         return True
 
     def load_live_walk(self):
@@ -318,10 +324,12 @@ class Monitor:
 
     def connections(self):
         """Live TCP connections, from their slots and from conns (records.decode_conn dicts): an
-        ended one's slot is marked, its entry in conns is in state CLOSE (kept for reuse)."""
+        ended one's slot is marked, its entry in conns is in state CLOSE (kept for reuse). Those
+        whose close the programs missed are left out once refresh_live's walks tell (_Gone)."""
         closed = records.TCP_STATE_IDS["CLOSE"]
         live = self.maps.slot_entries() + [(k.sock, c) for k, c in self.maps.conns.items()]
-        return self._with_older_owners([records.decode_conn(sock, c) for sock, c in live if c.state != closed])
+        live = self._gone.left_out([records.decode_conn(sock, c) for sock, c in live if c.state != closed])
+        return self._with_older_owners(live)
 
     def closed_kept(self):
         """Ended connections' entries conn_state keeps in conns for reuse, since the last trim
@@ -360,7 +368,8 @@ class Monitor:
         that CPU (a transition in softirq interrupting one in process context):
         bpf_prog_info.recursion_misses. No event exists for them, so they count as lost; what
         they left in the connection table is mended at the socket's next transition (an opening
-        skipped: found late; a close skipped: ended when a new socket starts at its address)."""
+        skipped: found late; a close skipped: ended when a new socket starts at its address),
+        and a skipped close's entry is listed no more once refresh_live's walks tell (_Gone)."""
         counts = self.maps.lost_counts()
         counts["missed"] = sum(prog.info(contents=False).recursion_misses for prog in self.programs)
         counts["events"] += self.reader.lost + counts["missed"]
@@ -378,12 +387,13 @@ class Monitor:
 
 def _walk_every_netns(link):
     """Run the socket iterator `link` here, then in every other network namespace (an iterator
-    walks the sockets of the namespace it was created in): what it wrote, joined."""
+    walks the sockets of the namespace it was created in): [(the namespace's cookie or None,
+    what the iterator wrote there)]."""
     from pybpf import attach
 
     from bpfhook import netns
 
-    output = [attach.run_iterator(link)]
+    walks = [(netns.cookie(), attach.run_iterator(link))]
     here = netns.own()
     for ident, path in netns.host_namespaces().items():
         if ident == here:
@@ -393,8 +403,41 @@ def _walk_every_netns(link):
                 inside.enter_context(netns.entered(path))
             except OSError:
                 continue  # the namespace went away meanwhile
-            output.append(attach.run_iterator(link))
-    return b"".join(output)
+            walks.append((netns.cookie(), attach.run_iterator(link)))
+    return walks
+
+
+class _Gone:
+    """Followed connections whose close the programs missed: the kernel skipped that run of
+    the state program (Monitor.lost()'s "missed"), and the entry stays live until a new
+    socket at its address ends it. The live walk meets every live one; an entry it did not
+    meet in two walks running, in a namespace it walked, and that started well before the
+    first of them, is gone. (Two: before Linux 6.16 the kernel's TCP iterator can skip a
+    socket when another in its hash bucket closes between two reads of the walk. Well
+    before: connect() enters SYN_SENT a moment before its socket is hashed.)"""
+
+    MARGIN_NS = 1_000_000_000
+
+    def __init__(self):
+        self._walk = None  # (started ns, socks met, cookies of the namespaces walked), until judged
+        self._unmet = set()  # (sock, start_ns) of the entries the last judged walk did not meet
+        self._gone = set()  # ... and the one before it
+
+    def walked(self, started_ns, met, netns_cookies):
+        self._walk = (started_ns, met, netns_cookies)
+
+    def left_out(self, connections):
+        """connections (decode_conn dicts) but the gone ones; the first call after a walk
+        judges it against them."""
+        if self._walk is not None:
+            started, met, walked = self._walk
+            self._walk = None
+            unmet = {(c["sock"], c["start_ns"]) for c in connections
+                     if c["sock"] not in met and c["netns"] in walked and c["start_ns"] < started - self.MARGIN_NS}
+            self._gone, self._unmet = unmet & self._unmet, unmet
+        if not self._gone:
+            return connections
+        return [c for c in connections if (c["sock"], c["start_ns"]) not in self._gone]
 
 
 def _owners_in_proc(inodes):

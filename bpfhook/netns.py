@@ -7,8 +7,11 @@ import contextlib
 import ctypes
 import glob
 import os
+import socket
+import sys
 
 CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71  # Linux 5.14
 _libc = None
 
 
@@ -56,3 +59,13 @@ def own():
     """(st_dev, st_ino) of the calling thread's network namespace."""
     st = os.stat("/proc/thread-self/ns/net")
     return st.st_dev, st.st_ino
+
+
+def cookie():
+    """The cookie of the calling thread's network namespace (what the programs read from a
+    socket's sk_net), or None where the kernel cannot say (before 5.14)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), sys.byteorder)
+    except OSError:
+        return None

@@ -6,7 +6,8 @@ is asserted below. The BPF programs take their offsets from `offsetof()` /
 `sizeof()`, which read this construct definition: there is no second copy.
 
     EVENT        connection event, one ring buffer (or perf buffer) record, 136 bytes
-    CONN_KEY     LRU hash "conns": the connection's socket, 8 bytes
+    CONN_KEY     LRU hash "conns": the connection's socket, 8 bytes; also what the live walk
+                 (programs/live_conns.py) writes for each live connection it meets
     CONN         its value: who opened it, addresses, state, bytes, 112 bytes
     CONN_SLOT    array "conn_slots": a socket (SLOT_ENDED set once it ended) and its CONN, 128 bytes
     CGROUP_KEY   per-CPU hash "metrics_cgroup": cgroup id, 8 bytes
@@ -255,6 +256,7 @@ for _name, (_layout, _size) in _SIZES.items():
 # ---- decoding ---------------------------------------------------------------
 
 EVENT_CODEC = codec(EVENT)  # flattened to struct.Struct: the ring buffer hot path
+CONN_KEY_CODEC = codec(CONN_KEY)
 CONN_CODEC = codec(CONN)
 METRICS_CODEC = codec(METRICS)
 OLDER_ENTERED_CODEC = codec(OLDER_ENTERED)

@@ -170,9 +170,15 @@ def _write_entered(p, key, entered):
     output: what user space counts, and finds owners by."""
     p.r1 = key.u64[0]
     entered.u64[offsetof(OLDER_ENTERED, "sock")] = p.r1
-    p.r1 = p.r9.u64[CTX_META]
+    write_out(p, p.r9, entered, OLDER_ENTERED.sizeof())
+
+
+def write_out(p, ctx, record, size):
+    """bpf_seq_write of `size` bytes at stack slot `record` to the walk's output (`ctx`: the
+    register holding the program's context)."""
+    p.r1 = ctx.u64[CTX_META]
     p.r1 = p.r1.u64[META_SEQ]
-    p.call("seq_write", p.r1, entered, OLDER_ENTERED.sizeof())
+    p.call("seq_write", p.r1, record, size)
 
 
 def _listener_key(p, ev, key):

@@ -1,11 +1,18 @@
-"""Live connections' bytes so far: a TCP socket iterator (bpf_iter_tcp, Linux 5.9) that
-Monitor.refresh_live() runs before each report copies tcp_sock.bytes_sent and
-bytes_received into the entry of every connection the table follows.
+"""Live connections at report time: a TCP socket iterator (bpf_iter_tcp, Linux 5.9) that
+Monitor.refresh_live() runs before each report, in every network namespace. For every
+connection the table follows and that has not ended, it
 
-The state program reads a connection's bytes only at its close (one read per connection,
-nothing on its data path); without this walk a long-lived connection would count no bytes
-until it ends. Between reports it costs nothing. The kernel runs the program with the
-socket locked, so the socket's own transitions (the close among them) wait for it.
+  copies tcp_sock.bytes_sent and bytes_received into the entry: the state program reads a
+      connection's bytes only at its close (one read per connection, nothing on its data
+      path), and without this walk a long-lived connection would count no bytes until it ends;
+  writes the connection's CONN_KEY to the walk's output: the connections still there. An
+      entry the walk does not meet lost its close (a run the kernel skipped), and user space
+      stops listing it (Monitor.connections).
+
+Between reports it costs nothing. The kernel runs the program with the socket locked, so
+the socket's own transitions (the close among them) wait for it. A key that overflows the
+seq_file buffer is dropped and its socket visited again by the next read(): it is written
+then (and its bytes copied twice).
 
 bytes_received counts the peer's FIN (one sequence number): taken out for a socket whose
 state says the FIN arrived, as the close does (conn_state._drop_fin).
@@ -14,7 +21,7 @@ from bpfhook import records
 from pybpf.asm import Program
 
 from .conn_common import C, find_conn, typed_field
-from .existing import full_tcp_sock
+from .existing import full_tcp_sock, write_out
 
 CLOSE = records.TCP_STATE_IDS["CLOSE"]
 # States of a live full socket that has the peer's FIN (TIME_WAIT sockets are not full ones)
@@ -24,12 +31,13 @@ FIN_IN_MASK = sum(1 << records.TCP_STATE_IDS[s] for s in ("CLOSE_WAIT", "LAST_AC
 def build(maps, kernel):
     """The iterator program: load as tracing, expected_attach_type trace_iter, attach_btf_id
     kernel.func(existing.FUNC)[0] (the same target); run with pybpf.attach.iterator and
-    run_iterator (it writes nothing)."""
+    run_iterator: its output is the CONN_KEY of each connection met."""
     p = Program("bh_live_conns", prog_type="tracing")
     key = p.stack.alloc(8)
     scratch = p.stack.alloc(8)
 
-    full_tcp_sock(p, p.r1)
+    p.r9 = p.r1  # ctx
+    full_tcp_sock(p, p.r9)
     find_conn(p, maps, p.r6, key, scratch, "pointer")
     with p.If(p.r7 == 0):  # not followed
         p.exit(0)
@@ -46,5 +54,6 @@ def build(maps, kernel):
     with p.If(p.r2 >= p.r1):
         p.r2 -= p.r1
     p.r7.u64[C["bytes_received"]] = p.r2
+    write_out(p, p.r9, key, records.CONN_KEY.sizeof())  # (key: find_conn's, the sock)
     p.exit(0)
     return p

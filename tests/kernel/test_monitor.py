@@ -6,6 +6,7 @@ test creates) or over loopback; every wait is bounded.
 import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from bpfhook import cgroups, procfs
+from bpfhook import cgroups, netns, procfs
 from bpfhook.monitor import Monitor, run
 from bpfhook.monitor_cli import MonitorOptions
 from bpfhook.programs import accept
@@ -475,6 +476,45 @@ def test_live_connections_count_their_bytes_so_far(lab, slots):
                         return [x for x in m.connections() if x["dport"] == sock_port and x["state"] == "CLOSE_WAIT"]
                     assert eventually(held_end)
                     assert held_end()[0]["bytes_received"] == 10
+
+
+@pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
+def test_a_connection_whose_close_was_skipped_is_listed_no_more_after_two_walks(lab, slots):
+    """A close the kernel skipped leaves a live entry for a socket that is gone. Planted, at
+    made-up addresses (no socket there) with a lab server end's entry: one in the lab's
+    namespace (in a slot, or in conns) and one in the host's. The live walk meets neither:
+    after two walks they are listed no more, nor counted active. Listed still: the live
+    connection itself, an entry of a namespace the walk cannot enter, and one that started
+    after the walks did."""
+    c = lab(ipv6=False)
+    old = time.monotonic_ns() - 10**10
+    with Monitor(CGROUP_ROOT, stream=False, slots=slots) as m:
+        server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "2", "0"], stdout=subprocess.PIPE, text=True)
+        port = int(server.stdout.readline())
+        with socket.create_connection((c.ipv4, port), timeout=10) as s:
+            s.sendall(b"x")  # (the server waits for a second byte)
+            in_lab = lambda: [x for x in m.connections() if x["sport"] == port]  # noqa: E731
+            assert eventually(in_lab)
+            (held,) = in_lab()
+            free = (a for a in itertools.count(0x1000, 0x40)
+                    if m.maps.entry(a) is None and not (slots is None and m.maps.conn_slots.lookup(m.maps.slot_index(a)).sock))
+            planted = {"lab": (held["netns"], old), "host": (netns.cookie(), old), "elsewhere": (2**63 + 5, old),
+                       "new": (netns.cookie(), time.monotonic_ns())}
+            planted = {name: (next(free), cookie, start) for name, (cookie, start) in planted.items()}
+            for name, (sock, cookie, start) in planted.items():
+                conn = dict(m.maps.entry(held["sock"])[0], netns=cookie, start_ns=start)
+                if name == "lab" and slots is None:
+                    m.maps.conn_slots.update(m.maps.slot_index(sock), {"sock": sock, "conn": conn})
+                else:
+                    m.maps.conns.update({"sock": sock}, conn)
+            listed = lambda: {x["sock"] for x in m.connections()}  # noqa: E731
+            everyone = {held["sock"]} | {sock for sock, _, _ in planted.values()}
+            assert m.refresh_live() and listed() >= everyone  # one walk: it may have skipped a live one
+            assert m.cgroup_metrics()[c.cgroup_id]["active"] == 1 + len(planted)
+            assert m.refresh_live() and listed() & everyone == everyone - {planted["lab"][0], planted["host"][0]}
+            assert m.cgroup_metrics()[c.cgroup_id]["active"] == 1 + 2
+            s.sendall(b"x")
+        server.wait(10)
 
 
 def test_a_kernel_without_the_live_bytes_walk_says_so_once_and_counts_bytes_at_the_close(monkeypatch):
