@@ -184,12 +184,19 @@ class Aggregator:
         self.map_totals = dict(metrics)
 
     def set_live(self, connections):
-        """Live connections' bytes so far (Monitor.connections() after refresh_live), into the
-        active ones this aggregator lists; its totals keep counting bytes from closes."""
-        for c in connections:
-            conn = self.active.get(c["sock"])
-            if conn is not None:
-                conn.update(bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
+        """The live connections (Monitor.connections() after refresh_live). Their bytes so far go
+        into the active ones this aggregator lists (its totals keep counting bytes from
+        closes). An active one no longer among them is dropped: its close was lost (a full
+        buffer, a run the kernel skipped), or is still on its way and counts when it comes;
+        kept, it would be listed, and held in memory, for good."""
+        live = {c["sock"]: c for c in connections}
+        for sock, conn in list(self.active.items()):
+            now = live.get(sock)
+            if now is None:
+                del self.active[sock]
+                self._totals(conn["cgroup_id"], conn["container"]).active -= 1
+            else:
+                conn.update(bytes_sent=now["bytes_sent"], bytes_received=now["bytes_received"])
 
     def set_lost(self, lost):
         """Total events lost so far (ring buffer drops plus reader-side losses)."""

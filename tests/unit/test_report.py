@@ -199,6 +199,22 @@ def test_a_connection_older_than_the_monitor_has_no_direction_unless_known_passi
     assert " <- " in line(older=True, passive=True, accepted_before=True)
 
 
+def test_an_active_connection_no_longer_live_is_dropped_and_its_late_close_counts_once():
+    """Streamed, a lost close would leave its connection listed (and held) for good: the live
+    connections from the maps drop it. A close still on its way counts when it comes."""
+    agg = Aggregator(resolve=resolve)
+    for sock in (1, 2):
+        agg.add(ev("state", sock, 0, 100, "CLOSE", "SYN_SENT"))
+    agg.set_live([{"sock": 2, "bytes_sent": 0, "bytes_received": 0}])
+    s = agg.snapshot()
+    assert [c["sock"] for c in s.active] == [2]
+    assert (s.cgroups[0].opened, s.cgroups[0].active, s.cgroups[0].closed) == (2, 1, 0)
+    agg.add(ev("state", 1, 30, 100, "SYN_SENT", "CLOSE"))
+    agg.add(ev("close", 1, 30, 100, "SYN_SENT", "CLOSE", duration_ns=30))
+    t = agg.snapshot().cgroups[0]
+    assert (t.opened, t.active, t.closed) == (2, 1, 1) and agg.closed == 1
+
+
 def test_live_bytes_show_on_active_connections_and_the_close_counts_them_once():
     agg = Aggregator(resolve=resolve)
     agg.add(ev("state", 1, 0, 100, "CLOSE", "SYN_SENT"))
