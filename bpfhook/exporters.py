@@ -64,9 +64,9 @@ PER_CGROUP_METRICS = [
     ("bpfhook_connections_closed_total", "counter", "TCP connections closed.", "closed"),
     ("bpfhook_connections_active", "gauge", "TCP connections open now.", "active"),
     ("bpfhook_bytes_sent_total", "counter",
-     "Bytes sent on closed connections and, unfiltered, on open ones so far.", "bytes_sent"),
+     "Bytes sent on closed connections and on open ones so far.", "bytes_sent"),
     ("bpfhook_bytes_received_total", "counter",
-     "Bytes received on closed connections and, unfiltered, on open ones so far.", "bytes_received"),
+     "Bytes received on closed connections and on open ones so far.", "bytes_received"),
     ("bpfhook_udp_flows_total", "counter", "UDP flows seen.", "udp"),
 ]
 

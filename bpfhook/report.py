@@ -185,8 +185,8 @@ class Aggregator:
 
     def set_live(self, connections):
         """The live connections (Monitor.connections() after refresh_live). Their bytes so far go
-        into the active ones this aggregator lists (its totals keep counting bytes from
-        closes). An active one no longer among them is dropped: its close was lost (a full
+        into the active ones this aggregator lists, and snapshot() adds them to their cgroup's
+        bytes from closes. An active one no longer among them is dropped: its close was lost (a full
         buffer, a run the kernel skipped), or is still on its way and counts when it comes;
         kept, it would be listed, and held in memory, for good."""
         live = {c["sock"]: c for c in connections}
@@ -209,6 +209,11 @@ class Aggregator:
             rows[cgid] = dataclasses.replace(
                 row, opened=m["opened"], closed=m["closed"], active=m["active"], bytes_sent=m["bytes_sent"],
                 bytes_received=m["bytes_received"], udp=m.get("udp", row.udp))
+        for conn in self.active.values():  # live bytes so far (set_live); the maps' figures have them
+            if conn["cgroup_id"] not in self.map_totals:
+                row = rows[conn["cgroup_id"]]
+                row.bytes_sent += conn["bytes_sent"]
+                row.bytes_received += conn["bytes_received"]
         active = sorted(self.active.values(), key=lambda c: c["start_ns"])
         return Snapshot(
             time=self.clock(),

@@ -35,6 +35,7 @@ from tests.conftest import eventually, require, slow_factor
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CGROUP_ROOT = cgroups.mount()
 MONITOR_PROGRAMS = {"bh_conn_state", "bh_accept", "bh_connect4", "bh_connect6"}
+LIVE_WALK = "bh_live_conns"  # loaded after the start-up lines, held until the end (Monitor.load_live_walk)
 
 # Client: connect to argv[1]:argv[2], send SEND bytes, read RECV bytes, close; prints its pid first.
 CLIENT = """
@@ -1009,13 +1010,13 @@ def _wait_attached(p, timeout=60):
     return line
 
 
-def _our_prog_ids():
-    """Ids of loaded programs named like the monitor's."""
+def _our_prog_ids(names=MONITOR_PROGRAMS):
+    """Ids of loaded programs named like the monitor's (or one of `names`)."""
     ids = set()
     for prog_id in iter_ids():
         try:
             with Program.from_id(prog_id) as prog:
-                if prog_info(prog.fd).name in MONITOR_PROGRAMS:
+                if prog_info(prog.fd).name in names:
                     ids.add(prog_id)
         except OSError:  # unloaded between the id walk and the open
             pass
@@ -1076,11 +1077,35 @@ def test_json_lines_with_port_filter_and_duration(lab):
     assert (accept["direction"], server_close["direction"], client_close["direction"]) == ("in", "in", "out")
 
 
-def test_prometheus_scrape_has_per_container_series(lab):
-    c = lab(ipv6=False)
+def _free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        prom_port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def _scrape(port):
+    """The monitor's /metrics text, or "" while it does not answer."""
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return ""
+
+
+def _series(text, metric, cgroup_id):
+    """The line of `metric`'s series for cgroup_id in a scrape, or None."""
+    lines = [line for line in text.splitlines() if line.startswith(metric + "{") and f'cgroup_id="{cgroup_id}"' in line]
+    assert len(lines) <= 1, lines
+    return lines[0] if lines else None
+
+
+def _values(text, cgroup_id, *metrics):
+    """The values of `metrics`' series for cgroup_id in a scrape (None: no series)."""
+    return [line and int(line.rsplit(" ", 1)[1]) for line in (_series(text, m, cgroup_id) for m in metrics)]
+
+
+def test_prometheus_scrape_has_per_container_series(lab):
+    c = lab(ipv6=False)
+    prom_port = _free_port()
     p = _spawn("--prometheus", f"127.0.0.1:{prom_port}", "-m", "30", "--duration", "20")
     try:
         _wait_attached(p)
@@ -1090,22 +1115,10 @@ def test_prometheus_scrape_has_per_container_series(lab):
             s.sendall(b"p" * 7)
             s.recv(9)
         server.wait(10)
-        want = f'cgroup_id="{c.cgroup_id}"'
-        deadline, text = time.monotonic() + 10, ""
-        while time.monotonic() < deadline:
-            try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/metrics", timeout=2).read().decode()
-            except OSError:
-                text = ""
-            rows = [line for line in text.splitlines() if line.startswith("bpfhook_bytes_sent_total") and want in line]
-            if rows and rows[0].endswith(" 9"):
-                break
-            time.sleep(0.2)
-        assert rows and rows[0].endswith(" 9"), text
-        assert f'container="{c.name}"' in rows[0]
-        opened = [line for line in text.splitlines()
-                  if line.startswith("bpfhook_connections_opened_total") and want in line]
-        assert opened and opened[0].endswith(" 1")
+        assert eventually(lambda: _values(_scrape(prom_port), c.cgroup_id, "bpfhook_bytes_sent_total") == [9])
+        text = _scrape(prom_port)
+        assert f'container="{c.name}"' in _series(text, "bpfhook_bytes_sent_total", c.cgroup_id)
+        assert _values(text, c.cgroup_id, "bpfhook_connections_opened_total") == [1]
         assert "bpfhook_lost_events_total 0" in text
     finally:
         p.send_signal(signal.SIGINT)
@@ -1114,29 +1127,62 @@ def test_prometheus_scrape_has_per_container_series(lab):
     assert "FINAL CONNECTION METRICS REPORT" in out
 
 
+def test_a_filtered_view_counts_live_connections_bytes_so_far(lab):
+    """With --container the report is built from events, not from the maps: a live
+    connection's bytes still count before its close (from the report's socket walk), and
+    once after it. The container's end is the server's, which waits for the client's close."""
+    c = lab(ipv6=False)
+    prom_port = _free_port()
+    p = _spawn("--container", c.name, "--prometheus", f"127.0.0.1:{prom_port}", "-m", "30", "--duration", "60")
+    try:
+        _wait_attached(p)
+        server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "500", "300"], stdout=subprocess.PIPE, text=True)
+        port = int(server.stdout.readline())
+
+        def counted():
+            return _values(_scrape(prom_port), c.cgroup_id, "bpfhook_bytes_sent_total",
+                           "bpfhook_bytes_received_total", "bpfhook_connections_closed_total")
+        with socket.create_connection((c.ipv4, port), timeout=10) as s:
+            s.sendall(b"h" * 500)
+            got = 0
+            while got < 300:
+                got += len(s.recv(300 - got))
+            assert eventually(lambda: counted() == [300, 500, 0])  # (the server waits for our FIN)
+        server.wait(10)
+        assert eventually(lambda: counted() == [300, 500, 1])
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=15)
+    assert p.returncode == 0, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_shutdown_leaves_nothing_attached(sig):
     progs_before = _our_prog_ids()
+    walks_before = _our_prog_ids({LIVE_WALK})
     p = _spawn("-m", "60")
     try:
         accept_line = _wait_attached(p)
         progs_running = _our_prog_ids() - progs_before
         links_running = _link_ids(progs_running)
+        assert eventually(lambda: _our_prog_ids({LIVE_WALK}) - walks_before)
+        progs_running |= _our_prog_ids({LIVE_WALK}) - walks_before
     finally:
         p.send_signal(sig)
         out, err = p.communicate(timeout=15 * slow_factor())
     hook = best_accept_hook()
     assert f"through {ACCEPT_NOTE[hook]}" in accept_line
     expected = 3 + ACCEPT_PROGRAMS[hook]  # state, connect4, connect6 and the accept hook's
-    assert len(progs_running) == expected and len(links_running) == expected
+    assert len(progs_running) == expected + 1 and len(links_running) == expected
     if sig == signal.SIGTERM:
         assert p.returncode == 0, err
         assert "FINAL CONNECTION METRICS REPORT" in out and "detached" in err
     else:
         assert p.returncode == -signal.SIGKILL
     # the kernel frees programs after an RCU grace period
-    eventually(lambda: not (_our_prog_ids() & progs_running or _link_ids(progs_running)), timeout=10)
-    assert not _our_prog_ids() & progs_running
+    everything = MONITOR_PROGRAMS | {LIVE_WALK}
+    eventually(lambda: not (_our_prog_ids(everything) & progs_running or _link_ids(progs_running)), timeout=10)
+    assert not _our_prog_ids(everything) & progs_running
     assert not _link_ids(progs_running)
 
 
