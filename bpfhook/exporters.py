@@ -82,14 +82,27 @@ def _labels(totals):
     return ",".join(f'{key}="{_escape(value)}"' for key, value in pairs)
 
 
-def exposition(snapshot):
-    """Prometheus text format (0.0.4) for a report Snapshot."""
+def exposition(snapshot, shown=None):
+    """Prometheus text format (0.0.4) for a report Snapshot.
+
+    shown: a dict the caller keeps from one scrape to the next, so that a counter never goes
+    back. The opened and bytes counters include live connections (their bytes so far), which
+    drop out when a connection vanishes with its close uncounted (an LRU eviction, a skipped
+    close: both reported as lost); Prometheus would read that dip as a reset and count the
+    whole value again. A counter shows the most it showed before until its count passes that."""
+    before = dict(shown or {})
+    if shown is not None:
+        shown.clear()
     out = []
     for name, kind, text, attr in PER_CGROUP_METRICS:
         out.append(f"# HELP {name} {text}")
         out.append(f"# TYPE {name} {kind}")
         for totals in snapshot.cgroups:
-            out.append(f"{name}{{{_labels(totals)}}} {getattr(totals, attr)}")
+            value = getattr(totals, attr)
+            if kind == "counter" and shown is not None:
+                key = (name, totals.cgroup_id)
+                value = shown[key] = max(value, before.get(key, 0))
+            out.append(f"{name}{{{_labels(totals)}}} {value}")
     out += ["# HELP bpfhook_lost_events_total Events the kernel could not deliver.",
             "# TYPE bpfhook_lost_events_total counter",
             f"bpfhook_lost_events_total {snapshot.lost}",

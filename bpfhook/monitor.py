@@ -569,9 +569,11 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                 aggregator.set_lost(monitor.lost()["events"])
                 return aggregator.snapshot()
 
+            shown = {}  # what the counters showed: they never go back
+
             def scrape():
                 with lock:
-                    return exposition(snapshot())
+                    return exposition(snapshot(), shown)
 
             if options.prometheus:
                 from bpfhook.metrics_http import PrometheusServer  # http.server only when asked for

@@ -112,6 +112,24 @@ def test_exposition_is_strictly_well_formed():
     assert dict(weird[0])["container"] == "" and dict(weird[0])["kind"] == "service"
 
 
+def test_a_counter_never_goes_back_from_one_scrape_to_the_next():
+    """Live bytes drop out of a cgroup's count when a connection vanishes uncounted: the
+    counter shows its last value until the count passes it; a gauge shows what is."""
+    snapshot = _snapshot()
+    web = next(t for t in snapshot.cgroups if t.cgroup_id == 100)
+    shown = {}
+
+    def scraped(bytes_sent, active):
+        web.bytes_sent, web.active = bytes_sent, active
+        samples = parse_exposition(exposition(snapshot, shown))[1]
+        return [value for (name, labels), value in samples.items() if ("cgroup_id", "100") in labels
+                and name in ("bpfhook_bytes_sent_total", "bpfhook_connections_active")]
+    assert scraped(1000, 2) == [2, 1000]
+    assert scraped(700, 1) == [1, 1000]
+    assert scraped(1500, 1) == [1, 1500]
+    assert exposition(snapshot) == exposition(snapshot, None)  # (no dict: as it is)
+
+
 def test_the_parser_rejects_malformed_text():
     for bad in ['x{a="b} 1\n', "# TYPE x counter\nx 1 2\n", "y 1\n", '# TYPE x counter\nx{a="1"} 1\nx{a="1"} 2\n']:
         with pytest.raises(AssertionError):
