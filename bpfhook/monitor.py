@@ -69,6 +69,7 @@ class Monitor:
         self._closed_baseline = 0  # stats[STAT_CLOSED_KEPT] when trim_closed last emptied the map of them
         self.older_owners = {}  # sock -> (pid, comm) of the older connections, from /proc (enter_older)
         self._live_walk, self._live_walk_failed = None, False  # refresh_live's iterator link
+        self._task_walk, self._task_walk_failed = None, False  # _namespaces's iterator link
         self._gone = _Gone()
         self.programs = []  # loaded and attached
         self._stack = contextlib.ExitStack()
@@ -106,19 +107,15 @@ class Monitor:
         owner the pid and comm found (owner_from_proc; tid stays 0), the lowest pid when several
         hold one. A scan of every process's fds: for the command to do after it said it is
         attached."""
-        from pybpf import attach
         from pybpf.errors import BpfError
-        from pybpf.prog import load
 
         from bpfhook.programs import existing
 
         try:
-            kernel = self._kernel
             with existing.listeners_map() as listeners:  # (the loaded program holds it from here)
-                prog = load(existing.build(self.maps, kernel, listeners), "tracing", name="bh_existing",
-                            expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0])
-            with prog, attach.iterator(prog) as link:
-                output = b"".join(output for _, output in _walk_every_netns(link))
+                link = self._iterator(existing.build(self.maps, self._kernel, listeners), existing.FUNC)
+            with link:
+                output = b"".join(output for _, output in self._walk_every_netns(link))
         except BpfError as e:
             self.notes.append(f"connections open before the monitor started are not listed until they "
                               f"close: {str(e).splitlines()[0]}")
@@ -141,7 +138,7 @@ class Monitor:
             return False
         started = time.monotonic_ns()  # (the clock of the programs' ktime_get_ns)
         try:
-            walks = _walk_every_netns(self._live_walk)
+            walks = self._walk_every_netns(self._live_walk)
         except BpfError:
             return False  # this report keeps the bytes of the last walk
         codec = records.CONN_KEY_CODEC
@@ -165,16 +162,69 @@ class Monitor:
         return self._live_walk is not None
 
     def _live_walk_link(self):
-        """The live_conns iterator, loaded and attached: a Link that owns its program."""
+        """The live_conns iterator, loaded and attached (a step of its own, for tests to refuse)."""
+        from bpfhook.programs import existing, live_conns
+
+        return self._iterator(live_conns.build(self.maps, self._kernel), existing.FUNC)
+
+    def _iterator(self, program, func):
+        """The iterator `program` (pybpf.asm.Program, named) loaded and attached to the target of
+        kernel function `func`: a Link that owns its program."""
         from pybpf import attach
         from pybpf.prog import load
 
-        from bpfhook.programs import existing, live_conns
-
-        kernel = self._kernel
-        with load(live_conns.build(self.maps, kernel), "tracing", name="bh_live_conns",
-                  expected_attach_type="trace_iter", attach_btf_id=kernel.func(existing.FUNC)[0]) as prog:
+        with load(program, "tracing", name=program.name, expected_attach_type="trace_iter",
+                  attach_btf_id=self._kernel.func(func)[0]) as prog:
             return attach.iterator(prog)
+
+    def _walk_every_netns(self, link):
+        """Run the socket iterator `link` here, then in every other network namespace (an
+        iterator walks the sockets of the namespace it was created in): [(the namespace's
+        cookie or None, what the iterator wrote there)]."""
+        from pybpf import attach
+
+        from bpfhook import netns
+
+        walks = [(netns.cookie(), attach.run_iterator(link))]
+        here = netns.own()
+        for ino, path in self._namespaces().items():
+            if ino == here:
+                continue
+            with contextlib.ExitStack() as inside:
+                try:
+                    inside.enter_context(netns.entered(path))
+                except OSError:
+                    continue  # the namespace went away meanwhile
+                walks.append((netns.cookie(), attach.run_iterator(link)))
+        return walks
+
+    def _namespaces(self):
+        """{inode: a path to it} of every network namespace in use (netns.host_namespaces): from
+        the task walk (programs/task_netns.py), else from a scan of /proc, which costs a stat()
+        per process. The walk's pids are the kernel's: only where /proc shows those (our pid
+        namespace is the initial one)."""
+        from pybpf import attach
+        from pybpf.errors import BpfError
+
+        from bpfhook import netns
+        from bpfhook.programs import task_netns
+
+        if self._task_walk is None and not self._task_walk_failed:
+            try:
+                if not netns.in_initial_pid_namespace():
+                    raise FeatureUnavailable("/proc shows another pid namespace than the kernel's")
+                self._task_walk = self._stack.enter_context(self._iterator(task_netns.build(self._kernel),
+                                                                            task_netns.FUNC))
+            except BpfError:
+                self._task_walk_failed = True  # (the scan finds the same, slower)
+        if self._task_walk is not None:
+            try:
+                output = attach.run_iterator(self._task_walk)
+            except BpfError:
+                return netns.host_namespaces()
+            codec = records.TASK_NETNS_CODEC
+            return netns.host_namespaces([(t.netns_ino, t.pid) for t in codec.decode_many(output, len(output) // codec.size)])
+        return netns.host_namespaces()
 
     def _with_older_owners(self, decoded):
         """Decoded events or connections, those of older connections the kernel knows no owner
@@ -383,28 +433,6 @@ class Monitor:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _walk_every_netns(link):
-    """Run the socket iterator `link` here, then in every other network namespace (an iterator
-    walks the sockets of the namespace it was created in): [(the namespace's cookie or None,
-    what the iterator wrote there)]."""
-    from pybpf import attach
-
-    from bpfhook import netns
-
-    walks = [(netns.cookie(), attach.run_iterator(link))]
-    here = netns.own()
-    for ident, path in netns.host_namespaces().items():
-        if ident == here:
-            continue
-        with contextlib.ExitStack() as inside:
-            try:
-                inside.enter_context(netns.entered(path))
-            except OSError:
-                continue  # the namespace went away meanwhile
-            walks.append((netns.cookie(), attach.run_iterator(link)))
-    return walks
 
 
 class _Gone:

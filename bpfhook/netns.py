@@ -12,6 +12,7 @@ import sys
 
 CLONE_NEWNET = 0x40000000
 SO_NETNS_COOKIE = 71  # Linux 5.14
+PROC_PID_INIT_INO = 0xEFFFFFFC  # include/linux/proc_ns.h
 _libc = None
 
 
@@ -42,23 +43,36 @@ def entered(path):
         os.close(target)
 
 
-def host_namespaces():
-    """{(st_dev, st_ino): a path to it} of every network namespace some process is in or
-    /run/netns pins (one that neither holds is gone, or held only by sockets' fds)."""
+def host_namespaces(processes=None):
+    """{inode: a path to it} of every network namespace some process is in or /run/netns pins
+    (one that neither holds is gone, or held only by sockets' fds).
+
+    processes: [(namespace inode, pid)] of every process, read from the kernel (the monitor's
+    task walk): then one path per namespace; else a stat() of every /proc/PID/ns/net."""
     found = {}
-    for path in glob.glob("/run/netns/*") + glob.glob("/proc/[0-9]*/ns/net"):
+    if processes is not None:
+        for ino, pid in processes:
+            found.setdefault(ino, f"/proc/{pid}/ns/net")
+        paths = glob.glob("/run/netns/*")
+    else:
+        paths = glob.glob("/run/netns/*") + glob.glob("/proc/[0-9]*/ns/net")
+    for path in paths:
         try:
-            st = os.stat(path)
+            found.setdefault(os.stat(path).st_ino, path)
         except OSError:
             continue  # the process exited meanwhile
-        found.setdefault((st.st_dev, st.st_ino), path)
     return found
 
 
+def in_initial_pid_namespace():
+    """True when the calling process sees the kernel's own pids (its pid namespace is the
+    initial one, whose inode number is fixed: PROC_PID_INIT_INO)."""
+    return os.stat("/proc/self/ns/pid").st_ino == PROC_PID_INIT_INO
+
+
 def own():
-    """(st_dev, st_ino) of the calling thread's network namespace."""
-    st = os.stat("/proc/thread-self/ns/net")
-    return st.st_dev, st.st_ino
+    """The inode of the calling thread's network namespace."""
+    return os.stat("/proc/thread-self/ns/net").st_ino
 
 
 def cookie():

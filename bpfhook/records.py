@@ -25,6 +25,7 @@ has one per element; and user space reads a whole table in one system call.
     LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
     LISTENER_KEY hash "listeners" (programs/existing.py, one walk): a listening port and its netns, 16 bytes
     OLDER_ENTERED  what that walk writes for each connection it enters: its sock and socket inode
+    TASK_NETNS   what the task walk writes for each process: its network namespace's inode, its pid
 
 Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
 the connection's `struct sock`: the one value every hook sees for a TCP
@@ -200,12 +201,20 @@ OLDER_ENTERED = Struct(
     "inode" / u64,  # its socket inode, 0 while it waits in an accept queue (no process holds it)
 )
 
+# What the task walk (programs/task_netns.py) writes for each process: where the monitor finds
+# every network namespace in use without a /proc scan
+TASK_NETNS = Struct(
+    "netns_ino" / u32,  # its network namespace's inode number (what stat() of /proc/PID/ns/net says)
+    "pid" / u32,
+)
+
 _SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
           "CONN_SLOT": (CONN_SLOT, 128),
           "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32),
           "METRICS_CACHED": (METRICS_CACHED, 40), "METRICS_CACHE": (METRICS_CACHE, 40 * METRICS_CACHE_SLOTS),
           "STATS": (STATS, 8 * NSTATS), "RECENT": (RECENT, 8 + 136 * RECENT_SLOTS),
-          "LISTENER_KEY": (LISTENER_KEY, 16), "OLDER_ENTERED": (OLDER_ENTERED, 16)}
+          "LISTENER_KEY": (LISTENER_KEY, 16), "OLDER_ENTERED": (OLDER_ENTERED, 16),
+          "TASK_NETNS": (TASK_NETNS, 8)}
 
 
 # ---- offsets, derived from the layouts ---------------------------------------
@@ -260,6 +269,7 @@ CONN_KEY_CODEC = codec(CONN_KEY)
 CONN_CODEC = codec(CONN)
 METRICS_CODEC = codec(METRICS)
 OLDER_ENTERED_CODEC = codec(OLDER_ENTERED)
+TASK_NETNS_CODEC = codec(TASK_NETNS)
 
 
 def address(family, raw):

@@ -95,6 +95,11 @@ _KERNEL_FIELDS = {
     "bytes_sent": ("tcp_sock", "bytes_sent"),
     "bytes_received": ("tcp_sock", "bytes_received"),
     "task_files": ("task_struct", "files"),
+    "task_pid": ("task_struct", "pid"),
+    "task_tgid": ("task_struct", "tgid"),
+    "task_nsproxy": ("task_struct", "nsproxy"),
+    "nsproxy_net": ("nsproxy", "net_ns"),
+    "net_inum": ("net", "ns.inum"),
     "task_comm": ("task_struct", "comm"),
     "files_fdt": ("files_struct", "fdt"),
     "fdt_max_fds": ("fdtable", "max_fds"),
@@ -118,7 +123,7 @@ if os.uname().machine in _RETURN_REGISTER:
     _KERNEL_FIELDS["regs_rc"] = _RETURN_REGISTER[os.uname().machine]
 # Kernel functions and tracepoints the programs hook by BTF id (fexit, tp_btf); their prototypes
 # vary between kernels
-_KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state", "bpf_iter_tcp",
+_KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state", "bpf_iter_tcp", "bpf_iter_task",
                  "bpf_get_current_task_btf")  # (the helper's function: in BTF where the helper is)
 
 # Parsing vmlinux BTF costs most of the monitor's start-up time and memory, and its answers

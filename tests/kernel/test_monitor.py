@@ -35,7 +35,8 @@ from tests.conftest import eventually, require, slow_factor
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CGROUP_ROOT = cgroups.mount()
 MONITOR_PROGRAMS = {"bh_conn_state", "bh_accept", "bh_connect4", "bh_connect6"}
-LIVE_WALK = "bh_live_conns"  # loaded after the start-up lines, held until the end (Monitor.load_live_walk)
+# Loaded after the start-up lines, held until the end: the live walk and the task walk
+WALKS = {"bh_live_conns", "bh_task_netns"}
 
 # Client: connect to argv[1]:argv[2], send SEND bytes, read RECV bytes, close; prints its pid first.
 CLIENT = """
@@ -515,6 +516,39 @@ def test_a_connection_whose_close_was_skipped_is_listed_no_more_after_two_walks(
             assert m.refresh_live() and listed() & everyone == everyone - {planted["lab"][0], planted["host"][0]}
             assert m.cgroup_metrics()[c.cgroup_id]["active"] == 1 + 2
             s.sendall(b"x")
+        server.wait(10)
+
+
+def test_the_task_walk_finds_the_namespaces_a_proc_scan_finds(lab):
+    """The socket walks run in every network namespace in use, found by a walk of the kernel's
+    tasks (one read, where /proc costs a stat() per process): the same ones, the lab's too,
+    each with a path that enters it."""
+    c = lab(ipv6=False)
+    with Monitor(CGROUP_ROOT, stream=False, older=False) as m:
+        assert eventually(lambda: m._namespaces().keys() == netns.host_namespaces().keys())
+        assert m._task_walk is not None
+        found = m._namespaces()
+        lab_ino = os.stat(f"/run/netns/{c.netns}").st_ino
+        assert lab_ino in found
+        for ino, path in found.items():
+            with netns.entered(path):
+                assert netns.own() == ino
+
+
+def test_without_the_task_walk_the_namespaces_come_from_proc(lab, monkeypatch):
+    """Where /proc shows another pid namespace than the kernel's (or the kernel has no task
+    iterator), the walk is not tried again and the scan of /proc finds the namespaces: the
+    live walk still meets a lab container's connection."""
+    c = lab(ipv6=False)
+    monkeypatch.setattr(netns, "in_initial_pid_namespace", lambda: False)
+    with Monitor(CGROUP_ROOT, stream=False, older=False) as m:
+        server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "5", "0"], stdout=subprocess.PIPE, text=True)
+        port = int(server.stdout.readline())
+        with socket.create_connection((c.ipv4, port), timeout=10) as s:
+            s.sendall(b"x" * 5)
+            inside = lambda: [x for x in m.connections() if x["sport"] == port]  # noqa: E731
+            assert eventually(lambda: m.refresh_live() and inside() and inside()[0]["bytes_received"] == 5)
+            assert m._task_walk is None and m._task_walk_failed
         server.wait(10)
 
 
@@ -1159,28 +1193,28 @@ def test_a_filtered_view_counts_live_connections_bytes_so_far(lab):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_shutdown_leaves_nothing_attached(sig):
     progs_before = _our_prog_ids()
-    walks_before = _our_prog_ids({LIVE_WALK})
+    walks_before = _our_prog_ids(WALKS)
     p = _spawn("-m", "60")
     try:
         accept_line = _wait_attached(p)
         progs_running = _our_prog_ids() - progs_before
         links_running = _link_ids(progs_running)
-        assert eventually(lambda: _our_prog_ids({LIVE_WALK}) - walks_before)
-        progs_running |= _our_prog_ids({LIVE_WALK}) - walks_before
+        assert eventually(lambda: len(_our_prog_ids(WALKS) - walks_before) == len(WALKS))
+        progs_running |= _our_prog_ids(WALKS) - walks_before
     finally:
         p.send_signal(sig)
         out, err = p.communicate(timeout=15 * slow_factor())
     hook = best_accept_hook()
     assert f"through {ACCEPT_NOTE[hook]}" in accept_line
     expected = 3 + ACCEPT_PROGRAMS[hook]  # state, connect4, connect6 and the accept hook's
-    assert len(progs_running) == expected + 1 and len(links_running) == expected
+    assert len(progs_running) == expected + len(WALKS) and len(links_running) == expected
     if sig == signal.SIGTERM:
         assert p.returncode == 0, err
         assert "FINAL CONNECTION METRICS REPORT" in out and "detached" in err
     else:
         assert p.returncode == -signal.SIGKILL
     # the kernel frees programs after an RCU grace period
-    everything = MONITOR_PROGRAMS | {LIVE_WALK}
+    everything = MONITOR_PROGRAMS | WALKS
     eventually(lambda: not (_our_prog_ids(everything) & progs_running or _link_ids(progs_running)), timeout=10)
     assert not _our_prog_ids(everything) & progs_running
     assert not _link_ids(progs_running)
