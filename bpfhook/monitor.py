@@ -223,7 +223,8 @@ class Monitor:
             except BpfError:
                 return netns.host_namespaces()
             codec = records.TASK_NETNS_CODEC
-            return netns.host_namespaces([(t.netns_ino, t.pid) for t in codec.decode_many(output, len(output) // codec.size)])
+            processes = codec.decode_many(output, len(output) // codec.size)
+            return netns.host_namespaces([(t.netns_ino, t.pid) for t in processes])
         return netns.host_namespaces()
 
     def _with_older_owners(self, decoded):
