@@ -535,21 +535,40 @@ def test_the_task_walk_finds_the_namespaces_a_proc_scan_finds(lab):
                 assert netns.own() == ino
 
 
-def test_without_the_task_walk_the_namespaces_come_from_proc(lab, monkeypatch):
-    """Where /proc shows another pid namespace than the kernel's (or the kernel has no task
-    iterator), the walk is not tried again and the scan of /proc finds the namespaces: the
-    live walk still meets a lab container's connection."""
+# A monitor in a pid namespace of its own, with its own /proc: the task walk's pids are not
+# the ones it sees. Prints what it found, as JSON.
+IN_PID_NAMESPACE = """
+import json, sys
+from bpfhook.monitor import Monitor
+with Monitor(sys.argv[1], stream=False) as m:  # (older connections entered: a walk of every netns)
+    namespaces = m._namespaces()
+    m.refresh_live()
+    m.refresh_live()
+    print(json.dumps({"task_walk": m._task_walk is not None, "refused": m._task_walk_failed,
+                      "namespaces": sorted(namespaces), "connections": m.connections()}))
+"""
+
+
+def test_a_monitor_in_a_pid_namespace_of_its_own_finds_namespaces_in_its_proc(lab):
+    """Where /proc shows another pid namespace than the kernel's, the task walk is not used
+    (its pids would name other processes there): the scan of /proc finds the namespaces,
+    pinned ones included. So the walks meet a lab container's connection, open before the
+    monitor: entered at start, its bytes so far, and still listed after two walks."""
     c = lab(ipv6=False)
-    monkeypatch.setattr(netns, "in_initial_pid_namespace", lambda: False)
-    with Monitor(CGROUP_ROOT, stream=False, older=False) as m:
-        server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "5", "0"], stdout=subprocess.PIPE, text=True)
-        port = int(server.stdout.readline())
-        with socket.create_connection((c.ipv4, port), timeout=10) as s:
-            s.sendall(b"x" * 5)
-            inside = lambda: [x for x in m.connections() if x["sport"] == port]  # noqa: E731
-            assert eventually(lambda: m.refresh_live() and inside() and inside()[0]["bytes_received"] == 5)
-            assert m._task_walk is None and m._task_walk_failed
-        server.wait(10)
+    server = c.spawn([sys.executable, "-c", SERVER, c.ipv4, "5", "0"], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    with socket.create_connection((c.ipv4, port), timeout=10) as s:
+        s.sendall(b"x" * 5)
+        time.sleep(0.2)  # (in flight no more)
+        run = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", IN_PID_NAMESPACE,
+                              CGROUP_ROOT], cwd=ROOT, capture_output=True, text=True, timeout=60 * slow_factor())
+    server.wait(10)
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+    assert (found["task_walk"], found["refused"]) == (False, True)
+    assert os.stat(f"/run/netns/{c.netns}").st_ino in found["namespaces"]
+    inside = [x for x in found["connections"] if x["sport"] == port]
+    assert [x["bytes_received"] for x in inside] == [5]
 
 
 def test_a_kernel_without_the_live_bytes_walk_says_so_once_and_counts_bytes_at_the_close(monkeypatch):
