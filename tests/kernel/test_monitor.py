@@ -498,8 +498,8 @@ def test_a_connection_whose_close_was_skipped_is_listed_no_more_after_two_walks(
             in_lab = lambda: [x for x in m.connections() if x["sport"] == port]  # noqa: E731
             assert eventually(in_lab)
             (held,) = in_lab()
-            free = (a for a in itertools.count(0x1000, 0x40)
-                    if m.maps.entry(a) is None and not (slots is None and m.maps.conn_slots.lookup(m.maps.slot_index(a)).sock))
+            slot_taken = lambda a: slots is None and m.maps.conn_slots.lookup(m.maps.slot_index(a)).sock  # noqa: E731
+            free = (a for a in itertools.count(0x1000, 0x40) if m.maps.entry(a) is None and not slot_taken(a))
             planted = {"lab": (held["netns"], old), "host": (netns.cookie(), old), "elsewhere": (2**63 + 5, old),
                        "new": (netns.cookie(), time.monotonic_ns())}
             planted = {name: (next(free), cookie, start) for name, (cookie, start) in planted.items()}

@@ -221,16 +221,17 @@ def test_live_bytes_show_on_active_connections_and_the_close_counts_them_once():
     agg.add(ev("state", 1, 0, 100, "CLOSE", "SYN_SENT"))
     agg.add(ev("state", 1, 10, 100, "SYN_SENT", "ESTABLISHED"))
     agg.set_live([{"sock": 1, "bytes_sent": 30, "bytes_received": 40},
-                        {"sock": 9, "bytes_sent": 1, "bytes_received": 1}])  # (one it does not list)
+                  {"sock": 9, "bytes_sent": 1, "bytes_received": 1}])  # (one it does not list)
     s = agg.snapshot()
     assert [(c["sock"], c["bytes_sent"], c["bytes_received"]) for c in s.active] == [(1, 30, 40)]
     assert (s.cgroups[0].bytes_sent, s.cgroups[0].bytes_received) == (30, 40)  # (a filtered view's too)
     unfiltered = Aggregator(resolve=resolve)  # the maps' figures count live bytes already: not twice
     unfiltered.add(ev("state", 1, 0, 100, "CLOSE", "SYN_SENT"))
     unfiltered.set_live([{"sock": 1, "bytes_sent": 30, "bytes_received": 40}])
-    unfiltered.set_cgroup_metrics({100: dict.fromkeys(METRICS_FIELDS, 0) | {"opened": 1, "active": 1, "bytes_sent": 30,
-                                                                          "bytes_received": 40}})
-    assert (unfiltered.snapshot().cgroups[0].bytes_sent, unfiltered.snapshot().cgroups[0].bytes_received) == (30, 40)
+    from_maps = dict.fromkeys(METRICS_FIELDS, 0) | {"opened": 1, "active": 1, "bytes_sent": 30, "bytes_received": 40}
+    unfiltered.set_cgroup_metrics({100: from_maps})
+    row = unfiltered.snapshot().cgroups[0]
+    assert (row.bytes_sent, row.bytes_received) == (30, 40)
     agg.add(ev("state", 1, 20, 100, "ESTABLISHED", "FIN_WAIT1"))
     agg.add(ev("close", 1, 30, 100, "FIN_WAIT1", "CLOSE", bytes_sent=50, bytes_received=60, duration_ns=30))
     t = agg.snapshot().cgroups[0]
