@@ -47,8 +47,9 @@ def host_namespaces(processes=None):
     """{inode: a path to it} of every network namespace some process is in or /run/netns pins
     (one that neither holds is gone, or held only by sockets' fds).
 
-    processes: [(namespace inode, pid)] of every process, read from the kernel (the monitor's
-    task walk): then one path per namespace; else a stat() of every /proc/PID/ns/net."""
+    processes: [(namespace inode, pid)] of every process, and of every thread in another
+    namespace than its process's, read from the kernel (the monitor's task walk): then one
+    path per namespace; else a stat() of every /proc/PID/ns/net (a process's only)."""
     found = {}
     if processes is not None:
         for ino, pid in processes:

@@ -25,7 +25,8 @@ has one per element; and user space reads a whole table in one system call.
     LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
     LISTENER_KEY hash "listeners" (programs/existing.py, one walk): a listening port and its netns, 16 bytes
     OLDER_ENTERED  what that walk writes for each connection it enters: its sock and socket inode
-    TASK_NETNS   what the task walk writes for each process: its network namespace's inode, its pid
+    TASK_NETNS   what the task walk writes for each process (and thread in a namespace of its own):
+                 its network namespace's inode, its pid
 
 Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
 the connection's `struct sock`: the one value every hook sees for a TCP
@@ -201,11 +202,12 @@ OLDER_ENTERED = Struct(
     "inode" / u64,  # its socket inode, 0 while it waits in an accept queue (no process holds it)
 )
 
-# What the task walk (programs/task_netns.py) writes for each process: where the monitor finds
-# every network namespace in use without a /proc scan
+# What the task walk (programs/task_netns.py) writes for each process (and each thread in
+# another namespace than its process's): where the monitor finds every network namespace in
+# use without a /proc scan
 TASK_NETNS = Struct(
     "netns_ino" / u32,  # its network namespace's inode number (what stat() of /proc/PID/ns/net says)
-    "pid" / u32,
+    "pid" / u32,  # the kernel's pid (a thread's own id: /proc/TID/ns/net is its namespace)
 )
 
 _SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),

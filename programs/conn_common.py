@@ -97,6 +97,7 @@ _KERNEL_FIELDS = {
     "task_files": ("task_struct", "files"),
     "task_pid": ("task_struct", "pid"),
     "task_tgid": ("task_struct", "tgid"),
+    "task_group_leader": ("task_struct", "group_leader"),
     "task_nsproxy": ("task_struct", "nsproxy"),
     "nsproxy_net": ("nsproxy", "net_ns"),
     "net_inum": ("net", "ns.inum"),

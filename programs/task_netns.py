@@ -1,10 +1,13 @@
 """The network namespaces in use: a task iterator (bpf_iter_task, Linux 5.8) that writes one
-TASK_NETNS (its network namespace's inode number, its pid) per process.
+TASK_NETNS (its network namespace's inode number, its pid) per process, and one per thread
+that entered another namespace than its process's (setns() is per thread: a CNI plugin or a
+Go program that locks a thread to a container's namespace holds it that way).
 
 The monitor's socket walks (existing.py, live_conns.py) run in every network namespace, and
 finding them in /proc costs a stat() of /proc/PID/ns/net per process: ~20 us each here, so
-~0.1 s per report on a host of 5,000 processes. This walk reads the same from the kernel's
-task list in one read(); user space opens /proc/PID/ns/net of one process per namespace.
+~0.1 s per report on a host of 5,000 processes (and sees no thread's own namespace). This
+walk reads the kernel's task list in one read(); user space opens /proc/PID/ns/net of one
+task per namespace.
 """
 from bpfhook.records import TASK_NETNS, offsetof
 from pybpf.asm import Program
@@ -27,18 +30,27 @@ def build(kernel):
     p.r6 = p.r9.u64[CTX_TASK]
     with p.If(p.r6 == 0):  # the end of the walk
         p.exit(0)
+    _netns_inum(p, kernel, p.r6)
+    with p.If(p.r0 == 0):  # an exiting task: no namespaces
+        p.exit(0)
+    out.u32[offsetof(TASK_NETNS, "netns_ino")] = p.r0
     p.r1 = typed_field(p.r6, kernel, "task_pid")
-    p.r2 = typed_field(p.r6, kernel, "task_tgid")
-    with p.If(p.r1 != p.r2):  # a thread: its process is written once, by its leader
-        p.exit(0)
     out.u32[offsetof(TASK_NETNS, "pid")] = p.r1
-    # Typed loads: an exiting task's NULL nsproxy reads as 0 all the way down
-    p.r1 = typed_field(p.r6, kernel, "task_nsproxy")
-    p.r1 = typed_field(p.r1, kernel, "nsproxy_net")
-    p.r1 = typed_field(p.r1, kernel, "net_inum")
-    with p.If(p.r1 == 0):
-        p.exit(0)
-    out.u32[offsetof(TASK_NETNS, "netns_ino")] = p.r1
+    p.r2 = typed_field(p.r6, kernel, "task_tgid")
+    with p.If(p.r1 != p.r2):  # a thread: written only when it entered another namespace (setns)
+        p.r1 = typed_field(p.r6, kernel, "task_group_leader")
+        _netns_inum(p, kernel, p.r1)
+        p.r1 = out.u32[offsetof(TASK_NETNS, "netns_ino")]
+        with p.If(p.r0 == p.r1):
+            p.exit(0)
     write_out(p, p.r9, out, TASK_NETNS.sizeof())
     p.exit(0)
     return p
+
+
+def _netns_inum(p, kernel, task):
+    """r0 = the inode number of the network namespace of the task at register `task` (typed
+    loads: an exiting task's NULL nsproxy reads as 0 all the way down)."""
+    p.r0 = typed_field(task, kernel, "task_nsproxy")
+    p.r0 = typed_field(p.r0, kernel, "nsproxy_net")
+    p.r0 = typed_field(p.r0, kernel, "net_inum")

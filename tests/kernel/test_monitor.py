@@ -4,6 +4,7 @@ Traffic goes between the host and lab containers (addresses inside netns the
 test creates) or over loopback; every wait is bounded.
 """
 import contextlib
+import ctypes
 import dataclasses
 import io
 import itertools
@@ -519,20 +520,37 @@ def test_a_connection_whose_close_was_skipped_is_listed_no_more_after_two_walks(
         server.wait(10)
 
 
-def test_the_task_walk_finds_the_namespaces_a_proc_scan_finds(lab):
+def test_the_task_walk_finds_the_namespaces_a_proc_scan_finds_and_threads_ones(lab):
     """The socket walks run in every network namespace in use, found by a walk of the kernel's
-    tasks (one read, where /proc costs a stat() per process): the same ones, the lab's too,
-    each with a path that enters it."""
+    tasks (one read, where /proc costs a stat() per process): those a /proc scan finds, the
+    lab's too, and one that only a thread of ours is in (setns and unshare are per thread),
+    which the scan does not see; each with a path that enters it."""
     c = lab(ipv6=False)
-    with Monitor(CGROUP_ROOT, stream=False, older=False) as m:
-        assert eventually(lambda: m._namespaces().keys() == netns.host_namespaces().keys())
-        assert m._task_walk is not None
-        found = m._namespaces()
-        lab_ino = os.stat(f"/run/netns/{c.netns}").st_ino
-        assert lab_ino in found
-        for ino, path in found.items():
-            with netns.entered(path):
-                assert netns.own() == ino
+    inside, leave = threading.Event(), threading.Event()
+    thread_ns = {}
+
+    def in_a_namespace_of_its_own():
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.unshare(netns.CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
+        thread_ns["ino"] = netns.own()
+        inside.set()
+        leave.wait(30)  # (the thread's end frees the namespace)
+    holder = threading.Thread(target=in_a_namespace_of_its_own)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        with Monitor(CGROUP_ROOT, stream=False, older=False) as m:
+            assert eventually(lambda: m._namespaces().keys() >= netns.host_namespaces().keys())
+            assert m._task_walk is not None
+            found = m._namespaces()
+            assert os.stat(f"/run/netns/{c.netns}").st_ino in found
+            assert thread_ns["ino"] in found and thread_ns["ino"] not in netns.host_namespaces()
+            for ino, path in found.items():
+                with netns.entered(path):
+                    assert netns.own() == ino
+    finally:
+        leave.set()
+        holder.join(10)
 
 
 # A monitor in a pid namespace of its own, with its own /proc: the task walk's pids are not
