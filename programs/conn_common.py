@@ -388,6 +388,17 @@ def field_in(buf, at, k, name, type=None, extra=0):
     return buf.mem(at[name] + extra, type or _LOAD[k.size(name)])
 
 
+def without_fin(p, received, state, fin_states):
+    """`received` (a register holding tcp_sock.bytes_received, which counts the peer's FIN as
+    one sequence number) less that FIN when `state` (a register) is one of the states whose
+    bits `fin_states` sets: those the FIN arrived in. r1 clobbered; neither argument is r1."""
+    p.r1 = fin_states
+    p.r1 >>= state
+    p.r1 &= 1
+    with p.If(received >= p.r1):
+        received -= p.r1
+
+
 def typed_field(sk, k, name, type=None, extra=0):
     """The memory of kernel field `name` (or a `type` at `extra` bytes into it) of the struct a
     BTF-typed pointer register points at: a plain load, which the verifier checks against BTF

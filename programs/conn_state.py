@@ -57,7 +57,7 @@ from pybpf.features import TP_BTF_PREFIX
 from .conn_common import (IPPROTO_TCP, C, E, account, claim_slot, copy_shared, count_lost,
                           current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread,
                           lookup_conns, mark_conn, remember, sock_addresses, sock_owner, stat_add, stat_max,
-                          store_conn, task_reader, typed_field)
+                          store_conn, task_reader, typed_field, without_fin)
 
 RAW_TRACEPOINT = "inet_sock_set_state"
 TP_BTF = TP_BTF_PREFIX + RAW_TRACEPOINT  # the typedef a tp_btf program's attach_btf_id names
@@ -325,16 +325,11 @@ def _count_transition(p, maps, scratch):
 
 
 def _drop_fin(p, ev):
-    """bytes_received counts the peer's FIN (one sequence number): take it out when the
-    state before CLOSE says the FIN arrived."""
-    p.r1 = ev.u8[E["oldstate"]]
-    p.r2 = FIN_SEEN_MASK
-    p.r2 >>= p.r1
-    p.r2 &= 1
-    p.r1 = ev.u64[E["bytes_received"]]
-    with p.If(p.r1 >= p.r2):
-        p.r1 -= p.r2
-        ev.u64[E["bytes_received"]] = p.r1
+    """bytes_received without the peer's FIN, when the state before CLOSE says it arrived."""
+    p.r2 = ev.u8[E["oldstate"]]
+    p.r3 = ev.u64[E["bytes_received"]]
+    without_fin(p, p.r3, p.r2, FIN_SEEN_MASK)
+    ev.u64[E["bytes_received"]] = p.r3
 
 
 def _new_conn(p, maps, ev, conn, key, reuse, dest, scratch):

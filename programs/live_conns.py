@@ -15,12 +15,12 @@ seq_file buffer is dropped and its socket visited again by the next read(): it i
 then (and its bytes copied twice).
 
 bytes_received counts the peer's FIN (one sequence number): taken out for a socket whose
-state says the FIN arrived, as the close does (conn_state._drop_fin).
+state says the FIN arrived, as the close does (conn_common.without_fin).
 """
 from bpfhook import records
 from pybpf.asm import Program
 
-from .conn_common import C, find_conn, typed_field
+from .conn_common import C, find_conn, typed_field, without_fin
 from .existing import full_tcp_sock, write_out
 
 CLOSE = records.TCP_STATE_IDS["CLOSE"]
@@ -46,13 +46,9 @@ def build(maps, kernel):
         p.exit(0)
     p.r1 = typed_field(p.r6, kernel, "bytes_sent")
     p.r7.u64[C["bytes_sent"]] = p.r1
-    p.r2 = typed_field(p.r6, kernel, "sk_state")
-    p.r1 = FIN_IN_MASK
-    p.r1 >>= p.r2
-    p.r1 &= 1
+    p.r3 = typed_field(p.r6, kernel, "sk_state")
     p.r2 = typed_field(p.r6, kernel, "bytes_received")
-    with p.If(p.r2 >= p.r1):
-        p.r2 -= p.r1
+    without_fin(p, p.r2, p.r3, FIN_IN_MASK)
     p.r7.u64[C["bytes_received"]] = p.r2
     write_out(p, p.r9, key, records.CONN_KEY.sizeof())  # (key: find_conn's, the sock)
     p.exit(0)
