@@ -120,8 +120,7 @@ class Monitor:
             self.notes.append(f"connections open before the monitor started are not listed until they "
                               f"close: {str(e).splitlines()[0]}")
             return None
-        codec = records.OLDER_ENTERED_CODEC
-        entered = codec.decode_many(output, len(output) // codec.size)
+        entered = _records(records.OLDER_ENTERED_CODEC, output)
         self.older_owners = _owners_in_proc({e.sock: e.inode for e in entered if e.inode})
         return len(entered)
 
@@ -141,8 +140,7 @@ class Monitor:
             walks = self._walk_every_netns(self._live_walk)
         except BpfError:
             return False  # this report keeps the bytes of the last walk
-        codec = records.CONN_KEY_CODEC
-        seen = {key.sock for _, output in walks for key in codec.decode_many(output, len(output) // codec.size)}
+        seen = {key.sock for _, output in walks for key in _records(records.CONN_KEY_CODEC, output)}
         self._gone.walked(started, seen, {cookie for cookie, _ in walks if cookie is not None})
         return True
 
@@ -217,15 +215,15 @@ class Monitor:
                                                                             task_netns.FUNC))
             except BpfError:
                 self._task_walk_failed = True  # (the scan finds the same, slower)
+        processes = None  # (the scan's)
         if self._task_walk is not None:
             try:
                 output = attach.run_iterator(self._task_walk)
             except BpfError:
-                return netns.host_namespaces()
-            codec = records.TASK_NETNS_CODEC
-            processes = codec.decode_many(output, len(output) // codec.size)
-            return netns.host_namespaces([(t.netns_ino, t.pid) for t in processes])
-        return netns.host_namespaces()
+                pass  # this time, the scan
+            else:
+                processes = [(t.netns_ino, t.pid) for t in _records(records.TASK_NETNS_CODEC, output)]
+        return netns.host_namespaces(processes)
 
     def _with_older_owners(self, decoded):
         """Decoded events or connections, those of older connections the kernel knows no owner
@@ -467,6 +465,11 @@ class _Gone:
         if not self._gone:
             return connections
         return [c for c in connections if (c["sock"], c["start_ns"]) not in self._gone]
+
+
+def _records(codec, output):
+    """The records an iterator wrote back to back (its output: bytes), decoded."""
+    return codec.decode_many(output, len(output) // codec.size)
 
 
 def _owners_in_proc(inodes):
