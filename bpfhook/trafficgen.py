@@ -1,4 +1,5 @@
-"""Traffic generator: HTTP/1.1, TCP echo, UDP echo and Unix stream echo.
+"""Traffic generator: HTTP/1.1 GET (any HTTP server answers it), TCP echo, UDP echo and Unix
+stream echo.
 
 `bpfhook trafficgen --auto` starts its own server on 127.0.0.1 (or inside a
 lab container with --container NAME) and runs a bounded client loop against
@@ -10,10 +11,10 @@ addresses: this tool never sends traffic anywhere else.
 import argparse
 import contextlib
 import dataclasses
-import http.client
 import http.server
 import ipaddress
 import os
+import re
 import socket
 import socketserver
 import subprocess
@@ -28,6 +29,8 @@ from pybpf.errors import BpfError
 TYPES = ("http", "tcp", "udp", "uds")
 PAYLOAD = b"bpfhook-trafficgen:" + bytes(range(48, 58)) * 4  # 59 bytes, recognisable in captures
 HTTP_BODY = b"hello from bpfhook trafficgen\n"
+HTTP_REQUEST = "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: bpfhook-trafficgen\r\nConnection: close\r\n\r\n"
+HTTP_MAX_RESPONSE = 16 << 20  # bytes: a server that never stops sending is an error, not a hang
 
 
 class TrafficError(BpfError):
@@ -54,18 +57,12 @@ class _Http(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        self._reply(HTTP_BODY)
-
-    def do_POST(self):
-        self._reply(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-
-    def _reply(self, body):
         self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(HTTP_BODY)))
         self.send_header("Connection", "close")  # one connection per request
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(HTTP_BODY)
         self.close_connection = True
 
     def log_message(self, *args):
@@ -216,17 +213,39 @@ def udp_request(target, timeout):
 
 
 def http_request(target, timeout):
+    """GET / (what any HTTP server answers), Connection: close, read to the server's close.
+    (sent, received) are the bytes on the wire each way: what a monitor counts for the
+    connection. An incomplete response, or a status of 400 or more, is an error."""
     host, port = target
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("POST", "/echo", body=PAYLOAD, headers={"Content-Type": "application/octet-stream"})
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200 or body != PAYLOAD:
-            raise ConnectionError(f"HTTP {response.status}, {len(body)} bytes")
-        return len(PAYLOAD), len(body)
-    finally:
-        conn.close()
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = HTTP_REQUEST.format(netloc).encode()
+    deadline = time.monotonic() + timeout
+    with _connect(host, port, timeout) as s:
+        s.sendall(request)
+        response = bytearray()
+        while True:
+            s.settimeout(max(deadline - time.monotonic(), 0.001))  # the whole exchange is bounded
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+            if len(response) > HTTP_MAX_RESPONSE:
+                raise ConnectionError(f"response larger than {HTTP_MAX_RESPONSE} bytes")
+    _check_http_response(bytes(response))
+    return len(request), len(response)
+
+
+def _check_http_response(response):
+    """Raises ConnectionError unless `response` is one whole HTTP response of status < 400."""
+    head, sep, body = response.partition(b"\r\n\r\n")
+    status = re.match(rb"HTTP/\d\.\d (\d{3})", head)
+    if not sep or not status:
+        raise ConnectionError(f"not an HTTP response ({len(response)} bytes)")
+    length = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", head, re.IGNORECASE)
+    if length and len(body) < int(length[1]):
+        raise ConnectionError(f"HTTP {status[1].decode()}, body cut at {len(body)} of {int(length[1])} bytes")
+    if int(status[1]) >= 400:
+        raise ConnectionError(f"HTTP {status[1].decode()}, {len(response)} bytes")
 
 
 REQUESTS = {"http": http_request, "tcp": tcp_request, "udp": udp_request, "uds": uds_request}

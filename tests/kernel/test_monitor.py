@@ -28,6 +28,7 @@ from bpfhook.monitor_cli import MonitorOptions
 from bpfhook.programs import accept
 from bpfhook.programs.conn_common import CONN_SLOTS, KernelOffsets, Maps
 from bpfhook.records import F_OWNER_FROM_ACCEPT, METRICS_FIELDS, SLOT_ENDED, TCP_STATE_IDS, direction
+from bpfhook.trafficgen import Server, generate
 from pybpf import features, sys as bpfsys
 from pybpf.errors import FeatureUnavailable
 from pybpf.prog import Program, iter_ids, prog_info
@@ -185,6 +186,20 @@ def test_outbound_from_a_container(monitor, lab):
     lost = monitor.lost()
     assert lost["events"] == 0 and lost["missed"] == 0  # misses: recursion_misses of the attached programs
     assert len(monitor.programs) >= 4  # state, accept (one or two), connect4, connect6
+
+
+def test_trafficgen_counts_the_bytes_the_monitor_counts(monitor):
+    """What README says of trafficgen's figures: its HTTP requests' bytes each way are the
+    monitor's bytes of those connections (the client's closes; the server's mirror them)."""
+    with Server("http") as server:
+        port = int(server.target.rpartition(":")[2])
+        summary = generate("http", server.target, requests=5)
+    assert summary.errors == 0, summary.last_error
+    events = collect(monitor, lambda ev: len(closed(ev, dport=port)) == 5 and len(closed(ev, sport=port)) == 5)
+    clients, servers = closed(events, dport=port), closed(events, sport=port)
+    assert len(clients) == len(servers) == 5 and all(e["pid"] == os.getpid() for e in clients)
+    assert sum(e["bytes_sent"] for e in clients) == sum(e["bytes_received"] for e in servers) == summary.bytes_sent
+    assert sum(e["bytes_received"] for e in clients) == sum(e["bytes_sent"] for e in servers) == summary.bytes_received
 
 
 @pytest.mark.parametrize("slot", ["free", "taken"])

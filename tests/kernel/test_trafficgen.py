@@ -3,12 +3,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from bpfhook import cgroups
-from bpfhook.trafficgen import PAYLOAD, TYPES, Server, TrafficError, generate, server_in_container
+from bpfhook.trafficgen import (HTTP_BODY, HTTP_REQUEST, PAYLOAD, TYPES, Server, TrafficError, generate,
+                                server_in_container)
 from tests.conftest import slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,8 +24,91 @@ def test_every_type_on_loopback(kind, host):
     with Server(kind, host) as server:
         s = generate(kind, server.target, requests=25, duration=10)
     assert (s.requests, s.errors) == (25, 0), s.last_error
-    assert s.bytes_sent == s.bytes_received == 25 * len(PAYLOAD)
+    if kind == "http":  # bytes on the wire: the request, and our server's whole response
+        assert s.bytes_sent == 25 * len(HTTP_REQUEST.format(server.target))
+        assert s.bytes_received % 25 == 0 and s.bytes_received // 25 > len(HTTP_BODY)
+    else:
+        assert s.bytes_sent == s.bytes_received == 25 * len(PAYLOAD)
     assert s.rate > 0 and f"{kind} {server.target}: 25 requests, 0 errors" in s.line()
+
+
+class _RawHttp:
+    """A TCP server on 127.0.0.1 that reads each request's head, records it, and answers with the
+    next of `responses` as given (bytes), then closes: what trafficgen counts is checked
+    against what really went over the socket."""
+
+    def __init__(self, responses):
+        self.responses, self.requests = list(responses), []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.target = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        for response in self.responses:
+            conn, _ = self.sock.accept()
+            with conn:
+                request = b""
+                while not request.endswith(b"\r\n\r\n"):
+                    request += conn.recv(1)
+                self.requests.append(request)
+                conn.sendall(response)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def test_http_bytes_are_the_bytes_on_the_wire():
+    ok = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    redirect = b"HTTP/1.1 301 Moved Permanently\r\nLocation: /x\r\n\r\n"
+    with _RawHttp([ok, redirect]) as server:
+        s = generate("http", server.target, requests=2)
+    assert (s.requests, s.errors) == (2, 0), s.last_error
+    assert [r.split(b"\r\n")[0] for r in server.requests] == [b"GET / HTTP/1.1"] * 2
+    assert all(f"Host: {server.target}".encode() in r and b"Connection: close" in r for r in server.requests)
+    assert s.bytes_sent == sum(map(len, server.requests))
+    assert s.bytes_received == len(ok) + len(redirect)
+
+
+@pytest.mark.parametrize("response, error", [
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "HTTP 404"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", "HTTP 200, body cut at 4 of 10 bytes"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP response"),
+    (b"", "not an HTTP response (0 bytes)"),
+])
+def test_http_answers_that_are_errors(response, error):
+    with _RawHttp([response]) as server:
+        s = generate("http", server.target, requests=1)
+    assert (s.requests, s.errors, s.bytes_sent) == (1, 1, 0) and error in s.last_error
+
+
+def _accepts(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_http_against_pythons_own_http_server(tmp_path):
+    """The README's demo: `python3 -m http.server` serves GET / (its directory listing)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10 * slow_factor()
+        while not _accepts(port):
+            assert time.monotonic() < deadline and server.poll() is None, "http.server did not start"
+            time.sleep(0.05)
+        s = generate("http", f"127.0.0.1:{port}", requests=5)
+    finally:
+        server.kill()
+        server.wait()
+    assert (s.requests, s.errors) == (5, 0), s.last_error
+    assert s.bytes_received > 5 * len(b"HTTP/1.0 200 OK\r\n")
 
 
 def test_each_request_is_a_new_connection():
