@@ -159,7 +159,7 @@ class PacketFilter:
     @classmethod
     def parse(cls, text):
         """"tcp", "udp/53", "8080" (TCP, UDP or SCTP), "icmp", "icmpv6"."""
-        from programs.mirror import PROTOCOLS, WITH_PORTS
+        from bpfhook.programs.mirror import PROTOCOLS, WITH_PORTS
 
         proto, _, port = text.lower().partition("/")
         if proto.isdigit() and not port:
@@ -562,7 +562,7 @@ def _add_any(ipr, index, parent, prio, observer_ifindex):
 
 
 def _setup_bpf(m, bpf_attach):
-    from programs.mirror import build
+    from bpfhook.programs.mirror import build
     from pybpf import prog, tc
     from pybpf import sys as _sys
 

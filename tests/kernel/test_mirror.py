@@ -366,7 +366,7 @@ def _tc_filters(ifindex):
 
 
 def test_tc_filter_keep_find_remove(trio):
-    from programs.mirror import build
+    from bpfhook.programs.mirror import build
     from pybpf import cleanup, prog, tc
 
     _client, server, observer = trio

@@ -8,8 +8,8 @@ import pytest
 
 from bpfhook import cli, mirror
 from bpfhook.mirror import MirrorError, PacketFilter
+from bpfhook.programs import mirror as program
 from pybpf.errors import FeatureUnavailable
-from programs import mirror as program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -1,5 +1,6 @@
 """Packaging: the wheel's contents and metadata, bpfhook.programs from a checkout
 and from an install, and the README commands that CI runs."""
+import ast
 import configparser
 import email.parser
 import os
@@ -130,6 +131,31 @@ def test_programs_import_from_a_checkout(source_copy):
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(source_copy / "programs" / "__init__.py"), f"bpfhook.programs.{PROBE}"]
+
+
+def _imported_modules(path):
+    """Every module name an import statement in `path` names, at any depth (function-local too)."""
+    tree = ast.parse(open(path).read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module
+
+
+def test_shipped_code_imports_the_programs_as_installed():
+    """programs/ ships as bpfhook.programs: an import of the top-level name works from a checkout
+    (the current directory is on sys.path) and fails in an install, first when the line runs."""
+    wrong = [
+        f"{os.path.relpath(os.path.join(d, f), ROOT)}: {name}"
+        for package in ("pybpf", "bpfhook", "programs")
+        for d, _dirs, files in os.walk(os.path.join(ROOT, package))
+        for f in files
+        if f.endswith(".py")
+        for name in _imported_modules(os.path.join(d, f))
+        if name == "programs" or name.startswith("programs.")
+    ]
+    assert wrong == []
 
 
 def test_ci_runs_the_readme_test_command():
