@@ -10,6 +10,7 @@ import importlib
 import ipaddress
 import os
 
+from pybpf import mounts
 from pybpf.errors import BpfError
 
 HELP = "watch TCP connections (and UDP flows) per process, cgroup and container"
@@ -117,8 +118,10 @@ def options_from(args):
         cgroup = cgroups.mount()
     if not os.path.isdir(cgroup):
         raise MonitorError(f"cgroup path {cgroup!r} does not exist (or is not a directory)")
-    if not os.path.exists(os.path.join(cgroup, "cgroup.procs")):
-        raise MonitorError(f"{cgroup!r} is not a cgroup2 directory (no cgroup.procs)")
+    if mounts.containing(cgroup, "cgroup2") is None:  # (a v1 hierarchy has cgroup.procs too)
+        v1 = mounts.containing(cgroup, "cgroup") is not None
+        raise MonitorError(f"{cgroup!r} is {'in a cgroup v1 hierarchy' if v1 else 'not a cgroup2 directory'}: "
+                           f"the hooks attach to cgroup2, mounted at {mounts.cgroup2_root()}")
     return MonitorOptions(
         cgroup=cgroup, metrics_interval=args.metrics_interval, show_containers=args.show_containers,
         show_events=args.show_events, json=args.json, prometheus=args.prometheus, container=args.container,

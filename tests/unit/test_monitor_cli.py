@@ -15,6 +15,7 @@ from bpfhook import cgroups, cli
 from bpfhook.containers import classify
 from bpfhook.monitor import _Stop
 from bpfhook.monitor_cli import EventFilter, MonitorError, MonitorOptions, host_port, options_from
+from pybpf import mounts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ID = "b" * 64
@@ -77,8 +78,18 @@ def test_usage_errors_are_one_line_exit_2(args, message):
 def test_missing_cgroup_is_a_runtime_error(tmp_path):
     with pytest.raises(MonitorError, match="does not exist"):
         options_from(parse("-c", str(tmp_path / "nope")))
-    with pytest.raises(MonitorError, match="not a cgroup2 directory"):
+    with pytest.raises(MonitorError, match="not a cgroup2 directory: the hooks attach to cgroup2, mounted at /"):
         options_from(parse("-c", str(tmp_path)))
+    assert options_from(parse("-c", os.path.join(cgroups.mount(), "."))).cgroup  # a cgroup2 directory passes
+
+
+def test_a_cgroup_v1_directory_is_refused_by_name():
+    """A hybrid host's v1 hierarchies have cgroup.procs too, but no cgroup2 hook attaches there."""
+    v1 = [m.point for m in mounts.mounts() if m.fstype == "cgroup"]
+    if not v1:
+        pytest.skip("no cgroup v1 hierarchy is mounted here")
+    with pytest.raises(MonitorError, match=f"'{v1[0]}' is in a cgroup v1 hierarchy: the hooks attach to cgroup2"):
+        options_from(parse("-c", v1[0]))
 
 
 def test_not_root_is_one_line_exit_1():
