@@ -6,7 +6,6 @@ from argparse); a cgroup path that does not exist is a runtime error (exit 1).
 """
 import argparse
 import dataclasses
-import importlib
 import ipaddress
 import os
 
@@ -131,12 +130,8 @@ def options_from(args):
 
 def run(args):
     options = options_from(args)
-    try:
-        monitor = importlib.import_module("bpfhook.monitor")
-    except ModuleNotFoundError as e:
-        if e.name != "bpfhook.monitor":
-            raise
-        raise MonitorError("monitor: BPF side not available yet") from None
+    from bpfhook import monitor  # here: `bpfhook --help` and bad options stay quick
+
     return monitor.run(options)
 
 
