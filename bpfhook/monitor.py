@@ -335,8 +335,9 @@ class Monitor:
         return self._with_older_owners([records.decode_event(r) for r in self.reader.read(timeout)])
 
     def cgroup_metrics(self, connections=None):
-        """{cgroup id: metrics dict}: the kernel's totals of what ended, and the live
-        connections (connections(), read now when not given): active, opened = closed + active."""
+        """{cgroup id: metrics dict}: the kernel's totals of what ended, the closes it missed
+        (_Gone: closed, with their bytes as of the last walk), and the live connections
+        (connections(), read now when not given): active, opened = closed + active."""
         return self._metrics(self.maps.metrics_cgroup, self.maps.cache_cgroup, "cgroup_id", connections)
 
     def netns_metrics(self, connections=None):
@@ -344,8 +345,13 @@ class Monitor:
         return self._metrics(self.maps.metrics_netns, self.maps.cache_netns, "netns", connections)
 
     def _metrics(self, table, cache, field, connections):
+        connections = self.connections() if connections is None else connections
         totals = self.maps.metric_totals(table, cache, field)
-        return with_live(totals, self.connections() if connections is None else connections, field)
+        for key, ended in self._gone.ended[field].items():  # closes the programs missed
+            m = totals.setdefault(key, dict.fromkeys(records.METRICS_FIELDS, 0))
+            for name, value in ended.items():
+                m[name] += value
+        return with_live(totals, connections, field)
 
     def _stats_by_slot(self):
         """[slot][cpu]: every CPU's stats, in one lookup of the one-element table."""
@@ -353,7 +359,8 @@ class Monitor:
 
     def stats(self):
         """The kernel's summaries: {"events", "duration_total_ns", "duration_max_ns",
-        "transitions": {(oldstate, newstate): count}}."""
+        "transitions": {(oldstate, newstate): count}}, and "closed_unseen": the closes it
+        missed that the walks found (_Gone)."""
         per_cpu = self._stats_by_slot()
         transitions = {}
         for old in range(records.NSTATES):
@@ -364,7 +371,8 @@ class Monitor:
         return {"events": sum(per_cpu[records.STAT_EVENTS]) + sum(transitions.values()),
                 "duration_total_ns": sum(per_cpu[records.STAT_DURATION_TOTAL]),
                 "duration_max_ns": max(per_cpu[records.STAT_DURATION_MAX]),
-                "transitions": transitions}
+                "transitions": transitions,
+                "closed_unseen": sum(ended["closed"] for ended in self._gone.ended["cgroup_id"].values())}
 
     def recent(self):
         """The latest closes and UDP flows the programs remembered (decode_event dicts), oldest first."""
@@ -418,7 +426,8 @@ class Monitor:
         bpf_prog_info.recursion_misses. No event exists for them, so they count as lost; what
         they left in the connection table is mended at the socket's next transition (an opening
         skipped: found late; a close skipped: ended when a new socket starts at its address),
-        and a skipped close's entry is listed no more once refresh_live's walks tell (_Gone)."""
+        and a skipped close's entry is listed no more, but counted closed with the bytes it had,
+        once refresh_live's walks tell (_Gone)."""
         counts = self.maps.lost_counts()
         counts["missed"] = sum(prog.info(contents=False).recursion_misses for prog in self.programs)
         counts["events"] += self.reader.lost + counts["missed"]
@@ -441,14 +450,21 @@ class _Gone:
     meet in two walks running, in a namespace it walked, and that started well before the
     first of them, is gone. (Two: before Linux 6.16 the kernel's TCP iterator can skip a
     socket when another in its hash bucket closes between two reads of the walk. Well
-    before: connect() enters SYN_SENT a moment before its socket is hashed.)"""
+    before: connect() enters SYN_SENT a moment before its socket is hashed.)
+
+    A gone connection counts as closed, with its bytes as of the last walk that met it
+    (ended: what to add to the kernel's totals of each cgroup and netns), so that a missed
+    close moves it from active to closed, as a seen one does, and no total goes back. Its
+    duration is unknown: it is not in the duration figures."""
 
     MARGIN_NS = 1_000_000_000
+    COUNTED = ("bytes_sent", "bytes_received")
 
     def __init__(self):
         self._walk = None  # (started ns, socks met, cookies of the namespaces walked), until judged
         self._unmet = set()  # (sock, start_ns) of the entries the last judged walk did not meet
         self._gone = set()  # ... and the one before it
+        self.ended = {field: collections.defaultdict(collections.Counter) for field in ("cgroup_id", "netns")}
 
     def walked(self, started_ns, met, netns_cookies):
         self._walk = (started_ns, met, netns_cookies)
@@ -461,10 +477,19 @@ class _Gone:
             self._walk = None
             unmet = {(c["sock"], c["start_ns"]) for c in connections
                      if c["sock"] not in met and c["netns"] in walked and c["start_ns"] < started - self.MARGIN_NS}
-            self._gone, self._unmet = unmet & self._unmet, unmet
+            listed = {(c["sock"], c["start_ns"]) for c in connections}
+            # once gone, gone while its entry lasts (its namespace may be gone too, and unwalked)
+            gone = (unmet & self._unmet) | (self._gone & listed)
+            self._count_ended(c for c in connections if (c["sock"], c["start_ns"]) in gone - self._gone)
+            self._gone, self._unmet = gone, unmet
         if not self._gone:
             return connections
         return [c for c in connections if (c["sock"], c["start_ns"]) not in self._gone]
+
+    def _count_ended(self, connections):
+        for c in connections:
+            for field, ended in self.ended.items():
+                ended[c[field]].update(closed=1, **{name: c[name] for name in self.COUNTED})
 
 
 def _records(codec, output):

@@ -58,6 +58,7 @@ class Snapshot:
     closed: int
     duration_total_ns: int
     duration_max_ns: int
+    closed_unseen: int = 0  # of `closed`: closes the programs missed, found by the walks (no duration)
 
     @property
     def container_active(self):
@@ -255,6 +256,7 @@ def summary_snapshot(connections, recent, stats, cgroup_metrics, resolve, lost, 
         closed=sum(m["closed"] for m in cgroup_metrics.values()),
         duration_total_ns=stats["duration_total_ns"],
         duration_max_ns=stats["duration_max_ns"],
+        closed_unseen=stats["closed_unseen"],
     )
 
 
@@ -331,8 +333,10 @@ def render_final(snapshot, show_containers=False, recent=10):
     """The report printed on exit: the periodic one plus totals and state transitions."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.time))
     head = [RULE, f"FINAL CONNECTION METRICS REPORT  {stamp}", RULE]
-    mean = snapshot.duration_total_ns // snapshot.closed if snapshot.closed else 0
-    tail = ["", f"Events: {snapshot.events}  closed connections: {snapshot.closed}  "
+    timed = snapshot.closed - snapshot.closed_unseen
+    mean = snapshot.duration_total_ns // timed if timed > 0 else 0
+    unseen = f" ({snapshot.closed_unseen} whose close was missed)" if snapshot.closed_unseen else ""
+    tail = ["", f"Events: {snapshot.events}  closed connections: {snapshot.closed}{unseen}  "
                 f"duration mean {human_duration(mean)} max {human_duration(snapshot.duration_max_ns)}",
             "State transitions:"]
     tail += [f"  {old or '-':<12} -> {new:<12} {count}"

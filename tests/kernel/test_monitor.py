@@ -501,9 +501,10 @@ def test_a_connection_whose_close_was_skipped_is_listed_no_more_after_two_walks(
     """A close the kernel skipped leaves a live entry for a socket that is gone. Planted, at
     made-up addresses (no socket there) with a lab server end's entry: one in the lab's
     namespace (in a slot, or in conns) and one in the host's. The live walk meets neither:
-    after two walks they are listed no more, nor counted active. Listed still: the live
-    connection itself, an entry of a namespace the walk cannot enter, and one that started
-    after the walks did."""
+    after two walks they are listed no more, nor counted active, but closed, with the bytes
+    they had: opened and bytes do not go back, and a third walk counts nothing again. Listed
+    still: the live connection itself, an entry of a namespace the walk cannot enter, and one
+    that started after the walks did."""
     c = lab(ipv6=False)
     old = time.monotonic_ns() - 10**10
     with Monitor(CGROUP_ROOT, stream=False, slots=slots) as m:
@@ -519,18 +520,28 @@ def test_a_connection_whose_close_was_skipped_is_listed_no_more_after_two_walks(
             planted = {"lab": (held["netns"], old), "host": (netns.cookie(), old), "elsewhere": (2**63 + 5, old),
                        "new": (netns.cookie(), time.monotonic_ns())}
             planted = {name: (next(free), cookie, start) for name, (cookie, start) in planted.items()}
-            for name, (sock, cookie, start) in planted.items():
-                conn = dict(m.maps.entry(held["sock"])[0], netns=cookie, start_ns=start)
+            for i, (name, (sock, cookie, start)) in enumerate(planted.items()):
+                conn = dict(m.maps.entry(held["sock"])[0], netns=cookie, start_ns=start, bytes_sent=1000 * (i + 1),
+                            bytes_received=7 * (i + 1))
                 if name == "lab" and slots is None:
                     m.maps.conn_slots.update(m.maps.slot_index(sock), {"sock": sock, "conn": conn})
                 else:
                     m.maps.conns.update({"sock": sock}, conn)
             listed = lambda: {x["sock"] for x in m.connections()}  # noqa: E731
             everyone = {held["sock"]} | {sock for sock, _, _ in planted.values()}
+            counts = lambda: {k: m.cgroup_metrics()[c.cgroup_id][k]  # noqa: E731
+                              for k in ("opened", "closed", "active", "bytes_sent", "bytes_received")}
             assert m.refresh_live() and listed() >= everyone  # one walk: it may have skipped a live one
-            assert m.cgroup_metrics()[c.cgroup_id]["active"] == 1 + len(planted)
+            first = counts()
+            assert (first["active"], first["closed"], first["opened"]) == (1 + 4, 0, 5)
             assert m.refresh_live() and listed() & everyone == everyone - {planted["lab"][0], planted["host"][0]}
-            assert m.cgroup_metrics()[c.cgroup_id]["active"] == 1 + 2
+            assert counts() == dict(first, active=1 + 2, closed=2)
+            (live,) = [x for x in m.connections() if x["sock"] == held["sock"]]
+            lab_netns = m.netns_metrics()[held["netns"]]  # the live connection and the lab's planted one
+            assert (lab_netns["closed"], lab_netns["active"], lab_netns["bytes_received"]) == (1, 1, 7 + 1)
+            assert live["bytes_received"] == 1  # (the "x")
+            assert m.refresh_live() and counts() == dict(first, active=3, closed=2)
+            assert m.stats()["closed_unseen"] == 2
             s.sendall(b"x")
         server.wait(10)
 

@@ -1,6 +1,7 @@
 """Per-cgroup metrics as the monitor reports them: the kernel's totals of what ended, completed
-from the live connections and their bytes so far (no kernel needed)."""
-from bpfhook.monitor import with_live
+from the live connections and their bytes so far, and the closes the programs missed (no
+kernel needed)."""
+from bpfhook.monitor import _Gone, with_live
 
 
 def _live(cgroup_id, sent=0, received=0):
@@ -19,3 +20,45 @@ def test_live_connections_make_active_and_opened_and_add_their_bytes_so_far():
 
 def test_no_connections_and_no_totals_is_empty():
     assert with_live({}, [], "netns") == {}
+
+
+S = 10**9  # ns
+
+
+def _conn(sock, start_ns, netns=7, cgroup_id=100, sent=0, received=0):
+    return {"sock": sock, "start_ns": start_ns, "netns": netns, "cgroup_id": cgroup_id, "bytes_sent": sent,
+            "bytes_received": received}
+
+
+def _socks(connections):
+    return [c["sock"] for c in connections]
+
+
+def test_an_entry_two_walks_did_not_meet_is_gone_and_counted_closed_once():
+    gone = _Gone()
+    a, b = _conn(1, 0, sent=50, received=9), _conn(2, 0, sent=5)
+    gone.walked(10 * S, met={2}, netns_cookies={7})
+    assert _socks(gone.left_out([a, b])) == [1, 2]  # one walk is not enough
+    assert gone.ended["cgroup_id"] == {}
+    gone.walked(20 * S, met={2}, netns_cookies={7})
+    assert _socks(gone.left_out([a, b])) == [2]
+    assert gone.ended == {"cgroup_id": {100: {"closed": 1, "bytes_sent": 50, "bytes_received": 9}},
+                          "netns": {7: {"closed": 1, "bytes_sent": 50, "bytes_received": 9}}}
+    # Its namespace walked no more (torn down with the container): still gone, not counted again
+    gone.walked(30 * S, met={2}, netns_cookies=set())
+    assert _socks(gone.left_out([a, b])) == [2] and gone.ended["cgroup_id"][100]["closed"] == 1
+    assert _socks(gone.left_out([a, b])) == [2]  # between walks: the same judgement
+    # Its entry taken over by a new socket at that address: a new connection, listed
+    new = _conn(1, 25 * S)
+    gone.walked(40 * S, met={1, 2}, netns_cookies={7})
+    assert _socks(gone.left_out([new, b])) == [1, 2] and gone.ended["cgroup_id"][100]["closed"] == 1
+
+
+def test_what_the_walks_cannot_judge_is_never_gone():
+    gone = _Gone()
+    elsewhere = _conn(1, 0, netns=8)  # a namespace the walk did not enter
+    young = _conn(2, int(9.5 * S))  # started less than MARGIN_NS before the first walk
+    for started in (10 * S, int(10.2 * S), int(10.4 * S)):
+        gone.walked(started, met=set(), netns_cookies={7})
+        assert _socks(gone.left_out([elsewhere, young])) == [1, 2]
+    assert gone.ended["cgroup_id"] == {}

@@ -1,4 +1,5 @@
 """Aggregation of decoded events and the text report's layout."""
+import dataclasses
 import re
 
 from bpfhook.containers import classify
@@ -178,6 +179,13 @@ def test_final_report():
     assert "FINAL CONNECTION METRICS REPORT" in text
     assert "closed connections: 1" in text and "max 12.3ms" in text
     assert re.search(r"  SYN_SENT +-> ESTABLISHED +1", text)
+
+
+def test_final_report_mean_duration_leaves_out_the_closes_the_programs_missed():
+    """Counted closed once the walks find them gone, they have no duration (monitor._Gone)."""
+    s = dataclasses.replace(_sample(), closed=4, closed_unseen=3)
+    assert "closed connections: 4 (3 whose close was missed)  duration mean 12.3ms" in render_final(s)
+    assert "closed connections: 1  duration mean 12.3ms" in render_final(_sample())
 
 
 def test_human_units():
