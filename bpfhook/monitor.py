@@ -458,7 +458,6 @@ class _Gone:
     duration is unknown: it is not in the duration figures."""
 
     MARGIN_NS = 1_000_000_000
-    COUNTED = ("bytes_sent", "bytes_received")
 
     def __init__(self):
         self._walk = None  # (started ns, socks met, cookies of the namespaces walked), until judged
@@ -489,7 +488,7 @@ class _Gone:
     def _count_ended(self, connections):
         for c in connections:
             for field, ended in self.ended.items():
-                ended[c[field]].update(closed=1, **{name: c[name] for name in self.COUNTED})
+                ended[c[field]].update(closed=1, bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
 
 
 def _records(codec, output):
