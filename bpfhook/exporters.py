@@ -88,8 +88,8 @@ def exposition(snapshot, shown=None):
     shown: a dict the caller keeps from one scrape to the next, so that a counter never goes
     back. The opened and bytes counters include live connections (their bytes so far), which
     drop out when a connection vanishes with its close uncounted (an LRU eviction; in a filtered
-    view, a lost close event: both reported as lost; a skipped close counts as closed once the
-    walks tell: monitor._Gone); Prometheus would read that dip as a reset and count the whole
+    view, a lost close event: both reported as lost; a skipped close is counted as closed
+    instead: Monitor.lost); Prometheus would read that dip as a reset and count the whole
     value again. A counter shows the most it showed before until its count passes that."""
     before = dict(shown or {})
     if shown is not None:

@@ -336,8 +336,8 @@ class Monitor:
 
     def cgroup_metrics(self, connections=None):
         """{cgroup id: metrics dict}: the kernel's totals of what ended, the closes it missed
-        (_Gone: closed, with their bytes as of the last walk), and the live connections
-        (connections(), read now when not given): active, opened = closed + active."""
+        that the walks found (_Gone), and the live connections (connections(), read now when
+        not given): active, opened = closed + active."""
         return self._metrics(self.maps.metrics_cgroup, self.maps.cache_cgroup, "cgroup_id", connections)
 
     def netns_metrics(self, connections=None):
@@ -347,7 +347,7 @@ class Monitor:
     def _metrics(self, table, cache, field, connections):
         connections = self.connections() if connections is None else connections
         totals = self.maps.metric_totals(table, cache, field)
-        for key, ended in self._gone.ended[field].items():  # closes the programs missed
+        for key, ended in self._gone.ended(field).items():  # closes the programs missed
             m = totals.setdefault(key, dict.fromkeys(records.METRICS_FIELDS, 0))
             for name, value in ended.items():
                 m[name] += value
@@ -359,8 +359,10 @@ class Monitor:
 
     def stats(self):
         """The kernel's summaries: {"events", "duration_total_ns", "duration_max_ns",
-        "transitions": {(oldstate, newstate): count}}, and "closed_unseen": the closes it
-        missed that the walks found (_Gone)."""
+        "transitions": {(oldstate, newstate): count}}, and "closed_unseen": connections
+        counted closed without their close (a run the kernel skipped; no duration): by the
+        state program when a new socket took their entry, or found gone by the walks (_Gone,
+        as of the last connections())."""
         per_cpu = self._stats_by_slot()
         transitions = {}
         for old in range(records.NSTATES):
@@ -372,7 +374,7 @@ class Monitor:
                 "duration_total_ns": sum(per_cpu[records.STAT_DURATION_TOTAL]),
                 "duration_max_ns": max(per_cpu[records.STAT_DURATION_MAX]),
                 "transitions": transitions,
-                "closed_unseen": sum(ended["closed"] for ended in self._gone.ended["cgroup_id"].values())}
+                "closed_unseen": sum(per_cpu[records.STAT_CLOSED_UNSEEN]) + len(self._gone.missed)}
 
     def recent(self):
         """The latest closes and UDP flows the programs remembered (decode_event dicts), oldest first."""
@@ -426,8 +428,8 @@ class Monitor:
         bpf_prog_info.recursion_misses. No event exists for them, so they count as lost; what
         they left in the connection table is mended at the socket's next transition (an opening
         skipped: found late; a close skipped: ended when a new socket starts at its address),
-        and a skipped close's entry is listed no more, but counted closed with the bytes it had,
-        once refresh_live's walks tell (_Gone)."""
+        and a skipped close's entry is listed no more once refresh_live's walks tell (_Gone).
+        Either way the connection counts as closed, with the bytes it had at the last walk."""
         counts = self.maps.lost_counts()
         counts["missed"] = sum(prog.info(contents=False).recursion_misses for prog in self.programs)
         counts["events"] += self.reader.lost + counts["missed"]
@@ -446,24 +448,25 @@ class Monitor:
 class _Gone:
     """Followed connections whose close the programs missed: the kernel skipped that run of
     the state program (Monitor.lost()'s "missed"), and the entry stays live until a new
-    socket at its address ends it. The live walk meets every live one; an entry it did not
-    meet in two walks running, in a namespace it walked, and that started well before the
-    first of them, is gone. (Two: before Linux 6.16 the kernel's TCP iterator can skip a
-    socket when another in its hash bucket closes between two reads of the walk. Well
-    before: connect() enters SYN_SENT a moment before its socket is hashed.)
+    socket at its address ends it (and counts it closed: conn_state._count_unseen_close). The
+    live walk meets every live one; an entry it did not meet in two walks running, in a
+    namespace it walked, and that started well before the first of them, is gone. (Two:
+    before Linux 6.16 the kernel's TCP iterator can skip a socket when another in its hash
+    bucket closes between two reads of the walk. Well before: connect() enters SYN_SENT a
+    moment before its socket is hashed.) Once gone, gone while its entry lasts: its
+    namespace may be gone too, and walked no more.
 
-    A gone connection counts as closed, with its bytes as of the last walk that met it
-    (ended: what to add to the kernel's totals of each cgroup and netns), so that a missed
-    close moves it from active to closed, as a seen one does, and no total goes back. Its
-    duration is unknown: it is not in the duration figures."""
+    missed: the gone connections left_out() last left out. Until the state program ends
+    their entries they count here as closed, with the bytes they had at the last walk that
+    met them, as the state program will count them (an LRU eviction would end one uncounted)."""
 
     MARGIN_NS = 1_000_000_000
 
     def __init__(self):
         self._walk = None  # (started ns, socks met, cookies of the namespaces walked), until judged
         self._unmet = set()  # (sock, start_ns) of the entries the last judged walk did not meet
-        self._gone = set()  # ... and the one before it
-        self.ended = {field: collections.defaultdict(collections.Counter) for field in ("cgroup_id", "netns")}
+        self._gone = set()  # ... and the one before it, or gone before and still listed
+        self.missed = []
 
     def walked(self, started_ns, met, netns_cookies):
         self._walk = (started_ns, met, netns_cookies)
@@ -477,18 +480,18 @@ class _Gone:
             unmet = {(c["sock"], c["start_ns"]) for c in connections
                      if c["sock"] not in met and c["netns"] in walked and c["start_ns"] < started - self.MARGIN_NS}
             listed = {(c["sock"], c["start_ns"]) for c in connections}
-            # once gone, gone while its entry lasts (its namespace may be gone too, and unwalked)
-            gone = (unmet & self._unmet) | (self._gone & listed)
-            self._count_ended(c for c in connections if (c["sock"], c["start_ns"]) in gone - self._gone)
-            self._gone, self._unmet = gone, unmet
-        if not self._gone:
-            return connections
-        return [c for c in connections if (c["sock"], c["start_ns"]) not in self._gone]
-
-    def _count_ended(self, connections):
+            self._gone, self._unmet = (unmet & self._unmet) | (self._gone & listed), unmet
+        kept, self.missed = [], []
         for c in connections:
-            for field, ended in self.ended.items():
-                ended[c[field]].update(closed=1, bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
+            (self.missed if (c["sock"], c["start_ns"]) in self._gone else kept).append(c)
+        return kept
+
+    def ended(self, field):
+        """{key of `field`: Counter of METRICS fields}: the missed connections as closes."""
+        out = collections.defaultdict(collections.Counter)
+        for c in self.missed:
+            out[c[field]].update(closed=1, bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
+        return out
 
 
 def _records(codec, output):

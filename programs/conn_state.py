@@ -15,7 +15,8 @@ follows each TCP socket by its struct sock address:
     any   -> CLOSE      bytes from tcp_sock, duration (kind close); the entry stays, in
                         state CLOSE
     CLOSE/LISTEN -> any, at a live entry: that entry's close was skipped (a new socket lives
-                        at its address): ended first (_end_if_stale)
+                        at its address): ended first, counted closed with the bytes it had
+                        (_end_if_stale, _count_unseen_close)
     other, no entry     a connection whose opening was not seen (a skipped run, an eviction):
                         followed from here, found late (_found_late)
 
@@ -106,7 +107,7 @@ def build(maps, kernel, typed=False):
     dest.u64[0] = 0
     find_conn(p, maps, p.r6, key, scratch, "pointer" if typed else "scalar", slot, then_conns=False)
     if maps.slots:
-        _claim_at_opening(p, kernel, scratch, slot, dest, typed)
+        _claim_at_opening(p, maps, kernel, scratch, slot, dest, typed)
         p.r1 = dest.u64[0]
         with p.If(p.r1 == 0):
             lookup_conns(p, maps, key)
@@ -176,16 +177,18 @@ def build(maps, kernel, typed=False):
     return p
 
 
-def _claim_at_opening(p, kernel, scratch, slot, dest, typed):
+def _claim_at_opening(p, maps, kernel, scratch, slot, dest, typed):
     """A socket that opens (connect() from CLOSE, a listener's child from LISTEN) claims its
     slot at once: dest = its CONN there, or 0 (another live connection holds the slot).
     Claimed, it needs no look in conns (one fewer hash lookup per opening). Its slot holding
     this address already (r7) means an earlier socket here ended in a run the kernel skipped
-    (counted as missed): the entry is stale, and written over."""
+    (counted as missed): the entry is stale, counted closed (_count_unseen_close) and
+    written over."""
     with p.If(_state_in(p, OPENED_FROM_MASK, p.r9.u64[ARG_OLDSTATE])):
         with p.If(_in_handshake(p, p.r8)):
             with p.If(p.r7 != 0):
                 dest.u64[0] = p.r7
+                _count_unseen_close(p, maps, scratch)
                 p.r7 = 0
             with p.Else():
                 exit_unless_tcp(p, kernel, scratch, p.r6, typed)  # before it takes a slot
@@ -197,9 +200,11 @@ def _end_if_stale(p, maps, slot, reuse, scratch):
     """The live entry at r7 met by a socket coming from CLOSE or LISTEN (connect(), listen(), a
     listener's child, a listener closing) is stale: a new socket lives at that address, and the
     entry's connection ended in a run the kernel skipped. Ended here, as if that run had not
-    been skipped (its slot marked ended; in conns, state CLOSE, kept for reuse), and r7 = 0.
-    (A claimed slot's stale entry is written over by _claim_at_opening before this.)"""
+    been skipped (counted closed: _count_unseen_close; its slot marked ended; in conns, state
+    CLOSE, kept for reuse), and r7 = 0. (A claimed slot's stale entry is written over by
+    _claim_at_opening before this.)"""
     with p.If(_state_in(p, OPENED_FROM_MASK, p.r9.u64[ARG_OLDSTATE])):
+        _count_unseen_close(p, maps, scratch)  # first: once the slot is marked, another socket may take it
         end_slot(p, slot, p.r6)
         with p.If(p.r0 == 0):
             p.r1 = CLOSE
@@ -207,6 +212,18 @@ def _end_if_stale(p, maps, slot, reuse, scratch):
             stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
             reuse.u64[0] = p.r7
         p.r7 = 0
+
+
+def _count_unseen_close(p, maps, scratch):
+    """The stale entry at r7, a connection whose close run the kernel skipped, counts as closed
+    in its cgroup's and namespace's metrics, with the bytes it had at the last walk that met
+    it (live_conns), so that opened = closed + active still holds; and in
+    stats[STAT_CLOSED_UNSEEN], since it has no duration."""
+    account(p, (p.r7.u64[C["cgroup_id"]], p.r7.u64[C["netns"]]),
+            [("closed", 1), ("bytes_sent", p.r7.u64[C["bytes_sent"]]),
+             ("bytes_received", p.r7.u64[C["bytes_received"]])], atomic=False,
+            caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
+    stat_add(p, maps, scratch, records.STAT_CLOSED_UNSEEN, 1, atomic=False)
 
 
 def _found_late(p, maps, kernel, ev, conn, buf, key, reuse, dest, scratch, task, typed):

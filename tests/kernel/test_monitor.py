@@ -827,10 +827,11 @@ def test_a_connection_whose_opening_was_skipped_is_followed_from_its_next_transi
 @pytest.mark.parametrize("new_life", ["connect", "listen"])
 def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_life, slots):
     """A live entry at the address of a socket that starts over from CLOSE (connect(), listen())
-    can only be one whose close the kernel skipped: it is ended first. Planted without relying
-    on the slab: a socket whose connect() was refused (its entry ended, at its own address) is
-    set back to live with a stranger's pid; then that same socket connects again (a new
-    connection there, ours) or listens (no connection there)."""
+    can only be one whose close the kernel skipped: it is ended first, and counted closed in
+    its cgroup with the bytes it had (no duration: closed_unseen). Planted without relying on
+    the slab: a socket whose connect() was refused (its entry ended, at its own address) is set
+    back to live with a stranger's pid, cgroup and bytes; then that same socket connects again
+    (a new connection there, ours) or listens (no connection there)."""
     with Monitor(CGROUP_ROOT, stream=False, slots=slots) as m, socket.socket() as s, socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -844,8 +845,11 @@ def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_lif
         (sock,) = ended
         planted, ended = m.maps.entry(sock)
         assert ended
-        _rewrite(m, sock, state=TCP_STATE_IDS["ESTABLISHED"], pid=999999)
+        stranger = 2**62 + 17  # a cgroup id no one has
+        _rewrite(m, sock, state=TCP_STATE_IDS["ESTABLISHED"], pid=999999, cgroup_id=stranger, bytes_sent=1234,
+                 bytes_received=56)
         assert [c["pid"] for c in m.connections() if c["sock"] == sock] == [999999]
+        assert m.cgroup_metrics()[stranger]["active"] == 1 and m.stats()["closed_unseen"] == 0
         if new_life == "connect":
             s.connect(listener.getsockname())
             (again,) = [c for c in m.connections() if c["sock"] == sock]
@@ -857,6 +861,10 @@ def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_lif
             s.listen(1)
             assert not [c for c in m.connections() if c["sock"] == sock]
             assert m.maps.entry(sock)[1]  # ended
+        ended = {k: m.cgroup_metrics()[stranger][k] for k in ("opened", "closed", "active", "bytes_sent",
+                                                                "bytes_received")}
+        assert ended == {"opened": 1, "closed": 1, "active": 0, "bytes_sent": 1234, "bytes_received": 56}
+        assert m.stats()["closed_unseen"] == 1
 
 
 @pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])

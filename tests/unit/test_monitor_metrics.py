@@ -34,24 +34,25 @@ def _socks(connections):
     return [c["sock"] for c in connections]
 
 
-def test_an_entry_two_walks_did_not_meet_is_gone_and_counted_closed_once():
+def test_an_entry_two_walks_did_not_meet_is_gone_and_counts_closed_while_its_entry_lasts():
     gone = _Gone()
     a, b = _conn(1, 0, sent=50, received=9), _conn(2, 0, sent=5)
     gone.walked(10 * S, met={2}, netns_cookies={7})
     assert _socks(gone.left_out([a, b])) == [1, 2]  # one walk is not enough
-    assert gone.ended["cgroup_id"] == {}
+    assert gone.missed == [] and gone.ended("cgroup_id") == {}
     gone.walked(20 * S, met={2}, netns_cookies={7})
-    assert _socks(gone.left_out([a, b])) == [2]
-    assert gone.ended == {"cgroup_id": {100: {"closed": 1, "bytes_sent": 50, "bytes_received": 9}},
-                          "netns": {7: {"closed": 1, "bytes_sent": 50, "bytes_received": 9}}}
-    # Its namespace walked no more (torn down with the container): still gone, not counted again
+    assert _socks(gone.left_out([a, b])) == [2] and gone.missed == [a]
+    assert gone.ended("cgroup_id") == {100: {"closed": 1, "bytes_sent": 50, "bytes_received": 9}}
+    assert gone.ended("netns") == {7: {"closed": 1, "bytes_sent": 50, "bytes_received": 9}}
+    # Its namespace walked no more (torn down with the container): still gone, counted once
     gone.walked(30 * S, met={2}, netns_cookies=set())
-    assert _socks(gone.left_out([a, b])) == [2] and gone.ended["cgroup_id"][100]["closed"] == 1
-    assert _socks(gone.left_out([a, b])) == [2]  # between walks: the same judgement
-    # Its entry taken over by a new socket at that address: a new connection, listed
+    assert _socks(gone.left_out([a, b])) == [2] and gone.ended("cgroup_id")[100]["closed"] == 1
+    assert _socks(gone.left_out([a, b])) == [2] and gone.missed == [a]  # between walks: the same
+    # A new socket at its address: the state program ended the entry and counted it closed
     new = _conn(1, 25 * S)
+    assert _socks(gone.left_out([new, b])) == [1, 2] and gone.ended("cgroup_id") == {}
     gone.walked(40 * S, met={1, 2}, netns_cookies={7})
-    assert _socks(gone.left_out([new, b])) == [1, 2] and gone.ended["cgroup_id"][100]["closed"] == 1
+    assert _socks(gone.left_out([new, b])) == [1, 2] and gone.missed == []
 
 
 def test_what_the_walks_cannot_judge_is_never_gone():
@@ -61,4 +62,4 @@ def test_what_the_walks_cannot_judge_is_never_gone():
     for started in (10 * S, int(10.2 * S), int(10.4 * S)):
         gone.walked(started, met=set(), netns_cookies={7})
         assert _socks(gone.left_out([elsewhere, young])) == [1, 2]
-    assert gone.ended["cgroup_id"] == {}
+    assert gone.missed == []
