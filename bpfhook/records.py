@@ -94,8 +94,8 @@ STAT_CLOSED_KEPT = 4  # ended connections' entries kept in "conns": +1 at a clos
 # reuses one; an entry often closes on one CPU and is reused on another, so the CPUs' values drift
 # apart, but their sum (mod 2**64) is exact
 STAT_CLOSED_UNSEEN = 5  # connections whose close the state program never saw (a run the kernel
-# skipped), counted closed without a duration: by the state program when a new socket takes their
-# entry, by user space when the live walks no longer find them (monitor._Gone)
+# skipped), counted closed without a duration when a new socket takes their entry (user space
+# adds those the live walks find gone first: monitor._Gone)
 STAT_TRANSITIONS = 16  # + old * NSTATES + new: count of each TCP state transition
 NSTATS = STAT_TRANSITIONS + 16 * 16
 RECENT_SLOTS = 16  # RECENT: the last closes / UDP flows of a CPU, a ring
