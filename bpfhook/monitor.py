@@ -621,11 +621,12 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                 live = monitor.connections()
                 if not stream:
                     return summary_snapshot(live, monitor.recent(), monitor.stats(), monitor.cgroup_metrics(live),
-                                            resolve, monitor.lost()["events"])
+                                            resolve, monitor.lost())
                 aggregator.set_live(live)
                 if keep.passes_everything:  # the maps count everything; filtered views come from events
                     aggregator.set_cgroup_metrics(monitor.cgroup_metrics(live))
-                aggregator.set_lost(monitor.lost()["events"])
+                lost = monitor.lost()
+                aggregator.set_lost(lost["events"], lost["missed"])
                 return aggregator.snapshot()
 
             shown = {}  # what the counters showed: they never go back
@@ -721,5 +722,5 @@ def _summary_json(snapshot, lost):
     import json
 
     return json.dumps({"ts": snapshot.time, "event": "summary", "events": snapshot.events,
-                       "lost": lost["events"], "lost_conns": lost["conns"], "closed": snapshot.closed,
-                       "active": len(snapshot.active)}, separators=(",", ":"))
+                       "lost": lost["events"], "lost_missed": lost["missed"], "lost_conns": lost["conns"],
+                       "closed": snapshot.closed, "active": len(snapshot.active)}, separators=(",", ":"))

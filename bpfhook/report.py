@@ -59,6 +59,7 @@ class Snapshot:
     duration_total_ns: int
     duration_max_ns: int
     closed_unseen: int = 0  # of `closed`: closes the programs missed, found by the walks (no duration)
+    lost_missed: int = 0  # of `lost`: runs the kernel skipped (the program already running on that CPU)
 
     @property
     def container_active(self):
@@ -86,7 +87,7 @@ class Aggregator:
         self.map_totals = {}  # cgroup id -> metrics dict from the BPF map (wins over events)
         self._closed = collections.OrderedDict()  # socks closed lately: a close seen twice counts once
         self.events = 0
-        self.lost = 0
+        self.lost = self.lost_missed = 0
         self.closed = 0
         self.duration_total_ns = 0
         self.duration_max_ns = 0
@@ -199,9 +200,10 @@ class Aggregator:
             else:
                 conn.update(bytes_sent=now["bytes_sent"], bytes_received=now["bytes_received"])
 
-    def set_lost(self, lost):
-        """Total events lost so far (ring buffer drops plus reader-side losses)."""
-        self.lost = lost
+    def set_lost(self, lost, missed=0):
+        """Total events lost so far (Monitor.lost()'s "events"), and of them the runs the kernel
+        skipped ("missed")."""
+        self.lost, self.lost_missed = lost, missed
 
     def snapshot(self):
         rows = {cgid: dataclasses.replace(t) for cgid, t in self.totals.items()}
@@ -225,6 +227,7 @@ class Aggregator:
             transitions=dict(self.transitions),
             events=self.events,
             lost=self.lost,
+            lost_missed=self.lost_missed,
             closed=self.closed,
             duration_total_ns=self.duration_total_ns,
             duration_max_ns=self.duration_max_ns,
@@ -235,7 +238,8 @@ def summary_snapshot(connections, recent, stats, cgroup_metrics, resolve, lost, 
     """A Snapshot straight from the kernel's maps, for a monitor that streams no events.
 
     connections: Monitor.connections(); recent: Monitor.recent(); stats: Monitor.stats();
-    cgroup_metrics: {cgroup id: records.decode_metrics dict}; resolve: cgroup id -> Container."""
+    cgroup_metrics: {cgroup id: records.decode_metrics dict}; resolve: cgroup id -> Container;
+    lost: Monitor.lost()."""
     active = sorted((dict(c, container=resolve(c["cgroup_id"])) for c in connections), key=lambda c: c["start_ns"])
     finished = [dict(e, container=resolve(e["cgroup_id"]), state="UDP" if e["event"] == "udp" else "CLOSE")
                 for e in recent]
@@ -252,7 +256,8 @@ def summary_snapshot(connections, recent, stats, cgroup_metrics, resolve, lost, 
         cgroups=sorted(cgroups, key=lambda t: (-t.opened, -t.bytes_sent, t.cgroup_id)),
         transitions=stats["transitions"],
         events=stats["events"],
-        lost=lost,
+        lost=lost["events"],
+        lost_missed=lost["missed"],
         closed=sum(m["closed"] for m in cgroup_metrics.values()),
         duration_total_ns=stats["duration_total_ns"],
         duration_max_ns=stats["duration_max_ns"],
@@ -317,9 +322,15 @@ def _body(s, show_containers, recent):
     else:
         out.append("  (none)")
     out.append("")
-    lost = f"Lost events: {s.lost}" + ("  (ring buffer overflowed: numbers above are incomplete)" if s.lost else "")
-    out.append(lost)
+    out.append(_lost_line(s))
     return out
+
+
+def _lost_line(s):
+    why = [f"{n} {what}" for n, what in ((s.lost_missed, "skipped by the kernel: the program was already running "
+                                                         "on that CPU"),
+                                        (s.lost - s.lost_missed, "dropped: the ring buffer was full")) if n]
+    return f"Lost events: {s.lost}" + (f"  ({'; '.join(why)}): the figures above may be incomplete" if why else "")
 
 
 def render(snapshot, show_containers=False, recent=10):

@@ -1167,7 +1167,7 @@ def test_json_lines_with_port_filter_and_duration(lab):
     assert p.returncode == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     summary = lines.pop()
-    assert summary["event"] == "summary" and summary["lost"] == 0
+    assert summary["event"] == "summary" and summary["lost"] == summary["lost_missed"] == summary["lost_conns"] == 0
     assert lines and all(port in (o["sport"], o["dport"]) for o in lines)
     for field in ("ts", "event", "pid", "tid", "comm", "cgroup_id", "cgroup", "container", "netns", "family",
                   "saddr", "sport", "daddr", "dport", "oldstate", "newstate", "bytes_sent", "bytes_received"):

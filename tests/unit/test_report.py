@@ -168,9 +168,13 @@ def test_render_without_containers_and_with_losses():
     text = render(s)
     assert "CONTAINER" not in text and "/bpfhook.lab/db (id 300)" in text
     agg = Aggregator()
-    agg.set_lost(5)
+    agg.set_lost(5, missed=2)
     text = render(agg.snapshot())
-    assert "Lost events: 5  (ring buffer overflowed" in text
+    assert ("Lost events: 5  (2 skipped by the kernel: the program was already running on that CPU; 3 dropped: "
+            "the ring buffer was full): the figures above may be incomplete") in text
+    agg.set_lost(1, missed=1)
+    assert "Lost events: 1  (1 skipped by the kernel: the program was already running on that CPU): " in render(
+        agg.snapshot())
     assert "Active connections: 0 (host: 0, container: 0)" in text and text.count("(none)") == 3
 
 
