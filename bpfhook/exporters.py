@@ -42,6 +42,9 @@ def event_object(event, container, cgroup_path=None):
         "owner_from": ("accept" if event["owner_from_accept"] else "close" if event["owner_from_close"]
                        else "proc" if event["owner_from_proc"] else None),
         "direction": records.direction(event),  # "in", "out", or null: not known
+        # a close the kernel skipped the program for, sent when a new socket took the connection's
+        # address: bytes as of the last walk, no duration
+        "close_unseen": event["close_unseen"],
     }
 
 

@@ -73,6 +73,9 @@ F_ACCEPTED_BEFORE = 1 << 5  # with F_OLDER | F_PASSIVE: accept()ed before the mo
 F_FOUND_LATE = 1 << 6  # followed from a later transition, its opening unseen (a run the kernel skipped, an
 # LRU eviction: programs/conn_state._found_late): start_ns is when it was found, the owner is its closer or
 # unknown, and the direction unknown
+F_CLOSE_UNSEEN = 1 << 7  # a close event the state program sent for a connection whose close run the kernel
+# skipped, when a new socket took its entry (programs/conn_state._count_unseen_close): its bytes as of the
+# last walk, no duration
 
 AF_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
@@ -323,6 +326,7 @@ def decode_event(record):
         "older": bool(e.flags & F_OLDER),
         "accepted_before": bool(e.flags & F_ACCEPTED_BEFORE),
         "found_late": bool(e.flags & F_FOUND_LATE),
+        "close_unseen": bool(e.flags & F_CLOSE_UNSEEN),
         "owner_from_proc": False,  # set by Monitor: pid/comm from /proc (an older connection's)
         "family": AF_NAMES.get(family, str(family)),
         "protocol": PROTOCOLS.get(e.protocol, str(e.protocol)),

@@ -88,7 +88,7 @@ class Aggregator:
         self._closed = collections.OrderedDict()  # socks closed lately: a close seen twice counts once
         self.events = 0
         self.lost = self.lost_missed = 0
-        self.closed = 0
+        self.closed = self.closed_unseen = 0
         self.duration_total_ns = 0
         self.duration_max_ns = 0
 
@@ -155,6 +155,7 @@ class Aggregator:
             conn = dict(event, container=container, start_ns=None)
         totals.closed += 1
         self.closed += 1
+        self.closed_unseen += event["close_unseen"]
         conn.update(state="CLOSE", bytes_sent=0, bytes_received=0, duration_ns=0)
         self._account(conn, totals, event)
         self._closed[sock] = (conn, totals)
@@ -175,6 +176,8 @@ class Aggregator:
                 setattr(totals, field, getattr(totals, field) + new)
                 conn[field] = event[field]
         start = conn["start_ns"]
+        if event["close_unseen"]:  # found after the close, whose time is unknown
+            return
         duration = event["duration_ns"] or (event["ts_ns"] - start if start is not None else 0)
         if duration and not conn["duration_ns"]:
             conn["duration_ns"] = duration
@@ -229,6 +232,7 @@ class Aggregator:
             lost=self.lost,
             lost_missed=self.lost_missed,
             closed=self.closed,
+            closed_unseen=self.closed_unseen,
             duration_total_ns=self.duration_total_ns,
             duration_max_ns=self.duration_max_ns,
         )

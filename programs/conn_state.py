@@ -107,7 +107,7 @@ def build(maps, kernel, typed=False):
     dest.u64[0] = 0
     find_conn(p, maps, p.r6, key, scratch, "pointer" if typed else "scalar", slot, then_conns=False)
     if maps.slots:
-        _claim_at_opening(p, maps, kernel, scratch, slot, dest, typed)
+        _claim_at_opening(p, maps, kernel, ev, scratch, slot, dest, typed)
         p.r1 = dest.u64[0]
         with p.If(p.r1 == 0):
             lookup_conns(p, maps, key)
@@ -119,7 +119,7 @@ def build(maps, kernel, typed=False):
             reuse.u64[0] = p.r7
             p.r7 = 0
         with p.Else():
-            _end_if_stale(p, maps, slot, reuse, scratch)
+            _end_if_stale(p, maps, ev, slot, reuse, scratch)
     with p.If(p.r7 == 0):  # a socket we do not follow (yet)
         p.r1 = dest.u64[0]
         with p.If(p.r1 == 0):  # (a claimed slot's socket is a TCP one)
@@ -177,7 +177,7 @@ def build(maps, kernel, typed=False):
     return p
 
 
-def _claim_at_opening(p, maps, kernel, scratch, slot, dest, typed):
+def _claim_at_opening(p, maps, kernel, ev, scratch, slot, dest, typed):
     """A socket that opens (connect() from CLOSE, a listener's child from LISTEN) claims its
     slot at once: dest = its CONN there, or 0 (another live connection holds the slot).
     Claimed, it needs no look in conns (one fewer hash lookup per opening). Its slot holding
@@ -188,7 +188,7 @@ def _claim_at_opening(p, maps, kernel, scratch, slot, dest, typed):
         with p.If(_in_handshake(p, p.r8)):
             with p.If(p.r7 != 0):
                 dest.u64[0] = p.r7
-                _count_unseen_close(p, maps, scratch)
+                _count_unseen_close(p, maps, ev, scratch)
                 p.r7 = 0
             with p.Else():
                 exit_unless_tcp(p, kernel, scratch, p.r6, typed)  # before it takes a slot
@@ -196,7 +196,7 @@ def _claim_at_opening(p, maps, kernel, scratch, slot, dest, typed):
                 dest.u64[0] = p.r4
 
 
-def _end_if_stale(p, maps, slot, reuse, scratch):
+def _end_if_stale(p, maps, ev, slot, reuse, scratch):
     """The live entry at r7 met by a socket coming from CLOSE or LISTEN (connect(), listen(), a
     listener's child, a listener closing) is stale: a new socket lives at that address, and the
     entry's connection ended in a run the kernel skipped. Ended here, as if that run had not
@@ -204,7 +204,7 @@ def _end_if_stale(p, maps, slot, reuse, scratch):
     CLOSE, kept for reuse), and r7 = 0. (A claimed slot's stale entry is written over by
     _claim_at_opening before this.)"""
     with p.If(_state_in(p, OPENED_FROM_MASK, p.r9.u64[ARG_OLDSTATE])):
-        _count_unseen_close(p, maps, scratch)  # first: once the slot is marked, another socket may take it
+        _count_unseen_close(p, maps, ev, scratch)  # first: once the slot is marked, another socket may take it
         end_slot(p, slot, p.r6)
         with p.If(p.r0 == 0):
             p.r1 = CLOSE
@@ -214,16 +214,30 @@ def _end_if_stale(p, maps, slot, reuse, scratch):
         p.r7 = 0
 
 
-def _count_unseen_close(p, maps, scratch):
+def _count_unseen_close(p, maps, ev, scratch):
     """The stale entry at r7, a connection whose close run the kernel skipped, counts as closed
     in its cgroup's and namespace's metrics, with the bytes it had at the last walk that met
     it (live_conns), so that opened = closed + active still holds; and in
-    stats[STAT_CLOSED_UNSEEN], since it has no duration."""
+    stats[STAT_CLOSED_UNSEEN], since it has no duration. Streaming, its close is sent now
+    (F_CLOSE_UNSEEN: those bytes, duration 0), so that a reader sees every connection end."""
     account(p, (p.r7.u64[C["cgroup_id"]], p.r7.u64[C["netns"]]),
             [("closed", 1), ("bytes_sent", p.r7.u64[C["bytes_sent"]]),
              ("bytes_received", p.r7.u64[C["bytes_received"]])], atomic=False,
             caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
     stat_add(p, maps, scratch, records.STAT_CLOSED_UNSEEN, 1, atomic=False)
+    if maps.stream:
+        _event_from_conn(p, ev)
+        p.r1 = p.r7.u8[C["state"]]
+        ev.u8[E["oldstate"]] = p.r1
+        ev.u8[E["newstate"]] = CLOSE
+        ev.u8[E["kind"]] = records.EV_CLOSE
+        for name in ("bytes_sent", "bytes_received"):
+            p.r1 = p.r7.u64[C[name]]
+            ev.u64[E[name]] = p.r1
+        p.r1 = ev.u8[E["flags"]]
+        p.r1 |= records.F_CLOSE_UNSEEN
+        ev.u8[E["flags"]] = p.r1
+    emit(p, maps, ev, p.r9, scratch)  # (counted, as streaming would have sent it)
 
 
 def _found_late(p, maps, kernel, ev, conn, buf, key, reuse, dest, scratch, task, typed):

@@ -823,16 +823,18 @@ def test_a_connection_whose_opening_was_skipped_is_followed_from_its_next_transi
         assert m.lost()["conns"] == 0
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["report", "stream"])
 @pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
 @pytest.mark.parametrize("new_life", ["connect", "listen"])
-def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_life, slots):
+def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_life, slots, stream):
     """A live entry at the address of a socket that starts over from CLOSE (connect(), listen())
     can only be one whose close the kernel skipped: it is ended first, and counted closed in
     its cgroup with the bytes it had (no duration: closed_unseen). Planted without relying on
     the slab: a socket whose connect() was refused (its entry ended, at its own address) is set
     back to live with a stranger's pid, cgroup and bytes; then that same socket connects again
-    (a new connection there, ours) or listens (no connection there)."""
-    with Monitor(CGROUP_ROOT, stream=False, slots=slots) as m, socket.socket() as s, socket.socket() as listener:
+    (a new connection there, ours) or listens (no connection there). Streaming, the stale
+    entry's close is sent then, marked close_unseen, before the new socket's first event."""
+    with Monitor(CGROUP_ROOT, stream=stream, slots=slots) as m, socket.socket() as s, socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         with socket.socket() as gone:
@@ -865,6 +867,15 @@ def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_lif
                                                                 "bytes_received")}
         assert ended == {"opened": 1, "closed": 1, "active": 0, "bytes_sent": 1234, "bytes_received": 56}
         assert m.stats()["closed_unseen"] == 1
+        if stream:
+            events = [e for e in collect(m, lambda ev: any(e["close_unseen"] for e in ev)) if e["sock"] == sock]
+            unseen = [i for i, e in enumerate(events) if e["close_unseen"]]
+            assert len(unseen) == 1 and unseen[0] < len(events) - 1  # before the new socket's first event
+            e = events[unseen[0]]
+            assert (e["event"], e["oldstate"], e["newstate"], e["pid"], e["cgroup_id"]) == (
+                "close", "ESTABLISHED", "CLOSE", 999999, stranger)
+            assert (e["bytes_sent"], e["bytes_received"], e["duration_ns"]) == (1234, 56, 0)
+            assert events[unseen[0] + 1]["newstate"] == {"connect": "SYN_SENT", "listen": "LISTEN"}[new_life]
 
 
 @pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])

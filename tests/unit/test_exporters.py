@@ -21,7 +21,7 @@ def ev(**over):
          "netns": 4026531840, "netns_is_inode": False, "owner_from_accept": False, "owner_from_close": False,
          "owner_from_proc": False, "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000, "daddr": "10.77.1.1", "dport": 80,
          "oldstate": "LAST_ACK", "newstate": "CLOSE", "bytes_sent": 10, "bytes_received": 20,
-         "duration_ns": 30, "sock": 1, "cookie": 0}
+         "duration_ns": 30, "sock": 1, "cookie": 0, "close_unseen": False}
     e.update(over)
     return e
 
@@ -41,6 +41,8 @@ def test_json_lines_one_object_per_event():
     assert (first["oldstate"], first["newstate"], first["bytes_sent"]) == ("LAST_ACK", "CLOSE", 10)
     assert (second["container"], second["container_kind"], second["oldstate"]) == (None, "host", None)
     assert out.getvalue().count("\n") == 4
+    assert [o["close_unseen"] for o in (first, second, third, fourth)] == [False] * 4
+    assert json.loads(json.dumps(event_object(ev(close_unseen=True), classify("/"))))["close_unseen"] is True
 
 
 @pytest.mark.parametrize("over, expected", [

@@ -71,7 +71,8 @@ def test_decode_event_ipv4():
     assert d == {
         "ts_ns": 10**12, "event": "close", "pid": 1234, "tid": 1235, "comm": "curl", "cgroup_id": 4242,
         "netns": 4026531840, "netns_is_inode": True, "owner_from_accept": False, "owner_from_close": False,
-        "passive": False, "older": False, "accepted_before": False, "found_late": False, "owner_from_proc": False,
+        "passive": False, "older": False, "accepted_before": False, "found_late": False, "close_unseen": False,
+        "owner_from_proc": False,
         "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 43210, "daddr": "10.77.1.1", "dport": 80,
         "oldstate": "ESTABLISHED", "newstate": "CLOSE", "bytes_sent": 1000, "bytes_received": 2000,
         "duration_ns": 5_000_000, "sock": 0xFFFF888012345678, "cookie": 77,

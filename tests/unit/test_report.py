@@ -18,7 +18,7 @@ def ev(event="state", sock=1, ts_ns=0, cgroup_id=100, oldstate="", newstate="", 
          "netns": 4026531840, "netns_is_inode": False, "owner_from_accept": False, "family": "ipv4",
          "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000 + sock, "daddr": "10.77.1.1", "dport": 80,
          "oldstate": oldstate, "newstate": newstate, "bytes_sent": 0, "bytes_received": 0, "duration_ns": 0,
-         "sock": sock, "cookie": 0}
+         "sock": sock, "cookie": 0, "close_unseen": False}
     e.update(over)
     return e
 
@@ -226,6 +226,20 @@ def test_an_active_connection_no_longer_live_is_dropped_and_its_late_close_count
     agg.add(ev("close", 1, 30, 100, "SYN_SENT", "CLOSE", duration_ns=30))
     t = agg.snapshot().cgroups[0]
     assert (t.opened, t.active, t.closed) == (2, 1, 1) and agg.closed == 1
+
+
+def test_a_close_the_kernel_skipped_counts_with_its_bytes_and_no_duration():
+    """close_unseen: sent when a new socket took the entry of a connection whose close run was
+    skipped; its ts is when it was found, not when it closed."""
+    agg = Aggregator(resolve=resolve)
+    lifecycle(agg, 1, 100, 0, 12_300_000, 1500, 70_000)
+    agg.add(ev("state", 2, 0, 100, "CLOSE", "SYN_SENT"))
+    agg.add(ev("close", 2, 10**12, 100, "ESTABLISHED", "CLOSE", bytes_sent=7, bytes_received=8, close_unseen=True))
+    s = agg.snapshot()
+    t = s.cgroups[0]
+    assert (t.opened, t.active, t.closed, t.bytes_sent, t.bytes_received) == (2, 0, 2, 1507, 70_008)
+    assert (s.closed, s.closed_unseen, s.duration_total_ns, s.duration_max_ns) == (2, 1, 12_300_010, 12_300_010)
+    assert "closed connections: 2 (1 whose close was missed)  duration mean 12.3ms" in render_final(s)
 
 
 def test_live_bytes_show_on_active_connections_and_the_close_counts_them_once():
