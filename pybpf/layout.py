@@ -219,10 +219,10 @@ class StructCodec(Codec):
         self._bytes_fields = [(i, int(code[:-1])) for i, code in enumerate(valued) if code.endswith("s")]
         self._single = self.segments[0][0] if len(self.segments) == 1 else None
         self._counts = [len(s.unpack(bytes(s.size))) for s, _ in self.segments]
-        # The common case, a struct of scalar fields, decodes with one zip.
+        # The common case, a struct of scalar fields (and unnamed padding), decodes with one zip.
         flat = isinstance(self.tree, tuple) and self.tree[0] == "struct" and all(
-            node is _LEAF for _, node in self.tree[1])
-        self._names = [name for name, _ in self.tree[1]] if flat else None
+            node is _LEAF or (node is _NONE and name is None) for name, node in self.tree[1])
+        self._names = [name for name, node in self.tree[1] if node is _LEAF] if flat else None
 
     def _unpack(self, buf):
         if self._single is not None:
