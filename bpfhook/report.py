@@ -58,7 +58,7 @@ class Snapshot:
     closed: int
     duration_total_ns: int
     duration_max_ns: int
-    closed_unseen: int = 0  # of `closed`: closes the programs missed, found by the walks (no duration)
+    closed_unseen: int = 0  # of `closed`: closes the kernel skipped, counted when found (no duration)
     lost_missed: int = 0  # of `lost`: runs the kernel skipped (the program already running on that CPU)
 
     @property
@@ -331,10 +331,10 @@ def _body(s, show_containers, recent):
 
 
 def _lost_line(s):
-    why = [f"{n} {what}" for n, what in ((s.lost_missed, "skipped by the kernel: the program was already running "
-                                                         "on that CPU"),
-                                        (s.lost - s.lost_missed, "dropped: the ring buffer was full")) if n]
-    return f"Lost events: {s.lost}" + (f"  ({'; '.join(why)}): the figures above may be incomplete" if why else "")
+    causes = ((s.lost_missed, "skipped by the kernel: the program was already running on that CPU"),
+              (s.lost - s.lost_missed, "dropped: the ring buffer was full"))
+    why = "; ".join(f"{n} {cause}" for n, cause in causes if n)
+    return f"Lost events: {s.lost}" + (f"  ({why}): the figures above may be incomplete" if why else "")
 
 
 def render(snapshot, show_containers=False, recent=10):
