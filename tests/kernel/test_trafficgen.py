@@ -50,7 +50,10 @@ class _RawHttp:
             with conn:
                 request = b""
                 while not request.endswith(b"\r\n\r\n"):
-                    request += conn.recv(1)
+                    byte = conn.recv(1)
+                    if not byte:  # (the client gave up: no endless loop on its closed socket)
+                        break
+                    request += byte
                 self.requests.append(request)
                 conn.sendall(response)
 

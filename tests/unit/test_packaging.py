@@ -135,7 +135,8 @@ def test_programs_import_from_a_checkout(source_copy):
 
 def _imported_modules(path):
     """Every module name an import statement in `path` names, at any depth (function-local too)."""
-    tree = ast.parse(open(path).read(), path)
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
