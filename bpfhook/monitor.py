@@ -488,10 +488,7 @@ class _Gone:
 
     def ended(self, field):
         """{key of `field`: Counter of METRICS fields}: the missed connections as closes."""
-        out = collections.defaultdict(collections.Counter)
-        for c in self.missed:
-            out[c[field]].update(closed=1, bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
-        return out
+        return _tally(self.missed, field, "closed")
 
 
 def _records(codec, output):
@@ -508,14 +505,20 @@ def _owners_in_proc(inodes):
     return {sock: (holders[inode], comms[holders[inode]]) for sock, inode in inodes.items() if inode in holders}
 
 
+def _tally(connections, field, count):
+    """{key of `field`: Counter of `count` (connections) and their bytes}."""
+    out = collections.defaultdict(collections.Counter)
+    for c in connections:
+        out[c[field]].update({count: 1, "bytes_sent": c["bytes_sent"], "bytes_received": c["bytes_received"]})
+    return out
+
+
 def with_live(totals, connections, field):
     """Metrics dicts {key: records.decode_metrics dict} completed from the live connections:
     active = connections whose `field` is the key, opened = closed + active, and their bytes so
     far (as of Monitor.refresh_live) added to the ended ones'. The kernel keeps only what
     ended: one map update per close rather than one per open and per close."""
-    live = collections.defaultdict(collections.Counter)
-    for c in connections:
-        live[c[field]].update(active=1, bytes_sent=c["bytes_sent"], bytes_received=c["bytes_received"])
+    live = _tally(connections, field, "active")
     out = {}
     for key in totals.keys() | live.keys():
         m = dict(totals.get(key) or dict.fromkeys(records.METRICS_FIELDS, 0))
