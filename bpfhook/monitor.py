@@ -3,7 +3,7 @@
     Monitor(cgroup_dir)   probe features, create maps, build + load + attach every program
       .read(timeout)      decoded events (records.decode_event dicts) that arrived
       .cgroup_metrics()   {cgroup id: metrics dict} from the metrics_cgroup map and its cache
-      .lost()             {"events": n, "missed": n, "conns": n}: kernel-side drops, never hidden
+      .lost()             {"events", "missed", "made_good", "conns"}: kernel-side drops, never hidden
       .close()            detach everything (links: even SIGKILL leaves nothing attached)
 
     run(options)          the command: event loop, periodic report, JSON lines,
@@ -11,7 +11,9 @@
 
 Feature choices are probed, never read off the kernel version: the ring
 buffer where the kernel has one, else a perf event array; the state program
-as tp_btf, else as a raw tracepoint (programs/conn_state.py); accept
+as tp_btf, else as a raw tracepoint (programs/conn_state.py), and beside it,
+the same way, the program that makes good the closes the kernel skipped
+(programs/conn_destroy.py); accept
 attribution through fexit on inet_csk_accept, else a kretprobe there, else
 the cgroup getpeername hooks, else the syscall exit tracepoints
 (programs/accept.py). Loading the fexit program is its own probe (the tp_btf
@@ -71,7 +73,9 @@ class Monitor:
         self._live_walk, self._live_walk_failed = None, False  # refresh_live's iterator link
         self._task_walk, self._task_walk_failed = None, False  # _namespaces's iterator link
         self._gone = _Gone()
-        self.programs = []  # loaded and attached
+        self._missed = 0  # lost()'s "missed" last time
+        self.programs = []  # loaded and attached, whose skipped runs lose events (lost())
+        self.menders = []  # ... and programs/conn_destroy.py's, whose skipped runs lose nothing
         self._stack = contextlib.ExitStack()
         try:
             kernel = conn_common.KernelOffsets.load()
@@ -83,7 +87,8 @@ class Monitor:
             # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
             self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
             self.state_hook, self.state_note = self._attach_first(
-                self._state_attempts(kernel), conn_state.HOOKS if state == "auto" else (state,))
+                self._state_attempts(kernel, conn_state), conn_state.HOOKS if state == "auto" else (state,))
+            self._attach_destroy(kernel)
             self.accept_hook, self.accept_note = self._attach_first(
                 self._accept_attempts(kernel), accept_hooks.HOOKS if accept == "auto" else (accept,))
             for version, hook in connect.HOOKS.items():
@@ -236,28 +241,46 @@ class Monitor:
                     d["owner_from_proc"] = True
         return decoded
 
-    def _state_attempts(self, kernel):
-        """{hook: attach(stack, held) -> how} for the state program (conn_state.HOOKS)."""
+    def _state_attempts(self, kernel, program):
+        """{hook: attach(stack, held) -> how} for a program on a raw tracepoint: `program` is
+        conn_state or conn_destroy (a module with build, HOOKS, RAW_TRACEPOINT, TP_BTF)."""
         from pybpf import attach
         from pybpf.prog import load
 
-        from bpfhook.programs import conn_state
+        name = f"bh_{program.__name__.rsplit('.', 1)[-1]}"
 
         def tp_btf(stack, held):
-            btf_id, _nargs = kernel.func(conn_state.TP_BTF)
-            prog = load(conn_state.build(self.maps, kernel, typed=True), "tracing", name="bh_conn_state",
+            btf_id, _nargs = kernel.func(program.TP_BTF)
+            prog = load(program.build(self.maps, kernel, typed=True), "tracing", name=name,
                         expected_attach_type="trace_raw_tp", attach_btf_id=btf_id)
             self._hold(prog, stack, held)
             stack.enter_context(attach.tracing(prog))
-            return f"tp_btf {conn_state.RAW_TRACEPOINT}"
+            return f"tp_btf {program.RAW_TRACEPOINT}"
 
         def raw_tracepoint(stack, held):
-            prog = load(conn_state.build(self.maps, kernel), "raw_tracepoint", name="bh_conn_state")
+            prog = load(program.build(self.maps, kernel), "raw_tracepoint", name=name)
             self._hold(prog, stack, held)
-            stack.enter_context(attach.raw_tracepoint(prog, conn_state.RAW_TRACEPOINT))
-            return f"raw tracepoint {conn_state.RAW_TRACEPOINT}"
+            stack.enter_context(attach.raw_tracepoint(prog, program.RAW_TRACEPOINT))
+            return f"raw tracepoint {program.RAW_TRACEPOINT}"
 
         return {"tp_btf": tp_btf, "raw_tracepoint": raw_tracepoint}
+
+    def _attach_destroy(self, kernel):
+        """programs/conn_destroy.py, through the state program's kind of hook (typed or not, as
+        its build takes), into .menders; where the kernel refuses it, a note: the state
+        program's skipped closes are then made good later and less well (_Gone)."""
+        from pybpf.errors import BpfError
+
+        from bpfhook.programs import conn_destroy
+
+        try:
+            _hook, how = self._attach_first(self._state_attempts(kernel, conn_destroy), (self.state_hook,),
+                                            self.menders)
+        except BpfError as e:
+            self.notes.append("a close the kernel skips keeps the bytes of the last report and no duration: "
+                              f"{str(e).splitlines()[0]}")
+            return
+        self.state_note += f"; skipped closes made good at {how}"
 
     def _accept_attempts(self, kernel):
         """{hook: attach(stack, held) -> how} for accept attribution (accept.HOOKS)."""
@@ -304,9 +327,10 @@ class Monitor:
 
         return {"fexit": fexit, "kretprobe": kretprobe, "getpeername": getpeername, "tracepoint": tracepoints}
 
-    def _attach_first(self, attempts, hooks):
+    def _attach_first(self, attempts, hooks, programs=None):
         """Attach through the first of `hooks` (names in `attempts`) the kernel takes:
-        (hook, how it is attached, with why the better ones were passed over)."""
+        (hook, how it is attached, with why the better ones were passed over). The programs
+        go to `programs` (.programs by default)."""
         from pybpf.errors import BpfError
 
         passed_over = []
@@ -321,7 +345,7 @@ class Monitor:
                     passed_over.append(f"{hook}: {str(e).splitlines()[0]}")
                     continue
                 self._stack.enter_context(stack.pop_all())  # attached: owned with the rest
-                self.programs += held
+                (self.programs if programs is None else programs).extend(held)
                 return hook, how + (f" ({'; '.join(passed_over)})" if passed_over else "")
 
     def _hold(self, prog, stack=None, held=None):
@@ -359,10 +383,11 @@ class Monitor:
 
     def stats(self):
         """The kernel's summaries: {"events", "duration_total_ns", "duration_max_ns",
-        "transitions": {(oldstate, newstate): count}}, and "closed_unseen": connections
+        "transitions": {(oldstate, newstate): count}}, "closed_unseen": connections
         counted closed without their close (a run the kernel skipped; no duration): by the
         state program when a new socket took their entry, or found gone by the walks (_Gone,
-        as of the last connections())."""
+        as of the last connections()); and "closed_at_destroy": closes the state program
+        skipped, made good whole at the socket's destroy (programs/conn_destroy.py)."""
         per_cpu = self._stats_by_slot()
         transitions = {}
         for old in range(records.NSTATES):
@@ -374,7 +399,8 @@ class Monitor:
                 "duration_total_ns": sum(per_cpu[records.STAT_DURATION_TOTAL]),
                 "duration_max_ns": max(per_cpu[records.STAT_DURATION_MAX]),
                 "transitions": transitions,
-                "closed_unseen": sum(per_cpu[records.STAT_CLOSED_UNSEEN]) + len(self._gone.missed)}
+                "closed_unseen": sum(per_cpu[records.STAT_CLOSED_UNSEEN]) + len(self._gone.missed),
+                "closed_at_destroy": sum(per_cpu[records.STAT_CLOSED_AT_DESTROY])}
 
     def recent(self):
         """The latest closes and UDP flows the programs remembered (decode_event dicts), oldest first."""
@@ -429,9 +455,18 @@ class Monitor:
         they left in the connection table is mended at the socket's next transition (an opening
         skipped: found late; a close skipped: ended when a new socket starts at its address),
         and a skipped close's entry is listed no more once refresh_live's walks tell (_Gone).
-        Either way the connection counts as closed, with the bytes it had at the last walk."""
+        Either way the connection counts as closed, with the bytes it had at the last walk.
+
+        But a skipped close is nearly always made good whole at its socket's destroy
+        (programs/conn_destroy.py, stats()["closed_at_destroy"]): its event was not lost, and
+        it is counted in "made_good", not in "missed". (Each of those is a skipped run: only a
+        skipped close leaves an entry live at the destroy.)"""
         counts = self.maps.lost_counts()
-        counts["missed"] = sum(prog.info(contents=False).recursion_misses for prog in self.programs)
+        skipped = sum(prog.info(contents=False).recursion_misses for prog in self.programs)
+        counts["made_good"] = sum(self._stats_by_slot()[records.STAT_CLOSED_AT_DESTROY])
+        # Never less than before (a total): a close skipped a moment ago, not yet made good,
+        # stays counted
+        self._missed = counts["missed"] = max(self._missed, skipped - counts["made_good"])
         counts["events"] += self.reader.lost + counts["missed"]
         return counts
 
@@ -630,7 +665,7 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
                 if keep.passes_everything:  # the maps count everything; filtered views come from events
                     aggregator.set_cgroup_metrics(monitor.cgroup_metrics(live))
                 lost = monitor.lost()
-                aggregator.set_lost(lost["events"], lost["missed"])
+                aggregator.set_lost(lost["events"], lost["missed"], lost["made_good"])
                 return aggregator.snapshot()
 
             shown = {}  # what the counters showed: they never go back
@@ -727,4 +762,5 @@ def _summary_json(snapshot, lost):
 
     return json.dumps({"ts": snapshot.time, "event": "summary", "events": snapshot.events,
                        "lost": lost["events"], "lost_missed": lost["missed"], "lost_conns": lost["conns"],
+                       "lost_made_good": lost["made_good"],
                        "closed": snapshot.closed, "active": len(snapshot.active)}, separators=(",", ":"))

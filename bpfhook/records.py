@@ -99,6 +99,8 @@ STAT_CLOSED_KEPT = 4  # ended connections' entries kept in "conns": +1 at a clos
 STAT_CLOSED_UNSEEN = 5  # connections whose close the state program never saw (a run the kernel
 # skipped), counted closed without a duration when a new socket takes their entry (user space
 # adds those the live walks find gone first: monitor._Gone)
+STAT_CLOSED_AT_DESTROY = 6  # closes the state program's skipped runs missed, ended with their exact
+# bytes and duration when the socket was destroyed (programs/conn_destroy.py)
 STAT_TRANSITIONS = 16  # + old * NSTATES + new: count of each TCP state transition
 NSTATS = STAT_TRANSITIONS + 16 * 16
 RECENT_SLOTS = 16  # RECENT: the last closes / UDP flows of a CPU, a ring

@@ -60,6 +60,7 @@ class Snapshot:
     duration_max_ns: int
     closed_unseen: int = 0  # of `closed`: closes the kernel skipped, counted when found (no duration)
     lost_missed: int = 0  # of `lost`: runs the kernel skipped (the program already running on that CPU)
+    lost_made_good: int = 0  # not in `lost`: skipped runs that were closes, made good at the socket's destroy
 
     @property
     def container_active(self):
@@ -87,7 +88,7 @@ class Aggregator:
         self.map_totals = {}  # cgroup id -> metrics dict from the BPF map (wins over events)
         self._closed = collections.OrderedDict()  # socks closed lately: a close seen twice counts once
         self.events = 0
-        self.lost = self.lost_missed = 0
+        self.lost = self.lost_missed = self.lost_made_good = 0
         self.closed = self.closed_unseen = 0
         self.duration_total_ns = 0
         self.duration_max_ns = 0
@@ -203,10 +204,10 @@ class Aggregator:
             else:
                 conn.update(bytes_sent=now["bytes_sent"], bytes_received=now["bytes_received"])
 
-    def set_lost(self, lost, missed=0):
-        """Total events lost so far (Monitor.lost()'s "events"), and of them the runs the kernel
-        skipped ("missed")."""
-        self.lost, self.lost_missed = lost, missed
+    def set_lost(self, lost, missed=0, made_good=0):
+        """Total events lost so far (Monitor.lost()'s "events"), of them the runs the kernel
+        skipped ("missed"), and the skipped closes made good, not lost ("made_good")."""
+        self.lost, self.lost_missed, self.lost_made_good = lost, missed, made_good
 
     def snapshot(self):
         rows = {cgid: dataclasses.replace(t) for cgid, t in self.totals.items()}
@@ -231,6 +232,7 @@ class Aggregator:
             events=self.events,
             lost=self.lost,
             lost_missed=self.lost_missed,
+            lost_made_good=self.lost_made_good,
             closed=self.closed,
             closed_unseen=self.closed_unseen,
             duration_total_ns=self.duration_total_ns,
@@ -262,6 +264,7 @@ def summary_snapshot(connections, recent, stats, cgroup_metrics, resolve, lost, 
         events=stats["events"],
         lost=lost["events"],
         lost_missed=lost["missed"],
+        lost_made_good=lost["made_good"],
         closed=sum(m["closed"] for m in cgroup_metrics.values()),
         duration_total_ns=stats["duration_total_ns"],
         duration_max_ns=stats["duration_max_ns"],
@@ -334,7 +337,9 @@ def _lost_line(s):
     causes = ((s.lost_missed, "skipped by the kernel: the program was already running on that CPU"),
               (s.lost - s.lost_missed, "dropped: the ring buffer was full"))
     why = "; ".join(f"{n} {cause}" for n, cause in causes if n)
-    return f"Lost events: {s.lost}" + (f"  ({why}): the figures above may be incomplete" if why else "")
+    made_good = f"  (closes the kernel skipped, made good at the socket's destroy: {s.lost_made_good})" \
+        if s.lost_made_good else ""
+    return f"Lost events: {s.lost}" + (f"  ({why}): the figures above may be incomplete" if why else "") + made_good
 
 
 def render(snapshot, show_containers=False, recent=10):

@@ -124,7 +124,8 @@ if os.uname().machine in _RETURN_REGISTER:
     _KERNEL_FIELDS["regs_rc"] = _RETURN_REGISTER[os.uname().machine]
 # Kernel functions and tracepoints the programs hook by BTF id (fexit, tp_btf); their prototypes
 # vary between kernels
-_KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state", "bpf_iter_tcp", "bpf_iter_task",
+_KERNEL_FUNCS = ("inet_csk_accept", TP_BTF_PREFIX + "inet_sock_set_state", TP_BTF_PREFIX + "tcp_destroy_sock",
+                 "bpf_iter_tcp", "bpf_iter_task",
                  "bpf_get_current_task_btf")  # (the helper's function: in BTF where the helper is)
 
 # Parsing vmlinux BTF costs most of the monitor's start-up time and memory, and its answers

@@ -15,7 +15,8 @@ follows each TCP socket by its struct sock address:
     any   -> CLOSE      bytes from tcp_sock, duration (kind close); the entry stays, in
                         state CLOSE
     CLOSE/LISTEN -> any, at a live entry: that entry's close was skipped (a new socket lives
-                        at its address): ended first, counted closed with the bytes it had
+                        at its address) and not made good at its destroy (conn_destroy.py,
+                        nearly always does): ended first, counted closed with the bytes it had
                         (_end_if_stale, _count_unseen_close)
     other, no entry     a connection whose opening was not seen (a skipped run, an eviction):
                         followed from here, found late (_found_late)
@@ -99,6 +100,7 @@ def build(maps, kernel, typed=False):
     buf = p.stack.alloc(32)  # kread_fields' runs of socket fields
 
     p.r9 = p.r1  # ctx: the arguments
+    oldstate = p.r9.u64[ARG_OLDSTATE]
     p.r6 = p.r9.u64[ARG_SK]
     p.r8 = p.r9.u64[ARG_NEWSTATE]
     p.r8 &= 0xFF
@@ -148,33 +150,41 @@ def build(maps, kernel, typed=False):
         p.r7.u8[C["state"]] = p.r8
         _owner_from_closer(p, task)
         with p.If(p.r8 == CLOSE):
-            _event_from_conn(p, ev)
-            ev.u8[E["kind"]] = records.EV_CLOSE
-            p.r1 = ev.u64[E["ts_ns"]]
-            p.r2 = p.r7.u64[C["start_ns"]]
-            p.r1 -= p.r2
-            ev.u64[E["duration_ns"]] = p.r1
-            _tcp_bytes(p, kernel, ev, typed)
-            _drop_fin(p, ev)
-            account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]),
-                    [("closed", 1), ("bytes_sent", ev.u64[E["bytes_sent"]]),
-                     ("bytes_received", ev.u64[E["bytes_received"]])], atomic=False,
-                    caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
-            stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[E["duration_ns"]], atomic=False)
-            stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[E["duration_ns"]])
-            remember(p, maps, ev, scratch)
-            end_slot(p, slot, p.r6)  # last: from here another socket may take the slot
-            with p.If(p.r0 == 0):  # the entry stays in conns, counted for Monitor.trim_closed
-                stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
+            event_from_conn(p, ev, oldstate)
+            end_conn(p, maps, kernel, ev, slot, scratch, typed)
         if maps.stream:
             with p.Else():
-                _event_from_conn(p, ev)
-    _count_transition(p, maps, scratch)
+                event_from_conn(p, ev, oldstate)
+    count_transition(p, maps, scratch, oldstate)
     if maps.stream:
         emit(p, maps, ev, p.r9, scratch, count=False)
     p.exit(0)
     define_metrics(p, maps)
     return p
+
+
+def end_conn(p, maps, kernel, ev, slot, scratch, typed):
+    """The close of the connection whose CONN is at r7 (r6: its struct sock; slot: find_conn's;
+    ev: event_from_conn's header): its EVENT completed (kind close, duration, bytes from the
+    tcp_sock), counted in its cgroup's and namespace's metrics and the duration stats,
+    remembered for the report, and its slot marked ended. The caller sends ev."""
+    ev.u8[E["kind"]] = records.EV_CLOSE
+    p.r1 = ev.u64[E["ts_ns"]]
+    p.r2 = p.r7.u64[C["start_ns"]]
+    p.r1 -= p.r2
+    ev.u64[E["duration_ns"]] = p.r1
+    _tcp_bytes(p, kernel, ev, typed)
+    _drop_fin(p, ev)
+    account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]),
+            [("closed", 1), ("bytes_sent", ev.u64[E["bytes_sent"]]),
+             ("bytes_received", ev.u64[E["bytes_received"]])], atomic=False,
+            caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
+    stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[E["duration_ns"]], atomic=False)
+    stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[E["duration_ns"]])
+    remember(p, maps, ev, scratch)
+    end_slot(p, slot, p.r6)  # last: from here another socket may take the slot
+    with p.If(p.r0 == 0):  # the entry stays in conns, counted for Monitor.trim_closed
+        stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
 
 
 def _claim_at_opening(p, maps, kernel, ev, scratch, slot, dest, typed):
@@ -226,9 +236,7 @@ def _count_unseen_close(p, maps, ev, scratch):
             caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
     stat_add(p, maps, scratch, records.STAT_CLOSED_UNSEEN, 1, atomic=False)
     if maps.stream:
-        _event_from_conn(p, ev)
-        p.r1 = p.r7.u8[C["state"]]
-        ev.u8[E["oldstate"]] = p.r1
+        event_from_conn(p, ev, p.r7.u8[C["state"]])
         ev.u8[E["newstate"]] = CLOSE
         ev.u8[E["kind"]] = records.EV_CLOSE
         for name in ("bytes_sent", "bytes_received"):
@@ -278,13 +286,14 @@ def _in_handshake(p, state):
     return p.r1 <= SYN_RECV - SYN_SENT
 
 
-def _event_header(p, ev):
-    """ev zeroed, then time, socket, states and kind (state) of this transition."""
+def _event_header(p, ev, oldstate):
+    """ev zeroed, then time, socket (r6), states (`oldstate`: memory; the new one: r8) and
+    kind (state) of this transition."""
     ev.zero()
     p.call("ktime_get_ns")
     ev.u64[E["ts_ns"]] = p.r0
     ev.u64[E["sock"]] = p.r6
-    p.r1 = p.r9.u64[ARG_OLDSTATE]
+    p.r1 = oldstate
     ev.u8[E["oldstate"]] = p.r1
     ev.u8[E["newstate"]] = p.r8
     ev.u8[E["kind"]] = records.EV_STATE
@@ -299,7 +308,7 @@ def _event_from_sock(p, kernel, ev, buf, scratch, typed):
     the field's trust annotations, ~1 ms each time it checks that load (this program loaded in
     ~38 ms that way, ~5 ms now: start-up time); through the helper's untrusted copy it does
     not. One helper call per opening."""
-    _event_header(p, ev)
+    _event_header(p, ev, p.r9.u64[ARG_OLDSTATE])
     ev.u8[E["protocol"]] = IPPROTO_TCP
     sock_addresses(p, kernel, ev, buf, p.r6, E, typed)
     if typed:
@@ -326,9 +335,9 @@ def _tcp_bytes(p, kernel, ev, typed):
         ev.u64[E["bytes_received"]] = p.r1
 
 
-def _event_from_conn(p, ev):
-    """The EVENT of a transition of the connection whose CONN is at r7."""
-    _event_header(p, ev)
+def event_from_conn(p, ev, oldstate):
+    """The EVENT of a transition (from `oldstate`, memory) of the connection whose CONN is at r7."""
+    _event_header(p, ev, oldstate)
     copy_shared(p, p.r7, CONN, ev, EVENT)
 
 
@@ -343,9 +352,10 @@ def _owner_from_closer(p, task):
             mark_conn(p, p.r7, records.F_OWNER_FROM_CLOSE)
 
 
-def _count_transition(p, maps, scratch):
-    """stats[STAT_TRANSITIONS + old * 16 + new] += 1."""
-    p.r6 = p.r9.u64[ARG_OLDSTATE]
+def count_transition(p, maps, scratch, oldstate):
+    """stats[STAT_TRANSITIONS + old * 16 + new] += 1: old from `oldstate` (memory), new from r8
+    (r6 clobbered)."""
+    p.r6 = oldstate
     p.r6 &= 15
     p.r6 <<= 4
     p.r1 = p.r8

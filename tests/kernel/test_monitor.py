@@ -14,6 +14,7 @@ import re
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -36,7 +37,7 @@ from tests.conftest import eventually, require, slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CGROUP_ROOT = cgroups.mount()
-MONITOR_PROGRAMS = {"bh_conn_state", "bh_accept", "bh_connect4", "bh_connect6"}
+MONITOR_PROGRAMS = {"bh_conn_state", "bh_conn_destroy", "bh_accept", "bh_connect4", "bh_connect6"}
 # Loaded after the start-up lines, held until the end: the live walk and the task walk
 WALKS = {"bh_live_conns", "bh_task_netns"}
 
@@ -878,6 +879,111 @@ def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_lif
             assert events[unseen[0] + 1]["newstate"] == {"connect": "SYN_SENT", "listen": "LISTEN"}[new_life]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["report", "stream"])
+@pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
+@pytest.mark.parametrize("hook", list(STATE_NEEDS))
+def test_a_close_the_kernel_skipped_is_made_good_at_the_sockets_destroy(hook, slots, stream):
+    """A close run the kernel skipped leaves the entry live; the socket's destroy
+    (programs/conn_destroy.py) ends it as the close would have: counted closed in its cgroup
+    with its exact bytes from the socket and a duration, remembered, streamed, and not a lost
+    event. Planted: a client reset by its server enters CLOSE (seen, ended) but its socket
+    lives until closed; its entry is set back to live in ESTABLISHED, as the skipped run would
+    have left it. The server's end, closed and seen, is not made good twice."""
+    require(STATE_NEEDS[hook])
+    with Monitor(CGROUP_ROOT, stream=stream, state=hook, slots=slots) as m, socket.socket() as listener:
+        how = {"tp_btf": "tp_btf", "raw_tracepoint": "raw tracepoint"}[hook]
+        assert m.state_note == f"{how} inet_sock_set_state; skipped closes made good at {how} tcp_destroy_sock"
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = listener.accept()
+        client.sendall(b"c" * 300)
+        assert len(server.recv(300, socket.MSG_WAITALL)) == 300
+        server.sendall(b"s" * 40)
+        assert len(client.recv(40, socket.MSG_WAITALL)) == 40
+        sport = client.getsockname()[1]
+        mine = lambda: [c for c in m.connections() if (c["sport"], c["dport"]) == (sport, port)]  # noqa: E731
+        assert eventually(lambda: len(mine()) == 1)
+        sock, cgroup_id, start = mine()[0]["sock"], mine()[0]["cgroup_id"], mine()[0]["start_ns"]
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.close()  # a reset: the client's end enters CLOSE in softirq, its socket stays ours
+        assert eventually(lambda: m.maps.entry(sock)[1])
+        with pytest.raises(ConnectionResetError):
+            client.recv(1)
+        totals = lambda: {k: m.cgroup_metrics()[cgroup_id][k] for k in ("closed", "bytes_sent",  # noqa: E731
+                                                                        "bytes_received")}
+        before = totals()
+        assert m.stats()["closed_at_destroy"] == 0
+        planted = time.monotonic_ns()  # (the programs' clock)
+        _rewrite(m, sock, state=TCP_STATE_IDS["ESTABLISHED"])
+        assert [c["state"] for c in m.connections() if c["sock"] == sock] == ["ESTABLISHED"]
+        client.close()
+        assert eventually(lambda: m.maps.entry(sock) is None or m.maps.entry(sock)[1])
+        assert not [c for c in m.connections() if c["sock"] == sock]
+        after = totals()
+        assert (after["closed"] - before["closed"], after["bytes_sent"] - before["bytes_sent"],
+                after["bytes_received"] - before["bytes_received"]) == (1, 300, 40)
+        assert m.stats()["closed_at_destroy"] == 1 and m.stats()["closed_unseen"] == 0
+        lost = m.lost()
+        assert (lost["made_good"], lost["missed"], lost["events"]) == (1, 0, 0)
+        (made_good,) = [e for e in m.recent() if e["sock"] == sock and e["ts_ns"] > planted]
+        if stream:
+            since = lambda ev: [e for e in closed(ev, sport=sport) if e["ts_ns"] > planted]  # noqa: E731
+            (made_good,) = since(collect(m, since))
+        assert (made_good["event"], made_good["oldstate"], made_good["newstate"], made_good["pid"],
+                made_good["dport"]) == ("close", "ESTABLISHED", "CLOSE", os.getpid(), port)
+        assert (made_good["bytes_sent"], made_good["bytes_received"], made_good["close_unseen"]) == (300, 40, False)
+        assert made_good["duration_ns"] == made_good["ts_ns"] - start > 0
+
+
+@pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
+@pytest.mark.parametrize("hook", list(STATE_NEEDS))
+def test_a_destroyed_socket_does_not_end_an_earlier_sockets_entry(hook, slots):
+    """A live entry at a destroyed socket's address whose peer port is not the socket's is an
+    earlier socket's (its close skipped, the address reused by one that never connected): the
+    destroy leaves it to the other ways a skipped close is ended, and counts nothing."""
+    require(STATE_NEEDS[hook])
+    with Monitor(CGROUP_ROOT, stream=False, state=hook, slots=slots) as m, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        sport = client.getsockname()[1]
+        mine = lambda: [c for c in m.connections() if c["sport"] == sport]  # noqa: E731
+        assert eventually(lambda: len(mine()) == 1)
+        sock = mine()[0]["sock"]
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.close()
+        assert eventually(lambda: m.maps.entry(sock)[1])
+        _rewrite(m, sock, state=TCP_STATE_IDS["ESTABLISHED"], dport=1)
+        client.close()
+        time.sleep(0.1)
+        assert m.maps.entry(sock) is not None and not m.maps.entry(sock)[1]  # live still
+        assert m.stats()["closed_at_destroy"] == 0 and m.lost()["made_good"] == 0
+
+
+@pytest.mark.parametrize("hook", list(STATE_NEEDS))
+def test_without_the_destroy_hook_the_monitor_runs_and_says_so(hook, monkeypatch):
+    """A kernel that refuses programs/conn_destroy.py (its tracepoint made unknown here) costs
+    its skipped closes their bytes since the last report, nothing more: the monitor attaches
+    the rest and says so in one note."""
+    from bpfhook.programs import conn_destroy
+
+    require(STATE_NEEDS[hook])
+    monkeypatch.setattr(conn_destroy, "RAW_TRACEPOINT", "bpfhook_no_such_tracepoint")
+    monkeypatch.setattr(conn_destroy, "TP_BTF", "btf_trace_bpfhook_no_such_tracepoint")
+    with Monitor(CGROUP_ROOT, stream=False, state=hook) as m:
+        assert m.menders == [] and "made good" not in m.state_note
+        (note,) = [n for n in m.notes if n.startswith("a close the kernel skips")]
+        assert "\n" not in note and "no_such_tracepoint" in note
+        assert {p.name for p in m.programs} == MONITOR_PROGRAMS - {"bh_conn_destroy"}
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            socket.create_connection(listener.getsockname()).close()
+            listener.accept()[0].close()
+        assert eventually(lambda: sum(v["closed"] for v in m.cgroup_metrics().values()) >= 2)
+
+
 @pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
 def test_the_walk_takes_over_older_connections_found_late_before_it_reached_them(slots):
     """Between "attached" and the walk (the command's order), an older connection's transition
@@ -1288,7 +1394,7 @@ def test_shutdown_leaves_nothing_attached(sig):
         out, err = p.communicate(timeout=15 * slow_factor())
     hook = best_accept_hook()
     assert f"through {ACCEPT_NOTE[hook]}" in accept_line
-    expected = 3 + ACCEPT_PROGRAMS[hook]  # state, connect4, connect6 and the accept hook's
+    expected = 4 + ACCEPT_PROGRAMS[hook]  # state, destroy, connect4, connect6 and the accept hook's
     assert len(progs_running) == expected + len(WALKS) and len(links_running) == expected
     if sig == signal.SIGTERM:
         assert p.returncode == 0, err

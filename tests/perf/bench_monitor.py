@@ -34,7 +34,8 @@
     skipped runs         runs of each tool's programs the kernel skipped because the program
                          was already running on that CPU (bpf_prog_info.recursion_misses, read
                          from the kernel for both tools the same way, all phases): each is an
-                         event neither tool saw. The monitor counts them in its lost events;
+                         event neither tool saw. The monitor makes good those that were closes
+                         (at the socket's destroy) and counts the rest in its lost events;
                          bpftrace reports none of them
 
 The monitor runs as a user runs it: `python -m bpfhook monitor` with the site's

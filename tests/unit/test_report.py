@@ -176,6 +176,9 @@ def test_render_without_containers_and_with_losses():
     assert "Lost events: 1  (1 skipped by the kernel: the program was already running on that CPU): " in render(
         agg.snapshot())
     assert "Active connections: 0 (host: 0, container: 0)" in text and text.count("(none)") == 3
+    agg.set_lost(0, missed=0, made_good=2)  # skipped closes made good are no loss, and said so
+    assert render(agg.snapshot()).splitlines()[-2] == (
+        "Lost events: 0  (closes the kernel skipped, made good at the socket's destroy: 2)")
 
 
 def test_final_report():

@@ -1,0 +1,90 @@
+"""A close the state program did not see, made good when its socket is destroyed: the
+tracepoint tcp:tcp_destroy_sock (every TCP socket, once, just before its memory is freed),
+attached raw as conn_state is (HOOKS).
+
+The kernel skips a run of a tracing program that comes while the same program is already
+running on that CPU (counted in bpf_prog_info.recursion_misses): a transition in softirq
+that interrupts the state program's run in process context. Under churn that is a few runs
+in a million, nearly all of them closes (most closes happen in softirq: the last ACK, the
+peer's FIN). Such a connection's entry stays live. This program is a different one, so it
+still runs there, and at the socket's destroy its counters are still whole: it ends the
+entry as conn_state would have, with the exact bytes and duration (conn_state.end_conn),
+its close event sent, and counts it in stats[STAT_CLOSED_AT_DESTROY] (Monitor.lost() takes
+those out of the skipped runs: their events were not lost).
+
+The usual socket meets its own slot already marked ended: a multiply, a shift, a load and a
+compare, and out. Only a socket not in its slot (a listener, one never connected, one whose
+slot another connection held) looks in conns.
+
+An entry not of this socket is left alone: one whose dport differs is an earlier socket's at
+this address, whose close was skipped too (a socket that never connected reused the
+address), and is ended the usual way (conn_state._count_unseen_close, monitor._Gone).
+"""
+from bpfhook import records
+from bpfhook.records import EVENT
+from pybpf.asm import Program
+from pybpf.features import TP_BTF_PREFIX
+
+from .conn_common import C, E, define_metrics, emit, find_conn, kread, lookup_conns, stat_add, typed_field
+from .conn_state import CLOSE, count_transition, end_conn, event_from_conn
+
+RAW_TRACEPOINT = "tcp_destroy_sock"
+TP_BTF = TP_BTF_PREFIX + RAW_TRACEPOINT
+HOOKS = ("tp_btf", "raw_tracepoint")  # best first, as conn_state.HOOKS
+ARG_SK = 0  # (const struct sock *sk)
+
+
+def build(maps, kernel, typed=False):
+    """The program: as conn_state.build (typed: tp_btf, attach_btf_id kernel.func(TP_BTF)[0])."""
+    p = Program("bh_conn_destroy", prog_type="tracing" if typed else "raw_tracepoint")
+    key = p.stack.alloc(8)
+    scratch = p.stack.alloc(8)
+    slot = p.stack.alloc(8)
+    ev = p.stack.alloc(EVENT)
+
+    p.r9 = p.r1  # ctx
+    p.r6 = p.r9.u64[ARG_SK]
+    slot.u64[0] = 0
+    find_conn(p, maps, p.r6, key, scratch, "pointer" if typed else "scalar", slot, then_conns=False)
+    if maps.slots:
+        with p.If(p.r7 == 0):
+            p.r1 = slot.u64[0]
+            with p.If(p.r1 != 0):
+                p.r1 = p.r1.u64[0]
+                p.r2 = key.u64[0]
+                p.r2 |= records.SLOT_ENDED
+                with p.If(p.r1 == p.r2):  # ended in its slot: the close was seen
+                    p.exit(0)
+    lookup_conns(p, maps, key)
+    with p.If(p.r7 == 0):  # not followed
+        p.exit(0)
+    p.r1 = p.r7.u8[C["state"]]
+    with p.If(p.r1 == CLOSE):  # ended (in conns)
+        p.exit(0)
+    _exit_unless_own(p, kernel, scratch, typed)
+
+    p.r8 = CLOSE  # (the new state, for event_from_conn and count_transition)
+    event_from_conn(p, ev, p.r7.u8[C["state"]])
+    p.r7.u8[C["state"]] = p.r8
+    end_conn(p, maps, kernel, ev, slot, scratch, typed)
+    stat_add(p, maps, scratch, records.STAT_CLOSED_AT_DESTROY, 1, atomic=False)
+    count_transition(p, maps, scratch, ev.u8[E["oldstate"]])
+    if maps.stream:
+        emit(p, maps, ev, p.r9, scratch, count=False)
+    p.exit(0)
+    define_metrics(p, maps)
+    return p
+
+
+def _exit_unless_own(p, kernel, scratch, typed):
+    """Leave unless the live entry at r7 is the socket's at r6: the same peer port (an opening
+    writes it; a socket that never connected has none)."""
+    if typed:
+        p.r1 = typed_field(p.r6, kernel, "sk_dport")
+    else:
+        kread(p, scratch, 0, 2, p.r6, kernel.sk_dport)
+        p.r1 = scratch.u16[0]
+    p.be(p.r1, 16)
+    p.r2 = p.r7.u16[C["dport"]]
+    with p.If(p.r1 != p.r2):
+        p.exit(0)
