@@ -86,8 +86,8 @@ class Monitor:
             # Reader before programs: a perf array slot without its ring makes the output fail.
             # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
             self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
-            self.state_hook, self.state_note = self._attach_first(
-                self._state_attempts(kernel, conn_state), conn_state.HOOKS if state == "auto" else (state,))
+            self.state_hook, self.state_note = self._attach_first(self._raw_tracepoint_attempts(kernel, conn_state),
+                                                                  conn_state.HOOKS if state == "auto" else (state,))
             self._attach_destroy(kernel)
             self.accept_hook, self.accept_note = self._attach_first(
                 self._accept_attempts(kernel), accept_hooks.HOOKS if accept == "auto" else (accept,))
@@ -241,7 +241,7 @@ class Monitor:
                     d["owner_from_proc"] = True
         return decoded
 
-    def _state_attempts(self, kernel, program):
+    def _raw_tracepoint_attempts(self, kernel, program):
         """{hook: attach(stack, held) -> how} for a program on a raw tracepoint: `program` is
         conn_state or conn_destroy (a module with build, HOOKS, RAW_TRACEPOINT, TP_BTF)."""
         from pybpf import attach
@@ -274,8 +274,8 @@ class Monitor:
         from bpfhook.programs import conn_destroy
 
         try:
-            _hook, how = self._attach_first(self._state_attempts(kernel, conn_destroy), (self.state_hook,),
-                                            self.menders)
+            _hook, how = self._attach_first(self._raw_tracepoint_attempts(kernel, conn_destroy),
+                                            (self.state_hook,), self.menders)
         except BpfError as e:
             self.notes.append("a close the kernel skips keeps the bytes of the last report and no duration: "
                               f"{str(e).splitlines()[0]}")
