@@ -443,15 +443,22 @@ def sock_addresses(p, k, dst, buf, sk, at=E, typed=False):
                 dst.u64[at[addr] + half] = p.r1
 
 
+def sock_field(p, k, scratch, sk, name, typed=False):
+    """r1 = kernel field `name` (its width from BTF) of the struct sock in register `sk`.
+    scratch: 8 spare stack bytes (untyped: bpf_probe_read_kernel lands there); typed: see
+    sock_addresses."""
+    if typed:
+        p.r1 = typed_field(sk, k, name)
+    else:
+        size = k.size(name)
+        kread(p, scratch, 0, size, sk, k.offsets[name][0])
+        p.r1 = scratch.mem(0, _LOAD[size])
+
+
 def exit_unless_tcp(p, k, scratch, sk, typed=False):
     """Leave the program unless the struct sock at `sk` is a TCP one (sk_protocol, whose width
     changed in 5.6). scratch: 8 spare stack bytes; typed: see sock_addresses."""
-    if typed:
-        p.r1 = typed_field(sk, k, "sk_protocol")
-    else:
-        size = k.size("sk_protocol")
-        kread(p, scratch, 0, size, sk, k.sk_protocol)
-        p.r1 = scratch.mem(0, _LOAD[size])
+    sock_field(p, k, scratch, sk, "sk_protocol", typed)
     with p.If(p.r1 != IPPROTO_TCP):
         p.exit(0)
 

@@ -25,7 +25,7 @@ from bpfhook.records import EVENT
 from pybpf.asm import Program
 from pybpf.features import TP_BTF_PREFIX
 
-from .conn_common import C, E, define_metrics, emit, find_conn, kread, lookup_conns, stat_add, typed_field
+from .conn_common import C, E, define_metrics, emit, find_conn, lookup_conns, sock_field, stat_add
 from .conn_state import CLOSE, count_transition, end_conn, event_from_conn
 
 RAW_TRACEPOINT = "tcp_destroy_sock"
@@ -79,11 +79,7 @@ def build(maps, kernel, typed=False):
 def _exit_unless_own(p, kernel, scratch, typed):
     """Leave unless the live entry at r7 is the socket's at r6: the same peer port (an opening
     writes it; a socket that never connected has none)."""
-    if typed:
-        p.r1 = typed_field(p.r6, kernel, "sk_dport")
-    else:
-        kread(p, scratch, 0, 2, p.r6, kernel.sk_dport)
-        p.r1 = scratch.u16[0]
+    sock_field(p, kernel, scratch, p.r6, "sk_dport", typed)
     p.be(p.r1, 16)
     p.r2 = p.r7.u16[C["dport"]]
     with p.If(p.r1 != p.r2):
