@@ -130,6 +130,8 @@ def closed(events, sport=None, dport=None):
 
 # The feature each state hook needs (programs/conn_state.py HOOKS)
 STATE_NEEDS = {"tp_btf": "tp_btf", "raw_tracepoint": "raw_tracepoint"}
+# How the state note names each hook (Monitor._raw_tracepoint_attempts)
+HOOK_WORDS = {"tp_btf": "tp_btf", "raw_tracepoint": "raw tracepoint"}
 
 
 @pytest.fixture(params=list(STATE_NEEDS))
@@ -141,8 +143,7 @@ def monitor(request):
         pytest.skip(f"no {need} on this kernel: {features.probe(need).detail}")
     with Monitor(CGROUP_ROOT, state=hook) as m:
         assert m.state_hook == hook
-        assert m.state_note.startswith({"tp_btf": "tp_btf", "raw_tracepoint": "raw tracepoint"}[hook]
-                                       + " inet_sock_set_state")
+        assert m.state_note.startswith(HOOK_WORDS[hook] + " inet_sock_set_state")
         yield m
 
 
@@ -891,7 +892,7 @@ def test_a_close_the_kernel_skipped_is_made_good_at_the_sockets_destroy(hook, sl
     have left it. The server's end, closed and seen, is not made good twice."""
     require(STATE_NEEDS[hook])
     with Monitor(CGROUP_ROOT, stream=stream, state=hook, slots=slots) as m, socket.socket() as listener:
-        how = {"tp_btf": "tp_btf", "raw_tracepoint": "raw tracepoint"}[hook]
+        how = HOOK_WORDS[hook]
         assert m.state_note == f"{how} inet_sock_set_state; skipped closes made good at {how} tcp_destroy_sock"
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
