@@ -3,11 +3,12 @@ BPF_PROG_ATTACH attachments, pins.
 
 bpf links need none of this: their fds die with the process, even on SIGKILL,
 which is why pybpf attaches through links wherever the kernel has them. The
-rest is recorded here and undone, newest first, on normal exit (atexit), on
-SIGINT/SIGTERM (our handler cleans up, then hands the signal on to whatever
-handler was there before, or to the default action) and when the owning
-object is closed. A forked child starts with an empty registry: only the
-process that made something undoes it.
+rest is recorded here and undone, newest first, when the owning object is
+closed, at normal exit (atexit) and, in a program that leaves SIGINT/SIGTERM
+to Python's defaults, on those signals (undo, then die as the signal would
+have; a signal during the undo waits for it). A program with handlers of its
+own stops in its own order and atexit undoes the rest. A forked child starts
+with an empty registry: only the process that made something undoes it.
 """
 import atexit
 import itertools
@@ -17,6 +18,8 @@ import sys
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The handlers a program has not chosen: Python's SIGINT -> KeyboardInterrupt, and the OS default.
+_DEFAULTS = (signal.default_int_handler, signal.SIG_DFL)
 
 
 class Registry:
@@ -28,6 +31,7 @@ class Registry:
         self._lock = threading.RLock()
         self._hooked = False
         self._previous = {}             # signal -> handler we replaced
+        self._undoing = False           # a signal's undo is running: later signals wait for it
 
     def register(self, undo, description):
         """Record undo() (no arguments) to run at exit; returns a token for unregister/run."""
@@ -78,7 +82,7 @@ class Registry:
             return  # signal handlers can only be set from the main thread; atexit still covers exit
         for signum in SIGNALS:
             previous = signal.getsignal(signum)
-            if previous is None:  # installed from C, not by Python: we cannot chain it, leave it alone
+            if previous not in _DEFAULTS:  # the program handles it (or C does): it stops in its own order
                 continue
             self._previous[signum] = previous
             signal.signal(signum, self._on_signal)
@@ -89,10 +93,15 @@ class Registry:
         self._lock = threading.RLock()
 
     def _on_signal(self, signum, frame):
-        self.run_all()
-        previous = self._previous.get(signum, signal.SIG_DFL)
-        if previous == signal.SIG_IGN:
+        if self._undoing:  # a second Ctrl-C must not cut the undo short
+            os.write(2, b"pybpf cleanup: still cleaning up\n")
             return
+        self._undoing = True
+        try:
+            self.run_all()
+        finally:
+            self._undoing = False
+        previous = self._previous.get(signum, signal.SIG_DFL)
         if previous == signal.SIG_DFL:
             # Die the way the signal would have killed us, so a parent sees -SIGTERM, not an exit code.
             signal.signal(signum, signal.SIG_DFL)

@@ -31,8 +31,8 @@ from pybpf.prog import load
 from pybpf.uapi import ProgType
 
 legacy, ns, cgroup_dir, ending = sys.argv[1] == "1", sys.argv[2], sys.argv[3], sys.argv[4]
-if ending == "chain":
-    signal.signal(signal.SIGTERM, lambda *a: (print("chained", flush=True), os._exit(7)))
+if ending == "chain":  # a program with a handler of its own: it stops in its order, atexit undoes
+    signal.signal(signal.SIGTERM, lambda *a: (print("chained", flush=True), sys.exit(7)))
 ret = lambda value: [Insn("mov", dst=0, imm=value), Insn("exit")]
 progs = [load(ret(0), ProgType.SCHED_CLS), load(ret(1), ProgType.CGROUP_SKB),
          load(ret(0), ProgType.TRACEPOINT), load(ret(2), ProgType.XDP)]
@@ -175,7 +175,23 @@ def test_normal_exit_undoes_legacy_attachments(netns_and_cgroup):
     assert_all_gone(made, ns, cgroup_dir)
 
 
-def test_existing_handler_is_chained(netns_and_cgroup):
+def test_two_signals_at_once_still_undo_everything(netns_and_cgroup):
+    """A second signal 1 ms after the first (a double Ctrl-C; timeout signalling the process,
+    then its group) must not cut the undo short."""
+    ns, cgroup_dir = netns_and_cgroup
+    child, made = start(True, ns, cgroup_dir)
+    try:
+        child.send_signal(signal.SIGTERM)
+        time.sleep(0.001)
+        child.send_signal(signal.SIGINT)
+        child.wait(10)
+    finally:
+        child.kill()
+    assert child.returncode in (-signal.SIGTERM, -signal.SIGINT), child.stderr.read()
+    assert_all_gone(made, ns, cgroup_dir)
+
+
+def test_a_programs_own_handler_stops_it_and_atexit_undoes(netns_and_cgroup):
     ns, cgroup_dir = netns_and_cgroup
     child, made = start(True, ns, cgroup_dir, ending="chain")
     try:
