@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
-import signal
 import struct
 import sys
 import time
@@ -407,6 +406,7 @@ class Capture:
 
 HELP = "capture a container's incoming network and Unix-socket traffic to pcapng"
 NEEDS_ROOT = True
+POLLS_SHUTDOWN = True  # a signal during set-up waits for it; the file is then finished whole
 
 
 def add_arguments(parser):
@@ -476,9 +476,6 @@ def run(args):
 
 
 def _loop(capture, args):
-    stop = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(1))
     tty = sys.stderr.isatty()
     started = time.monotonic()
     deadline = started + args.duration if args.duration else None
@@ -486,7 +483,7 @@ def _loop(capture, args):
     what = " + ".join(w for w, on in (("net", capture.net), ("uds", capture.uds)) if on)
     print(f"capturing {what} of {capture.target.label} ({capture.target.cgroup_path}) to {args.write}",
           file=sys.stderr)
-    while not stop:
+    while not args.shutdown:
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             break

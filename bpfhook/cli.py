@@ -5,12 +5,16 @@ A tool module registers itself in COMMANDS and provides
   NEEDS_ROOT           True when it loads BPF, changes namespaces, ...
   add_arguments(p)     fills its argparse (sub)parser
   run(args) -> int     does the work; raises BpfError/OSError on failure
+  POLLS_SHUTDOWN       optional, True when run() watches args.shutdown and stops in its own
+                       order on SIGINT/SIGTERM; other tools get a KeyboardInterrupt (shutdown.py)
 """
 import argparse
 import importlib
 import os
+import signal
 import sys
 
+from bpfhook.shutdown import Shutdown
 from pybpf.errors import BpfError
 
 COMMANDS = {
@@ -49,17 +53,25 @@ def build_parser(command=None):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    # Signals first: one arriving while a tool sets up must not cut its clean-up short either.
+    with Shutdown(raise_first=True) as shutdown:
+        try:
+            return _main(sys.argv[1:] if argv is None else argv, shutdown)
+        except KeyboardInterrupt:
+            return 128 + (shutdown.signal or signal.SIGINT)
+
+
+def _main(argv, shutdown):
     # The top level has no option taking a value: its first non-option word names the command.
     chosen = next((word for word in argv if not word.startswith("-")), None)
     args = build_parser(chosen if chosen in COMMANDS else None).parse_args(argv)
     if args.module.NEEDS_ROOT and os.geteuid() != 0:
         print(f"bpfhook: error: '{args.command}' needs root (run it with sudo)", file=sys.stderr)
         return 1
+    shutdown.raise_first = not getattr(args.module, "POLLS_SHUTDOWN", False)
+    args.shutdown = shutdown
     try:
         return args.module.run(args) or 0
     except (BpfError, OSError) as e:
         print(f"bpfhook: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130

@@ -19,7 +19,6 @@ import contextlib
 import ipaddress
 import os
 import select
-import signal
 import socket
 import struct
 import subprocess
@@ -202,6 +201,7 @@ def client(container, host, port=DEMO_PORT, seconds=5.0, nbytes=1 << 20, datagra
 
 HELP = "demos without Docker: `bpfhook demo mirror` (three lab containers, one mirror)"
 NEEDS_ROOT = True
+POLLS_SHUTDOWN = True  # containers and mirror come down in order, whenever the signal comes
 
 
 def add_arguments(parser):
@@ -219,12 +219,11 @@ def run(args):
 
     prefix = f"md{os.getpid() % 100000}"
     names = [f"{prefix}-client", f"{prefix}-server", f"{prefix}-observer"]
-    global _OWNER
-    _OWNER = os.getpid()
     made = []
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for name in names:
+            if args.shutdown:
+                raise KeyboardInterrupt
             made.append(Lab.up(name))
         cli, srv, obs = made
         print(f"client {cli.ipv4}, server {srv.ipv4}, observer {obs.ipv4} (netns {obs.netns})")
@@ -237,20 +236,10 @@ def run(args):
     except KeyboardInterrupt:
         print("interrupted")
     finally:
-        signal.signal(signal.SIGTERM, previous)
         for c in reversed(made):
             c.down()
         print(f"removed containers {' '.join(c.name for c in made)}")
     return 0
-
-
-_OWNER = os.getpid()
-
-
-def _raise_interrupt(signum, frame):
-    if os.getpid() != _OWNER:  # a child pyroute2 forked (netns creation) and is told to stop
-        os._exit(128 + signum)
-    raise KeyboardInterrupt
 
 
 def _traffic_and_watch(args, cli, srv, sock):
@@ -261,7 +250,7 @@ def _traffic_and_watch(args, cli, srv, sock):
     printed = seen = 0
     deadline = time.monotonic() + args.seconds + 20
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not args.shutdown:
             done = proc.poll() is not None
             select.select([sock], [], [], 0.2)
             for _pkt_type, frame in drain(sock, keep):

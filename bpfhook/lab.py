@@ -318,6 +318,7 @@ def _write_atomically(path, text):
 
 HELP = "throwaway containers (netns + veth + cgroup) to run traffic in"
 NEEDS_ROOT = True
+POLLS_SHUTDOWN = True  # up and down finish whole (a half-made container is worse than a late stop)
 
 
 def add_arguments(parser):
@@ -350,7 +351,10 @@ def run(args):
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:
             raise LabError("lab exec: no command given (bpfhook lab exec NAME -- CMD ...)")
-        Lab.get(args.name).exec(argv)
+        container = Lab.get(args.name)
+        if not args.shutdown.hand_over():  # told to stop before the command could take the signal
+            return 128 + args.shutdown.signal
+        container.exec(argv)
     else:
         for c in Lab.list():
             print(_describe(c))

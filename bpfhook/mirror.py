@@ -36,7 +36,6 @@ import errno
 import functools
 import json
 import os
-import signal
 import socket
 import threading
 
@@ -665,6 +664,7 @@ def _source_ifname(spec):
 
 HELP = "copy an interface's or container's packets to an observer interface (tc mirred or BPF)"
 NEEDS_ROOT = True
+POLLS_SHUTDOWN = True  # a signal during set-up waits for it, then the mirror is taken down
 
 
 def add_arguments(parser):
@@ -706,22 +706,6 @@ def run(args):
         return 0
     print(f"mirroring {m.describe()}; Ctrl-C or SIGTERM stops it", flush=True)
     with m:
-        _wait_for_signal()
+        args.shutdown.wait(None)
     print("mirror removed")
     return 0
-
-
-def _wait_for_signal():
-    """Block until SIGINT or SIGTERM; both end the wait normally, so the caller cleans up."""
-    received = []
-
-    def stop(signum, _frame):
-        received.append(signum)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not received:
-            signal.pause()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

@@ -22,12 +22,12 @@ features.has("fexit") would parse it on every start.
 """
 import collections
 import contextlib
-import signal
 import sys
 import threading
 import time
 
 from bpfhook import records
+from bpfhook.shutdown import Shutdown
 from pybpf.errors import FeatureUnavailable
 
 POLL_SECONDS = 0.1  # the BPF side batches wakeups; we look at least this often
@@ -583,39 +583,9 @@ def event_line(event, container):
             f"{states}{extra}")
 
 
-class _Stop:
-    """SIGINT/SIGTERM, or `stop` (a threading.Event) set: the loop then reports and detaches.
-    A signal sets the event too, so that a loop waiting on it (wait()) wakes at once."""
-
-    def __init__(self, stop=None):
-        self.signal = None
-        self._event = stop if stop is not None else threading.Event()
-        self._previous = {}
-
-    def install(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-
-    def _handler(self, signum, _frame):
-        self.signal = signum
-        self._event.set()
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def wait(self, seconds):
-        """Sleep up to `seconds`, less if told to stop."""
-        self._event.wait(seconds)
-
-    def __bool__(self):
-        return self._event.is_set()  # (the handler sets it too)
-
-
 def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
-    """Run the monitor until --duration, SIGINT/SIGTERM, or `stop` (a threading.Event) is set.
+    """Run the monitor until --duration, SIGINT/SIGTERM, or `stop` is set: the command line's
+    Shutdown, or a threading.Event (then signals are taken here, in the main thread).
 
     out/err: streams for reports/events and for status lines (stdout/stderr);
     on_event(event, container): called for each event that passes the filters
@@ -628,8 +598,8 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
     out = out or sys.stdout
     err = err or sys.stderr
     started = time.monotonic()
-    interrupted = _Stop(stop)
-    interrupted.install()
+    own_signals = not isinstance(stop, Shutdown)
+    interrupted = Shutdown(stop).install() if own_signals else stop
     try:
         resolve = Resolver()
         keep = EventFilter.from_options(options)
@@ -739,7 +709,8 @@ def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
         print(f"bpfhook monitor: detached ({final.events} events, {lost['events']} lost)", file=err, flush=True)
         return 0
     finally:
-        interrupted.restore()
+        if own_signals:
+            interrupted.restore()
 
 
 def _listener_close(event):

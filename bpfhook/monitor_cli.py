@@ -17,6 +17,7 @@ HELP = "watch TCP connections (and UDP flows) per process, cgroup and container"
 # whole BPF side for every `bpfhook ... --help`
 ACCEPT_HOOKS = ("fexit", "kretprobe", "getpeername", "tracepoint")
 NEEDS_ROOT = True
+POLLS_SHUTDOWN = True  # the final report, then detach
 
 
 class MonitorError(BpfError):
@@ -132,7 +133,7 @@ def run(args):
     options = options_from(args)
     from bpfhook import monitor  # here: `bpfhook --help` and bad options stay quick
 
-    return monitor.run(options)
+    return monitor.run(options, stop=args.shutdown)
 
 
 @dataclasses.dataclass(frozen=True)

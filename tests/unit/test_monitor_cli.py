@@ -2,17 +2,13 @@
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
 from bpfhook import cgroups, cli
 from bpfhook.containers import classify
-from bpfhook.monitor import _Stop
 from bpfhook.monitor_cli import EventFilter, MonitorError, MonitorOptions, host_port, options_from
 from pybpf import mounts
 
@@ -123,26 +119,3 @@ def test_accept_choices_are_the_programs_hooks():
     from bpfhook.programs.accept import HOOKS
 
     assert ACCEPT_HOOKS == HOOKS
-
-
-def test_a_signal_ends_the_monitor_loops_wait_at_once():
-    """SIGINT/SIGTERM set the stop flag and wake the report-only loop's long sleep."""
-    stop = _Stop()
-    stop.install()
-    try:
-        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        started = time.monotonic()
-        stop.wait(30)
-        assert time.monotonic() - started < 10
-        assert stop and stop.signal == signal.SIGTERM
-    finally:
-        stop.restore()
-
-
-def test_the_callers_stop_event_ends_the_wait():
-    event = threading.Event()
-    stop = _Stop(event)
-    assert not stop
-    threading.Timer(0.1, event.set).start()
-    stop.wait(30)
-    assert stop and stop.signal is None
