@@ -458,6 +458,10 @@ class UdsPrograms:
             pieces = load(build_pieces(maps), "tracepoint", name="uds_pieces")
             self._stack.callback(pieces.close)
             maps["pieces"].update(0, pieces.fd)
+            # The array holds the pieces program, which holds the array (it tail-calls itself):
+            # emptied first, the cycle never waits on the kernel to break it (Linux 6.18 left the
+            # array behind for good when `bpftool prog show` ran as this process exited).
+            self._stack.callback(maps["pieces"].delete, 0)
             self.programs = []
             for syscall in SYSCALLS:
                 fields = tracefs.tracepoint_fields("syscalls", f"sys_enter_{syscall}")
