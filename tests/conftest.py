@@ -83,3 +83,19 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "kernel: needs root and a BPF-capable kernel")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the oracle tools this machine lacks, and how many tests skipped for each: `-q` alone
+    shows only a skip count."""
+    from tests import oracles
+
+    missing = oracles.missing()
+    if not missing:
+        return
+    skipped = [str(r.longrepr[2]) for r in terminalreporter.stats.get("skipped", []) if isinstance(r.longrepr, tuple)]
+    counts = {name: sum(problem in reason for reason in skipped) for name, problem in missing.items()}
+    terminalreporter.write_line(
+        "oracle tools missing here: " + ", ".join(
+            f"{name} ({'too old, ' if 'too old' in missing[name] else ''}{counts[name]} skipped)" for name in missing)
+        + f"; {oracles.INSTALL_HINT}")

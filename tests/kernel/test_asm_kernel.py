@@ -12,6 +12,7 @@ from pybpf.errors import VerifierError
 from pybpf.maps import Map
 from pybpf.prog import load
 from pybpf.uapi import MapType
+from tests import oracles
 from tests.conftest import require
 
 PACKET = bytes(range(64))  # socket filters want at least an Ethernet header
@@ -144,7 +145,7 @@ def test_callbacks_need_the_btf_func_info():
 
 
 def _bpftool_xlated(prog_id):
-    out = subprocess.run(["bpftool", "-j", "prog", "dump", "xlated", "id", str(prog_id), "linum"],
+    out = subprocess.run([oracles.require("bpftool"), "-j", "prog", "dump", "xlated", "id", str(prog_id), "linum"],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     return json.loads(out)
 

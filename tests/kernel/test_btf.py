@@ -9,7 +9,6 @@ and back out through `bpftool map dump -j` with our field names.
 import json
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -20,10 +19,11 @@ from pybpf.btf import VMLINUX_PATH, Btf, BtfBuilder, load_btf, map_btf
 from pybpf.errors import BpfError, FeatureUnavailable, SyscallError
 from pybpf.maps import Map
 from pybpf.uapi import MapType
+from tests import oracles
 
-BPFTOOL = shutil.which("bpftool")
-pytestmark = pytest.mark.skipif(BPFTOOL is None or not os.path.exists(VMLINUX_PATH),
-                                reason="needs bpftool and /sys/kernel/btf/vmlinux")
+BPFTOOL = oracles.find("bpftool").path
+pytestmark = [oracles.skip_unless("bpftool"),
+              pytest.mark.skipif(not os.path.exists(VMLINUX_PATH), reason="the kernel has no /sys/kernel/btf/vmlinux")]
 
 STRUCTS = ("sock", "sock_common", "task_struct", "sk_buff", "inet_sock", "tcp_sock", "nsproxy", "net",
            "css_set", "cgroup", "kernfs_node", "socket", "file", "unix_sock", "msghdr", "iov_iter")

@@ -15,6 +15,8 @@ import pytest
 
 from bpfhook import pcapng
 from bpfhook.lab import Lab
+from tests import kernel_state, oracles
+from tests.conftest import eventually
 
 NAME = "captest"
 TCP_PAYLOAD = b"GET /known-tcp-payload HTTP/1.1\r\nHost: lab\r\n\r\n"
@@ -55,20 +57,24 @@ d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.sendto(b"uds-dgram-abstr
 """
 
 
-@pytest.fixture
-def lab(tmp_path):
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
     try:
         Lab.down(NAME)
     except Exception:
         pass
     c = Lab.up(NAME)
-    sock = str(tmp_path / "srv.sock")
-    server = c.spawn([sys.executable, "-c", SERVER, sock], stdout=subprocess.PIPE, text=True)
-    assert server.stdout.readline().strip() == "ready"
-    yield c, server, sock
-    server.kill()
-    server.wait()
-    Lab.down(NAME)
+    try:
+        sock = str(tmp_path_factory.mktemp("capture") / "srv.sock")
+        server = c.spawn([sys.executable, "-c", SERVER, sock], stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout.readline().strip() == "ready"
+            yield c, server, sock
+        finally:
+            server.kill()
+            server.wait()
+    finally:
+        Lab.down(NAME)
 
 
 def capture(out, *args):
@@ -100,7 +106,7 @@ def send_traffic(c, sock):
 
 
 def tshark(path, *fields, filter=None):
-    argv = ["tshark", "-r", str(path), "-T", "fields"] + [a for f in fields for a in ("-e", f)]
+    argv = [oracles.require("tshark"), "-r", str(path), "-T", "fields"] + [a for f in fields for a in ("-e", f)]
     if filter:
         argv += ["-Y", filter]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -109,33 +115,30 @@ def tshark(path, *fields, filter=None):
     return [line.split("\t") for line in r.stdout.splitlines()]
 
 
-def test_capture_net_and_uds_exact_bytes_and_attribution(lab, tmp_path):
+@pytest.fixture(scope="module")
+def captured(lab, tmp_path_factory):
+    """A capture, both directions, of known TCP, UDP and Unix-socket traffic, ended by SIGINT."""
     c, server, sock = lab
-    out = tmp_path / "cap.pcapng"
+    out = tmp_path_factory.mktemp("captured") / "cap.pcapng"
     proc = capture(out, "--both-directions")
     wait_started(proc, out)
     send_traffic(c, sock)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0, proc.stderr.read()
+    return out
+
+
+def test_capture_net_and_uds_exact_bytes_and_attribution(lab, captured):
+    c, server, sock = lab
+    out = captured
     assert os.stat(out).st_mode & 0o777 == 0o600
-
-    # tshark: TCP and UDP payloads, comments naming the server process and the container
-    tcp = tshark(out, "tcp.payload", "frame.comment", filter="tcp.payload && tcp.dstport == 8080")
-    assert [bytes.fromhex(p) for p, _ in tcp] == [TCP_PAYLOAD]
-    comment = pcapng.parse_comment(tcp[0][1])
-    assert comment["pid"] == str(server.pid) and comment["container"] == NAME
-    assert comment["cgroup"] == c.cgroup_path
-    udp = tshark(out, "udp.payload", "frame.comment", filter="udp.dstport == 9090")
-    assert [bytes.fromhex(p) for p, _ in udp] == [UDP_PAYLOAD]
-    assert pcapng.parse_comment(udp[0][1])["pid"] == str(server.pid)
-    uds_rows = tshark(out, "data", "frame.comment", filter="frame.comment contains \"path=\"")
-    assert len(uds_rows) >= 3
-
-    # our reader: the same bytes, and the Unix-socket records decoded
     packets = [r for r in pcapng.Reader(out) if isinstance(r, pcapng.Packet)]
     ours_tcp = [p for p in packets if p.interface.linktype == pcapng.LINKTYPE_RAW and TCP_PAYLOAD in p.data]
     assert len(ours_tcp) == 1 and ours_tcp[0].direction == "in"
+    comment = pcapng.parse_comment(ours_tcp[0].comments[0])
+    assert comment["pid"] == str(server.pid) and comment["container"] == NAME
+    assert comment["cgroup"] == c.cgroup_path
     uds = [pcapng.decode_uds(p.data) for p in packets if p.interface.linktype == pcapng.LINKTYPE_USER0]
     received = [u for u in uds if u.pid == server.pid and u.direction == 1]
     assert b"".join(UDS_STREAM) in [u.payload for u in received if u.sock_type == 1]
@@ -149,26 +152,47 @@ def test_capture_net_and_uds_exact_bytes_and_attribution(lab, tmp_path):
     assert stats and all(s.dropped == 0 for s in stats)
 
 
-def test_sigkill_leaves_a_readable_file(lab, tmp_path):
+def test_tshark_reads_the_same_bytes_and_comments(lab, captured):
+    """tshark, the independent reader: TCP and UDP payloads, comments naming the server process
+    and the container, the Unix-socket records."""
+    c, server, _sock = lab
+    tcp = tshark(captured, "tcp.payload", "frame.comment", filter="tcp.payload && tcp.dstport == 8080")
+    assert [bytes.fromhex(p) for p, _ in tcp] == [TCP_PAYLOAD]
+    comment = pcapng.parse_comment(tcp[0][1])
+    assert comment["pid"] == str(server.pid) and comment["container"] == NAME
+    assert comment["cgroup"] == c.cgroup_path
+    udp = tshark(captured, "udp.payload", "frame.comment", filter="udp.dstport == 9090")
+    assert [bytes.fromhex(p) for p, _ in udp] == [UDP_PAYLOAD]
+    assert pcapng.parse_comment(udp[0][1])["pid"] == str(server.pid)
+    uds_rows = tshark(captured, "data", "frame.comment", filter="frame.comment contains \"path=\"")
+    assert len(uds_rows) >= 3
+
+
+@pytest.fixture(scope="module")
+def killed(lab, tmp_path_factory):
+    """A capture of TCP traffic ended by SIGKILL."""
     c, _server, sock = lab
-    out = tmp_path / "killed.pcapng"
+    out = tmp_path_factory.mktemp("killed") / "killed.pcapng"
     proc = capture(out, "--net")
     wait_started(proc, out)
     send_traffic(c, sock)
     time.sleep(1)
     proc.kill()
     proc.wait(timeout=10)
-    rows = tshark(out, "tcp.payload", filter="tcp.payload")
-    assert [bytes.fromhex(p) for (p,) in rows] == [TCP_PAYLOAD]
-    reader = pcapng.Reader(out)
+    return out
+
+
+def test_sigkill_leaves_a_readable_file(killed):
+    reader = pcapng.Reader(killed)
     assert any(TCP_PAYLOAD in p.data for p in reader if isinstance(p, pcapng.Packet))
     assert reader.truncated == 0
-    assert subprocess.run(["capinfos", str(out)], capture_output=True, timeout=60).returncode == 0
 
 
-def _attached_cgroup_progs():
-    r = subprocess.run(["bpftool", "cgroup", "tree"], capture_output=True, text=True, timeout=30)
-    return r.stdout.count("cap_")
+def test_tshark_and_capinfos_read_the_killed_capture(killed):
+    rows = tshark(killed, "tcp.payload", filter="tcp.payload")
+    assert [bytes.fromhex(p) for (p,) in rows] == [TCP_PAYLOAD]
+    assert subprocess.run([oracles.require("capinfos"), str(killed)], capture_output=True,
+                          timeout=60).returncode == 0
 
 
 @pytest.mark.parametrize("container,path,message", [
@@ -177,13 +201,13 @@ def _attached_cgroup_progs():
 ])
 def test_bad_input_one_line_nothing_left(lab, tmp_path, container, path, message):
     out = tmp_path / "out.pcapng" if path == "ok" else path
-    before = _attached_cgroup_progs()
+    before = kernel_state.snapshot()
     r = subprocess.run([sys.executable, "-m", "bpfhook", "capture", "--container", container, "-w", str(out),
                         "--duration", "1"], cwd=MAIN, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
     assert not os.path.exists(out)
-    assert _attached_cgroup_progs() == before
+    assert eventually(lambda: kernel_state.snapshot() == before)  # (programs go after an RCU grace period)
 
 
 def test_existing_file_is_never_overwritten(lab, tmp_path):

@@ -7,7 +7,6 @@
 """
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -17,12 +16,11 @@ from pybpf import disasm, isa, prog
 from pybpf.insn import Insn, decode, encode
 from pybpf.maps import Map
 from pybpf.uapi import MapType, ProgType
+from tests import oracles
 from tests.conftest import require, uses_cpu_v4
 from tests.elfutil import bpf_elf
 
-BPFTOOL = shutil.which("bpftool")
-LLVM_OBJDUMP = next((p for p in ("/usr/lib/llvm-19/bin/llvm-objdump", "/usr/bin/llvm-objdump-19")
-                     if os.path.exists(p)), None)
+BPFTOOL = oracles.find("bpftool").path
 
 # -- programs covering every instruction class the verifier accepts -------------------------------
 
@@ -220,7 +218,7 @@ def _bpftool_xlated(prog_id):
     return [line for line in out.splitlines() if _BPFTOOL_INSN.match(line)]
 
 
-@pytest.mark.skipif(not BPFTOOL, reason="bpftool not installed")
+@oracles.skip_unless("bpftool")
 @pytest.mark.parametrize("name", ["alu_stack_jumps", "calls_and_loads", "packet_loads"])
 def test_xlated_matches_bpftool(corpus, name):
     from pybpf.link import link
@@ -243,7 +241,7 @@ def test_xlated_matches_bpftool(corpus, name):
     assert compared >= len(ours) * 0.8
 
 
-@pytest.mark.skipif(not BPFTOOL, reason="bpftool not installed")
+@oracles.skip_unless("bpftool")
 def test_xlated_names_maps_and_calls(corpus, array):
     with _load(corpus["calls_and_loads"], "names") as p:
         loaded = disasm.read_loaded(prog_id=p.id)
@@ -276,13 +274,13 @@ def _llvm_corpus():
 _LLVM_EXTENDED = {"call_local", "call_kfunc"}
 
 
-@pytest.mark.skipif(not LLVM_OBJDUMP, reason="llvm-objdump 19 not installed")
+@oracles.skip_unless("llvm-objdump")
 def test_llvm_syntax_matches_llvm_objdump(tmp_path):
     insns = _llvm_corpus()
     code = encode(insns)
     obj = tmp_path / "corpus.o"
     obj.write_bytes(bpf_elf(code))
-    out = subprocess.run([LLVM_OBJDUMP, "-d", "--mcpu=v4", "--no-show-raw-insn", str(obj)],
+    out = subprocess.run([oracles.require("llvm-objdump"), "-d", "--mcpu=v4", "--no-show-raw-insn", str(obj)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     theirs = [re.sub(r" <prog\+0x[0-9a-f]+>$", "", line) for line in out.splitlines()
               if re.match(r"^\s+\d+:\t", line)]
@@ -297,9 +295,8 @@ def test_llvm_syntax_matches_llvm_objdump(tmp_path):
 
 def test_llvm_round_trips_through_llvm_mc(tmp_path):
     """What llvm-mc assembles from our llvm text is the same bytes (rows llvm-mc can express)."""
-    mc = "/usr/lib/llvm-19/bin/llvm-mc"
-    if not os.path.exists(mc):
-        pytest.skip("llvm-mc 19 not installed")
+    mc = oracles.require("llvm-mc")
+    objdump = oracles.require("llvm-objdump")
     insns = [i for i in _llvm_corpus()
              if i.op.kind not in ("jmp", "ja", "gotol", "may_goto", "call", "ld_imm64")]
     src = tmp_path / "t.s"
@@ -307,7 +304,7 @@ def test_llvm_round_trips_through_llvm_mc(tmp_path):
     obj = tmp_path / "t.o"
     subprocess.run([mc, "-triple", "bpfel", "-mcpu=v4", "-filetype=obj", str(src), "-o", str(obj)],
                    check=True, capture_output=True, timeout=60)
-    out = subprocess.run([LLVM_OBJDUMP or mc, "-d", "--mcpu=v4", str(obj)],
+    out = subprocess.run([objdump, "-d", "--mcpu=v4", str(obj)],
                          capture_output=True, text=True, timeout=60).stdout
     raw = b"".join(bytes.fromhex("".join(line.split("\t")[1].split()))
                    for line in out.splitlines() if re.match(r"^\s+\d+:\t", line))

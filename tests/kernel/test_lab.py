@@ -1,6 +1,5 @@
 """Lab containers on the real kernel: netns, veth, cgroup, and their cleanup."""
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pyroute2 import netns as pyroute2_netns
 from pybpf import mounts
 from bpfhook import cgroups
 from bpfhook.lab import CGROUP_PARENT, Lab, LabError, host_ifname
+from tests import oracles
 from tests.conftest import slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -129,10 +129,10 @@ def test_process_inside_has_the_container_cgroup_and_netns(lab):
 
 
 def test_container_pings_its_host_side_over_v4_and_v6(lab):
-    assert shutil.which("ping"), "ping is missing (bash .ci/run installs iputils-ping)"
+    ping = oracles.require("ping")
     c = lab(ipv6=True)
     for address in (c.host_ipv4, c.host_ipv6):
-        rc, out, err = _run_inside(c, ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", address])
+        rc, out, err = _run_inside(c, [ping, "-n", "-c", "2", "-i", "0.2", "-W", "2", address])
         assert rc == 0, out + err
         assert " 0% packet loss" in out
 

@@ -15,6 +15,7 @@ from pybpf.errors import BpfError, SyscallError
 from pybpf.layout import LayoutError
 from pybpf.maps import Map, MapError, possible_cpus
 from pybpf.uapi import Cmd, MapFlags, MapType, ProgType, UpdateFlags
+from tests import oracles
 
 NCPUS = possible_cpus()
 Pair = c.Struct("a" / c.Int64ul, "b" / c.Int32ul, c.Padding(4))
@@ -259,7 +260,7 @@ def _bpftool_dump(m):
     import json
     import subprocess
 
-    out = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(m.id)], capture_output=True, text=True,
+    out = subprocess.run([oracles.require("bpftool"), "-j", "map", "dump", "id", str(m.id)], capture_output=True, text=True,
                          timeout=30, check=True).stdout
     return [entry["formatted"] for entry in json.loads(out)]
 

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from bpfhook import analyze, flows, replay
+from tests import oracles
 
 MAIN = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -164,7 +165,7 @@ def captured(lab, tmp_path):
     return str(out), c
 
 
-def test_reassembly_matches_tshark_and_analyze_shows_http(captured):
+def test_reassembly_and_analyze_show_the_http(captured):
     path, c = captured
     cap = flows.read(path)
     tcp = [f for f in cap.flows if f.kind == "tcp"]
@@ -174,16 +175,6 @@ def test_reassembly_matches_tshark_and_analyze_shows_http(captured):
     # capture fault, and reassembly takes it (the data comparison above holds either way).
     assert not [s.gaps for f in tcp for s in f.streams.values() if s.gaps]
     assert tcp[1].streams["s2c"].data.endswith(b"g" * 3000)
-
-    r = subprocess.run(["tshark", "-r", path, "-q", "-z", "follow,tcp,raw,0"], capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
-    lines = [line for line in r.stdout.splitlines()
-             if line.strip() and not line.startswith(("=", "Follow", "Filter", "Node"))]
-    client = b"".join(bytes.fromhex(line) for line in lines if not line.startswith("\t"))
-    server = b"".join(bytes.fromhex(line.strip()) for line in lines if line.startswith("\t"))
-    assert client == tcp[0].streams["c2s"].data
-    assert server == tcp[0].streams["s2c"].data
 
     report = analyze.report(path)
     assert [(h["method"], h["path"], h["status"]) for h in report["http"]] == [
@@ -196,6 +187,21 @@ def test_reassembly_matches_tshark_and_analyze_shows_http(captured):
     out = subprocess.run([sys.executable, "-m", "bpfhook", "analyze", path, "--json"], cwd=MAIN,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and json.loads(out.stdout)["http"] == report["http"]
+
+
+def test_reassembly_matches_tshark(captured):
+    """tshark, the independent reader, follows the first TCP stream to the same bytes."""
+    path, _c = captured
+    tcp = [f for f in flows.read(path).flows if f.kind == "tcp"]
+    r = subprocess.run([oracles.require("tshark"), "-r", path, "-q", "-z", "follow,tcp,raw,0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines()
+             if line.strip() and not line.startswith(("=", "Follow", "Filter", "Node"))]
+    client = b"".join(bytes.fromhex(line) for line in lines if not line.startswith("\t"))
+    server = b"".join(bytes.fromhex(line.strip()) for line in lines if line.startswith("\t"))
+    assert client == tcp[0].streams["c2s"].data
+    assert server == tcp[0].streams["s2c"].data
 
 
 def test_replay_to_a_fresh_server_reproduces_the_requests(captured, tmp_path):

@@ -3,7 +3,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -12,13 +11,15 @@ import pytest
 from pybpf import sys as bsys
 from pybpf.errors import BpfError, SyscallError
 from pybpf.uapi import Cmd, MapType
+from tests import oracles
 
 
 @pytest.fixture(scope="module")
 def vmlinux_btf():
-    if not shutil.which("bpftool") or not os.path.exists("/sys/kernel/btf/vmlinux"):
-        pytest.skip("needs bpftool and /sys/kernel/btf/vmlinux to read the kernel's own layouts")
-    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file", "/sys/kernel/btf/vmlinux"],
+    bpftool = oracles.require("bpftool")
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        pytest.skip("the kernel has no /sys/kernel/btf/vmlinux to read its own layouts from")
+    out = subprocess.run([bpftool, "-j", "btf", "dump", "file", "/sys/kernel/btf/vmlinux"],
                          check=True, capture_output=True, timeout=60).stdout
     types = json.loads(out)["types"]
     return {t["id"]: t for t in types}, {(t["kind"], t.get("name")): t for t in types}

@@ -2,19 +2,14 @@
 
 llvm-mc assembles the corpus into an ELF object; the test reads .text out of
 it with a small ELF64 reader and compares it, instruction by instruction, with
-pybpf.assemble on the same text. Skips when no llvm-mc with cpu=v4 is present.
+pybpf.assemble on the same text. Skips when no llvm-mc 19 or newer is present
+(cpu v4, gotol and may_goto).
 """
-import os
-import shutil
 import struct
 import subprocess
 
-import pytest
-
 from pybpf.text import assemble
-
-LLVM_MC = next((p for p in ("/usr/lib/llvm-19/bin/llvm-mc", shutil.which("llvm-mc") or "") if p and os.access(p, os.X_OK)),
-               None)
+from tests import oracles
 
 CORPUS = """\
 start:
@@ -163,13 +158,12 @@ def elf_text(path):
 def llvm_mc(tmp_path, text):
     src, obj = tmp_path / "in.s", tmp_path / "out.o"
     src.write_text(text)
-    done = subprocess.run([LLVM_MC, "-triple", "bpfel", "-mcpu=v4", "-filetype=obj", str(src), "-o", str(obj)],
+    done = subprocess.run([oracles.require("llvm-mc"), "-triple", "bpfel", "-mcpu=v4", "-filetype=obj", str(src), "-o", str(obj)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return elf_text(obj)
 
 
-@pytest.mark.skipif(LLVM_MC is None, reason="llvm-mc not installed")
 def test_corpus_matches_llvm_mc(tmp_path):
     theirs = llvm_mc(tmp_path, CORPUS)
     ours = assemble(CORPUS, "llvm")

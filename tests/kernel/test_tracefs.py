@@ -2,7 +2,6 @@
 what needs it (perf tracepoints, and bpftrace beside the monitor in the benchmark)."""
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -10,6 +9,7 @@ import time
 import pytest
 
 from pybpf import tracefs
+from tests import oracles
 from tests.conftest import load_script
 
 
@@ -36,8 +36,7 @@ def test_root_mounts_tracefs_where_none_is_mounted(no_tracefs):
 
 
 def test_the_benchmark_starts_bpftrace_where_tracefs_was_not_mounted(no_tracefs):
-    if shutil.which("bpftrace") is None:
-        pytest.skip("bpftrace is not installed (.ci/run installs it)")
+    oracles.require("bpftrace")
     bench = load_script("tests/perf/bench_monitor.py", "bench_monitor")
     peer = bench._peer()
     p, _seconds = bench._start(peer.cmd, peer.marker)  # raised "did not report 'Attaching'" before

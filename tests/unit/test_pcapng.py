@@ -1,12 +1,12 @@
 """pcapng writer/reader: round trip, torn tails, tshark as the independent reader, file safety."""
 import os
-import shutil
 import struct
 import subprocess
 
 import pytest
 
 from bpfhook import pcapng
+from tests import oracles
 
 IP_UDP = bytes.fromhex("4500001f00004000401100000a4d01010a4d0102") + struct.pack(">HHHH", 1234, 5678, 11, 0) + b"abc"
 
@@ -68,11 +68,11 @@ def test_garbage_is_one_clear_error(tmp_path):
         pcapng.decode_uds(b"\1\0")
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+@oracles.skip_unless("tshark")
 def test_tshark_reads_it_without_complaint(tmp_path):
     path = tmp_path / "f.pcapng"
     write_sample(path)
-    r = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.comment", "-e", "udp.payload",
+    r = subprocess.run([oracles.find("tshark").path, "-r", str(path), "-T", "fields", "-e", "frame.comment", "-e", "udp.payload",
                         "-e", "data", "-e", "frame.p2p_dir"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
     assert "appears" not in r.stderr and "warn" not in r.stderr.lower()

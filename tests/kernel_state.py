@@ -1,0 +1,74 @@
+"""What a tool could leave behind in the kernel, read from the outside, to compare before/after.
+
+tc state comes from iproute2's `ip` and `tc` (not from pyroute2, which the tools use); BPF
+objects from the kernel's own id lists (BPF_*_GET_NEXT_ID), and from bpftool as well where it
+is installed. A snapshot is a plain dict: `assert snapshot() == before` shows the difference.
+"""
+import json
+import os
+import subprocess
+
+from pybpf import sys as bsys
+from tests import oracles
+
+BPFFS = "/sys/fs/bpf"
+RUN_DIR = "/run/bpfhook"
+
+
+def _json(argv):
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def _ids(kind):
+    ids, last = [], 0
+    while (last := bsys.get_next_id(kind, last)) is not None:
+        ids.append(last)
+    return ids
+
+
+def _tc():
+    """{ifname: {"qdiscs": [...], "filters": {parent: [...]}}}, every link in this netns."""
+    state = {}
+    ip, tc = oracles.require("ip"), oracles.require("tc")
+    for link in _json([ip, "-j", "link", "show"]):
+        name = link["ifname"]
+        qdiscs = _json([tc, "-j", "qdisc", "show", "dev", name])
+        filters = {}
+        for q in qdiscs:
+            parents = ("ingress", "egress") if q["kind"] == "clsact" else (
+                ("ingress",) if q["kind"] == "ingress" else (q["handle"],))
+            for parent in parents:
+                found = _json([tc, "-j", "filter", "show", "dev", name, *(
+                    (parent,) if parent in ("ingress", "egress") else ("parent", parent))])
+                if found:
+                    filters[parent] = found
+        state[name] = {"qdiscs": [{k: q.get(k) for k in ("kind", "handle", "parent")} for q in qdiscs],
+                       "filters": filters}
+    return state
+
+
+def _files(top):
+    found = []
+    for directory, _dirs, files in os.walk(top):
+        found += [os.path.join(directory, f) for f in files]
+    return sorted(found)
+
+
+def snapshot():
+    """The kernel state a bpfhook tool touches: links and their tc objects, BPF programs, links and
+    maps, bpffs pins, named network namespaces, bpfhook's own state files."""
+    state = {
+        "tc": _tc(),
+        "bpf_progs": _ids("prog"),
+        "bpf_links": _ids("link"),
+        "bpf_maps": _ids("map"),
+        "pins": _files(BPFFS),
+        "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+        "state_files": _files(RUN_DIR),
+    }
+    bpftool = oracles.find("bpftool")
+    if bpftool:  # the independent view, where there is one
+        state["bpftool_progs"] = sorted(p["id"] for p in _json([bpftool.path, "-j", "prog", "show"]))
+        state["bpftool_links"] = sorted(link["id"] for link in _json([bpftool.path, "-j", "link", "show"]))
+    return state

@@ -1,0 +1,118 @@
+"""The outside tools some tests check our work against (bpftool, tshark, llvm-mc, ...).
+
+Each is looked up on PATH (LLVM also under its versioned names and /usr/lib/llvm-N), its
+version read from the tool itself, and a test that needs one skips with one line when it is
+missing or too old: `sudo bash .ci/run` installs them all. Never a fixed path, never a traceback.
+"""
+import dataclasses
+import functools
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+INSTALL_HINT = "sudo bash .ci/run installs the test oracles"
+LLVM_NEWEST = 30  # versioned LLVM names looked for, newest first, down to the tool's minimum
+LLVM_BIN = "/usr/lib/llvm-{major}/bin"  # where Debian's llvm-N packages keep the plain names
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    name: str
+    version_flag: str
+    version_re: str  # its first group: the version, dotted numbers
+    minimum: tuple = ()
+    package: str = ""  # the Debian package .ci/run installs it from
+    llvm: bool = False  # also llvm-NAME-N and /usr/lib/llvm-N/bin/NAME
+
+    def candidates(self):
+        if self.llvm:
+            for major in range(LLVM_NEWEST, (self.minimum or (0,))[0] - 1, -1):
+                yield f"{self.name}-{major}"
+                yield os.path.join(LLVM_BIN.format(major=major), self.name)
+        yield self.name
+
+
+TOOLS = {t.name: t for t in (
+    Tool("bpftool", "--version", r"bpftool v?(\d+(?:\.\d+)*)", (7, 0), "bpftool"),
+    Tool("bpftrace", "--version", r"bpftrace v?(\d+(?:\.\d+)*)", (0, 16), "bpftrace"),
+    Tool("tshark", "--version", r"TShark \(Wireshark\) (\d+(?:\.\d+)*)", (3, 6), "tshark"),
+    Tool("capinfos", "--version", r"Capinfos \(Wireshark\) (\d+(?:\.\d+)*)", (3, 6), "tshark"),
+    Tool("ping", "-V", r"iputils[- ]s?(\d+)", (), "iputils-ping"),
+    Tool("ip", "-V", r"iproute2-(?:ss)?v?(\d+(?:\.\d+)*)", (), "iproute2"),
+    Tool("tc", "-V", r"iproute2-(?:ss)?v?(\d+(?:\.\d+)*)", (), "iproute2"),
+    # cpu v4, gotol and may_goto: LLVM 19
+    Tool("llvm-mc", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),
+    Tool("llvm-objdump", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    path: str = None
+    version: tuple = ()
+    problem: str = None  # why it cannot be used: one line
+
+    def __bool__(self):
+        return self.problem is None
+
+
+def _version(tool, path):
+    try:
+        r = subprocess.run([path, tool.version_flag], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    match = re.search(tool.version_re, r.stdout + r.stderr)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else None
+
+
+_asked = set()  # the tools tests looked for in this run: the run's summary names those missing
+
+
+def find(name):
+    """The newest usable `name` on this machine, or a Found saying why there is none."""
+    _asked.add(name)
+    return _lookup(name)
+
+
+@functools.cache
+def _lookup(name):
+    tool = TOOLS[name]
+    too_old = []
+    for candidate in tool.candidates():
+        path = shutil.which(candidate) if os.sep not in candidate else (
+            candidate if os.access(candidate, os.X_OK) else None)
+        if path is None:
+            continue
+        version = _version(tool, path)
+        if version is None:
+            too_old.append(f"{path} (version unreadable)")
+        elif version < tool.minimum:
+            too_old.append(f"{path} is {'.'.join(map(str, version))}")
+        else:
+            return Found(path, version)
+    need = f", need {'.'.join(map(str, tool.minimum))} or newer" if tool.minimum else ""
+    if too_old:
+        return Found(problem=f"{name} too old: {'; '.join(too_old)}{need} ({INSTALL_HINT})")
+    return Found(problem=f"{name} not installed ({INSTALL_HINT})")
+
+
+def require(name):
+    """The path of tool `name`; skips the calling test with one line when it cannot be used."""
+    found = find(name)
+    if not found:
+        pytest.skip(found.problem)
+    return found.path
+
+
+def skip_unless(name):
+    """A mark for a whole test: skipped with the same line as require()."""
+    found = find(name)
+    return pytest.mark.skipif(not found, reason=found.problem or "")
+
+
+def missing():
+    """{name: problem} of the tools tests asked for and this machine lacks."""
+    return {name: _lookup(name).problem for name in sorted(_asked) if not _lookup(name)}
