@@ -150,6 +150,8 @@ def _kernel_text(op, dst, src, off, imm, syms):
         return "exit"
     if kind == "call":
         return _kernel_call(op, src, off, imm, syms)
+    if kind == "callx":  # (the kernel has no spelling for it: LLVM's)
+        return f"callx r{dst}"
     if kind == "ld_imm64":
         return f"r{dst} = {_kernel_ld_imm64(src, imm, syms)}"
     if kind == "neg":
@@ -257,6 +259,8 @@ def _llvm_text(op, dst, src, off, imm, syms):
         if src == isa.CALL_KFUNC:
             return f"call kfunc {_shex(imm)}" + (f", {_shex(off)}" if off else "")
         return f"call {_shex(imm)}"
+    if kind == "callx":
+        return f"callx r{dst}"
     if kind == "ld_imm64":
         if src == 0:
             return f"r{dst} = {_shex(_s64(imm))} ll"
@@ -332,6 +336,8 @@ def _ubpf_text(op, dst, src, off, imm, syms):
         if src == isa.CALL_KFUNC:
             return f"call_kfunc {imm & _U32:#x}" + (f", {off}" if off else "")
         return f"call {imm & _U32:#x}"
+    if kind == "callx":
+        return f"call %r{dst}"
     if kind == "ld_imm64":
         lo, hi = imm & _U32, (imm >> 32) & _U32
         if src == 0:

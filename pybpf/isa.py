@@ -140,7 +140,7 @@ class Op:
     name:      unique mnemonic (ubpf style: add, add32, jeq32, ldxdw, lock_fetch_add32 ...);
                imm and reg forms share a name and differ in `source`
     code:      opcode byte
-    kind:      alu, neg, end, bswap, movsx, jmp, ja, gotol, may_goto, call, exit,
+    kind:      alu, neg, end, bswap, movsx, jmp, ja, gotol, may_goto, call, callx, exit,
                ld_imm64, ld_abs, ld_ind, ldx, ldxs, st, stx, atomic
     operation: AluOp/JmpCond/AtomicOp name, the pseudo source name, or None
     bits:      operation width (32 or 64) for ALU/JMP/END/MOVSX/atomic; memory size for memory ops
@@ -259,6 +259,8 @@ def _build_table():
     add(Op("call", JMP | CALL, "call", "helper", 64, None, _uses("imm"), (("src", CALL_HELPER),)))
     add(Op("call_local", JMP | CALL, "call", "local", 64, None, _uses("imm"), (("src", CALL_PSEUDO),)))
     add(Op("call_kfunc", JMP | CALL, "call", "kfunc", 64, None, _uses("imm", "off"), (("src", CALL_KFUNC),)))
+    # A call through a register (LLVM's callx, ubpf's call %rN): not Linux's, which refuses it.
+    add(Op("callx", JMP | X | CALL, "callx", None, 64, None, _uses("dst")))
     add(Op("exit", JMP | EXIT, "exit"))
 
     for name, pseudo in LD_IMM64_PSEUDO:

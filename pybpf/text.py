@@ -41,7 +41,8 @@ _BY_KIND_SIZE = {(op.kind, op.bits): op for op in isa.OPS
 _ATOMIC = {(op.operation, op.bits): op for op in isa.OPS if op.kind == "atomic"}
 _LOCK = {(op.c_op, op.bits): op for op in isa.OPS if op.kind == "atomic" and not op.fixed_value("imm") & isa.FETCH}
 _PSEUDO = {op.operation: op for op in isa.OPS if op.kind == "ld_imm64"}
-_ONE = {name: isa.lookup(name) for name in ("ja", "gotol", "may_goto", "call", "call_local", "call_kfunc", "exit")}
+_ONE = {name: isa.lookup(name) for name in ("ja", "gotol", "may_goto", "call", "call_local", "call_kfunc", "callx",
+                                             "exit")}
 _MEM_BITS = {"u8": 8, "u16": 16, "u32": 32, "u64": 64, "s8": 8, "s16": 16, "s32": 32}
 
 _REGS = {f"{prefix}{n}": (n, bits) for n in range(isa.MAX_REG + 1) for prefix, bits in (("r", 64), ("w", 32))}
@@ -459,6 +460,10 @@ def _exit(c):
     return _insn(_ONE["exit"], source=c.source)
 
 
+def _callx(c):
+    return _insn(_ONE["callx"], c.reg("dst", 64)[0], source=c.source)
+
+
 _R = "{dst:reg} = "
 _MEM = "*({size:size} *)({dst:reg} {off:off})"
 _LLVM_FORMS = {
@@ -499,6 +504,7 @@ _LLVM_FORMS = {
         _Form("call kfunc {imm:imm}", _kfunc),
         _Form("call kfunc {imm:imm}, {off:imm}", _kfunc),
     ],
+    "callx": [_Form("callx {dst:reg}", _callx)],
     "exit": [_Form("exit", _exit)],
     "ld_pseudo": [_Form("ld_pseudo {dst:reg}, {src:imm}, {imm:imm}", _ld_pseudo)],
 }
@@ -555,6 +561,10 @@ def _u_call(c):
         return _insn(_ONE["call_local"], imm=off, ref=label, source=c.source)
     number = _s32(c.num("imm"))
     return _insn(_ONE["call_kfunc" if mode == "runtime" else "call"], imm=number, source=c.source)
+
+
+def _u_callx(c):
+    return _insn(_ONE["callx"], c.ureg("dst"), source=c.source)
 
 
 def _u_call_name(c):
@@ -649,6 +659,9 @@ _UBPF_FORMS = [
     _Form("{m:m_ld_abs} {imm:imm}", _u_ld_abs),
     _Form("{m:m_ld_ind} {src:ureg}, {imm:imm}", _u_ld_ind),
     _Form("call {imm:imm}", _u_call),
+    _Form("call {dst:ureg}", _u_callx),  # bpf_conformance's callx
+    _Form("call helper {dst:ureg}", _u_callx),
+    _Form("callx {dst:ureg}", _u_callx),
     _Form("call {mode:callmode} {imm:imm}", _u_call),
     _Form("call {mode:local} {target:target}", _u_call),
     _Form("call {name:name}", _u_call_name),
@@ -685,7 +698,7 @@ def _ubpf_forms(line, pos, end):
 
 # Fast dispatch of bare statements: LLVM by their first two characters, ubpf by mnemonic.
 _LLVM_BY_PREFIX = {"if": _LLVM_FORMS["if"], "go": _LLVM_FORMS["goto"] + _LLVM_FORMS["gotol"],
-                   "ma": _LLVM_FORMS["may_goto"], "ca": _LLVM_FORMS["call"], "ex": _LLVM_FORMS["exit"],
+                   "ma": _LLVM_FORMS["may_goto"], "ca": _LLVM_FORMS["call"] + _LLVM_FORMS["callx"], "ex": _LLVM_FORMS["exit"],
                    "lo": _LLVM_FORMS["lock"], "*(": _LLVM_FORMS["*"], "ld": _LLVM_FORMS["ld_pseudo"]}
 _LLVM_BY_PREFIX.update({f"{r}{n}": _LLVM_FORMS["reg"] for r in "rw" for n in range(10)})
 _FAST_KEYS = {

@@ -124,6 +124,7 @@ start:
   call 1
   call 0x7
   call fn
+  callx r2
   r0 = *(u8 *)skb[12]
   r0 = *(u16 *)skb[14]
   r0 = *(u32 *)skb[0x20]

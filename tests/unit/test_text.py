@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from pybpf import isa
+from pybpf import disasm, isa
 from pybpf.errors import AssemblerError
 from pybpf.insn import Insn, decode, encode
 from pybpf.text import assemble, detect_syntax, parse
@@ -89,6 +89,7 @@ LLVM = [
     ("call kernel-function#77 off 2", "call_kfunc", dict(imm=77, off=2)),
     ("call bpf_obj_new_impl#12345", "call_kfunc", dict(imm=12345)),  # verifier log names kfuncs
     ("exit", "exit", {}),
+    ("callx r2", "callx", dict(dst=2)),
     ("r0 = *(u8 *)skb[12]", "ldabsb", dict(imm=12)),
     ("r0 = *(u16 *)skb[r1 + 2]", "ldindh", dict(src=1, imm=2)),
     ("r0 = *(u32 *)skb[r3]", "ldindw", dict(src=3)),  # llvm-mc form
@@ -131,6 +132,9 @@ UBPF = [
     ("call runtime 7", "call_kfunc", None, dict(imm=7)),
     ("call_kfunc 0x7, 3", "call_kfunc", None, dict(imm=7, off=3)),
     ("call local -4", "call_local", None, dict(imm=-4)),
+    ("call %r2", "callx", None, dict(dst=2)),  # bpf_conformance's callx.data
+    ("call helper %r5", "callx", None, dict(dst=5)),
+    ("callx %r9", "callx", None, dict(dst=9)),
     ("exit", "exit", None, {}),
     ("neg %r1", "neg", None, dict(dst=1)),
     ("neg32 %r1", "neg32", None, dict(dst=1)),
@@ -231,6 +235,31 @@ def test_data_file_asm_section():
                      "mov", "exit", "exit"]
     assert insns[5].off == 2 and insns[6].imm == 3
     assert int(sections["result"], 0) == 0x20
+
+
+# bpf_conformance's callx.data, its program as the suite writes it: a call through a register
+CALLX_DATA = """\
+-- asm
+mov %r1, -1
+mov %r2, 5
+call %r2
+mov %r0, 2
+exit
+-- result
+0x2
+-- no register offset
+call instruction
+"""
+
+
+def test_callx_assembles_and_prints_back_in_every_syntax():
+    code = assemble(data_sections(CALLX_DATA)["asm"])
+    assert code[16:24] == bytes([0x8D, 0x02, 0, 0, 0, 0, 0, 0])  # JMP|CALL|X, the register in dst
+    printed = {syntax: disasm.disassemble(code, syntax, pcs=False).splitlines()[2]
+               for syntax in ("kernel", "llvm", "ubpf")}
+    assert printed == {"kernel": "(8d) callx r2", "llvm": "callx r2", "ubpf": "call %r2"}
+    for syntax in printed:
+        assert assemble(disasm.disassemble(code, syntax)) == code
 
 
 def test_verifier_log_pastes_back():
