@@ -27,7 +27,7 @@ from bpfhook import cgroups, netns, procfs
 from bpfhook.monitor import Monitor, run
 from bpfhook.monitor_cli import MonitorOptions
 from bpfhook.programs import accept
-from bpfhook.programs.conn_common import CONN_SLOTS, KernelOffsets, Maps
+from bpfhook.programs.conn_common import CONN_SLOTS, SLOT_SIZE, KernelOffsets, Maps
 from bpfhook.records import F_OWNER_FROM_ACCEPT, METRICS_FIELDS, SLOT_ENDED, TCP_STATE_IDS, direction
 from bpfhook.trafficgen import Server, generate
 from pybpf import features, sys as bpfsys
@@ -825,6 +825,43 @@ def test_a_connection_whose_opening_was_skipped_is_followed_from_its_next_transi
         assert m.lost()["conns"] == 0
 
 
+@contextlib.contextmanager
+def _listen_addresses():
+    """A map whose slot 0 holds the struct sock address of the last socket this process put in
+    LISTEN, as inet_sock_set_state gives it (the monitor keys its entries by that address)."""
+    from pybpf import attach
+    from pybpf.asm import Program as Dsl
+    from pybpf.maps import Map
+    from pybpf.prog import load
+
+    with Map("array", key=4, value=8, max_entries=1, name="listen_sk") as seen:
+        p = Dsl("listen_sk", prog_type="raw_tracepoint")
+        p.r6 = p.r1  # args: sk, oldstate, newstate
+        p.call("get_current_pid_tgid")
+        p.r0 >>= 32
+        with p.If(p.r0 == os.getpid()):
+            p.r7 = p.r6.u64[16]
+            with p.If(p.r7 == TCP_STATE_IDS["LISTEN"]):
+                key = p.stack.alloc(4)
+                key.u32[0] = 0
+                p.call("map_lookup_elem", seen, key)
+                with p.If(p.r0 != 0):
+                    p.r1 = p.r6.u64[0]
+                    p.r0.u64[0] = p.r1
+        p.exit(0)
+        with load(p) as prog, attach.raw_tracepoint(prog, "inet_sock_set_state"):
+            yield seen
+
+
+def _plant(m, sock, conn):
+    """An entry for `sock` where the programs look for it: its slot when that slot is free, else conns."""
+    slot = m.maps.slot_index(sock) if m.maps.slots else None
+    if slot is not None and not m.maps.conn_slots.mmap(writable=False)[slot * SLOT_SIZE:][:8].cast("Q")[0]:
+        m.maps.conn_slots.update(m.maps.slot_index(sock), {"sock": sock, "conn": conn})
+    else:
+        m.maps.conns.update({"sock": sock}, conn)
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["report", "stream"])
 @pytest.mark.parametrize("slots", [None, 0], ids=["slots", "conns"])
 @pytest.mark.parametrize("new_life", ["connect", "listen"])
@@ -833,10 +870,15 @@ def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_lif
     can only be one whose close the kernel skipped: it is ended first, and counted closed in
     its cgroup with the bytes it had (no duration: closed_unseen). Planted without relying on
     the slab: a socket whose connect() was refused (its entry ended, at its own address) is set
-    back to live with a stranger's pid, cgroup and bytes; then that same socket connects again
-    (a new connection there, ours) or listens (no connection there). Streaming, the stale
+    back to live with a stranger's pid, cgroup and bytes, and connects again (a new connection
+    there, ours); or the same stranger's entry is planted at the address of a listener that was
+    shut down (LISTEN -> CLOSE), which then listens again (no connection there). (A socket that
+    ever connected cannot listen on Linux 6.18: listen() gives EINVAL.) Streaming, the stale
     entry's close is sent then, marked close_unseen, before the new socket's first event."""
-    with Monitor(CGROUP_ROOT, stream=stream, slots=slots) as m, socket.socket() as s, socket.socket() as listener:
+    with contextlib.ExitStack() as stack:
+        seen = stack.enter_context(_listen_addresses()) if new_life == "listen" else None
+        m = stack.enter_context(Monitor(CGROUP_ROOT, stream=stream, slots=slots))
+        s, listener = (stack.enter_context(socket.socket()) for _ in range(2))
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         with socket.socket() as gone:
@@ -850,8 +892,18 @@ def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_lif
         planted, ended = m.maps.entry(sock)
         assert ended
         stranger = 2**62 + 17  # a cgroup id no one has
-        _rewrite(m, sock, state=TCP_STATE_IDS["ESTABLISHED"], pid=999999, cgroup_id=stranger, bytes_sent=1234,
-                 bytes_received=56)
+        stale = dict(planted, state=TCP_STATE_IDS["ESTABLISHED"], pid=999999, cgroup_id=stranger,
+                     bytes_sent=1234, bytes_received=56)
+        if new_life == "listen":
+            again = stack.enter_context(socket.socket())
+            again.bind(("127.0.0.1", 0))
+            again.listen(1)
+            sock = seen[0]
+            assert sock and m.maps.entry(sock) is None  # a listener has no entry
+            again.shutdown(socket.SHUT_RD)  # LISTEN -> CLOSE: the socket lives on, unconnected
+            _plant(m, sock, stale)
+        else:
+            _rewrite(m, sock, **stale)
         assert [c["pid"] for c in m.connections() if c["sock"] == sock] == [999999]
         assert m.cgroup_metrics()[stranger]["active"] == 1 and m.stats()["closed_unseen"] == 0
         if new_life == "connect":
@@ -861,8 +913,7 @@ def test_a_socket_starting_over_at_a_live_entrys_address_ends_that_entry(new_lif
                                                                        "ESTABLISHED")
             assert again["start_ns"] > planted.start_ns
         else:
-            s.bind(("127.0.0.1", 0))
-            s.listen(1)
+            again.listen(1)
             assert not [c for c in m.connections() if c["sock"] == sock]
             assert m.maps.entry(sock)[1]  # ended
         ended = {k: m.cgroup_metrics()[stranger][k] for k in ("opened", "closed", "active", "bytes_sent",
