@@ -16,7 +16,7 @@ from pybpf import attach, cleanup
 from pybpf import sys as bsys
 from pybpf.errors import SyscallError
 from pybpf.uapi import AttachType, Cmd
-from tests.conftest import require
+from tests.conftest import require, slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _serial = itertools.count()
@@ -74,7 +74,7 @@ def start(legacy, ns, cgroup_dir, ending="wait"):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     line = child.stdout.readline()
     if not line:
-        child.wait(10)
+        child.wait(10 * slow_factor())
         pytest.fail(f"child failed before attaching: {child.stderr.read()}")
     return child, json.loads(line)
 
@@ -91,9 +91,9 @@ def alive(kind, ids):
     return found
 
 
-def eventually_gone(kind, ids, timeout=10.0):
+def eventually_gone(kind, ids, timeout=None):
     """Programs are freed after an RCU grace period; poll (bounded) until they are."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (timeout or 10 * slow_factor())
     while alive(kind, ids) and time.monotonic() < deadline:
         time.sleep(0.05)
     return alive(kind, ids)
@@ -144,7 +144,7 @@ def test_sigkill_leaves_nothing_with_links(netns_and_cgroup):
         assert lo_state(ns)[2] == made["progs"][3]
     finally:
         child.kill()
-        child.wait(10)
+        child.wait(10 * slow_factor())
     assert child.returncode == -signal.SIGKILL
     assert_all_gone(made, ns, cgroup_dir)
 
@@ -158,7 +158,7 @@ def test_signal_undoes_legacy_attachments(netns_and_cgroup, signum):
         assert lo_state(ns) == (1, True, made["progs"][3])
         assert cgroup_prog_ids(cgroup_dir) == [made["progs"][1]]
         child.send_signal(signum)
-        child.wait(10)
+        child.wait(10 * slow_factor())
     finally:
         child.kill()
     # Our handler hands the signal on: SIGTERM's default kills, SIGINT's raises KeyboardInterrupt,
@@ -170,7 +170,7 @@ def test_signal_undoes_legacy_attachments(netns_and_cgroup, signum):
 def test_normal_exit_undoes_legacy_attachments(netns_and_cgroup):
     ns, cgroup_dir = netns_and_cgroup
     child, made = start(True, ns, cgroup_dir, ending="exit")
-    child.wait(10)
+    child.wait(10 * slow_factor())
     assert child.returncode == 0, child.stderr.read()
     assert_all_gone(made, ns, cgroup_dir)
 
@@ -184,7 +184,7 @@ def test_two_signals_at_once_still_undo_everything(netns_and_cgroup):
         child.send_signal(signal.SIGTERM)
         time.sleep(0.001)
         child.send_signal(signal.SIGINT)
-        child.wait(10)
+        child.wait(10 * slow_factor())
     finally:
         child.kill()
     assert child.returncode in (-signal.SIGTERM, -signal.SIGINT), child.stderr.read()
@@ -196,7 +196,7 @@ def test_a_programs_own_handler_stops_it_and_atexit_undoes(netns_and_cgroup):
     child, made = start(True, ns, cgroup_dir, ending="chain")
     try:
         child.send_signal(signal.SIGTERM)
-        child.wait(10)
+        child.wait(10 * slow_factor())
     finally:
         child.kill()
     assert child.stdout.read().strip() == "chained"

@@ -7,6 +7,7 @@ The kernel state (tc qdiscs and filters on every link, BPF programs, links and m
 named network namespaces, bpfhook's state files) must read the same before and after every run.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -83,6 +84,18 @@ def _signal_twice(proc, via_timeout, pair):
     os.kill(proc.pid, pair[1])
 
 
+_FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
+
+
+def _before_bpfhook_began(err):
+    """A KeyboardInterrupt raised while Python itself was still starting (importing, every frame
+    module level): before bpfhook could take the signal, and before it made anything. Under qemu
+    emulation that start takes seconds."""
+    frames = _FRAME.findall(err)
+    return err.rstrip().endswith("KeyboardInterrupt") and all(name == "<module>" or path.startswith("<frozen")
+                                                              for path, name in frames)
+
+
 def _check_capture_file(path):
     """A capture stopped at any moment is a whole file (or none, stopped before it began)."""
     if not os.path.exists(path):
@@ -113,7 +126,7 @@ def test_two_signals_never_cut_the_clean_up_short(world, tool):
                     proc.kill()
                     proc.wait()
             where = f"{tool}, {'timeout' if via_timeout else 'two signals'} after {delay}s (exit {proc.returncode})"
-            assert "Traceback" not in err, f"{where}:\n{err}"
+            assert "Traceback" not in err or _before_bpfhook_began(err), f"{where}:\n{err}"
             # (the kernel frees a closed program after an RCU grace period: wait for that, not longer)
             eventually(lambda: kernel_state.snapshot() == before, timeout=10 * slow_factor())
             assert kernel_state.snapshot() == before, f"{where}: left behind\n{err}"
