@@ -53,12 +53,15 @@ def build_parser(command=None):
 
 
 def main(argv=None):
-    # Signals first: one arriving while a tool sets up must not cut its clean-up short either.
-    with Shutdown(raise_first=True) as shutdown:
-        try:
-            return _main(sys.argv[1:] if argv is None else argv, shutdown)
-        except KeyboardInterrupt:
-            return 128 + (shutdown.signal or signal.SIGINT)
+    # Signals first: one arriving while a tool sets up must not cut its clean-up short either. The
+    # handler stays to the end of the process (no restore): a signal while it exits only says so.
+    shutdown = Shutdown(raise_first=True).install()
+    try:
+        return _main(sys.argv[1:] if argv is None else argv, shutdown)
+    except KeyboardInterrupt:
+        return 128 + (shutdown.signal or signal.SIGINT)
+    finally:
+        shutdown.raise_first = False
 
 
 def _main(argv, shutdown):

@@ -26,12 +26,17 @@ import sys
 import time
 
 from bpfhook.netns import entered as netns_of
+from pybpf.errors import BpfError
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SOL_PACKET, PACKET_STATISTICS = 263, 6
 SO_RCVBUFFORCE = 33
 DEMO_PORT = 5201
+
+
+class DemoError(BpfError):
+    """A demo's client or server did not do its part: one line, not a traceback."""
 
 
 # -- packet sockets ------------------------------------------------------------------------------
@@ -166,13 +171,13 @@ def enable_forwarding(*containers):
 def server(container, port=DEMO_PORT, seconds=60.0):
     """A TCP sink and UDP echo (first 64 bytes) inside container, ready on entry, killed on exit."""
     p = container.spawn([sys.executable, "-c", SERVER, str(port), str(seconds)],
-                        stdout=subprocess.PIPE, text=True)
+                        stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         # An upper bound only (returns as soon as it is ready): Python under qemu emulation
         # takes tens of seconds to start.
         ready, _, _ = select.select([p.stdout], [], [], 60)
         if not ready or p.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"server in {container.name} did not start")
+            raise DemoError(f"server in {container.name} did not start")
         yield p
     finally:
         p.kill()
@@ -184,15 +189,15 @@ def client(container, host, port=DEMO_PORT, seconds=5.0, nbytes=1 << 20, datagra
     """Run the client in container: `datagrams` UDP requests, then a TCP stream of up to nbytes for
     up to `seconds`. Returns (bytes sent over TCP, seconds it took)."""
     argv = [sys.executable, "-c", CLIENT, host, str(port), str(seconds), str(nbytes), str(datagrams)]
-    p = container.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = container.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = p.communicate(timeout=seconds + 20)
     except subprocess.TimeoutExpired:
         p.kill()
         p.communicate()
-        raise RuntimeError(f"client in {container.name} did not finish") from None
+        raise DemoError(f"client in {container.name} did not finish") from None
     if p.returncode:
-        raise RuntimeError(f"client in {container.name} failed: {err.strip().splitlines()[-1:]}")
+        raise DemoError(f"client in {container.name} failed: {err.strip().splitlines()[-1:]}")
     sent, elapsed = out.split()
     return int(sent), float(elapsed)
 
@@ -245,7 +250,7 @@ def run(args):
 def _traffic_and_watch(args, cli, srv, sock):
     """Run the client in the background; print what the observer sees while it runs."""
     argv = [sys.executable, "-c", CLIENT, srv.ipv4, str(DEMO_PORT), str(args.seconds), str(256 << 20), "5"]
-    proc = cli.spawn(argv, stdout=subprocess.PIPE, text=True)
+    proc = cli.spawn(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
     keep = ipv4_between(srv.ipv4, incoming_only=True)
     printed = seen = 0
     deadline = time.monotonic() + args.seconds + 20

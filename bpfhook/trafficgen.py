@@ -308,8 +308,9 @@ def server_in_container(kind, container, ipv6=False):
         raise TrafficError(f"lab container {container.name!r} has no IPv6 address (lab up --ipv6)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    # its own session: a Ctrl-C (or timeout) signalling our process group is ours to act on, not the server's
     child = container.spawn([sys.executable, "-m", "bpfhook.trafficgen", "serve", kind, host],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True)
     try:
         ready = _readline(child.stdout, timeout=60)  # an upper bound: slow under emulation
         if not ready:

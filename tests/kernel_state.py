@@ -12,7 +12,7 @@ from pybpf import sys as bsys
 from tests import oracles
 
 BPFFS = "/sys/fs/bpf"
-RUN_DIR = "/run/bpfhook"
+STATE_DIRS = ("/run/bpfhook/lab", "/run/bpfhook/mirror")  # what stands for kernel objects (not caches)
 
 
 def _json(argv):
@@ -57,7 +57,7 @@ def _files(top):
 
 def snapshot():
     """The kernel state a bpfhook tool touches: links and their tc objects, BPF programs, links and
-    maps, bpffs pins, named network namespaces, bpfhook's own state files."""
+    maps, bpffs pins, named network namespaces, bpfhook's own state files (lab containers, mirrors)."""
     state = {
         "tc": _tc(),
         "bpf_progs": _ids("prog"),
@@ -65,7 +65,7 @@ def snapshot():
         "bpf_maps": _ids("map"),
         "pins": _files(BPFFS),
         "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
-        "state_files": _files(RUN_DIR),
+        "state_files": [f for directory in STATE_DIRS for f in _files(directory)],
     }
     bpftool = oracles.find("bpftool")
     if bpftool:  # the independent view, where there is one
