@@ -2,7 +2,7 @@
 
 Write programs with the DSL (pybpf.asm), assemble text (pybpf.text), read
 bytecode back (pybpf.disasm), and load, attach and read them through raw
-bpf() syscalls (pybpf.sys, pybpf.prog, pybpf.maps, ...).
+bpf() syscalls (pybpf.syscall, pybpf.prog, pybpf.maps, ...).
 
 Importing pybpf is cheap: submodules load on first use.
 """

@@ -27,12 +27,12 @@ import os
 import socket
 
 from . import cleanup, mounts
-from . import sys as _sys
+from . import syscall
 from . import tracefs
 from .errors import BpfError, FeatureUnavailable, SyscallError
 from .uapi import AttachFlags, AttachType, Cmd
 
-ffi = _sys.ffi
+ffi = syscall.ffi
 
 # Errnos meaning "this kernel has no such link / attach type", which send us to the legacy path.
 # 524 is the kernel-internal ENOTSUPP that leaks out of some bpf() paths.
@@ -116,7 +116,7 @@ def attach_type(value, names=None):
 
 def _attach_error(error, what, hint=None):
     """Re-raise a syscall failure naming the hook; the errno and exception class stay."""
-    return _sys.syscall_error(f"{error.command} ({what})", error.errno, hint)
+    return syscall.syscall_error(f"{error.command} ({what})", error.errno, hint)
 
 
 # -- attachment objects ------------------------------------------------------
@@ -168,7 +168,7 @@ class Link(Attachment):
 
     def info(self):
         """struct bpf_link_info (cffi) from BPF_OBJ_GET_INFO_BY_FD."""
-        return _sys.obj_get_info_by_fd(self.fd, "link")
+        return syscall.obj_get_info_by_fd(self.fd, "link")
 
     @property
     def id(self):
@@ -176,14 +176,14 @@ class Link(Attachment):
 
     def update(self, prog, old_prog=None):
         """BPF_LINK_UPDATE: swap in another program atomically (optionally only if old_prog is current)."""
-        attr = _sys.new_attr()
+        attr = syscall.new_attr()
         attr.link_update.link_fd = self.fd
         attr.link_update.new_prog_fd = prog_fd(prog)
         if old_prog is not None:
             attr.link_update.flags = AttachFlags.REPLACE
             attr.link_update.old_prog_fd = prog_fd(old_prog)
         try:
-            _sys.bpf(Cmd.LINK_UPDATE, attr)
+            syscall.bpf(Cmd.LINK_UPDATE, attr)
         except SyscallError as e:
             raise _attach_error(e, self.what) from None
 
@@ -210,7 +210,7 @@ class PerfEventLink(Attachment):
             if self.link_fd is not None:
                 os.close(self.link_fd)
             else:
-                _sys.ioctl(self.perf_fd, _sys.PERF_EVENT_IOC_DISABLE)
+                syscall.ioctl(self.perf_fd, syscall.PERF_EVENT_IOC_DISABLE)
         finally:
             os.close(self.perf_fd)
 
@@ -226,12 +226,12 @@ class ProgAttachment(Attachment):
         target = os.dup(target_fd)
         program = os.dup(prog_fd(prog))
         try:
-            attr = _sys.new_attr()
+            attr = syscall.new_attr()
             attr.target_fd = target
             attr.attach_bpf_fd = program
             attr.attach_type = type
             attr.attach_flags = flags
-            _sys.bpf(Cmd.PROG_ATTACH, attr)
+            syscall.bpf(Cmd.PROG_ATTACH, attr)
         except BaseException as e:
             os.close(target)
             os.close(program)
@@ -246,12 +246,12 @@ class ProgAttachment(Attachment):
 
 
 def _prog_detach(target, program, type):
-    attr = _sys.new_attr()
+    attr = syscall.new_attr()
     attr.target_fd = target
     attr.attach_bpf_fd = program
     attr.attach_type = type
     try:
-        _sys.bpf(Cmd.PROG_DETACH, attr)
+        syscall.bpf(Cmd.PROG_DETACH, attr)
     except SyscallError as e:
         if e.errno != errno.ENOENT:  # already gone (target removed): nothing left to undo
             raise
@@ -263,7 +263,7 @@ def _prog_detach(target, program, type):
 # -- the generic link ----------------------------------------------------------
 def link_create(prog, target_fd, type, flags=0, *, cookie=None, target_btf_id=0):
     """BPF_LINK_CREATE -> link fd. cookie goes where the attach type keeps it."""
-    attr = _sys.new_attr()
+    attr = syscall.new_attr()
     lc = attr.link_create
     lc.prog_fd = prog_fd(prog)
     lc.target_fd = target_fd
@@ -274,7 +274,7 @@ def link_create(prog, target_fd, type, flags=0, *, cookie=None, target_btf_id=0)
     elif target_btf_id or cookie:
         lc.tracing.target_btf_id = target_btf_id
         lc.tracing.cookie = cookie or 0
-    return _sys.bpf(Cmd.LINK_CREATE, attr)
+    return syscall.bpf(Cmd.LINK_CREATE, attr)
 
 
 # -- perf events: tracepoints and kprobes --------------------------------------
@@ -289,7 +289,7 @@ def _attach_perf_event(prog, attr, what, cookie, mode):
         raise BpfError(f"{what}: a bpf cookie needs a BPF_PERF_EVENT link, not the ioctl")
     # pid -1 on one CPU: a BPF program on a tracepoint/kprobe event runs for hits on every
     # CPU (the program hangs off the trace event, not the per-CPU perf event).
-    pfd = _sys.perf_event_open(attr, -1, 0)
+    pfd = syscall.perf_event_open(attr, -1, 0)
     link_fd = None
     try:
         if mode != "ioctl":
@@ -303,10 +303,10 @@ def _attach_perf_event(prog, attr, what, cookie, mode):
                                              f"which this kernel lacks") from None
         if link_fd is None:
             try:
-                _sys.ioctl(pfd, _sys.PERF_EVENT_IOC_SET_BPF, prog_fd(prog))
+                syscall.ioctl(pfd, syscall.PERF_EVENT_IOC_SET_BPF, prog_fd(prog))
             except SyscallError as e:
                 raise _attach_error(e, what) from None
-        _sys.ioctl(pfd, _sys.PERF_EVENT_IOC_ENABLE)
+        syscall.ioctl(pfd, syscall.PERF_EVENT_IOC_ENABLE)
     except BaseException:
         if link_fd is not None:
             os.close(link_fd)
@@ -320,8 +320,8 @@ def tracepoint(prog, category, name=None, *, cookie=None, mode=None):
     or tracepoint(p, "sched", "sched_process_exec"). Mounts tracefs if needed.
     mode: None = BPF_PERF_EVENT link, else PERF_EVENT_IOC_SET_BPF; "link" or "ioctl" forces one."""
     category, name = tracefs.split_name(category, name)
-    attr = _sys.new_perf_attr()
-    attr.type = _sys.PERF_TYPE_TRACEPOINT
+    attr = syscall.new_perf_attr()
+    attr.type = syscall.PERF_TYPE_TRACEPOINT
     attr.config = tracefs.tracepoint_id(category, name)
     return _attach_perf_event(prog, attr, f"tracepoint {category}:{name}", cookie, mode)
 
@@ -339,13 +339,13 @@ def kprobe(prog, func, *, offset=0, retprobe=False, cookie=None, mode=None):
         pmu_type = int(_read_sysfs(f"{KPROBE_PMU}/type"))
     except FileNotFoundError:
         raise FeatureUnavailable(f"{what}: this kernel has no kprobe PMU ({KPROBE_PMU}/type is absent)") from None
-    attr = _sys.new_perf_attr()
+    attr = syscall.new_perf_attr()
     attr.type = pmu_type
     if retprobe:
         # format/retprobe reads "config:<bit>"
         attr.config = 1 << int(_read_sysfs(f"{KPROBE_PMU}/format/retprobe").split(":")[1])
     name = ffi.new("char[]", func.encode())  # must stay alive until perf_event_open returns
-    attr.kprobe_func = _sys.address(name)
+    attr.kprobe_func = syscall.address(name)
     attr.probe_offset = offset
     try:
         return _attach_perf_event(prog, attr, what, cookie, mode)
@@ -362,14 +362,14 @@ def kretprobe(prog, func, *, cookie=None, mode=None):
 
 # -- raw tracepoints and BTF-typed tracing ------------------------------------
 def _raw_tracepoint_open(prog, name, what, cookie=None):
-    attr = _sys.new_attr()
+    attr = syscall.new_attr()
     if name is not None:  # None: a tracing program, whose target came with attach_btf_id
         cname = ffi.new("char[]", name.encode())
-        attr.raw_tracepoint.name = _sys.address(cname)
+        attr.raw_tracepoint.name = syscall.address(cname)
     attr.raw_tracepoint.prog_fd = prog_fd(prog)
     attr.raw_tracepoint.cookie = cookie or 0
     try:
-        return Link(_sys.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr), what)
+        return Link(syscall.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr), what)
     except SyscallError as e:
         if e.errno == errno.ENOENT and name is not None:
             raise FeatureUnavailable(f"{what}: no such raw tracepoint on this kernel") from None
@@ -424,10 +424,10 @@ def run_iterator(link, max_bytes=64 << 20):
     """Run an iterator over every object of its target (BPF_ITER_CREATE, then read() to the
     end: each read runs the program on the next batch). Returns what the program wrote with
     bpf_seq_write/bpf_seq_printf; raises BpfError past max_bytes of it."""
-    attr = _sys.new_attr()
+    attr = syscall.new_attr()
     attr.iter_create.link_fd = link.fd
     try:
-        fd = _sys.bpf(Cmd.ITER_CREATE, attr)
+        fd = syscall.bpf(Cmd.ITER_CREATE, attr)
     except SyscallError as e:
         raise _attach_error(e, "iterator") from None
     chunks, size = [], 0
@@ -503,7 +503,7 @@ class XdpNetlink(Attachment):
             ipr.close()
             os.close(program)
             if isinstance(e, NetlinkError):
-                raise _sys.syscall_error(f"IFLA_XDP ({what})", e.code) from None
+                raise syscall.syscall_error(f"IFLA_XDP ({what})", e.code) from None
             raise
 
         def undo():

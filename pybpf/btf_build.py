@@ -329,30 +329,30 @@ def load_btf(data):
 
     On failure, loads again with a log buffer so the SyscallError carries the
     kernel BTF verifier's reason (full text in its .log)."""
-    from . import sys as _sys
+    from . import syscall
     from .uapi import Cmd
 
-    blob = _sys.ffi.from_buffer(bytes(data))
-    attr = _sys.new_attr()
-    attr.btf = _sys.address(blob)
+    blob = syscall.ffi.from_buffer(bytes(data))
+    attr = syscall.new_attr()
+    attr.btf = syscall.address(blob)
     attr.btf_size = len(blob)
     try:
-        return _sys.bpf(Cmd.BTF_LOAD, attr)
+        return syscall.bpf(Cmd.BTF_LOAD, attr)
     except NotPermitted:
         raise
     except SyscallError as e:
         first = e.errno
-    log = _sys.ffi.new("char[]", LOG_SIZE)
-    attr.btf_log_buf = _sys.address(log)
+    log = syscall.ffi.new("char[]", LOG_SIZE)
+    attr.btf_log_buf = syscall.address(log)
     attr.btf_log_size = LOG_SIZE
     attr.btf_log_level = 1
     try:
-        return _sys.bpf(Cmd.BTF_LOAD, attr)
+        return syscall.bpf(Cmd.BTF_LOAD, attr)
     except SyscallError:
         pass
-    text = _sys.ffi.string(log).decode("utf-8", "replace")
+    text = syscall.ffi.string(log).decode("utf-8", "replace")
     lines = [line for line in text.splitlines() if line.strip()]
-    error = _sys.syscall_error("BPF_BTF_LOAD", first, " | ".join(lines[-2:]) or "no BTF log")
+    error = syscall.syscall_error("BPF_BTF_LOAD", first, " | ".join(lines[-2:]) or "no BTF log")
     error.log = text
     raise error
 

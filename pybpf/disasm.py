@@ -583,27 +583,27 @@ class Loaded:
 
 
 def _jited_ksyms(fd):
-    from . import sys as _sys
+    from . import syscall
 
-    count = _sys.obj_get_info_by_fd(fd, "prog").nr_jited_ksyms
+    count = syscall.obj_get_info_by_fd(fd, "prog").nr_jited_ksyms
     if not count:
         return ()
-    info = _sys.ffi.new("struct bpf_prog_info *")
-    addresses = _sys.ffi.new("uint64_t[]", count)
-    info.nr_jited_ksyms, info.jited_ksyms = count, _sys.address(addresses)
-    _sys.obj_get_info_by_fd(fd, info)
+    info = syscall.ffi.new("struct bpf_prog_info *")
+    addresses = syscall.ffi.new("uint64_t[]", count)
+    info.nr_jited_ksyms, info.jited_ksyms = count, syscall.address(addresses)
+    syscall.obj_get_info_by_fd(fd, info)
     return tuple(addresses[i] for i in range(min(count, info.nr_jited_ksyms)))
 
 
 def _map_name(map_id):
-    from . import sys as _sys
+    from . import syscall
 
     try:
-        fd = _sys.get_fd_by_id("map", map_id)
+        fd = syscall.get_fd_by_id("map", map_id)
     except BpfError:
         return None  # gone since, or not ours to open: the id alone still names it
     try:
-        return _sys.ffi.string(_sys.obj_get_info_by_fd(fd, "map").name).decode(errors="replace")
+        return syscall.ffi.string(syscall.obj_get_info_by_fd(fd, "map").name).decode(errors="replace")
     finally:
         os.close(fd)
 
@@ -615,13 +615,13 @@ def read_loaded(prog_id=None, path=None):
     prints: map[id:N], helper and subprogram calls named through /proc/kallsyms.
     """
     from . import prog as _prog
-    from . import sys as _sys
+    from . import syscall
     from .errors import SyscallError
 
     if (prog_id is None) == (path is None):
         raise BpfError("read_loaded: give a program id or a pinned path")
     try:
-        fd = _sys.get_fd_by_id("prog", prog_id) if path is None else _sys.obj_get(path)
+        fd = syscall.get_fd_by_id("prog", prog_id) if path is None else syscall.obj_get(path)
     except SyscallError as e:
         if e.errno == errno.ENOENT:
             raise BpfError(f"no BPF program {'with id ' + str(prog_id) if path is None else 'pinned at ' + path}") from None

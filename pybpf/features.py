@@ -23,7 +23,7 @@ import socket
 import sys as _pysys
 from dataclasses import dataclass
 
-from . import sys as _sys
+from . import syscall
 from .errors import BpfError, SyscallError
 from .insn import Insn, encode
 from .uapi import AttachType, Cmd, MapFlags, MapType, ProgFlags, ProgType
@@ -90,13 +90,13 @@ def _load_raw(ptype, code=RETURN_0, expected_attach_type=None, prog_flags=0, att
     """(fd or None, errno, log). No exceptions: probes classify errnos."""
     from .prog import _bpf_prog_load
 
-    code_buf = _sys.ffi.from_buffer(code)
-    lic = _sys.ffi.new("char[]", b"GPL")
-    attr = _sys.new_attr()
+    code_buf = syscall.ffi.from_buffer(code)
+    lic = syscall.ffi.new("char[]", b"GPL")
+    attr = syscall.new_attr()
     attr.prog_type = int(ptype)
     attr.insn_cnt = len(code) // 8
-    attr.insns = _sys.address(code_buf)
-    attr.license = _sys.address(lic)
+    attr.insns = syscall.address(code_buf)
+    attr.license = syscall.address(lic)
     attr.prog_flags = int(prog_flags)
     attr.attach_btf_id = attach_btf_id
     if expected_attach_type is not None:
@@ -190,14 +190,14 @@ _MAP_IN_MAP = (MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS)
 
 def _map_create(mtype, key_size, value_size, max_entries, flags=0, inner_map_fd=0, btf=None):
     """fd or raises SyscallError."""
-    attr = _sys.new_attr()
+    attr = syscall.new_attr()
     attr.map_type = int(mtype)
     attr.key_size, attr.value_size, attr.max_entries = key_size, value_size, max_entries
     attr.map_flags = int(flags)
     attr.inner_map_fd = inner_map_fd
     if btf is not None:
         attr.btf_fd, attr.btf_key_type_id, attr.btf_value_type_id = btf
-    return _sys.bpf(Cmd.MAP_CREATE, attr)
+    return syscall.bpf(Cmd.MAP_CREATE, attr)
 
 
 def _probe_map_type(mtype):
@@ -252,10 +252,10 @@ def _probe_attach_type(atype):
         available, detail = _describe_load(fd, err, log)
         return available, f"{ptype.name.lower()} program with this expected_attach_type {detail}"
     # BPF_PROG_ATTACH checks the attach type before it looks at the (bad) program fd.
-    attr = _sys.new_attr()
+    attr = syscall.new_attr()
     attr.target_fd, attr.attach_bpf_fd, attr.attach_type = BAD_FD, BAD_FD, int(atype)
     try:
-        _sys.bpf(Cmd.PROG_ATTACH, attr)
+        syscall.bpf(Cmd.PROG_ATTACH, attr)
     except SyscallError as e:
         if e.errno == _errno.EINVAL:
             return False, "BPF_PROG_ATTACH does not know it (EINVAL)"
@@ -265,12 +265,12 @@ def _probe_attach_type(atype):
 
 def _link_create(prog_fd, target, atype):
     """(fd or None, errno)."""
-    attr = _sys.new_attr()
+    attr = syscall.new_attr()
     attr.link_create.prog_fd = prog_fd
     attr.link_create.target_fd = target
     attr.link_create.attach_type = int(atype)
     try:
-        return _sys.bpf(Cmd.LINK_CREATE, attr), 0
+        return syscall.bpf(Cmd.LINK_CREATE, attr), 0
     except SyscallError as e:
         return None, e.errno
 
@@ -405,12 +405,12 @@ def _probe_kprobe_pmu():
             pmu = int(f.read())
     except OSError:
         return False, f"{path} is absent: the kernel has no kprobe PMU"
-    attr = _sys.new_perf_attr()
+    attr = syscall.new_perf_attr()
     attr.type = pmu
-    func = _sys.ffi.new("char[]", b"do_sys_openat2")
-    attr.kprobe_func = _sys.address(func)
+    func = syscall.ffi.new("char[]", b"do_sys_openat2")
+    attr.kprobe_func = syscall.address(func)
     try:
-        fd = _sys.perf_event_open(attr, -1, 0)
+        fd = syscall.perf_event_open(attr, -1, 0)
     except SyscallError as e:
         return False, f"perf_event_open of a kprobe: {_errname(e.errno)}"
     _close(fd)
@@ -421,12 +421,12 @@ def _probe_raw_tracepoint():
     fd, err, log = _load_raw(ProgType.RAW_TRACEPOINT, RETURN_0, log=True)
     if fd is None:
         return False, f"cannot load: {_describe_load(fd, err, log)[1]}"
-    name = _sys.ffi.new("char[]", b"sys_enter")
-    attr = _sys.new_attr()
-    attr.raw_tracepoint.name = _sys.address(name)
+    name = syscall.ffi.new("char[]", b"sys_enter")
+    attr = syscall.new_attr()
+    attr.raw_tracepoint.name = syscall.address(name)
     attr.raw_tracepoint.prog_fd = fd
     try:
-        _close(_sys.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr))
+        _close(syscall.bpf(Cmd.RAW_TRACEPOINT_OPEN, attr))
     except SyscallError as e:
         return False, f"BPF_RAW_TRACEPOINT_OPEN sys_enter: {_errname(e.errno)}"
     finally:
@@ -444,12 +444,12 @@ def _probe_perf_event_tracepoint():
     fd, err, log = _load_raw(ProgType.TRACEPOINT, RETURN_0, log=True)
     if fd is None:
         return False, f"cannot load a tracepoint program: {_describe_load(fd, err, log)[1]}"
-    attr = _sys.new_perf_attr()
-    attr.type, attr.config = _sys.PERF_TYPE_TRACEPOINT, tp_id
+    attr = syscall.new_perf_attr()
+    attr.type, attr.config = syscall.PERF_TYPE_TRACEPOINT, tp_id
     try:
-        event = _sys.perf_event_open(attr, -1, 0)
+        event = syscall.perf_event_open(attr, -1, 0)
         try:
-            _sys.ioctl(event, _sys.PERF_EVENT_IOC_SET_BPF, fd)
+            syscall.ioctl(event, syscall.PERF_EVENT_IOC_SET_BPF, fd)
         finally:
             _close(event)
     except SyscallError as e:

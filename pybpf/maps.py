@@ -18,12 +18,12 @@ import os
 import re
 from dataclasses import dataclass
 
-from . import sys as _sys
+from . import syscall
 from .errors import BpfError, InvalidArgument, SyscallError
 from .layout import LayoutError, codec, size_of
 from .uapi import Cmd, MapFlags, MapType, UpdateFlags, member
 
-ffi = _sys.ffi
+ffi = syscall.ffi
 
 PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
                           MapType.PERCPU_CGROUP_STORAGE})
@@ -39,7 +39,7 @@ LOCAL_STORAGE_TYPES = frozenset({MapType.SK_STORAGE, MapType.INODE_STORAGE, MapT
                                  MapType.CGRP_STORAGE})
 _NO_PREALLOC_TYPES = LOCAL_STORAGE_TYPES | {MapType.LPM_TRIE}
 # Errors that mean "this kernel/map has no batch ops", not "your call was wrong".
-_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, _sys.ENOTSUPP)
+_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, syscall.ENOTSUPP)
 
 _BATCH_SIZE = 4096
 _NOT_IDENTIFIER = re.compile(r"\W")
@@ -125,7 +125,7 @@ class Map:
         if len(encoded_name) > 15 or not all(c.isalnum() or c in "_." for c in name):
             raise MapError(f"map name {name!r}: at most 15 characters of [A-Za-z0-9_.]")
 
-        attr = _sys.new_attr()
+        attr = syscall.new_attr()
         attr.map_type = type
         attr.key_size = size_of(key)
         attr.value_size = size_of(value)
@@ -148,17 +148,17 @@ class Map:
             if own_btf is not None:
                 attr.btf_fd, attr.btf_key_type_id, attr.btf_value_type_id = own_btf
                 try:
-                    fd = _sys.bpf(Cmd.MAP_CREATE, attr)
+                    fd = syscall.bpf(Cmd.MAP_CREATE, attr)
                 except SyscallError:
                     # Without it, as asked: the kernel may refuse BTF for this map type.
                     attr.btf_fd = attr.btf_key_type_id = attr.btf_value_type_id = 0
-                    fd = _sys.bpf(Cmd.MAP_CREATE, attr)
+                    fd = syscall.bpf(Cmd.MAP_CREATE, attr)
             else:
-                fd = _sys.bpf(Cmd.MAP_CREATE, attr)
+                fd = syscall.bpf(Cmd.MAP_CREATE, attr)
         except SyscallError as e:
             shape = (f"{type.name} map {name!r}: key {attr.key_size} value {attr.value_size} "
                      f"max_entries {max_entries} flags {MapFlags(attr.map_flags)!r}")
-            raise _sys.syscall_error("BPF_MAP_CREATE", e.errno, _create_hint(type, e.errno, shape)) from None
+            raise syscall.syscall_error("BPF_MAP_CREATE", e.errno, _create_hint(type, e.errno, shape)) from None
         finally:
             if own_btf is not None:
                 os.close(own_btf[0])  # the map holds its own reference
@@ -206,20 +206,20 @@ class Map:
     @classmethod
     def from_id(cls, map_id, key=None, value=None):
         """Open the map with this kernel id."""
-        return cls.from_fd(_sys.get_fd_by_id("map", map_id), key, value)
+        return cls.from_fd(syscall.get_fd_by_id("map", map_id), key, value)
 
     @classmethod
     def open_pinned(cls, path, key=None, value=None, flags=0):
         """Open a map pinned on bpffs."""
-        self = cls.from_fd(_sys.obj_get(path, flags), key, value)
+        self = cls.from_fd(syscall.obj_get(path, flags), key, value)
         self.pinned = os.fspath(path)
         return self
 
     def pin(self, path):
         """Pin on bpffs (mounting /sys/fs/bpf when missing). The pin outlives the process: unpin() it."""
         path = os.fspath(path)
-        _sys.ensure_bpffs(os.path.dirname(path) or ".")
-        _sys.obj_pin(self._live_fd(), path)
+        syscall.ensure_bpffs(os.path.dirname(path) or ".")
+        syscall.obj_pin(self._live_fd(), path)
         self.pinned = path
 
     def unpin(self):
@@ -279,12 +279,12 @@ class Map:
     # ---- single elements ----------------------------------------------------------
 
     def _elem(self, cmd, key, value, flags=0):
-        attr = _sys.new_attr()
+        attr = syscall.new_attr()
         attr.map_fd = self._live_fd()
-        attr.key = _sys.address(key) if key is not None else 0
-        attr.value = _sys.address(value) if value is not None else 0
+        attr.key = syscall.address(key) if key is not None else 0
+        attr.value = syscall.address(value) if value is not None else 0
         attr.flags = flags
-        return _sys.bpf(cmd, attr)
+        return syscall.bpf(cmd, attr)
 
     def lookup(self, key, flags=0):
         """The value at key, or None when absent."""
@@ -329,7 +329,7 @@ class Map:
         }.get(e.errno)
         if e.errno == errno.EPERM:
             return SyscallError(e.command, e.errno, detail)
-        return _sys.syscall_error(e.command, e.errno, detail)
+        return syscall.syscall_error(e.command, e.errno, detail)
 
     def delete(self, key):
         """Delete key; True if it was there, False if it was not."""
@@ -395,12 +395,12 @@ class Map:
         prev = None
         nxt = ffi.new("char[]", self.key_size)
         for _ in range(limit):
-            attr = _sys.new_attr()
+            attr = syscall.new_attr()
             attr.map_fd = self._live_fd()
-            attr.key = _sys.address(prev) if prev is not None else 0
-            attr.next_key = _sys.address(nxt)
+            attr.key = syscall.address(prev) if prev is not None else 0
+            attr.next_key = syscall.address(nxt)
             try:
-                _sys.bpf(Cmd.MAP_GET_NEXT_KEY, attr)
+                syscall.bpf(Cmd.MAP_GET_NEXT_KEY, attr)
             except SyscallError as e:
                 if e.errno == errno.ENOENT:
                     return
@@ -453,16 +453,16 @@ class Map:
         for _ in range(limit):
             keys = ffi.new("char[]", self.key_size * batch_size)
             values = ffi.new("char[]", self._value_buf_size * batch_size)
-            attr = _sys.new_attr()
+            attr = syscall.new_attr()
             attr.batch.map_fd = self._live_fd()
-            attr.batch.in_batch = 0 if first else _sys.address(in_batch)
-            attr.batch.out_batch = _sys.address(out_batch)
-            attr.batch.keys = _sys.address(keys)
-            attr.batch.values = _sys.address(values)
+            attr.batch.in_batch = 0 if first else syscall.address(in_batch)
+            attr.batch.out_batch = syscall.address(out_batch)
+            attr.batch.keys = syscall.address(keys)
+            attr.batch.values = syscall.address(values)
             attr.batch.count = batch_size
             done = False
             try:
-                _sys.bpf(cmd, attr)
+                syscall.bpf(cmd, attr)
             except SyscallError as e:
                 if e.errno == errno.ENOSPC and attr.batch.count == 0:
                     batch_size *= 2          # one hash bucket holds more than batch_size keys
@@ -533,14 +533,14 @@ class Map:
     def _batch_write(self, cmd, keys, values, count, flags):
         k = ffi.from_buffer(keys)
         v = ffi.from_buffer(values) if values is not None else None
-        attr = _sys.new_attr()
+        attr = syscall.new_attr()
         attr.batch.map_fd = self._live_fd()
-        attr.batch.keys = _sys.address(k)
-        attr.batch.values = _sys.address(v) if v is not None else 0
+        attr.batch.keys = syscall.address(k)
+        attr.batch.values = syscall.address(v) if v is not None else 0
         attr.batch.count = count
         attr.batch.elem_flags = flags
         try:
-            _sys.bpf(cmd, attr)
+            syscall.bpf(cmd, attr)
         except SyscallError as e:
             # Elements processed before the failure; a kernel that refused the
             # command outright leaves count untouched.
@@ -559,9 +559,9 @@ class Map:
 
     def freeze(self):
         """Make the map read-only for user space from now on (BPF_MAP_FREEZE)."""
-        attr = _sys.new_attr()
+        attr = syscall.new_attr()
         attr.map_fd = self._live_fd()
-        _sys.bpf(Cmd.MAP_FREEZE, attr)
+        syscall.bpf(Cmd.MAP_FREEZE, attr)
 
     def mmap(self, writable=True):
         """A memoryview over a BPF_F_MMAPABLE array's values (value_size rounded to 8 per element)."""
@@ -574,7 +574,7 @@ class Map:
             try:
                 self._mmap = _mmap.mmap(self._live_fd(), size, _mmap.MAP_SHARED, prot)
             except OSError as e:
-                raise _sys.syscall_error(f"mmap of map {self.name!r}", e.errno) from None
+                raise syscall.syscall_error(f"mmap of map {self.name!r}", e.errno) from None
         return memoryview(self._mmap)
 
     def close(self):
@@ -640,7 +640,7 @@ def _as_layout(layout):
 
 
 def _map_info(fd):
-    raw = _sys.obj_get_info_by_fd(fd, "map")
+    raw = syscall.obj_get_info_by_fd(fd, "map")
     try:
         map_type = MapType(raw.type)
     except ValueError:

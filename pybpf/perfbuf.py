@@ -14,7 +14,7 @@ import os
 import select
 import struct
 
-from . import sys as bpfsys
+from . import syscall
 from .errors import BpfError
 from .events import EventReader, ordering
 
@@ -73,13 +73,13 @@ class PerfBuffer(EventReader):
             raise
 
     def _open_ring(self, cpu, pages):
-        attr = bpfsys.new_perf_attr()
-        attr.type = bpfsys.PERF_TYPE_SOFTWARE
-        attr.config = bpfsys.PERF_COUNT_SW_BPF_OUTPUT
-        attr.sample_type = bpfsys.PERF_SAMPLE_RAW
+        attr = syscall.new_perf_attr()
+        attr.type = syscall.PERF_TYPE_SOFTWARE
+        attr.config = syscall.PERF_COUNT_SW_BPF_OUTPUT
+        attr.sample_type = syscall.PERF_SAMPLE_RAW
         attr.sample_period = 1
         attr.wakeup_events = 1
-        fd = bpfsys.perf_event_open(attr, -1, cpu)
+        fd = syscall.perf_event_open(attr, -1, cpu)
         try:
             ring = _Ring(cpu, fd, pages)
         except BaseException:
@@ -87,7 +87,7 @@ class PerfBuffer(EventReader):
             raise
         self._rings.append(ring)
         self._map.update(cpu, fd)
-        bpfsys.ioctl(fd, bpfsys.PERF_EVENT_IOC_ENABLE)
+        syscall.ioctl(fd, syscall.PERF_EVENT_IOC_ENABLE)
         self._epoll.register(fd, select.EPOLLIN)
 
     def _drain(self, sink):

@@ -21,7 +21,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from . import sys as _sys
+from . import syscall
 from .errors import AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError
 from .insn import Insn, InvalidInsn
 from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType, member
@@ -166,13 +166,13 @@ def _bpf_prog_load(attr, log_level):
     while True:
         if log_level:
             if buf is None or len(buf) < size:
-                buf = _sys.ffi.new("char[]", size)
-            attr.log_level, attr.log_size, attr.log_buf = log_level, size, _sys.address(buf)
+                buf = syscall.ffi.new("char[]", size)
+            attr.log_level, attr.log_size, attr.log_buf = log_level, size, syscall.address(buf)
             attr.log_true_size = 0
         else:
             attr.log_level, attr.log_size, attr.log_buf = 0, 0, 0
         try:
-            fd = _sys.bpf(Cmd.PROG_LOAD, attr)
+            fd = syscall.bpf(Cmd.PROG_LOAD, attr)
             err = 0
         except SyscallError as e:
             fd, err = None, e.errno
@@ -182,7 +182,7 @@ def _bpf_prog_load(attr, log_level):
         if err == _errno.ENOSPC and log_level and size < LOG_SIZE_MAX:
             size = min(LOG_SIZE_MAX, max(size * 4, attr.log_true_size))
             continue
-        log = _sys.ffi.string(buf).decode(errors="replace") if log_level else ""
+        log = syscall.ffi.string(buf).decode(errors="replace") if log_level else ""
         return fd, err, log
 
 
@@ -251,14 +251,14 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
     if not insn_cnt:
         raise AssemblerError("empty program: it needs at least an exit")
 
-    ffi = _sys.ffi
+    ffi = syscall.ffi
     code_buf = ffi.from_buffer(code)
     license_buf = ffi.new("char[]", str(license).encode())
-    attr = _sys.new_attr()
+    attr = syscall.new_attr()
     attr.prog_type = int(ptype)
     attr.insn_cnt = insn_cnt
-    attr.insns = _sys.address(code_buf)
-    attr.license = _sys.address(license_buf)
+    attr.insns = syscall.address(code_buf)
+    attr.license = syscall.address(license_buf)
     attr.kern_version = kern_version
     attr.prog_flags = int(prog_flags)
     attr.prog_name = object_name(name).encode()
@@ -272,7 +272,7 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
     fds_buf = None
     if fd_array:
         fds_buf = ffi.new("int32_t[]", [f if isinstance(f, int) else f.fd for f in fd_array])
-        attr.fd_array = _sys.address(fds_buf)
+        attr.fd_array = syscall.address(fds_buf)
 
     info = program_btf(insns, functions) if btf and insns is not None else None
     if info is not None:
@@ -418,10 +418,10 @@ def _load_program_btf(info, attr, buffers):
         return None
     attr.prog_btf_fd = fd
     attr.func_info_rec_size, attr.func_info, attr.func_info_cnt = (
-        info.func_info_rec_size, _sys.address(buffers[0]), info.func_info_cnt)
+        info.func_info_rec_size, syscall.address(buffers[0]), info.func_info_cnt)
     if info.line_info_cnt:
         attr.line_info_rec_size, attr.line_info, attr.line_info_cnt = (
-            info.line_info_rec_size, _sys.address(buffers[1]), info.line_info_cnt)
+            info.line_info_rec_size, syscall.address(buffers[1]), info.line_info_cnt)
     return fd
 
 
@@ -468,8 +468,8 @@ def prog_info(fd, contents=True):
     """ProgInfo for any program fd: two BPF_OBJ_GET_INFO_BY_FD calls (sizes, then contents).
     contents=False: the first call only, for the counters a monitor polls (run_cnt,
     run_time_ns, recursion_misses); xlated, jited and map_ids stay empty."""
-    ffi = _sys.ffi
-    info = sizes = _sys.obj_get_info_by_fd(fd, "prog")
+    ffi = syscall.ffi
+    info = sizes = syscall.obj_get_info_by_fd(fd, "prog")
     xlated = jited = map_ids = None
     if contents:
         info = ffi.new("struct bpf_prog_info *")
@@ -477,12 +477,12 @@ def prog_info(fd, contents=True):
         jited = ffi.new("uint8_t[]", sizes.jited_prog_len) if sizes.jited_prog_len else None
         map_ids = ffi.new("uint32_t[]", sizes.nr_map_ids) if sizes.nr_map_ids else None
         if xlated is not None:
-            info.xlated_prog_len, info.xlated_prog_insns = sizes.xlated_prog_len, _sys.address(xlated)
+            info.xlated_prog_len, info.xlated_prog_insns = sizes.xlated_prog_len, syscall.address(xlated)
         if jited is not None:
-            info.jited_prog_len, info.jited_prog_insns = sizes.jited_prog_len, _sys.address(jited)
+            info.jited_prog_len, info.jited_prog_insns = sizes.jited_prog_len, syscall.address(jited)
         if map_ids is not None:
-            info.nr_map_ids, info.map_ids = sizes.nr_map_ids, _sys.address(map_ids)
-        _sys.obj_get_info_by_fd(fd, info)
+            info.nr_map_ids, info.map_ids = sizes.nr_map_ids, syscall.address(map_ids)
+        syscall.obj_get_info_by_fd(fd, info)
     return ProgInfo(
         id=info.id,
         name=ffi.string(info.name).decode(errors="replace"),
@@ -507,10 +507,10 @@ def prog_info(fd, contents=True):
 
 def iter_ids():
     """Ids of every program loaded in the system, ascending."""
-    current = _sys.get_next_id("prog", 0)
+    current = syscall.get_next_id("prog", 0)
     while current is not None:
         yield current
-        current = _sys.get_next_id("prog", current)
+        current = syscall.get_next_id("prog", current)
 
 
 @dataclass(frozen=True)
@@ -539,25 +539,25 @@ class Program:
         self.stats = None
         self.pinned = None
         try:
-            basic = _sys.obj_get_info_by_fd(fd, "prog")
+            basic = syscall.obj_get_info_by_fd(fd, "prog")
         except BaseException:
             os.close(fd)
             self.fd = -1
             raise
         self.id = basic.id
-        self.name = _sys.ffi.string(basic.name).decode(errors="replace")
+        self.name = syscall.ffi.string(basic.name).decode(errors="replace")
         self.type = _prog_type(basic.type)
         self.tag = bytes(basic.tag).hex()
 
     @classmethod
     def from_id(cls, prog_id):
         """Open a program by id (BPF_PROG_GET_FD_BY_ID); needs root."""
-        return cls(_sys.get_fd_by_id("prog", prog_id))
+        return cls(syscall.get_fd_by_id("prog", prog_id))
 
     @classmethod
     def from_pinned(cls, path):
         """Open a program pinned in bpffs, whoever loaded it."""
-        return cls(_sys.obj_get(path))
+        return cls(syscall.obj_get(path))
 
     @classmethod
     def from_fd(cls, fd):
@@ -579,35 +579,35 @@ class Program:
         data_out is sized len(data_in) + 4096 unless data_size_out says otherwise; ctx_out
         defaults to len(ctx_in). raw_tracepoint and syscall programs take a ctx only and run
         once; a syscall program's ctx_out is the ctx as it left it."""
-        ffi = _sys.ffi
-        attr = _sys.new_attr()
+        ffi = syscall.ffi
+        attr = syscall.new_attr()
         test = attr.test
         test.prog_fd = self._open_fd()
         data_in = bytes(data_in)
         data_buf = ffi.from_buffer(data_in) if data_in else None  # the kernel only reads data_in
         if data_buf is not None:
-            test.data_in, test.data_size_in = _sys.address(data_buf), len(data_in)
+            test.data_in, test.data_size_in = syscall.address(data_buf), len(data_in)
         out_size = (len(data_in) + 4096 if data_in else 0) if data_size_out is None else data_size_out
         data_out = ffi.new("uint8_t[]", out_size) if out_size else None
         if data_out is not None:
-            test.data_out, test.data_size_out = _sys.address(data_out), out_size
+            test.data_out, test.data_size_out = syscall.address(data_out), out_size
         ctx_out = ctx_buf = None
         if ctx_in is not None:
             ctx_in = bytes(ctx_in)
             # A copy: syscall programs write their ctx back into ctx_in.
             ctx_buf = ffi.new("uint8_t[]", ctx_in) if ctx_in else None
-            test.ctx_in, test.ctx_size_in = (_sys.address(ctx_buf), len(ctx_in)) if ctx_in else (0, 0)
+            test.ctx_in, test.ctx_size_in = (syscall.address(ctx_buf), len(ctx_in)) if ctx_in else (0, 0)
         ctx_size = (len(ctx_in) if ctx_in else 0) if ctx_size_out is None else ctx_size_out
         if self.type == ProgType.SYSCALL and ctx_buf is not None:
             ctx_out, ctx_size = ctx_buf, len(ctx_in)
         elif ctx_size and self.type not in _CTX_ONLY_TEST_RUN:
             ctx_out = ffi.new("uint8_t[]", ctx_size)
-            test.ctx_out, test.ctx_size_out = _sys.address(ctx_out), ctx_size
+            test.ctx_out, test.ctx_size_out = syscall.address(ctx_out), ctx_size
         # raw_tracepoint and syscall programs run once and reject repeat, even repeat=1.
         test.repeat = 0 if self.type in _CTX_ONLY_TEST_RUN and repeat <= 1 else repeat
         test.flags, test.cpu = int(flags), cpu
         try:
-            _sys.bpf(Cmd.PROG_TEST_RUN, attr)
+            syscall.bpf(Cmd.PROG_TEST_RUN, attr)
         except SyscallError as e:
             detail = None
             if e.errno == _errno.ENOSPC:
@@ -617,7 +617,7 @@ class Program:
                 detail = f"{_type_name(self.type)} programs cannot be test-run"
             elif e.errno == _errno.EINVAL:
                 detail = f"bad input for a {_type_name(self.type)} program (packet too short? ctx layout?)"
-            raise _sys.syscall_error(f"BPF_PROG_TEST_RUN {self.name or self.id}", e.errno, detail) from None
+            raise syscall.syscall_error(f"BPF_PROG_TEST_RUN {self.name or self.id}", e.errno, detail) from None
         return TestRunResult(
             retval=test.retval,
             data_out=bytes(ffi.buffer(data_out, min(test.data_size_out, out_size))) if data_out is not None else b"",
@@ -628,7 +628,7 @@ class Program:
 
     def pin(self, path):
         """Pin in bpffs so the program outlives this process; unpin() removes it."""
-        _sys.obj_pin(self._open_fd(), path)
+        syscall.obj_pin(self._open_fd(), path)
         self.pinned = os.fspath(path)
 
     def unpin(self, path=None):

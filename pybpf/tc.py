@@ -21,7 +21,7 @@ import errno
 import os
 
 from . import cleanup
-from . import sys as _sys
+from . import syscall
 from .attach import Attachment, Link, ifindex, link_create, prog_fd
 from .errors import BpfError, SyscallError
 from .uapi import AttachType
@@ -39,7 +39,7 @@ _our_qdiscs = {}
 
 
 def _netlink_error(e, what):
-    return _sys.syscall_error(what, e.code)
+    return syscall.syscall_error(what, e.code)
 
 
 def _netns_inode():
@@ -229,5 +229,5 @@ def attach(prog, iface, direction="ingress", *, mode=None, prio=None, name="pybp
             return Link(link_create(prog, index, TCX[direction]), f"tcx {iface} {direction}")
         except SyscallError as e:
             if mode == "tcx" or e.errno not in _NO_TCX:
-                raise _sys.syscall_error(f"{e.command} (tcx {iface} {direction})", e.errno) from None
+                raise syscall.syscall_error(f"{e.command} (tcx {iface} {direction})", e.errno) from None
     return TcFilter(prog, index, direction, prio, name, f"{what} cls_bpf")

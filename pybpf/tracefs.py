@@ -27,11 +27,11 @@ def find_mount(fstype):
 
 
 def _mount_tracefs():
-    from . import sys as _sys
+    from . import syscall
 
     os.makedirs(TRACEFS_DIR, exist_ok=True)
     try:
-        _sys.mount("tracefs", TRACEFS_DIR, "nodev")
+        syscall.mount("tracefs", TRACEFS_DIR, "nodev")
     except SyscallError as e:
         raise FeatureUnavailable(f"tracefs is not mounted and mounting it at {TRACEFS_DIR} failed: "
                                  f"{os.strerror(e.errno)}") from None

@@ -1,4 +1,4 @@
-"""pybpf/_ffi.py is pybpf.sys.CDEF pre-parsed: the two never drift, and importing pybpf.sys parses nothing."""
+"""pybpf/_ffi.py is pybpf.syscall.CDEF pre-parsed: the two never drift, and importing pybpf.syscall parses nothing."""
 import os
 import subprocess
 import sys
@@ -24,7 +24,7 @@ def test_regenerating_gives_the_committed_file():
 
 
 def test_import_uses_the_generated_ffi_without_pycparser():
-    code = ("import sys, pybpf.sys as s, pybpf._ffi as g; "
+    code = ("import sys, pybpf.syscall as s, pybpf._ffi as g; "
             "print(s.ffi is g.ffi, 'pycparser' in sys.modules, 'cffi' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False", "False"]
@@ -33,7 +33,7 @@ def test_import_uses_the_generated_ffi_without_pycparser():
 def test_generated_and_parsed_layouts_agree():
     import cffi
 
-    from pybpf import sys as bsys
+    from pybpf import syscall as bsys
 
     parsed = cffi.FFI()
     parsed.cdef(bsys.CDEF)
