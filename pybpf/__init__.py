@@ -17,9 +17,9 @@ _LAZY = {
     "SyscallError": "errors",
     "VerifierError": "errors",
     "FeatureUnavailable": "errors",
-    "Insn": "insn",
-    "assemble": "text",
-    "disassemble": "disasm",
+    "Insn": "asm.insn",
+    "assemble": "asm.text",
+    "disassemble": "asm.disasm",
 }
 
 __all__ = sorted(_LAZY)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from . import syscall
 from .errors import BpfError, SyscallError
-from .insn import Insn, encode
+from .asm.insn import Insn, encode
 from .uapi import AttachType, Cmd, MapFlags, MapType, ProgFlags, ProgType
 
 # -- results -----------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def _probe_link(kind):
 # -- instruction set ----------------------------------------------------------------------------------------
 
 def _isa_programs():
-    from .isa import lookup
+    from .asm.isa import lookup
 
     mov_reg = lookup("mov", "reg")
     return {
@@ -518,7 +518,7 @@ def _alias(name):
 
 def _helper_probe(name):
     """The probe for "helper.<prog_type>.<helper>", or None when name is not one."""
-    from . import helpers
+    from .asm import helpers
 
     parts = name.split(".")
     if len(parts) != 3 or parts[0] != "helper":
@@ -535,7 +535,7 @@ def names(include_helpers=False):
     """Every feature name, in report order."""
     out = list(_table())
     if include_helpers:
-        from . import helpers
+        from .asm import helpers
 
         out += [f"helper.{t.name.lower()}.{h.name}" for t in ProgType if t
                 for h in sorted(helpers.BY_ID.values(), key=lambda h: h.id) if h.id]

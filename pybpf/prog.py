@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from . import syscall
 from .errors import AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError
-from .insn import Insn, InvalidInsn
+from .asm.insn import Insn, InvalidInsn
 from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType, member
 
 LOG_SIZE_START = 64 << 10
@@ -86,7 +86,7 @@ def instructions(program):
         for i, insn in enumerate(program):
             if not isinstance(insn, (Insn, InvalidInsn)):
                 raise AssemblerError(f"program element {i} is {type(insn).__name__}, not an Insn")
-        from .link import link
+        from .asm.link import link
 
         return link(program)
     raise AssemblerError("program must be a list of Insn, a DSL program (with .link()) or bytes, "
@@ -136,7 +136,7 @@ def failing_insn_index(log):
 def _insn_text(insn, kernel_line):
     """Kernel syntax for insn: pybpf.disasm when it is there, else the verifier's own line."""
     try:
-        from .disasm import format_insn
+        from .asm.disasm import format_insn
     except ImportError:
         format_insn = None
     if format_insn is not None and insn is not None:
@@ -244,7 +244,7 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
             raise AssemblerError(f"bytecode is {len(code)} bytes, not a multiple of 8")
     else:
         insns = patch_maps(insns)
-        from .insn import encode
+        from .asm.insn import encode
 
         code, slots = encode(insns), _slot_table(insns)
     insn_cnt = len(code) // 8
@@ -319,7 +319,7 @@ def function_slots(insns):
             delta = insn.imm & 0xFFFFFFFF
             starts.add(pc + 1 + delta - ((delta >> 31) << 32))
         pc += insn.slots
-    from .link import label_slots
+    from .asm.link import label_slots
 
     names = {}
     for label, slot in label_slots(insns).items():
@@ -340,7 +340,7 @@ def _source_path(where, file_name):
     still finds on sys.path."""
     path = _paths.get(where)
     if path is None:
-        table = getattr(sys.modules.get("pybpf.asm"), "_LINES", None) or {}
+        table = getattr(sys.modules.get("pybpf.asm.dsl"), "_LINES", None) or {}
         if len(table) != _paths_seen[0]:
             _paths_seen[0] = len(table)
             for value in list(table.values()):
@@ -452,7 +452,7 @@ class ProgInfo:
 
     def insns(self):
         """The xlated instructions decoded (pybpf.insn.decode)."""
-        from .insn import decode
+        from .asm.insn import decode
 
         return decode(self.xlated)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerate pybpf/helpers_table.py from a uapi bpf.h.
+"""Regenerate pybpf/asm/helpers_table.py from a uapi bpf.h.
 
-    python3 tools/gen_helpers.py [/usr/include/linux/bpf.h] > pybpf/helpers_table.py
+    python3 tools/gen_helpers.py [/usr/include/linux/bpf.h] > pybpf/asm/helpers_table.py
 
 Ids come from __BPF_FUNC_MAPPER (their order is the ABI); signatures, and so
 argument counts, from the documentation block above it.

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from pybpf import disasm, isa, prog
+from pybpf import isa, prog
+from pybpf.asm import disasm
 from pybpf.insn import Insn, decode, encode
 from pybpf.maps import Map
 from pybpf.uapi import MapType, ProgType

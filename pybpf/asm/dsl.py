@@ -30,10 +30,12 @@ import os
 import sys
 
 from . import isa
-from .errors import AssemblerError
+from ..errors import AssemblerError
 from .insn import Insn
 
-__all__ = ["Program", "Reg", "Mem", "Type", "FuncRef", "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64"]
+__all__ = ["Program", "Reg", "Mem", "Type", "FuncRef", "Ptr", "StackSlot", "Stack", "BinExpr", "Cond",
+           "field_of", "TYPES", "MAX_STACK", "CPUS", "S32_MIN", "S32_MAX", "U32_MAX",
+           "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64"]
 
 MAX_STACK = 512
 CPUS = ("v3", "v4")  # Program(cpu=...): the ISA generations the DSL emits for
@@ -690,7 +692,7 @@ class Program:
     def __init__(self, name="", prog_type=None, license="GPL", cpu="v4"):
         self.name, self.prog_type, self.license = name, prog_type, license
         if cpu == "auto":
-            from . import features
+            from .. import features
 
             cpu = "v4" if features.has("isa.v4") else "v3"
         if cpu not in CPUS:
@@ -1236,8 +1238,3 @@ del _n
 
 _GLOBALS = globals()
 
-
-if __name__ == "__main__":
-    from pybpf.text import main
-
-    main()

@@ -1,0 +1,340 @@
+"""The eBPF instruction set (RFC 9669) as one table.
+
+Every instruction the kernel knows is one `Op` row: its opcode byte, what
+kind of instruction it is, which operand fields it uses, and the values of
+the fields that tell it apart from other rows with the same opcode (sdiv is
+div with off=1, fetch-add is atomic add with imm=0x01, a map-fd load is
+ld_imm64 with src=1, ...). The DSL, the text assembler, the disassembler and
+validation all read this one table; adding an instruction is adding a row.
+
+Instruction layout (little endian, 8 bytes):
+    opcode:8  dst_reg:4 (low)  src_reg:4 (high)  offset:s16  imm:s32
+ld_imm64 takes two slots; the second has opcode 0 and carries imm's high half.
+"""
+from dataclasses import dataclass, field
+from itertools import count
+
+# Instruction classes (opcode & 0x07).
+LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = range(8)
+CLASS_NAMES = ("ld", "ldx", "st", "stx", "alu", "jmp", "jmp32", "alu64")
+
+# Source bit of ALU/JMP opcodes (opcode & 0x08).
+K, X = 0x00, 0x08
+
+# Memory access sizes (opcode & 0x18) and modes (opcode & 0xe0).
+SIZE_W, SIZE_H, SIZE_B, SIZE_DW = 0x00, 0x08, 0x10, 0x18
+SIZE_BITS = {SIZE_B: 8, SIZE_H: 16, SIZE_W: 32, SIZE_DW: 64}
+SIZE_SUFFIX = {SIZE_B: "b", SIZE_H: "h", SIZE_W: "w", SIZE_DW: "dw"}
+MODE_IMM, MODE_ABS, MODE_IND, MODE_MEM, MODE_MEMSX, MODE_ATOMIC = 0x00, 0x20, 0x40, 0x60, 0x80, 0xC0
+
+# Registers: r0 return value, r1-r5 arguments, r6-r9 callee saved, r10 frame pointer.
+MAX_REG = 10
+FRAME_POINTER = 10
+
+# Pseudo sources of ld_imm64 (src_reg): what the 64-bit immediate means.
+PSEUDO_MAP_FD = 1
+PSEUDO_MAP_VALUE = 2
+PSEUDO_BTF_ID = 3
+PSEUDO_FUNC = 4
+PSEUDO_MAP_IDX = 5
+PSEUDO_MAP_IDX_VALUE = 6
+
+# Call sources (src_reg of BPF_CALL).
+CALL_HELPER = 0
+CALL_PSEUDO = 1  # bpf-to-bpf call, imm is the pc-relative target
+CALL_KFUNC = 2  # imm is a BTF id, off indexes the fd array of module BTFs
+
+FIELDS = ("dst", "src", "off", "imm")
+
+
+@dataclass(frozen=True)
+class AluOp:
+    name: str  # ubpf mnemonic stem: add, sub, ...
+    code: int  # high nibble of the opcode
+    c_op: str  # kernel/LLVM syntax operator: "+=", "s/=", ...
+    off: int = 0  # off value that selects the signed variant (sdiv, smod)
+
+
+# Binary ALU operations. sdiv/smod share div/mod's opcode and set off=1.
+ALU_OPS = (
+    AluOp("add", 0x00, "+="),
+    AluOp("sub", 0x10, "-="),
+    AluOp("mul", 0x20, "*="),
+    AluOp("div", 0x30, "/="),
+    AluOp("sdiv", 0x30, "s/=", off=1),
+    AluOp("or", 0x40, "|="),
+    AluOp("and", 0x50, "&="),
+    AluOp("lsh", 0x60, "<<="),
+    AluOp("rsh", 0x70, ">>="),
+    AluOp("mod", 0x90, "%="),
+    AluOp("smod", 0x90, "s%=", off=1),
+    AluOp("xor", 0xA0, "^="),
+    AluOp("mov", 0xB0, "="),
+    AluOp("arsh", 0xC0, "s>>="),
+)
+NEG, END, MOV = 0x80, 0xD0, 0xB0
+
+
+@dataclass(frozen=True)
+class JmpCond:
+    name: str  # ubpf mnemonic: jeq, ...
+    code: int
+    c_op: str  # "==", "s>", "&", ...
+
+
+JMP_CONDS = (
+    JmpCond("jeq", 0x10, "=="),
+    JmpCond("jgt", 0x20, ">"),
+    JmpCond("jge", 0x30, ">="),
+    JmpCond("jset", 0x40, "&"),
+    JmpCond("jne", 0x50, "!="),
+    JmpCond("jsgt", 0x60, "s>"),
+    JmpCond("jsge", 0x70, "s>="),
+    JmpCond("jlt", 0xA0, "<"),
+    JmpCond("jle", 0xB0, "<="),
+    JmpCond("jslt", 0xC0, "s<"),
+    JmpCond("jsle", 0xD0, "s<="),
+)
+JA, CALL, EXIT, JCOND = 0x00, 0x80, 0x90, 0xE0
+
+
+@dataclass(frozen=True)
+class AtomicOp:
+    name: str  # add, fetch_add, xchg, cmpxchg, ...
+    imm: int  # the atomic operation lives in imm
+    c_op: str  # kernel syntax operator for the plain forms
+
+
+FETCH = 0x01
+ATOMIC_OPS = (
+    AtomicOp("add", 0x00, "+="),
+    AtomicOp("or", 0x40, "|="),
+    AtomicOp("and", 0x50, "&="),
+    AtomicOp("xor", 0xA0, "^="),
+    AtomicOp("fetch_add", 0x00 | FETCH, "+="),
+    AtomicOp("fetch_or", 0x40 | FETCH, "|="),
+    AtomicOp("fetch_and", 0x50 | FETCH, "&="),
+    AtomicOp("fetch_xor", 0xA0 | FETCH, "^="),
+    AtomicOp("xchg", 0xE0 | FETCH, ""),
+    AtomicOp("cmpxchg", 0xF0 | FETCH, ""),
+)
+
+LD_IMM64_PSEUDO = (
+    ("lddw", 0),
+    ("ld_map_fd", PSEUDO_MAP_FD),
+    ("ld_map_value", PSEUDO_MAP_VALUE),
+    ("ld_btf_id", PSEUDO_BTF_ID),
+    ("ld_func", PSEUDO_FUNC),
+    ("ld_map_idx", PSEUDO_MAP_IDX),
+    ("ld_map_idx_value", PSEUDO_MAP_IDX_VALUE),
+)
+
+
+_SERIALS = count()
+
+
+@dataclass(frozen=True)
+class Op:
+    """One row of the instruction table.
+
+    name:      unique mnemonic (ubpf style: add, add32, jeq32, ldxdw, lock_fetch_add32 ...);
+               imm and reg forms share a name and differ in `source`
+    code:      opcode byte
+    kind:      alu, neg, end, bswap, movsx, jmp, ja, gotol, may_goto, call, callx, exit,
+               ld_imm64, ld_abs, ld_ind, ldx, ldxs, st, stx, atomic
+    operation: AluOp/JmpCond/AtomicOp name, the pseudo source name, or None
+    bits:      operation width (32 or 64) for ALU/JMP/END/MOVSX/atomic; memory size for memory ops
+    source:    "imm", "reg" or None: what the second operand is
+    uses:      operand fields this instruction takes from the user
+    fixed:     (field, value) pairs that identify this row among rows with the same opcode
+    """
+
+    name: str
+    code: int
+    kind: str
+    operation: object = None
+    bits: int = 64
+    source: object = None
+    uses: frozenset = frozenset()
+    fixed: tuple = ()
+    c_op: str = ""
+    # (low, high) bounds of dst, src, off, imm, flattened: derived from uses/fixed so that
+    # validating an instruction is eight comparisons (see Insn.validate).
+    bounds: tuple = field(init=False, repr=False, compare=False)
+    slots: int = field(init=False, repr=False, compare=False)  # ld_imm64 takes two 8-byte slots
+    # the field a label reference resolves into (pc-relative): "off" for jumps, "imm" for gotol,
+    # call_local and ld_func; None for the rest
+    target: object = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
+    # a number of this row's own (copies keep it): dict keys that hash at C speed (insn.encode's cache)
+    serial: int = field(init=False, repr=False, compare=False)
+    # an instruction of the cpu v4 ISA (Linux 6.6): signed division, sign-extending moves and
+    # loads, unconditional byte swaps, gotol
+    cpu_v4: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        fixed = dict(self.fixed)
+        bounds = []
+        for name, used in (("dst", (0, MAX_REG)), ("src", (0, MAX_REG)), ("off", (-(1 << 15), (1 << 15) - 1)),
+                           ("imm", (-(1 << 63), (1 << 64) - 1) if self.kind == "ld_imm64" else (-(1 << 31), (1 << 32) - 1))):
+            if name in fixed:
+                bounds += (fixed[name], fixed[name])
+            elif name in self.uses:
+                bounds += used
+            else:
+                bounds += (0, 0)  # reserved: must be zero
+        object.__setattr__(self, "bounds", tuple(bounds))
+        object.__setattr__(self, "slots", 2 if self.kind == "ld_imm64" else 1)
+        target = "off" if self.kind in ("jmp", "ja", "may_goto") else \
+            "imm" if self.kind == "gotol" or self.operation in ("local", "ld_func") else None
+        object.__setattr__(self, "target", target)
+        # Rows are dict keys on every encode (insn.encode's cache): hash the compared fields once.
+        object.__setattr__(self, "_hash", hash((self.name, self.code, self.kind, self.operation, self.bits,
+                                                self.source, self.uses, self.fixed, self.c_op)))
+        object.__setattr__(self, "serial", next(_SERIALS))
+        object.__setattr__(self, "cpu_v4", self.kind in ("bswap", "movsx", "gotol")
+                           or self.operation in ("sdiv", "smod") or self.name.startswith("ldxs"))
+
+    def __hash__(self):
+        return self._hash
+
+    @property
+    def cls(self):
+        return self.code & 0x07
+
+    @property
+    def wide(self):
+        """ld_imm64 takes two 8-byte slots."""
+        return self.slots == 2
+
+    @property
+    def size(self):
+        """Memory access size in bytes (memory ops only)."""
+        return self.bits // 8
+
+    @property
+    def jumps(self):
+        """Has a pc-relative branch target (in off, or imm for gotol)."""
+        return self.kind in ("jmp", "ja", "gotol", "may_goto")
+
+    def fixed_value(self, field):
+        for name, value in self.fixed:
+            if name == field:
+                return value
+        return 0
+
+
+def _uses(*fields):
+    return frozenset(fields)
+
+
+def _build_table():
+    rows = []
+    add = rows.append
+
+    for cls, suffix, bits in ((ALU64, "", 64), (ALU, "32", 32)):
+        for op in ALU_OPS:
+            fixed = (("off", op.off),) if op.off else ()
+            add(Op(op.name + suffix, cls | K | op.code, "alu", op.name, bits, "imm", _uses("dst", "imm"), fixed, op.c_op))
+            add(Op(op.name + suffix, cls | X | op.code, "alu", op.name, bits, "reg", _uses("dst", "src"), fixed, op.c_op))
+        add(Op("neg" + suffix, cls | K | NEG, "neg", "neg", bits, None, _uses("dst")))
+        # Sign-extending moves: mov with off = source width (8/16, and 32 for ALU64).
+        for width in (8, 16, 32) if cls == ALU64 else (8, 16):
+            add(Op(f"movsx{width}{bits}", cls | X | MOV, "movsx", f"s{width}", bits, "reg",
+                   _uses("dst", "src"), (("off", width),), "="))
+
+    # Byte swaps: ALU le/be (source bit selects big endian), ALU64 unconditional bswap.
+    for width in (16, 32, 64):
+        add(Op(f"le{width}", ALU | K | END, "end", "le", width, None, _uses("dst"), (("imm", width),)))
+        add(Op(f"be{width}", ALU | X | END, "end", "be", width, None, _uses("dst"), (("imm", width),)))
+        add(Op(f"bswap{width}", ALU64 | K | END, "bswap", "bswap", width, None, _uses("dst"), (("imm", width),)))
+
+    for cls, suffix, bits in ((JMP, "", 64), (JMP32, "32", 32)):
+        for cond in JMP_CONDS:
+            add(Op(cond.name + suffix, cls | K | cond.code, "jmp", cond.name, bits, "imm", _uses("dst", "imm", "off"), (), cond.c_op))
+            add(Op(cond.name + suffix, cls | X | cond.code, "jmp", cond.name, bits, "reg", _uses("dst", "src", "off"), (), cond.c_op))
+    add(Op("ja", JMP | JA, "ja", None, 64, None, _uses("off")))
+    add(Op("gotol", JMP32 | JA, "gotol", None, 32, None, _uses("imm")))
+    add(Op("may_goto", JMP | JCOND, "may_goto", None, 64, None, _uses("off")))
+    add(Op("call", JMP | CALL, "call", "helper", 64, None, _uses("imm"), (("src", CALL_HELPER),)))
+    add(Op("call_local", JMP | CALL, "call", "local", 64, None, _uses("imm"), (("src", CALL_PSEUDO),)))
+    add(Op("call_kfunc", JMP | CALL, "call", "kfunc", 64, None, _uses("imm", "off"), (("src", CALL_KFUNC),)))
+    # A call through a register (LLVM's callx, ubpf's call %rN): not Linux's, which refuses it.
+    add(Op("callx", JMP | X | CALL, "callx", None, 64, None, _uses("dst")))
+    add(Op("exit", JMP | EXIT, "exit"))
+
+    for name, pseudo in LD_IMM64_PSEUDO:
+        add(Op(name, LD | MODE_IMM | SIZE_DW, "ld_imm64", name, 64, None, _uses("dst", "imm"), (("src", pseudo),)))
+
+    for size in (SIZE_W, SIZE_H, SIZE_B):
+        sfx, bits = SIZE_SUFFIX[size], SIZE_BITS[size]
+        add(Op("ldabs" + sfx, LD | MODE_ABS | size, "ld_abs", None, bits, None, _uses("imm")))
+        add(Op("ldind" + sfx, LD | MODE_IND | size, "ld_ind", None, bits, None, _uses("src", "imm")))
+        add(Op("ldxs" + sfx, LDX | MODE_MEMSX | size, "ldxs", None, bits, None, _uses("dst", "src", "off")))
+
+    for size in (SIZE_W, SIZE_H, SIZE_B, SIZE_DW):
+        sfx, bits = SIZE_SUFFIX[size], SIZE_BITS[size]
+        add(Op("ldx" + sfx, LDX | MODE_MEM | size, "ldx", None, bits, None, _uses("dst", "src", "off")))
+        add(Op("st" + sfx, ST | MODE_MEM | size, "st", None, bits, "imm", _uses("dst", "off", "imm")))
+        add(Op("stx" + sfx, STX | MODE_MEM | size, "stx", None, bits, "reg", _uses("dst", "src", "off")))
+
+    for size, suffix in ((SIZE_DW, ""), (SIZE_W, "32")):
+        for op in ATOMIC_OPS:
+            add(Op(f"lock_{op.name}{suffix}", STX | MODE_ATOMIC | size, "atomic", op.name, SIZE_BITS[size], "reg",
+                   _uses("dst", "src", "off"), (("imm", op.imm),), op.c_op))
+    return tuple(rows)
+
+
+OPS = _build_table()
+
+
+def _index(rows):
+    """Decode index: opcode -> the one field that tells its rows apart, and (opcode, value) -> row."""
+    by_code = {}
+    for row in rows:
+        by_code.setdefault(row.code, []).append(row)
+    discriminator, decode = {}, {}
+    for code, group in by_code.items():
+        fields = {name for row in group for name, _ in row.fixed}
+        assert len(fields) <= 1, f"opcode {code:#04x} rows differ in more than one field: {fields}"
+        field = fields.pop() if fields else None
+        discriminator[code] = field
+        for row in group:
+            key = (code, row.fixed_value(field) if field else None)
+            assert key not in decode, f"two rows for {key}"
+            decode[key] = row
+    return discriminator, decode
+
+
+DISCRIMINATOR, DECODE = _index(OPS)
+
+# (name, source) -> row, for assemblers. source is "imm"/"reg" or None.
+BY_NAME = {}
+for _row in OPS:
+    BY_NAME.setdefault((_row.name, _row.source), _row)
+    BY_NAME.setdefault((_row.name, None), _row)
+del _row
+
+
+def lookup(name, source=None):
+    """The row for a mnemonic; `source` ("imm"/"reg") picks between the two forms of ALU and jump ops."""
+    row = BY_NAME.get((name, source)) or BY_NAME.get((name, None))
+    if row is None:
+        from ..errors import AssemblerError
+
+        raise AssemblerError(f"unknown instruction {name!r}")
+    return row
+
+
+UNKNOWN = object()  # DISCRIMINATOR's answer for an opcode no row has
+
+
+def decode_op(code, dst, src, off, imm):
+    """The row for raw fields, or None when no instruction has them."""
+    field = DISCRIMINATOR.get(code, UNKNOWN)
+    if field is UNKNOWN:
+        return None
+    if field is None:
+        return DECODE[(code, None)]
+    value = {"src": src, "off": off, "imm": imm}[field]
+    return DECODE.get((code, value))
