@@ -20,12 +20,11 @@ Names (stable; `names()` lists them all):
 import errno as _errno
 import os
 import socket
-import sys as _pysys
 from dataclasses import dataclass
 
-from . import syscall
-from .errors import BpfError, SyscallError
+from . import cli, syscall
 from .asm.insn import Insn, encode
+from .errors import BpfError, SyscallError
 from .uapi import AttachType, Cmd, MapFlags, MapType, ProgFlags, ProgType
 
 # -- results -----------------------------------------------------------------------------------------
@@ -572,43 +571,7 @@ def report(include_helpers=False):
             for name in names(include_helpers)}
 
 
-def _format_table(rows):
-    mark = {True: "yes", False: "no", None: "?"}
-    width = max(len(name) for name in rows)
-    lines = []
-    for name, row in rows.items():
-        lines.append(f"{name:<{width}}  {mark[row['available']]:<3}  {row['detail']}")
-    return "\n".join(lines)
-
-
-def main(argv=None):
-    import argparse
-    import json
-    import time
-
-    parser = argparse.ArgumentParser(prog="python -m pybpf.features",
-                                     description="Probe what this kernel's BPF can do.")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--helpers", action="store_true", help="also probe every helper for every program type")
-    parser.add_argument("names", nargs="*", help="probe only these features")
-    args = parser.parse_args(argv)
-    start = time.monotonic()
-    try:
-        if args.names:
-            rows = {n: {"available": probe(n).available, "detail": probe(n).detail} for n in args.names}
-        else:
-            rows = report(include_helpers=args.helpers)
-    except BpfError as e:
-        print(f"error: {e}", file=_pysys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=False))
-    else:
-        print(_format_table(rows))
-        print(f"\n{sum(r['available'] is True for r in rows.values())} of {len(rows)} available; "
-              f"probed in {time.monotonic() - start:.2f} s")
-    return 0
-
+main = cli.features_main  # its command line, in pybpf.cli
 
 if __name__ == "__main__":
-    _pysys.exit(main())
+    raise SystemExit(main())

@@ -22,8 +22,9 @@ import sys
 from dataclasses import dataclass
 
 from . import syscall
-from .errors import AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError
+from .asm.disasm import Symbols, format_insn
 from .asm.insn import Insn, InvalidInsn
+from .errors import AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError
 from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType, member
 
 LOG_SIZE_START = 64 << 10
@@ -134,12 +135,8 @@ def failing_insn_index(log):
 
 
 def _insn_text(insn, kernel_line):
-    """Kernel syntax for insn: pybpf.disasm when it is there, else the verifier's own line."""
-    try:
-        from .asm.disasm import format_insn
-    except ImportError:
-        format_insn = None
-    if format_insn is not None and insn is not None:
+    """Kernel syntax for insn (pybpf.asm.disasm), else the verifier's own line."""
+    if insn is not None:
         try:
             return format_insn(insn)
         except Exception:  # a formatter bug must never hide the verifier's message
@@ -511,6 +508,63 @@ def iter_ids():
     while current is not None:
         yield current
         current = syscall.get_next_id("prog", current)
+
+
+class Loaded:
+    """A loaded program's xlated code and what names its operands (read_loaded)."""
+
+    def __init__(self, id, name, code, symbols, map_ids, map_names):
+        self.id, self.name, self.code = id, name, code
+        self.symbols, self.map_ids, self.map_names = symbols, map_ids, map_names
+
+
+def _jited_ksyms(fd):
+    count = syscall.obj_get_info_by_fd(fd, "prog").nr_jited_ksyms
+    if not count:
+        return ()
+    info = syscall.ffi.new("struct bpf_prog_info *")
+    addresses = syscall.ffi.new("uint64_t[]", count)
+    info.nr_jited_ksyms, info.jited_ksyms = count, syscall.address(addresses)
+    syscall.obj_get_info_by_fd(fd, info)
+    return tuple(addresses[i] for i in range(min(count, info.nr_jited_ksyms)))
+
+
+def _map_name(map_id):
+    try:
+        fd = syscall.get_fd_by_id("map", map_id)
+    except BpfError:
+        return None  # gone since, or not ours to open: the id alone still names it
+    try:
+        return syscall.ffi.string(syscall.obj_get_info_by_fd(fd, "map").name).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def read_loaded(prog_id=None, path=None):
+    """The xlated instructions of a loaded program (any loader's) by id or bpffs pin.
+
+    Returns a Loaded whose `symbols` make disassemble() print what bpftool
+    prints: map[id:N], helper and subprogram calls named through /proc/kallsyms.
+    """
+    if (prog_id is None) == (path is None):
+        raise BpfError("read_loaded: give a program id or a pinned path")
+    try:
+        fd = syscall.get_fd_by_id("prog", prog_id) if path is None else syscall.obj_get(path)
+    except SyscallError as e:
+        if e.errno == _errno.ENOENT:
+            raise BpfError(f"no BPF program {'with id ' + str(prog_id) if path is None else 'pinned at ' + path}") from None
+        raise
+    try:
+        info = prog_info(fd)
+        ksyms = _jited_ksyms(fd)
+    finally:
+        os.close(fd)
+    if not info.xlated:
+        raise BpfError(f"program {info.id} ({info.name or 'no name'}): the kernel shows no instructions "
+                       "(needs CAP_SYS_ADMIN, or kernel.kptr_restrict/bpf_jit_harden hide them)")
+    names = {map_id: _map_name(map_id) for map_id in info.map_ids}
+    return Loaded(info.id, info.name, info.xlated, Symbols.load_kallsyms(ksyms), info.map_ids,
+                  {k: v for k, v in names.items() if v is not None})
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
 """python -m pybpf.asm: the text assembler's command line (pybpf-asm)."""
-from pybpf.asm.text import main
+from pybpf.cli import asm_main
 
-main()
+raise SystemExit(asm_main())

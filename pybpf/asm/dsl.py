@@ -33,10 +33,6 @@ from . import isa
 from ..errors import AssemblerError
 from .insn import Insn
 
-__all__ = ["Program", "Reg", "Mem", "Type", "FuncRef", "Ptr", "StackSlot", "Stack", "BinExpr", "Cond",
-           "field_of", "TYPES", "MAX_STACK", "CPUS", "S32_MIN", "S32_MAX", "U32_MAX",
-           "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64"]
-
 MAX_STACK = 512
 CPUS = ("v3", "v4")  # Program(cpu=...): the ISA generations the DSL emits for
 _new_insn = Insn.__new__

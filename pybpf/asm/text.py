@@ -21,10 +21,9 @@ skipped.
 """
 import gc
 import re
-import sys
 
 from . import helpers, isa
-from ..errors import AssemblerError, BpfError
+from ..errors import AssemblerError
 from .insn import Insn, encode
 from .link import link, resolve
 
@@ -926,40 +925,3 @@ def assemble(text, syntax="auto"):
     except AssemblerError:
         # Shared instructions name the first line written so; the plain pipeline names the very line.
         return encode(link(parse(text, syntax)))
-
-
-def main(argv=None):
-    """pybpf-asm [FILE|-] [-o OUT] [--syntax auto|llvm|ubpf] [--hex]"""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="pybpf-asm", description="Assemble eBPF text (LLVM/kernel or ubpf syntax).")
-    parser.add_argument("file", nargs="?", default="-", help="input file, - for stdin (default)")
-    parser.add_argument("-o", "--output", help="output file (default: stdout)")
-    parser.add_argument("--syntax", choices=SYNTAXES, default="auto")
-    parser.add_argument("--hex", action="store_true", help="write hex text, one instruction slot per line")
-    args = parser.parse_args(argv)
-    try:
-        if args.file == "-":
-            text = sys.stdin.read()
-        else:
-            with open(args.file, encoding="utf-8") as f:
-                text = f.read()
-        code = assemble(text, args.syntax)
-    except (BpfError, OSError, UnicodeDecodeError) as err:
-        name = "stdin" if args.file == "-" else args.file
-        print(f"pybpf-asm: {name}: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if args.hex:
-        data = "".join(code[i:i + 8].hex(" ") + "\n" for i in range(0, len(code), 8)).encode()
-    else:
-        data = code
-    if args.output:
-        with open(args.output, "wb") as f:
-            f.write(data)
-    else:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    main()

@@ -227,7 +227,7 @@ def test_xlated_matches_bpftool(corpus, name):
     if uses_cpu_v4(link(corpus[name])):
         require("isa.v4")
     with _load(corpus[name], name) as p:
-        loaded = disasm.read_loaded(prog_id=p.id)
+        loaded = prog.read_loaded(prog_id=p.id)
         theirs = _bpftool_xlated(p.id)
     ours = disasm.disassemble(loaded.code, symbols=loaded.symbols).splitlines()
     rows = {int(line.split(":")[0]): insn for line, insn in zip(ours, decode(loaded.code))}
@@ -245,7 +245,7 @@ def test_xlated_matches_bpftool(corpus, name):
 @oracles.skip_unless("bpftool")
 def test_xlated_names_maps_and_calls(corpus, array):
     with _load(corpus["calls_and_loads"], "names") as p:
-        loaded = disasm.read_loaded(prog_id=p.id)
+        loaded = prog.read_loaded(prog_id=p.id)
     text = disasm.disassemble(loaded.code, symbols=loaded.symbols)
     map_id = array.info().id if hasattr(array, "info") else loaded.map_ids[0]
     assert f"map[id:{map_id}]" in text

@@ -94,8 +94,8 @@ def test_wheel_metadata(wheel):
     assert metadata.get_all("Provides-Extra") == ["test"]
     assert dict(entry_points["console_scripts"]) == {
         "bpfhook": "bpfhook.cli:main",
-        "pybpf-disasm": "pybpf.disasm:main",
-        "pybpf-asm": "pybpf.text:main",
+        "pybpf-disasm": "pybpf.cli:disasm_main",
+        "pybpf-asm": "pybpf.cli:asm_main",
     }
 
 
