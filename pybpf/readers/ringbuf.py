@@ -1,0 +1,70 @@
+"""BPF ring buffer reader (BPF_MAP_TYPE_RINGBUF).
+
+The map's fd is mmapped twice, as the kernel lays it out:
+    offset 0:          one page, read-write: consumer_pos (u64)
+    offset page_size:  one page of producer_pos (u64), then the data area,
+                       read-only, mapped twice back to back so a record that
+                       wraps the end is still contiguous
+Each record starts with an 8-byte header: u32 len (bit 31 busy: still being
+written; bit 30 discarded: skip it), u32 page offset (kernel use); records
+are 8-byte aligned. We consume every complete record up to producer_pos and
+then publish the new consumer_pos once per drain (one store-release per
+batch, not per record: the producer only needs it to reuse space).
+"""
+import mmap
+import select
+
+from ..errors import BpfError
+from .base import EventReader, ordering
+
+BUSY_BIT = 1 << 31
+DISCARD_BIT = 1 << 30
+HEADER_SIZE = 8
+
+
+class RingBuffer(EventReader):
+    """Records from a ring buffer map, as bytes or decoded by `layout`."""
+
+    def __init__(self, bpf_map, callback=None, layout=None):
+        super().__init__(callback, layout)
+        size = bpf_map.max_entries
+        if size <= 0 or size & (size - 1):
+            raise BpfError(f"ring buffer size {size} is not a power of two")
+        page = mmap.PAGESIZE
+        self._map = bpf_map  # keep the map (and so its fd) alive while mapped
+        self._mask = size - 1
+        self._consumer = mmap.mmap(bpf_map.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._producer = mmap.mmap(bpf_map.fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._data = memoryview(self._producer)[page:]
+        self._order = ordering()
+        self._epoll.register(bpf_map.fd, select.EPOLLIN)
+
+    def _drain(self, sink):
+        load, store = self._order.load_acquire, self._order.store_release
+        consumer, producer, data, mask = self._consumer, self._producer, self._data, self._mask
+        cons = load(consumer, 0)
+        count = 0
+        progressed = True
+        while progressed:  # records may land while we drain: look again until a pass finds none
+            progressed = False
+            prod = load(producer, 0)
+            while cons < prod:
+                offset = cons & mask
+                length = load(data, offset) & 0xFFFFFFFF
+                if length & BUSY_BIT:
+                    break  # still being written; the next wakeup brings it
+                size = length & ~DISCARD_BIT
+                cons += (size + HEADER_SIZE + 7) & ~7
+                if not length & DISCARD_BIT:
+                    start = offset + HEADER_SIZE
+                    sink(bytes(data[start:start + size]))
+                    count += 1
+                progressed = True
+            if progressed:
+                store(consumer, 0, cons)
+        return count
+
+    def _release(self):
+        self._data.release()
+        self._producer.close()
+        self._consumer.close()
