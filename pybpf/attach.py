@@ -24,19 +24,15 @@ recorded in pybpf.cleanup, which undoes it at exit and on SIGINT/SIGTERM.
 """
 import errno
 import os
-import socket
 
-from . import cleanup, mounts
-from . import syscall
-from . import tracefs
+from . import cleanup, mounts, syscall, tracefs
+from . import tc as _tc
+from .attachment import NO_LINK, Attachment, Link, attach_error, ifindex, link_create, prog_fd
 from .errors import BpfError, FeatureUnavailable, SyscallError
 from .uapi import AttachFlags, AttachType, Cmd
 
 ffi = syscall.ffi
-
-# Errnos meaning "this kernel has no such link / attach type", which send us to the legacy path.
-# 524 is the kernel-internal ENOTSUPP that leaks out of some bpf() paths.
-_NO_LINK = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
+tc = _tc.attach  # SCHED_CLS programs at ingress or egress: tcx link, else clsact + cls_bpf
 
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 
@@ -79,25 +75,6 @@ XDP_MODES = {None: 0, "skb": 1 << 1, "drv": 1 << 2, "hw": 1 << 3}
 
 
 # -- arguments ---------------------------------------------------------------
-def prog_fd(prog):
-    """The fd of a Program (anything with .fd) or of a plain int."""
-    fd = getattr(prog, "fd", prog)
-    if not isinstance(fd, int) or fd < 0:
-        raise BpfError(f"expected a loaded program or its fd, got {prog!r}")
-    return fd
-
-
-def ifindex(iface):
-    """Interface index of a name or index in the calling thread's netns; one-line error if absent."""
-    try:
-        if isinstance(iface, int):
-            socket.if_indextoname(iface)
-            return iface
-        return socket.if_nametoindex(iface)
-    except OSError:
-        raise BpfError(f"no network interface {iface!r} in this network namespace") from None
-
-
 def attach_type(value, names=None):
     """An AttachType from the enum, its int, its name ("CGROUP_INET_EGRESS") or a short name."""
     if isinstance(value, str):
@@ -112,83 +89,6 @@ def attach_type(value, names=None):
         return AttachType(value)
     except ValueError:
         raise BpfError(f"unknown attach type {value!r}") from None
-
-
-def _attach_error(error, what, hint=None):
-    """Re-raise a syscall failure naming the hook; the errno and exception class stay."""
-    return syscall.syscall_error(f"{error.command} ({what})", error.errno, hint)
-
-
-# -- attachment objects ------------------------------------------------------
-class Attachment:
-    """Something attached. Close it (or leave its `with` block) to detach."""
-
-    what = "attachment"
-    _closed = True
-
-    def close(self):
-        """Detach and close owned fds. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._release()
-
-    detach = close
-
-    @property
-    def closed(self):
-        return self._closed
-
-    def _release(self):
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 -- interpreter shutdown; cleanup.run_all covers the rest
-            pass
-
-    def __repr__(self):
-        return f"<{type(self).__name__} {self.what}{' closed' if self._closed else ''}>"
-
-
-class Link(Attachment):
-    """A bpf link: detached when its fd closes (also when the process dies)."""
-
-    def __init__(self, fd, what):
-        self.fd = fd
-        self.what = what
-        self._closed = False
-
-    def info(self):
-        """struct bpf_link_info (cffi) from BPF_OBJ_GET_INFO_BY_FD."""
-        return syscall.obj_get_info_by_fd(self.fd, "link")
-
-    @property
-    def id(self):
-        return self.info().id
-
-    def update(self, prog, old_prog=None):
-        """BPF_LINK_UPDATE: swap in another program atomically (optionally only if old_prog is current)."""
-        attr = syscall.new_attr()
-        attr.link_update.link_fd = self.fd
-        attr.link_update.new_prog_fd = prog_fd(prog)
-        if old_prog is not None:
-            attr.link_update.flags = AttachFlags.REPLACE
-            attr.link_update.old_prog_fd = prog_fd(old_prog)
-        try:
-            syscall.bpf(Cmd.LINK_UPDATE, attr)
-        except SyscallError as e:
-            raise _attach_error(e, self.what) from None
-
-    def _release(self):
-        os.close(self.fd)
 
 
 class PerfEventLink(Attachment):
@@ -236,7 +136,7 @@ class ProgAttachment(Attachment):
             os.close(target)
             os.close(program)
             if isinstance(e, SyscallError):
-                raise _attach_error(e, what) from None
+                raise attach_error(e, what) from None
             raise
         self._token = cleanup.register(lambda: _prog_detach(target, program, type), what)
         self._closed = False
@@ -260,23 +160,6 @@ def _prog_detach(target, program, type):
         os.close(program)
 
 
-# -- the generic link ----------------------------------------------------------
-def link_create(prog, target_fd, type, flags=0, *, cookie=None, target_btf_id=0):
-    """BPF_LINK_CREATE -> link fd. cookie goes where the attach type keeps it."""
-    attr = syscall.new_attr()
-    lc = attr.link_create
-    lc.prog_fd = prog_fd(prog)
-    lc.target_fd = target_fd
-    lc.attach_type = type
-    lc.flags = flags
-    if type == AttachType.PERF_EVENT:
-        lc.perf_event.bpf_cookie = cookie or 0
-    elif target_btf_id or cookie:
-        lc.tracing.target_btf_id = target_btf_id
-        lc.tracing.cookie = cookie or 0
-    return syscall.bpf(Cmd.LINK_CREATE, attr)
-
-
 # -- perf events: tracepoints and kprobes --------------------------------------
 def _check_mode(mode, what, choices):
     if mode not in (None,) + choices:
@@ -296,8 +179,8 @@ def _attach_perf_event(prog, attr, what, cookie, mode):
             try:
                 link_fd = link_create(prog, pfd, AttachType.PERF_EVENT, cookie=cookie)
             except SyscallError as e:
-                if mode == "link" or e.errno not in _NO_LINK:
-                    raise _attach_error(e, what) from None
+                if mode == "link" or e.errno not in NO_LINK:
+                    raise attach_error(e, what) from None
                 if cookie:
                     raise FeatureUnavailable(f"{what}: a bpf cookie needs BPF_PERF_EVENT links, "
                                              f"which this kernel lacks") from None
@@ -305,7 +188,7 @@ def _attach_perf_event(prog, attr, what, cookie, mode):
             try:
                 syscall.ioctl(pfd, syscall.PERF_EVENT_IOC_SET_BPF, prog_fd(prog))
             except SyscallError as e:
-                raise _attach_error(e, what) from None
+                raise attach_error(e, what) from None
         syscall.ioctl(pfd, syscall.PERF_EVENT_IOC_ENABLE)
     except BaseException:
         if link_fd is not None:
@@ -373,7 +256,7 @@ def _raw_tracepoint_open(prog, name, what, cookie=None):
     except SyscallError as e:
         if e.errno == errno.ENOENT and name is not None:
             raise FeatureUnavailable(f"{what}: no such raw tracepoint on this kernel") from None
-        raise _attach_error(e, what) from None
+        raise attach_error(e, what) from None
 
 
 def raw_tracepoint(prog, name, *, cookie=None):
@@ -396,8 +279,8 @@ def tracing(prog, type=None, *, cookie=None):
     try:
         return Link(link_create(prog, 0, type, cookie=cookie), what)
     except SyscallError as e:
-        if e.errno not in _NO_LINK or cookie:
-            raise _attach_error(e, what) from None
+        if e.errno not in NO_LINK or cookie:
+            raise attach_error(e, what) from None
     return _raw_tracepoint_open(prog, None, what)  # kernels before tracing links
 
 
@@ -417,7 +300,7 @@ def iterator(prog):
     try:
         return Link(link_create(prog, 0, AttachType.TRACE_ITER), "iterator program")
     except SyscallError as e:
-        raise _attach_error(e, "iterator program") from None
+        raise attach_error(e, "iterator program") from None
 
 
 def run_iterator(link, max_bytes=64 << 20):
@@ -429,7 +312,7 @@ def run_iterator(link, max_bytes=64 << 20):
     try:
         fd = syscall.bpf(Cmd.ITER_CREATE, attr)
     except SyscallError as e:
-        raise _attach_error(e, "iterator") from None
+        raise attach_error(e, "iterator") from None
     chunks, size = [], 0
     try:
         while chunk := os.read(fd, 1 << 16):
@@ -477,8 +360,8 @@ def cgroup(prog, type, cgroup="/", *, mode=None, flags=AttachFlags.ALLOW_MULTI):
             try:
                 return Link(link_create(prog, dirfd, type), what)
             except SyscallError as e:
-                if mode == "link" or e.errno not in _NO_LINK:
-                    raise _attach_error(e, what) from None
+                if mode == "link" or e.errno not in NO_LINK:
+                    raise attach_error(e, what) from None
         return ProgAttachment(dirfd, prog, type, flags, what)
     finally:
         os.close(dirfd)
@@ -539,16 +422,9 @@ def xdp(prog, iface, *, mode=None, via=None):
         try:
             return Link(link_create(prog, index, AttachType.XDP, XDP_MODES[mode]), what)
         except SyscallError as e:
-            if via == "link" or e.errno not in _NO_LINK:
-                raise _attach_error(e, what) from None
+            if via == "link" or e.errno not in NO_LINK:
+                raise attach_error(e, what) from None
     return XdpNetlink(prog, index, XDP_MODES[mode], what)
-
-
-# -- tc --------------------------------------------------------------------------
-def tc(prog, iface, direction="ingress", *, mode=None, prio=None):
-    """Attach a SCHED_CLS program at ingress or egress; see pybpf.tc.attach."""
-    from . import tc as _tc
-    return _tc.attach(prog, iface, direction, mode=mode, prio=prio)
 
 
 # -- netns and sockmap ---------------------------------------------------------
@@ -560,7 +436,7 @@ def netns(prog, type=AttachType.SK_LOOKUP, netns="/proc/thread-self/ns/net"):
     try:
         return Link(link_create(prog, nsfd, type), what)
     except SyscallError as e:
-        raise _attach_error(e, what) from None
+        raise attach_error(e, what) from None
     finally:
         os.close(nsfd)
 
@@ -578,6 +454,6 @@ def sockmap(prog, map, type):
     try:
         return Link(link_create(prog, map_fd, type), what)
     except SyscallError as e:
-        if e.errno not in _NO_LINK:
-            raise _attach_error(e, what) from None
+        if e.errno not in NO_LINK:
+            raise attach_error(e, what) from None
     return ProgAttachment(map_fd, prog, type, 0, what)

@@ -22,7 +22,7 @@ import os
 
 from . import cleanup
 from . import syscall
-from .attach import Attachment, Link, ifindex, link_create, prog_fd
+from .attachment import NO_LINK, Attachment, Link, attach_error, ifindex, link_create, prog_fd
 from .errors import BpfError, SyscallError
 from .uapi import AttachType
 
@@ -31,8 +31,6 @@ TCX = {"ingress": AttachType.TCX_INGRESS, "egress": AttachType.TCX_EGRESS}
 CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 FILTER_HANDLE = 1
 ETH_P_ALL = 0x0003
-
-_NO_TCX = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
 
 # (netns inode, ifindex) -> how many of our filters sit on a clsact qdisc this process created.
 _our_qdiscs = {}
@@ -228,6 +226,6 @@ def attach(prog, iface, direction="ingress", *, mode=None, prio=None, name="pybp
         try:
             return Link(link_create(prog, index, TCX[direction]), f"tcx {iface} {direction}")
         except SyscallError as e:
-            if mode == "tcx" or e.errno not in _NO_TCX:
-                raise syscall.syscall_error(f"{e.command} (tcx {iface} {direction})", e.errno) from None
+            if mode == "tcx" or e.errno not in NO_LINK:
+                raise attach_error(e, f"tcx {iface} {direction}") from None
     return TcFilter(prog, index, direction, prio, name, f"{what} cls_bpf")
