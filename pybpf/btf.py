@@ -13,75 +13,26 @@ Writing (BtfBuilder, map_btf, load_btf: pybpf.btf_build, re-exported here on
 first use) encodes types for our own maps and programs, including whole
 construct layouts, and hands the blob to the kernel with BPF_BTF_LOAD.
 
-Every on-disk record is described once, in RECORDS. The parser's
-struct.Struct formats and the builder's construct Structs (LAYOUTS, built on
-first use so that the parser never imports construct) both derive from it.
-Byte order is the host's, as it is for the kernel's BTF.
+Every on-disk record is described once, in pybpf.btf_format (RECORDS, KINDS). The
+struct.Struct formats the reader and the writer share, and construct Structs (LAYOUTS,
+built on first use so that the reader never imports construct), derive from it.
 """
 import os
 import struct
 from array import array
 from collections import namedtuple
 
+from .btf_format import (FORMATS, INT_BOOL, INT_CHAR, INT_SIGNED, KIND, KINDS, LINKAGE, MAGIC,  # noqa: F401
+                         MAX_TYPE_ID, MAX_VLEN, RECORDS, VERSION)
 from .errors import BpfError, FeatureUnavailable
 
 VMLINUX_PATH = "/sys/kernel/btf/vmlinux"
-MAGIC = 0xEB9F
-VERSION = 1
-MAX_TYPE_ID = 0x000FFFFF
-MAX_VLEN = 0xFFFF
-
-# record -> ((field, struct code), ...); codes are native byte order.
-RECORDS = {
-    "btf_header": (("magic", "H"), ("version", "B"), ("flags", "B"), ("hdr_len", "I"),
-                   ("type_off", "I"), ("type_len", "I"), ("str_off", "I"), ("str_len", "I")),
-    "btf_type": (("name_off", "I"), ("info", "I"), ("size_or_type", "I")),
-    "btf_int": (("bits", "I"),),
-    "btf_array": (("type", "I"), ("index_type", "I"), ("nelems", "I")),
-    "btf_member": (("name_off", "I"), ("type", "I"), ("offset", "I")),
-    "btf_enum": (("name_off", "I"), ("val", "i")),
-    "btf_param": (("name_off", "I"), ("type", "I")),
-    "btf_var": (("linkage", "I"),),
-    "btf_var_secinfo": (("type", "I"), ("offset", "I"), ("size", "I")),
-    "btf_decl_tag": (("component_idx", "i"),),
-    "btf_enum64": (("name_off", "I"), ("val_lo32", "I"), ("val_hi32", "I")),
-}
-
-# kind number -> (name, record after btf_type, record repeated vlen times).
-KINDS = (
-    ("unknown", None, None),
-    ("int", "btf_int", None),
-    ("ptr", None, None),
-    ("array", "btf_array", None),
-    ("struct", None, "btf_member"),
-    ("union", None, "btf_member"),
-    ("enum", None, "btf_enum"),
-    ("fwd", None, None),
-    ("typedef", None, None),
-    ("volatile", None, None),
-    ("const", None, None),
-    ("restrict", None, None),
-    ("func", None, None),
-    ("func_proto", None, "btf_param"),
-    ("var", "btf_var", None),
-    ("datasec", None, "btf_var_secinfo"),
-    ("float", None, None),
-    ("decl_tag", "btf_decl_tag", None),
-    ("type_tag", None, None),
-    ("enum64", None, "btf_enum64"),
-)
-KIND = {name: number for number, (name, _, _) in enumerate(KINDS)}
-
 # Kinds whose third word is a size; in all the others it is a type id.
 SIZED_KINDS = frozenset(("int", "struct", "union", "enum", "datasec", "float", "enum64"))
 # Kinds resolve() looks through.
 MODIFIER_KINDS = frozenset(("typedef", "const", "volatile", "restrict", "type_tag"))
 
-INT_SIGNED, INT_CHAR, INT_BOOL = 1, 2, 4
-LINKAGE = {"static": 0, "global": 1, "extern": 2}
-
-_FMT = {name: struct.Struct("=" + "".join(code for _, code in fields))
-        for name, fields in RECORDS.items()}
+_FMT = FORMATS
 _HEADER = _FMT["btf_header"]
 _TYPE_WORDS = _FMT["btf_type"].size // 4
 # Record length in 32-bit words: fixed part per kind, plus per vlen item.

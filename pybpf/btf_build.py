@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import construct
 
-from . import btf as _btf
+from . import btf_format
 from .errors import BpfError, NotPermitted, SyscallError
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -29,24 +29,20 @@ LOG_SIZE = 1 << 20
 
 # construct FormatField letters -> (BTF kind, int encoding); size from struct.calcsize.
 _FORMATS = {
-    "b": ("int", _btf.INT_SIGNED), "h": ("int", _btf.INT_SIGNED), "i": ("int", _btf.INT_SIGNED),
-    "l": ("int", _btf.INT_SIGNED), "q": ("int", _btf.INT_SIGNED),
+    "b": ("int", btf_format.INT_SIGNED), "h": ("int", btf_format.INT_SIGNED), "i": ("int", btf_format.INT_SIGNED),
+    "l": ("int", btf_format.INT_SIGNED), "q": ("int", btf_format.INT_SIGNED),
     "B": ("int", 0), "H": ("int", 0), "I": ("int", 0), "L": ("int", 0), "Q": ("int", 0),
-    "?": ("int", _btf.INT_BOOL), "c": ("int", _btf.INT_CHAR),
+    "?": ("int", btf_format.INT_BOOL), "c": ("int", btf_format.INT_CHAR),
     "e": ("float", 0), "f": ("float", 0), "d": ("float", 0),
 }
 
 
-# record -> (struct.Struct, field names), from pybpf.btf.RECORDS: the reader's own definition
-# (its construct LAYOUTS are the same records; struct packs them ten times faster).
-_RECORDS = {name: (struct.Struct("=" + "".join(code for _, code in fields)), [f for f, _ in fields])
-            for name, fields in _btf.RECORDS.items()}
+_FIELDS = {name: [field for field, _ in fields] for name, fields in btf_format.RECORDS.items()}
 
 
 def _pack(record, values):
-    packer, fields = _RECORDS[record]
     try:
-        return packer.pack(*[values[f] for f in fields])
+        return btf_format.FORMATS[record].pack(*[values[f] for f in _FIELDS[record]])
     except struct.error as e:
         raise BpfError(f"BTF {record}: {e}") from None
 
@@ -99,12 +95,12 @@ class BtfBuilder:
         return type_id
 
     def _add(self, kind, name_off, size_or_type, vlen=0, kind_flag=0, tail=None, items=()):
-        if vlen > _btf.MAX_VLEN:
-            raise BpfError(f"BTF {kind}: {vlen} entries exceed {_btf.MAX_VLEN}")
-        if self.next_id > _btf.MAX_TYPE_ID:
-            raise BpfError(f"BTF: more than {_btf.MAX_TYPE_ID} types")
-        _, tail_record, item_record = _btf.KINDS[_btf.KIND[kind]]
-        info = kind_flag << 31 | _btf.KIND[kind] << 24 | vlen
+        if vlen > btf_format.MAX_VLEN:
+            raise BpfError(f"BTF {kind}: {vlen} entries exceed {btf_format.MAX_VLEN}")
+        if self.next_id > btf_format.MAX_TYPE_ID:
+            raise BpfError(f"BTF: more than {btf_format.MAX_TYPE_ID} types")
+        _, tail_record, item_record = btf_format.KINDS[btf_format.KIND[kind]]
+        info = kind_flag << 31 | btf_format.KIND[kind] << 24 | vlen
         parts = [_pack("btf_type", dict(name_off=name_off, info=info, size_or_type=size_or_type))]
         if tail_record:
             parts.append(_pack(tail_record, tail))
@@ -203,8 +199,8 @@ class BtfBuilder:
     def _int_type(self, size, encoding):
         key = (size, encoding)
         if key not in self._ints:
-            prefix = {0: "u", _btf.INT_SIGNED: "s", _btf.INT_BOOL: "bool", _btf.INT_CHAR: "char"}[encoding]
-            name = prefix if encoding in (_btf.INT_BOOL, _btf.INT_CHAR) else f"{prefix}{8 * size}"
+            prefix = {0: "u", btf_format.INT_SIGNED: "s", btf_format.INT_BOOL: "bool", btf_format.INT_CHAR: "char"}[encoding]
+            name = prefix if encoding in (btf_format.INT_BOOL, btf_format.INT_CHAR) else f"{prefix}{8 * size}"
             self._ints[key] = self.add_int(name, size, encoding)
         return self._ints[key]
 
@@ -244,7 +240,7 @@ class BtfBuilder:
                 return self._int_type(size, encoding)
         elif isinstance(sub, construct.BytesInteger) and isinstance(sub.length, int):
             if sub.length in (1, 2, 4, 8):
-                return self._int_type(sub.length, _btf.INT_SIGNED if sub.signed else 0)
+                return self._int_type(sub.length, btf_format.INT_SIGNED if sub.signed else 0)
             return self.add_array(self._int_type(1, 0), sub.length)
         elif isinstance(sub, construct.Bytes) and isinstance(sub.length, int):
             return self.add_array(self._int_type(1, 0), sub.length)
@@ -258,8 +254,8 @@ class BtfBuilder:
     def encode(self):
         """The BTF blob: header, types, strings."""
         types = b"".join(self._records)
-        return _pack("btf_header", dict(magic=_btf.MAGIC, version=_btf.VERSION, flags=0,
-                                        hdr_len=_RECORDS["btf_header"][0].size, type_off=0,
+        return _pack("btf_header", dict(magic=btf_format.MAGIC, version=btf_format.VERSION, flags=0,
+                                        hdr_len=btf_format.FORMATS["btf_header"].size, type_off=0,
                                         type_len=len(types), str_off=len(types),
                                         str_len=len(self._strings))) + types + bytes(self._strings)
 
@@ -312,7 +308,7 @@ def program_btf(functions, lines=()):
     if any(a >= b for a, b in zip(line_slots, line_slots[1:])):
         raise BpfError("program BTF: line_info slots must ascend strictly")
     builder = BtfBuilder()
-    proto = builder.add_func_proto(builder.add_int("int", 4, _btf.INT_SIGNED))
+    proto = builder.add_func_proto(builder.add_int("int", 4, btf_format.INT_SIGNED))
     func_info = []
     for name, slot in functions:
         func_info += (slot, builder.add_func(name, proto))  # FUNC_INFO field order
@@ -358,9 +354,9 @@ def load_btf(data):
 
 
 def _linkage(linkage):
-    if linkage not in _btf.LINKAGE:
-        raise BpfError(f"BTF linkage {linkage!r} is not one of {', '.join(_btf.LINKAGE)}")
-    return _btf.LINKAGE[linkage]
+    if linkage not in btf_format.LINKAGE:
+        raise BpfError(f"BTF linkage {linkage!r} is not one of {', '.join(btf_format.LINKAGE)}")
+    return btf_format.LINKAGE[linkage]
 
 
 def _unwrap(sc):
