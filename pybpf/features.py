@@ -22,7 +22,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from . import cli, syscall
+from . import syscall
 from .asm.insn import Insn, encode
 from .errors import BpfError, SyscallError
 from .uapi import AttachType, Cmd, MapFlags, MapType, ProgFlags, ProgType
@@ -571,7 +571,13 @@ def report(include_helpers=False):
             for name in names(include_helpers)}
 
 
-main = cli.features_main  # its command line, in pybpf.cli
+
+def main(argv=None):
+    """`python -m pybpf.features`: the command line lives in pybpf.cli, which imports this module."""
+    from .cli import features_main
+
+    return features_main(argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
