@@ -28,7 +28,7 @@ import os
 from . import cleanup, mounts, syscall, tracefs
 from . import tc as _tc
 from .attachment import NO_LINK, Attachment, Link, attach_error, ifindex, link_create, prog_fd
-from .errors import BpfError, FeatureUnavailable, SyscallError
+from .errors import BpfError, FeatureUnavailable, SyscallError, netlink_error
 from .uapi import AttachFlags, AttachType, Cmd
 
 ffi = syscall.ffi
@@ -386,7 +386,7 @@ class XdpNetlink(Attachment):
             ipr.close()
             os.close(program)
             if isinstance(e, NetlinkError):
-                raise syscall.syscall_error(f"IFLA_XDP ({what})", e.code) from None
+                raise netlink_error(e, f"IFLA_XDP ({what})") from None
             raise
 
         def undo():

@@ -9,12 +9,11 @@ import os
 import socket
 
 from . import syscall
-from .errors import BpfError, SyscallError
+from .errors import ENOTSUPP, BpfError, SyscallError, syscall_error
 from .uapi import AttachFlags, AttachType, Cmd
 
 # Errnos meaning "this kernel has no such link / attach type", which send us to the legacy path.
-# 524 is the kernel-internal ENOTSUPP that leaks out of some bpf() paths.
-NO_LINK = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
+NO_LINK = frozenset({errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP})
 
 
 def prog_fd(prog):
@@ -38,7 +37,7 @@ def ifindex(iface):
 
 def attach_error(error, what, hint=None):
     """A syscall failure renamed after the hook; the errno and exception class stay."""
-    return syscall.syscall_error(f"{error.command} ({what})", error.errno, hint)
+    return syscall_error(f"{error.command} ({what})", error.errno, hint)
 
 
 class Attachment:

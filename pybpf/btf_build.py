@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import construct
 
 from . import btf_format
-from .errors import BpfError, NotPermitted, SyscallError
+from .errors import BpfError, NotPermitted, SyscallError, syscall_error
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SECTION = re.compile(r"[A-Za-z0-9_.]+\Z")
@@ -348,7 +348,7 @@ def load_btf(data):
         pass
     text = syscall.ffi.string(log).decode("utf-8", "replace")
     lines = [line for line in text.splitlines() if line.strip()]
-    error = syscall.syscall_error("BPF_BTF_LOAD", first, " | ".join(lines[-2:]) or "no BTF log")
+    error = syscall_error("BPF_BTF_LOAD", first, " | ".join(lines[-2:]) or "no BTF log")
     error.log = text
     raise error
 

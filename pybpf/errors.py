@@ -7,8 +7,10 @@ import errno as _errno
 import os as _os
 import re as _re
 
+ENOTSUPP = 524  # kernel-internal errno that some bpf() paths let escape; strerror() does not know it
+
 # The verifier's statistics lines: they close every log, failed or not, and say nothing about why.
-_LOG_STATS = _re.compile(r"(processed \d+ insns|verification time \d+|stack depth [\d+]+)")
+STATS_LINE = _re.compile(r"^(processed \d+ insns|verification time \d+|stack depth [\d+]+).*$", _re.M)
 
 
 class BpfError(Exception):
@@ -62,8 +64,7 @@ class VerifierError(SyscallError):
         self.insn = insn
         self.source = source
         self.name = name
-        tail = [line for line in log.strip().splitlines()
-                if line.strip() and not _LOG_STATS.match(line)][-3:]
+        tail = verifier_tail(log, 3)
         detail = " | ".join(tail) if tail else "no verifier log"
         if insn is not None:
             detail += f"\n  failing instruction {insn_idx}: {insn}"
@@ -78,3 +79,22 @@ class FeatureUnavailable(BpfError):
 
 class NotPermitted(SyscallError):
     """EPERM/EACCES: usually not root, or a locked-down kernel."""
+
+
+def verifier_tail(log, count):
+    """The last `count` non-empty lines of a verifier log, its statistics left out: why it stopped."""
+    return [line for line in log.strip().splitlines() if line.strip() and not STATS_LINE.match(line)][-count:]
+
+
+def syscall_error(command, err, detail=None):
+    """The exception for a failed call: NotPermitted for EPERM/EACCES, SyscallError otherwise."""
+    if err in (_errno.EPERM, _errno.EACCES):
+        return NotPermitted(command, err, detail or "are you root? (needs CAP_BPF/CAP_SYS_ADMIN)")
+    if err == ENOTSUPP:
+        detail = "ENOTSUPP: not supported for this object or kernel" + (f"; {detail}" if detail else "")
+    return SyscallError(command, err, detail)
+
+
+def netlink_error(error, what):
+    """syscall_error for a pyroute2 NetlinkError, naming what was asked of the kernel."""
+    return syscall_error(what, error.code)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from . import syscall
 from .asm.insn import Insn, encode
-from .errors import BpfError, SyscallError
+from .errors import BpfError, SyscallError, verifier_tail
 from .uapi import AttachType, Cmd, MapFlags, MapType, ProgFlags, ProgType
 
 # -- results -----------------------------------------------------------------------------------------
@@ -118,8 +118,7 @@ def _describe_load(fd, err, log):
     if fd is not None:
         _close(fd)
         return True, "loads"
-    tail = [line for line in log.splitlines() if line.strip()]
-    reason = tail[-2] if len(tail) >= 2 and tail[-1].startswith("processed ") else (tail[-1] if tail else "")
+    reason = "".join(verifier_tail(log, 1))
     return False, f"{_errname(err)}" + (f": {reason}" if reason else "")
 
 

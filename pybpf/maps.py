@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from . import syscall
-from .errors import BpfError, InvalidArgument, SyscallError
+from .errors import ENOTSUPP, BpfError, InvalidArgument, SyscallError, syscall_error
 from .layout import LayoutError, codec, size_of
 from .uapi import Cmd, MapFlags, MapType, UpdateFlags, member
 
@@ -39,7 +39,7 @@ LOCAL_STORAGE_TYPES = frozenset({MapType.SK_STORAGE, MapType.INODE_STORAGE, MapT
                                  MapType.CGRP_STORAGE})
 _NO_PREALLOC_TYPES = LOCAL_STORAGE_TYPES | {MapType.LPM_TRIE}
 # Errors that mean "this kernel/map has no batch ops", not "your call was wrong".
-_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, syscall.ENOTSUPP)
+_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP)
 
 _BATCH_SIZE = 4096
 _NOT_IDENTIFIER = re.compile(r"\W")
@@ -158,7 +158,7 @@ class Map:
         except SyscallError as e:
             shape = (f"{type.name} map {name!r}: key {attr.key_size} value {attr.value_size} "
                      f"max_entries {max_entries} flags {MapFlags(attr.map_flags)!r}")
-            raise syscall.syscall_error("BPF_MAP_CREATE", e.errno, _create_hint(type, e.errno, shape)) from None
+            raise syscall_error("BPF_MAP_CREATE", e.errno, _create_hint(type, e.errno, shape)) from None
         finally:
             if own_btf is not None:
                 os.close(own_btf[0])  # the map holds its own reference
@@ -329,7 +329,7 @@ class Map:
         }.get(e.errno)
         if e.errno == errno.EPERM:
             return SyscallError(e.command, e.errno, detail)
-        return syscall.syscall_error(e.command, e.errno, detail)
+        return syscall_error(e.command, e.errno, detail)
 
     def delete(self, key):
         """Delete key; True if it was there, False if it was not."""
@@ -574,7 +574,7 @@ class Map:
             try:
                 self._mmap = _mmap.mmap(self._live_fd(), size, _mmap.MAP_SHARED, prot)
             except OSError as e:
-                raise syscall.syscall_error(f"mmap of map {self.name!r}", e.errno) from None
+                raise syscall_error(f"mmap of map {self.name!r}", e.errno) from None
         return memoryview(self._mmap)
 
     def close(self):

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from . import syscall
 from .asm.disasm import Symbols, format_insn
 from .asm.insn import Insn, InvalidInsn
-from .errors import AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError
+from .errors import (ENOTSUPP, STATS_LINE, AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError,
+                     syscall_error)
 from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType, member
 
 LOG_SIZE_START = 64 << 10
@@ -32,7 +33,6 @@ LOG_SIZE_MAX = 16 << 20
 LOG_STATS = 4  # BPF_LOG_STATS: the verifier's summary lines only
 BPF_MAXINSNS = 4096  # unprivileged limit; root gets BPF_COMPLEXITY_LIMIT_INSNS
 COMPLEXITY_LIMIT_INSNS = 1_000_000
-ENOTSUPP = 524  # kernel-internal errno that BPF_PROG_TEST_RUN leaks for types it cannot run
 _EAGAIN_RETRIES = 5  # the kernel returns EAGAIN when a load races a signal; libbpf retries too
 
 # Program types whose BPF_PROG_TEST_RUN takes a context only: repeat, data and duration must be zero.
@@ -40,7 +40,6 @@ _CTX_ONLY_TEST_RUN = frozenset((ProgType.RAW_TRACEPOINT, ProgType.SYSCALL))
 
 _INSN_LINE = re.compile(r"^(\d+): \(([0-9a-f]{2})\) (.*)$", re.M)
 _INSN_MENTION = re.compile(r"\binsn (\d+)")
-_STATS_LINE = re.compile(r"^processed \d+ insns.*$", re.M)
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.]")
 _NOT_IDENTIFIER = re.compile(r"\W")
 _FILE_LINE = re.compile(r"(.+):(\d+)\Z")  # an Insn.source the DSL wrote: "file.py:12"
@@ -148,10 +147,8 @@ def _insn_text(insn, kernel_line):
 
 def stats_line(log):
     """The verifier's "processed N insns (limit ...) ..." line, or None."""
-    match = None
-    for match in _STATS_LINE.finditer(log or ""):
-        pass
-    return match.group(0) if match else None
+    found = [m.group(0) for m in STATS_LINE.finditer(log or "") if m.group(1).startswith("processed")]
+    return found[-1] if found else None
 
 
 # -- loading -----------------------------------------------------------------------------------------
@@ -671,7 +668,7 @@ class Program:
                 detail = f"{_type_name(self.type)} programs cannot be test-run"
             elif e.errno == _errno.EINVAL:
                 detail = f"bad input for a {_type_name(self.type)} program (packet too short? ctx layout?)"
-            raise syscall.syscall_error(f"BPF_PROG_TEST_RUN {self.name or self.id}", e.errno, detail) from None
+            raise syscall_error(f"BPF_PROG_TEST_RUN {self.name or self.id}", e.errno, detail) from None
         return TestRunResult(
             retval=test.retval,
             data_out=bytes(ffi.buffer(data_out, min(test.data_size_out, out_size))) if data_out is not None else b"",

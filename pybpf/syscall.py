@@ -13,7 +13,7 @@ import errno as _errno
 import os
 import platform
 
-from .errors import BpfError, NotPermitted, SyscallError
+from .errors import ENOTSUPP, BpfError, SyscallError, syscall_error  # noqa: F401 -- syscall.ENOTSUPP stays
 from .uapi import Cmd
 
 # The one declaration text. pybpf/_ffi.py holds it pre-parsed (tools/gen_ffi.py writes it):
@@ -526,7 +526,6 @@ _SYSCALLS = {
 _NR = _SYSCALLS.get(platform.machine())
 
 ATTR_SIZE = ffi.sizeof("union bpf_attr")
-ENOTSUPP = 524   # kernel-internal errno that bpf() lets escape; strerror() does not know it
 
 # perf_event_open(2) and its ioctls (asm-generic _IO/_IOW encoding, same on both arches).
 PERF_FLAG_FD_CLOEXEC = 1 << 3
@@ -561,15 +560,6 @@ def _nr(index, name):
         raise BpfError(f"{name}: no syscall number known for architecture {platform.machine()!r} "
                        f"(pybpf knows {', '.join(sorted(_SYSCALLS))})")
     return _NR[index]
-
-
-def syscall_error(command, err, detail=None):
-    """The exception for a failed call: NotPermitted for EPERM/EACCES, SyscallError otherwise."""
-    if err in (_errno.EPERM, _errno.EACCES):
-        return NotPermitted(command, err, detail or "are you root? (needs CAP_BPF/CAP_SYS_ADMIN)")
-    if err == ENOTSUPP:
-        detail = "ENOTSUPP: not supported for this object or kernel" + (f"; {detail}" if detail else "")
-    return SyscallError(command, err, detail)
 
 
 def new_attr():

@@ -21,9 +21,8 @@ import errno
 import os
 
 from . import cleanup
-from . import syscall
 from .attachment import NO_LINK, Attachment, Link, attach_error, ifindex, link_create, prog_fd
-from .errors import BpfError, SyscallError
+from .errors import BpfError, SyscallError, netlink_error
 from .uapi import AttachType
 
 TCX = {"ingress": AttachType.TCX_INGRESS, "egress": AttachType.TCX_EGRESS}
@@ -34,10 +33,6 @@ ETH_P_ALL = 0x0003
 
 # (netns inode, ifindex) -> how many of our filters sit on a clsact qdisc this process created.
 _our_qdiscs = {}
-
-
-def _netlink_error(e, what):
-    return syscall.syscall_error(what, e.code)
 
 
 def _netns_inode():
@@ -75,7 +70,7 @@ class TcFilter(Attachment):
                 ipr.tc("del", "clsact", index)
             ipr.close()
             if isinstance(e, NetlinkError):
-                raise _netlink_error(e, f"tc add cls_bpf ({what})") from None
+                raise netlink_error(e, f"tc add cls_bpf ({what})") from None
             raise
         self.prio = prio
         self.ref = TcFilterRef(index, direction, prio, FILTER_HANDLE, name, qdisc_key in _our_qdiscs)
@@ -88,7 +83,7 @@ class TcFilter(Attachment):
                 ipr.tc("del-filter", "bpf", index, FILTER_HANDLE, parent=parent, prio=prio, protocol=ETH_P_ALL)
             except NetlinkError as e:
                 if e.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):  # device or qdisc already gone
-                    raise _netlink_error(e, f"tc del cls_bpf ({what})") from None
+                    raise netlink_error(e, f"tc del cls_bpf ({what})") from None
             finally:
                 try:
                     _release_qdisc(ipr, qdisc_key, NetlinkError)
@@ -162,7 +157,7 @@ def find_filter(iface, direction, prio, handle=FILTER_HANDLE, name=None):
         except NetlinkError as e:
             if e.code in (errno.ENOENT, errno.EINVAL):  # no clsact qdisc
                 return False
-            raise _netlink_error(e, f"tc show cls_bpf (ifindex {index} {direction})") from None
+            raise netlink_error(e, f"tc show cls_bpf (ifindex {index} {direction})") from None
 
 
 def remove_filter(iface, direction, prio, handle=FILTER_HANDLE, name=None, *, drop_clsact=False):
@@ -188,7 +183,7 @@ def remove_filter(iface, direction, prio, handle=FILTER_HANDLE, name=None, *, dr
                 ipr.tc("del", "clsact", index)
         except NetlinkError as e:
             if e.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):  # device, qdisc or filter already gone
-                raise _netlink_error(e, f"tc del cls_bpf (ifindex {index} {direction} pref {prio})") from None
+                raise netlink_error(e, f"tc del cls_bpf (ifindex {index} {direction} pref {prio})") from None
     return removed
 
 
@@ -207,7 +202,7 @@ def _release_qdisc(ipr, key, NetlinkError):
         ipr.tc("del", "clsact", index)
     except NetlinkError as e:
         if e.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
-            raise _netlink_error(e, f"tc del clsact (ifindex {index})") from None
+            raise netlink_error(e, f"tc del clsact (ifindex {index})") from None
 
 
 def attach(prog, iface, direction="ingress", *, mode=None, prio=None, name="pybpf"):
