@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import construct
 
-from . import btf_format
+from . import btf_format, syscall
 from .errors import BpfError, NotPermitted, SyscallError, syscall_error
+from .uapi import Cmd
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SECTION = re.compile(r"[A-Za-z0-9_.]+\Z")
@@ -325,9 +326,6 @@ def load_btf(data):
 
     On failure, loads again with a log buffer so the SyscallError carries the
     kernel BTF verifier's reason (full text in its .log)."""
-    from . import syscall
-    from .uapi import Cmd
-
     blob = syscall.ffi.from_buffer(bytes(data))
     attr = syscall.new_attr()
     attr.btf = syscall.address(blob)

@@ -22,9 +22,13 @@ import os
 import socket
 from dataclasses import dataclass
 
-from . import syscall
+from . import mounts, syscall, tracefs
+from .asm import helpers
 from .asm.insn import Insn, encode
+from .asm.isa import lookup
+from .btf import Btf
 from .errors import BpfError, SyscallError, verifier_tail
+from .prog import _bpf_prog_load
 from .uapi import AttachType, Cmd, MapFlags, MapType, ProgFlags, ProgType
 
 # -- results -----------------------------------------------------------------------------------------
@@ -87,8 +91,6 @@ _BTF_TARGET = {
 
 def _load_raw(ptype, code=RETURN_0, expected_attach_type=None, prog_flags=0, attach_btf_id=0, log=False):
     """(fd or None, errno, log). No exceptions: probes classify errnos."""
-    from .prog import _bpf_prog_load
-
     code_buf = syscall.ffi.from_buffer(code)
     lic = syscall.ffi.new("char[]", b"GPL")
     attr = syscall.new_attr()
@@ -312,8 +314,6 @@ def _probe_link(kind):
 # -- instruction set ----------------------------------------------------------------------------------------
 
 def _isa_programs():
-    from .asm.isa import lookup
-
     mov_reg = lookup("mov", "reg")
     return {
         "isa.v1": [Insn("mov", 0, 0, 0, 0), Insn("jeq", 0, 0, 0, 0), Insn("ja", off=0), Insn("exit")],
@@ -356,8 +356,6 @@ def _vmlinux_id(name, tracepoint=False):
     the btf_trace_<name> typedef a tp_btf program targets."""
     btf_name = TP_BTF_PREFIX + name if tracepoint else name
     try:
-        from .btf import Btf
-
         btf = Btf.vmlinux()
         return (btf.find(btf_name, "typedef").id if tracepoint else btf.func_id(name)), None
     except (BpfError, OSError, KeyError, LookupError) as e:
@@ -433,8 +431,6 @@ def _probe_raw_tracepoint():
 
 
 def _probe_perf_event_tracepoint():
-    from . import tracefs
-
     try:
         tp_id = tracefs.tracepoint_id("sched", "sched_process_exec")  # mounts tracefs when needed
     except BpfError as e:
@@ -458,9 +454,7 @@ def _probe_perf_event_tracepoint():
 
 
 def _mount_probe(fstype):
-    from .mounts import find
-
-    point = find(fstype)
+    point = mounts.find(fstype)
     return (True, f"mounted at {point}") if point else (False, f"no {fstype} mount in /proc/self/mountinfo")
 
 
@@ -516,8 +510,6 @@ def _alias(name):
 
 def _helper_probe(name):
     """The probe for "helper.<prog_type>.<helper>", or None when name is not one."""
-    from .asm import helpers
-
     parts = name.split(".")
     if len(parts) != 3 or parts[0] != "helper":
         return None
@@ -533,8 +525,6 @@ def names(include_helpers=False):
     """Every feature name, in report order."""
     out = list(_table())
     if include_helpers:
-        from .asm import helpers
-
         out += [f"helper.{t.name.lower()}.{h.name}" for t in ProgType if t
                 for h in sorted(helpers.BY_ID.values(), key=lambda h: h.id) if h.id]
     return out

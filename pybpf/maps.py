@@ -18,7 +18,10 @@ import os
 import re
 from dataclasses import dataclass
 
+import construct
+
 from . import syscall
+from .btf_build import load_btf, map_btf
 from .errors import ENOTSUPP, BpfError, InvalidArgument, SyscallError, syscall_error
 from .layout import LayoutError, codec, size_of
 from .uapi import Cmd, MapFlags, MapType, UpdateFlags, member
@@ -613,14 +616,10 @@ class Map:
 def _layout_btf(type, key, value, name):
     """(btf_fd, key_type_id, value_type_id) describing key and value, or None when neither is a
     construct Struct (nothing worth naming), the map has no key or holds fds, or BTF fails."""
-    import construct
-
     if not any(isinstance(layout, construct.Struct) for layout in (key, value)):
         return None
     if type in KEYLESS_TYPES or type in FD_VALUE_TYPES:
         return None
-    from .btf_build import load_btf, map_btf
-
     base = _NOT_IDENTIFIER.sub("_", name) or "map"
     try:
         data, key_id, value_id = map_btf(_as_layout(key), _as_layout(value), f"{base}_key", f"{base}_value")
@@ -632,8 +631,6 @@ def _layout_btf(type, key, value, name):
 def _as_layout(layout):
     """A construct layout for a key/value given as a size: a native int, else bytes."""
     if isinstance(layout, int):
-        import construct
-
         code = {1: "B", 2: "H", 4: "L", 8: "Q"}.get(layout)
         return construct.FormatField("=", code) if code else construct.Bytes(layout)
     return layout

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from . import syscall
 from .asm.disasm import Symbols, format_insn
-from .asm.insn import Insn, InvalidInsn
+from .asm.insn import Insn, InvalidInsn, decode, encode
+from .asm.link import label_slots, link
 from .errors import (ENOTSUPP, STATS_LINE, AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError,
                      syscall_error)
 from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType, member
@@ -86,8 +87,6 @@ def instructions(program):
         for i, insn in enumerate(program):
             if not isinstance(insn, (Insn, InvalidInsn)):
                 raise AssemblerError(f"program element {i} is {type(insn).__name__}, not an Insn")
-        from .asm.link import link
-
         return link(program)
     raise AssemblerError("program must be a list of Insn, a DSL program (with .link()) or bytes, "
                          f"not {type(program).__name__}")
@@ -238,8 +237,6 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
             raise AssemblerError(f"bytecode is {len(code)} bytes, not a multiple of 8")
     else:
         insns = patch_maps(insns)
-        from .asm.insn import encode
-
         code, slots = encode(insns), _slot_table(insns)
     insn_cnt = len(code) // 8
     if not insn_cnt:
@@ -313,8 +310,6 @@ def function_slots(insns):
             delta = insn.imm & 0xFFFFFFFF
             starts.add(pc + 1 + delta - ((delta >> 31) << 32))
         pc += insn.slots
-    from .asm.link import label_slots
-
     names = {}
     for label, slot in label_slots(insns).items():
         names.setdefault(slot, label)
@@ -446,8 +441,6 @@ class ProgInfo:
 
     def insns(self):
         """The xlated instructions decoded (pybpf.insn.decode)."""
-        from .asm.insn import decode
-
         return decode(self.xlated)
 
 

@@ -12,7 +12,9 @@ O_CLOEXEC itself, and perf_event_open() passes PERF_FLAG_FD_CLOEXEC.
 import errno as _errno
 import os
 import platform
+import zlib
 
+from . import mounts
 from .errors import ENOTSUPP, BpfError, SyscallError, syscall_error  # noqa: F401 -- syscall.ENOTSUPP stays
 from .uapi import Cmd
 
@@ -499,8 +501,6 @@ struct perf_event_attr {
 
 def _new_ffi():
     """The generated FFI when it was made from this very CDEF, else one parsed now (slow, same result)."""
-    import zlib
-
     try:
         from . import _ffi
     except Exception:  # noqa: BLE001 -- missing, or a cffi backend that cannot read it: parse instead
@@ -654,9 +654,7 @@ def obj_get(path, flags=0):
 
 def mount_point(path, fstype):
     """The mount point of the nearest `fstype` mount at or above path (pybpf.mounts), or None."""
-    from .mounts import containing
-
-    return containing(path, fstype)
+    return mounts.containing(path, fstype)
 
 
 def mount(fstype, target, source=None):

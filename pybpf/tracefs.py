@@ -10,6 +10,7 @@ import re
 from collections import namedtuple
 
 from . import mounts as _mounts
+from . import syscall
 from .errors import BpfError, FeatureUnavailable, SyscallError
 
 TRACEFS_DIR = "/sys/kernel/tracing"
@@ -27,8 +28,6 @@ def find_mount(fstype):
 
 
 def _mount_tracefs():
-    from . import syscall
-
     os.makedirs(TRACEFS_DIR, exist_ok=True)
     try:
         syscall.mount("tracefs", TRACEFS_DIR, "nodev")

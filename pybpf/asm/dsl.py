@@ -29,9 +29,11 @@ them, labels, and symbolic references (jump targets, subprograms, maps) that
 import os
 import sys
 
-from . import isa
 from ..errors import AssemblerError
-from .insn import Insn
+from . import helpers, isa
+from .disasm import disassemble
+from .insn import Insn, encode
+from .link import link, resolve
 
 MAX_STACK = 512
 CPUS = ("v3", "v4")  # Program(cpu=...): the ISA generations the DSL emits for
@@ -148,8 +150,6 @@ _HELPERS = {}  # helper name or id -> (id, C name, fixed argument count, variadi
 
 def _helper(name_or_id):
     """Look a helper up in pybpf.helpers (imported on first use) and remember what calls need."""
-    from . import helpers
-
     h = helpers.lookup(name_or_id)
     variadic = h.signature.endswith("...)")
     _HELPERS[name_or_id] = found = (h.id, h.c_name, h.nargs - variadic, variadic)
@@ -1179,8 +1179,6 @@ class Program:
 
     def link(self):
         """Instructions with every label reference resolved (pybpf.link)."""
-        from .link import link, resolve
-
         self._check_closed()
         if self._code is not self._main or len(self._function_slots) != len(self._functions):
             return link(self.insns)  # a subprogram's body raised before it closed: let link() count
@@ -1202,8 +1200,6 @@ class Program:
 
     def bytes(self):
         """The bytecode of the linked program."""
-        from .insn import encode
-
         return encode(self.link())
 
     encode = bytes
@@ -1219,8 +1215,6 @@ class Program:
 
     def __str__(self):
         """Kernel-syntax disassembly of the linked program (pybpf.disasm)."""
-        from .disasm import disassemble
-
         return disassemble(self.link())
 
     def __repr__(self):

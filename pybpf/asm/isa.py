@@ -14,6 +14,8 @@ ld_imm64 takes two slots; the second has opcode 0 and carries imm's high half.
 from dataclasses import dataclass, field
 from itertools import count
 
+from ..errors import AssemblerError
+
 # Instruction classes (opcode & 0x07).
 LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = range(8)
 CLASS_NAMES = ("ld", "ldx", "st", "stx", "alu", "jmp", "jmp32", "alu64")
@@ -320,8 +322,6 @@ def lookup(name, source=None):
     """The row for a mnemonic; `source` ("imm"/"reg") picks between the two forms of ALU and jump ops."""
     row = BY_NAME.get((name, source)) or BY_NAME.get((name, None))
     if row is None:
-        from ..errors import AssemblerError
-
         raise AssemblerError(f"unknown instruction {name!r}")
     return row
 
