@@ -38,3 +38,14 @@ def test_import_is_light(module, capsys):
         print(f"\nimport {module}: {ms:.1f} ms over bare python (budget {BUDGET_MS} ms)")
     assert heavy == [], f"import {module} pulled in {heavy}"
     assert ms < BUDGET_MS
+
+
+@pytest.mark.parametrize("module,deferred", [
+    ("pybpf.prog", "construct"), ("pybpf.features", "construct"), ("pybpf.btf", "construct"),
+    ("pybpf.attach", "pyroute2"), ("pybpf.tc", "pyroute2"),
+])
+def test_kernel_side_defers_what_it_rarely_needs(module, deferred):
+    """These load construct (the BTF writer) or pyroute2 (netlink fallbacks) only when a call needs it."""
+    code = f"import sys, {module}; print({deferred!r} in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout.strip() == "False"
