@@ -5,11 +5,11 @@ leaving its `with` block. A Link is a bpf link: it dies with its fd, even on SIG
 pybpf prefers one wherever the kernel has it (pybpf.attach, pybpf.tc).
 """
 import errno
-import os
 import socket
 
 from . import syscall
 from .errors import ENOTSUPP, BpfError, SyscallError, syscall_error
+from .fd import Closeable, FdOwner
 from .uapi import AttachFlags, AttachType, Cmd
 
 # Errnos meaning "this kernel has no such link / attach type", which send us to the legacy path.
@@ -40,55 +40,26 @@ def attach_error(error, what, hint=None):
     return syscall_error(f"{error.command} ({what})", error.errno, hint)
 
 
-class Attachment:
+class Attachment(Closeable):
     """Something attached. Close it (or leave its `with` block) to detach."""
 
     what = "attachment"
-    _closed = True
-
-    def close(self):
-        """Detach and close owned fds. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._release()
-
-    detach = close
-
-    @property
-    def closed(self):
-        return self._closed
-
-    def _release(self):
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 -- interpreter shutdown; cleanup.run_all covers the rest
-            pass
+    detach = Closeable.close
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.what}{' closed' if self._closed else ''}>"
 
 
-class Link(Attachment):
-    """A bpf link: detached when its fd closes (also when the process dies)."""
+class Link(Attachment, FdOwner):
+    """A bpf link: detached when its fd closes (also when the process dies); pin() keeps it."""
 
     def __init__(self, fd, what):
-        self.fd = fd
         self.what = what
-        self._closed = False
+        self._own(fd)
 
     def info(self):
         """struct bpf_link_info (cffi) from BPF_OBJ_GET_INFO_BY_FD."""
-        return syscall.obj_get_info_by_fd(self.fd, "link")
+        return syscall.obj_get_info_by_fd(self._live_fd(), "link")
 
     @property
     def id(self):
@@ -97,7 +68,7 @@ class Link(Attachment):
     def update(self, prog, old_prog=None):
         """BPF_LINK_UPDATE: swap in another program atomically (optionally only if old_prog is current)."""
         attr = syscall.new_attr()
-        attr.link_update.link_fd = self.fd
+        attr.link_update.link_fd = self._live_fd()
         attr.link_update.new_prog_fd = prog_fd(prog)
         if old_prog is not None:
             attr.link_update.flags = AttachFlags.REPLACE
@@ -106,9 +77,6 @@ class Link(Attachment):
             syscall.bpf(Cmd.LINK_UPDATE, attr)
         except SyscallError as e:
             raise attach_error(e, self.what) from None
-
-    def _release(self):
-        os.close(self.fd)
 
 
 def link_create(prog, target_fd, type, flags=0, *, cookie=None, target_btf_id=0):

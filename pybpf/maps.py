@@ -23,6 +23,7 @@ import construct
 from . import syscall
 from .btf_build import load_btf, map_btf
 from .errors import ENOTSUPP, BpfError, InvalidArgument, SyscallError, syscall_error
+from .fd import FdOwner
 from .layout import LayoutError, codec, size_of
 from .uapi import Cmd, MapFlags, MapType, UpdateFlags, member
 
@@ -96,10 +97,8 @@ class MapInfo:
     map_extra: int
 
 
-class Map:
+class Map(FdOwner):
     """A BPF map owned through its fd. Close it, or use it as a context manager."""
-
-    fd = -1
 
     def __init__(self, type, key=None, value=None, max_entries=None, flags=None, name="",
                  inner_map=None, numa_node=None, map_extra=0, ifindex=0, btf_fd=0,
@@ -169,14 +168,13 @@ class Map:
                     MapFlags(attr.map_flags), name)
 
     def _setup(self, fd, type, key, value, key_size, value_size, max_entries, flags, name):
-        self.fd = fd
+        self._own(fd)
         self.type = type
         self.key_size = key_size
         self.value_size = value_size
         self.max_entries = max_entries
         self.flags = flags
         self.name = name
-        self.pinned = None
         self._mmap = None
         self.key_codec = codec(key) if key_size else None
         self.value_codec = codec(value) if value_size else None
@@ -218,25 +216,11 @@ class Map:
         self.pinned = os.fspath(path)
         return self
 
-    def pin(self, path):
-        """Pin on bpffs (mounting /sys/fs/bpf when missing). The pin outlives the process: unpin() it."""
-        path = os.fspath(path)
-        syscall.ensure_bpffs(os.path.dirname(path) or ".")
-        syscall.obj_pin(self._live_fd(), path)
-        self.pinned = path
-
-    def unpin(self):
-        """Remove the pin made by pin() or found by open_pinned()."""
-        if self.pinned is not None:
-            os.unlink(self.pinned)
-            self.pinned = None
-
     # ---- encoding ---------------------------------------------------------------
 
-    def _live_fd(self):
-        if self.fd < 0:
-            raise BpfError(f"map {self.name!r} is closed")
-        return self.fd
+    @property
+    def what(self):
+        return f"map {self.name!r}"
 
     def _key(self, key):
         if self.key_codec is None:
@@ -580,30 +564,15 @@ class Map:
                 raise syscall_error(f"mmap of map {self.name!r}", e.errno) from None
         return memoryview(self._mmap)
 
-    def close(self):
-        """Close the fd (and the mmap view if no one still holds it). Idempotent."""
+    def _release(self):
+        """Close the fd, and the mmap view if no one still holds it."""
         if self._mmap is not None:
             try:
                 self._mmap.close()
             except BufferError:
                 pass   # a memoryview still uses it; it unmaps when collected
             self._mmap = None
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if self.fd >= 0:
-            try:
-                self.close()
-            except Exception:
-                pass   # interpreter shutdown: os may already be gone
+        super()._release()
 
     def __repr__(self):
         state = f"fd={self.fd}" if self.fd >= 0 else "closed"

@@ -27,6 +27,7 @@ from .asm.insn import Insn, InvalidInsn, decode, encode
 from .asm.link import label_slots, link
 from .errors import (ENOTSUPP, STATS_LINE, AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError,
                      syscall_error)
+from .fd import FdOwner
 from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType, member
 
 LOG_SIZE_START = 64 << 10
@@ -567,7 +568,7 @@ class TestRunResult:
     __test__ = False  # not a pytest class
 
 
-class Program:
+class Program(FdOwner):
     """A loaded program. Owns its fd: close() it, use `with`, or let it be collected.
 
     fd, name, type (ProgType), tag (hex), id; insns (linked Insn list when pybpf loaded it, else None);
@@ -576,17 +577,15 @@ class Program:
     """
 
     def __init__(self, fd, insns=None, expected_attach_type=None):
-        self.fd = fd
+        self._own(fd)
         self.insns = insns
         self.expected_attach_type = expected_attach_type
         self.log = None
         self.stats = None
-        self.pinned = None
         try:
             basic = syscall.obj_get_info_by_fd(fd, "prog")
         except BaseException:
-            os.close(fd)
-            self.fd = -1
+            self.close()
             raise
         self.id = basic.id
         self.name = syscall.ffi.string(basic.name).decode(errors="replace")
@@ -601,20 +600,21 @@ class Program:
     @classmethod
     def from_pinned(cls, path):
         """Open a program pinned in bpffs, whoever loaded it."""
-        return cls(syscall.obj_get(path))
+        self = cls(syscall.obj_get(path))
+        self.pinned = os.fspath(path)
+        return self
 
     @classmethod
     def from_fd(cls, fd):
         """Wrap a duplicate of an existing program fd (the caller keeps its own)."""
         return cls(os.dup(fd))
 
-    def info(self, contents=True):
-        return prog_info(self._open_fd(), contents)
+    @property
+    def what(self):
+        return f"program {self.name or self.id}"
 
-    def _open_fd(self):
-        if self.fd < 0:
-            raise BpfError(f"program {self.name or self.id} is closed")
-        return self.fd
+    def info(self, contents=True):
+        return prog_info(self._live_fd(), contents)
 
     def test_run(self, data_in=b"", ctx_in=None, repeat=1, data_size_out=None, ctx_size_out=None,
                  flags=0, cpu=0):
@@ -626,7 +626,7 @@ class Program:
         ffi = syscall.ffi
         attr = syscall.new_attr()
         test = attr.test
-        test.prog_fd = self._open_fd()
+        test.prog_fd = self._live_fd()
         data_in = bytes(data_in)
         data_buf = ffi.from_buffer(data_in) if data_in else None  # the kernel only reads data_in
         if data_buf is not None:
@@ -669,42 +669,6 @@ class Program:
             if ctx_out is not None else b"",
             duration_ns=test.duration,
         )
-
-    def pin(self, path):
-        """Pin in bpffs so the program outlives this process; unpin() removes it."""
-        syscall.obj_pin(self._open_fd(), path)
-        self.pinned = os.fspath(path)
-
-    def unpin(self, path=None):
-        path = path or self.pinned
-        if path is None:
-            raise BpfError(f"program {self.name or self.id} is not pinned")
-        os.unlink(path)
-        if path == self.pinned:
-            self.pinned = None
-
-    def close(self):
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    @property
-    def closed(self):
-        return self.fd < 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        # Interpreter shutdown may have torn down os already; an fd then dies with the process.
-        if getattr(self, "fd", -1) >= 0:
-            try:
-                self.close()
-            except Exception:
-                pass
 
     def __repr__(self):
         state = "closed" if self.fd < 0 else f"fd={self.fd}"

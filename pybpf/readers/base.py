@@ -23,6 +23,7 @@ import select
 import struct
 
 from ..errors import FeatureUnavailable
+from ..fd import Closeable
 from ..layout import codec
 
 _U64 = struct.Struct("<Q")
@@ -79,7 +80,7 @@ def ordering():
     return _ordering
 
 
-class EventReader:
+class EventReader(Closeable):
     """Base of RingBuffer and PerfBuffer.
 
     callback: called with each record (bytes, or the decoded value when a
@@ -152,24 +153,15 @@ class EventReader:
 
     def close(self):
         """Deliver what is already written (to the callback), then unmap and close."""
-        if not self._closed:
-            if self.callback is not None:
-                self.read(0)
-            self._closed = True
-            self._release()
-            self._epoll.close()
+        if not self._closed and self.callback is not None:
+            self.read(0)
+        super().close()
 
     def _release(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
         try:
-            self.close()
-        except Exception:
-            pass
+            self._unmap()
+        finally:
+            self._epoll.close()
+
+    def _unmap(self):
+        """Subclasses: release their mappings and fds."""

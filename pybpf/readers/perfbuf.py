@@ -69,7 +69,7 @@ class PerfBuffer(EventReader):
                     break
                 self._open_ring(cpu, pages)
         except BaseException:
-            self._release()
+            self._unmap()
             raise
 
     def _open_ring(self, cpu, pages):
@@ -126,7 +126,7 @@ class PerfBuffer(EventReader):
         first = len(data) - offset
         return bytes(data[offset:]) + bytes(data[:length - first])
 
-    def _release(self):
+    def _unmap(self):
         for ring in self._rings:
             try:
                 self._map.delete(ring.cpu)

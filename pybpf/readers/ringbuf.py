@@ -64,7 +64,7 @@ class RingBuffer(EventReader):
                 store(consumer, 0, cons)
         return count
 
-    def _release(self):
+    def _unmap(self):
         self._data.release()
         self._producer.close()
         self._consumer.close()
