@@ -2,7 +2,7 @@
 
 Every function returns an Attachment: a context manager whose close() (alias
 detach()) undoes the attachment and closes the fds it owns; closing twice is
-harmless. Programs are passed as a pybpf.prog.Program or anything with .fd,
+harmless. Programs are passed as a pybpf.prog.LoadedProgram or anything with .fd,
 or a plain fd; the attachment keeps what it needs, so the caller may close
 the program right after attaching.
 

@@ -17,7 +17,7 @@ NO_LINK = frozenset({errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP})
 
 
 def prog_fd(prog):
-    """The fd of a Program (anything with .fd) or of a plain int."""
+    """The fd of a loaded program (anything with .fd) or a plain int."""
     fd = getattr(prog, "fd", prog)
     if not isinstance(fd, int) or fd < 0:
         raise BpfError(f"expected a loaded program or its fd, got {prog!r}")

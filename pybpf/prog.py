@@ -1,6 +1,6 @@
 """Load programs into the kernel, run them, and read them back.
 
-    prog = load(insns, "xdp", name="pass")       # -> Program (owns the fd)
+    prog = load(insns, "xdp", name="pass")       # -> LoadedProgram (owns the fd)
     prog.test_run(b"\\0" * 64).retval
     prog_info(fd).xlated                          # any program, ours or not
 
@@ -19,6 +19,7 @@ import linecache
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 
 from . import syscall
@@ -209,14 +210,14 @@ def _load_error(err, log, slots, ptype, name, insn_cnt, expected_attach_type=Non
 def load(program, prog_type=None, *, name=None, license=None, expected_attach_type=None, attach_btf_id=0,
          attach_btf_obj_fd=0, attach_prog_fd=0, kern_version=0, prog_flags=0, log_level=0,
          fd_array=None, ifindex=0, stats=False, btf=True):
-    """Load a program; returns a Program that owns the fd.
+    """Load a program; returns a LoadedProgram that owns the fd.
 
     program:   list of Insn (labels linked, map refs patched), a DSL program (.link()), or bytes
     prog_type: ProgType, its value, or its name ("xdp", "sched_cls", "BPF_PROG_TYPE_XDP");
                name, license ("GPL") and expected_attach_type default to the program's own
                attributes of those names (a DSL Program carries the first three)
-    log_level: 1 or 2 asks for the verifier log on success too (Program.log); stats=True adds the
-               verifier's summary (Program.stats). Without either, the log is fetched only on failure.
+    log_level: 1 or 2 asks for the verifier log on success too (.log); stats=True adds the
+               verifier's summary (.stats). Without either, the log is fetched only on failure.
     fd_array:  fds (or objects with .fd) for ld_map_idx / kfunc module BTFs
     btf:       send BTF func_info/line_info when the program has subprograms or sources (default);
                False loads the bare code (callbacks then fail: the kernel wants func_info for them)
@@ -283,7 +284,7 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
             os.close(btf_fd)  # the program holds its own reference
     if fd is None:
         raise _load_error(err, log, slots, ptype, object_name(name), insn_cnt, expected_attach_type)
-    prog = Program(fd, insns=insns, expected_attach_type=None if expected_attach_type is None
+    prog = LoadedProgram(fd, insns=insns, expected_attach_type=None if expected_attach_type is None
                    else attach_type_of(expected_attach_type))
     if wanted_log:
         prog.log, prog.stats = log, stats_line(log)
@@ -568,7 +569,7 @@ class TestRunResult:
     __test__ = False  # not a pytest class
 
 
-class Program(FdOwner):
+class LoadedProgram(FdOwner):
     """A loaded program. Owns its fd: close() it, use `with`, or let it be collected.
 
     fd, name, type (ProgType), tag (hex), id; insns (linked Insn list when pybpf loaded it, else None);
@@ -672,4 +673,12 @@ class Program(FdOwner):
 
     def __repr__(self):
         state = "closed" if self.fd < 0 else f"fd={self.fd}"
-        return f"<Program {self.name or '?'} {_type_name(self.type)} id={self.id} tag={self.tag} {state}>"
+        return f"<LoadedProgram {self.name or '?'} {_type_name(self.type)} id={self.id} tag={self.tag} {state}>"
+
+
+def __getattr__(name):
+    if name == "Program":
+        warnings.warn("pybpf.prog.Program is now LoadedProgram (pybpf.asm.Program is the DSL's builder); "
+                      "the old name goes in the next release", DeprecationWarning, stacklevel=2)
+        return LoadedProgram
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ from pybpf import features, isa
 from pybpf.errors import BpfError, NotPermitted, SyscallError, VerifierError
 from pybpf.insn import Insn
 from pybpf.maps import Map
-from pybpf.prog import Program, iter_ids, load, prog_info
+from pybpf.prog import LoadedProgram, iter_ids, load, prog_info
 from pybpf.uapi import AttachType, MapType, ProgFlags, ProgType
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -307,7 +307,7 @@ def test_info_of_a_program_another_process_loaded():
                              stdout=subprocess.PIPE, text=True)
     try:
         prog_id = int(child.stdout.readline())
-        with Program.from_id(prog_id) as other:
+        with LoadedProgram.from_id(prog_id) as other:
             info = prog_info(other.fd)
             assert other.name == info.name == "from_other"
             assert other.insns is None
@@ -326,14 +326,14 @@ def test_pin_and_from_pinned(tmp_path):
     with load(ret(5), "socket_filter", name="pinned") as p:
         p.pin(path)
         try:
-            with Program.from_pinned(path) as again:
+            with LoadedProgram.from_pinned(path) as again:
                 assert (again.id, again.tag, again.name) == (p.id, p.tag, "pinned")
                 assert again.test_run(PACKET).retval == 5
         finally:
             p.unpin()
     assert not os.path.exists(path)
     with pytest.raises(SyscallError):
-        Program.from_pinned(path)
+        LoadedProgram.from_pinned(path)
 
 
 def _open_fds():

@@ -199,12 +199,12 @@ def _program_ids():
 def _skipped_runs(program_ids):
     """recursion_misses summed over the programs `program_ids` that are still loaded."""
     from pybpf.errors import SyscallError
-    from pybpf.prog import Program
+    from pybpf.prog import LoadedProgram
 
     skipped = 0
     for prog_id in program_ids:
         try:
-            with Program.from_id(prog_id) as prog:
+            with LoadedProgram.from_id(prog_id) as prog:
                 skipped += prog.info(contents=False).recursion_misses
         except SyscallError as e:
             if e.errno != errno.ENOENT:  # (unloaded since)

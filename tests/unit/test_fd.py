@@ -8,7 +8,7 @@ from pybpf.attachment import Attachment, Link
 from pybpf.errors import BpfError
 from pybpf.fd import Closeable, FdOwner
 from pybpf.maps import Map
-from pybpf.prog import Program
+from pybpf.prog import LoadedProgram
 from pybpf.readers.base import EventReader
 
 
@@ -57,9 +57,9 @@ def test_unpin_without_a_pin_is_nothing_to_do():
 def test_every_owner_shares_the_protocol():
     """Written once: no owner defines its own __enter__/__exit__/__del__, nor close() (but readers,
     which deliver what is left first), nor pin()/unpin()."""
-    for cls in (Map, Program, Link, EventReader, Attachment):
+    for cls in (Map, LoadedProgram, Link, EventReader, Attachment):
         assert issubclass(cls, Closeable)
         assert {"__enter__", "__exit__", "__del__", "pin", "unpin"} & set(vars(cls)) == set()
         assert ("close" in vars(cls)) == (cls is EventReader)
-    for cls in (Map, Program, Link):
+    for cls in (Map, LoadedProgram, Link):
         assert issubclass(cls, FdOwner)

@@ -56,6 +56,7 @@ BEFORE = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:pybpf.prog.Program is now LoadedProgram:DeprecationWarning")
 @pytest.mark.parametrize("module", sorted(BEFORE))
 def test_every_module_path_keeps_its_names(module):
     mod = importlib.import_module(f"pybpf.{module}")
@@ -92,3 +93,13 @@ def test_module_entry_points_run(command):
     done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("usage: "), done.stderr
 
+
+
+def test_the_loaded_programs_old_name_warns():
+    from pybpf import prog
+
+    with pytest.warns(DeprecationWarning, match="LoadedProgram"):
+        from pybpf.prog import Program
+    assert Program is prog.LoadedProgram
+    with pytest.raises(AttributeError):
+        prog.NoSuchName
