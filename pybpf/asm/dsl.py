@@ -32,12 +32,11 @@ import sys
 from ..errors import AssemblerError
 from . import helpers, isa
 from .disasm import disassemble
-from .insn import Insn, encode
+from .insn import encode, make
 from .link import link, resolve
 
 MAX_STACK = 512
 CPUS = ("v3", "v4")  # Program(cpu=...): the ISA generations the DSL emits for
-_new_insn = Insn.__new__
 S32_MIN, S32_MAX, U32_MAX = -(1 << 31), (1 << 31) - 1, (1 << 32) - 1
 
 
@@ -716,28 +715,18 @@ class Program:
 
     # -- emission ---------------------------------------------------------------
     def _emit(self, op, dst=0, src=0, off=0, imm=0, ref=None):
-        if op.cpu_v4 and self._v3:
+        if self._v3 and op.cpu_v4:
             self._fail(f"{op.name} is a cpu v4 instruction (Linux 6.6); this program targets cpu {self.cpu}")
-        insn = _new_insn(Insn)
-        insn.op = op
-        insn.dst = dst
-        insn.src = src
-        insn.off = off
-        insn.imm = imm
-        if op.fixed:
-            for field, value in op.fixed:
-                setattr(insn, field, value)
         pending = self._pending
         if pending:
             here, pc = self._here, self._pc
             for name in pending:
                 here[name] = pc
-            insn.label = pending[0] if len(pending) == 1 else tuple(pending)
+            label = pending[0] if len(pending) == 1 else tuple(pending)
             pending.clear()
         else:
-            insn.label = None
-        insn.ref = ref
-        if ref.__class__ is str and op.target:
+            label = None
+        if ref is not None and ref.__class__ is str and op.target:
             self._refs.append((len(self._code), self._pc))
         source = self._at
         if source is None:  # _source(), inline: this is the hottest path of the DSL
@@ -749,7 +738,7 @@ class Program:
                 source = hit[0] if hit is not None else _remember(f)
             except AttributeError:  # no frame outside this module
                 pass
-        insn.source = source
+        insn = make(op, dst, src, off, imm, label, ref, source)
         self._code.append(insn)
         self._pc += op.slots
         return insn
@@ -795,11 +784,14 @@ class Program:
         if dst.n == _FP:
             self._dst(dst)
         cls = type(value)
+        if cls is int:
+            self._mov_imm(dst, value)
+            return
         if cls is Ptr:
             value, cls = value._base_reg, Reg
         if cls is Reg:
             self._emit(_MOV_REG[32 if 32 in (dst.bits, value.bits) else 64], dst.n, value.n)
-        elif cls is int or cls is bool:
+        elif cls is bool:
             self._mov_imm(dst, int(value))
         elif cls is Mem:
             t = value.type

@@ -24,22 +24,18 @@ S16 = (-(1 << 15), (1 << 15) - 1)
 
 
 class Insn:
+    """Insn("add", 1, imm=5) or Insn(row, dst, src, off, imm): the row by name or isa.Op, the
+    fields as ints. Built by make(), as every instruction is."""
+
     __slots__ = ("op", "dst", "src", "off", "imm", "label", "ref", "source")
 
-    def __init__(self, op, dst=0, src=0, off=0, imm=0, *, label=None, ref=None, source=None):
+    def __new__(cls, op, dst=0, src=0, off=0, imm=0, *, label=None, ref=None, source=None):
         if isinstance(op, str):
             op = isa.lookup(op)
-        self.op = op
-        self.dst = int(dst)
-        self.src = int(src)
-        self.off = int(off)
-        self.imm = int(imm)
-        # Fields that identify the row (sdiv's off=1, fetch-add's imm, call's src) are part of the op.
-        for field, value in op.fixed:
-            setattr(self, field, value)
-        self.label = label
-        self.ref = ref
-        self.source = source
+        return make(op, int(dst), int(src), int(off), int(imm), label, ref, source)
+
+    def __reduce__(self):
+        return make, (self.op, self.dst, self.src, self.off, self.imm, self.label, self.ref, self.source)
 
     # -- value semantics -------------------------------------------------
     def fields(self):
@@ -121,6 +117,30 @@ class Insn:
     @property
     def imm_hi(self):
         return (self.imm >> 32) & 0xFFFFFFFF
+
+
+_new = object.__new__
+
+
+def make(op, dst=0, src=0, off=0, imm=0, label=None, ref=None, source=None):
+    """The instruction of row `op` with these fields: the one place instructions are built.
+
+    The fields that tell the row apart from others of its opcode (sdiv's off=1, a fetch-add's
+    imm, a call's src) come from the row, whatever is given for them. No checks: the
+    assemblers call this for every instruction, and encoding validates."""
+    insn = _new(Insn)
+    insn.op = op
+    insn.dst = dst
+    insn.src = src
+    insn.off = off
+    insn.imm = imm
+    if op.fixed:
+        for field, value in op.fixed:
+            setattr(insn, field, value)
+    insn.label = label
+    insn.ref = ref
+    insn.source = source
+    return insn
 
 
 class InvalidInsn:
@@ -213,9 +233,7 @@ def decode(code_bytes, strict=False):
                 else:
                     imm = (hi << 32) | imm_u32
         if op is not None:
-            insn = Insn.__new__(Insn)
-            insn.op, insn.dst, insn.src, insn.off, insn.imm = op, dst, src, off, imm
-            insn.label = insn.ref = insn.source = None
+            insn = make(op, dst, src, off, imm)
             try:
                 insn.validate()
             except AssemblerError as err:

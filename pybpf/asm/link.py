@@ -9,9 +9,7 @@ takes two) and writes pc-relative offsets into the row's `target` field:
 Map references (`ref` with an `fd`) are left for the loader, which knows fds.
 """
 from ..errors import AssemblerError
-from .insn import Insn
-
-_new_insn = Insn.__new__
+from .insn import make
 
 
 def label_slots(insns):
@@ -38,9 +36,7 @@ def resolve(insn, pc, labels):
     if target is None:
         raise AssemblerError(f"unknown label {ref!r}", insn.source)
     delta = target - (pc + 1)
-    resolved = _new_insn(Insn)
-    resolved.op, resolved.dst, resolved.src, resolved.off, resolved.imm = op, insn.dst, insn.src, insn.off, insn.imm
-    resolved.label, resolved.ref, resolved.source = insn.label, ref, insn.source
+    resolved = make(op, insn.dst, insn.src, insn.off, insn.imm, insn.label, ref, insn.source)
     if op.target == "off":
         if not -(1 << 15) <= delta < (1 << 15):
             raise AssemblerError(f"jump to {ref!r} is {delta} slots away; "

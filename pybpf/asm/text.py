@@ -24,7 +24,7 @@ import re
 
 from . import helpers, isa
 from ..errors import AssemblerError
-from .insn import Insn, encode
+from .insn import encode, make
 from .link import link, resolve
 
 SYNTAXES = ("auto", "llvm", "kernel", "ubpf")  # kernel (verifier log, bpftool) and LLVM share one parser
@@ -226,17 +226,7 @@ class _Line:
 
 
 def _insn(op, dst=0, src=0, off=0, imm=0, ref=None, source=None):
-    """An Insn without Insn.__init__'s name lookup: the hot path of parsing."""
-    insn = _new(Insn)
-    insn.op, insn.dst, insn.src, insn.off, insn.imm = op, dst, src, off, imm
-    if op.fixed:
-        for field, value in op.fixed:
-            setattr(insn, field, value)
-    insn.label, insn.ref, insn.source = None, ref, source
-    return insn
-
-
-_new = object.__new__
+    return make(op, dst, src, off, imm, None, ref, source)
 
 
 # --- LLVM / kernel syntax builders -----------------------------------------
@@ -843,15 +833,7 @@ def _parse(text, syntax, share=False):
                 if share:
                     insn = first
                 else:
-                    insn = _new(Insn)
-                    insn.op = op
-                    insn.dst = first.dst
-                    insn.src = first.src
-                    insn.off = first.off
-                    insn.imm = first.imm
-                    insn.label = None
-                    insn.ref = ref
-                    insn.source = f"line {lineno}, column {col}"
+                    insn = make(op, first.dst, first.src, first.off, first.imm, None, ref, f"line {lineno}, column {col}")
             else:
                 stripped = line.lstrip()
                 if not stripped:
