@@ -104,25 +104,26 @@ def _type(what):
     return t
 
 
-# -- opcode rows, looked up once ---------------------------------------------------
+# -- opcode rows, looked up once (isa.row) ------------------------------------------
 
-def _row(name, source=None):
-    return isa.lookup(name, source)
-
-
-_ALU = {(op.name, bits, src): _row(op.name + sfx, src)
-        for op in isa.ALU_OPS for bits, sfx in ((64, ""), (32, "32")) for src in ("imm", "reg")}
-_JMP = {(c.name, bits, src): _row(c.name + sfx, src)
-        for c in isa.JMP_CONDS for bits, sfx in ((64, ""), (32, "32")) for src in ("imm", "reg")}
-_LDX = {t: _row(("ldxs" if t.signed and t.size < 8 else "ldx") + t.suffix) for t in TYPES.values()}
-_ST = {t: _row("st" + t.suffix) for t in TYPES.values()}
-_STX = {t: _row("stx" + t.suffix) for t in TYPES.values()}
-_ATOMIC = {(op.name, bits): _row(f"lock_{op.name}{'' if bits == 64 else '32'}")
-           for op in isa.ATOMIC_OPS for bits in (64, 32)}
-_NEG = {64: _row("neg"), 32: _row("neg32")}
-_JA, _GOTOL, _MAY_GOTO, _EXIT = _row("ja"), _row("gotol"), _row("may_goto"), _row("exit")
-_CALL, _CALL_LOCAL, _CALL_KFUNC = _row("call"), _row("call_local"), _row("call_kfunc")
-_LDDW, _LD_MAP_FD, _LD_MAP_VALUE, _LD_FUNC = _row("lddw"), _row("ld_map_fd"), _row("ld_map_value"), _row("ld_func")
+Kind, _row = isa.Kind, isa.row
+_ALU = {(op.name, bits, src): _row(Kind.ALU, op.name, bits, src)
+        for op in isa.ALU_OPS for bits in (64, 32) for src in ("imm", "reg")}
+_JMP = {(c.name, bits, src): _row(Kind.JMP, c.name, bits, src)
+        for c in isa.JMP_CONDS for bits in (64, 32) for src in ("imm", "reg")}
+_LDX = {t: _row(Kind.LDXS if t.signed and t.size < 8 else Kind.LDX, None, 8 * t.size) for t in TYPES.values()}
+_ST = {t: _row(Kind.ST, None, 8 * t.size, "imm") for t in TYPES.values()}
+_STX = {t: _row(Kind.STX, None, 8 * t.size, "reg") for t in TYPES.values()}
+_ATOMIC = {(op.name, bits): _row(Kind.ATOMIC, op.name, bits, "reg") for op in isa.ATOMIC_OPS for bits in (64, 32)}
+_NEG = {bits: _row(Kind.NEG, "neg", bits) for bits in (64, 32)}
+_END = {(name, bits): _row(kind, name, bits) for kind, name in ((Kind.END, "le"), (Kind.END, "be"), (Kind.BSWAP, "bswap"))
+        for bits in (16, 32, 64)}
+_MOVSX = {(width, bits): _row(Kind.MOVSX, f"s{width}", bits, "reg") for width, bits in ((8, 64), (16, 64), (32, 64),
+                                                                                         (8, 32), (16, 32))}
+_JA, _GOTOL, _MAY_GOTO, _EXIT = _row(Kind.JA), _row(Kind.GOTOL, bits=32), _row(Kind.MAY_GOTO), _row(Kind.EXIT)
+_CALL, _CALL_LOCAL, _CALL_KFUNC = (_row(Kind.CALL, how) for how in ("helper", "local", "kfunc"))
+_LDDW, _LD_MAP_FD, _LD_MAP_VALUE, _LD_FUNC = (_row(Kind.LD_IMM64, name)
+                                              for name in ("lddw", "ld_map_fd", "ld_map_value", "ld_func"))
 
 # Signed views turn these operations into their signed rows.
 _SIGNED_ALU = {"div": "sdiv", "mod": "smod", "rsh": "arsh"}
@@ -141,7 +142,7 @@ _MOV_IMM = {bits: _ALU[("mov", bits, "imm")] for bits in (64, 32)}
 _MOV_REG = {bits: _ALU[("mov", bits, "reg")] for bits in (64, 32)}
 _ADD_IMM = _ALU[("add", 64, "imm")]
 _FP = isa.FRAME_POINTER
-_STOPS = ("exit", "ja", "gotol")  # kinds after which the next instruction is not reached by falling through
+_STOPS = (Kind.EXIT, Kind.JA, Kind.GOTOL)  # kinds after which the next instruction is not reached by falling through
 
 
 _HELPERS = {}  # helper name or id -> (id, C name, fixed argument count, variadic)
@@ -923,7 +924,7 @@ class Program:
     def _end(self, name, dst, bits):
         if bits not in (16, 32, 64):
             self._fail(f"{name}: width must be 16, 32 or 64, not {bits}")
-        self._emit(_row(f"{name}{bits}"), self._dst(dst).n)
+        self._emit(_END[(name, bits)], self._dst(dst).n)
 
     def bswap(self, dst, bits):
         """Unconditional byte swap of the low `bits` (cpu v4; before it, the conversion to the
@@ -950,7 +951,7 @@ class Program:
             self._emit(_MOV_REG[dst.bits], dst.n, src.n)
             self._sign_extend(dst.n, dst.bits, bits)
         else:
-            self._emit(_row(f"movsx{bits}{dst.bits}"), dst.n, src.n)
+            self._emit(_MOVSX[(bits, dst.bits)], dst.n, src.n)
 
     def _sign_extend(self, n, width, bits):
         """Register n (a `width`-bit view) = its low `bits` sign-extended: shift them to the top,
@@ -1201,7 +1202,7 @@ class Program:
         """Map objects referenced by the code, in first-use order."""
         seen = {}
         for insn in self.insns:
-            if insn.op.kind == "ld_imm64" and insn.ref is not None and hasattr(insn.ref, "fd"):
+            if insn.op.kind is Kind.LD_IMM64 and insn.ref is not None and hasattr(insn.ref, "fd"):
                 seen.setdefault(id(insn.ref), insn.ref)
         return list(seen.values())
 

@@ -11,6 +11,7 @@ Instruction layout (little endian, 8 bytes):
     opcode:8  dst_reg:4 (low)  src_reg:4 (high)  offset:s16  imm:s32
 ld_imm64 takes two slots; the second has opcode 0 and carries imm's high half.
 """
+import enum
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -47,6 +48,41 @@ CALL_PSEUDO = 1  # bpf-to-bpf call, imm is the pc-relative target
 CALL_KFUNC = 2  # imm is a BTF id, off indexes the fd array of module BTFs
 
 FIELDS = ("dst", "src", "off", "imm")
+
+
+class Kind(str, enum.Enum):
+    """What an instruction is, as far as its operands go: each syntax spells a kind one way
+    (pybpf.asm.syntax), whatever its row's operation, width and opcode."""
+
+    ALU = "alu"
+    NEG = "neg"
+    END = "end"  # le/be: to a byte order from the host's
+    BSWAP = "bswap"  # unconditional byte swap (cpu v4)
+    MOVSX = "movsx"
+    JMP = "jmp"  # conditional
+    JA = "ja"
+    GOTOL = "gotol"  # ja with a 32-bit offset in imm (cpu v4)
+    MAY_GOTO = "may_goto"
+    CALL = "call"  # helper, bpf-to-bpf or kfunc: the row's operation says which
+    CALLX = "callx"
+    EXIT = "exit"
+    LD_IMM64 = "ld_imm64"  # two slots; the row's operation names the pseudo source
+    LD_ABS = "ld_abs"
+    LD_IND = "ld_ind"
+    LDX = "ldx"
+    LDXS = "ldxs"  # sign-extending load (cpu v4)
+    ST = "st"
+    STX = "stx"
+    ATOMIC = "atomic"
+
+    # A Kind is its name too: equal to, hashed as and printed as "alu", ...
+    __hash__ = str.__hash__
+
+    def __str__(self):
+        return self.value
+
+
+JUMPS = frozenset((Kind.JMP, Kind.JA, Kind.GOTOL, Kind.MAY_GOTO))  # a pc-relative branch target
 
 
 @dataclass(frozen=True)
@@ -142,8 +178,7 @@ class Op:
     name:      unique mnemonic (ubpf style: add, add32, jeq32, ldxdw, lock_fetch_add32 ...);
                imm and reg forms share a name and differ in `source`
     code:      opcode byte
-    kind:      alu, neg, end, bswap, movsx, jmp, ja, gotol, may_goto, call, callx, exit,
-               ld_imm64, ld_abs, ld_ind, ldx, ldxs, st, stx, atomic
+    kind:      a Kind
     operation: AluOp/JmpCond/AtomicOp name, the pseudo source name, or None
     bits:      operation width (32 or 64) for ALU/JMP/END/MOVSX/atomic; memory size for memory ops
     source:    "imm", "reg" or None: what the second operand is
@@ -153,7 +188,7 @@ class Op:
 
     name: str
     code: int
-    kind: str
+    kind: Kind
     operation: object = None
     bits: int = 64
     source: object = None
@@ -178,7 +213,7 @@ class Op:
         fixed = dict(self.fixed)
         bounds = []
         for name, used in (("dst", (0, MAX_REG)), ("src", (0, MAX_REG)), ("off", (-(1 << 15), (1 << 15) - 1)),
-                           ("imm", (-(1 << 63), (1 << 64) - 1) if self.kind == "ld_imm64" else (-(1 << 31), (1 << 32) - 1))):
+                           ("imm", (-(1 << 63), (1 << 64) - 1) if self.kind is Kind.LD_IMM64 else (-(1 << 31), (1 << 32) - 1))):
             if name in fixed:
                 bounds += (fixed[name], fixed[name])
             elif name in self.uses:
@@ -186,16 +221,16 @@ class Op:
             else:
                 bounds += (0, 0)  # reserved: must be zero
         object.__setattr__(self, "bounds", tuple(bounds))
-        object.__setattr__(self, "slots", 2 if self.kind == "ld_imm64" else 1)
-        target = "off" if self.kind in ("jmp", "ja", "may_goto") else \
-            "imm" if self.kind == "gotol" or self.operation in ("local", "ld_func") else None
+        object.__setattr__(self, "slots", 2 if self.kind is Kind.LD_IMM64 else 1)
+        target = "off" if self.kind in JUMPS and self.kind is not Kind.GOTOL else \
+            "imm" if self.kind is Kind.GOTOL or self.operation in ("local", "ld_func") else None
         object.__setattr__(self, "target", target)
         # Rows are dict keys on every encode (insn.encode's cache): hash the compared fields once.
         object.__setattr__(self, "_hash", hash((self.name, self.code, self.kind, self.operation, self.bits,
                                                 self.source, self.uses, self.fixed, self.c_op)))
         object.__setattr__(self, "serial", next(_SERIALS))
-        object.__setattr__(self, "cpu_v4", self.kind in ("bswap", "movsx", "gotol")
-                           or self.operation in ("sdiv", "smod") or self.name.startswith("ldxs"))
+        object.__setattr__(self, "cpu_v4", self.kind in (Kind.BSWAP, Kind.MOVSX, Kind.GOTOL, Kind.LDXS)
+                           or self.operation in ("sdiv", "smod"))
 
     def __hash__(self):
         return self._hash
@@ -217,7 +252,7 @@ class Op:
     @property
     def jumps(self):
         """Has a pc-relative branch target (in off, or imm for gotol)."""
-        return self.kind in ("jmp", "ja", "gotol", "may_goto")
+        return self.kind in JUMPS
 
     def fixed_value(self, field):
         for name, value in self.fixed:
@@ -237,52 +272,52 @@ def _build_table():
     for cls, suffix, bits in ((ALU64, "", 64), (ALU, "32", 32)):
         for op in ALU_OPS:
             fixed = (("off", op.off),) if op.off else ()
-            add(Op(op.name + suffix, cls | K | op.code, "alu", op.name, bits, "imm", _uses("dst", "imm"), fixed, op.c_op))
-            add(Op(op.name + suffix, cls | X | op.code, "alu", op.name, bits, "reg", _uses("dst", "src"), fixed, op.c_op))
-        add(Op("neg" + suffix, cls | K | NEG, "neg", "neg", bits, None, _uses("dst")))
+            add(Op(op.name + suffix, cls | K | op.code, Kind.ALU, op.name, bits, "imm", _uses("dst", "imm"), fixed, op.c_op))
+            add(Op(op.name + suffix, cls | X | op.code, Kind.ALU, op.name, bits, "reg", _uses("dst", "src"), fixed, op.c_op))
+        add(Op("neg" + suffix, cls | K | NEG, Kind.NEG, "neg", bits, None, _uses("dst")))
         # Sign-extending moves: mov with off = source width (8/16, and 32 for ALU64).
         for width in (8, 16, 32) if cls == ALU64 else (8, 16):
-            add(Op(f"movsx{width}{bits}", cls | X | MOV, "movsx", f"s{width}", bits, "reg",
+            add(Op(f"movsx{width}{bits}", cls | X | MOV, Kind.MOVSX, f"s{width}", bits, "reg",
                    _uses("dst", "src"), (("off", width),), "="))
 
     # Byte swaps: ALU le/be (source bit selects big endian), ALU64 unconditional bswap.
     for width in (16, 32, 64):
-        add(Op(f"le{width}", ALU | K | END, "end", "le", width, None, _uses("dst"), (("imm", width),)))
-        add(Op(f"be{width}", ALU | X | END, "end", "be", width, None, _uses("dst"), (("imm", width),)))
-        add(Op(f"bswap{width}", ALU64 | K | END, "bswap", "bswap", width, None, _uses("dst"), (("imm", width),)))
+        add(Op(f"le{width}", ALU | K | END, Kind.END, "le", width, None, _uses("dst"), (("imm", width),)))
+        add(Op(f"be{width}", ALU | X | END, Kind.END, "be", width, None, _uses("dst"), (("imm", width),)))
+        add(Op(f"bswap{width}", ALU64 | K | END, Kind.BSWAP, "bswap", width, None, _uses("dst"), (("imm", width),)))
 
     for cls, suffix, bits in ((JMP, "", 64), (JMP32, "32", 32)):
         for cond in JMP_CONDS:
-            add(Op(cond.name + suffix, cls | K | cond.code, "jmp", cond.name, bits, "imm", _uses("dst", "imm", "off"), (), cond.c_op))
-            add(Op(cond.name + suffix, cls | X | cond.code, "jmp", cond.name, bits, "reg", _uses("dst", "src", "off"), (), cond.c_op))
-    add(Op("ja", JMP | JA, "ja", None, 64, None, _uses("off")))
-    add(Op("gotol", JMP32 | JA, "gotol", None, 32, None, _uses("imm")))
-    add(Op("may_goto", JMP | JCOND, "may_goto", None, 64, None, _uses("off")))
-    add(Op("call", JMP | CALL, "call", "helper", 64, None, _uses("imm"), (("src", CALL_HELPER),)))
-    add(Op("call_local", JMP | CALL, "call", "local", 64, None, _uses("imm"), (("src", CALL_PSEUDO),)))
-    add(Op("call_kfunc", JMP | CALL, "call", "kfunc", 64, None, _uses("imm", "off"), (("src", CALL_KFUNC),)))
+            add(Op(cond.name + suffix, cls | K | cond.code, Kind.JMP, cond.name, bits, "imm", _uses("dst", "imm", "off"), (), cond.c_op))
+            add(Op(cond.name + suffix, cls | X | cond.code, Kind.JMP, cond.name, bits, "reg", _uses("dst", "src", "off"), (), cond.c_op))
+    add(Op("ja", JMP | JA, Kind.JA, None, 64, None, _uses("off")))
+    add(Op("gotol", JMP32 | JA, Kind.GOTOL, None, 32, None, _uses("imm")))
+    add(Op("may_goto", JMP | JCOND, Kind.MAY_GOTO, None, 64, None, _uses("off")))
+    add(Op("call", JMP | CALL, Kind.CALL, "helper", 64, None, _uses("imm"), (("src", CALL_HELPER),)))
+    add(Op("call_local", JMP | CALL, Kind.CALL, "local", 64, None, _uses("imm"), (("src", CALL_PSEUDO),)))
+    add(Op("call_kfunc", JMP | CALL, Kind.CALL, "kfunc", 64, None, _uses("imm", "off"), (("src", CALL_KFUNC),)))
     # A call through a register (LLVM's callx, ubpf's call %rN): not Linux's, which refuses it.
-    add(Op("callx", JMP | X | CALL, "callx", None, 64, None, _uses("dst")))
-    add(Op("exit", JMP | EXIT, "exit"))
+    add(Op("callx", JMP | X | CALL, Kind.CALLX, None, 64, None, _uses("dst")))
+    add(Op("exit", JMP | EXIT, Kind.EXIT))
 
     for name, pseudo in LD_IMM64_PSEUDO:
-        add(Op(name, LD | MODE_IMM | SIZE_DW, "ld_imm64", name, 64, None, _uses("dst", "imm"), (("src", pseudo),)))
+        add(Op(name, LD | MODE_IMM | SIZE_DW, Kind.LD_IMM64, name, 64, None, _uses("dst", "imm"), (("src", pseudo),)))
 
     for size in (SIZE_W, SIZE_H, SIZE_B):
         sfx, bits = SIZE_SUFFIX[size], SIZE_BITS[size]
-        add(Op("ldabs" + sfx, LD | MODE_ABS | size, "ld_abs", None, bits, None, _uses("imm")))
-        add(Op("ldind" + sfx, LD | MODE_IND | size, "ld_ind", None, bits, None, _uses("src", "imm")))
-        add(Op("ldxs" + sfx, LDX | MODE_MEMSX | size, "ldxs", None, bits, None, _uses("dst", "src", "off")))
+        add(Op("ldabs" + sfx, LD | MODE_ABS | size, Kind.LD_ABS, None, bits, None, _uses("imm")))
+        add(Op("ldind" + sfx, LD | MODE_IND | size, Kind.LD_IND, None, bits, None, _uses("src", "imm")))
+        add(Op("ldxs" + sfx, LDX | MODE_MEMSX | size, Kind.LDXS, None, bits, None, _uses("dst", "src", "off")))
 
     for size in (SIZE_W, SIZE_H, SIZE_B, SIZE_DW):
         sfx, bits = SIZE_SUFFIX[size], SIZE_BITS[size]
-        add(Op("ldx" + sfx, LDX | MODE_MEM | size, "ldx", None, bits, None, _uses("dst", "src", "off")))
-        add(Op("st" + sfx, ST | MODE_MEM | size, "st", None, bits, "imm", _uses("dst", "off", "imm")))
-        add(Op("stx" + sfx, STX | MODE_MEM | size, "stx", None, bits, "reg", _uses("dst", "src", "off")))
+        add(Op("ldx" + sfx, LDX | MODE_MEM | size, Kind.LDX, None, bits, None, _uses("dst", "src", "off")))
+        add(Op("st" + sfx, ST | MODE_MEM | size, Kind.ST, None, bits, "imm", _uses("dst", "off", "imm")))
+        add(Op("stx" + sfx, STX | MODE_MEM | size, Kind.STX, None, bits, "reg", _uses("dst", "src", "off")))
 
     for size, suffix in ((SIZE_DW, ""), (SIZE_W, "32")):
         for op in ATOMIC_OPS:
-            add(Op(f"lock_{op.name}{suffix}", STX | MODE_ATOMIC | size, "atomic", op.name, SIZE_BITS[size], "reg",
+            add(Op(f"lock_{op.name}{suffix}", STX | MODE_ATOMIC | size, Kind.ATOMIC, op.name, SIZE_BITS[size], "reg",
                    _uses("dst", "src", "off"), (("imm", op.imm),), op.c_op))
     return tuple(rows)
 
@@ -324,6 +359,16 @@ def lookup(name, source=None):
     if row is None:
         raise AssemblerError(f"unknown instruction {name!r}")
     return row
+
+
+# (kind, operation, bits, source) -> row: how the assemblers find the row for what they mean.
+ROWS = {(row.kind, row.operation, row.bits, row.source): row for row in OPS}
+assert len(ROWS) == len(OPS), "two rows mean the same"
+
+
+def row(kind, operation=None, bits=64, source=None):
+    """The row of a kind of instruction: row(Kind.ALU, "add", 32, "imm") is add32 with an immediate."""
+    return ROWS[(kind, operation, bits, source)]
 
 
 UNKNOWN = object()  # DISCRIMINATOR's answer for an opcode no row has
