@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from pybpf import isa, prog
-from pybpf.asm import disasm
+from pybpf.asm import disasm, spelling
 from pybpf.insn import Insn, decode, encode
 from pybpf.maps import Map
 from pybpf.uapi import MapType, ProgType
@@ -289,7 +289,7 @@ def test_llvm_syntax_matches_llvm_objdump(tmp_path):
     assert len(ours) == len(theirs) == len(insns)
     for insn, mine, llvm in zip(insns, ours, theirs):
         if insn.op.name in _LLVM_EXTENDED:
-            assert llvm.endswith(f"call {disasm._shex(insn.imm)}")
+            assert llvm.endswith(f"call {spelling.shex(insn.imm)}")
             continue
         assert mine == llvm, insn
 
