@@ -1,26 +1,10 @@
-"""Attach loaded programs to kernel hooks.
+"""Attach loaded programs to kernel hooks: tracepoint, raw_tracepoint, kprobe/kretprobe,
+fentry/fexit/tracing, iterator, cgroup, tc (pybpf.tc), xdp, netns/sk_lookup, sockmap.
 
-Every function returns an Attachment: a context manager whose close() (alias
-detach()) undoes the attachment and closes the fds it owns; closing twice is
-harmless. Programs are passed as a pybpf.prog.LoadedProgram or anything with .fd,
-or a plain fd; the attachment keeps what it needs, so the caller may close
-the program right after attaching.
-
-bpf links come first everywhere: a link dies with its fd, so even SIGKILL
-leaves nothing behind. Where the kernel lacks the link for a hook, the legacy
-path (PERF_EVENT_IOC_SET_BPF, BPF_PROG_ATTACH, netlink, cls_bpf) is used and
+Each returns an Attachment (pybpf.attachment), which close() undoes; the caller may close the
+program right after attaching. bpf links come first: a link dies with its fd, even on SIGKILL.
+Where a kernel lacks one, the legacy path (PERF_EVENT_IOC_SET_BPF, BPF_PROG_ATTACH, netlink) is
 recorded in pybpf.cleanup, which undoes it at exit and on SIGINT/SIGTERM.
-
-    tracepoint(prog, "sched:sched_process_exec")      perf event + BPF_PERF_EVENT link
-    raw_tracepoint(prog, "sched_process_exec")         BPF_RAW_TRACEPOINT_OPEN
-    kprobe(prog, "tcp_connect") / kretprobe(...)       kprobe PMU perf event
-    fentry(prog) / fexit(prog) / tracing(prog)         target fixed at load by attach_btf_id
-    iterator(prog) + run_iterator(link)                BPF_TRACE_ITER link, BPF_ITER_CREATE, read()
-    cgroup(prog, "egress", "/my/group")                BPF_LINK_CREATE, else BPF_PROG_ATTACH
-    tc(prog, "eth0", "ingress")                        tcx link, else clsact + cls_bpf (pybpf.tc)
-    xdp(prog, "eth0", mode="skb")                      BPF_XDP link, else IFLA_XDP netlink
-    netns(prog) / sk_lookup(prog)                      netns links
-    sockmap(prog, map, "sk_msg_verdict")               sockmap link, else BPF_PROG_ATTACH
 """
 import errno
 import os

@@ -1,21 +1,9 @@
-"""BTF: read the kernel's type information, and write our own.
+"""BTF: read the kernel's type information (Btf), and write our own (re-exported from
+pybpf.btf_build on first use).
 
-Reading (Btf) is lazy. Nothing is parsed at import or construction. The first
-lookup makes one pass over the type section that records only where each
-record starts (a step table indexed by the info word gives each record's
-length), then decodes just the records the lookup touches. A name is found
-by searching the string section for it, then the gathered name offsets of
-all records for its offset: two bytes.find() calls, no dict of 100k names.
-Resolving twenty field offsets in vmlinux (~130k types, ~5 MB) so costs
-about 40 ms here, half of it the one pass (tests/perf/bench_btf.py).
-
-Writing (BtfBuilder, map_btf, load_btf: pybpf.btf_build, re-exported here on
-first use) encodes types for our own maps and programs, including whole
-construct layouts, and hands the blob to the kernel with BPF_BTF_LOAD.
-
-Every on-disk record is described once, in pybpf.btf_format (RECORDS, KINDS). The
-struct.Struct formats the reader and the writer share, and construct Structs (LAYOUTS,
-built on first use so that the reader never imports construct), derive from it.
+Reading is lazy: one pass records where each record starts, then a lookup decodes only the
+records it touches, and a name is found with bytes.find() on the string section, not a dict
+of every name (tests/perf/bench_btf.py). The reader never imports construct.
 """
 import os
 import struct
@@ -45,7 +33,7 @@ _WRITER = ("BtfBuilder", "map_btf", "load_btf")
 
 
 def __getattr__(name):
-    # The writer and LAYOUTS cost a construct import (~30 ms); lookups never need them.
+    # The writer and LAYOUTS import construct, which lookups never need.
     if name == "LAYOUTS":
         globals()[name] = _construct_layouts()
         return globals()[name]

@@ -1,17 +1,9 @@
-"""Writing BTF: a small encoder, construct layouts as BTF structs, BPF_BTF_LOAD.
+"""Writing BTF: a small encoder, construct layouts as BTF structs, BPF_BTF_LOAD, and the
+func_info / line_info a program carries (program_btf).
 
-    b = BtfBuilder()
-    u32 = b.add_int("u32", 4)
-    key = b.types_for_layout(Struct("pid" / Int32ul, "comm" / Bytes(16)), "key")
-    fd = load_btf(b.encode())
-
-    info = program_btf([("main", 0), ("cb", 7)], [(0, "/src/p.py", 12, "p.r0 = 1")])
-    # -> ProgramBtf: the BTF blob plus the func_info / line_info arrays for BPF_PROG_LOAD
-
-Records are packed from pybpf.btf.RECORDS (one definition
-for reader and writer). The builder checks what it can check without the
-kernel (ids exist, names are identifiers, counts fit); the kernel's BTF
-verifier judges the rest, and load_btf() puts its log in the error.
+Records are packed from pybpf.btf_format, the reader's definition. The builder checks what it
+can without the kernel; the kernel's BTF verifier judges the rest, and load_btf() puts its
+log in the error.
 """
 import array
 import re

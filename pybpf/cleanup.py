@@ -1,14 +1,9 @@
-"""Undo what would outlive the process: tc filters and qdiscs, netlink XDP,
-BPF_PROG_ATTACH attachments, pins.
+"""Undo what would outlive the process: tc filters and qdiscs, netlink XDP, BPF_PROG_ATTACH.
 
-bpf links need none of this: their fds die with the process, even on SIGKILL,
-which is why pybpf attaches through links wherever the kernel has them. The
-rest is recorded here and undone, newest first, when the owning object is
-closed, at normal exit (atexit) and, in a program that leaves SIGINT/SIGTERM
-to Python's defaults, on those signals (undo, then die as the signal would
-have; a signal during the undo waits for it). A program with handlers of its
-own stops in its own order and atexit undoes the rest. A forked child starts
-with an empty registry: only the process that made something undoes it.
+bpf links need none of this (their fds die with the process), which is why pybpf prefers
+them. The rest is recorded here and undone, newest first, when its owner closes, at exit,
+and on SIGINT/SIGTERM when the program leaves those to Python's defaults. A forked child
+starts with an empty registry: only the process that made something undoes it.
 """
 import atexit
 import itertools

@@ -1,21 +1,10 @@
-"""What this kernel can do, found by trying (like `bpftool feature probe`).
+"""What this kernel can do, found by trying (like `bpftool feature probe`): a tiny program,
+map or harmless syscall per answer, never the kernel version. Answers are cached; has() runs
+only the probes it needs.
 
-Every answer comes from loading a tiny program, creating a tiny map or
-making one harmless syscall; the kernel version decides nothing. Answers are
-cached for the life of the process, and has() runs only the probes it needs.
+    features.has("map_type.ringbuf")     features.probe("fentry")     features.names()
 
-    features.has("map_type.ringbuf")                  # bool
-    features.probe("fentry")                          # Feature(name, available, detail)
-    features.report()                                 # {name: {"available": .., "detail": ..}}
-
-Names (stable; `names()` lists them all):
-    prog_type.<type>  map_type.<type>  attach_type.<type>  helper.<prog_type>.<helper>
-    link.{tcx,netkit,cgroup,xdp,netns,perf_event,sockmap}
-    isa.v1 .. isa.v4  bounded_loops  atomics  btf  btf_vmlinux  ringbuf
-    kprobe_pmu  fentry  fexit  lsm  tp_btf  raw_tracepoint  perf_event_tracepoint
-    tracefs  debugfs  cgroup2
-
-`available` is True, False, or None when the probe could not decide (it says why).
+`available` is True, False, or None when a probe cannot decide (its detail says why).
 """
 import errno as _errno
 import os

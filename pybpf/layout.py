@@ -1,17 +1,11 @@
-"""Fast codecs derived from construct layouts.
+"""Fast codecs derived from construct layouts (tests/perf/bench_events.py, bench_maps.py).
 
-A C struct is defined once, as a construct Struct. construct's own parse is
-general but slow (tens of microseconds a record); map dumps and ring buffers
-need millions of records. codec(layout) flattens a Struct made of fixed-width
-ints, Bytes, Padding, Arrays and nested Structs into struct.Struct formats
-and rebuilds the same Container/ListContainer values construct would give,
-tens of times faster. Layouts it cannot flatten (Enum, Const, BitStruct,
-variable sizes, ...) keep construct's parse/build behind the same interface.
+A C struct is defined once, as a construct Struct; construct's own parse is too slow for map
+dumps and ring buffers. codec(layout) flattens a Struct of fixed-width ints, Bytes, Padding,
+Arrays and nested Structs into struct.Struct formats giving the same values; anything else
+keeps construct's parse/build behind the same interface.
 
-    codec(Int32ul)         int <-> 4 bytes
-    codec(8)               int <-> 8 bytes, native byte order (map key/value sizes)
-    codec(6)               raw bytes of length 6
-    codec(MyStruct)        Container <-> bytes
+    codec(Int32ul)   codec(8) (native int)   codec(6) (raw bytes)   codec(MyStruct)
 """
 import struct
 import sys

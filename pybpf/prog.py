@@ -1,18 +1,10 @@
-"""Load programs into the kernel, run them, and read them back.
+"""Load programs into the kernel, run them (BPF_PROG_TEST_RUN), read any loaded one back.
 
-    prog = load(insns, "xdp", name="pass")       # -> LoadedProgram (owns the fd)
-    prog.test_run(b"\\0" * 64).retval
-    prog_info(fd).xlated                          # any program, ours or not
+    prog = load(insns, "xdp", name="pass")       # a LoadedProgram: owns the fd
 
-The first BPF_PROG_LOAD asks for no verifier log: that is the fast path, and
-most loads succeed. Only a failed load is retried with a log (64 KiB, growing
-x4 on ENOSPC up to 16 MiB); the error then names the failing instruction in
-kernel syntax and the Python line that emitted it.
-
-Programs with subprograms or "file.py:line" sources are loaded with BTF
-func_info and line_info: the kernel wants func_info for callbacks (bpf_loop,
-timers), and line_info puts the Python source lines into the verifier log and
-`bpftool prog dump xlated`. load(..., btf=False) leaves both out.
+A load asks for no verifier log; only a failed one is retried with a log, and the
+VerifierError names the failing instruction and the Python line that emitted it. Programs
+with subprograms or DSL sources carry BTF func_info (callbacks need it) and line_info.
 """
 import errno as _errno
 import linecache

@@ -1,13 +1,8 @@
 """Raw bpf(2) and perf_event_open(2) through cffi in ABI mode (no compiler).
 
-The C declarations below copy include/uapi/linux/bpf.h with fixed-width
-types. They follow the running 6.18 kernel (checked against the BTF in
-/sys/kernel/btf/vmlinux), which is newer than /usr/include/linux/bpf.h: an
-older kernel accepts the larger attr as long as the fields it does not know
-are zero, and new_attr() zero-fills everything.
-
-Every fd returned here is close-on-exec: the kernel opens bpf fds with
-O_CLOEXEC itself, and perf_event_open() passes PERF_FLAG_FD_CLOEXEC.
+CDEF copies include/uapi/linux/bpf.h with fixed-width types, as of the running 6.18 kernel: an
+older kernel takes the larger attr as long as the fields it does not know are zero, and
+new_attr() zero-fills it. Every fd is close-on-exec.
 """
 import errno as _errno
 import os

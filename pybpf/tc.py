@@ -1,20 +1,9 @@
-"""SCHED_CLS programs at a device's ingress or egress.
-
-tcx links (BPF_LINK_CREATE with BPF_TCX_INGRESS/EGRESS, Linux 6.6+) are used
-where the kernel has them: they die with their fd. Elsewhere a clsact qdisc
-and a direct-action cls_bpf filter are added through pyroute2 (imported only
-then). Those outlive the process, so exactly what was added is recorded in
-pybpf.cleanup: our filter (by parent, prio and handle), and the clsact qdisc
-only if we created it and no other filter is left on it.
-
-A cls_bpf filter can be kept (TcFilter.keep()): it then outlives the
-process, and its program with it (the filter holds a reference), until
-remove_filter() finds it again by (ifindex, direction, prio, handle, name).
-
-The device is looked up in the calling thread's network namespace; to work in
-another one, enter it first (pyroute2.netns.pushns). A cls_bpf filter keeps
-its netlink socket, which stays in that namespace, so its removal reaches the
-right device from wherever the process is when it exits.
+"""SCHED_CLS programs at a device's ingress or egress: a tcx link where the kernel has one
+(it dies with its fd), else a clsact qdisc and a direct-action cls_bpf filter (pyroute2).
+Those outlive the process, so what was added is recorded in pybpf.cleanup: our filter, and
+the qdisc only if we made it and nothing else is left on it. TcFilter.keep() lets a filter
+outlive the process until remove_filter() finds it again. Devices are looked up in the
+calling thread's network namespace.
 """
 import dataclasses
 import errno

@@ -1,30 +1,16 @@
-"""The eBPF DSL: write programs as Python statements, get Insn values.
-
-    from pybpf.asm import Program, u32, u64
+"""The eBPF DSL: programs written as Python statements on a Program, giving Insn values.
 
     p = Program("count", prog_type="socket_filter")
     p.r6 = p.r1                              # r6 = r1
-    p.r0 = p.r6.u32[0]                       # r0 = *(u32 *)(r6 + 0)   (skb->len)
+    p.r0 = p.r6.u32[0]                       # r0 = *(u32 *)(r6 + 0)
     with p.If(p.r0 > 100):
-        p.r0 >>= 1                           # r0 >>= 1
-    with p.Else():
-        p.r0 = 0
+        p.r0 >>= 1
     p.exit()
 
-Everything is an attribute of the Program `p`: `p.r1 += 5` rebinds the
-attribute, which the DSL turns into one `add` (a bare name `r1 += 5` would
-only rebind a Python variable). Views of a register pick the instruction:
-`p.w1`/`p.r1.w` is the 32-bit half (ALU32/JMP32), `p.r1.s` is signed (s>, s/,
-s%, s>>), `p.r1.u32[4]` is the memory at r1+4.
-
-`Program(cpu="v3")` targets kernels before 6.6 (no cpu v4 instructions):
-sign-extending loads and moves become a plain one and two shifts, byte swaps
-become be/le, and signed division or gotol is refused at build time, not by
-the verifier. cpu="auto" asks the running kernel (pybpf.features "isa.v4").
-
-Instructions carry `source="file.py:line"` of the DSL call that emitted
-them, labels, and symbolic references (jump targets, subprograms, maps) that
-`Program.link()` resolves through pybpf.link.
+Registers are attributes of the Program (so `p.r1 += 5` emits an add); their views pick the
+instruction (p.w1: 32-bit, p.r1.s: signed, p.r1.u32[4]: memory). Program(cpu="v3") emits only
+what kernels before 6.6 take. Each instruction keeps the "file.py:line" that emitted it, for
+verifier errors and BTF line info.
 """
 import os
 import sys
@@ -48,14 +34,9 @@ _LINES_MAX = 1 << 16
 
 
 def _source():
-    """ "file.py:line" of the user's call: the first frame up from our caller's caller
-    whose code is not this module's (our frames share our globals: an identity
-    test is the cheapest way to skip them).
-
-    A walk of f_back is a few pointer hops (a remembered depth would be cheaper
-    only when right, and calls reach the user by paths of different lengths).
-    The position is keyed by the call's bytecode offset: f_lineno would scan
-    the line table on every call."""
+    """ "file.py:line" of the user's call: the first frame up whose code is not this module's
+    (our frames share our globals). Remembered by the call's bytecode offset: f_lineno would
+    scan the line table on every call."""
     f = _getframe(2)  # our caller is ours: f_back would build a frame object only to skip it
     try:
         while f.f_globals is _GLOBALS:

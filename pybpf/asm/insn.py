@@ -1,15 +1,7 @@
-"""Instructions as values.
-
-An `Insn` is one row of the isa table plus its operand fields, and three
-optional annotations that matter before linking:
-    label:  a symbol naming this instruction (a jump or call target)
-    ref:    what an operand refers to before it is resolved: a label for
-            jumps and bpf-to-bpf calls, a map object for map loads
-    source: "file.py:line" of the DSL call that emitted it
-
-`encode` validates every field against the table (registers 0..10, offsets
-s16, immediates s32, reserved fields zero) and raises AssemblerError with the
-instruction's location when something does not fit.
+"""Instructions as values: an Insn is a row of the isa table, its operand fields, and what
+matters before linking: a label naming it, a ref (a label or map its operand means) and the
+source ("file.py:line") that emitted it. make() builds every one; encode() validates each
+field against the row and says where an instruction does not fit.
 """
 import struct
 

@@ -1,15 +1,12 @@
 """The eBPF instruction set (RFC 9669) as one table.
 
-Every instruction the kernel knows is one `Op` row: its opcode byte, what
-kind of instruction it is, which operand fields it uses, and the values of
-the fields that tell it apart from other rows with the same opcode (sdiv is
-div with off=1, fetch-add is atomic add with imm=0x01, a map-fd load is
-ld_imm64 with src=1, ...). The DSL, the text assembler, the disassembler and
-validation all read this one table; adding an instruction is adding a row.
+Every instruction is one Op row: its opcode, Kind, the operand fields it uses and the values
+of the fields that tell it apart from rows of the same opcode (sdiv is div with off=1). The
+DSL, the assemblers, the disassembler (through pybpf.asm.spelling) and validation all read
+it: adding an instruction is adding a row.
 
-Instruction layout (little endian, 8 bytes):
-    opcode:8  dst_reg:4 (low)  src_reg:4 (high)  offset:s16  imm:s32
-ld_imm64 takes two slots; the second has opcode 0 and carries imm's high half.
+An instruction is 8 bytes, little endian: opcode, dst (low nibble) and src (high nibble),
+off (s16), imm (s32); ld_imm64 takes two, the second carrying imm's high half.
 """
 import enum
 from dataclasses import dataclass, field

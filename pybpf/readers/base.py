@@ -1,22 +1,10 @@
-"""What the ring buffer and perf buffer readers share.
+"""What the ring buffer and perf buffer readers share: iterate records or take them by
+callback, poll(timeout) on epoll, count what the kernel lost.
 
-One API for both: a reader is an iterator of records and also calls a
-callback per record; `poll(timeout)` waits on epoll and drains; `lost`
-counts records the kernel could not deliver. `pybpf.readers.open_reader(map)` picks
-the reader for the map's type.
-
-Memory ordering. The kernel publishes a record with a store-release (ring
-buffer: the record header's length with the busy bit cleared; perf buffer:
-data_head) and we consume with a load-acquire, then hand space back with a
-store-release of our position. Python reads and writes shared pages through
-C calls (struct.unpack_from / pack_into on the mmap), each a plain load or
-store, issued in program order:
-  - x86_64 is TSO: loads are not reordered with older loads, stores not with
-    older stores, so plain accesses already have acquire/release semantics
-    and the interpreter (not a compiler) cannot reorder them.
-  - elsewhere (aarch64) plain loads may be reordered, so the acquire/release
-    positions go through libatomic's __atomic_load_8 / __atomic_store_8 with
-    __ATOMIC_ACQUIRE / __ATOMIC_RELEASE (cffi ABI call, no compiler needed).
+Memory ordering: the kernel publishes a record with a store-release and we consume with a
+load-acquire, then hand space back with a store-release. On x86_64 (TSO) the plain loads and
+stores of struct.unpack_from / pack_into are that already; elsewhere they go through
+libatomic's __atomic_load_8 / __atomic_store_8 (cffi, no compiler).
 """
 import platform
 import select

@@ -1,13 +1,9 @@
 """Perf event array reader (BPF_MAP_TYPE_PERF_EVENT_ARRAY), for kernels without ring buffers.
 
-One software event (PERF_COUNT_SW_BPF_OUTPUT) per online CPU, its fd stored
-in the map at that CPU's index; bpf_perf_event_output() writes into the ring
-of the CPU it runs on. Each ring is a perf mmap: a control page
-(struct perf_event_mmap_page: data_head written by the kernel, data_tail by
-us) followed by 2**n data pages. Records are perf_event_header {u32 type;
-u16 misc; u16 size} followed by, for PERF_RECORD_SAMPLE, u32 raw size and the
-raw bytes; PERF_RECORD_LOST carries {u64 id; u64 lost}. A record may wrap
-the end of the ring: it is copied in two pieces.
+One PERF_COUNT_SW_BPF_OUTPUT event per online CPU, stored in the map at its index, each with
+its own mmapped ring (data_head written by the kernel, data_tail by us). Records are
+PERF_RECORD_SAMPLE (raw bytes) or PERF_RECORD_LOST (a count); one that wraps the ring is
+copied in two pieces.
 """
 import mmap
 import os

@@ -1,15 +1,9 @@
 """BPF ring buffer reader (BPF_MAP_TYPE_RINGBUF).
 
-The map's fd is mmapped twice, as the kernel lays it out:
-    offset 0:          one page, read-write: consumer_pos (u64)
-    offset page_size:  one page of producer_pos (u64), then the data area,
-                       read-only, mapped twice back to back so a record that
-                       wraps the end is still contiguous
-Each record starts with an 8-byte header: u32 len (bit 31 busy: still being
-written; bit 30 discarded: skip it), u32 page offset (kernel use); records
-are 8-byte aligned. We consume every complete record up to producer_pos and
-then publish the new consumer_pos once per drain (one store-release per
-batch, not per record: the producer only needs it to reuse space).
+The map is mmapped as the kernel lays it out: a writable consumer_pos page, then producer_pos
+and the data area, mapped twice back to back so a record that wraps stays contiguous. A
+drain consumes every complete record (8-byte header: length with busy and discard bits) and
+publishes consumer_pos once, not per record.
 """
 import mmap
 import select
