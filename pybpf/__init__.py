@@ -1,8 +1,8 @@
 """pybpf: eBPF in pure Python.
 
-Write programs with the DSL (pybpf.asm), assemble text (pybpf.text), read
-bytecode back (pybpf.disasm), and load, attach and read them through raw
-bpf() syscalls (pybpf.syscall, pybpf.prog, pybpf.maps, ...).
+Write programs with the DSL (pybpf.asm), assemble text (pybpf.asm.text), read bytecode
+back (pybpf.asm.disasm): the pure half. Load, attach and read them through raw bpf()
+syscalls (pybpf.syscall, pybpf.prog, pybpf.maps, pybpf.attach, pybpf.readers, ...).
 
 Importing pybpf is cheap: submodules load on first use.
 """
