@@ -23,6 +23,14 @@ class InvalidArgument(BpfError, ValueError):
     from kernel and permission failures; a ValueError too, for code that expects one."""
 
 
+class LayoutError(InvalidArgument):
+    """Bytes or values that do not fit a layout (pybpf.layout)."""
+
+
+class MapError(InvalidArgument):
+    """A map argument the kernel would reject or that cannot mean anything (pybpf.maps)."""
+
+
 class AssemblerError(InvalidArgument):
     """An instruction or program cannot be encoded or parsed.
 

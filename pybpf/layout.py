@@ -12,11 +12,7 @@ import sys
 
 import construct
 
-from .errors import InvalidArgument
-
-
-class LayoutError(InvalidArgument):
-    """Bytes or values that do not fit a layout."""
+from .errors import LayoutError
 
 
 def size_of(layout):

@@ -22,9 +22,9 @@ import construct
 
 from . import syscall
 from .btf_build import load_btf, map_btf
-from .errors import ENOTSUPP, BpfError, InvalidArgument, SyscallError, syscall_error
+from .errors import ENOTSUPP, BpfError, LayoutError, MapError, SyscallError, syscall_error
 from .fd import FdOwner
-from .layout import LayoutError, codec, size_of
+from .layout import codec, size_of
 from .uapi import Cmd, MapFlags, MapType, UpdateFlags, member
 
 ffi = syscall.ffi
@@ -47,10 +47,6 @@ _NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP)
 
 _BATCH_SIZE = 4096
 _NOT_IDENTIFIER = re.compile(r"\W")
-
-
-class MapError(InvalidArgument):
-    """A map argument the kernel would reject or that cannot mean anything."""
 
 
 def possible_cpus():
