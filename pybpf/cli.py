@@ -4,6 +4,7 @@ Each command imports what it needs when it runs, so that one does not pay for th
 modules at start-up (tests/unit/test_import_light.py measures `import pybpf.cli`).
 """
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -34,8 +35,6 @@ def _looks_hex(data):
 
 def _dsl_code(spec):
     """The bytecode of MODULE:ATTR: a DSL program, a function returning one, or a list of Insn."""
-    import importlib
-
     from .asm.insn import encode
     from .asm.link import link
 

@@ -151,7 +151,7 @@ def _probe_helper(ptype, helper):
 
 def _storage_btf():
     """A BTF blob with `int` key and `struct { int v; }` value, for local-storage maps."""
-    from .btf_build import BtfBuilder, load_btf
+    from .btf_build import BtfBuilder, load_btf  # imports construct: only the BTF probes need it
 
     builder = BtfBuilder()
     int_id = builder.add_int("int", 4, 1)
@@ -329,7 +329,7 @@ def _probe_program(name):
 # -- BTF and tracing hooks --------------------------------------------------------------------------------
 
 def _probe_btf():
-    from .btf_build import BtfBuilder, load_btf
+    from .btf_build import BtfBuilder, load_btf  # imports construct: only the BTF probes need it
 
     builder = BtfBuilder()
     builder.add_int("int", 4, 1)

@@ -384,7 +384,7 @@ def program_btf(insns, functions=None):
     lines = source_lines(insns, [slot for _, slot in found])
     if not any(file_name for _, file_name, _, _ in lines) and (functions is None or len(found) < 2):
         return None
-    from .btf_build import program_btf as build
+    from .btf_build import program_btf as build  # imports construct: not for loads without BTF
 
     return build(found, lines)
 
@@ -393,7 +393,7 @@ def _load_program_btf(info, attr, buffers):
     """Load the program's BTF and point attr at it and at `buffers` (func_info, line_info cdata,
     kept alive by the caller); returns the BTF fd, or None when the kernel takes no BTF (the
     program then loads without it: only callbacks need func_info)."""
-    from .btf_build import load_btf
+    from .btf_build import load_btf  # imports construct: not for loads without BTF
 
     try:
         fd = load_btf(info.data)

@@ -1,5 +1,5 @@
 """SCHED_CLS programs at a device's ingress or egress: a tcx link where the kernel has one
-(it dies with its fd), else a clsact qdisc and a direct-action cls_bpf filter (pyroute2).
+(it dies with its fd), else a clsact qdisc and a direct-action cls_bpf filter (pyroute2, imported then).
 Those outlive the process, so what was added is recorded in pybpf.cleanup: our filter, and
 the qdisc only if we made it and nothing else is left on it. TcFilter.keep() lets a filter
 outlive the process until remove_filter() finds it again. Devices are looked up in the
