@@ -23,7 +23,7 @@ import struct
 import sys
 import time
 
-from bpfhook import cgroups, pcapng, procfs
+from bpfhook import cgroups, containers, pcapng, procfs
 from pybpf.errors import BpfError
 
 SUMMARY_EVERY = 1.0  # seconds between live summary lines
@@ -51,29 +51,10 @@ class Target:
         return cgroups.directory(self.cgroup_path)
 
 
-def resolve_target(text):
-    """A lab container name, a cgroup path, or a container name/id (prefix of 4+) found in the cgroup tree."""
-    from bpfhook import containers
-    from bpfhook.lab import NAME_RE, Lab, LabError
-
-    if NAME_RE.match(text):
-        with contextlib.suppress(LabError):
-            c = Lab.get(text)
-            if os.path.isdir(c.cgroup_dir):
-                return Target(c.name, c.cgroup_path, c.cgroup_id)
-    if text.startswith("/"):
-        root = cgroups.mount()
-        rel = os.path.relpath(text, root) if text.startswith(root + "/") else text.lstrip("/")
-        path = "/" + rel
-        if os.path.isdir(cgroups.directory(path)):
-            return Target(containers.classify(path).label, path, cgroups.cgroup_id(path))
-    root = cgroups.mount()
-    for dirpath, _dirs, _files in os.walk(root):
-        path = "/" + os.path.relpath(dirpath, root)
-        c = containers.classify(path)
-        if c.is_container and c.cgroup_path == path and c.matches(text):
-            return Target(c.label, path, cgroups.cgroup_id(path))
-    raise CaptureError(f"no container {text!r} (a lab name, a cgroup path, or a container name/id)")
+def resolve_target(spec):
+    """The Target of a container spec (bpfhook.containers.find)."""
+    c = containers.find(spec)
+    return Target(c.label, c.cgroup_path, cgroups.cgroup_id(c.cgroup_path))
 
 
 # -- who owns a socket ------------------------------------------------------------------------
@@ -115,14 +96,6 @@ class Owners:
         self.target = target
         self._by_cookie = {}  # cookie -> (pid, comm) or (None, retry_after)
 
-    def _pids(self):
-        out = []
-        for dirpath, _dirs, _files in os.walk(self.target.cgroup_dir):
-            with contextlib.suppress(OSError):
-                with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                    out.extend(int(line) for line in f if line.strip())
-        return out
-
     def lookup(self, cookie, tuple5, local_is_dst):
         hit = self._by_cookie.get(cookie)
         now = time.monotonic()
@@ -135,7 +108,7 @@ class Owners:
     def _find(self, tuple5, local_is_dst):
         version, proto, src, sport, dst, dport = tuple5
         local, lport, remote, rport = (dst, dport, src, sport) if local_is_dst else (src, sport, dst, dport)
-        pids = self._pids()
+        pids = cgroups.pids_below(self.target.cgroup_path)
         if not pids:
             return None
         candidates = self._inodes(pids[0], version, proto, local, lport, remote, rport)

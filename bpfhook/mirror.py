@@ -39,7 +39,7 @@ import os
 import socket
 import threading
 
-from bpfhook import netns
+from bpfhook import cgroups, containers, lab, netns
 from pybpf.errors import BpfError, FeatureUnavailable, NotPermitted
 
 STATE_DIR = "/run/bpfhook/mirror"
@@ -78,8 +78,9 @@ class Endpoint:
 
 
 def resolve(spec):
-    """An Endpoint from an interface name, lab container name, pid or container id
-    (an Endpoint or a bpfhook.lab.Container passes through)."""
+    """An Endpoint from an interface name, a pid, or a container (bpfhook.containers.find): a lab
+    container's host veth, else the host-side peer of eth0 in the network namespace of one of the
+    container's processes (an Endpoint or a bpfhook.lab.Container passes through)."""
     if isinstance(spec, Endpoint):
         return spec
     if hasattr(spec, "host_if"):  # a lab Container
@@ -88,19 +89,24 @@ def resolve(spec):
         raise MirrorError("empty interface or container name")
     with contextlib.suppress(OSError):
         return Endpoint(spec, spec, socket.if_nametoindex(spec))
-    from bpfhook import lab
-
-    if lab.NAME_RE.match(spec) and os.path.exists(lab.Lab._state_path(spec)):
-        c = lab.Lab.get(spec)
-        return _endpoint_at(spec, c.ifindex)
-    if spec.isdigit():
+    try:
+        container = containers.find(spec)
+    except containers.ContainerError as e:
+        container, error = None, e
+    if spec.isdigit() and (container is None or container.kind != "lab"):  # a pid; never an id prefix
         if not os.path.exists(f"/proc/{spec}"):
             raise MirrorError(f"no interface, container or process {spec!r}")
         return _endpoint_at(spec, _host_peer_of(f"/proc/{spec}/ns/net", spec))
-    pid = _pid_of_container(spec)
-    if pid is None:
+    if container is None:
+        if error.candidates:
+            raise MirrorError(str(error)) from None
         raise MirrorError(f"no interface, lab container, pid or container id {spec!r}")
-    return _endpoint_at(spec, _host_peer_of(f"/proc/{pid}/ns/net", spec))
+    if container.kind == "lab":
+        return _endpoint_at(spec, lab.Lab.get(container.name).ifindex)
+    pids = cgroups.pids_below(container.cgroup_path)
+    if not pids:
+        raise MirrorError(f"{spec}: no process runs in {container.label}, so it has no network namespace to look in")
+    return _endpoint_at(spec, _host_peer_of(f"/proc/{pids[0]}/ns/net", spec))
 
 
 def _endpoint_at(spec, ifindex):
@@ -108,25 +114,6 @@ def _endpoint_at(spec, ifindex):
         return Endpoint(spec, socket.if_indextoname(ifindex), ifindex)
     except OSError:
         raise MirrorError(f"{spec}: its host-side interface (ifindex {ifindex}) is gone") from None
-
-
-def _pid_of_container(spec):
-    """A pid in the container whose id (or 4+ char prefix) or name is spec, from the cgroup tree."""
-    from bpfhook import cgroups, containers
-
-    root = cgroups.mount()
-    for dirpath, _dirs, files in os.walk(root):
-        if "cgroup.procs" not in files:
-            continue
-        path = "/" + os.path.relpath(dirpath, root)
-        c = containers.classify(path)
-        if c.is_container and c.matches(spec):
-            for sub, _d, _f in os.walk(dirpath):  # the processes may sit in a child cgroup
-                with contextlib.suppress(OSError):
-                    pids = cgroups.pids("/" + os.path.relpath(sub, root))
-                    if pids:
-                        return pids[0]
-    return None
 
 
 def _host_peer_of(nspath, spec):

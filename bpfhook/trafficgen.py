@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 
+from bpfhook import containers
 from bpfhook.monitor_cli import positive_float
 from pybpf.errors import BpfError
 
@@ -380,7 +381,11 @@ def run(args):
 
         if os.geteuid() != 0:
             raise TrafficError("--container needs root (it enters the lab container)")
-        with server_in_container(args.kind, Lab.get(args.container), ipv6=args.ipv6) as target:
+        found = containers.find(args.container)
+        if found.kind != "lab":
+            raise TrafficError(f"--container {args.container}: {found.label} is a {found.kind} container; "
+                               "the server runs in lab containers only")
+        with server_in_container(args.kind, Lab.get(found.name), ipv6=args.ipv6) as target:
             summary = generate(args.kind, target, args.requests, args.duration)
     elif args.auto:
         with Server(args.kind, "::1" if args.ipv6 else "127.0.0.1") as server:

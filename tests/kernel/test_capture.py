@@ -217,3 +217,30 @@ def test_existing_file_is_never_overwritten(lab, tmp_path):
                        cwd=MAIN, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "exists" in r.stderr
     assert out.read_bytes() == b"keep"
+
+
+def test_one_container_lookup_for_every_tool(tmp_path):
+    """Two containers' cgroups (real ones, under a parent of our own) whose ids share a prefix: capture,
+    mirror and trafficgen each refuse the prefix in one line naming both; capture takes a longer one."""
+    from bpfhook import cgroups
+
+    parent = f"/bpfhook-find-test.{os.getpid()}"
+    first, second = "ab12cd" + "0" * 58, "ab12cd" + "1" * 58
+    for cid in (first, second):
+        cgroups.create(f"{parent}/{cid}")
+    try:
+        for argv in (["capture", "--container", "ab12cd", "-w", str(tmp_path / "x.pcapng")],
+                     ["mirror", "--from", "ab12cd", "--to", "lo"],
+                     ["trafficgen", "--auto", "--container", "ab12cd", "--requests", "1"]):
+            r = subprocess.run([sys.executable, "-m", "bpfhook", *argv], cwd=MAIN, capture_output=True, text=True,
+                               timeout=60)
+            assert (r.returncode, r.stdout) == (1, ""), r.stderr
+            assert r.stderr == (f"bpfhook: error: 'ab12cd' names 2 containers: {first[:12]} (docker {parent}/{first}), "
+                                f"{second[:12]} (docker {parent}/{second})\n")
+        r = subprocess.run([sys.executable, "-m", "bpfhook", "capture", "--container", first[:7], "-w",
+                            str(tmp_path / "x.pcapng"), "--duration", "0.1", "--quiet"], cwd=MAIN, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and f"of {first[:12]} ({parent}/{first})" in r.stderr, r.stderr
+    finally:
+        cgroups.remove(parent)
+    assert not os.path.isdir(cgroups.directory(parent))
