@@ -377,7 +377,6 @@ class Capture:
 
 # -- command line -------------------------------------------------------------------------
 
-HELP = "capture a container's incoming network and Unix-socket traffic to pcapng"
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # a signal during set-up waits for it; the file is then finished whole
 

@@ -204,7 +204,6 @@ def client(container, host, port=DEMO_PORT, seconds=5.0, nbytes=1 << 20, datagra
 
 # -- the demo ---------------------------------------------------------------------------------------
 
-HELP = "demos without Docker: `bpfhook demo mirror` (three lab containers, one mirror)"
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # containers and mirror come down in order, whenever the signal comes
 

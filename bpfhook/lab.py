@@ -316,7 +316,6 @@ def _write_atomically(path, text):
 
 # Command line: bpfhook lab ...
 
-HELP = "throwaway containers (netns + veth + cgroup) to run traffic in"
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # up and down finish whole (a half-made container is worse than a late stop)
 

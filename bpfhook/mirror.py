@@ -649,7 +649,6 @@ def _source_ifname(spec):
 
 # -- command line ---------------------------------------------------------------------------------
 
-HELP = "copy an interface's or container's packets to an observer interface (tc mirred or BPF)"
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # a signal during set-up waits for it, then the mirror is taken down
 

@@ -4,15 +4,13 @@ The work itself is bpfhook.monitor.run(options), given a validated
 MonitorOptions. Bad syntax (numbers, HOST:PORT) is a usage error (exit 2,
 from argparse); a cgroup path that does not exist is a runtime error (exit 1).
 """
-import argparse
 import dataclasses
-import ipaddress
 import os
 
+from bpfhook.cli import host_port, pid_number, port_number, positive_float
 from pybpf import mounts
 from pybpf.errors import BpfError
 
-HELP = "watch TCP connections (and UDP flows) per process, cgroup and container"
 # programs/accept.py HOOKS, best first (a test holds them equal): importing it here would load the
 # whole BPF side for every `bpfhook ... --help`
 ACCEPT_HOOKS = ("fexit", "kretprobe", "getpeername", "tracepoint")
@@ -37,56 +35,6 @@ class MonitorOptions:
     port: int = None
     duration: float = None
     accept: str = "auto"  # accept attribution hook: auto or one of programs.accept.HOOKS
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _int_in(low, high, what):
-    def parse(text):
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, got {value}")
-        return value
-
-    parse.__name__ = what  # argparse names the type in its messages
-    return parse
-
-
-pid_number = _int_in(1, 2**22, "pid")
-port_number = _int_in(1, 65535, "port")
-
-
-def host_port(text):
-    """'HOST:PORT', '[v6]:PORT' or ':PORT' (all interfaces) -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad IPv6 address in {text!r}") from None
-    elif ":" in host:
-        raise argparse.ArgumentTypeError(f"write IPv6 addresses in brackets: [{host}]:{port}")
-    if not host:
-        host = "0.0.0.0"
-    try:
-        number = _int_in(0, 65535, "port")(port)
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"{e} in {text!r}") from None
-    return host, number
 
 
 def add_arguments(parser):

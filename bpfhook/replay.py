@@ -21,7 +21,6 @@ import time
 from bpfhook import flows
 from pybpf.errors import BpfError
 
-HELP = "replay captured client traffic (TCP, UDP, Unix sockets) to a loopback or lab server and compare answers"
 NEEDS_ROOT = False
 IDLE = 0.5  # seconds of silence that end reading answers no capture tells the length of
 ANSWER_IDLE = 2.0  # seconds of silence that end waiting for a captured answer's bytes

@@ -8,7 +8,6 @@ HTTP and Unix request is a fresh connection, so a monitor sees the whole
 lifecycle each time. Targets are limited to loopback and lab container
 addresses: this tool never sends traffic anywhere else.
 """
-import argparse
 import contextlib
 import dataclasses
 import http.server
@@ -24,7 +23,7 @@ import threading
 import time
 
 from bpfhook import containers
-from bpfhook.monitor_cli import positive_float
+from bpfhook.cli import positive_float, positive_int
 from pybpf.errors import BpfError
 
 TYPES = ("http", "tcp", "udp", "uds")
@@ -347,7 +346,6 @@ def _serve_main(kind, host):
 
 # ---- command line --------------------------------------------------------------------
 
-HELP = "generate HTTP, TCP, UDP or Unix socket traffic to loopback or lab containers"
 NEEDS_ROOT = False
 
 
@@ -356,21 +354,11 @@ def add_arguments(parser):
     where.add_argument("--auto", action="store_true", help="start a server of --type and send traffic to it")
     where.add_argument("--target", metavar="HOST:PORT|PATH", help="an existing server (loopback or lab container)")
     parser.add_argument("--type", choices=TYPES, default="http", dest="kind", help="traffic type (default http)")
-    parser.add_argument("--requests", type=_positive_int, default=10, metavar="N", help="requests (default 10)")
+    parser.add_argument("--requests", type=positive_int, default=10, metavar="N", help="requests (default 10)")
     parser.add_argument("--duration", type=positive_float, default=10.0, metavar="SEC",
                         help="stop after SEC seconds even if requests remain (default 10)")
     parser.add_argument("--container", metavar="NAME", help="with --auto: run the server in this lab container")
     parser.add_argument("--ipv6", action="store_true", help="with --auto: use IPv6 (::1 or the container's)")
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def run(args):

@@ -9,7 +9,8 @@ import pytest
 
 from bpfhook import cgroups, cli
 from bpfhook.containers import classify
-from bpfhook.monitor_cli import EventFilter, MonitorError, MonitorOptions, host_port, options_from
+from bpfhook.cli import host_port
+from bpfhook.monitor_cli import EventFilter, MonitorError, MonitorOptions, options_from
 from pybpf import mounts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
