@@ -1,13 +1,11 @@
-"""`bpfhook monitor`: load the connection programs, attach them, report until told to stop.
+"""The monitor's engine: the connection programs loaded, attached and read back (the command
+around it is bpfhook.monitor_cli).
 
     Monitor(cgroup_dir)   probe features, create maps, build + load + attach every program
       .read(timeout)      decoded events (records.decode_event dicts) that arrived
       .cgroup_metrics()   {cgroup id: metrics dict} from the metrics_cgroup map and its cache
       .lost()             {"events", "missed", "made_good", "conns"}: kernel-side drops, never hidden
       .close()            detach everything (links: even SIGKILL leaves nothing attached)
-
-    run(options)          the command: event loop, periodic report, JSON lines,
-                          Prometheus, filters, --duration, SIGINT/SIGTERM -> final report
 
 Feature choices are probed, never read off the kernel version: the ring
 buffer where the kernel has one, else a perf event array; the state program
@@ -22,18 +20,10 @@ features.has("fexit") would parse it on every start.
 """
 import collections
 import contextlib
-import sys
-import threading
 import time
 
 from bpfhook import records
-from bpfhook.shutdown import Shutdown
 from pybpf.errors import FeatureUnavailable
-
-POLL_SECONDS = 0.1  # the BPF side batches wakeups; we look at least this often
-# Trimming ended entries and looking for lost events: a dozen syscalls (~0.4 ms of a CPU here),
-# which at every poll would cost the host more than the monitor's whole idle loop
-CHORES_SECONDS = 1.0
 
 
 class Monitor:
@@ -563,175 +553,3 @@ def with_live(totals, connections, field):
             m[name] += live[key][name]
         out[key] = m
     return out
-
-
-# ---- the command ---------------------------------------------------------------
-
-def event_line(event, container):
-    """One -e line."""
-    from bpfhook.report import endpoint
-
-    mark = "[CTR]" if container.is_container else "     "
-    states = f"{event['oldstate'] or '-'}->{event['newstate']}" if event["newstate"] else ""
-    extra = ""
-    if event["event"] == "close":
-        duration = "close missed, found now" if event["close_unseen"] else f"{event['duration_ns'] / 1e6:.1f}ms"
-        extra = f" sent {event['bytes_sent']} recv {event['bytes_received']} {duration}"
-    return (f"{time.strftime('%H:%M:%S')} {event['event']:<7} {mark} {container.label[:16]:<16} "
-            f"pid {event['pid']:<7} {event['comm'][:15]:<15} {event['family']} {event['protocol']} "
-            f"{endpoint(event['saddr'], event['sport'])} -> {endpoint(event['daddr'], event['dport'])} "
-            f"{states}{extra}")
-
-
-def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
-    """Run the monitor until --duration, SIGINT/SIGTERM, or `stop` is set: the command line's
-    Shutdown, or a threading.Event (then signals are taken here, in the main thread).
-
-    out/err: streams for reports/events and for status lines (stdout/stderr);
-    on_event(event, container): called for each event that passes the filters
-    (the in-process hook the tests use). Returns the exit status."""
-    from bpfhook.containers import Resolver
-    from bpfhook.exporters import JsonLines, exposition
-    from bpfhook.monitor_cli import EventFilter
-    from bpfhook.report import Aggregator, render, render_final, summary_snapshot
-
-    out = out or sys.stdout
-    err = err or sys.stderr
-    started = time.monotonic()
-    own_signals = not isinstance(stop, Shutdown)
-    interrupted = Shutdown(stop).install() if own_signals else stop
-    try:
-        resolve = Resolver()
-        keep = EventFilter.from_options(options)
-        aggregator = Aggregator(resolve)
-        lock = threading.Lock()
-        json_out = JsonLines(out) if options.json else None
-        # Events one by one only for whoever looks at them; the report alone reads the maps.
-        stream = bool(json_out or options.show_events or on_event or not keep.passes_everything)
-        with contextlib.ExitStack() as stack:
-            monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream, accept=options.accept,
-                                                  older=False))
-            print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
-                  f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
-            print(f"bpfhook monitor: connection states through {monitor.state_note}", file=err, flush=True)
-            print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
-            older = monitor.enter_older()
-            if older is not None:
-                print(f"bpfhook monitor: {older} TCP connections open before the start entered, "
-                      f"{len(monitor.older_owners)} with their owner from /proc (the rest: when accepted or "
-                      "closed)", file=err, flush=True)
-            monitor.load_live_walk()  # now: a kernel without the walk is noted below
-            for note in monitor.notes:
-                print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
-
-            def snapshot():
-                """What the reports show (call with the lock held)."""
-                monitor.refresh_live()
-                live = monitor.connections()
-                if not stream:
-                    return summary_snapshot(live, monitor.recent(), monitor.stats(), monitor.cgroup_metrics(live),
-                                            resolve, monitor.lost())
-                aggregator.set_live(live)
-                if keep.passes_everything:  # the maps count everything; filtered views come from events
-                    aggregator.set_cgroup_metrics(monitor.cgroup_metrics(live))
-                lost = monitor.lost()
-                aggregator.set_lost(lost["events"], lost["missed"], lost["made_good"])
-                return aggregator.snapshot()
-
-            shown = {}  # what the counters showed: they never go back
-
-            def scrape():
-                with lock:
-                    return exposition(snapshot(), shown)
-
-            if options.prometheus:
-                from bpfhook.metrics_http import PrometheusServer  # http.server only when asked for
-
-                server = stack.enter_context(PrometheusServer(*options.prometheus, scrape))
-                host, port = server.address
-                print(f"bpfhook monitor: Prometheus metrics on http://{host}:{port}/metrics", file=err, flush=True)
-            deadline = started + options.duration if options.duration else None
-            next_report = time.monotonic() + options.metrics_interval
-            lost_said, next_chores = 0, 0.0
-            while not interrupted:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                wake = next_report if deadline is None else min(next_report, deadline)
-                if stream:
-                    batch = monitor.read(max(min(wake - now, POLL_SECONDS), 0))
-                else:  # nothing comes one by one: wake for the next chore or report only
-                    interrupted.wait(max(min(wake, next_chores) - now, 0))
-                    batch = ()
-                with lock:
-                    for event in batch:
-                        container = resolve(event["cgroup_id"])
-                        if not keep(event, container):
-                            continue
-                        if not _listener_close(event):
-                            aggregator.add(event)
-                        if json_out is not None:
-                            json_out.write(event, container)
-                        elif options.show_events:
-                            print(event_line(event, container), file=out)
-                        if on_event is not None:
-                            on_event(event, container)
-                if time.monotonic() >= next_chores:
-                    next_chores = time.monotonic() + CHORES_SECONDS
-                    monitor.trim_closed()
-                    lost = monitor.lost()["events"]
-                    if lost > lost_said:
-                        _say_lost(lost - lost_said, lost, json_out, out, err)
-                        lost_said = lost
-                if time.monotonic() >= next_report:
-                    next_report += options.metrics_interval
-                    if json_out is None:
-                        with lock:
-                            out.write(render(snapshot(), options.show_containers))
-                        out.flush()
-            for event in monitor.read(0):  # what arrived while we were stopping
-                container = resolve(event["cgroup_id"])
-                if keep(event, container):
-                    if not _listener_close(event):
-                        aggregator.add(event)
-                    if json_out is not None:
-                        json_out.write(event, container)
-                    if on_event is not None:
-                        on_event(event, container)
-            with lock:
-                final = snapshot()
-            lost = monitor.lost()
-            if json_out is None:
-                out.write(render_final(final, options.show_containers))
-            else:
-                json_out.stream.write(_summary_json(final, lost) + "\n")
-            out.flush()
-        print(f"bpfhook monitor: detached ({final.events} events, {lost['events']} lost)", file=err, flush=True)
-        return 0
-    finally:
-        if own_signals:
-            interrupted.restore()
-
-
-def _listener_close(event):
-    """A listening socket closing: a state event worth printing, but no connection to count."""
-    return event["oldstate"] == "LISTEN" and event["newstate"] == "CLOSE"
-
-
-def _say_lost(new, total, json_out, out, err):
-    if json_out is not None:
-        import json
-
-        out.write(json.dumps({"ts": time.time(), "event": "lost", "lost": new, "lost_total": total}) + "\n")
-        out.flush()
-    print(f"bpfhook monitor: warning: {new} events lost ({total} in all): the ring buffer was full, or the "
-          "kernel skipped a program already running on that CPU", file=err, flush=True)
-
-
-def _summary_json(snapshot, lost):
-    import json
-
-    return json.dumps({"ts": snapshot.time, "event": "summary", "events": snapshot.events,
-                       "lost": lost["events"], "lost_missed": lost["missed"], "lost_conns": lost["conns"],
-                       "lost_made_good": lost["made_good"],
-                       "closed": snapshot.closed, "active": len(snapshot.active)}, separators=(",", ":"))

@@ -24,8 +24,8 @@ import urllib.request
 import pytest
 
 from bpfhook import cgroups, netns, procfs
-from bpfhook.monitor import Monitor, run
-from bpfhook.monitor_cli import MonitorOptions
+from bpfhook.monitor import Monitor
+from bpfhook.monitor_cli import MonitorOptions, watch
 from bpfhook.programs import accept
 from bpfhook.programs.conn_common import CONN_SLOTS, SLOT_SIZE, KernelOffsets, Maps
 from bpfhook.records import F_OWNER_FROM_ACCEPT, METRICS_FIELDS, SLOT_ENDED, TCP_STATE_IDS, direction
@@ -1197,10 +1197,10 @@ def _options(**kw):
 
 
 def _run_in_thread(options, on_event):
-    """run() in a thread; returns (stop event, thread, out, err) once attached."""
+    """watch() in a thread; returns (stop event, thread, out, err) once attached."""
     stop, out, err = threading.Event(), io.StringIO(), io.StringIO()
     result = {}
-    t = threading.Thread(target=lambda: result.setdefault("rc", run(options, out=out, err=err,
+    t = threading.Thread(target=lambda: result.setdefault("rc", watch(options, out=out, err=err,
                                                                      on_event=on_event, stop=stop)))
     t.start()
     deadline = time.monotonic() + 10
