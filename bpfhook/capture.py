@@ -24,6 +24,7 @@ import sys
 import time
 
 from bpfhook import cgroups, containers, pcapng, procfs
+from bpfhook.records import flat_struct
 from pybpf.errors import BpfError
 
 SUMMARY_EVERY = 1.0  # seconds between live summary lines
@@ -230,7 +231,7 @@ class Capture:
                 lambda program=program, direction=direction: attach.cgroup(program, direction,
                                                                            self.target.cgroup_dir))
         self._head = prog.PacketEvent.sizeof()
-        self._head_codec = struct.Struct("<QQQIIBB6x")
+        self._head_codec = flat_struct(prog.PacketEvent)
         reader = open_reader(events, callback=self._on_packet, pages=pages)
         self._stack.callback(reader.close)
         self.net_reader = reader

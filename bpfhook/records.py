@@ -259,6 +259,15 @@ def sizeof(layout, name=None):
     raise KeyError(f"layout has no field {name!r}")
 
 
+def flat_struct(layout):
+    """The one struct.Struct that pybpf.layout.codec flattens `layout` into: for hot paths that
+    unpack a record's head in place (unpack_from) or pack one from values, without a dict."""
+    segments = getattr(codec(layout), "segments", ())
+    if len(segments) != 1:
+        raise ValueError(f"{layout} does not flatten into one struct (byte orders mixed, or not flat)")
+    return segments[0][0]
+
+
 def _check(name, layout, size):
     """The size the C side expects, and every scalar at its natural alignment."""
     assert layout.sizeof() == size, f"{name} is {layout.sizeof()} bytes, want {size}"

@@ -19,10 +19,10 @@ tracepoints' format files.
 import collections
 import contextlib
 import os
-import struct
 
 import construct
 
+from bpfhook.records import flat_struct
 from pybpf import tracefs
 from pybpf.asm import Program, field_of
 from pybpf.maps import Map
@@ -69,7 +69,7 @@ Inflight = construct.Struct(
     "count" / construct.Int64ul, "fd" / construct.Int64ul,
 )
 
-_HEAD = struct.Struct("<QQQQIIIIHHBBBB16s108s108s")
+_HEAD = flat_struct(UdsEvent)
 
 
 class Event(collections.namedtuple("Event", "ts_ns pid_tgid msg_id cgroup_id total len fd peer_pid syscall "
