@@ -333,8 +333,9 @@ class Maps:
 
 # ---- DSL pieces ------------------------------------------------------------------
 
-E = {name: offset for name, offset, _size in records.fields(EVENT)}  # EVENT field offsets
-C = {name: offset for name, offset, _size in records.fields(records.CONN)}  # CONN field offsets
+# Where each field of an EVENT, a CONN, sits: ev.u8[EVENT_AT["kind"]]
+EVENT_AT = {name: offset for name, offset, _size in records.fields(EVENT)}
+CONN_AT = {name: offset for name, offset, _size in records.fields(records.CONN)}
 
 
 def kread(p, dst_slot, dst_off, size, src, src_off):
@@ -407,7 +408,7 @@ def typed_field(sk, k, name, type=None, extra=0):
     return sk.mem(k.offsets[name][0] + extra, type or _LOAD[k.size(name)])
 
 
-def sock_addresses(p, k, dst, buf, sk, at=E, typed=False):
+def sock_addresses(p, k, dst, buf, sk, at=EVENT_AT, typed=False):
     """family, sport, dport, saddr, daddr of the struct sock at `sk` into `dst` at the field
     offsets `at` (EVENT's by default): a stack slot, or r6..r9 pointing at a CONN. IPv4 writes
     the first 4 bytes of each address, so the rest must be zero already.
@@ -474,11 +475,11 @@ def sock_owner(p, k, ev, scratch, sk, typed=False):
         p.r1 = typed_field(sk, k, "sk_cgroup")
         p.r1 = typed_field(p.r1, k, "cgroup_kn")
         p.r1 = typed_field(p.r1, k, "kn_id")
-        ev.u64[E["cgroup_id"]] = p.r1
+        ev.u64[EVENT_AT["cgroup_id"]] = p.r1
     else:
         kread(p, scratch, 0, 8, sk, k.sk_cgroup)
         kread(p, scratch, 0, 8, scratch.u64[0], k.cgroup_kn)
-        kread(p, ev, E["cgroup_id"], 8, scratch.u64[0], k.kn_id)
+        kread(p, ev, EVENT_AT["cgroup_id"], 8, scratch.u64[0], k.kn_id)
     sock_netns(p, k, ev, scratch, sk, typed)
 
 
@@ -487,10 +488,10 @@ def sock_netns(p, k, ev, scratch, sk, typed=False):
     if typed:
         p.r1 = typed_field(sk, k, "sk_net")
         p.r1 = typed_field(p.r1, k, "net_cookie")
-        ev.u64[E["netns"]] = p.r1
+        ev.u64[EVENT_AT["netns"]] = p.r1
     else:
         kread(p, scratch, 0, 8, sk, k.sk_net)
-        kread(p, ev, E["netns"], 8, scratch.u64[0], k.net_cookie)
+        kread(p, ev, EVENT_AT["netns"], 8, scratch.u64[0], k.net_cookie)
 
 
 # Fields an EVENT and a CONN share, with their access type
@@ -637,9 +638,9 @@ def end_slot(p, slot, sk):
 
 def mark_conn(p, conn, flag):
     """flags |= flag in the CONN that register `conn` points at."""
-    p.r1 = conn.u8[C["flags"]]
+    p.r1 = conn.u8[CONN_AT["flags"]]
     p.r1 |= flag
-    conn.u8[C["flags"]] = p.r1
+    conn.u8[CONN_AT["flags"]] = p.r1
 
 
 def task_reader(kernel, prog_type):
@@ -654,7 +655,7 @@ def task_reader(kernel, prog_type):
     return kernel if features.has(f"helper.{prog_type}.get_current_task_btf") else None
 
 
-def current_task(p, dst, at=E, cgroup=True, task=None):
+def current_task(p, dst, at=EVENT_AT, cgroup=True, task=None):
     """pid, tid, comm (and cgroup_id) of the current task into `dst` at the field offsets `at`
     (EVENT's by default): a stack slot, or r6..r9 pointing at map memory. r0-r5 clobbered.
 

@@ -43,7 +43,7 @@ from bpfhook import records
 from bpfhook.records import CONN, EVENT, OLDER_ENTERED, offsetof
 from pybpf.asm import Program
 
-from .conn_common import (C, E, IPPROTO_TCP, claim_slot, copy_shared, emit, find_conn, sock_addresses,
+from .conn_common import (CONN_AT, EVENT_AT, IPPROTO_TCP, claim_slot, copy_shared, emit, find_conn, sock_addresses,
                           sock_owner, store_conn, typed_field)
 
 FUNC = "bpf_iter_tcp"  # the iterator target's function: the program's attach_btf_id
@@ -82,7 +82,7 @@ def build(maps, kernel, listeners):
     with p.If(p.r8 == CLOSE):
         p.exit(0)
     ev.zero()
-    sock_addresses(p, kernel, ev, buf, p.r6, E, typed=True)
+    sock_addresses(p, kernel, ev, buf, p.r6, EVENT_AT, typed=True)
     sock_owner(p, kernel, ev, scratch, p.r6, typed=True)
     _listener_key(p, ev, conn)  # (conn: scratch space until the CONN is built)
     with p.If(p.r8 == LISTEN):
@@ -95,9 +95,9 @@ def build(maps, kernel, listeners):
     over.u64[0] = 0
     find_conn(p, maps, p.r6, key, scratch, "pointer", slot)
     with p.If(p.r7 != 0):
-        p.r1 = p.r7.u8[C["state"]]
+        p.r1 = p.r7.u8[CONN_AT["state"]]
         with p.If(p.r1 != CLOSE):  # followed already
-            p.r1 = p.r7.u8[C["flags"]]
+            p.r1 = p.r7.u8[CONN_AT["flags"]]
             p.r2 = p.r1
             p.r2 &= records.F_OLDER
             with p.If(p.r2 != 0):
@@ -112,21 +112,21 @@ def build(maps, kernel, listeners):
             # this walk reached it: an older connection, entered here over that entry
             over.u64[0] = p.r7
 
-    ev.u8[E["protocol"]] = IPPROTO_TCP
-    ev.u8[E["flags"]] = records.F_OLDER
+    ev.u8[EVENT_AT["protocol"]] = IPPROTO_TCP
+    ev.u8[EVENT_AT["flags"]] = records.F_OLDER
     p.r2 = typed_field(p.r6, kernel, "sk_socket")
     with p.If(p.r2 == 0):  # waiting in an accept queue
-        ev.u8[E["flags"]] = records.F_OLDER | records.F_PASSIVE
+        ev.u8[EVENT_AT["flags"]] = records.F_OLDER | records.F_PASSIVE
     with p.Else():
         p.call("map_lookup_elem", listeners, conn)
         with p.If(p.r0 != 0):
-            ev.u8[E["flags"]] = records.F_OLDER | records.F_PASSIVE | records.F_ACCEPTED_BEFORE
+            ev.u8[EVENT_AT["flags"]] = records.F_OLDER | records.F_PASSIVE | records.F_ACCEPTED_BEFORE
     conn.zero()
     copy_shared(p, ev, EVENT, conn, CONN)
-    conn.u8[C["state"]] = p.r8
+    conn.u8[CONN_AT["state"]] = p.r8
     p.call("ktime_get_ns")
-    conn.u64[C["start_ns"]] = p.r0
-    ev.u64[E["ts_ns"]] = p.r0
+    conn.u64[CONN_AT["start_ns"]] = p.r0
+    ev.u64[EVENT_AT["ts_ns"]] = p.r0
 
     p.r4 = over.u64[0]
     if maps.slots:
@@ -134,9 +134,9 @@ def build(maps, kernel, listeners):
             claim_slot(p, slot, p.r6)
     store_conn(p, maps, p.r4, conn, key)  # (r4 0: into conns; its slot is another live connection's)
     if maps.stream:
-        ev.u64[E["sock"]] = p.r6
-        ev.u8[E["newstate"]] = p.r8
-        ev.u8[E["kind"]] = records.EV_EXISTING
+        ev.u64[EVENT_AT["sock"]] = p.r6
+        ev.u8[EVENT_AT["newstate"]] = p.r8
+        ev.u8[EVENT_AT["kind"]] = records.EV_EXISTING
         emit(p, maps, ev, p.r9, scratch)
     _write_entered(p, key, entered)
     p.exit(0)
@@ -183,7 +183,7 @@ def write_out(p, ctx, record, size):
 
 def _listener_key(p, ev, key):
     """A LISTENER_KEY at stack slot `key` from the EVENT's netns and local port."""
-    p.r1 = ev.u64[E["netns"]]
+    p.r1 = ev.u64[EVENT_AT["netns"]]
     key.u64[records.offsetof(records.LISTENER_KEY, "netns")] = p.r1
-    p.r1 = ev.u16[E["sport"]]
+    p.r1 = ev.u16[EVENT_AT["sport"]]
     key.u64[records.offsetof(records.LISTENER_KEY, "port")] = p.r1  # the padding zeroed with it

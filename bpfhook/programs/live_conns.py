@@ -20,7 +20,7 @@ state says the FIN arrived, as the close does (conn_common.without_fin).
 from bpfhook import records
 from pybpf.asm import Program
 
-from .conn_common import C, find_conn, typed_field, without_fin
+from .conn_common import CONN_AT, find_conn, typed_field, without_fin
 from .existing import full_tcp_sock, write_out
 
 CLOSE = records.TCP_STATE_IDS["CLOSE"]
@@ -41,15 +41,15 @@ def build(maps, kernel):
     find_conn(p, maps, p.r6, key, scratch, "pointer")
     with p.If(p.r7 == 0):  # not followed
         p.exit(0)
-    p.r1 = p.r7.u8[C["state"]]
+    p.r1 = p.r7.u8[CONN_AT["state"]]
     with p.If(p.r1 == CLOSE):  # an ended connection's entry, kept for the next socket here
         p.exit(0)
     p.r1 = typed_field(p.r6, kernel, "bytes_sent")
-    p.r7.u64[C["bytes_sent"]] = p.r1
+    p.r7.u64[CONN_AT["bytes_sent"]] = p.r1
     p.r3 = typed_field(p.r6, kernel, "sk_state")
     p.r2 = typed_field(p.r6, kernel, "bytes_received")
     without_fin(p, p.r2, p.r3, FIN_IN_MASK)
-    p.r7.u64[C["bytes_received"]] = p.r2
+    p.r7.u64[CONN_AT["bytes_received"]] = p.r2
     write_out(p, p.r9, key, records.CONN_KEY.sizeof())  # (key: find_conn's, the sock)
     p.exit(0)
     return p
