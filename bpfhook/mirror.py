@@ -40,20 +40,19 @@ import socket
 import threading
 
 from bpfhook import cgroups, containers, lab, netns
+from pybpf import tc
 from pybpf.errors import BpfError, FeatureUnavailable, NotPermitted
+from pybpf.sys import syscall_error
+from pybpf.tc import CLSACT_PARENT, ETH_P_ALL
 
 STATE_DIR = "/run/bpfhook/mirror"
 PIN_DIR = "/sys/fs/bpf/bpfhook/mirror"
 DIRECTIONS = ("ingress", "egress")
 METHODS = ("mirred", "bpf")
-# clsact's two hooks, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS)
-CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
-CLSACT_HANDLE = 0xFFFF0000  # shared with the old `ingress` qdisc: the two exclude each other
 TC_H_ROOT = 0xFFFFFFFF
 QDISCS = ("clsact", "prio")  # where the mirred filters go: clsact hooks, or a root prio qdisc (egress only)
 PRIO_PRIOMAP = (1, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)  # tc's default: TC_PRIO_* -> band
 CLONE_NEWNET = 0x40000000
-ETH_P_ALL = 0x0003
 FIRST_PRIO = 0xC000  # where tc itself starts numbering filters
 MIRRED_EGRESS_MIRROR = 2  # TCA_EGRESS_MIRROR
 TC_ACT_UNSPEC = -1  # "continue": the next filter still runs
@@ -198,12 +197,6 @@ def _alive(pid):
 
 # -- netlink ---------------------------------------------------------------------------------
 
-def _netlink_error(e, what):
-    from pybpf import sys as _sys
-
-    return _sys.syscall_error(what, e.code)
-
-
 def _prio(f):
     return f["info"] >> 16
 
@@ -285,16 +278,7 @@ def _del_filter(ipr, ifindex, parent, prio, kind):
         _filter_request(ipr, RTM_DELTFILTER, 0, ifindex, parent, prio, [["TCA_KIND", kind]])
     except NetlinkError as e:
         if e.code not in (errno.ENOENT, errno.ENODEV):
-            raise _netlink_error(e, f"tc filter del (ifindex {ifindex} parent {parent:x} pref {prio})") from None
-
-
-def _has_clsact(ipr, ifindex):
-    for q in ipr.get_qdiscs(index=ifindex):
-        if q["handle"] == CLSACT_HANDLE:
-            if q.get_attr("TCA_KIND") != "clsact":
-                return q.get_attr("TCA_KIND")
-            return True
-    return False
+            raise syscall_error(f"tc filter del (ifindex {ifindex} parent {parent:x} pref {prio})", e.code) from None
 
 
 def _root_qdisc(ipr, ifindex):
@@ -346,7 +330,7 @@ def _try_qdisc(kind, result):
                 result.append(True)
             except NetlinkError as e:
                 if e.code not in (errno.ENOENT, errno.EOPNOTSUPP):  # ENOENT: "qdisc kind is unknown"
-                    raise _netlink_error(e, f"tc qdisc add {kind} (probe)") from None
+                    raise syscall_error(f"tc qdisc add {kind} (probe)", e.code) from None
                 result.append(False)
     except BaseException as e:
         result.append(e)
@@ -486,11 +470,11 @@ def _setup_mirred(m):
     with IPRoute() as ipr:
         try:
             if on_prio != set(m.directions):
-                present = _has_clsact(ipr, index)
-                if isinstance(present, str):
+                present = tc.clsact_kind(ipr, index)
+                if present not in (None, "clsact"):
                     raise MirrorError(f"{name} has an {present} qdisc, which excludes clsact; "
                                       "mirred needs clsact (remove that qdisc or use --method bpf)")
-                if not present:
+                if present is None:
                     _add_qdisc(ipr, "clsact", index)
                     state["clsact_created"] = True
                     _write_state(state)
@@ -509,7 +493,7 @@ def _setup_mirred(m):
         except NetlinkError as e:
             if e.code == errno.EPERM:
                 raise NotPermitted("tc: changing qdiscs and filters needs CAP_NET_ADMIN") from None
-            raise _netlink_error(e, f"tc on {name}") from None
+            raise syscall_error(f"tc on {name}", e.code) from None
 
 
 def _add_root_prio(ipr, m):
@@ -549,7 +533,7 @@ def _add_any(ipr, index, parent, prio, observer_ifindex):
 
 def _setup_bpf(m, bpf_attach):
     from bpfhook.programs.mirror import build
-    from pybpf import prog, tc
+    from pybpf import prog
     from pybpf import sys as _sys
 
     f = m.packet_filter
@@ -582,8 +566,6 @@ def _remove_state(state):
     """Remove what a state record says was added, after checking it is still ours; then the record."""
     from pyroute2 import IPRoute
 
-    from pybpf import tc
-
     for pin in state["pins"]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pin)  # the link's last reference: it detaches
@@ -612,9 +594,8 @@ def _remove_state(state):
                 nodes = [x for x in at_prio if _actions(x)]  # u32 also lists its hash table entries
                 if nodes and all(is_our_filter(x, state["observer_ifindex"]) for x in nodes):
                     _del_filter(ipr, index, parent, f["prio"], f["kind"])
-            if state["clsact_created"] and _has_clsact(ipr, index) is True and not any(
-                    _filters_at(ipr, index, p) for p in CLSACT_PARENT.values()):
-                ipr.tc("del", "clsact", index)
+            if state["clsact_created"] and tc.clsact_kind(ipr, index) == "clsact":
+                tc.drop_clsact_if_unused(ipr, index)
             if root_ours and not _filters_at(ipr, index, root["handle"]):
                 ipr.tc("del", root["kind"], index, root["handle"])  # the kernel puts its default back
     with contextlib.suppress(FileNotFoundError):
