@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from bpfhook.lab import Lab
+from bpfhook.mirror import PacketFilter, mirror
 from bpfhook.netns import entered as netns_of
 from pybpf.errors import BpfError
 
@@ -218,9 +220,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    from bpfhook.lab import Lab
-    from bpfhook.mirror import PacketFilter, mirror
-
     prefix = f"md{os.getpid() % 100000}"
     names = [f"{prefix}-client", f"{prefix}-server", f"{prefix}-observer"]
     made = []

@@ -31,6 +31,7 @@ a container id (docker/containerd/cri-o/podman, found through its cgroup):
 for the last three the host-side veth is the peer of the container's eth0.
 """
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import functools
@@ -39,10 +40,18 @@ import os
 import socket
 import threading
 
+from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELTFILTER, RTM_NEWTFILTER
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
 from bpfhook import cgroups, containers, lab, netns
-from pybpf import tc
+from bpfhook.programs.mirror import PROTOCOLS, WITH_PORTS
+from bpfhook.programs.mirror import build as build_program
+from pybpf import cleanup, prog, tc
 from pybpf.errors import BpfError, FeatureUnavailable, NotPermitted
-from pybpf.sys import syscall_error
+from pybpf.sys import ensure_bpffs, obj_pin, syscall_error
 from pybpf.tc import CLSACT_PARENT, ETH_P_ALL
 
 STATE_DIR = "/run/bpfhook/mirror"
@@ -117,8 +126,6 @@ def _endpoint_at(spec, ifindex):
 
 def _host_peer_of(nspath, spec):
     """ifindex, in our netns, of the veth peer of eth0 in the netns at nspath."""
-    from pyroute2 import IPRoute
-
     try:
         if os.stat(nspath).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
             raise MirrorError(f"{spec} shares this network namespace: name an interface instead")
@@ -144,8 +151,6 @@ class PacketFilter:
     @classmethod
     def parse(cls, text):
         """"tcp", "udp/53", "8080" (TCP, UDP or SCTP), "icmp", "icmpv6"."""
-        from bpfhook.programs.mirror import PROTOCOLS, WITH_PORTS
-
         proto, _, port = text.lower().partition("/")
         if proto.isdigit() and not port:
             proto, port = None, proto
@@ -233,9 +238,6 @@ def _filters_at(ipr, ifindex, parent):
 
 def _filter_request(ipr, msg_type, flags, ifindex, parent, prio, attrs):
     """One RTM_*TFILTER request for the (prio, ETH_P_ALL) filter on a hook, through pyroute2's tcmsg."""
-    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-    from pyroute2.netlink.rtnl.tcmsg import tcmsg
-
     msg = tcmsg()
     msg["index"] = ifindex
     msg["parent"] = parent
@@ -253,9 +255,6 @@ def _add_mirred(ipr, kind, ifindex, parent, prio, observer_ifindex):
     Built here rather than with IPRoute.tc(action=mirred): pyroute2 fixes
     mirred's control verdict to "pipe", which would end classification and
     starve every filter behind ours."""
-    from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
-    from pyroute2.netlink.rtnl import RTM_NEWTFILTER
-
     parms = {"eaction": MIRRED_EGRESS_MIRROR, "ifindex": observer_ifindex, "action": TC_ACT_UNSPEC}
     action = {"attrs": [["TCA_ACT_PRIO_1", {"attrs": [
         ["TCA_ACT_KIND", "mirred"],
@@ -271,9 +270,6 @@ def _add_mirred(ipr, kind, ifindex, parent, prio, observer_ifindex):
 
 def _del_filter(ipr, ifindex, parent, prio, kind):
     """Delete our (prio, ETH_P_ALL) chain element; the kernel refuses when its kind is not `kind`."""
-    from pyroute2.netlink.exceptions import NetlinkError
-    from pyroute2.netlink.rtnl import RTM_DELTFILTER
-
     try:
         _filter_request(ipr, RTM_DELTFILTER, 0, ifindex, parent, prio, [["TCA_KIND", kind]])
     except NetlinkError as e:
@@ -312,11 +308,6 @@ def kernel_has_qdisc(kind):
 
 def _try_qdisc(kind, result):
     """In this thread alone, a new netns; it goes away with the thread, and the qdisc with it."""
-    import ctypes
-
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(CLONE_NEWNET):
@@ -372,8 +363,6 @@ class Mirror:
 
     def close(self):
         """Take down what we added (not with keep: that stays until remove())."""
-        from pybpf import cleanup
-
         if self._token is not None:
             token, self._token = self._token, None
             cleanup.run(token)
@@ -426,8 +415,6 @@ def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filt
                 f"{source.ifname} is already mirrored to {existing['observer']} ({existing['method']}); "
                 f"take that down first: bpfhook mirror --remove --from {source.ifname}")
         _remove_state(existing)  # left by a process that died without cleaning up
-    from pybpf import cleanup
-
     m = Mirror(source, observer, directions, method, packet_filter, keep, qdisc)
     state = {"source": source.ifname, "source_ifindex": source.ifindex, "observer": observer.ifname,
              "observer_ifindex": observer.ifindex, "method": method, "qdisc": qdisc, "directions": list(directions),
@@ -448,10 +435,8 @@ def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filt
         m.close()
         raise
     if keep:  # ours no longer: remove() takes it down
-        from pybpf.tc import TcFilter
-
         for a in m.attachments:
-            if isinstance(a, TcFilter):
+            if isinstance(a, tc.TcFilter):
                 a.keep()  # a cls_bpf filter stays, and holds the program
             else:
                 a.close()  # pinned links stay attached
@@ -462,9 +447,6 @@ def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filt
 
 
 def _setup_mirred(m):
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
     state, index, name = m.state, m.source.ifindex, m.source.ifname
     on_prio = {d for d in m.directions if m.qdisc == "prio" and d == "egress"}
     with IPRoute() as ipr:
@@ -498,8 +480,6 @@ def _setup_mirred(m):
 
 def _add_root_prio(ipr, m):
     """A root prio qdisc in place of the kernel's default one; someone's own root qdisc is never replaced."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     index, name = m.source.ifindex, m.source.ifname
     kind, handle = _root_qdisc(ipr, index)
     if handle:
@@ -519,8 +499,6 @@ def _add_root_prio(ipr, m):
 
 def _add_any(ipr, index, parent, prio, observer_ifindex):
     """Add our filter with the first classifier the kernel has; returns its kind."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     for kind in CLASSIFIERS:
         try:
             _add_mirred(ipr, kind, index, parent, prio, observer_ifindex)
@@ -532,12 +510,8 @@ def _add_any(ipr, index, parent, prio, observer_ifindex):
 
 
 def _setup_bpf(m, bpf_attach):
-    from bpfhook.programs.mirror import build
-    from pybpf import prog
-    from pybpf import sys as _sys
-
     f = m.packet_filter
-    program = prog.load(build(m.observer.ifindex, f and f.proto, f and f.port), "sched_cls", name=BPF_PROG_NAME)
+    program = prog.load(build_program(m.observer.ifindex, f and f.proto, f and f.port), "sched_cls", name=BPF_PROG_NAME)
     with program:
         for direction in m.directions:
             a = tc.attach(program, m.source.ifindex, direction, mode=bpf_attach, name=BPF_PROG_NAME)
@@ -547,10 +521,10 @@ def _setup_bpf(m, bpf_attach):
                 m.state["tc_filters"].append(dataclasses.asdict(a.ref))
                 _write_state(m.state)
             elif m.keep:
-                _sys.ensure_bpffs(PIN_DIR)
+                ensure_bpffs(PIN_DIR)
                 os.makedirs(PIN_DIR, exist_ok=True)
                 pin = os.path.join(PIN_DIR, f"{m.source.ifname}-{direction}")
-                _sys.obj_pin(a.fd, pin)
+                obj_pin(a.fd, pin)
                 m.state["pins"].append(pin)
                 _write_state(m.state)
 
@@ -564,8 +538,6 @@ def _teardown(m):
 
 def _remove_state(state):
     """Remove what a state record says was added, after checking it is still ours; then the record."""
-    from pyroute2 import IPRoute
-
     for pin in state["pins"]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pin)  # the link's last reference: it detaches

@@ -22,8 +22,13 @@ import collections
 import contextlib
 import time
 
-from bpfhook import records
-from pybpf.errors import FeatureUnavailable
+from bpfhook import netns, procfs, records
+from bpfhook.programs import accept as accept_program
+from bpfhook.programs import conn_common, conn_destroy, conn_state, connect, existing, live_conns, task_netns
+from pybpf import attach, features
+from pybpf.errors import BpfError, FeatureUnavailable
+from pybpf.events import open_reader
+from pybpf.prog import load
 
 
 class Monitor:
@@ -44,13 +49,7 @@ class Monitor:
     """
 
     def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None, older=True):
-        from pybpf import attach, features
-        from pybpf.events import open_reader
-        from pybpf.prog import load
-
-        from bpfhook.programs import accept as accept_hooks, conn_common, conn_state, connect
-
-        for what, choice, hooks in (("accept", accept, accept_hooks.HOOKS), ("state", state, conn_state.HOOKS)):
+        for what, choice, hooks in (("accept", accept, accept_program.HOOKS), ("state", state, conn_state.HOOKS)):
             if choice != "auto" and choice not in hooks:
                 raise ValueError(f"{what} hook {choice!r}: expected auto or one of {', '.join(hooks)}")
         if events == "auto":
@@ -80,7 +79,7 @@ class Monitor:
                                                                   conn_state.HOOKS if state == "auto" else (state,))
             self._attach_destroy(kernel)
             self.accept_hook, self.accept_note = self._attach_first(
-                self._accept_attempts(kernel), accept_hooks.HOOKS if accept == "auto" else (accept,))
+                self._accept_attempts(kernel), accept_program.HOOKS if accept == "auto" else (accept,))
             for version, hook in connect.HOOKS.items():
                 prog = load(connect.build(self.maps, kernel, version), "cgroup_sock_addr", name=f"bh_{hook}",
                             expected_attach_type=f"cgroup_inet{version}_connect")
@@ -102,10 +101,6 @@ class Monitor:
         owner the pid and comm found (owner_from_proc; tid stays 0), the lowest pid when several
         hold one. A scan of every process's fds: for the command to do after it said it is
         attached."""
-        from pybpf.errors import BpfError
-
-        from bpfhook.programs import existing
-
         try:
             with existing.listeners_map() as listeners:  # (the loaded program holds it from here)
                 link = self._iterator(existing.build(self.maps, self._kernel, listeners), existing.FUNC)
@@ -126,8 +121,6 @@ class Monitor:
         missed (_Gone). For the reports: call it before connections() and the metrics. False
         where the kernel has no TCP socket iterator (noted once: live connections then count
         their bytes at their close)."""
-        from pybpf.errors import BpfError
-
         if not self.load_live_walk():
             return False
         started = time.monotonic_ns()  # (the clock of the programs' ktime_get_ns)
@@ -143,8 +136,6 @@ class Monitor:
         """Load refresh_live's walk, unless loaded or refused before (the command does it at
         start, so that a refusal is noted with the other warnings). False where the kernel
         has no TCP socket iterator: noted once, and not asked again."""
-        from pybpf.errors import BpfError
-
         if self._live_walk is None and not self._live_walk_failed:
             try:
                 self._live_walk = self._stack.enter_context(self._live_walk_link())
@@ -156,16 +147,11 @@ class Monitor:
 
     def _live_walk_link(self):
         """The live_conns iterator, loaded and attached (a step of its own, for tests to refuse)."""
-        from bpfhook.programs import existing, live_conns
-
         return self._iterator(live_conns.build(self.maps, self._kernel), existing.FUNC)
 
     def _iterator(self, program, func):
         """The iterator `program` (pybpf.asm.Program, named) loaded and attached to the target of
         kernel function `func`: a Link that owns its program."""
-        from pybpf import attach
-        from pybpf.prog import load
-
         with load(program, "tracing", name=program.name, expected_attach_type="trace_iter",
                   attach_btf_id=self._kernel.func(func)[0]) as prog:
             return attach.iterator(prog)
@@ -174,10 +160,6 @@ class Monitor:
         """Run the socket iterator `link` here, then in every other network namespace (an
         iterator walks the sockets of the namespace it was created in): [(the namespace's
         cookie or None, what the iterator wrote there)]."""
-        from pybpf import attach
-
-        from bpfhook import netns
-
         walks = [(netns.cookie(), attach.run_iterator(link))]
         here = netns.own()
         for ino, path in self._namespaces().items():
@@ -196,12 +178,6 @@ class Monitor:
         the task walk (programs/task_netns.py), else from a scan of /proc, which costs a stat()
         per process. The walk's pids are the kernel's: only where /proc shows those (our pid
         namespace is the initial one)."""
-        from pybpf import attach
-        from pybpf.errors import BpfError
-
-        from bpfhook import netns
-        from bpfhook.programs import task_netns
-
         if self._task_walk is None and not self._task_walk_failed:
             try:
                 if not netns.in_initial_pid_namespace():
@@ -234,9 +210,6 @@ class Monitor:
     def _raw_tracepoint_attempts(self, kernel, program):
         """{hook: attach(stack, held) -> how} for a program on a raw tracepoint: `program` is
         conn_state or conn_destroy (a module with build, HOOKS, RAW_TRACEPOINT, TP_BTF)."""
-        from pybpf import attach
-        from pybpf.prog import load
-
         name = f"bh_{program.__name__.rsplit('.', 1)[-1]}"
 
         def tp_btf(stack, held):
@@ -259,10 +232,6 @@ class Monitor:
         """programs/conn_destroy.py, through the state program's kind of hook (typed or not, as
         its build takes), into .menders; where the kernel refuses it, a note: the state
         program's skipped closes are then made good later and less well (_Gone)."""
-        from pybpf.errors import BpfError
-
-        from bpfhook.programs import conn_destroy
-
         try:
             _hook, how = self._attach_first(self._raw_tracepoint_attempts(kernel, conn_destroy),
                                             (self.state_hook,), self.menders)
@@ -274,46 +243,41 @@ class Monitor:
 
     def _accept_attempts(self, kernel):
         """{hook: attach(stack, held) -> how} for accept attribution (accept.HOOKS)."""
-        from pybpf import attach, features
-        from pybpf.prog import load
-
-        from bpfhook.programs import accept
-
         def fexit(stack, held):
-            btf_id, _nargs = kernel.func(accept.FUNC)
-            prog = load(accept.build_fexit(self.maps, kernel), "tracing", name="bh_accept",
+            btf_id, _nargs = kernel.func(accept_program.FUNC)
+            prog = load(accept_program.build_fexit(self.maps, kernel), "tracing", name="bh_accept",
                         expected_attach_type="trace_fexit", attach_btf_id=btf_id)
             self._hold(prog, stack, held)
             stack.enter_context(attach.fexit(prog))
-            return f"fexit {accept.FUNC}"
+            return f"fexit {accept_program.FUNC}"
 
         def kretprobe(stack, held):
             if not features.has("kprobe_pmu"):
                 raise FeatureUnavailable(features.probe("kprobe_pmu").detail)
             if "regs_rc" not in kernel.offsets:
                 raise FeatureUnavailable("no PT_REGS_RC layout known for this architecture")
-            prog = load(accept.build_kretprobe(self.maps, kernel), "kprobe", name="bh_accept")
+            prog = load(accept_program.build_kretprobe(self.maps, kernel), "kprobe", name="bh_accept")
             self._hold(prog, stack, held)
-            stack.enter_context(attach.kretprobe(prog, accept.FUNC))
-            return f"kretprobe {accept.FUNC}"
+            stack.enter_context(attach.kretprobe(prog, accept_program.FUNC))
+            return f"kretprobe {accept_program.FUNC}"
 
         def getpeername(stack, held):
-            for version, hook in accept.GETPEERNAME_HOOKS.items():
-                prog = load(accept.build_getpeername(self.maps, kernel, version), "cgroup_sock_addr",
+            for version, hook in accept_program.GETPEERNAME_HOOKS.items():
+                prog = load(accept_program.build_getpeername(self.maps, kernel, version), "cgroup_sock_addr",
                             name="bh_accept", expected_attach_type=f"cgroup_inet{version}_getpeername")
                 self._hold(prog, stack, held)
                 stack.enter_context(attach.cgroup(prog, hook, self.cgroup_dir))
             return "cgroup getpeername4/getpeername6 (accept() calls that take the peer's address)"
 
         def tracepoints(stack, held):
-            for tracepoint in accept.TRACEPOINTS:
+            for tracepoint in accept_program.TRACEPOINTS:
                 try:
-                    prog = load(accept.build(self.maps, kernel, tracepoint), "tracepoint", name="bh_accept")
+                    prog = load(accept_program.build(self.maps, kernel, tracepoint), "tracepoint", name="bh_accept")
                     self._hold(prog, stack, held)
                     stack.enter_context(attach.tracepoint(prog, tracepoint))
                 except FeatureUnavailable as e:
                     self.notes.append(f"accepted connections keep no process identity: {e}")
-            return "tracepoints " + ", ".join(accept.TRACEPOINTS)
+            return "tracepoints " + ", ".join(accept_program.TRACEPOINTS)
 
         return {"fexit": fexit, "kretprobe": kretprobe, "getpeername": getpeername, "tracepoint": tracepoints}
 
@@ -321,8 +285,6 @@ class Monitor:
         """Attach through the first of `hooks` (names in `attempts`) the kernel takes:
         (hook, how it is attached, with why the better ones were passed over). The programs
         go to `programs` (.programs by default)."""
-        from pybpf.errors import BpfError
-
         passed_over = []
         for hook in hooks:
             with contextlib.ExitStack() as stack:
@@ -422,9 +384,7 @@ class Monitor:
 
         An entry reused between our read and our delete loses its new connection: its close
         then counts in lost()["conns"], never silently."""
-        from bpfhook.programs.conn_common import CONNS_MAX
-
-        limit = CONNS_MAX // 4 if limit is None else limit
+        limit = conn_common.CONNS_MAX // 4 if limit is None else limit
         total = self._closed_total()
         if (total - self._closed_baseline) % 2**64 <= limit:
             return 0
@@ -523,8 +483,6 @@ def _records(codec, output):
 
 def _owners_in_proc(inodes):
     """{sock: (pid, comm)} of the processes holding the sockets `inodes` ({sock: socket inode})."""
-    from bpfhook import procfs
-
     holders = procfs.socket_holders(procfs.all_pids(), set(inodes.values())) if inodes else {}
     comms = {pid: procfs.comm(pid) for pid in set(holders.values())}
     return {sock: (holders[inode], comms[holders[inode]]) for sock, inode in inodes.items() if inode in holders}

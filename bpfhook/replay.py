@@ -19,6 +19,7 @@ import socket
 import time
 
 from bpfhook import flows
+from bpfhook.lab import Lab
 from pybpf.errors import BpfError
 
 NEEDS_ROOT = False
@@ -44,8 +45,6 @@ class Target:
 
 
 def lab_addresses():
-    from bpfhook.lab import Lab
-
     out = set()
     for c in Lab.list():
         out.update(ipaddress.ip_address(a) for a in (c.ipv4, c.ipv6) if a)

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import socketserver
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import time
 
 from bpfhook import containers
 from bpfhook.cli import positive_float, positive_int
+from bpfhook.lab import Lab
 from pybpf.errors import BpfError
 
 TYPES = ("http", "tcp", "udp", "uds")
@@ -156,8 +158,6 @@ def parse_target(kind, target):
 
 
 def _lab_addresses():
-    from bpfhook.lab import Lab
-
     try:
         containers = Lab.list()
     except (OSError, BpfError):
@@ -328,8 +328,6 @@ def server_in_container(kind, container, ipv6=False):
 
 
 def _readline(stream, timeout):
-    import selectors
-
     with selectors.DefaultSelector() as sel:
         sel.register(stream, selectors.EVENT_READ)
         if not sel.select(timeout):
@@ -365,8 +363,6 @@ def run(args):
     if args.container and not args.auto:
         raise TrafficError("--container needs --auto")
     if args.auto and args.container:
-        from bpfhook.lab import Lab
-
         if os.geteuid() != 0:
             raise TrafficError("--container needs root (it enters the lab container)")
         found = containers.find(args.container)

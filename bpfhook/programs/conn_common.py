@@ -49,7 +49,10 @@ import sys
 
 from bpfhook import records
 from bpfhook.records import EVENT, METRICS, offsetof
+from pybpf import features
 from pybpf.asm import StackSlot
+from pybpf.btf import Btf
+from pybpf.errors import FeatureUnavailable
 from pybpf.features import TP_BTF_PREFIX
 from pybpf.maps import Map
 from pybpf.uapi import MapFlags, MapType
@@ -145,11 +148,7 @@ class KernelOffsets:
 
     @classmethod
     def from_btf(cls, btf=None):
-        from pybpf.errors import FeatureUnavailable
-
         if btf is None:
-            from pybpf.btf import Btf
-
             btf = Btf.vmlinux()
         out = {}
         for name, (struct, path) in _KERNEL_FIELDS.items():
@@ -206,8 +205,6 @@ class KernelOffsets:
     def func(self, name):
         """(BTF type id, number of arguments) of kernel function `name`: what an fexit program
         attaches to, and where its ctx holds the return value (after the arguments)."""
-        from pybpf.errors import FeatureUnavailable
-
         found = self.funcs.get(name)
         if found is None:
             raise FeatureUnavailable(f"vmlinux BTF has no function {name}")
@@ -650,8 +647,6 @@ def task_reader(kernel, prog_type):
         return None
     if prog_type == "tracing":  # (a tracing program has every tracing helper; it cannot be probed
         return kernel           # without a target)
-    from pybpf import features
-
     return kernel if features.has(f"helper.{prog_type}.get_current_task_btf") else None
 
 

@@ -42,6 +42,8 @@ registers from a per-CPU scratch area, never from the context.)
 from bpfhook import records
 from bpfhook.records import CONN, EVENT, OLDER_ENTERED, offsetof
 from pybpf.asm import Program
+from pybpf.maps import Map
+from pybpf.uapi import MapType
 
 from .conn_common import (CONN_AT, EVENT_AT, IPPROTO_TCP, claim_slot, copy_shared, emit, find_conn, sock_addresses,
                           sock_owner, store_conn, typed_field)
@@ -56,8 +58,6 @@ LISTENERS_MAX = 4096  # listening ports remembered per run (more: those connecti
 
 def listeners_map():
     """The walk's `listeners` map (LISTENER_KEY -> u8): create one per enter_older."""
-    from pybpf.maps import Map
-    from pybpf.uapi import MapType
     return Map(MapType.HASH, key=records.LISTENER_KEY.sizeof(), value=1, max_entries=LISTENERS_MAX,
                name="listeners")
 

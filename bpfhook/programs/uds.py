@@ -23,9 +23,11 @@ import os
 import construct
 
 from bpfhook.records import flat_struct
-from pybpf import tracefs
+from pybpf import attach, tracefs
 from pybpf.asm import Program, field_of
+from pybpf.btf import Btf
 from pybpf.maps import Map
+from pybpf.prog import load
 from pybpf.uapi import MapType
 
 CHUNK = 16384  # bytes of payload per record
@@ -87,8 +89,6 @@ def decode(record):
 
 def kernel_offsets():
     """Byte offsets of the kernel fields the programs walk, from vmlinux BTF."""
-    from pybpf.btf import Btf
-
     btf = Btf.vmlinux()
     names = {
         "task_files": ("task_struct", "files"), "files_fdt": ("files_struct", "fdt"),
@@ -433,8 +433,6 @@ class UdsPrograms:
     """The maps and the 16 tracepoint programs of one capture; attach() returns a context manager."""
 
     def __init__(self, cgroup_dir, pid=0, snaplen=262144):
-        from pybpf.prog import load
-
         self._stack = contextlib.ExitStack()
         try:
             self.maps = maps = {
@@ -479,8 +477,6 @@ class UdsPrograms:
             raise
 
     def attach(self):
-        from pybpf import attach
-
         links = contextlib.ExitStack()
         with links:
             # exits first: an enter without its exit would leave an entry in inflight
