@@ -36,7 +36,7 @@ from pybpf.prog import load
 SUMMARY_EVERY = 1.0  # seconds between live summary lines
 STATS_EVERY = 10.0  # seconds between ISBs
 DEFAULT_SNAPLEN = 262144
-# Event buffer pages per CPU: 1 MiB dropped packets at 1 Gbit/s on a 2-CPU machine, 16 MiB did not.
+# Event buffer pages per CPU (16 MiB): smaller ones drop packets at 1 Gbit/s (docs/benchmarks.md)
 DEFAULT_PAGES = 4096
 OWNER_RETRY = 0.5  # seconds before asking /proc again about a socket we could not place
 

@@ -163,7 +163,7 @@ class DockerNames:
 
     def _get(self, path):
         """(status, body) of a GET over the unix socket; OSError for any failure."""
-        import http.client  # (~20 ms) only when a container needs a name: the monitor starts without it
+        import http.client  # only when a container needs a name: the monitor starts without it
 
         conn = http.client.HTTPConnection("localhost", timeout=self.timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,34 +1,19 @@
-"""bpfhook mirror: copy the packets of one interface to an observer interface.
+"""bpfhook mirror: copy the packets an interface receives and/or sends to an observer's egress,
+where any packet tool on the observer (for a veth, in its peer's netns) sees them. Two ways:
 
-    bpfhook mirror --from web --to observer [--direction both] [--method mirred|bpf]
+  mirred  a clsact qdisc and one filter per direction matching everything (matchall, else
+          `u32 match u32 0 0`) with a mirred egress-mirror action whose control verdict is
+          "continue", so that filters after ours still run; --qdisc prio puts egress on a
+          root prio qdisc instead (refused over a root qdisc of someone else's).
+  bpf     programs/mirror.py, a sched_cls program calling bpf_clone_redirect, attached
+          through pybpf.tc (a tcx link, else direct-action cls_bpf), with --filter.
 
-Every packet the source interface receives (ingress) and/or sends (egress)
-is cloned to the observer's egress, so any packet tool on the observer (or,
-for a veth, inside the netns of its peer) sees it. Two ways:
-
-  mirred  a clsact qdisc, one filter per direction matching everything
-          (matchall where the kernel has it, else `u32 match u32 0 0`) with
-          a mirred egress-mirror action whose control verdict is "continue",
-          so filters after ours still run. --qdisc prio puts the egress
-          filter on a root prio qdisc instead (the classic setup, for kernels
-          without clsact); it is refused when the interface already has a
-          root qdisc of its own, and removing ours brings back the default.
-  bpf     programs/mirror.py, a sched_cls program calling bpf_clone_redirect,
-          attached through pybpf.tc (tcx link, else direct-action cls_bpf);
-          --filter PROTO[/PORT] keeps it to matching packets.
-
-What was added is written to /run/bpfhook/mirror/SOURCE.json and is removed,
-and nothing else, on SIGINT/SIGTERM or normal exit; with --keep it stays (bpf:
-tcx links pinned under /sys/fs/bpf/bpfhook/mirror, or cls_bpf filters, which
-hold their program and are found again by hook, pref, handle and name) until
-`bpfhook mirror --remove --from SOURCE [--to OBSERVER]`. Our mirred filters are
-known by their shape as well as by the state file: one mirred action,
-egress mirror to the observer, control "continue" (TC_ACT_UNSPEC); removal
-checks that shape before deleting anything.
-
-A source or observer is an interface of this netns, a lab container, a pid or
-a container id (docker/containerd/cri-o/podman, found through its cgroup):
-for the last three the host-side veth is the peer of the container's eth0.
+What was added is recorded in /run/bpfhook/mirror/SOURCE.json and removed, and nothing else,
+at exit and on SIGINT/SIGTERM; with --keep it stays (tcx links pinned under PIN_DIR, or
+cls_bpf filters, which hold their program) until `bpfhook mirror --remove --from SOURCE`.
+Removal checks a mirred filter's shape (one egress mirror to the observer, "continue")
+before deleting it. A source or observer is an interface, a pid or a container
+(containers.find): for those two, the host-side peer of eth0 in its network namespace.
 """
 import contextlib
 import ctypes

@@ -1,22 +1,11 @@
-"""The monitor's engine: the connection programs loaded, attached and read back (the command
-around it is bpfhook.monitor_cli).
+"""The monitor's engine: the connection programs loaded, attached and read back; the command
+around it is bpfhook.monitor_cli.
 
-    Monitor(cgroup_dir)   probe features, create maps, build + load + attach every program
-      .read(timeout)      decoded events (records.decode_event dicts) that arrived
-      .cgroup_metrics()   {cgroup id: metrics dict} from the metrics_cgroup map and its cache
-      .lost()             {"events", "missed", "made_good", "conns"}: kernel-side drops, never hidden
-      .close()            detach everything (links: even SIGKILL leaves nothing attached)
-
-Feature choices are probed, never read off the kernel version: the ring
-buffer where the kernel has one, else a perf event array; the state program
-as tp_btf, else as a raw tracepoint (programs/conn_state.py), and beside it,
-the same way, the program that makes good the closes the kernel skipped
-(programs/conn_destroy.py); accept
-attribution through fexit on inet_csk_accept, else a kretprobe there, else
-the cgroup getpeername hooks, else the syscall exit tracepoints
-(programs/accept.py). Loading the fexit program is its own probe (the tp_btf
-one too): it needs no vmlinux BTF parse beyond the cached offsets, where
-features.has("fexit") would parse it on every start.
+Every choice is probed, never read off the kernel version: a ring buffer, else a perf event
+array; the state program (and beside it conn_destroy's) as tp_btf, else as a raw tracepoint;
+accept attribution through the first of programs.accept.HOOKS the kernel takes. Loading a
+program is its own probe: a tp_btf or fexit program needs no vmlinux BTF parse beyond the
+cached offsets, where features.has("fexit") would parse it at every start.
 """
 import collections
 import contextlib
@@ -396,21 +385,15 @@ class Monitor:
         return len(stale)
 
     def lost(self):
-        """Kernel-side drops: "events" the buffer refused (plus perf's own lost records) and
-        the "missed" ones, "conns": closes of connections the LRU map no longer held.
+        """Kernel-side drops: "events" the buffer refused (plus perf's own lost records) and the
+        "missed" ones; "conns": closes of connections the LRU map no longer held.
 
-        missed: runs the kernel skipped because the same program was already running on
-        that CPU (a transition in softirq interrupting one in process context):
-        bpf_prog_info.recursion_misses. No event exists for them, so they count as lost; what
-        they left in the connection table is mended at the socket's next transition (an opening
-        skipped: found late; a close skipped: ended when a new socket starts at its address),
-        and a skipped close's entry is listed no more once refresh_live's walks tell (_Gone).
-        Either way the connection counts as closed, with the bytes it had at the last walk.
-
-        But a skipped close is nearly always made good whole at its socket's destroy
-        (programs/conn_destroy.py, stats()["closed_at_destroy"]): its event was not lost, and
-        it is counted in "made_good", not in "missed". (Each of those is a skipped run: only a
-        skipped close leaves an entry live at the destroy.)"""
+        missed: runs the kernel skipped because the same program was running on that CPU
+        (bpf_prog_info.recursion_misses): no event exists for them. What they left in the table
+        is mended later (an opening: found late; a close: ended when a new socket takes its
+        address, or left out once the walks tell: _Gone). A skipped close is nearly always made
+        good whole at its socket's destroy (programs/conn_destroy.py): counted in "made_good",
+        not "missed" (only a skipped close leaves an entry live at the destroy)."""
         counts = self.maps.lost_counts()
         skipped = sum(prog.info(contents=False).recursion_misses for prog in self.programs)
         counts["made_good"] = sum(self._stats_by_slot()[records.STAT_CLOSED_AT_DESTROY])
@@ -431,19 +414,16 @@ class Monitor:
 
 
 class _Gone:
-    """Followed connections whose close the programs missed: the kernel skipped that run of
-    the state program (Monitor.lost()'s "missed"), and the entry stays live until a new
-    socket at its address ends it (and counts it closed: conn_state._count_unseen_close). The
-    live walk meets every live one; an entry it did not meet in two walks running, in a
-    namespace it walked, and that started well before the first of them, is gone. (Two:
-    before Linux 6.16 the kernel's TCP iterator can skip a socket when another in its hash
-    bucket closes between two reads of the walk. Well before: connect() enters SYN_SENT a
-    moment before its socket is hashed.) Once gone, gone while its entry lasts: its
-    namespace may be gone too, and walked no more.
+    """Followed connections whose close the programs missed (Monitor.lost()'s "missed"): the
+    entry stays live until a new socket at its address ends it. The live walk meets every live
+    one; an entry it did not meet in two walks running, in a namespace it walked, and that
+    started well before the first, is gone. Two walks: before Linux 6.16 the kernel's TCP
+    iterator can skip a socket when another in its hash bucket closes between two reads. Well
+    before: connect() enters SYN_SENT a moment before its socket is hashed. Once gone, gone
+    while its entry lasts (its namespace may be gone too, and walked no more).
 
-    missed: the gone connections left_out() last left out. Until the state program ends
-    their entries they count here as closed, with the bytes they had at the last walk that
-    met them, as the state program will count them (an LRU eviction would end one uncounted)."""
+    missed: the connections left_out() last left out; they count as closed with the bytes of
+    the last walk that met them, as the state program will count them."""
 
     MARGIN_NS = 1_000_000_000
 

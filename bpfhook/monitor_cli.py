@@ -26,8 +26,8 @@ from pybpf.errors import BpfError
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # the final report, then detach
 POLL_SECONDS = 0.1  # the BPF side batches wakeups; we look at least this often
-# Trimming ended entries and looking for lost events: a dozen syscalls (~0.4 ms of a CPU here),
-# which at every poll would cost the host more than the monitor's whole idle loop
+# Trimming ended entries and looking for lost events: a dozen syscalls, which at every poll
+# would cost the host more than the monitor's whole idle loop
 CHORES_SECONDS = 1.0
 
 
@@ -195,7 +195,7 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
                     return exposition(snapshot(), shown)
 
             if options.prometheus:
-                from bpfhook.metrics_http import PrometheusServer  # http.server (~35 ms) only when asked for
+                from bpfhook.metrics_http import PrometheusServer  # http.server only when asked for
 
                 server = stack.enter_context(PrometheusServer(*options.prometheus, scrape))
                 host, port = server.address

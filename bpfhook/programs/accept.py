@@ -1,41 +1,25 @@
 """Inbound connections attributed to the process that accepts them.
 
-The handshake completes in softirq context, where the current task is
-whoever was interrupted, so the state tracepoint cannot name the server. The
-accepting task is current when inet_csk_accept() returns the new struct sock,
-and four hooks see that moment; the monitor takes the first the kernel allows
-(HOOKS order):
+The handshake completes in softirq, where the current task is whoever was interrupted; the
+accepting task is current when inet_csk_accept() returns the new sock. Four hooks see that
+moment, and the monitor takes the first the kernel allows (HOOKS):
 
-    fexit      on inet_csk_accept: ctx[nargs] is the returned sock. nargs comes
-               from the function's BTF prototype, which changed in 6.10:
-               (sk, flags, err, kern) before, (sk, struct proto_accept_arg *) since.
-    kretprobe  on inet_csk_accept: the sock is PT_REGS_RC (pt_regs offset from BTF).
-    getpeername  cgroup getpeername4 / getpeername6 (cgroup_sock_addr, Linux 5.8):
-               accept() that asks for the peer's address (accept(fd, &addr, &len): what
-               Python, Go, Java, nginx and most servers do) fetches it through
-               inet_getname(), which runs these hooks in the accepting task with
-               ctx->sk the new socket. getpeername() runs them too, so only a followed
-               connection that has no owner yet is taken: a passive one, first time.
-               An accept(fd, NULL, NULL) runs nothing: that connection's owner is the
-               task that closes it (conn_state). Nor is a connection whose handshake
-               ended before the monitor started (not followed) reported at accept().
-    tracepoint syscalls:sys_exit_accept4 / sys_exit_accept: the new fd leads to the
-               socket through the task's own file table, read with
-               bpf_probe_read_kernel at BTF offsets (no kprobes or fexit needed):
-               current->files->fdt->fd[ret]->private_data (struct socket)->sk.
-               Every accept(), but at a price paid by every task: an enabled syscall
-               tracepoint sends every system call on the host through the kernel's
-               syscall-tracing slow path (here ~40 ns more per call: a loop of
-               1-byte reads runs ~20% slower, a loopback connect/accept/close loop
-               ~3%). So it comes after getpeername.
+    fexit        on inet_csk_accept: the sock is ctx[nargs], nargs from its BTF prototype,
+                 which changed in 6.10: (sk, flags, err, kern), then (sk, proto_accept_arg *)
+    kretprobe    on inet_csk_accept: the sock is PT_REGS_RC (pt_regs offset from BTF)
+    getpeername  cgroup getpeername4/6 (5.8): accept(fd, &addr, &len), what most servers
+                 call, fetches the peer through inet_getname(), which runs these hooks in
+                 the accepting task with ctx->sk the new socket. getpeername() runs them
+                 too, so only a followed passive connection without an owner is taken.
+                 accept(fd, NULL, NULL) runs nothing: its closer becomes the owner.
+    tracepoint   syscalls:sys_exit_accept4/accept: the returned fd leads to the socket
+                 through current->files->fdt->fd[ret]->private_data->sk. It sees every
+                 accept(), but an enabled syscall tracepoint slows every system call on the
+                 host (docs/benchmarks.md): it comes after getpeername.
 
-All four end in the same code (_accepted). Only TCP sockets of
-AF_INET/AF_INET6 are reported (accept() also serves Unix sockets). The event
-(kind accept, F_OWNER_FROM_ACCEPT) carries the acceptor's pid, tid, comm and
-cgroup and the sock address the state events are keyed by; the connection map
-entry takes the acceptor as owner, so the live connection and, at its close,
-its bytes count in the acceptor's cgroup even when the listener was created in
-another one.
+All four end in _accepted: TCP over IPv4/IPv6 only. The event and the connection's entry
+take the acceptor as owner, so the connection counts in the acceptor's cgroup even when
+the listener was made in another.
 """
 from bpfhook import records
 from pybpf import tracefs
@@ -125,17 +109,14 @@ def _program(prog_type):
 
 
 def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, unowned_only=False):
-    """The rest of every hook: r6 = the accepted struct sock (or NULL), r9 = ctx, and the
-    accepting task current. Hands the connection over to the acceptor (its map entry's
-    owner: the close is counted in the acceptor's cgroup), sends the accept event when
-    streaming, exits with `ret`. sk_type: what r6 is (conn_common.sock_number).
-    unowned_only: for a hook that also runs outside accept()
-    (getpeername): only a followed connection without an owner yet is taken, and only a passive
-    one (F_PASSIVE; an active one has its connecting task from SYN_SENT) not accepted before.
+    """The rest of every hook: r6 = the accepted struct sock (or NULL), r9 = ctx, the accepting
+    task current. Makes the acceptor the connection's owner, sends the accept event when
+    streaming, exits with `ret`. sk_type: what r6 is (conn_common.sock_number). unowned_only,
+    for getpeername (which also runs outside accept()): only a followed passive connection
+    without an owner, not accepted before the monitor started, is taken.
 
-    A socket the state program follows is a TCP one with its addresses and netns in its
-    map entry: nothing more is read from it. Without streaming an accept of any other
-    socket (a Unix one, a connection older than the monitor) has nothing to update."""
+    A followed socket has its addresses and netns in its entry: nothing more is read from it.
+    Unstreamed, any other socket's accept (a Unix one, an older connection) changes nothing."""
     task = task_reader(kernel, p.prog_type)
     with p.If(p.r6 == 0):
         p.exit(ret)

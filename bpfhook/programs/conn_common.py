@@ -1,6 +1,6 @@
 """What the monitor's programs share: their maps, kernel struct offsets, DSL pieces.
 
-Maps (layouts from bpfhook.records, the one definition both sides read):
+Maps (layouts from bpfhook.records):
     conn_slots       array  u32 -> CONN_SLOT             TCP connections, one slot per socket address
                                                          hash (slot_of), read in place (mmap)
     conns            LRU hash  CONN_KEY -> CONN          ... those whose slot another one holds
@@ -13,32 +13,20 @@ Maps (layouts from bpfhook.records, the one definition both sides read):
     lost             per-CPU array, LOST_* slots
     stats            per-CPU array  0 -> STATS           event count, durations, state transitions
     recent           per-CPU array  0 -> RECENT          the latest closes and UDP flows
-(The per-CPU tables are one element each: records explains why.)
 
-Why a slot table before the hash map: every transition of a connection looks up
-its entry (about ten per connection), and a hash map lookup is a chain of three
-calls and returns into the kernel, ~100 ns each here (return thunks); the
-verifier inlines an array lookup into a multiply, a shift and a load. A socket
-claims its slot at its opening with a compare-and-swap (kernel 5.12+, feature
-"atomics"); when another live connection holds the slot, or the kernel has no
-BPF atomics (slots=0), the connection goes to "conns" as before. An ended
-connection's slot is marked (SLOT_ENDED) and free for the next socket there.
+A slot table before the hash map: every transition looks its connection up, and the verifier
+inlines an array lookup (a multiply, a shift, a load) where a hash lookup is a chain of calls
+into the kernel. A socket claims its slot at its opening with a compare-and-swap (BPF atomics,
+5.12); when another live connection holds it, or the kernel has no atomics, it goes to conns.
 
-With stream=False the programs send nothing to the ring buffer: user space
-reads the maps when it reports (the default text report and Prometheus need
-nothing more), so a busy host costs the monitor no per-event work.
+The metrics are per CPU, summed by user space: a connection's two ends run on different CPUs,
+and one shared counter would bounce its cache line between them. A key's metrics sit first in
+a per-CPU array slot fixed by the key (one writer, preemption off: no atomics), in the hash
+map only when another key holds that slot. Unstreamed (the default), the programs send nothing
+one by one: user space reads the maps when it reports.
 
-The metrics are per CPU: the client and the server of one connection run on
-different CPUs, and one shared counter would bounce its cache line between
-them on every open and close. User space sums the CPUs. The state program
-finds a key's metrics in a per-CPU array first (each close adds to two of
-them): a slot fixed by the key, the key's own once it took it, the hash map
-only for a key whose slot another key holds on that CPU. Per CPU, a slot has
-one writer, and it runs with preemption off: no atomics needed.
-
-Kernel structs are read with bpf_probe_read_kernel at offsets taken from the
-running kernel's BTF when the programs are built (CO-RE done in Python): the
-programs never carry a hard-coded offset of a kernel-internal struct.
+Kernel struct offsets come from the running kernel's BTF when the programs are built (CO-RE
+done in Python): no program carries a hard-coded offset of a kernel-internal struct.
 """
 import dataclasses
 import itertools
@@ -235,7 +223,7 @@ class Maps:
                                             flags=MapFlags.MMAPABLE)
             self.conns = self._add(MapType.LRU_HASH, records.CONN_KEY, records.CONN, conns_max, "conns")
             # Elements allocated as keys come (a new cgroup or netns, behind the caches): preallocating
-            # 4,096 per-CPU ones took ~3 ms of start-up per map here, more with every CPU
+            # 4,096 per-CPU ones costs start-up time, more with every CPU (docs/benchmarks.md)
             self.metrics_cgroup = self._add(MapType.PERCPU_HASH, records.CGROUP_KEY, METRICS, METRICS_MAX,
                                             "metrics_cgroup", flags=MapFlags.NO_PREALLOC)
             self.metrics_netns = self._add(MapType.PERCPU_HASH, records.NETNS_KEY, METRICS, METRICS_MAX,
@@ -655,10 +643,9 @@ def current_task(p, dst, at=EVENT_AT, cgroup=True, task=None):
     (EVENT's by default): a stack slot, or r6..r9 pointing at map memory. r0-r5 clobbered.
 
     task: task_reader()'s answer. Given, comm is two loads from bpf_get_current_task_btf's
-    task_struct (NUL-padded there, as the helper's copy is); else bpf_get_current_comm, whose
-    strscpy costs ~55 ns a call here (twice per connection). A char array is a scalar to the
-    verifier: the loads cost it nothing, unlike a pointer field of a trusted pointer (see
-    conn_state._event_from_sock)."""
+    task_struct (NUL-padded there, as the helper's copy is), where bpf_get_current_comm runs a
+    strscpy (docs/benchmarks.md). A char array is a scalar to the verifier: the loads cost it
+    nothing, unlike a pointer field of a trusted pointer (conn_state._event_from_sock)."""
     p.call("get_current_pid_tgid")
     dst.u32[at["tid"]] = p.r0
     p.r0 >>= 32

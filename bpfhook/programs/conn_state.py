@@ -1,55 +1,30 @@
-"""TCP connection lifecycle from the tracepoint inet_sock_set_state (IPv4 and IPv6), attached
-raw: as tp_btf where the kernel has it (5.5+), else as a raw tracepoint (HOOKS).
+"""TCP connection lifecycle from the tracepoint inet_sock_set_state, attached raw: as tp_btf
+where the kernel has it (the socket argument is BTF-typed: plain loads), else as a raw
+tracepoint reading through bpf_probe_read_kernel (HOOKS). Not the perf tracepoint
+sock:inet_sock_set_state, which formats every field before any program runs.
 
-The hook sees (sk, oldstate, newstate) of every transition of a socket. The
-connection table (its slot, else the conns hash map: conn_common.find_conn)
-follows each TCP socket by its struct sock address:
+Each transition (sk, oldstate, newstate) of a socket, followed by its struct sock address
+in the connection table (its slot, else conns: conn_common.find_conn):
 
-    CLOSE -> SYN_SENT   (connect(): process context) new entry, owner = current task
-    CLOSE -> SYN_RECV   (handshake: softirq) new entry, marked passive, owner unknown (pid 0)
-                        until accept()
-    SYN_* -> any        the ports and addresses again: a connect() has no source port at
-                        SYN_SENT, a passive child no peer address at SYN_RECV
-    -> FIN_WAIT1, LAST_ACK  (close()/shutdown(): process context) a connection without an
-                        owner yet takes the closing task
-    any   -> CLOSE      bytes from tcp_sock, duration (kind close); the entry stays, in
-                        state CLOSE
-    CLOSE/LISTEN -> any, at a live entry: that entry's close was skipped (a new socket lives
-                        at its address) and not made good at its destroy (conn_destroy.py,
-                        nearly always does): ended first, counted closed with the bytes it had
-                        (_end_if_stale, _count_unseen_close)
-    other, no entry     a connection whose opening was not seen (a skipped run, an eviction):
-                        followed from here, found late (_found_late)
+    CLOSE -> SYN_SENT      connect(), process context: new entry, owned by the current task
+    CLOSE -> SYN_RECV      handshake, softirq: new entry, passive, no owner until accept()
+    SYN_* -> any           the ports and addresses again: a connect() has no source port at
+                           SYN_SENT, a listener's child no peer address at SYN_RECV
+    -> FIN_WAIT1, LAST_ACK close()/shutdown(), process context: an entry without an owner
+                           takes the closing task
+    any -> CLOSE           bytes from tcp_sock, duration; the entry stays, in state CLOSE
+    CLOSE/LISTEN -> any, at a live entry: that entry's close was skipped, and not made good
+                           at its destroy (conn_destroy.py): ended first (_end_if_stale)
+    other, no entry        a connection whose opening was not seen (a skipped run, an LRU
+                           eviction): followed from here (_found_late)
 
-An ended connection's entry is not deleted. Its slot is marked ended and free
-for the next socket there. In conns the entry stays in state CLOSE: the slab
-hands a freed struct sock's address to a new socket soon, and the new
-connection is written over the old entry in place (a hash map insert and
-delete cost ~400 ns per socket here). User space lists only live entries,
-and bounds the ended ones in conns (Monitor.trim_closed, counted in
-stats[STAT_CLOSED_KEPT]): the LRU would evict an idle live connection as
-readily as an ended one.
+An ended entry is not deleted: its slot is marked ended, and in conns it stays in state
+CLOSE, because the slab soon hands the freed address to a new socket, written over it in
+place (cheaper than an insert and a delete); user space bounds them (Monitor.trim_closed).
 
-Why raw rather than the perf tracepoint sock:inet_sock_set_state: the perf
-tracepoint formats a record of every field before any program runs, which
-costs about 5% of a loopback connect/accept/close loop here on its own; the
-raw one passes three arguments, and the program reads only what the
-transition needs. Why tp_btf first: its socket argument is a BTF-typed
-pointer, read with plain loads the verifier makes fault-safe, where the raw
-tracepoint program pays a bpf_probe_read_kernel call per run of fields (the
-state program's time per run drops by about a fifth here). A transition of
-a followed connection costs its slot's address (a multiply, a shift, an
-inlined array lookup) and a store; only openings and closes read the socket.
-With streaming off (the default report) nothing else happens; with it on,
-every transition becomes an EVENT built from the map entry (or, for a socket
-not followed, from the socket itself).
-
-Bytes: tcp_sock.bytes_sent (payload sent, retransmissions included) and
-bytes_received (payload received; it also counts the peer's FIN, removed here).
-
-cgroup and netns come from the socket itself (sk_cgrp_data, sk_net's cookie),
-never from the current task, which in softirq context is whoever was
-interrupted. Kernel struct offsets come from BTF when the program is built.
+Bytes: tcp_sock.bytes_sent (payload sent, retransmissions included) and bytes_received
+(payload received; it counts the peer's FIN too, taken out here). cgroup and netns come
+from the socket, never from the current task, which in softirq is whoever was interrupted.
 """
 from bpfhook import records
 from bpfhook.records import CONN, EVENT
@@ -207,12 +182,10 @@ def _claim_at_opening(p, maps, kernel, ev, scratch, slot, dest, typed):
 
 
 def _end_if_stale(p, maps, ev, slot, reuse, scratch):
-    """The live entry at r7 met by a socket coming from CLOSE or LISTEN (connect(), listen(), a
-    listener's child, a listener closing) is stale: a new socket lives at that address, and the
-    entry's connection ended in a run the kernel skipped. Ended here, as if that run had not
-    been skipped (counted closed: _count_unseen_close; its slot marked ended; in conns, state
-    CLOSE, kept for reuse), and r7 = 0. (A claimed slot's stale entry is written over by
-    _claim_at_opening before this.)"""
+    """The live entry at r7, met by a socket coming from CLOSE or LISTEN, is stale: a new socket
+    lives at that address, and the entry's close was skipped. Ended here as that run would have
+    (_count_unseen_close; its slot marked ended; in conns, state CLOSE), and r7 = 0. (A claimed
+    slot's stale entry was written over by _claim_at_opening already.)"""
     with p.If(_state_in(p, OPENED_FROM_MASK, p.r9.u64[ARG_OLDSTATE])):
         _count_unseen_close(p, maps, ev, scratch)  # first: once the slot is marked, another socket may take it
         end_slot(p, slot, p.r6)
@@ -249,13 +222,11 @@ def _count_unseen_close(p, maps, ev, scratch):
 
 
 def _found_late(p, maps, kernel, ev, conn, buf, key, reuse, dest, scratch, task, typed):
-    """A transition, neither an opening nor a close, of a socket with no entry: a connection
-    whose opening run the kernel skipped (the program was running on that CPU already: both
-    runs of a passive opening, SYN_RECV and ESTABLISHED, fall in the same softirq), or one
-    the LRU evicted, or one older than us that the walk has not reached yet (it takes these
-    over). It is followed from here: F_FOUND_LATE, start_ns now, its closer (FIN_WAIT1,
-    LAST_ACK: process context) as owner, else none, and no direction; it is counted at its
-    close, not lost. A listener's own transitions (CLOSE -> LISTEN) are not connections."""
+    """A transition, neither an opening nor a close, of a socket with no entry: its opening run
+    was skipped (both runs of a passive opening fall in one softirq), the LRU evicted it, or it
+    is older than us and the walk has not reached it yet (existing.py takes it over). Followed
+    from here: F_FOUND_LATE, start_ns now, its closer as owner, no direction; counted at its
+    close, not lost. A listener's own transitions (CLOSE -> LISTEN) are no connection."""
     with p.If(p.r8 != records.TCP_STATE_IDS["LISTEN"]):
         _event_from_sock(p, kernel, ev, buf, scratch, typed)
         ev.u8[EVENT_AT["flags"]] = records.F_FOUND_LATE
@@ -303,11 +274,10 @@ def _event_from_sock(p, kernel, ev, buf, scratch, typed):
     """The EVENT of a transition of a socket with no map entry: everything from the sock.
 
     Typed, the cgroup and netns pointers are walked from bpf_skc_to_tcp_sock's copy of the
-    socket pointer, not from the tracepoint's argument: loading a pointer field through a
-    trusted pointer (the argument) makes the verifier search all of vmlinux BTF by name for
-    the field's trust annotations, ~1 ms each time it checks that load (this program loaded in
-    ~38 ms that way, ~5 ms now: start-up time); through the helper's untrusted copy it does
-    not. One helper call per opening."""
+    socket pointer, not from the tracepoint's argument: a pointer field loaded through a
+    trusted pointer (the argument) makes the verifier search all of vmlinux BTF for the field's
+    trust annotations at every check of that load (load time: docs/benchmarks.md); through the
+    helper's untrusted copy it does not. One helper call per opening."""
     _event_header(p, ev, p.r9.u64[ARG_OLDSTATE])
     ev.u8[EVENT_AT["protocol"]] = IPPROTO_TCP
     sock_addresses(p, kernel, ev, buf, p.r6, EVENT_AT, typed)

@@ -1,17 +1,8 @@
-"""Outbound connection attempts from cgroup connect4 / connect6 (cgroup_sock_addr).
-
-Runs in the connecting task before the kernel's own connect(), for sockets of
-tasks in the cgroup subtree it is attached to. Reports pid, tid, comm, cgroup
-id, the netns cookie (bpf_get_netns_cookie works here), the destination and
-the socket (its struct sock address joins the state events; its cookie is for
-other tools). A connect() of a UDP socket is a UDP flow: kind udp, counted in
-the metrics' udp field. Other protocols (ICMP ping sockets, raw) are skipped.
-The program never refuses a connect: it returns 1. Without streaming a TCP
-connect() is only counted: the state program records its opening at SYN_SENT,
-in the same task.
-
-struct bpf_sock_addr offsets come from the kernel's BTF like every other
-struct the monitor reads.
+"""Outbound connection attempts from cgroup connect4/connect6 (cgroup_sock_addr), run in the
+connecting task before the kernel's connect(): pid, tid, comm, cgroup, netns cookie, the
+destination and the socket (its address joins the state events). A UDP connect() is a UDP
+flow (kind udp, the metrics' udp); other protocols are skipped. It never refuses (returns
+1). Unstreamed, a TCP connect() is only counted: the state program enters it at SYN_SENT.
 """
 from bpfhook import records
 from pybpf.asm import Program

@@ -1,43 +1,22 @@
-"""TCP connections open before the monitor started: a socket iterator (bpf_iter_tcp, Linux 5.9)
-run once, after the state program is attached, enters each into the connection table.
+"""TCP connections open before the monitor started: a socket iterator (bpf_iter_tcp, 5.9), run
+once after the state program is attached, enters each into the connection table. (Otherwise
+such a connection is seen only at its next transition: missing from the report until then,
+its close counted lost.)
 
-Without it such a connection is seen only at its next transition, which for a
-connection that is not opening follows nothing: it is missing from the live
-table and the report's counts, and its close counts in lost["conns"].
+Every full TCP socket (no TIME_WAIT or request mini-socket, none closed) the table does not
+follow yet is entered with its addresses, state, cgroup and netns, start_ns now and F_OLDER.
+Its owner is unknown to the kernel until a task accepts or closes it; user space finds it in
+/proc by the socket inode the walk writes (one OLDER_ENTERED per connection). A socket no
+process holds yet waits in a listener's accept queue: F_PASSIVE. One whose local port a
+listener holds in its namespace was accepted already: F_PASSIVE | F_ACCEPTED_BEFORE. The
+listeners' ports are known in time: the kernel's iterator walks the listening hash before the
+established one (into `listeners`), and connect() never picks a port a listener holds.
 
-For every full TCP socket (TIME_WAIT and request mini-sockets are skipped, and
-so are closed sockets), unless the table has it already (it opened since the
-state program was attached; one the state program found late, at a transition
-before the walk reached it, is entered over its entry):
-
-    addresses, state, cgroup and netns   from the socket, like an opening's
-    start_ns                             now (the connection is older: F_OLDER)
-    owner                                unknown to the kernel (pid 0) until the task that
-                                         closes it (conn_state), or that accepts it; user
-                                         space looks its socket inode up in /proc meanwhile
-    F_PASSIVE                            a socket no process holds yet (sk_socket NULL):
-                                         a listener's child waiting in its accept queue,
-                                         which accept() then hands over (programs/accept.py);
-                                         or, with F_ACCEPTED_BEFORE, one accepted already:
-                                         its local port is a listener's in its netns
-
-What the walk writes (bpf_seq_write), for user space to count and find owners by, is
-one OLDER_ENTERED (sock, socket inode) per connection entered. A record that overflows
-the seq_file buffer is dropped, and its socket visited again by the next read(): found
-with F_OLDER, entered by this walk, it gets its record again and nothing else.
-
-A listener is not a connection: its port goes into the `listeners` map (LISTENER_KEY).
-The walk meets every listener of a namespace before its first established socket
-(the kernel's TCP iterator walks the listening hash, then the established one),
-and an ephemeral port is never one a listener holds (connect() skips bound ports),
-so the port says which end a connection is. One whose listener has closed since
-is left without a direction, as before.
-
-The kernel runs the program with the socket locked, so its own transitions
-wait for us. When streaming, each is also sent as an event of kind "existing"
-(newstate: its state), so that a report built from events lists it too. (On a
-perf buffer too: bpf_perf_event_output from a tracing program takes its
-registers from a per-CPU scratch area, never from the context.)
+A record that overflows the seq_file buffer is dropped and its socket visited again by the
+next read(): already F_OLDER, it only gets its record again. The socket is locked while the
+program runs, so its transitions wait. Streaming, each is also sent as an event of kind
+"existing" (bpf_perf_event_output from a tracing program takes its registers from a per-CPU
+scratch area, not the context: the perf buffer works too).
 """
 from bpfhook import records
 from bpfhook.records import CONN, EVENT, OLDER_ENTERED, offsetof

@@ -1,21 +1,12 @@
-"""Live connections at report time: a TCP socket iterator (bpf_iter_tcp, Linux 5.9) that
-Monitor.refresh_live() runs before each report, in every network namespace. For every
-connection the table follows and that has not ended, it
+"""Live connections at report time: a TCP socket iterator (bpf_iter_tcp, 5.9) that
+Monitor.refresh_live() runs in every network namespace before each report. For each live
+connection the table follows, it copies tcp_sock.bytes_sent and bytes_received into the
+entry (the state program reads them only at the close) and writes the connection's
+CONN_KEY: an entry the walk does not meet lost its close, and user space stops listing it.
 
-  copies tcp_sock.bytes_sent and bytes_received into the entry: the state program reads a
-      connection's bytes only at its close (one read per connection, nothing on its data
-      path), and without this walk a long-lived connection would count no bytes until it ends;
-  writes the connection's CONN_KEY to the walk's output: the connections still there. An
-      entry the walk does not meet lost its close (a run the kernel skipped), and user space
-      stops listing it (Monitor.connections).
-
-Between reports it costs nothing. The kernel runs the program with the socket locked, so
-the socket's own transitions (the close among them) wait for it. A key that overflows the
-seq_file buffer is dropped and its socket visited again by the next read(): it is written
-then (and its bytes copied twice).
-
-bytes_received counts the peer's FIN (one sequence number): taken out for a socket whose
-state says the FIN arrived, as the close does (conn_common.without_fin).
+The socket is locked while the program runs, so its transitions wait. A key that overflows
+the seq_file buffer is written at the next read(). bytes_received counts the peer's FIN,
+taken out as at the close (conn_common.without_fin).
 """
 from bpfhook import records
 from pybpf.asm import Program
