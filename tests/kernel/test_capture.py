@@ -115,15 +115,21 @@ def tshark(path, *fields, filter=None):
     return [line.split("\t") for line in r.stdout.splitlines()]
 
 
-@pytest.fixture(scope="module")
-def captured(lab, tmp_path_factory):
-    """A capture, both directions, of known TCP, UDP and Unix-socket traffic, ended by SIGINT."""
-    c, server, sock = lab
-    out = tmp_path_factory.mktemp("captured") / "cap.pcapng"
-    proc = capture(out, "--both-directions")
+def capture_traffic(lab, out, *options):
+    """A capture (still running) that has seen the known traffic: its process."""
+    c, _server, sock = lab
+    proc = capture(out, *options)
     wait_started(proc, out)
     send_traffic(c, sock)
     time.sleep(1)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def captured(lab, tmp_path_factory):
+    """A capture, both directions, of known TCP, UDP and Unix-socket traffic, ended by SIGINT."""
+    out = tmp_path_factory.mktemp("captured") / "cap.pcapng"
+    proc = capture_traffic(lab, out, "--both-directions")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0, proc.stderr.read()
     return out
@@ -171,12 +177,8 @@ def test_tshark_reads_the_same_bytes_and_comments(lab, captured):
 @pytest.fixture(scope="module")
 def killed(lab, tmp_path_factory):
     """A capture of TCP traffic ended by SIGKILL."""
-    c, _server, sock = lab
     out = tmp_path_factory.mktemp("killed") / "killed.pcapng"
-    proc = capture(out, "--net")
-    wait_started(proc, out)
-    send_traffic(c, sock)
-    time.sleep(1)
+    proc = capture_traffic(lab, out, "--net")
     proc.kill()
     proc.wait(timeout=10)
     return out

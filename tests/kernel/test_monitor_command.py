@@ -38,6 +38,15 @@ def _run_in_thread(options, on_event):
     return stop, t, out, err, result
 
 
+def _host_exchange():
+    """One byte each way over loopback, to a host server: traffic a filter must leave out."""
+    port, t = host_server("127.0.0.1", 1, 1)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"x")
+        s.recv(1)
+    t.join(10)
+
+
 def test_pid_and_container_filters(lab):
     c = lab(ipv6=False)
     seen = []
@@ -46,11 +55,7 @@ def test_pid_and_container_filters(lab):
     stop, t, out, _err, result = _run_in_thread(_options(pid=server.pid, container=c.name),
                                                  lambda e, ctr: seen.append((e, ctr)))
     try:
-        host_port, host_t = host_server("127.0.0.1", 1, 1)  # host traffic the filters must drop
-        with socket.create_connection(("127.0.0.1", host_port)) as s:
-            s.sendall(b"x")
-            s.recv(1)
-        host_t.join(10)
+        _host_exchange()  # host traffic the filters must drop
         with socket.create_connection((c.ipv4, port), timeout=10) as s:
             s.sendall(b"h" * 5)
             s.recv(5)
@@ -95,11 +100,7 @@ def test_json_lines_with_port_filter_and_duration(lab):
     port = int(server.stdout.readline())
     p = spawn_monitor("--json", "--port", str(port), "--duration", "3")
     wait_attached(p)
-    other, other_t = host_server("127.0.0.1", 1, 1)  # filtered out by --port
-    with socket.create_connection(("127.0.0.1", other)) as s:
-        s.sendall(b"x")
-        s.recv(1)
-    other_t.join(10)
+    _host_exchange()  # filtered out by --port
     with socket.create_connection((c.ipv4, port), timeout=10) as s:
         s.sendall(b"j" * 40)
         got = 0
