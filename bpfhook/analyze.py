@@ -12,7 +12,6 @@ import re
 
 from bpfhook import flows
 
-HELP = "flows, Unix-socket conversations, talkers, processes and HTTP requests of a pcapng capture"
 NEEDS_ROOT = False
 
 REQUEST_LINE = re.compile(rb"([A-Z]{3,10}) (\S+) HTTP/1\.[01]\Z")

@@ -19,17 +19,24 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import select
 import struct
 import sys
 import time
 
-from bpfhook import cgroups, pcapng, procfs
+from bpfhook import cgroups, containers, pcapng, procfs
+from bpfhook.programs import capture as net_program
+from bpfhook.programs import uds as uds_program
+from bpfhook.records import flat_struct
+from pybpf import attach
 from pybpf.errors import BpfError
+from pybpf.events import open_reader
+from pybpf.prog import load
 
 SUMMARY_EVERY = 1.0  # seconds between live summary lines
 STATS_EVERY = 10.0  # seconds between ISBs
 DEFAULT_SNAPLEN = 262144
-# Event buffer pages per CPU: 1 MiB dropped packets at 1 Gbit/s on a 2-CPU machine, 16 MiB did not.
+# Event buffer pages per CPU (16 MiB): smaller ones drop packets at 1 Gbit/s (docs/benchmarks.md)
 DEFAULT_PAGES = 4096
 OWNER_RETRY = 0.5  # seconds before asking /proc again about a socket we could not place
 
@@ -51,29 +58,10 @@ class Target:
         return cgroups.directory(self.cgroup_path)
 
 
-def resolve_target(text):
-    """A lab container name, a cgroup path, or a container name/id (prefix of 4+) found in the cgroup tree."""
-    from bpfhook import containers
-    from bpfhook.lab import NAME_RE, Lab, LabError
-
-    if NAME_RE.match(text):
-        with contextlib.suppress(LabError):
-            c = Lab.get(text)
-            if os.path.isdir(c.cgroup_dir):
-                return Target(c.name, c.cgroup_path, c.cgroup_id)
-    if text.startswith("/"):
-        root = cgroups.mount()
-        rel = os.path.relpath(text, root) if text.startswith(root + "/") else text.lstrip("/")
-        path = "/" + rel
-        if os.path.isdir(cgroups.directory(path)):
-            return Target(containers.classify(path).label, path, cgroups.cgroup_id(path))
-    root = cgroups.mount()
-    for dirpath, _dirs, _files in os.walk(root):
-        path = "/" + os.path.relpath(dirpath, root)
-        c = containers.classify(path)
-        if c.is_container and c.cgroup_path == path and c.matches(text):
-            return Target(c.label, path, cgroups.cgroup_id(path))
-    raise CaptureError(f"no container {text!r} (a lab name, a cgroup path, or a container name/id)")
+def resolve_target(spec):
+    """The Target of a container spec (bpfhook.containers.find)."""
+    c = containers.find(spec)
+    return Target(c.label, c.cgroup_path, cgroups.cgroup_id(c.cgroup_path))
 
 
 # -- who owns a socket ------------------------------------------------------------------------
@@ -115,14 +103,6 @@ class Owners:
         self.target = target
         self._by_cookie = {}  # cookie -> (pid, comm) or (None, retry_after)
 
-    def _pids(self):
-        out = []
-        for dirpath, _dirs, _files in os.walk(self.target.cgroup_dir):
-            with contextlib.suppress(OSError):
-                with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                    out.extend(int(line) for line in f if line.strip())
-        return out
-
     def lookup(self, cookie, tuple5, local_is_dst):
         hit = self._by_cookie.get(cookie)
         now = time.monotonic()
@@ -135,7 +115,7 @@ class Owners:
     def _find(self, tuple5, local_is_dst):
         version, proto, src, sport, dst, dport = tuple5
         local, lport, remote, rport = (dst, dport, src, sport) if local_is_dst else (src, sport, dst, dport)
-        pids = self._pids()
+        pids = cgroups.pids_below(self.target.cgroup_path)
         if not pids:
             return None
         candidates = self._inodes(pids[0], version, proto, local, lport, remote, rport)
@@ -238,26 +218,20 @@ class Capture:
 
     # -- network --------------------------------------------------------------------------
     def _build_net(self, ip_proto, port, pages):
-        from bpfhook.programs import capture as prog
-        from pybpf import attach
-        from pybpf.events import open_reader
-        from pybpf.prog import load
-
-        self._net_prog = prog
-        events, self.net_stats = prog.maps()
+        events, self.net_stats = net_program.maps()
         self._stack.callback(events.close)
         self._stack.callback(self.net_stats.close)
         directions = ("ingress", "egress") if self.both_directions else ("ingress",)
         for direction in directions:
-            program = load(prog.build(direction, events, self.net_stats, self.snaplen, ip_proto, port),
+            program = load(net_program.build(direction, events, self.net_stats, self.snaplen, ip_proto, port),
                            "cgroup_skb", name=f"cap_{direction}",
                            expected_attach_type=f"cgroup_inet_{direction}")
             self._stack.callback(program.close)
             self._attach_steps.append(
                 lambda program=program, direction=direction: attach.cgroup(program, direction,
                                                                            self.target.cgroup_dir))
-        self._head = prog.PacketEvent.sizeof()
-        self._head_codec = struct.Struct("<QQQIIBB6x")
+        self._head = net_program.PacketEvent.sizeof()
+        self._head_codec = flat_struct(net_program.PacketEvent)
         reader = open_reader(events, callback=self._on_packet, pages=pages)
         self._stack.callback(reader.close)
         self.net_reader = reader
@@ -266,7 +240,7 @@ class Capture:
     def _on_packet(self, record):
         ts, cookie, cgid, length, caplen, direction, _proto = self._head_codec.unpack_from(record)
         data = record[self._head:self._head + caplen]
-        inbound = direction == self._net_prog.INGRESS
+        inbound = direction == net_program.INGRESS
         tuple5 = five_tuple(data)
         owner = self.owners.lookup(cookie, tuple5, inbound) if tuple5 else None
         if self.pid and (owner is None or owner[0] != self.pid):
@@ -287,11 +261,7 @@ class Capture:
 
     # -- unix sockets ---------------------------------------------------------------------
     def _build_uds(self, pages):
-        from bpfhook.programs import uds as prog
-        from pybpf.events import open_reader
-
-        self._uds_prog = prog
-        self.uds_set = prog.UdsPrograms(self.target.cgroup_dir, self.pid, self.snaplen)
+        self.uds_set = uds_program.UdsPrograms(self.target.cgroup_dir, self.pid, self.snaplen)
         self._stack.callback(self.uds_set.close)
         self._attach_steps.append(self.uds_set.attach)
         reader = open_reader(self.uds_set.events, callback=self._on_uds, pages=pages)
@@ -301,8 +271,7 @@ class Capture:
         self._segments = {}  # msg id -> [event, payload...] until its last segment
 
     def _on_uds(self, record):
-        prog = self._uds_prog
-        ev = prog.decode(record)
+        ev = uds_program.decode(record)
         parts = self._segments.setdefault(ev.msg_id, [ev])
         parts.append(ev.payload)
         if not ev.last:
@@ -317,7 +286,7 @@ class Capture:
         comment = (f"pid={pid} comm={_word(first.comm)} cgroup={_word(self._cgroup_path(first.cgroup_id))} "
                    f"container={_word(self.target.label)} path={_word(pcapng.show_path(_sun_path(first.path)))} "
                    f"peer_path={_word(pcapng.show_path(_sun_path(first.peer_path)))} peer_pid={first.peer_pid or 'unknown'} "
-                   f"syscall={prog.SYSCALL_NAMES[first.syscall]}")
+                   f"syscall={uds_program.SYSCALL_NAMES[first.syscall]}")
         self.writer.packet(self.uds_if, first.ts_ns + self._clock, data,
                            len(data) - len(payload) + first.total, comment,
                            pcapng.OUTBOUND if first.direction == 0 else pcapng.INBOUND)
@@ -351,8 +320,6 @@ class Capture:
 
     def poll(self, timeout):
         """Move what the kernel wrote into the file; wait up to `timeout` for something."""
-        import select
-
         if len(self._readers) == 1:
             self._readers[0].read(timeout)
         else:
@@ -376,8 +343,7 @@ class Capture:
         return {"ring": ring, "truncated": truncated, "total": ring}
 
     def _net_stats(self):
-        prog = self._net_prog
-        return {name: sum(self.net_stats.lookup(index)) for name, index in prog.STAT.items()}
+        return {name: sum(self.net_stats.lookup(index)) for name, index in net_program.STAT.items()}
 
     def write_statistics(self):
         """ISBs with what the kernel saw and dropped so far."""
@@ -404,7 +370,6 @@ class Capture:
 
 # -- command line -------------------------------------------------------------------------
 
-HELP = "capture a container's incoming network and Unix-socket traffic to pcapng"
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # a signal during set-up waits for it; the file is then finished whole
 
@@ -429,12 +394,10 @@ def add_arguments(parser):
 
 def parse_filter(text):
     """'tcp/80' -> (6, 80); 'udp' -> (17, 0); '53' -> (0, 53); '' -> (0, 0)."""
-    from bpfhook.programs.capture import IPPROTO
-
     proto, port = 0, 0
     for part in filter(None, text.lower().split("/")):
-        if part in IPPROTO and not proto:
-            proto = IPPROTO[part]
+        if part in net_program.IPPROTO and not proto:
+            proto = net_program.IPPROTO[part]
         elif part.isdigit() and 0 < int(part) < 65536 and not port:
             port = int(part)
         else:

@@ -7,6 +7,7 @@ hierarchy ("/", "/system.slice/foo.service"), as /proc/PID/cgroup shows them.
 On cgroup2 the kernel's cgroup id (bpf_get_current_cgroup_id(), the id BPF
 cgroup hooks report) is the inode number of the cgroup's directory.
 """
+import contextlib
 import functools
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 
 from pybpf import mounts
 from pybpf.errors import FeatureUnavailable
+
 
 @functools.cache
 def mount():
@@ -42,19 +44,33 @@ def of_pid(pid="self"):
     raise FeatureUnavailable(f"/proc/{pid}/cgroup has no cgroup2 (0::) entry")
 
 
+def walk(cgroup="/"):
+    """Every cgroup at and below `cgroup`, parents first: (cgroup path, its directory)."""
+    root = mount()
+    for dirpath, _dirs, _files in os.walk(directory(cgroup)):
+        rel = os.path.relpath(dirpath, root)
+        yield ("/" if rel == "." else "/" + rel), dirpath
+
+
+def pids_below(cgroup):
+    """Processes in a cgroup and in the cgroups below it (one removed meanwhile is passed over)."""
+    out = []
+    for path, _directory in walk(cgroup):
+        with contextlib.suppress(OSError):
+            out.extend(pids(path))
+    return out
+
+
 _paths_by_id = {}
 
 
 def _walk():
-    root = mount()
     _paths_by_id.clear()
-    for dirpath, _dirs, _files in os.walk(root):
+    for cgroup, path in walk():
         try:
-            ino = os.stat(dirpath).st_ino
+            _paths_by_id[os.stat(path).st_ino] = cgroup
         except FileNotFoundError:  # removed while walking
             continue
-        rel = os.path.relpath(dirpath, root)
-        _paths_by_id[ino] = "/" if rel == "." else "/" + rel
 
 
 def path_of_id(cgid):
@@ -100,12 +116,9 @@ def kill(cgroup, timeout=5.0):
         with open(os.path.join(path, "cgroup.kill"), "w") as f:
             f.write("1")
     except FileNotFoundError:  # kernel < 5.14: signal one by one
-        for dirpath, _dirs, _files in os.walk(path):
-            for pid in pids("/" + os.path.relpath(dirpath, mount())):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        for pid in pids_below(cgroup):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while _populated(path):
         if time.monotonic() > deadline:

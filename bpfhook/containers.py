@@ -24,11 +24,13 @@ its unix socket, optional); ids always come from the path.
 import collections
 import dataclasses
 import json
+import os
 import re
 import socket
 import time
 
 from bpfhook import cgroups
+from pybpf.errors import BpfError
 
 _HEX64 = r"([0-9a-f]{64})"
 # (regex on one path component, kind, runtime); first match wins.
@@ -161,7 +163,7 @@ class DockerNames:
 
     def _get(self, path):
         """(status, body) of a GET over the unix socket; OSError for any failure."""
-        import http.client  # only when a container needs a name: keeps the monitor's start-up light
+        import http.client  # only when a container needs a name: the monitor starts without it
 
         conn = http.client.HTTPConnection("localhost", timeout=self.timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -179,20 +181,74 @@ class DockerNames:
             sock.close()
 
 
+# Where each runtime keeps its containers' names: {runtime: lookup(container id) -> name, "" when
+# unknown}, one row per runtime (the lab's names are in its cgroup paths).
+NAME_SOURCES = {"docker": DockerNames()}
+
+
+def named(container, names=NAME_SOURCES):
+    """`container` with its runtime's name, when its path gave none and `names` has a lookup."""
+    lookup = names.get(container.runtime)
+    if lookup is not None and not container.name and container.id:
+        name = lookup(container.id)
+        if name:
+            return dataclasses.replace(container, name=name)
+    return container
+
+
+class ContainerError(BpfError):
+    """No container, or several, fits what the user wrote; `candidates` names the several."""
+
+    def __init__(self, message, candidates=()):
+        super().__init__(message)
+        self.candidates = tuple(candidates)
+
+
+def find(spec, names=NAME_SOURCES):
+    """The container `spec` names: a cgroup path (also as a directory under the cgroup2 mount), or
+    a lab name, a runtime's container name, an id or a unique id prefix of 4+ characters, looked
+    up in the cgroup tree. A whole name or id beats a prefix; more than one match is an error
+    naming them. names: as NAME_SOURCES."""
+    if not spec:
+        raise ContainerError("empty container name")
+    if spec.startswith("/"):
+        root = cgroups.mount()
+        path = "/" + os.path.relpath(spec, root) if spec.startswith(root + "/") else spec
+        if os.path.isdir(cgroups.directory(path)):
+            return named(classify(path), names)
+    whole, prefixed, seen = [], [], set()
+    for path, _directory in cgroups.walk():
+        c = classify(path)
+        if not c.is_container or (c.kind, c.id) in seen:
+            continue  # (a container's own cgroups below its top one)
+        seen.add((c.kind, c.id))
+        c = named(c, names)
+        if spec in (c.name, c.id, c.short_id):
+            whole.append(c)
+        elif c.matches(spec):
+            prefixed.append(c)
+    found = sorted(whole or prefixed, key=lambda c: c.cgroup_path)
+    if len(found) > 1:
+        listed = ", ".join(f"{c.label} ({c.kind} {c.cgroup_path})" for c in found)
+        raise ContainerError(f"{spec!r} names {len(found)} containers: {listed}", found)
+    if not found:
+        raise ContainerError(f"no container {spec!r} (a lab name, a cgroup path, or a container name/id)")
+    return found[0]
+
+
 class Resolver:
     """cgroup id -> Container, LRU-cached.
 
     path_of_id: cgroup id -> path or None (bpfhook.cgroups.path_of_id, which
                 finds the cgroup2 mount itself, also on hybrid hosts)
-    names:      {runtime: callable(id) -> name} asked for containers of that
-                runtime; DockerNames() for docker by default
+    names:      as NAME_SOURCES (the default)
     Cgroup ids are never reused, so cached answers stay right; a cgroup that
     no longer exists resolves to the host with an empty path.
     """
 
     def __init__(self, path_of_id=None, names=None, maxsize=4096):
         self.path_of_id = path_of_id or cgroups.path_of_id
-        self.names = {"docker": DockerNames()} if names is None else names
+        self.names = NAME_SOURCES if names is None else names
         self.maxsize = maxsize
         self._cache = collections.OrderedDict()
 
@@ -209,13 +265,7 @@ class Resolver:
         return container
 
     def by_path(self, cgroup_path):
-        container = classify(cgroup_path)
-        lookup = self.names.get(container.runtime)
-        if lookup is not None and not container.name and container.id:
-            name = lookup(container.id)
-            if name:
-                container = dataclasses.replace(container, name=name)
-        return container
+        return named(classify(cgroup_path), self.names)
 
     def cached(self):
         """Number of cached ids."""

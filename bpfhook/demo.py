@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from bpfhook.lab import Lab
+from bpfhook.mirror import PacketFilter, mirror
 from bpfhook.netns import entered as netns_of
 from pybpf.errors import BpfError
 
@@ -204,7 +206,6 @@ def client(container, host, port=DEMO_PORT, seconds=5.0, nbytes=1 << 20, datagra
 
 # -- the demo ---------------------------------------------------------------------------------------
 
-HELP = "demos without Docker: `bpfhook demo mirror` (three lab containers, one mirror)"
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # containers and mirror come down in order, whenever the signal comes
 
@@ -219,9 +220,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    from bpfhook.lab import Lab
-    from bpfhook.mirror import PacketFilter, mirror
-
     prefix = f"md{os.getpid() % 100000}"
     names = [f"{prefix}-client", f"{prefix}-server", f"{prefix}-observer"]
     made = []

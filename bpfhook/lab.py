@@ -12,7 +12,7 @@ container's cgroup id and netns on their traffic.
 State lives in /run/bpfhook/lab/NAME.json. `up` undoes its own work when a
 step fails; `down` removes what `up` made, also when a killed `up` left parts
 behind without a state file (the names are derived from NAME).
-All netlink work goes through pyroute2, imported only when needed.
+All netlink work goes through pyroute2.
 """
 import argparse
 import contextlib
@@ -23,6 +23,10 @@ import json
 import os
 import re
 import subprocess
+from socket import AF_INET6
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyroute2_netns
 
 from bpfhook import cgroups
 from pybpf.errors import BpfError, FeatureUnavailable
@@ -90,11 +94,9 @@ class Container:
     def _entry(self):
         """Return a function that moves the calling process inside.
 
-        Everything that could fail or allocate (opening the netns, loading
-        pyroute2) happens here, before any fork.
+        Everything that could fail or allocate (opening the netns) happens
+        here, before any fork.
         """
-        from pyroute2 import netns as pyroute2_netns
-
         procs = os.path.join(self.cgroup_dir, "cgroup.procs")
         if not os.path.exists(procs) or not os.path.exists(self.netns_path):
             raise LabError(f"container {self.name!r} is not running (bpfhook lab up {self.name})")
@@ -177,11 +179,6 @@ class Lab:
         check_name(name)
         if ipv6 and not os.path.isdir("/proc/sys/net/ipv6"):
             raise FeatureUnavailable("IPv6 is disabled on this host")
-        from socket import AF_INET6
-
-        from pyroute2 import IPRoute
-        from pyroute2 import netns as pyroute2_netns
-
         nsname = NETNS_PREFIX + name
         host_if = host_ifname(name)
         cgroup = f"{CGROUP_PARENT}/{name}"
@@ -260,9 +257,6 @@ class Lab:
     def down(cls, name):
         """Kill the container's processes and remove all it is made of."""
         check_name(name)
-        from pyroute2 import IPRoute
-        from pyroute2 import netns as pyroute2_netns
-
         with cls._locked(), IPRoute() as ipr:
             state = cls._state_path(name)
             if not os.path.exists(state) and not cls._parts(name, ipr):
@@ -316,7 +310,6 @@ def _write_atomically(path, text):
 
 # Command line: bpfhook lab ...
 
-HELP = "throwaway containers (netns + veth + cgroup) to run traffic in"
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # up and down finish whole (a half-made container is worse than a late stop)
 

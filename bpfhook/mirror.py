@@ -1,36 +1,22 @@
-"""bpfhook mirror: copy the packets of one interface to an observer interface.
+"""bpfhook mirror: copy the packets an interface receives and/or sends to an observer's egress,
+where any packet tool on the observer (for a veth, in its peer's netns) sees them. Two ways:
 
-    bpfhook mirror --from web --to observer [--direction both] [--method mirred|bpf]
+  mirred  a clsact qdisc and one filter per direction matching everything (matchall, else
+          `u32 match u32 0 0`) with a mirred egress-mirror action whose control verdict is
+          "continue", so that filters after ours still run; --qdisc prio puts egress on a
+          root prio qdisc instead (refused over a root qdisc of someone else's).
+  bpf     programs/mirror.py, a sched_cls program calling bpf_clone_redirect, attached
+          through pybpf.tc (a tcx link, else direct-action cls_bpf), with --filter.
 
-Every packet the source interface receives (ingress) and/or sends (egress)
-is cloned to the observer's egress, so any packet tool on the observer (or,
-for a veth, inside the netns of its peer) sees it. Two ways:
-
-  mirred  a clsact qdisc, one filter per direction matching everything
-          (matchall where the kernel has it, else `u32 match u32 0 0`) with
-          a mirred egress-mirror action whose control verdict is "continue",
-          so filters after ours still run. --qdisc prio puts the egress
-          filter on a root prio qdisc instead (the classic setup, for kernels
-          without clsact); it is refused when the interface already has a
-          root qdisc of its own, and removing ours brings back the default.
-  bpf     programs/mirror.py, a sched_cls program calling bpf_clone_redirect,
-          attached through pybpf.tc (tcx link, else direct-action cls_bpf);
-          --filter PROTO[/PORT] keeps it to matching packets.
-
-What was added is written to /run/bpfhook/mirror/SOURCE.json and is removed,
-and nothing else, on SIGINT/SIGTERM or normal exit; with --keep it stays (bpf:
-tcx links pinned under /sys/fs/bpf/bpfhook/mirror, or cls_bpf filters, which
-hold their program and are found again by hook, pref, handle and name) until
-`bpfhook mirror --remove --from SOURCE [--to OBSERVER]`. Our mirred filters are
-known by their shape as well as by the state file: one mirred action,
-egress mirror to the observer, control "continue" (TC_ACT_UNSPEC); removal
-checks that shape before deleting anything.
-
-A source or observer is an interface of this netns, a lab container, a pid or
-a container id (docker/containerd/cri-o/podman, found through its cgroup):
-for the last three the host-side veth is the peer of the container's eth0.
+What was added is recorded in /run/bpfhook/mirror/SOURCE.json and removed, and nothing else,
+at exit and on SIGINT/SIGTERM; with --keep it stays (tcx links pinned under PIN_DIR, or
+cls_bpf filters, which hold their program) until `bpfhook mirror --remove --from SOURCE`.
+Removal checks a mirred filter's shape (one egress mirror to the observer, "continue")
+before deleting it. A source or observer is an interface, a pid or a container
+(containers.find): for those two, the host-side peer of eth0 in its network namespace.
 """
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import functools
@@ -39,21 +25,28 @@ import os
 import socket
 import threading
 
-from bpfhook import netns
+from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELTFILTER, RTM_NEWTFILTER
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+from bpfhook import cgroups, containers, lab, netns
+from bpfhook.programs.mirror import PROTOCOLS, WITH_PORTS
+from bpfhook.programs.mirror import build as build_program
+from pybpf import cleanup, prog, tc
 from pybpf.errors import BpfError, FeatureUnavailable, NotPermitted
+from pybpf.sys import ensure_bpffs, obj_pin, syscall_error
+from pybpf.tc import CLSACT_PARENT, ETH_P_ALL
 
 STATE_DIR = "/run/bpfhook/mirror"
 PIN_DIR = "/sys/fs/bpf/bpfhook/mirror"
 DIRECTIONS = ("ingress", "egress")
 METHODS = ("mirred", "bpf")
-# clsact's two hooks, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS)
-CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
-CLSACT_HANDLE = 0xFFFF0000  # shared with the old `ingress` qdisc: the two exclude each other
 TC_H_ROOT = 0xFFFFFFFF
 QDISCS = ("clsact", "prio")  # where the mirred filters go: clsact hooks, or a root prio qdisc (egress only)
 PRIO_PRIOMAP = (1, 2, 2, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)  # tc's default: TC_PRIO_* -> band
 CLONE_NEWNET = 0x40000000
-ETH_P_ALL = 0x0003
 FIRST_PRIO = 0xC000  # where tc itself starts numbering filters
 MIRRED_EGRESS_MIRROR = 2  # TCA_EGRESS_MIRROR
 TC_ACT_UNSPEC = -1  # "continue": the next filter still runs
@@ -78,8 +71,9 @@ class Endpoint:
 
 
 def resolve(spec):
-    """An Endpoint from an interface name, lab container name, pid or container id
-    (an Endpoint or a bpfhook.lab.Container passes through)."""
+    """An Endpoint from an interface name, a pid, or a container (bpfhook.containers.find): a lab
+    container's host veth, else the host-side peer of eth0 in the network namespace of one of the
+    container's processes (an Endpoint or a bpfhook.lab.Container passes through)."""
     if isinstance(spec, Endpoint):
         return spec
     if hasattr(spec, "host_if"):  # a lab Container
@@ -88,19 +82,24 @@ def resolve(spec):
         raise MirrorError("empty interface or container name")
     with contextlib.suppress(OSError):
         return Endpoint(spec, spec, socket.if_nametoindex(spec))
-    from bpfhook import lab
-
-    if lab.NAME_RE.match(spec) and os.path.exists(lab.Lab._state_path(spec)):
-        c = lab.Lab.get(spec)
-        return _endpoint_at(spec, c.ifindex)
-    if spec.isdigit():
+    try:
+        container = containers.find(spec)
+    except containers.ContainerError as e:
+        container, error = None, e
+    if spec.isdigit() and (container is None or container.kind != "lab"):  # a pid; never an id prefix
         if not os.path.exists(f"/proc/{spec}"):
             raise MirrorError(f"no interface, container or process {spec!r}")
         return _endpoint_at(spec, _host_peer_of(f"/proc/{spec}/ns/net", spec))
-    pid = _pid_of_container(spec)
-    if pid is None:
+    if container is None:
+        if error.candidates:
+            raise MirrorError(str(error)) from None
         raise MirrorError(f"no interface, lab container, pid or container id {spec!r}")
-    return _endpoint_at(spec, _host_peer_of(f"/proc/{pid}/ns/net", spec))
+    if container.kind == "lab":
+        return _endpoint_at(spec, lab.Lab.get(container.name).ifindex)
+    pids = cgroups.pids_below(container.cgroup_path)
+    if not pids:
+        raise MirrorError(f"{spec}: no process runs in {container.label}, so it has no network namespace to look in")
+    return _endpoint_at(spec, _host_peer_of(f"/proc/{pids[0]}/ns/net", spec))
 
 
 def _endpoint_at(spec, ifindex):
@@ -110,29 +109,8 @@ def _endpoint_at(spec, ifindex):
         raise MirrorError(f"{spec}: its host-side interface (ifindex {ifindex}) is gone") from None
 
 
-def _pid_of_container(spec):
-    """A pid in the container whose id (or 4+ char prefix) or name is spec, from the cgroup tree."""
-    from bpfhook import cgroups, containers
-
-    root = cgroups.mount()
-    for dirpath, _dirs, files in os.walk(root):
-        if "cgroup.procs" not in files:
-            continue
-        path = "/" + os.path.relpath(dirpath, root)
-        c = containers.classify(path)
-        if c.is_container and c.matches(spec):
-            for sub, _d, _f in os.walk(dirpath):  # the processes may sit in a child cgroup
-                with contextlib.suppress(OSError):
-                    pids = cgroups.pids("/" + os.path.relpath(sub, root))
-                    if pids:
-                        return pids[0]
-    return None
-
-
 def _host_peer_of(nspath, spec):
     """ifindex, in our netns, of the veth peer of eth0 in the netns at nspath."""
-    from pyroute2 import IPRoute
-
     try:
         if os.stat(nspath).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
             raise MirrorError(f"{spec} shares this network namespace: name an interface instead")
@@ -158,8 +136,6 @@ class PacketFilter:
     @classmethod
     def parse(cls, text):
         """"tcp", "udp/53", "8080" (TCP, UDP or SCTP), "icmp", "icmpv6"."""
-        from bpfhook.programs.mirror import PROTOCOLS, WITH_PORTS
-
         proto, _, port = text.lower().partition("/")
         if proto.isdigit() and not port:
             proto, port = None, proto
@@ -211,12 +187,6 @@ def _alive(pid):
 
 # -- netlink ---------------------------------------------------------------------------------
 
-def _netlink_error(e, what):
-    from pybpf import sys as _sys
-
-    return _sys.syscall_error(what, e.code)
-
-
 def _prio(f):
     return f["info"] >> 16
 
@@ -253,9 +223,6 @@ def _filters_at(ipr, ifindex, parent):
 
 def _filter_request(ipr, msg_type, flags, ifindex, parent, prio, attrs):
     """One RTM_*TFILTER request for the (prio, ETH_P_ALL) filter on a hook, through pyroute2's tcmsg."""
-    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-    from pyroute2.netlink.rtnl.tcmsg import tcmsg
-
     msg = tcmsg()
     msg["index"] = ifindex
     msg["parent"] = parent
@@ -273,9 +240,6 @@ def _add_mirred(ipr, kind, ifindex, parent, prio, observer_ifindex):
     Built here rather than with IPRoute.tc(action=mirred): pyroute2 fixes
     mirred's control verdict to "pipe", which would end classification and
     starve every filter behind ours."""
-    from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
-    from pyroute2.netlink.rtnl import RTM_NEWTFILTER
-
     parms = {"eaction": MIRRED_EGRESS_MIRROR, "ifindex": observer_ifindex, "action": TC_ACT_UNSPEC}
     action = {"attrs": [["TCA_ACT_PRIO_1", {"attrs": [
         ["TCA_ACT_KIND", "mirred"],
@@ -291,23 +255,11 @@ def _add_mirred(ipr, kind, ifindex, parent, prio, observer_ifindex):
 
 def _del_filter(ipr, ifindex, parent, prio, kind):
     """Delete our (prio, ETH_P_ALL) chain element; the kernel refuses when its kind is not `kind`."""
-    from pyroute2.netlink.exceptions import NetlinkError
-    from pyroute2.netlink.rtnl import RTM_DELTFILTER
-
     try:
         _filter_request(ipr, RTM_DELTFILTER, 0, ifindex, parent, prio, [["TCA_KIND", kind]])
     except NetlinkError as e:
         if e.code not in (errno.ENOENT, errno.ENODEV):
-            raise _netlink_error(e, f"tc filter del (ifindex {ifindex} parent {parent:x} pref {prio})") from None
-
-
-def _has_clsact(ipr, ifindex):
-    for q in ipr.get_qdiscs(index=ifindex):
-        if q["handle"] == CLSACT_HANDLE:
-            if q.get_attr("TCA_KIND") != "clsact":
-                return q.get_attr("TCA_KIND")
-            return True
-    return False
+            raise syscall_error(f"tc filter del (ifindex {ifindex} parent {parent:x} pref {prio})", e.code) from None
 
 
 def _root_qdisc(ipr, ifindex):
@@ -341,11 +293,6 @@ def kernel_has_qdisc(kind):
 
 def _try_qdisc(kind, result):
     """In this thread alone, a new netns; it goes away with the thread, and the qdisc with it."""
-    import ctypes
-
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(CLONE_NEWNET):
@@ -359,7 +306,7 @@ def _try_qdisc(kind, result):
                 result.append(True)
             except NetlinkError as e:
                 if e.code not in (errno.ENOENT, errno.EOPNOTSUPP):  # ENOENT: "qdisc kind is unknown"
-                    raise _netlink_error(e, f"tc qdisc add {kind} (probe)") from None
+                    raise syscall_error(f"tc qdisc add {kind} (probe)", e.code) from None
                 result.append(False)
     except BaseException as e:
         result.append(e)
@@ -401,8 +348,6 @@ class Mirror:
 
     def close(self):
         """Take down what we added (not with keep: that stays until remove())."""
-        from pybpf import cleanup
-
         if self._token is not None:
             token, self._token = self._token, None
             cleanup.run(token)
@@ -455,8 +400,6 @@ def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filt
                 f"{source.ifname} is already mirrored to {existing['observer']} ({existing['method']}); "
                 f"take that down first: bpfhook mirror --remove --from {source.ifname}")
         _remove_state(existing)  # left by a process that died without cleaning up
-    from pybpf import cleanup
-
     m = Mirror(source, observer, directions, method, packet_filter, keep, qdisc)
     state = {"source": source.ifname, "source_ifindex": source.ifindex, "observer": observer.ifname,
              "observer_ifindex": observer.ifindex, "method": method, "qdisc": qdisc, "directions": list(directions),
@@ -477,10 +420,8 @@ def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filt
         m.close()
         raise
     if keep:  # ours no longer: remove() takes it down
-        from pybpf.tc import TcFilter
-
         for a in m.attachments:
-            if isinstance(a, TcFilter):
+            if isinstance(a, tc.TcFilter):
                 a.keep()  # a cls_bpf filter stays, and holds the program
             else:
                 a.close()  # pinned links stay attached
@@ -491,19 +432,16 @@ def mirror(source, observer, directions=DIRECTIONS, method="mirred", packet_filt
 
 
 def _setup_mirred(m):
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
     state, index, name = m.state, m.source.ifindex, m.source.ifname
     on_prio = {d for d in m.directions if m.qdisc == "prio" and d == "egress"}
     with IPRoute() as ipr:
         try:
             if on_prio != set(m.directions):
-                present = _has_clsact(ipr, index)
-                if isinstance(present, str):
+                present = tc.clsact_kind(ipr, index)
+                if present not in (None, "clsact"):
                     raise MirrorError(f"{name} has an {present} qdisc, which excludes clsact; "
                                       "mirred needs clsact (remove that qdisc or use --method bpf)")
-                if not present:
+                if present is None:
                     _add_qdisc(ipr, "clsact", index)
                     state["clsact_created"] = True
                     _write_state(state)
@@ -522,13 +460,11 @@ def _setup_mirred(m):
         except NetlinkError as e:
             if e.code == errno.EPERM:
                 raise NotPermitted("tc: changing qdiscs and filters needs CAP_NET_ADMIN") from None
-            raise _netlink_error(e, f"tc on {name}") from None
+            raise syscall_error(f"tc on {name}", e.code) from None
 
 
 def _add_root_prio(ipr, m):
     """A root prio qdisc in place of the kernel's default one; someone's own root qdisc is never replaced."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     index, name = m.source.ifindex, m.source.ifname
     kind, handle = _root_qdisc(ipr, index)
     if handle:
@@ -548,8 +484,6 @@ def _add_root_prio(ipr, m):
 
 def _add_any(ipr, index, parent, prio, observer_ifindex):
     """Add our filter with the first classifier the kernel has; returns its kind."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     for kind in CLASSIFIERS:
         try:
             _add_mirred(ipr, kind, index, parent, prio, observer_ifindex)
@@ -561,12 +495,8 @@ def _add_any(ipr, index, parent, prio, observer_ifindex):
 
 
 def _setup_bpf(m, bpf_attach):
-    from bpfhook.programs.mirror import build
-    from pybpf import prog, tc
-    from pybpf import sys as _sys
-
     f = m.packet_filter
-    program = prog.load(build(m.observer.ifindex, f and f.proto, f and f.port), "sched_cls", name=BPF_PROG_NAME)
+    program = prog.load(build_program(m.observer.ifindex, f and f.proto, f and f.port), "sched_cls", name=BPF_PROG_NAME)
     with program:
         for direction in m.directions:
             a = tc.attach(program, m.source.ifindex, direction, mode=bpf_attach, name=BPF_PROG_NAME)
@@ -576,10 +506,10 @@ def _setup_bpf(m, bpf_attach):
                 m.state["tc_filters"].append(dataclasses.asdict(a.ref))
                 _write_state(m.state)
             elif m.keep:
-                _sys.ensure_bpffs(PIN_DIR)
+                ensure_bpffs(PIN_DIR)
                 os.makedirs(PIN_DIR, exist_ok=True)
                 pin = os.path.join(PIN_DIR, f"{m.source.ifname}-{direction}")
-                _sys.obj_pin(a.fd, pin)
+                obj_pin(a.fd, pin)
                 m.state["pins"].append(pin)
                 _write_state(m.state)
 
@@ -593,10 +523,6 @@ def _teardown(m):
 
 def _remove_state(state):
     """Remove what a state record says was added, after checking it is still ours; then the record."""
-    from pyroute2 import IPRoute
-
-    from pybpf import tc
-
     for pin in state["pins"]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pin)  # the link's last reference: it detaches
@@ -625,9 +551,8 @@ def _remove_state(state):
                 nodes = [x for x in at_prio if _actions(x)]  # u32 also lists its hash table entries
                 if nodes and all(is_our_filter(x, state["observer_ifindex"]) for x in nodes):
                     _del_filter(ipr, index, parent, f["prio"], f["kind"])
-            if state["clsact_created"] and _has_clsact(ipr, index) is True and not any(
-                    _filters_at(ipr, index, p) for p in CLSACT_PARENT.values()):
-                ipr.tc("del", "clsact", index)
+            if state["clsact_created"] and tc.clsact_kind(ipr, index) == "clsact":
+                tc.drop_clsact_if_unused(ipr, index)
             if root_ours and not _filters_at(ipr, index, root["handle"]):
                 ipr.tc("del", root["kind"], index, root["handle"])  # the kernel puts its default back
     with contextlib.suppress(FileNotFoundError):
@@ -662,7 +587,6 @@ def _source_ifname(spec):
 
 # -- command line ---------------------------------------------------------------------------------
 
-HELP = "copy an interface's or container's packets to an observer interface (tc mirred or BPF)"
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # a signal during set-up waits for it, then the mirror is taken down
 

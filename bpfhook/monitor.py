@@ -1,39 +1,23 @@
-"""`bpfhook monitor`: load the connection programs, attach them, report until told to stop.
+"""The monitor's engine: the connection programs loaded, attached and read back; the command
+around it is bpfhook.monitor_cli.
 
-    Monitor(cgroup_dir)   probe features, create maps, build + load + attach every program
-      .read(timeout)      decoded events (records.decode_event dicts) that arrived
-      .cgroup_metrics()   {cgroup id: metrics dict} from the metrics_cgroup map and its cache
-      .lost()             {"events", "missed", "made_good", "conns"}: kernel-side drops, never hidden
-      .close()            detach everything (links: even SIGKILL leaves nothing attached)
-
-    run(options)          the command: event loop, periodic report, JSON lines,
-                          Prometheus, filters, --duration, SIGINT/SIGTERM -> final report
-
-Feature choices are probed, never read off the kernel version: the ring
-buffer where the kernel has one, else a perf event array; the state program
-as tp_btf, else as a raw tracepoint (programs/conn_state.py), and beside it,
-the same way, the program that makes good the closes the kernel skipped
-(programs/conn_destroy.py); accept
-attribution through fexit on inet_csk_accept, else a kretprobe there, else
-the cgroup getpeername hooks, else the syscall exit tracepoints
-(programs/accept.py). Loading the fexit program is its own probe (the tp_btf
-one too): it needs no vmlinux BTF parse beyond the cached offsets, where
-features.has("fexit") would parse it on every start.
+Every choice is probed, never read off the kernel version: a ring buffer, else a perf event
+array; the state program (and beside it conn_destroy's) as tp_btf, else as a raw tracepoint;
+accept attribution through the first of programs.accept.HOOKS the kernel takes. Loading a
+program is its own probe: a tp_btf or fexit program needs no vmlinux BTF parse beyond the
+cached offsets, where features.has("fexit") would parse it at every start.
 """
 import collections
 import contextlib
-import sys
-import threading
 import time
 
-from bpfhook import records
-from bpfhook.shutdown import Shutdown
-from pybpf.errors import FeatureUnavailable
-
-POLL_SECONDS = 0.1  # the BPF side batches wakeups; we look at least this often
-# Trimming ended entries and looking for lost events: a dozen syscalls (~0.4 ms of a CPU here),
-# which at every poll would cost the host more than the monitor's whole idle loop
-CHORES_SECONDS = 1.0
+from bpfhook import netns, procfs, records
+from bpfhook.programs import accept as accept_program
+from bpfhook.programs import conn_common, conn_destroy, conn_state, connect, existing, live_conns, task_netns
+from pybpf import attach, features
+from pybpf.errors import BpfError, FeatureUnavailable
+from pybpf.events import open_reader
+from pybpf.prog import load
 
 
 class Monitor:
@@ -54,13 +38,7 @@ class Monitor:
     """
 
     def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None, older=True):
-        from pybpf import attach, features
-        from pybpf.events import open_reader
-        from pybpf.prog import load
-
-        from bpfhook.programs import accept as accept_hooks, conn_common, conn_state, connect
-
-        for what, choice, hooks in (("accept", accept, accept_hooks.HOOKS), ("state", state, conn_state.HOOKS)):
+        for what, choice, hooks in (("accept", accept, accept_program.HOOKS), ("state", state, conn_state.HOOKS)):
             if choice != "auto" and choice not in hooks:
                 raise ValueError(f"{what} hook {choice!r}: expected auto or one of {', '.join(hooks)}")
         if events == "auto":
@@ -90,7 +68,7 @@ class Monitor:
                                                                   conn_state.HOOKS if state == "auto" else (state,))
             self._attach_destroy(kernel)
             self.accept_hook, self.accept_note = self._attach_first(
-                self._accept_attempts(kernel), accept_hooks.HOOKS if accept == "auto" else (accept,))
+                self._accept_attempts(kernel), accept_program.HOOKS if accept == "auto" else (accept,))
             for version, hook in connect.HOOKS.items():
                 prog = load(connect.build(self.maps, kernel, version), "cgroup_sock_addr", name=f"bh_{hook}",
                             expected_attach_type=f"cgroup_inet{version}_connect")
@@ -112,10 +90,6 @@ class Monitor:
         owner the pid and comm found (owner_from_proc; tid stays 0), the lowest pid when several
         hold one. A scan of every process's fds: for the command to do after it said it is
         attached."""
-        from pybpf.errors import BpfError
-
-        from bpfhook.programs import existing
-
         try:
             with existing.listeners_map() as listeners:  # (the loaded program holds it from here)
                 link = self._iterator(existing.build(self.maps, self._kernel, listeners), existing.FUNC)
@@ -136,8 +110,6 @@ class Monitor:
         missed (_Gone). For the reports: call it before connections() and the metrics. False
         where the kernel has no TCP socket iterator (noted once: live connections then count
         their bytes at their close)."""
-        from pybpf.errors import BpfError
-
         if not self.load_live_walk():
             return False
         started = time.monotonic_ns()  # (the clock of the programs' ktime_get_ns)
@@ -153,8 +125,6 @@ class Monitor:
         """Load refresh_live's walk, unless loaded or refused before (the command does it at
         start, so that a refusal is noted with the other warnings). False where the kernel
         has no TCP socket iterator: noted once, and not asked again."""
-        from pybpf.errors import BpfError
-
         if self._live_walk is None and not self._live_walk_failed:
             try:
                 self._live_walk = self._stack.enter_context(self._live_walk_link())
@@ -166,16 +136,11 @@ class Monitor:
 
     def _live_walk_link(self):
         """The live_conns iterator, loaded and attached (a step of its own, for tests to refuse)."""
-        from bpfhook.programs import existing, live_conns
-
         return self._iterator(live_conns.build(self.maps, self._kernel), existing.FUNC)
 
     def _iterator(self, program, func):
         """The iterator `program` (pybpf.asm.Program, named) loaded and attached to the target of
         kernel function `func`: a Link that owns its program."""
-        from pybpf import attach
-        from pybpf.prog import load
-
         with load(program, "tracing", name=program.name, expected_attach_type="trace_iter",
                   attach_btf_id=self._kernel.func(func)[0]) as prog:
             return attach.iterator(prog)
@@ -184,10 +149,6 @@ class Monitor:
         """Run the socket iterator `link` here, then in every other network namespace (an
         iterator walks the sockets of the namespace it was created in): [(the namespace's
         cookie or None, what the iterator wrote there)]."""
-        from pybpf import attach
-
-        from bpfhook import netns
-
         walks = [(netns.cookie(), attach.run_iterator(link))]
         here = netns.own()
         for ino, path in self._namespaces().items():
@@ -206,12 +167,6 @@ class Monitor:
         the task walk (programs/task_netns.py), else from a scan of /proc, which costs a stat()
         per process. The walk's pids are the kernel's: only where /proc shows those (our pid
         namespace is the initial one)."""
-        from pybpf import attach
-        from pybpf.errors import BpfError
-
-        from bpfhook import netns
-        from bpfhook.programs import task_netns
-
         if self._task_walk is None and not self._task_walk_failed:
             try:
                 if not netns.in_initial_pid_namespace():
@@ -244,9 +199,6 @@ class Monitor:
     def _raw_tracepoint_attempts(self, kernel, program):
         """{hook: attach(stack, held) -> how} for a program on a raw tracepoint: `program` is
         conn_state or conn_destroy (a module with build, HOOKS, RAW_TRACEPOINT, TP_BTF)."""
-        from pybpf import attach
-        from pybpf.prog import load
-
         name = f"bh_{program.__name__.rsplit('.', 1)[-1]}"
 
         def tp_btf(stack, held):
@@ -269,10 +221,6 @@ class Monitor:
         """programs/conn_destroy.py, through the state program's kind of hook (typed or not, as
         its build takes), into .menders; where the kernel refuses it, a note: the state
         program's skipped closes are then made good later and less well (_Gone)."""
-        from pybpf.errors import BpfError
-
-        from bpfhook.programs import conn_destroy
-
         try:
             _hook, how = self._attach_first(self._raw_tracepoint_attempts(kernel, conn_destroy),
                                             (self.state_hook,), self.menders)
@@ -284,46 +232,41 @@ class Monitor:
 
     def _accept_attempts(self, kernel):
         """{hook: attach(stack, held) -> how} for accept attribution (accept.HOOKS)."""
-        from pybpf import attach, features
-        from pybpf.prog import load
-
-        from bpfhook.programs import accept
-
         def fexit(stack, held):
-            btf_id, _nargs = kernel.func(accept.FUNC)
-            prog = load(accept.build_fexit(self.maps, kernel), "tracing", name="bh_accept",
+            btf_id, _nargs = kernel.func(accept_program.FUNC)
+            prog = load(accept_program.build_fexit(self.maps, kernel), "tracing", name="bh_accept",
                         expected_attach_type="trace_fexit", attach_btf_id=btf_id)
             self._hold(prog, stack, held)
             stack.enter_context(attach.fexit(prog))
-            return f"fexit {accept.FUNC}"
+            return f"fexit {accept_program.FUNC}"
 
         def kretprobe(stack, held):
             if not features.has("kprobe_pmu"):
                 raise FeatureUnavailable(features.probe("kprobe_pmu").detail)
             if "regs_rc" not in kernel.offsets:
                 raise FeatureUnavailable("no PT_REGS_RC layout known for this architecture")
-            prog = load(accept.build_kretprobe(self.maps, kernel), "kprobe", name="bh_accept")
+            prog = load(accept_program.build_kretprobe(self.maps, kernel), "kprobe", name="bh_accept")
             self._hold(prog, stack, held)
-            stack.enter_context(attach.kretprobe(prog, accept.FUNC))
-            return f"kretprobe {accept.FUNC}"
+            stack.enter_context(attach.kretprobe(prog, accept_program.FUNC))
+            return f"kretprobe {accept_program.FUNC}"
 
         def getpeername(stack, held):
-            for version, hook in accept.GETPEERNAME_HOOKS.items():
-                prog = load(accept.build_getpeername(self.maps, kernel, version), "cgroup_sock_addr",
+            for version, hook in accept_program.GETPEERNAME_HOOKS.items():
+                prog = load(accept_program.build_getpeername(self.maps, kernel, version), "cgroup_sock_addr",
                             name="bh_accept", expected_attach_type=f"cgroup_inet{version}_getpeername")
                 self._hold(prog, stack, held)
                 stack.enter_context(attach.cgroup(prog, hook, self.cgroup_dir))
             return "cgroup getpeername4/getpeername6 (accept() calls that take the peer's address)"
 
         def tracepoints(stack, held):
-            for tracepoint in accept.TRACEPOINTS:
+            for tracepoint in accept_program.TRACEPOINTS:
                 try:
-                    prog = load(accept.build(self.maps, kernel, tracepoint), "tracepoint", name="bh_accept")
+                    prog = load(accept_program.build(self.maps, kernel, tracepoint), "tracepoint", name="bh_accept")
                     self._hold(prog, stack, held)
                     stack.enter_context(attach.tracepoint(prog, tracepoint))
                 except FeatureUnavailable as e:
                     self.notes.append(f"accepted connections keep no process identity: {e}")
-            return "tracepoints " + ", ".join(accept.TRACEPOINTS)
+            return "tracepoints " + ", ".join(accept_program.TRACEPOINTS)
 
         return {"fexit": fexit, "kretprobe": kretprobe, "getpeername": getpeername, "tracepoint": tracepoints}
 
@@ -331,8 +274,6 @@ class Monitor:
         """Attach through the first of `hooks` (names in `attempts`) the kernel takes:
         (hook, how it is attached, with why the better ones were passed over). The programs
         go to `programs` (.programs by default)."""
-        from pybpf.errors import BpfError
-
         passed_over = []
         for hook in hooks:
             with contextlib.ExitStack() as stack:
@@ -432,9 +373,7 @@ class Monitor:
 
         An entry reused between our read and our delete loses its new connection: its close
         then counts in lost()["conns"], never silently."""
-        from bpfhook.programs.conn_common import CONNS_MAX
-
-        limit = CONNS_MAX // 4 if limit is None else limit
+        limit = conn_common.CONNS_MAX // 4 if limit is None else limit
         total = self._closed_total()
         if (total - self._closed_baseline) % 2**64 <= limit:
             return 0
@@ -446,21 +385,15 @@ class Monitor:
         return len(stale)
 
     def lost(self):
-        """Kernel-side drops: "events" the buffer refused (plus perf's own lost records) and
-        the "missed" ones, "conns": closes of connections the LRU map no longer held.
+        """Kernel-side drops: "events" the buffer refused (plus perf's own lost records) and the
+        "missed" ones; "conns": closes of connections the LRU map no longer held.
 
-        missed: runs the kernel skipped because the same program was already running on
-        that CPU (a transition in softirq interrupting one in process context):
-        bpf_prog_info.recursion_misses. No event exists for them, so they count as lost; what
-        they left in the connection table is mended at the socket's next transition (an opening
-        skipped: found late; a close skipped: ended when a new socket starts at its address),
-        and a skipped close's entry is listed no more once refresh_live's walks tell (_Gone).
-        Either way the connection counts as closed, with the bytes it had at the last walk.
-
-        But a skipped close is nearly always made good whole at its socket's destroy
-        (programs/conn_destroy.py, stats()["closed_at_destroy"]): its event was not lost, and
-        it is counted in "made_good", not in "missed". (Each of those is a skipped run: only a
-        skipped close leaves an entry live at the destroy.)"""
+        missed: runs the kernel skipped because the same program was running on that CPU
+        (bpf_prog_info.recursion_misses): no event exists for them. What they left in the table
+        is mended later (an opening: found late; a close: ended when a new socket takes its
+        address, or left out once the walks tell: _Gone). A skipped close is nearly always made
+        good whole at its socket's destroy (programs/conn_destroy.py): counted in "made_good",
+        not "missed" (only a skipped close leaves an entry live at the destroy)."""
         counts = self.maps.lost_counts()
         skipped = sum(prog.info(contents=False).recursion_misses for prog in self.programs)
         counts["made_good"] = sum(self._stats_by_slot()[records.STAT_CLOSED_AT_DESTROY])
@@ -481,19 +414,16 @@ class Monitor:
 
 
 class _Gone:
-    """Followed connections whose close the programs missed: the kernel skipped that run of
-    the state program (Monitor.lost()'s "missed"), and the entry stays live until a new
-    socket at its address ends it (and counts it closed: conn_state._count_unseen_close). The
-    live walk meets every live one; an entry it did not meet in two walks running, in a
-    namespace it walked, and that started well before the first of them, is gone. (Two:
-    before Linux 6.16 the kernel's TCP iterator can skip a socket when another in its hash
-    bucket closes between two reads of the walk. Well before: connect() enters SYN_SENT a
-    moment before its socket is hashed.) Once gone, gone while its entry lasts: its
-    namespace may be gone too, and walked no more.
+    """Followed connections whose close the programs missed (Monitor.lost()'s "missed"): the
+    entry stays live until a new socket at its address ends it. The live walk meets every live
+    one; an entry it did not meet in two walks running, in a namespace it walked, and that
+    started well before the first, is gone. Two walks: before Linux 6.16 the kernel's TCP
+    iterator can skip a socket when another in its hash bucket closes between two reads. Well
+    before: connect() enters SYN_SENT a moment before its socket is hashed. Once gone, gone
+    while its entry lasts (its namespace may be gone too, and walked no more).
 
-    missed: the gone connections left_out() last left out. Until the state program ends
-    their entries they count here as closed, with the bytes they had at the last walk that
-    met them, as the state program will count them (an LRU eviction would end one uncounted)."""
+    missed: the connections left_out() last left out; they count as closed with the bytes of
+    the last walk that met them, as the state program will count them."""
 
     MARGIN_NS = 1_000_000_000
 
@@ -533,8 +463,6 @@ def _records(codec, output):
 
 def _owners_in_proc(inodes):
     """{sock: (pid, comm)} of the processes holding the sockets `inodes` ({sock: socket inode})."""
-    from bpfhook import procfs
-
     holders = procfs.socket_holders(procfs.all_pids(), set(inodes.values())) if inodes else {}
     comms = {pid: procfs.comm(pid) for pid in set(holders.values())}
     return {sock: (holders[inode], comms[holders[inode]]) for sock, inode in inodes.items() if inode in holders}
@@ -563,175 +491,3 @@ def with_live(totals, connections, field):
             m[name] += live[key][name]
         out[key] = m
     return out
-
-
-# ---- the command ---------------------------------------------------------------
-
-def event_line(event, container):
-    """One -e line."""
-    from bpfhook.report import endpoint
-
-    mark = "[CTR]" if container.is_container else "     "
-    states = f"{event['oldstate'] or '-'}->{event['newstate']}" if event["newstate"] else ""
-    extra = ""
-    if event["event"] == "close":
-        duration = "close missed, found now" if event["close_unseen"] else f"{event['duration_ns'] / 1e6:.1f}ms"
-        extra = f" sent {event['bytes_sent']} recv {event['bytes_received']} {duration}"
-    return (f"{time.strftime('%H:%M:%S')} {event['event']:<7} {mark} {container.label[:16]:<16} "
-            f"pid {event['pid']:<7} {event['comm'][:15]:<15} {event['family']} {event['protocol']} "
-            f"{endpoint(event['saddr'], event['sport'])} -> {endpoint(event['daddr'], event['dport'])} "
-            f"{states}{extra}")
-
-
-def run(options, out=None, err=None, on_event=None, events="auto", stop=None):
-    """Run the monitor until --duration, SIGINT/SIGTERM, or `stop` is set: the command line's
-    Shutdown, or a threading.Event (then signals are taken here, in the main thread).
-
-    out/err: streams for reports/events and for status lines (stdout/stderr);
-    on_event(event, container): called for each event that passes the filters
-    (the in-process hook the tests use). Returns the exit status."""
-    from bpfhook.containers import Resolver
-    from bpfhook.exporters import JsonLines, exposition
-    from bpfhook.monitor_cli import EventFilter
-    from bpfhook.report import Aggregator, render, render_final, summary_snapshot
-
-    out = out or sys.stdout
-    err = err or sys.stderr
-    started = time.monotonic()
-    own_signals = not isinstance(stop, Shutdown)
-    interrupted = Shutdown(stop).install() if own_signals else stop
-    try:
-        resolve = Resolver()
-        keep = EventFilter.from_options(options)
-        aggregator = Aggregator(resolve)
-        lock = threading.Lock()
-        json_out = JsonLines(out) if options.json else None
-        # Events one by one only for whoever looks at them; the report alone reads the maps.
-        stream = bool(json_out or options.show_events or on_event or not keep.passes_everything)
-        with contextlib.ExitStack() as stack:
-            monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream, accept=options.accept,
-                                                  older=False))
-            print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
-                  f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
-            print(f"bpfhook monitor: connection states through {monitor.state_note}", file=err, flush=True)
-            print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
-            older = monitor.enter_older()
-            if older is not None:
-                print(f"bpfhook monitor: {older} TCP connections open before the start entered, "
-                      f"{len(monitor.older_owners)} with their owner from /proc (the rest: when accepted or "
-                      "closed)", file=err, flush=True)
-            monitor.load_live_walk()  # now: a kernel without the walk is noted below
-            for note in monitor.notes:
-                print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
-
-            def snapshot():
-                """What the reports show (call with the lock held)."""
-                monitor.refresh_live()
-                live = monitor.connections()
-                if not stream:
-                    return summary_snapshot(live, monitor.recent(), monitor.stats(), monitor.cgroup_metrics(live),
-                                            resolve, monitor.lost())
-                aggregator.set_live(live)
-                if keep.passes_everything:  # the maps count everything; filtered views come from events
-                    aggregator.set_cgroup_metrics(monitor.cgroup_metrics(live))
-                lost = monitor.lost()
-                aggregator.set_lost(lost["events"], lost["missed"], lost["made_good"])
-                return aggregator.snapshot()
-
-            shown = {}  # what the counters showed: they never go back
-
-            def scrape():
-                with lock:
-                    return exposition(snapshot(), shown)
-
-            if options.prometheus:
-                from bpfhook.metrics_http import PrometheusServer  # http.server only when asked for
-
-                server = stack.enter_context(PrometheusServer(*options.prometheus, scrape))
-                host, port = server.address
-                print(f"bpfhook monitor: Prometheus metrics on http://{host}:{port}/metrics", file=err, flush=True)
-            deadline = started + options.duration if options.duration else None
-            next_report = time.monotonic() + options.metrics_interval
-            lost_said, next_chores = 0, 0.0
-            while not interrupted:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                wake = next_report if deadline is None else min(next_report, deadline)
-                if stream:
-                    batch = monitor.read(max(min(wake - now, POLL_SECONDS), 0))
-                else:  # nothing comes one by one: wake for the next chore or report only
-                    interrupted.wait(max(min(wake, next_chores) - now, 0))
-                    batch = ()
-                with lock:
-                    for event in batch:
-                        container = resolve(event["cgroup_id"])
-                        if not keep(event, container):
-                            continue
-                        if not _listener_close(event):
-                            aggregator.add(event)
-                        if json_out is not None:
-                            json_out.write(event, container)
-                        elif options.show_events:
-                            print(event_line(event, container), file=out)
-                        if on_event is not None:
-                            on_event(event, container)
-                if time.monotonic() >= next_chores:
-                    next_chores = time.monotonic() + CHORES_SECONDS
-                    monitor.trim_closed()
-                    lost = monitor.lost()["events"]
-                    if lost > lost_said:
-                        _say_lost(lost - lost_said, lost, json_out, out, err)
-                        lost_said = lost
-                if time.monotonic() >= next_report:
-                    next_report += options.metrics_interval
-                    if json_out is None:
-                        with lock:
-                            out.write(render(snapshot(), options.show_containers))
-                        out.flush()
-            for event in monitor.read(0):  # what arrived while we were stopping
-                container = resolve(event["cgroup_id"])
-                if keep(event, container):
-                    if not _listener_close(event):
-                        aggregator.add(event)
-                    if json_out is not None:
-                        json_out.write(event, container)
-                    if on_event is not None:
-                        on_event(event, container)
-            with lock:
-                final = snapshot()
-            lost = monitor.lost()
-            if json_out is None:
-                out.write(render_final(final, options.show_containers))
-            else:
-                json_out.stream.write(_summary_json(final, lost) + "\n")
-            out.flush()
-        print(f"bpfhook monitor: detached ({final.events} events, {lost['events']} lost)", file=err, flush=True)
-        return 0
-    finally:
-        if own_signals:
-            interrupted.restore()
-
-
-def _listener_close(event):
-    """A listening socket closing: a state event worth printing, but no connection to count."""
-    return event["oldstate"] == "LISTEN" and event["newstate"] == "CLOSE"
-
-
-def _say_lost(new, total, json_out, out, err):
-    if json_out is not None:
-        import json
-
-        out.write(json.dumps({"ts": time.time(), "event": "lost", "lost": new, "lost_total": total}) + "\n")
-        out.flush()
-    print(f"bpfhook monitor: warning: {new} events lost ({total} in all): the ring buffer was full, or the "
-          "kernel skipped a program already running on that CPU", file=err, flush=True)
-
-
-def _summary_json(snapshot, lost):
-    import json
-
-    return json.dumps({"ts": snapshot.time, "event": "summary", "events": snapshot.events,
-                       "lost": lost["events"], "lost_missed": lost["missed"], "lost_conns": lost["conns"],
-                       "lost_made_good": lost["made_good"],
-                       "closed": snapshot.closed, "active": len(snapshot.active)}, separators=(",", ":"))

@@ -1,23 +1,34 @@
-"""`bpfhook monitor`: options, their validation, and the per-event filter.
+"""`bpfhook monitor`: its options, the per-event filter, and the command loop around the engine
+(bpfhook.monitor.Monitor): start-up lines, periodic reports, JSON lines, Prometheus, the final report.
 
-The work itself is bpfhook.monitor.run(options), given a validated
-MonitorOptions. Bad syntax (numbers, HOST:PORT) is a usage error (exit 2,
-from argparse); a cgroup path that does not exist is a runtime error (exit 1).
+Bad syntax (numbers, HOST:PORT) is a usage error (exit 2, from argparse); a cgroup path that does
+not exist is a runtime error (exit 1).
 """
-import argparse
+import contextlib
 import dataclasses
-import ipaddress
+import json
 import os
+import sys
+import threading
+import time
 
+from bpfhook import cgroups
+from bpfhook.cli import host_port, pid_number, port_number, positive_float
+from bpfhook.containers import Resolver
+from bpfhook.exporters import JsonLines, exposition
+from bpfhook.monitor import Monitor
+from bpfhook.programs.accept import HOOKS as ACCEPT_HOOKS
+from bpfhook.report import Aggregator, endpoint, render, render_final, summary_snapshot
+from bpfhook.shutdown import Shutdown
 from pybpf import mounts
 from pybpf.errors import BpfError
 
-HELP = "watch TCP connections (and UDP flows) per process, cgroup and container"
-# programs/accept.py HOOKS, best first (a test holds them equal): importing it here would load the
-# whole BPF side for every `bpfhook ... --help`
-ACCEPT_HOOKS = ("fexit", "kretprobe", "getpeername", "tracepoint")
 NEEDS_ROOT = True
 POLLS_SHUTDOWN = True  # the final report, then detach
+POLL_SECONDS = 0.1  # the BPF side batches wakeups; we look at least this often
+# Trimming ended entries and looking for lost events: a dozen syscalls, which at every poll
+# would cost the host more than the monitor's whole idle loop
+CHORES_SECONDS = 1.0
 
 
 class MonitorError(BpfError):
@@ -37,56 +48,6 @@ class MonitorOptions:
     port: int = None
     duration: float = None
     accept: str = "auto"  # accept attribution hook: auto or one of programs.accept.HOOKS
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _int_in(low, high, what):
-    def parse(text):
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, got {value}")
-        return value
-
-    parse.__name__ = what  # argparse names the type in its messages
-    return parse
-
-
-pid_number = _int_in(1, 2**22, "pid")
-port_number = _int_in(1, 65535, "port")
-
-
-def host_port(text):
-    """'HOST:PORT', '[v6]:PORT' or ':PORT' (all interfaces) -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad IPv6 address in {text!r}") from None
-    elif ":" in host:
-        raise argparse.ArgumentTypeError(f"write IPv6 addresses in brackets: [{host}]:{port}")
-    if not host:
-        host = "0.0.0.0"
-    try:
-        number = _int_in(0, 65535, "port")(port)
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"{e} in {text!r}") from None
-    return host, number
 
 
 def add_arguments(parser):
@@ -113,8 +74,6 @@ def options_from(args):
     """Check what argparse cannot (the cgroup exists) and freeze the options."""
     cgroup = args.cgroup
     if cgroup is None:
-        from bpfhook import cgroups
-
         cgroup = cgroups.mount()
     if not os.path.isdir(cgroup):
         raise MonitorError(f"cgroup path {cgroup!r} does not exist (or is not a directory)")
@@ -130,10 +89,7 @@ def options_from(args):
 
 
 def run(args):
-    options = options_from(args)
-    from bpfhook import monitor  # here: `bpfhook --help` and bad options stay quick
-
-    return monitor.run(options, stop=args.shutdown)
+    return watch(options_from(args), stop=args.shutdown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,3 +117,162 @@ class EventFilter:
         if self.container is not None and not container.matches(self.container):
             return False
         return True
+
+
+def event_line(event, container):
+    """One -e line."""
+    mark = "[CTR]" if container.is_container else "     "
+    states = f"{event['oldstate'] or '-'}->{event['newstate']}" if event["newstate"] else ""
+    extra = ""
+    if event["event"] == "close":
+        duration = "close missed, found now" if event["close_unseen"] else f"{event['duration_ns'] / 1e6:.1f}ms"
+        extra = f" sent {event['bytes_sent']} recv {event['bytes_received']} {duration}"
+    return (f"{time.strftime('%H:%M:%S')} {event['event']:<7} {mark} {container.label[:16]:<16} "
+            f"pid {event['pid']:<7} {event['comm'][:15]:<15} {event['family']} {event['protocol']} "
+            f"{endpoint(event['saddr'], event['sport'])} -> {endpoint(event['daddr'], event['dport'])} "
+            f"{states}{extra}")
+
+
+def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
+    """Run the monitor until --duration, SIGINT/SIGTERM, or `stop` is set: the command line's
+    Shutdown, or a threading.Event (then signals are taken here, in the main thread).
+
+    out/err: streams for reports/events and for status lines (stdout/stderr);
+    on_event(event, container): called for each event that passes the filters
+    (the in-process hook the tests use). Returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    started = time.monotonic()
+    own_signals = not isinstance(stop, Shutdown)
+    interrupted = Shutdown(stop).install() if own_signals else stop
+    try:
+        resolve = Resolver()
+        keep = EventFilter.from_options(options)
+        aggregator = Aggregator(resolve)
+        lock = threading.Lock()
+        json_out = JsonLines(out) if options.json else None
+        # Events one by one only for whoever looks at them; the report alone reads the maps.
+        stream = bool(json_out or options.show_events or on_event or not keep.passes_everything)
+        with contextlib.ExitStack() as stack:
+            monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream, accept=options.accept,
+                                                  older=False))
+            _say_started(monitor, options, started, err)
+
+            def snapshot():
+                """What the reports show (call with the lock held)."""
+                monitor.refresh_live()
+                live = monitor.connections()
+                if not stream:
+                    return summary_snapshot(live, monitor.recent(), monitor.stats(), monitor.cgroup_metrics(live),
+                                            resolve, monitor.lost())
+                aggregator.set_live(live)
+                if keep.passes_everything:  # the maps count everything; filtered views come from events
+                    aggregator.set_cgroup_metrics(monitor.cgroup_metrics(live))
+                lost = monitor.lost()
+                aggregator.set_lost(lost["events"], lost["missed"], lost["made_good"])
+                return aggregator.snapshot()
+
+            def deliver(batch, show_events):
+                """The events that pass the filters, to the report, the output and on_event."""
+                with lock:
+                    for event in batch:
+                        container = resolve(event["cgroup_id"])
+                        if not keep(event, container):
+                            continue
+                        if not _listener_close(event):
+                            aggregator.add(event)
+                        if json_out is not None:
+                            json_out.write(event, container)
+                        elif show_events:
+                            print(event_line(event, container), file=out)
+                        if on_event is not None:
+                            on_event(event, container)
+
+            shown = {}  # what the counters showed: they never go back
+
+            def scrape():
+                with lock:
+                    return exposition(snapshot(), shown)
+
+            if options.prometheus:
+                from bpfhook.metrics_http import PrometheusServer  # http.server only when asked for
+
+                server = stack.enter_context(PrometheusServer(*options.prometheus, scrape))
+                host, port = server.address
+                print(f"bpfhook monitor: Prometheus metrics on http://{host}:{port}/metrics", file=err, flush=True)
+            deadline = started + options.duration if options.duration else None
+            next_report = time.monotonic() + options.metrics_interval
+            lost_said, next_chores = 0, 0.0
+            while not interrupted:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                wake = next_report if deadline is None else min(next_report, deadline)
+                if stream:
+                    deliver(monitor.read(max(min(wake - now, POLL_SECONDS), 0)), options.show_events)
+                else:  # nothing comes one by one: wake for the next chore or report only
+                    interrupted.wait(max(min(wake, next_chores) - now, 0))
+                if time.monotonic() >= next_chores:
+                    next_chores = time.monotonic() + CHORES_SECONDS
+                    monitor.trim_closed()
+                    lost = monitor.lost()["events"]
+                    if lost > lost_said:
+                        _say_lost(lost - lost_said, lost, json_out, out, err)
+                        lost_said = lost
+                if time.monotonic() >= next_report:
+                    next_report += options.metrics_interval
+                    if json_out is None:
+                        with lock:
+                            out.write(render(snapshot(), options.show_containers))
+                        out.flush()
+            deliver(monitor.read(0), show_events=False)  # what arrived while we were stopping
+            with lock:
+                final = snapshot()
+            lost = monitor.lost()
+            if json_out is None:
+                out.write(render_final(final, options.show_containers))
+            else:
+                json_out.stream.write(_summary_json(final, lost) + "\n")
+            out.flush()
+        print(f"bpfhook monitor: detached ({final.events} events, {lost['events']} lost)", file=err, flush=True)
+        return 0
+    finally:
+        if own_signals:
+            interrupted.restore()
+
+
+def _say_started(monitor, options, started, err):
+    """The start-up lines: attached how, where and in how long; the older connections; what could
+    not be had."""
+    print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
+          f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
+    print(f"bpfhook monitor: connection states through {monitor.state_note}", file=err, flush=True)
+    print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
+    older = monitor.enter_older()
+    if older is not None:
+        print(f"bpfhook monitor: {older} TCP connections open before the start entered, "
+              f"{len(monitor.older_owners)} with their owner from /proc (the rest: when accepted or "
+              "closed)", file=err, flush=True)
+    monitor.load_live_walk()  # now: a kernel without the walk is noted below
+    for note in monitor.notes:
+        print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
+
+
+def _listener_close(event):
+    """A listening socket closing: a state event worth printing, but no connection to count."""
+    return event["oldstate"] == "LISTEN" and event["newstate"] == "CLOSE"
+
+
+def _say_lost(new, total, json_out, out, err):
+    if json_out is not None:
+        out.write(json.dumps({"ts": time.time(), "event": "lost", "lost": new, "lost_total": total}) + "\n")
+        out.flush()
+    print(f"bpfhook monitor: warning: {new} events lost ({total} in all): the ring buffer was full, or the "
+          "kernel skipped a program already running on that CPU", file=err, flush=True)
+
+
+def _summary_json(snapshot, lost):
+    return json.dumps({"ts": snapshot.time, "event": "summary", "events": snapshot.events,
+                       "lost": lost["events"], "lost_missed": lost["missed"], "lost_conns": lost["conns"],
+                       "lost_made_good": lost["made_good"],
+                       "closed": snapshot.closed, "active": len(snapshot.active)}, separators=(",", ":"))

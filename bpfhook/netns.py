@@ -1,7 +1,7 @@
 """Network namespaces: the host's, and entering one on the calling thread.
 
-setns(2) goes through ctypes: pyroute2's wrapper would cost the monitor ~20 MB and
-~170 ms of imports for one system call.
+setns(2) goes through ctypes: pyroute2's wrapper would cost the monitor its imports (tens of
+MB, docs/benchmarks.md) for one system call.
 """
 import contextlib
 import ctypes

@@ -18,6 +18,7 @@ import struct
 
 import construct
 
+from bpfhook.records import flat_struct
 from pybpf.errors import BpfError
 from pybpf.layout import codec
 
@@ -66,8 +67,7 @@ SOCK_TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
 _codec = {name: codec(layout) for name, layout in
           (("block", BlockHeader), ("shb", ShbBody), ("idb", IdbBody), ("epb", EpbBody),
            ("isb", IsbBody), ("opt", OptionHeader), ("uds", UdsHeader))}
-_EPB_FIXED = struct.Struct("<IIIII")  # EpbBody, packed on the hot path
-_BLOCK_HEAD = struct.Struct("<II")
+_BLOCK_HEAD, _EPB, _IDB, _ISB, _OPTION = map(flat_struct, (BlockHeader, EpbBody, IdbBody, IsbBody, OptionHeader))
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 
@@ -181,7 +181,7 @@ class Writer:
         high, low = _ts(ts_ns)
         caplen = len(data)
         opts = _options([(OPT_COMMENT, comment), (EPB_FLAGS, None if flags is None else _U32.pack(flags))])
-        body = _EPB_FIXED.pack(interface, high, low, caplen, caplen if orig_len is None else orig_len)
+        body = _EPB.pack(interface, high, low, caplen, caplen if orig_len is None else orig_len)
         self._write(_block(EPB, body + _pad4(bytes(data)) + opts))
 
     def statistics(self, interface, ts_ns, received=None, dropped=None, start_ns=None, comment=None):
@@ -251,12 +251,13 @@ class Statistics:
 
 def _parse_options(data):
     pos, out = 0, []
-    while pos + 4 <= len(data):
-        code, length = struct.unpack_from("<HH", data, pos)
+    while pos + _OPTION.size <= len(data):
+        code, length = _OPTION.unpack_from(data, pos)
         if code == OPT_END:
             break
-        out.append((code, bytes(data[pos + 4:pos + 4 + length])))
-        pos += 4 + length + (-length % 4)
+        pos += _OPTION.size
+        out.append((code, bytes(data[pos:pos + length])))
+        pos += length + (-length % 4)
     return out
 
 
@@ -302,13 +303,13 @@ class Reader:
             pos += length
             if kind == SHB:
                 self.interfaces = []
-                for code, value in _parse_options(body[16:]):
+                for code, value in _parse_options(body[ShbBody.sizeof():]):
                     if code == SHB_USERAPPL:
                         self.application = value.decode(errors="replace")
             elif kind == IDB:
-                linktype, _, snaplen = struct.unpack_from("<HHI", body)
+                linktype, snaplen = _IDB.unpack_from(body)
                 iface = Interface(len(self.interfaces), linktype, snaplen)
-                for code, value in _parse_options(body[8:]):
+                for code, value in _parse_options(body[_IDB.size:]):
                     if code == IF_NAME:
                         iface.name = value.decode(errors="replace")
                     elif code == IF_DESCRIPTION:
@@ -317,22 +318,22 @@ class Reader:
                         iface.tsresol_ns = _tsresol(value)
                 self.interfaces.append(iface)
             elif kind == EPB:
-                index, high, low, caplen, orig_len = _EPB_FIXED.unpack_from(body)
+                index, high, low, caplen, orig_len = _EPB.unpack_from(body)
                 iface = self._interface(index)
                 comments, flags = [], None
-                for code, value in _parse_options(body[20 + caplen + (-caplen % 4):]):
+                for code, value in _parse_options(body[_EPB.size + caplen + (-caplen % 4):]):
                     if code == OPT_COMMENT:
                         comments.append(value.decode(errors="replace"))
                     elif code == EPB_FLAGS:
                         flags = _U32.unpack(value)[0]
-                yield Packet(iface, ((high << 32) | low) * iface.tsresol_ns, bytes(body[20:20 + caplen]),
+                yield Packet(iface, ((high << 32) | low) * iface.tsresol_ns, bytes(body[_EPB.size:_EPB.size + caplen]),
                              orig_len, comments, flags)
             elif kind == ISB:
-                index, high, low = struct.unpack_from("<III", body)
+                index, high, low = _ISB.unpack_from(body)
                 iface = self._interface(index)
                 received = dropped = None
                 comments = []
-                for code, value in _parse_options(body[12:]):
+                for code, value in _parse_options(body[_ISB.size:]):
                     if code == ISB_IFRECV:
                         received = _U64.unpack(value)[0]
                     elif code == ISB_IFDROP:

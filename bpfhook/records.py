@@ -1,43 +1,18 @@
-"""Every layout the monitor's BPF programs and its user side share, defined once.
+"""Every layout the monitor's BPF programs and its user side share, defined once in construct:
+integers in host byte order (BPF stores native words), every field at its natural alignment
+with explicit padding, each size asserted below. The programs take their offsets from
+offsetof() and sizeof(), which read these definitions; user space decodes with codecs
+derived from them.
 
-All integers are in host byte order (BPF stores native words), every field
-sits at its natural alignment with explicit padding, and each struct's size
-is asserted below. The BPF programs take their offsets from `offsetof()` /
-`sizeof()`, which read this construct definition: there is no second copy.
+The per-CPU maps hold one element each, the whole table: the lookup the verifier inlines
+loads the element's per-CPU pointer before the value, and with one element that is the same
+word at every run; user space reads a whole table in one system call.
 
-    EVENT        connection event, one ring buffer (or perf buffer) record, 136 bytes
-    CONN_KEY     LRU hash "conns": the connection's socket, 8 bytes; also what the live walk
-                 (programs/live_conns.py) writes for each live connection it meets
-    CONN         its value: who opened it, addresses, state, bytes, 112 bytes
-    CONN_SLOT    array "conn_slots": a socket (SLOT_ENDED set once it ended) and its CONN, 128 bytes
-    CGROUP_KEY   per-CPU hash "metrics_cgroup": cgroup id, 8 bytes
-    NETNS_KEY    per-CPU hash "metrics_netns": netns cookie (or inode), 8 bytes
-    METRICS      value of both metrics maps (one per CPU, summed by user space), 32 bytes
-    METRICS_CACHED  a key and its METRICS, 40 bytes
-    METRICS_CACHE   per-CPU "cache_cgroup", "cache_netns" before them: METRICS_CACHE_SLOTS of those
-    STATS        per-CPU "stats": NSTATS u64 counters (STAT_* slots)
-    RECENT       per-CPU "recent": the next slot and a ring of RECENT_SLOTS EVENTs
-
-The per-CPU maps hold one element each, the whole table: the lookup the
-verifier inlines loads the element's per-CPU pointer before the value, and with
-one element that is the same word at every run, where an array of many elements
-has one per element; and user space reads a whole table in one system call.
-    LOST_KEY     array "lost": u32 slot (LOST_* below), value u64 counter
-    LISTENER_KEY hash "listeners" (programs/existing.py, one walk): a listening port and its netns, 16 bytes
-    OLDER_ENTERED  what that walk writes for each connection it enters: its sock and socket inode
-    TASK_NETNS   what the task walk writes for each process (and thread in a namespace of its own):
-                 its network namespace's inode, its pid
-
-Connection identity. CONN_KEY.sock (and EVENT.sock) is the kernel address of
-the connection's `struct sock`: the one value every hook sees for a TCP
-socket without kprobes (sock:inet_sock_set_state's skaddr, the sock behind an
-accept()ed fd, the sk of a sock_ops/cgroup_skb context). It is unique while the
-socket lives; an entry that ended (TCP_CLOSE) is written over by the next
-socket at that address (see programs/conn_state.py). A 5-tuple could
-not key a connect() (no source port yet) and repeats across network
-namespaces. EVENT.cookie additionally carries the socket cookie
-(bpf_get_socket_cookie) where the hook can get one, else 0; it is for users
-correlating with other tools, not a map key.
+A connection is keyed by its struct sock's address (CONN_KEY.sock, EVENT.sock): the one value
+every hook sees for a TCP socket without kprobes, unique while the socket lives (the next
+socket at that address writes over an ended entry: programs/conn_state.py). A 5-tuple could
+not key a connect() (no source port yet) and repeats across network namespaces.
+EVENT.cookie is the socket cookie where the hook has one, for correlating with other tools.
 """
 import socket
 
@@ -110,6 +85,7 @@ METRICS_CACHE_SLOTS = 256  # METRICS_CACHE: per CPU and key kind; a power of two
 
 u8, u16, u32, u64, s64 = Int8un, Int16un, Int32un, Int64un, Int64sn
 
+# A connection event: one ring buffer (or perf buffer) record
 EVENT = Struct(
     "ts_ns" / u64,  # bpf_ktime_get_ns() (CLOCK_MONOTONIC)
     "cgroup_id" / u64,  # cgroup v2 id of the owning task
@@ -197,6 +173,7 @@ RECENT = Struct(
 LOST_KEY = u32
 LOST_VALUE = u64
 
+# `listeners` (programs/existing.py): a listening port and its namespace
 LISTENER_KEY = Struct(
     "netns" / u64,  # as EVENT.netns
     "port" / u16,  # host order
@@ -259,6 +236,15 @@ def sizeof(layout, name=None):
     raise KeyError(f"layout has no field {name!r}")
 
 
+def flat_struct(layout):
+    """The one struct.Struct that pybpf.layout.codec flattens `layout` into: for hot paths that
+    unpack a record's head in place (unpack_from) or pack one from values, without a dict."""
+    segments = getattr(codec(layout), "segments", ())
+    if len(segments) != 1:
+        raise ValueError(f"{layout} does not flatten into one struct (byte orders mixed, or not flat)")
+    return segments[0][0]
+
+
 def _check(name, layout, size):
     """The size the C side expects, and every scalar at its natural alignment."""
     assert layout.sizeof() == size, f"{name} is {layout.sizeof()} bytes, want {size}"
@@ -312,7 +298,7 @@ def state_name(number):
 def decode_event(record):
     """An EVENT (bytes or the codec's Container) as a plain dict with names and text addresses.
     (Fields by item, not attribute: construct's Container answers an attribute through a
-    Python __getattr__, ~0.5 us each, and a busy stream decodes hundreds of thousands a second.)"""
+    Python __getattr__, a cost a busy stream pays hundreds of thousands of times a second.)"""
     e = EVENT_CODEC.decode(record) if isinstance(record, (bytes, bytearray, memoryview)) else record
     family, flags = e["family"], e["flags"]
     return {

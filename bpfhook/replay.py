@@ -19,9 +19,9 @@ import socket
 import time
 
 from bpfhook import flows
+from bpfhook.lab import Lab
 from pybpf.errors import BpfError
 
-HELP = "replay captured client traffic (TCP, UDP, Unix sockets) to a loopback or lab server and compare answers"
 NEEDS_ROOT = False
 IDLE = 0.5  # seconds of silence that end reading answers no capture tells the length of
 ANSWER_IDLE = 2.0  # seconds of silence that end waiting for a captured answer's bytes
@@ -45,8 +45,6 @@ class Target:
 
 
 def lab_addresses():
-    from bpfhook.lab import Lab
-
     out = set()
     for c in Lab.list():
         out.update(ipaddress.ip_address(a) for a in (c.ipv4, c.ipv6) if a)

@@ -1,24 +1,9 @@
 """The monitor's aggregation and its periodic text report.
 
-Aggregator consumes decoded events (bpfhook.records.decode_event dicts) and
-snapshots of the metrics-by-cgroup map, and keeps what the report shows:
-active connections by socket, state transitions, durations, recent
-connections and per-cgroup totals. snapshot() freezes that into a Snapshot;
-render()/render_final() are pure functions of a Snapshot, so the layout is
-tested without a kernel:
-
-    ================================================================
-    CONNECTION METRICS REPORT  2025-06-01 12:00:05
-    ================================================================
-    Active connections: 3 (host: 1, container: 2)
-    By state:
-      ESTABLISHED      2
-      ...
-    Recent connections (last 10):
-      [CTR] web         pid 4242  python3   10.77.1.2:80 <- 10.77.1.1:51234  ESTABLISHED ...
-    Cgroup-based metrics:
-      CONTAINER  KIND  OPENED CLOSED ACTIVE  SENT  RECEIVED  CGROUP
-    Lost events: 0
+Aggregator takes decoded events (records.decode_event dicts) and the per-cgroup metrics and
+keeps what the report shows: active connections, state transitions, durations, recent
+connections, per-cgroup totals. snapshot() freezes that into a Snapshot; render() and
+render_final() are pure functions of a Snapshot, so the layout is tested without a kernel.
 """
 import collections
 import dataclasses

@@ -8,7 +8,6 @@ HTTP and Unix request is a fresh connection, so a monitor sees the whole
 lifecycle each time. Targets are limited to loopback and lab container
 addresses: this tool never sends traffic anywhere else.
 """
-import argparse
 import contextlib
 import dataclasses
 import http.server
@@ -17,13 +16,16 @@ import os
 import re
 import socket
 import socketserver
+import selectors
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from bpfhook.monitor_cli import positive_float
+from bpfhook import containers
+from bpfhook.cli import positive_float, positive_int
+from bpfhook.lab import Lab
 from pybpf.errors import BpfError
 
 TYPES = ("http", "tcp", "udp", "uds")
@@ -156,8 +158,6 @@ def parse_target(kind, target):
 
 
 def _lab_addresses():
-    from bpfhook.lab import Lab
-
     try:
         containers = Lab.list()
     except (OSError, BpfError):
@@ -328,8 +328,6 @@ def server_in_container(kind, container, ipv6=False):
 
 
 def _readline(stream, timeout):
-    import selectors
-
     with selectors.DefaultSelector() as sel:
         sel.register(stream, selectors.EVENT_READ)
         if not sel.select(timeout):
@@ -346,7 +344,6 @@ def _serve_main(kind, host):
 
 # ---- command line --------------------------------------------------------------------
 
-HELP = "generate HTTP, TCP, UDP or Unix socket traffic to loopback or lab containers"
 NEEDS_ROOT = False
 
 
@@ -355,32 +352,24 @@ def add_arguments(parser):
     where.add_argument("--auto", action="store_true", help="start a server of --type and send traffic to it")
     where.add_argument("--target", metavar="HOST:PORT|PATH", help="an existing server (loopback or lab container)")
     parser.add_argument("--type", choices=TYPES, default="http", dest="kind", help="traffic type (default http)")
-    parser.add_argument("--requests", type=_positive_int, default=10, metavar="N", help="requests (default 10)")
+    parser.add_argument("--requests", type=positive_int, default=10, metavar="N", help="requests (default 10)")
     parser.add_argument("--duration", type=positive_float, default=10.0, metavar="SEC",
                         help="stop after SEC seconds even if requests remain (default 10)")
     parser.add_argument("--container", metavar="NAME", help="with --auto: run the server in this lab container")
     parser.add_argument("--ipv6", action="store_true", help="with --auto: use IPv6 (::1 or the container's)")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def run(args):
     if args.container and not args.auto:
         raise TrafficError("--container needs --auto")
     if args.auto and args.container:
-        from bpfhook.lab import Lab
-
         if os.geteuid() != 0:
             raise TrafficError("--container needs root (it enters the lab container)")
-        with server_in_container(args.kind, Lab.get(args.container), ipv6=args.ipv6) as target:
+        found = containers.find(args.container)
+        if found.kind != "lab":
+            raise TrafficError(f"--container {args.container}: {found.label} is a {found.kind} container; "
+                               "the server runs in lab containers only")
+        with server_in_container(args.kind, Lab.get(found.name), ipv6=args.ipv6) as target:
             summary = generate(args.kind, target, args.requests, args.duration)
     elif args.auto:
         with Server(args.kind, "::1" if args.ipv6 else "127.0.0.1") as server:

@@ -17,6 +17,7 @@ from .uapi import AttachType
 TCX = {"ingress": AttachType.TCX_INGRESS, "egress": AttachType.TCX_EGRESS}
 # clsact's ingress and egress hooks, TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS).
 CLSACT_PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
+CLSACT_HANDLE = 0xFFFF0000  # shared with the old `ingress` qdisc: the two exclude each other
 FILTER_HANDLE = 1
 ETH_P_ALL = 0x0003
 
@@ -44,7 +45,7 @@ class TcFilter(Attachment):
         qdisc_key = (_netns_inode(), index)
         created_qdisc = False
         try:
-            if not any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=index)):
+            if clsact_kind(ipr, index) != "clsact":
                 ipr.tc("add", "clsact", index)
                 created_qdisc = True
                 _our_qdiscs[qdisc_key] = 0
@@ -168,12 +169,29 @@ def remove_filter(iface, direction, prio, handle=FILTER_HANDLE, name=None, *, dr
                 ipr.tc("del-filter", "bpf", index, handle, parent=CLSACT_PARENT[direction], prio=prio,
                        protocol=ETH_P_ALL)
                 removed = True
-            if drop_clsact and not any(ipr.get_filters(index=index, parent=p) for p in CLSACT_PARENT.values()):
-                ipr.tc("del", "clsact", index)
+            if drop_clsact:
+                drop_clsact_if_unused(ipr, index)
         except NetlinkError as e:
             if e.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):  # device, qdisc or filter already gone
                 raise netlink_error(e, f"tc del cls_bpf (ifindex {index} {direction} pref {prio})") from None
     return removed
+
+
+def clsact_kind(ipr, index):
+    """The kind of qdisc at device `index`'s clsact handle: "clsact", one that excludes it
+    (the old `ingress`), or None. ipr: a pyroute2 IPRoute."""
+    for q in ipr.get_qdiscs(index=index):
+        if q["handle"] == CLSACT_HANDLE:
+            return q.get_attr("TCA_KIND")
+    return None
+
+
+def drop_clsact_if_unused(ipr, index):
+    """Delete device `index`'s clsact qdisc unless a filter is left on one of its hooks; whether it did."""
+    if any(ipr.get_filters(index=index, parent=p) for p in CLSACT_PARENT.values()):
+        return False
+    ipr.tc("del", "clsact", index)
+    return True
 
 
 def _release_qdisc(ipr, key, NetlinkError):
@@ -186,9 +204,7 @@ def _release_qdisc(ipr, key, NetlinkError):
     del _our_qdiscs[key]
     index = key[1]
     try:
-        if any(ipr.get_filters(index=index, parent=p) for p in CLSACT_PARENT.values()):
-            return
-        ipr.tc("del", "clsact", index)
+        drop_clsact_if_unused(ipr, index)
     except NetlinkError as e:
         if e.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
             raise netlink_error(e, f"tc del clsact (ifindex {index})") from None

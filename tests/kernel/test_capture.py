@@ -115,15 +115,21 @@ def tshark(path, *fields, filter=None):
     return [line.split("\t") for line in r.stdout.splitlines()]
 
 
-@pytest.fixture(scope="module")
-def captured(lab, tmp_path_factory):
-    """A capture, both directions, of known TCP, UDP and Unix-socket traffic, ended by SIGINT."""
-    c, server, sock = lab
-    out = tmp_path_factory.mktemp("captured") / "cap.pcapng"
-    proc = capture(out, "--both-directions")
+def capture_traffic(lab, out, *options):
+    """A capture (still running) that has seen the known traffic: its process."""
+    c, _server, sock = lab
+    proc = capture(out, *options)
     wait_started(proc, out)
     send_traffic(c, sock)
     time.sleep(1)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def captured(lab, tmp_path_factory):
+    """A capture, both directions, of known TCP, UDP and Unix-socket traffic, ended by SIGINT."""
+    out = tmp_path_factory.mktemp("captured") / "cap.pcapng"
+    proc = capture_traffic(lab, out, "--both-directions")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0, proc.stderr.read()
     return out
@@ -171,12 +177,8 @@ def test_tshark_reads_the_same_bytes_and_comments(lab, captured):
 @pytest.fixture(scope="module")
 def killed(lab, tmp_path_factory):
     """A capture of TCP traffic ended by SIGKILL."""
-    c, _server, sock = lab
     out = tmp_path_factory.mktemp("killed") / "killed.pcapng"
-    proc = capture(out, "--net")
-    wait_started(proc, out)
-    send_traffic(c, sock)
-    time.sleep(1)
+    proc = capture_traffic(lab, out, "--net")
     proc.kill()
     proc.wait(timeout=10)
     return out
@@ -217,3 +219,30 @@ def test_existing_file_is_never_overwritten(lab, tmp_path):
                        cwd=MAIN, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "exists" in r.stderr
     assert out.read_bytes() == b"keep"
+
+
+def test_one_container_lookup_for_every_tool(tmp_path):
+    """Two containers' cgroups (real ones, under a parent of our own) whose ids share a prefix: capture,
+    mirror and trafficgen each refuse the prefix in one line naming both; capture takes a longer one."""
+    from bpfhook import cgroups
+
+    parent = f"/bpfhook-find-test.{os.getpid()}"
+    first, second = "ab12cd" + "0" * 58, "ab12cd" + "1" * 58
+    for cid in (first, second):
+        cgroups.create(f"{parent}/{cid}")
+    try:
+        for argv in (["capture", "--container", "ab12cd", "-w", str(tmp_path / "x.pcapng")],
+                     ["mirror", "--from", "ab12cd", "--to", "lo"],
+                     ["trafficgen", "--auto", "--container", "ab12cd", "--requests", "1"]):
+            r = subprocess.run([sys.executable, "-m", "bpfhook", *argv], cwd=MAIN, capture_output=True, text=True,
+                               timeout=60)
+            assert (r.returncode, r.stdout) == (1, ""), r.stderr
+            assert r.stderr == (f"bpfhook: error: 'ab12cd' names 2 containers: {first[:12]} (docker {parent}/{first}), "
+                                f"{second[:12]} (docker {parent}/{second})\n")
+        r = subprocess.run([sys.executable, "-m", "bpfhook", "capture", "--container", first[:7], "-w",
+                            str(tmp_path / "x.pcapng"), "--duration", "0.1", "--quiet"], cwd=MAIN, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and f"of {first[:12]} ({parent}/{first})" in r.stderr, r.stderr
+    finally:
+        cgroups.remove(parent)
+    assert not os.path.isdir(cgroups.directory(parent))

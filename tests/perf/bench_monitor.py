@@ -273,7 +273,7 @@ def _median_interval(ratios):
 
 
 def run():
-    for package in ("pybpf", "bpfhook", "programs"):
+    for package in ("pybpf", "bpfhook"):
         compileall.compile_dir(os.path.join(ROOT, package), quiet=1)
     ours = Tool([sys.executable, "-m", "bpfhook", "monitor", "-m", "600"], "attached")
     peer = _peer()

@@ -1,4 +1,5 @@
-"""cgroup path -> container, the id resolver's cache, and Docker names over a unix socket."""
+"""cgroup path -> container, finding a container by what the user wrote, the id resolver's cache, and
+Docker names over a unix socket."""
 import http.server
 import json
 import socketserver
@@ -7,7 +8,7 @@ import threading
 import pytest
 
 from bpfhook import cgroups
-from bpfhook.containers import Container, DockerNames, Resolver, classify
+from bpfhook.containers import Container, ContainerError, DockerNames, Resolver, classify, find
 
 ID = "4f1c0a9e2b7d" + "0123456789abcdef" * 3 + "0123"  # 64 hex
 ID2 = "a" * 64
@@ -62,6 +63,43 @@ def test_short_id_and_matching():
     lab = classify("/bpfhook.lab/web")
     assert lab.short_id == "web" and lab.matches("web") and not lab.matches("we")
     assert classify("/").label == "host"
+
+
+# ---- find(): a cgroup tree of directories, as the cgroup2 mount holds them ----------------------
+
+ID3 = ID[:6] + "f" * 58  # shares a 6-character prefix with ID
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    for path in (f"docker/{ID}/inner", f"system.slice/docker-{ID3}.scope", "bpfhook.lab/webapp", "bpfhook.lab/webapp2",
+                 "bpfhook.lab/demo-a", "bpfhook.lab/demo-b", "system.slice/nginx.service"):
+        (tmp_path / path).mkdir(parents=True)
+    monkeypatch.setattr(cgroups, "mount", lambda: str(tmp_path))
+    return tmp_path
+
+
+def test_find_by_name_id_prefix_and_path(tree):
+    names = {"docker": {ID3: "api"}.get}
+    assert find("webapp", names).cgroup_path == "/bpfhook.lab/webapp"  # a whole name beats a prefix
+    assert find(ID, names).cgroup_path == f"/docker/{ID}"  # the container's top cgroup, not its child
+    assert find(ID[:12], names).id == ID and find(ID[:7], names).id == ID
+    assert find("api", names).id == ID3  # the runtime's name
+    assert find(f"{tree}/system.slice/nginx.service", names).kind == "service"  # a path: any cgroup
+    assert find("/bpfhook.lab/webapp2", names).name == "webapp2"
+
+
+def test_find_refuses_in_one_line_naming_the_candidates(tree):
+    with pytest.raises(ContainerError) as err:
+        find(ID[:6], names={})
+    assert len(err.value.candidates) == 2 and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"'{ID[:6]}' names 2 containers: {ID[:12]} (docker /docker/{ID}), ")
+    with pytest.raises(ContainerError, match="names 2 containers: demo-a .*, demo-b"):
+        find("demo", names={})
+    for spec in ("nope", "nginx.service", "/bpfhook.lab/nope", "", ID[:3]):  # a service is no container
+        with pytest.raises(ContainerError, match="no container|empty") as err:
+            find(spec, names={})
+        assert err.value.candidates == ()
 
 
 def test_unknown_cgroup_id_is_the_host():

@@ -9,7 +9,8 @@ import pytest
 
 from bpfhook import cgroups, cli
 from bpfhook.containers import classify
-from bpfhook.monitor_cli import EventFilter, MonitorError, MonitorOptions, host_port, options_from
+from bpfhook.cli import host_port
+from bpfhook.monitor_cli import EventFilter, MonitorError, MonitorOptions, options_from
 from pybpf import mounts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -115,7 +116,7 @@ def test_filter():
 
 
 def test_accept_choices_are_the_programs_hooks():
-    from bpfhook.monitor_cli import ACCEPT_HOOKS
     from bpfhook.programs.accept import HOOKS
 
-    assert ACCEPT_HOOKS == HOOKS
+    assert [options_from(parse("--accept", hook)).accept for hook in ("auto",) + HOOKS] == ["auto", *HOOKS]
+    assert f"the first of {', '.join(HOOKS)} this kernel allows" in " ".join(_bpfhook("monitor", "--help").stdout.split())

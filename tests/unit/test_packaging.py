@@ -16,10 +16,10 @@ import pytest
 from bpfhook import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "pybpf", "bpfhook", "programs")
+SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "pybpf", "bpfhook")
 RUNTIME_DEPS = {"pyroute2", "cffi", "construct"}
 TEST_EXTRA = {'pytest; extra == "test"', 'hypothesis; extra == "test"'}
-PROBE = "_packaging_probe"  # a module added to the copied programs/ only
+PROBE = "_packaging_probe"  # a module added to the copied bpfhook/programs/ only
 
 
 def _readme_command(marker):
@@ -33,7 +33,7 @@ def _readme_command(marker):
 
 @pytest.fixture(scope="module")
 def source_copy(tmp_path_factory):
-    """The package sources copied out, plus a probe module in programs/,
+    """The package sources copied out, plus a probe module in bpfhook/programs/,
     so building leaves the checkout alone."""
     copy = tmp_path_factory.mktemp("src")
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
@@ -43,7 +43,7 @@ def source_copy(tmp_path_factory):
             shutil.copytree(src, copy / name, ignore=ignore)
         else:
             shutil.copy(src, copy / name)
-    (copy / "programs" / f"{PROBE}.py").write_text("WHERE = __name__\n")
+    (copy / "bpfhook" / "programs" / f"{PROBE}.py").write_text("WHERE = __name__\n")
     return copy
 
 
@@ -71,11 +71,7 @@ def _py_files(tree, prefix):
 def test_wheel_ships_every_module_and_no_top_level_programs(wheel, source_copy):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert not [n for n in names if n.startswith("programs/")]
-    expected = (
-        _py_files(source_copy / "pybpf", "pybpf/")
-        | _py_files(source_copy / "bpfhook", "bpfhook/")
-        | _py_files(source_copy / "programs", "bpfhook/programs/")
-    )
+    expected = _py_files(source_copy / "pybpf", "pybpf/") | _py_files(source_copy / "bpfhook", "bpfhook/")
     assert expected - names == set()
     assert f"bpfhook/programs/{PROBE}.py" in names
     assert not [n for n in names if n.startswith("tests/")]
@@ -130,7 +126,7 @@ def test_programs_import_from_a_checkout(source_copy):
         [sys.executable, "-c", IMPORT_PROGRAMS], cwd=source_copy, env=env, capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(source_copy / "programs" / "__init__.py"), f"bpfhook.programs.{PROBE}"]
+    assert r.stdout.split() == [str(source_copy / "bpfhook" / "programs" / "__init__.py"), f"bpfhook.programs.{PROBE}"]
 
 
 def _imported_modules(path):
@@ -145,11 +141,11 @@ def _imported_modules(path):
 
 
 def test_shipped_code_imports_the_programs_as_installed():
-    """programs/ ships as bpfhook.programs: an import of the top-level name works from a checkout
-    (the current directory is on sys.path) and fails in an install, first when the line runs."""
+    """The programs are bpfhook.programs: an import of a top-level `programs` would find some other
+    package, or nothing, first when the line runs."""
     wrong = [
         f"{os.path.relpath(os.path.join(d, f), ROOT)}: {name}"
-        for package in ("pybpf", "bpfhook", "programs")
+        for package in ("pybpf", "bpfhook")
         for d, _dirs, files in os.walk(os.path.join(ROOT, package))
         for f in files
         if f.endswith(".py")

@@ -3,7 +3,7 @@ import socket
 import struct
 
 import pytest
-from construct import Container
+from construct import Container, Int16ub, Int16ul, Struct
 
 from bpfhook import records as r
 
@@ -103,6 +103,10 @@ def test_event_roundtrip_through_construct_and_codec():
     d = r.decode_event(raw)
     assert (d["saddr"], d["daddr"], d["protocol"], d["event"]) == ("fd77::3:1", "::1", "udp", "udp")
     assert r.decode_event(raw[:135] + b"\1")["event"] == "udp"  # padding is ignored
+    # The flat struct hot paths use is the layout's own; one that mixes byte orders has none
+    assert r.flat_struct(r.EVENT).unpack_from(raw + b"tail")[:2] == (1, 2)
+    with pytest.raises(ValueError, match="one struct"):
+        r.flat_struct(Struct("a" / Int16ub, "b" / Int16ul))
 
 
 def test_decode_metrics():

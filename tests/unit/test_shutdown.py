@@ -94,5 +94,5 @@ def test_tools_that_clean_up_in_order_poll_the_request(tool):
     between a kernel object made and its undo recorded."""
     from bpfhook import cli
 
-    module = __import__(cli.COMMANDS[tool], fromlist=["run"])
+    module = __import__(cli.COMMANDS[tool][0], fromlist=["run"])
     assert module.POLLS_SHUTDOWN is True

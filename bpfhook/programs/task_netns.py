@@ -1,13 +1,7 @@
-"""The network namespaces in use: a task iterator (bpf_iter_task, Linux 5.8) that writes one
-TASK_NETNS (its network namespace's inode number, its pid) per process, and one per thread
-that entered another namespace than its process's (setns() is per thread: a CNI plugin or a
-Go program that locks a thread to a container's namespace holds it that way).
-
-The monitor's socket walks (existing.py, live_conns.py) run in every network namespace, and
-finding them in /proc costs a stat() of /proc/PID/ns/net per process: ~20 us each here, so
-~0.1 s per report on a host of 5,000 processes (and sees no thread's own namespace). This
-walk reads the kernel's task list in one read(); user space opens /proc/PID/ns/net of one
-task per namespace.
+"""The network namespaces in use: a task iterator (bpf_iter_task, 5.8) writes one TASK_NETNS
+(namespace inode, pid) per process, and per thread in another namespace than its process's
+(setns() is per thread: a CNI plugin, a Go program's locked thread). The monitor's socket
+walks run in each; /proc would cost a stat() per process, and miss the threads.
 """
 from bpfhook.records import TASK_NETNS, offsetof
 from pybpf.asm import Program

@@ -1,22 +1,13 @@
-"""Outbound connection attempts from cgroup connect4 / connect6 (cgroup_sock_addr).
-
-Runs in the connecting task before the kernel's own connect(), for sockets of
-tasks in the cgroup subtree it is attached to. Reports pid, tid, comm, cgroup
-id, the netns cookie (bpf_get_netns_cookie works here), the destination and
-the socket (its struct sock address joins the state events; its cookie is for
-other tools). A connect() of a UDP socket is a UDP flow: kind udp, counted in
-the metrics' udp field. Other protocols (ICMP ping sockets, raw) are skipped.
-The program never refuses a connect: it returns 1. Without streaming a TCP
-connect() is only counted: the state program records its opening at SYN_SENT,
-in the same task.
-
-struct bpf_sock_addr offsets come from the kernel's BTF like every other
-struct the monitor reads.
+"""Outbound connection attempts from cgroup connect4/connect6 (cgroup_sock_addr), run in the
+connecting task before the kernel's connect(): pid, tid, comm, cgroup, netns cookie, the
+destination and the socket (its address joins the state events). A UDP connect() is a UDP
+flow (kind udp, the metrics' udp); other protocols are skipped. It never refuses (returns
+1). Unstreamed, a TCP connect() is only counted: the state program enters it at SYN_SENT.
 """
 from bpfhook import records
 from pybpf.asm import Program
 
-from .conn_common import (IPPROTO_TCP, IPPROTO_UDP, E, account, current_task, define_metrics, emit, remember,
+from .conn_common import (EVENT_AT, IPPROTO_TCP, IPPROTO_UDP, account, current_task, define_metrics, emit, remember,
                           task_reader)
 
 ALLOW = 1
@@ -43,31 +34,31 @@ def build(maps, kernel, version):
             p.exit(ALLOW)
     ev.zero()
     p.call("ktime_get_ns")
-    ev.u64[E["ts_ns"]] = p.r0
-    ev.u8[E["protocol"]] = p.r6
-    ev.u8[E["kind"]] = records.EV_CONNECT
+    ev.u64[EVENT_AT["ts_ns"]] = p.r0
+    ev.u8[EVENT_AT["protocol"]] = p.r6
+    ev.u8[EVENT_AT["kind"]] = records.EV_CONNECT
     p.r1 = p.r9.u32[at["family"]]
-    ev.u16[E["family"]] = p.r1
+    ev.u16[EVENT_AT["family"]] = p.r1
     p.r1 = p.r9.u32[at["user_port"]]  # network order in the low 16 bits
     p.be(p.r1, 16)
-    ev.u16[E["dport"]] = p.r1
+    ev.u16[EVENT_AT["dport"]] = p.r1
     if version == 4:
         p.r1 = p.r9.u32[at["user_ip4"]]
-        ev.u32[E["daddr"]] = p.r1
+        ev.u32[EVENT_AT["daddr"]] = p.r1
     else:
         for word in range(4):
             p.r1 = p.r9.u32[at["user_ip6"] + 4 * word]
-            ev.u32[E["daddr"] + 4 * word] = p.r1
+            ev.u32[EVENT_AT["daddr"] + 4 * word] = p.r1
     p.r1 = p.r9.u64[at["sk"]]
-    ev.u64[E["sock"]] = p.r1
+    ev.u64[EVENT_AT["sock"]] = p.r1
     p.call("get_socket_cookie", p.r9)
-    ev.u64[E["cookie"]] = p.r0
+    ev.u64[EVENT_AT["cookie"]] = p.r0
     p.call("get_netns_cookie", p.r9)
-    ev.u64[E["netns"]] = p.r0
+    ev.u64[EVENT_AT["netns"]] = p.r0
     current_task(p, ev, task=task_reader(kernel, p.prog_type))
     with p.If(p.r6 == IPPROTO_UDP):
-        ev.u8[E["kind"]] = records.EV_UDP
-        account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]), [("udp", 1)])
+        ev.u8[EVENT_AT["kind"]] = records.EV_UDP
+        account(p, (ev.u64[EVENT_AT["cgroup_id"]], ev.u64[EVENT_AT["netns"]]), [("udp", 1)])
         remember(p, maps, ev, scratch)
     emit(p, maps, ev, p.r9, scratch)
     p.exit(ALLOW)

@@ -1,49 +1,30 @@
-"""TCP connections open before the monitor started: a socket iterator (bpf_iter_tcp, Linux 5.9)
-run once, after the state program is attached, enters each into the connection table.
+"""TCP connections open before the monitor started: a socket iterator (bpf_iter_tcp, 5.9), run
+once after the state program is attached, enters each into the connection table. (Otherwise
+such a connection is seen only at its next transition: missing from the report until then,
+its close counted lost.)
 
-Without it such a connection is seen only at its next transition, which for a
-connection that is not opening follows nothing: it is missing from the live
-table and the report's counts, and its close counts in lost["conns"].
+Every full TCP socket (no TIME_WAIT or request mini-socket, none closed) the table does not
+follow yet is entered with its addresses, state, cgroup and netns, start_ns now and F_OLDER.
+Its owner is unknown to the kernel until a task accepts or closes it; user space finds it in
+/proc by the socket inode the walk writes (one OLDER_ENTERED per connection). A socket no
+process holds yet waits in a listener's accept queue: F_PASSIVE. One whose local port a
+listener holds in its namespace was accepted already: F_PASSIVE | F_ACCEPTED_BEFORE. The
+listeners' ports are known in time: the kernel's iterator walks the listening hash before the
+established one (into `listeners`), and connect() never picks a port a listener holds.
 
-For every full TCP socket (TIME_WAIT and request mini-sockets are skipped, and
-so are closed sockets), unless the table has it already (it opened since the
-state program was attached; one the state program found late, at a transition
-before the walk reached it, is entered over its entry):
-
-    addresses, state, cgroup and netns   from the socket, like an opening's
-    start_ns                             now (the connection is older: F_OLDER)
-    owner                                unknown to the kernel (pid 0) until the task that
-                                         closes it (conn_state), or that accepts it; user
-                                         space looks its socket inode up in /proc meanwhile
-    F_PASSIVE                            a socket no process holds yet (sk_socket NULL):
-                                         a listener's child waiting in its accept queue,
-                                         which accept() then hands over (programs/accept.py);
-                                         or, with F_ACCEPTED_BEFORE, one accepted already:
-                                         its local port is a listener's in its netns
-
-What the walk writes (bpf_seq_write), for user space to count and find owners by, is
-one OLDER_ENTERED (sock, socket inode) per connection entered. A record that overflows
-the seq_file buffer is dropped, and its socket visited again by the next read(): found
-with F_OLDER, entered by this walk, it gets its record again and nothing else.
-
-A listener is not a connection: its port goes into the `listeners` map (LISTENER_KEY).
-The walk meets every listener of a namespace before its first established socket
-(the kernel's TCP iterator walks the listening hash, then the established one),
-and an ephemeral port is never one a listener holds (connect() skips bound ports),
-so the port says which end a connection is. One whose listener has closed since
-is left without a direction, as before.
-
-The kernel runs the program with the socket locked, so its own transitions
-wait for us. When streaming, each is also sent as an event of kind "existing"
-(newstate: its state), so that a report built from events lists it too. (On a
-perf buffer too: bpf_perf_event_output from a tracing program takes its
-registers from a per-CPU scratch area, never from the context.)
+A record that overflows the seq_file buffer is dropped and its socket visited again by the
+next read(): already F_OLDER, it only gets its record again. The socket is locked while the
+program runs, so its transitions wait. Streaming, each is also sent as an event of kind
+"existing" (bpf_perf_event_output from a tracing program takes its registers from a per-CPU
+scratch area, not the context: the perf buffer works too).
 """
 from bpfhook import records
 from bpfhook.records import CONN, EVENT, OLDER_ENTERED, offsetof
 from pybpf.asm import Program
+from pybpf.maps import Map
+from pybpf.uapi import MapType
 
-from .conn_common import (C, E, IPPROTO_TCP, claim_slot, copy_shared, emit, find_conn, sock_addresses,
+from .conn_common import (CONN_AT, EVENT_AT, IPPROTO_TCP, claim_slot, copy_shared, emit, find_conn, sock_addresses,
                           sock_owner, store_conn, typed_field)
 
 FUNC = "bpf_iter_tcp"  # the iterator target's function: the program's attach_btf_id
@@ -56,8 +37,6 @@ LISTENERS_MAX = 4096  # listening ports remembered per run (more: those connecti
 
 def listeners_map():
     """The walk's `listeners` map (LISTENER_KEY -> u8): create one per enter_older."""
-    from pybpf.maps import Map
-    from pybpf.uapi import MapType
     return Map(MapType.HASH, key=records.LISTENER_KEY.sizeof(), value=1, max_entries=LISTENERS_MAX,
                name="listeners")
 
@@ -82,7 +61,7 @@ def build(maps, kernel, listeners):
     with p.If(p.r8 == CLOSE):
         p.exit(0)
     ev.zero()
-    sock_addresses(p, kernel, ev, buf, p.r6, E, typed=True)
+    sock_addresses(p, kernel, ev, buf, p.r6, EVENT_AT, typed=True)
     sock_owner(p, kernel, ev, scratch, p.r6, typed=True)
     _listener_key(p, ev, conn)  # (conn: scratch space until the CONN is built)
     with p.If(p.r8 == LISTEN):
@@ -95,9 +74,9 @@ def build(maps, kernel, listeners):
     over.u64[0] = 0
     find_conn(p, maps, p.r6, key, scratch, "pointer", slot)
     with p.If(p.r7 != 0):
-        p.r1 = p.r7.u8[C["state"]]
+        p.r1 = p.r7.u8[CONN_AT["state"]]
         with p.If(p.r1 != CLOSE):  # followed already
-            p.r1 = p.r7.u8[C["flags"]]
+            p.r1 = p.r7.u8[CONN_AT["flags"]]
             p.r2 = p.r1
             p.r2 &= records.F_OLDER
             with p.If(p.r2 != 0):
@@ -112,21 +91,21 @@ def build(maps, kernel, listeners):
             # this walk reached it: an older connection, entered here over that entry
             over.u64[0] = p.r7
 
-    ev.u8[E["protocol"]] = IPPROTO_TCP
-    ev.u8[E["flags"]] = records.F_OLDER
+    ev.u8[EVENT_AT["protocol"]] = IPPROTO_TCP
+    ev.u8[EVENT_AT["flags"]] = records.F_OLDER
     p.r2 = typed_field(p.r6, kernel, "sk_socket")
     with p.If(p.r2 == 0):  # waiting in an accept queue
-        ev.u8[E["flags"]] = records.F_OLDER | records.F_PASSIVE
+        ev.u8[EVENT_AT["flags"]] = records.F_OLDER | records.F_PASSIVE
     with p.Else():
         p.call("map_lookup_elem", listeners, conn)
         with p.If(p.r0 != 0):
-            ev.u8[E["flags"]] = records.F_OLDER | records.F_PASSIVE | records.F_ACCEPTED_BEFORE
+            ev.u8[EVENT_AT["flags"]] = records.F_OLDER | records.F_PASSIVE | records.F_ACCEPTED_BEFORE
     conn.zero()
     copy_shared(p, ev, EVENT, conn, CONN)
-    conn.u8[C["state"]] = p.r8
+    conn.u8[CONN_AT["state"]] = p.r8
     p.call("ktime_get_ns")
-    conn.u64[C["start_ns"]] = p.r0
-    ev.u64[E["ts_ns"]] = p.r0
+    conn.u64[CONN_AT["start_ns"]] = p.r0
+    ev.u64[EVENT_AT["ts_ns"]] = p.r0
 
     p.r4 = over.u64[0]
     if maps.slots:
@@ -134,9 +113,9 @@ def build(maps, kernel, listeners):
             claim_slot(p, slot, p.r6)
     store_conn(p, maps, p.r4, conn, key)  # (r4 0: into conns; its slot is another live connection's)
     if maps.stream:
-        ev.u64[E["sock"]] = p.r6
-        ev.u8[E["newstate"]] = p.r8
-        ev.u8[E["kind"]] = records.EV_EXISTING
+        ev.u64[EVENT_AT["sock"]] = p.r6
+        ev.u8[EVENT_AT["newstate"]] = p.r8
+        ev.u8[EVENT_AT["kind"]] = records.EV_EXISTING
         emit(p, maps, ev, p.r9, scratch)
     _write_entered(p, key, entered)
     p.exit(0)
@@ -183,7 +162,7 @@ def write_out(p, ctx, record, size):
 
 def _listener_key(p, ev, key):
     """A LISTENER_KEY at stack slot `key` from the EVENT's netns and local port."""
-    p.r1 = ev.u64[E["netns"]]
+    p.r1 = ev.u64[EVENT_AT["netns"]]
     key.u64[records.offsetof(records.LISTENER_KEY, "netns")] = p.r1
-    p.r1 = ev.u16[E["sport"]]
+    p.r1 = ev.u16[EVENT_AT["sport"]]
     key.u64[records.offsetof(records.LISTENER_KEY, "port")] = p.r1  # the padding zeroed with it

@@ -1,47 +1,31 @@
 """Inbound connections attributed to the process that accepts them.
 
-The handshake completes in softirq context, where the current task is
-whoever was interrupted, so the state tracepoint cannot name the server. The
-accepting task is current when inet_csk_accept() returns the new struct sock,
-and four hooks see that moment; the monitor takes the first the kernel allows
-(HOOKS order):
+The handshake completes in softirq, where the current task is whoever was interrupted; the
+accepting task is current when inet_csk_accept() returns the new sock. Four hooks see that
+moment, and the monitor takes the first the kernel allows (HOOKS):
 
-    fexit      on inet_csk_accept: ctx[nargs] is the returned sock. nargs comes
-               from the function's BTF prototype, which changed in 6.10:
-               (sk, flags, err, kern) before, (sk, struct proto_accept_arg *) since.
-    kretprobe  on inet_csk_accept: the sock is PT_REGS_RC (pt_regs offset from BTF).
-    getpeername  cgroup getpeername4 / getpeername6 (cgroup_sock_addr, Linux 5.8):
-               accept() that asks for the peer's address (accept(fd, &addr, &len): what
-               Python, Go, Java, nginx and most servers do) fetches it through
-               inet_getname(), which runs these hooks in the accepting task with
-               ctx->sk the new socket. getpeername() runs them too, so only a followed
-               connection that has no owner yet is taken: a passive one, first time.
-               An accept(fd, NULL, NULL) runs nothing: that connection's owner is the
-               task that closes it (conn_state). Nor is a connection whose handshake
-               ended before the monitor started (not followed) reported at accept().
-    tracepoint syscalls:sys_exit_accept4 / sys_exit_accept: the new fd leads to the
-               socket through the task's own file table, read with
-               bpf_probe_read_kernel at BTF offsets (no kprobes or fexit needed):
-               current->files->fdt->fd[ret]->private_data (struct socket)->sk.
-               Every accept(), but at a price paid by every task: an enabled syscall
-               tracepoint sends every system call on the host through the kernel's
-               syscall-tracing slow path (here ~40 ns more per call: a loop of
-               1-byte reads runs ~20% slower, a loopback connect/accept/close loop
-               ~3%). So it comes after getpeername.
+    fexit        on inet_csk_accept: the sock is ctx[nargs], nargs from its BTF prototype,
+                 which changed in 6.10: (sk, flags, err, kern), then (sk, proto_accept_arg *)
+    kretprobe    on inet_csk_accept: the sock is PT_REGS_RC (pt_regs offset from BTF)
+    getpeername  cgroup getpeername4/6 (5.8): accept(fd, &addr, &len), what most servers
+                 call, fetches the peer through inet_getname(), which runs these hooks in
+                 the accepting task with ctx->sk the new socket. getpeername() runs them
+                 too, so only a followed passive connection without an owner is taken.
+                 accept(fd, NULL, NULL) runs nothing: its closer becomes the owner.
+    tracepoint   syscalls:sys_exit_accept4/accept: the returned fd leads to the socket
+                 through current->files->fdt->fd[ret]->private_data->sk. It sees every
+                 accept(), but an enabled syscall tracepoint slows every system call on the
+                 host (docs/benchmarks.md): it comes after getpeername.
 
-All four end in the same code (_accepted). Only TCP sockets of
-AF_INET/AF_INET6 are reported (accept() also serves Unix sockets). The event
-(kind accept, F_OWNER_FROM_ACCEPT) carries the acceptor's pid, tid, comm and
-cgroup and the sock address the state events are keyed by; the connection map
-entry takes the acceptor as owner, so the live connection and, at its close,
-its bytes count in the acceptor's cgroup even when the listener was created in
-another one.
+All four end in _accepted: TCP over IPv4/IPv6 only. The event and the connection's entry
+take the acceptor as owner, so the connection counts in the acceptor's cgroup even when
+the listener was made in another.
 """
 from bpfhook import records
 from pybpf import tracefs
 from pybpf.asm import Program
 
-from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, C, E, copy_shared, current_task, emit,
+from .conn_common import (AF_INET, AF_INET6, CONN_AT, EVENT_AT, IPPROTO_TCP, copy_shared, current_task, emit,
                           exit_unless_tcp, field_in, find_conn, kread, kread_fields, mark_conn, sock_addresses,
                           sock_netns, task_reader)
 
@@ -125,38 +109,35 @@ def _program(prog_type):
 
 
 def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, unowned_only=False):
-    """The rest of every hook: r6 = the accepted struct sock (or NULL), r9 = ctx, and the
-    accepting task current. Hands the connection over to the acceptor (its map entry's
-    owner: the close is counted in the acceptor's cgroup), sends the accept event when
-    streaming, exits with `ret`. sk_type: what r6 is (conn_common.sock_number).
-    unowned_only: for a hook that also runs outside accept()
-    (getpeername): only a followed connection without an owner yet is taken, and only a passive
-    one (F_PASSIVE; an active one has its connecting task from SYN_SENT) not accepted before.
+    """The rest of every hook: r6 = the accepted struct sock (or NULL), r9 = ctx, the accepting
+    task current. Makes the acceptor the connection's owner, sends the accept event when
+    streaming, exits with `ret`. sk_type: what r6 is (conn_common.sock_number). unowned_only,
+    for getpeername (which also runs outside accept()): only a followed passive connection
+    without an owner, not accepted before the monitor started, is taken.
 
-    A socket the state program follows is a TCP one with its addresses and netns in its
-    map entry: nothing more is read from it. Without streaming an accept of any other
-    socket (a Unix one, a connection older than the monitor) has nothing to update."""
+    A followed socket has its addresses and netns in its entry: nothing more is read from it.
+    Unstreamed, any other socket's accept (a Unix one, an older connection) changes nothing."""
     task = task_reader(kernel, p.prog_type)
     with p.If(p.r6 == 0):
         p.exit(ret)
     find_conn(p, maps, p.r6, key, scratch, sk_type)
     with p.If(p.r7 != 0):
-        p.r1 = p.r7.u8[C["state"]]
+        p.r1 = p.r7.u8[CONN_AT["state"]]
         with p.If(p.r1 == CLOSE):  # an ended connection's entry (conn_state keeps them for reuse)
             p.r7 = 0
     if unowned_only or not maps.stream:
         with p.If(p.r7 == 0):  # nothing to hand over (and, for getpeername, no accept to report)
             p.exit(ret)
     if unowned_only:
-        p.r1 = p.r7.u32[C["pid"]]
+        p.r1 = p.r7.u32[CONN_AT["pid"]]
         with p.If(p.r1 != 0):
             p.exit(ret)
-        p.r1 = p.r7.u8[C["flags"]]
+        p.r1 = p.r7.u8[CONN_AT["flags"]]
         p.r1 &= records.F_PASSIVE | records.F_ACCEPTED_BEFORE
         with p.If(p.r1 != records.F_PASSIVE):  # an active one, or one accepted before the monitor
             p.exit(ret)  # started (its owner is unknown): a getpeername() now is no accept
     if not maps.stream:
-        current_task(p, p.r7, C, task=task)
+        current_task(p, p.r7, CONN_AT, task=task)
         mark_conn(p, p.r7, records.F_OWNER_FROM_ACCEPT)
         emit(p, maps, ev, p.r9, scratch)  # counted, as streaming would have sent it
         p.exit(ret)
@@ -168,19 +149,19 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, u
     with p.Else():
         copy_shared(p, p.r7, records.CONN, ev, records.EVENT)  # the owner fields are replaced below
     p.call("ktime_get_ns")
-    ev.u64[E["ts_ns"]] = p.r0
-    ev.u64[E["sock"]] = p.r6
-    ev.u8[E["kind"]] = records.EV_ACCEPT
-    ev.u8[E["protocol"]] = IPPROTO_TCP
-    ev.u8[E["flags"]] = records.F_OWNER_FROM_ACCEPT | records.F_PASSIVE
+    ev.u64[EVENT_AT["ts_ns"]] = p.r0
+    ev.u64[EVENT_AT["sock"]] = p.r6
+    ev.u8[EVENT_AT["kind"]] = records.EV_ACCEPT
+    ev.u8[EVENT_AT["protocol"]] = IPPROTO_TCP
+    ev.u8[EVENT_AT["flags"]] = records.F_OWNER_FROM_ACCEPT | records.F_PASSIVE
     current_task(p, ev, task=task)
     with p.If(p.r7 != 0):  # the new owner into the entry
         for name, type in (("cgroup_id", "u64"), ("pid", "u32"), ("tid", "u32")):
-            p.r1 = getattr(ev, type)[E[name]]
-            getattr(p.r7, type)[C[name]] = p.r1
+            p.r1 = getattr(ev, type)[EVENT_AT[name]]
+            getattr(p.r7, type)[CONN_AT[name]] = p.r1
         for half in (0, 8):
-            p.r1 = ev.u64[E["comm"] + half]
-            p.r7.u64[C["comm"] + half] = p.r1
+            p.r1 = ev.u64[EVENT_AT["comm"] + half]
+            p.r7.u64[CONN_AT["comm"] + half] = p.r1
         mark_conn(p, p.r7, records.F_OWNER_FROM_ACCEPT)
     emit(p, maps, ev, p.r9, scratch)
     p.exit(ret)
@@ -190,7 +171,7 @@ def _unfollowed(p, kernel, ev, buf, scratch):
     """Addresses and netns of an accepted socket with no map entry, from the socket; exits
     unless it is an AF_INET/AF_INET6 TCP one."""
     sock_addresses(p, kernel, ev, buf, p.r6)
-    p.r1 = ev.u16[E["family"]]
+    p.r1 = ev.u16[EVENT_AT["family"]]
     p.r2 = p.r1
     with p.If(p.r1 != AF_INET):
         with p.If(p.r2 != AF_INET6):

@@ -1,6 +1,6 @@
 """What the monitor's programs share: their maps, kernel struct offsets, DSL pieces.
 
-Maps (layouts from bpfhook.records, the one definition both sides read):
+Maps (layouts from bpfhook.records):
     conn_slots       array  u32 -> CONN_SLOT             TCP connections, one slot per socket address
                                                          hash (slot_of), read in place (mmap)
     conns            LRU hash  CONN_KEY -> CONN          ... those whose slot another one holds
@@ -13,32 +13,20 @@ Maps (layouts from bpfhook.records, the one definition both sides read):
     lost             per-CPU array, LOST_* slots
     stats            per-CPU array  0 -> STATS           event count, durations, state transitions
     recent           per-CPU array  0 -> RECENT          the latest closes and UDP flows
-(The per-CPU tables are one element each: records explains why.)
 
-Why a slot table before the hash map: every transition of a connection looks up
-its entry (about ten per connection), and a hash map lookup is a chain of three
-calls and returns into the kernel, ~100 ns each here (return thunks); the
-verifier inlines an array lookup into a multiply, a shift and a load. A socket
-claims its slot at its opening with a compare-and-swap (kernel 5.12+, feature
-"atomics"); when another live connection holds the slot, or the kernel has no
-BPF atomics (slots=0), the connection goes to "conns" as before. An ended
-connection's slot is marked (SLOT_ENDED) and free for the next socket there.
+A slot table before the hash map: every transition looks its connection up, and the verifier
+inlines an array lookup (a multiply, a shift, a load) where a hash lookup is a chain of calls
+into the kernel. A socket claims its slot at its opening with a compare-and-swap (BPF atomics,
+5.12); when another live connection holds it, or the kernel has no atomics, it goes to conns.
 
-With stream=False the programs send nothing to the ring buffer: user space
-reads the maps when it reports (the default text report and Prometheus need
-nothing more), so a busy host costs the monitor no per-event work.
+The metrics are per CPU, summed by user space: a connection's two ends run on different CPUs,
+and one shared counter would bounce its cache line between them. A key's metrics sit first in
+a per-CPU array slot fixed by the key (one writer, preemption off: no atomics), in the hash
+map only when another key holds that slot. Unstreamed (the default), the programs send nothing
+one by one: user space reads the maps when it reports.
 
-The metrics are per CPU: the client and the server of one connection run on
-different CPUs, and one shared counter would bounce its cache line between
-them on every open and close. User space sums the CPUs. The state program
-finds a key's metrics in a per-CPU array first (each close adds to two of
-them): a slot fixed by the key, the key's own once it took it, the hash map
-only for a key whose slot another key holds on that CPU. Per CPU, a slot has
-one writer, and it runs with preemption off: no atomics needed.
-
-Kernel structs are read with bpf_probe_read_kernel at offsets taken from the
-running kernel's BTF when the programs are built (CO-RE done in Python): the
-programs never carry a hard-coded offset of a kernel-internal struct.
+Kernel struct offsets come from the running kernel's BTF when the programs are built (CO-RE
+done in Python): no program carries a hard-coded offset of a kernel-internal struct.
 """
 import dataclasses
 import itertools
@@ -49,7 +37,10 @@ import sys
 
 from bpfhook import records
 from bpfhook.records import EVENT, METRICS, offsetof
+from pybpf import features
 from pybpf.asm import StackSlot
+from pybpf.btf import Btf
+from pybpf.errors import FeatureUnavailable
 from pybpf.features import TP_BTF_PREFIX
 from pybpf.maps import Map
 from pybpf.uapi import MapFlags, MapType
@@ -145,11 +136,7 @@ class KernelOffsets:
 
     @classmethod
     def from_btf(cls, btf=None):
-        from pybpf.errors import FeatureUnavailable
-
         if btf is None:
-            from pybpf.btf import Btf
-
             btf = Btf.vmlinux()
         out = {}
         for name, (struct, path) in _KERNEL_FIELDS.items():
@@ -206,8 +193,6 @@ class KernelOffsets:
     def func(self, name):
         """(BTF type id, number of arguments) of kernel function `name`: what an fexit program
         attaches to, and where its ctx holds the return value (after the arguments)."""
-        from pybpf.errors import FeatureUnavailable
-
         found = self.funcs.get(name)
         if found is None:
             raise FeatureUnavailable(f"vmlinux BTF has no function {name}")
@@ -238,7 +223,7 @@ class Maps:
                                             flags=MapFlags.MMAPABLE)
             self.conns = self._add(MapType.LRU_HASH, records.CONN_KEY, records.CONN, conns_max, "conns")
             # Elements allocated as keys come (a new cgroup or netns, behind the caches): preallocating
-            # 4,096 per-CPU ones took ~3 ms of start-up per map here, more with every CPU
+            # 4,096 per-CPU ones costs start-up time, more with every CPU (docs/benchmarks.md)
             self.metrics_cgroup = self._add(MapType.PERCPU_HASH, records.CGROUP_KEY, METRICS, METRICS_MAX,
                                             "metrics_cgroup", flags=MapFlags.NO_PREALLOC)
             self.metrics_netns = self._add(MapType.PERCPU_HASH, records.NETNS_KEY, METRICS, METRICS_MAX,
@@ -333,8 +318,9 @@ class Maps:
 
 # ---- DSL pieces ------------------------------------------------------------------
 
-E = {name: offset for name, offset, _size in records.fields(EVENT)}  # EVENT field offsets
-C = {name: offset for name, offset, _size in records.fields(records.CONN)}  # CONN field offsets
+# Where each field of an EVENT, a CONN, sits: ev.u8[EVENT_AT["kind"]]
+EVENT_AT = {name: offset for name, offset, _size in records.fields(EVENT)}
+CONN_AT = {name: offset for name, offset, _size in records.fields(records.CONN)}
 
 
 def kread(p, dst_slot, dst_off, size, src, src_off):
@@ -407,7 +393,7 @@ def typed_field(sk, k, name, type=None, extra=0):
     return sk.mem(k.offsets[name][0] + extra, type or _LOAD[k.size(name)])
 
 
-def sock_addresses(p, k, dst, buf, sk, at=E, typed=False):
+def sock_addresses(p, k, dst, buf, sk, at=EVENT_AT, typed=False):
     """family, sport, dport, saddr, daddr of the struct sock at `sk` into `dst` at the field
     offsets `at` (EVENT's by default): a stack slot, or r6..r9 pointing at a CONN. IPv4 writes
     the first 4 bytes of each address, so the rest must be zero already.
@@ -474,11 +460,11 @@ def sock_owner(p, k, ev, scratch, sk, typed=False):
         p.r1 = typed_field(sk, k, "sk_cgroup")
         p.r1 = typed_field(p.r1, k, "cgroup_kn")
         p.r1 = typed_field(p.r1, k, "kn_id")
-        ev.u64[E["cgroup_id"]] = p.r1
+        ev.u64[EVENT_AT["cgroup_id"]] = p.r1
     else:
         kread(p, scratch, 0, 8, sk, k.sk_cgroup)
         kread(p, scratch, 0, 8, scratch.u64[0], k.cgroup_kn)
-        kread(p, ev, E["cgroup_id"], 8, scratch.u64[0], k.kn_id)
+        kread(p, ev, EVENT_AT["cgroup_id"], 8, scratch.u64[0], k.kn_id)
     sock_netns(p, k, ev, scratch, sk, typed)
 
 
@@ -487,10 +473,10 @@ def sock_netns(p, k, ev, scratch, sk, typed=False):
     if typed:
         p.r1 = typed_field(sk, k, "sk_net")
         p.r1 = typed_field(p.r1, k, "net_cookie")
-        ev.u64[E["netns"]] = p.r1
+        ev.u64[EVENT_AT["netns"]] = p.r1
     else:
         kread(p, scratch, 0, 8, sk, k.sk_net)
-        kread(p, ev, E["netns"], 8, scratch.u64[0], k.net_cookie)
+        kread(p, ev, EVENT_AT["netns"], 8, scratch.u64[0], k.net_cookie)
 
 
 # Fields an EVENT and a CONN share, with their access type
@@ -637,9 +623,9 @@ def end_slot(p, slot, sk):
 
 def mark_conn(p, conn, flag):
     """flags |= flag in the CONN that register `conn` points at."""
-    p.r1 = conn.u8[C["flags"]]
+    p.r1 = conn.u8[CONN_AT["flags"]]
     p.r1 |= flag
-    conn.u8[C["flags"]] = p.r1
+    conn.u8[CONN_AT["flags"]] = p.r1
 
 
 def task_reader(kernel, prog_type):
@@ -649,20 +635,17 @@ def task_reader(kernel, prog_type):
         return None
     if prog_type == "tracing":  # (a tracing program has every tracing helper; it cannot be probed
         return kernel           # without a target)
-    from pybpf import features
-
     return kernel if features.has(f"helper.{prog_type}.get_current_task_btf") else None
 
 
-def current_task(p, dst, at=E, cgroup=True, task=None):
+def current_task(p, dst, at=EVENT_AT, cgroup=True, task=None):
     """pid, tid, comm (and cgroup_id) of the current task into `dst` at the field offsets `at`
     (EVENT's by default): a stack slot, or r6..r9 pointing at map memory. r0-r5 clobbered.
 
     task: task_reader()'s answer. Given, comm is two loads from bpf_get_current_task_btf's
-    task_struct (NUL-padded there, as the helper's copy is); else bpf_get_current_comm, whose
-    strscpy costs ~55 ns a call here (twice per connection). A char array is a scalar to the
-    verifier: the loads cost it nothing, unlike a pointer field of a trusted pointer (see
-    conn_state._event_from_sock)."""
+    task_struct (NUL-padded there, as the helper's copy is), where bpf_get_current_comm runs a
+    strscpy (docs/benchmarks.md). A char array is a scalar to the verifier: the loads cost it
+    nothing, unlike a pointer field of a trusted pointer (conn_state._event_from_sock)."""
     p.call("get_current_pid_tgid")
     dst.u32[at["tid"]] = p.r0
     p.r0 >>= 32

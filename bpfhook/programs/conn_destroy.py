@@ -1,31 +1,22 @@
-"""A close the state program did not see, made good when its socket is destroyed: the
-tracepoint tcp:tcp_destroy_sock (every TCP socket, once, just before its memory is freed),
-attached raw as conn_state is (HOOKS).
+"""A close the state program did not see, made good at the socket's destroy: the tracepoint
+tcp:tcp_destroy_sock (every TCP socket, once, just before it is freed), attached as
+conn_state is (HOOKS).
 
-The kernel skips a run of a tracing program that comes while the same program is already
-running on that CPU (counted in bpf_prog_info.recursion_misses): a transition in softirq
-that interrupts the state program's run in process context. Under churn that is a few runs
-in a million, nearly all of them closes (most closes happen in softirq: the last ACK, the
-peer's FIN). Such a connection's entry stays live. This program is a different one, so it
-still runs there, and at the socket's destroy its counters are still whole: it ends the
-entry as conn_state would have, with the exact bytes and duration (conn_state.end_conn),
-its close event sent, and counts it in stats[STAT_CLOSED_AT_DESTROY] (Monitor.lost() takes
-those out of the skipped runs: their events were not lost).
-
-The usual socket meets its own slot already marked ended: a multiply, a shift, a load and a
-compare, and out. Only a socket not in its slot (a listener, one never connected, one whose
-slot another connection held) looks in conns.
-
-An entry not of this socket is left alone: one whose dport differs is an earlier socket's at
-this address, whose close was skipped too (a socket that never connected reused the
-address), and is ended the usual way (conn_state._count_unseen_close, monitor._Gone).
+The kernel skips a run of a tracing program that comes while the same program runs on that
+CPU (bpf_prog_info.recursion_misses): a transition in softirq interrupting the state
+program in process context, nearly always a close, whose entry then stays live. This is
+another program, so it still runs, and at the destroy the socket's counters are whole: it
+ends the entry as conn_state would have (end_conn: exact bytes and duration, the close
+event) and counts it in stats[STAT_CLOSED_AT_DESTROY]. The usual socket finds its slot
+already marked ended and leaves at once. An earlier socket's entry at this address (another
+dport) is left to conn_state._count_unseen_close and monitor._Gone.
 """
 from bpfhook import records
 from bpfhook.records import EVENT
 from pybpf.asm import Program
 from pybpf.features import TP_BTF_PREFIX
 
-from .conn_common import C, E, define_metrics, emit, find_conn, lookup_conns, sock_field, stat_add
+from .conn_common import CONN_AT, EVENT_AT, define_metrics, emit, find_conn, lookup_conns, sock_field, stat_add
 from .conn_state import CLOSE, count_transition, end_conn, event_from_conn
 
 RAW_TRACEPOINT = "tcp_destroy_sock"
@@ -58,17 +49,17 @@ def build(maps, kernel, typed=False):
     lookup_conns(p, maps, key)
     with p.If(p.r7 == 0):  # not followed
         p.exit(0)
-    p.r1 = p.r7.u8[C["state"]]
+    p.r1 = p.r7.u8[CONN_AT["state"]]
     with p.If(p.r1 == CLOSE):  # ended (in conns)
         p.exit(0)
     _exit_unless_own(p, kernel, scratch, typed)
 
     p.r8 = CLOSE  # (the new state, for event_from_conn and count_transition)
-    event_from_conn(p, ev, p.r7.u8[C["state"]])
-    p.r7.u8[C["state"]] = p.r8
+    event_from_conn(p, ev, p.r7.u8[CONN_AT["state"]])
+    p.r7.u8[CONN_AT["state"]] = p.r8
     end_conn(p, maps, kernel, ev, slot, scratch, typed)
     stat_add(p, maps, scratch, records.STAT_CLOSED_AT_DESTROY, 1, atomic=False)
-    count_transition(p, maps, scratch, ev.u8[E["oldstate"]])
+    count_transition(p, maps, scratch, ev.u8[EVENT_AT["oldstate"]])
     if maps.stream:
         emit(p, maps, ev, p.r9, scratch, count=False)
     p.exit(0)
@@ -81,6 +72,6 @@ def _exit_unless_own(p, kernel, scratch, typed):
     writes it; a socket that never connected has none)."""
     sock_field(p, kernel, scratch, p.r6, "sk_dport", typed)
     p.be(p.r1, 16)
-    p.r2 = p.r7.u16[C["dport"]]
+    p.r2 = p.r7.u16[CONN_AT["dport"]]
     with p.If(p.r1 != p.r2):
         p.exit(0)

@@ -19,13 +19,15 @@ tracepoints' format files.
 import collections
 import contextlib
 import os
-import struct
 
 import construct
 
-from pybpf import tracefs
+from bpfhook.records import flat_struct
+from pybpf import attach, tracefs
 from pybpf.asm import Program, field_of
+from pybpf.btf import Btf
 from pybpf.maps import Map
+from pybpf.prog import load
 from pybpf.uapi import MapType
 
 CHUNK = 16384  # bytes of payload per record
@@ -69,7 +71,7 @@ Inflight = construct.Struct(
     "count" / construct.Int64ul, "fd" / construct.Int64ul,
 )
 
-_HEAD = struct.Struct("<QQQQIIIIHHBBBB16s108s108s")
+_HEAD = flat_struct(UdsEvent)
 
 
 class Event(collections.namedtuple("Event", "ts_ns pid_tgid msg_id cgroup_id total len fd peer_pid syscall "
@@ -87,8 +89,6 @@ def decode(record):
 
 def kernel_offsets():
     """Byte offsets of the kernel fields the programs walk, from vmlinux BTF."""
-    from pybpf.btf import Btf
-
     btf = Btf.vmlinux()
     names = {
         "task_files": ("task_struct", "files"), "files_fdt": ("files_struct", "fdt"),
@@ -433,8 +433,6 @@ class UdsPrograms:
     """The maps and the 16 tracepoint programs of one capture; attach() returns a context manager."""
 
     def __init__(self, cgroup_dir, pid=0, snaplen=262144):
-        from pybpf.prog import load
-
         self._stack = contextlib.ExitStack()
         try:
             self.maps = maps = {
@@ -479,8 +477,6 @@ class UdsPrograms:
             raise
 
     def attach(self):
-        from pybpf import attach
-
         links = contextlib.ExitStack()
         with links:
             # exits first: an enter without its exit would leave an entry in inflight

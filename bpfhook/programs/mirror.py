@@ -1,18 +1,11 @@
 """Mirror: clone every packet (or every matching one) to an observer's egress.
 
-A sched_cls program for tcx or a direct-action cls_bpf filter:
-
-    if the packet matches (optional):  bpf_clone_redirect(skb, observer_ifindex, 0)
-    return -1                          TCX_NEXT for tcx, TC_ACT_UNSPEC for cls_bpf
-
--1 is "no verdict" on both hooks: the packet goes on to the next tcx program
-or tc filter untouched, so the mirror changes nothing for whoever else is
-attached. The observer's ifindex is an immediate: one program per mirror.
-
-The filter reads eth / IPv4 (any IHL) / IPv6 (fixed header only: extension
-headers are not walked) / the first 4 bytes of TCP or UDP, every read behind
-a bounds check against skb->data_end; a packet too short to tell is passed
-on unmirrored.
+A sched_cls program for tcx or a direct-action cls_bpf filter: bpf_clone_redirect(skb,
+observer_ifindex, 0) when the packet matches, then return -1, "no verdict" on both hooks
+(TCX_NEXT, TC_ACT_UNSPEC): the packet goes on untouched to whatever else is attached. The
+observer's ifindex is an immediate: one program per mirror. The filter reads eth, IPv4 (any
+IHL) or IPv6 (no extension headers) and the ports, each read behind a bounds check; a
+packet too short to tell is not mirrored.
 """
 from pybpf.asm import Program
 

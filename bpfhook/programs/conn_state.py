@@ -1,62 +1,37 @@
-"""TCP connection lifecycle from the tracepoint inet_sock_set_state (IPv4 and IPv6), attached
-raw: as tp_btf where the kernel has it (5.5+), else as a raw tracepoint (HOOKS).
+"""TCP connection lifecycle from the tracepoint inet_sock_set_state, attached raw: as tp_btf
+where the kernel has it (the socket argument is BTF-typed: plain loads), else as a raw
+tracepoint reading through bpf_probe_read_kernel (HOOKS). Not the perf tracepoint
+sock:inet_sock_set_state, which formats every field before any program runs.
 
-The hook sees (sk, oldstate, newstate) of every transition of a socket. The
-connection table (its slot, else the conns hash map: conn_common.find_conn)
-follows each TCP socket by its struct sock address:
+Each transition (sk, oldstate, newstate) of a socket, followed by its struct sock address
+in the connection table (its slot, else conns: conn_common.find_conn):
 
-    CLOSE -> SYN_SENT   (connect(): process context) new entry, owner = current task
-    CLOSE -> SYN_RECV   (handshake: softirq) new entry, marked passive, owner unknown (pid 0)
-                        until accept()
-    SYN_* -> any        the ports and addresses again: a connect() has no source port at
-                        SYN_SENT, a passive child no peer address at SYN_RECV
-    -> FIN_WAIT1, LAST_ACK  (close()/shutdown(): process context) a connection without an
-                        owner yet takes the closing task
-    any   -> CLOSE      bytes from tcp_sock, duration (kind close); the entry stays, in
-                        state CLOSE
-    CLOSE/LISTEN -> any, at a live entry: that entry's close was skipped (a new socket lives
-                        at its address) and not made good at its destroy (conn_destroy.py,
-                        nearly always does): ended first, counted closed with the bytes it had
-                        (_end_if_stale, _count_unseen_close)
-    other, no entry     a connection whose opening was not seen (a skipped run, an eviction):
-                        followed from here, found late (_found_late)
+    CLOSE -> SYN_SENT      connect(), process context: new entry, owned by the current task
+    CLOSE -> SYN_RECV      handshake, softirq: new entry, passive, no owner until accept()
+    SYN_* -> any           the ports and addresses again: a connect() has no source port at
+                           SYN_SENT, a listener's child no peer address at SYN_RECV
+    -> FIN_WAIT1, LAST_ACK close()/shutdown(), process context: an entry without an owner
+                           takes the closing task
+    any -> CLOSE           bytes from tcp_sock, duration; the entry stays, in state CLOSE
+    CLOSE/LISTEN -> any, at a live entry: that entry's close was skipped, and not made good
+                           at its destroy (conn_destroy.py): ended first (_end_if_stale)
+    other, no entry        a connection whose opening was not seen (a skipped run, an LRU
+                           eviction): followed from here (_found_late)
 
-An ended connection's entry is not deleted. Its slot is marked ended and free
-for the next socket there. In conns the entry stays in state CLOSE: the slab
-hands a freed struct sock's address to a new socket soon, and the new
-connection is written over the old entry in place (a hash map insert and
-delete cost ~400 ns per socket here). User space lists only live entries,
-and bounds the ended ones in conns (Monitor.trim_closed, counted in
-stats[STAT_CLOSED_KEPT]): the LRU would evict an idle live connection as
-readily as an ended one.
+An ended entry is not deleted: its slot is marked ended, and in conns it stays in state
+CLOSE, because the slab soon hands the freed address to a new socket, written over it in
+place (cheaper than an insert and a delete); user space bounds them (Monitor.trim_closed).
 
-Why raw rather than the perf tracepoint sock:inet_sock_set_state: the perf
-tracepoint formats a record of every field before any program runs, which
-costs about 5% of a loopback connect/accept/close loop here on its own; the
-raw one passes three arguments, and the program reads only what the
-transition needs. Why tp_btf first: its socket argument is a BTF-typed
-pointer, read with plain loads the verifier makes fault-safe, where the raw
-tracepoint program pays a bpf_probe_read_kernel call per run of fields (the
-state program's time per run drops by about a fifth here). A transition of
-a followed connection costs its slot's address (a multiply, a shift, an
-inlined array lookup) and a store; only openings and closes read the socket.
-With streaming off (the default report) nothing else happens; with it on,
-every transition becomes an EVENT built from the map entry (or, for a socket
-not followed, from the socket itself).
-
-Bytes: tcp_sock.bytes_sent (payload sent, retransmissions included) and
-bytes_received (payload received; it also counts the peer's FIN, removed here).
-
-cgroup and netns come from the socket itself (sk_cgrp_data, sk_net's cookie),
-never from the current task, which in softirq context is whoever was
-interrupted. Kernel struct offsets come from BTF when the program is built.
+Bytes: tcp_sock.bytes_sent (payload sent, retransmissions included) and bytes_received
+(payload received; it counts the peer's FIN too, taken out here). cgroup and netns come
+from the socket, never from the current task, which in softirq is whoever was interrupted.
 """
 from bpfhook import records
 from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program, Reg
 from pybpf.features import TP_BTF_PREFIX
 
-from .conn_common import (IPPROTO_TCP, C, E, account, claim_slot, copy_shared, count_lost,
+from .conn_common import (CONN_AT, EVENT_AT, IPPROTO_TCP, account, claim_slot, copy_shared, count_lost,
                           current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread,
                           lookup_conns, mark_conn, remember, sock_addresses, sock_owner, stat_add, stat_max,
                           store_conn, task_reader, typed_field, without_fin)
@@ -116,7 +91,7 @@ def build(maps, kernel, typed=False):
     else:
         lookup_conns(p, maps, key)
     with p.If(p.r7 != 0):
-        p.r1 = p.r7.u8[C["state"]]
+        p.r1 = p.r7.u8[CONN_AT["state"]]
         with p.If(p.r1 == CLOSE):  # a connection that ended: this is a new socket at its freed address
             reuse.u64[0] = p.r7
             p.r7 = 0
@@ -131,7 +106,7 @@ def build(maps, kernel, typed=False):
             with p.If(p.r8 == SYN_SENT):  # connect(): we run in the connecting task
                 current_task(p, ev, cgroup=False, task=task)
             with p.Else():  # a listener's child: its owner comes with accept() (or close())
-                ev.u8[E["flags"]] = records.F_PASSIVE
+                ev.u8[EVENT_AT["flags"]] = records.F_PASSIVE
             _new_conn(p, maps, ev, conn, key, reuse, dest, scratch)
         with p.Else():
             with p.If(p.r8 == CLOSE):
@@ -145,9 +120,9 @@ def build(maps, kernel, typed=False):
     with p.Else():
         # The entry's state, not the tracepoint's oldstate: the two differ after a run the kernel
         # skipped, and a connect() skipped at ESTABLISHED would otherwise keep source port 0
-        with p.If(_in_handshake(p, p.r7.u8[C["state"]])):  # out of the handshake: ports and peer are final
-            sock_addresses(p, kernel, p.r7, buf, p.r6, C, typed)
-        p.r7.u8[C["state"]] = p.r8
+        with p.If(_in_handshake(p, p.r7.u8[CONN_AT["state"]])):  # out of the handshake: ports and peer are final
+            sock_addresses(p, kernel, p.r7, buf, p.r6, CONN_AT, typed)
+        p.r7.u8[CONN_AT["state"]] = p.r8
         _owner_from_closer(p, task)
         with p.If(p.r8 == CLOSE):
             event_from_conn(p, ev, oldstate)
@@ -168,19 +143,19 @@ def end_conn(p, maps, kernel, ev, slot, scratch, typed):
     ev: event_from_conn's header): its EVENT completed (kind close, duration, bytes from the
     tcp_sock), counted in its cgroup's and namespace's metrics and the duration stats,
     remembered for the report, and its slot marked ended. The caller sends ev."""
-    ev.u8[E["kind"]] = records.EV_CLOSE
-    p.r1 = ev.u64[E["ts_ns"]]
-    p.r2 = p.r7.u64[C["start_ns"]]
+    ev.u8[EVENT_AT["kind"]] = records.EV_CLOSE
+    p.r1 = ev.u64[EVENT_AT["ts_ns"]]
+    p.r2 = p.r7.u64[CONN_AT["start_ns"]]
     p.r1 -= p.r2
-    ev.u64[E["duration_ns"]] = p.r1
+    ev.u64[EVENT_AT["duration_ns"]] = p.r1
     _tcp_bytes(p, kernel, ev, typed)
     _drop_fin(p, ev)
-    account(p, (ev.u64[E["cgroup_id"]], ev.u64[E["netns"]]),
-            [("closed", 1), ("bytes_sent", ev.u64[E["bytes_sent"]]),
-             ("bytes_received", ev.u64[E["bytes_received"]])], atomic=False,
+    account(p, (ev.u64[EVENT_AT["cgroup_id"]], ev.u64[EVENT_AT["netns"]]),
+            [("closed", 1), ("bytes_sent", ev.u64[EVENT_AT["bytes_sent"]]),
+             ("bytes_received", ev.u64[EVENT_AT["bytes_received"]])], atomic=False,
             caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
-    stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[E["duration_ns"]], atomic=False)
-    stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[E["duration_ns"]])
+    stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[EVENT_AT["duration_ns"]], atomic=False)
+    stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[EVENT_AT["duration_ns"]])
     remember(p, maps, ev, scratch)
     end_slot(p, slot, p.r6)  # last: from here another socket may take the slot
     with p.If(p.r0 == 0):  # the entry stays in conns, counted for Monitor.trim_closed
@@ -207,18 +182,16 @@ def _claim_at_opening(p, maps, kernel, ev, scratch, slot, dest, typed):
 
 
 def _end_if_stale(p, maps, ev, slot, reuse, scratch):
-    """The live entry at r7 met by a socket coming from CLOSE or LISTEN (connect(), listen(), a
-    listener's child, a listener closing) is stale: a new socket lives at that address, and the
-    entry's connection ended in a run the kernel skipped. Ended here, as if that run had not
-    been skipped (counted closed: _count_unseen_close; its slot marked ended; in conns, state
-    CLOSE, kept for reuse), and r7 = 0. (A claimed slot's stale entry is written over by
-    _claim_at_opening before this.)"""
+    """The live entry at r7, met by a socket coming from CLOSE or LISTEN, is stale: a new socket
+    lives at that address, and the entry's close was skipped. Ended here as that run would have
+    (_count_unseen_close; its slot marked ended; in conns, state CLOSE), and r7 = 0. (A claimed
+    slot's stale entry was written over by _claim_at_opening already.)"""
     with p.If(_state_in(p, OPENED_FROM_MASK, p.r9.u64[ARG_OLDSTATE])):
         _count_unseen_close(p, maps, ev, scratch)  # first: once the slot is marked, another socket may take it
         end_slot(p, slot, p.r6)
         with p.If(p.r0 == 0):
             p.r1 = CLOSE
-            p.r7.u8[C["state"]] = p.r1
+            p.r7.u8[CONN_AT["state"]] = p.r1
             stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
             reuse.u64[0] = p.r7
         p.r7 = 0
@@ -230,38 +203,36 @@ def _count_unseen_close(p, maps, ev, scratch):
     it (live_conns), so that opened = closed + active still holds; and in
     stats[STAT_CLOSED_UNSEEN], since it has no duration. Streaming, its close is sent now
     (F_CLOSE_UNSEEN: those bytes, duration 0), so that a reader sees every connection end."""
-    account(p, (p.r7.u64[C["cgroup_id"]], p.r7.u64[C["netns"]]),
-            [("closed", 1), ("bytes_sent", p.r7.u64[C["bytes_sent"]]),
-             ("bytes_received", p.r7.u64[C["bytes_received"]])], atomic=False,
+    account(p, (p.r7.u64[CONN_AT["cgroup_id"]], p.r7.u64[CONN_AT["netns"]]),
+            [("closed", 1), ("bytes_sent", p.r7.u64[CONN_AT["bytes_sent"]]),
+             ("bytes_received", p.r7.u64[CONN_AT["bytes_received"]])], atomic=False,
             caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
     stat_add(p, maps, scratch, records.STAT_CLOSED_UNSEEN, 1, atomic=False)
     if maps.stream:
-        event_from_conn(p, ev, p.r7.u8[C["state"]])
-        ev.u8[E["newstate"]] = CLOSE
-        ev.u8[E["kind"]] = records.EV_CLOSE
+        event_from_conn(p, ev, p.r7.u8[CONN_AT["state"]])
+        ev.u8[EVENT_AT["newstate"]] = CLOSE
+        ev.u8[EVENT_AT["kind"]] = records.EV_CLOSE
         for name in ("bytes_sent", "bytes_received"):
-            p.r1 = p.r7.u64[C[name]]
-            ev.u64[E[name]] = p.r1
-        p.r1 = ev.u8[E["flags"]]
+            p.r1 = p.r7.u64[CONN_AT[name]]
+            ev.u64[EVENT_AT[name]] = p.r1
+        p.r1 = ev.u8[EVENT_AT["flags"]]
         p.r1 |= records.F_CLOSE_UNSEEN
-        ev.u8[E["flags"]] = p.r1
+        ev.u8[EVENT_AT["flags"]] = p.r1
     emit(p, maps, ev, p.r9, scratch)  # (counted, as streaming would have sent it)
 
 
 def _found_late(p, maps, kernel, ev, conn, buf, key, reuse, dest, scratch, task, typed):
-    """A transition, neither an opening nor a close, of a socket with no entry: a connection
-    whose opening run the kernel skipped (the program was running on that CPU already: both
-    runs of a passive opening, SYN_RECV and ESTABLISHED, fall in the same softirq), or one
-    the LRU evicted, or one older than us that the walk has not reached yet (it takes these
-    over). It is followed from here: F_FOUND_LATE, start_ns now, its closer (FIN_WAIT1,
-    LAST_ACK: process context) as owner, else none, and no direction; it is counted at its
-    close, not lost. A listener's own transitions (CLOSE -> LISTEN) are not connections."""
+    """A transition, neither an opening nor a close, of a socket with no entry: its opening run
+    was skipped (both runs of a passive opening fall in one softirq), the LRU evicted it, or it
+    is older than us and the walk has not reached it yet (existing.py takes it over). Followed
+    from here: F_FOUND_LATE, start_ns now, its closer as owner, no direction; counted at its
+    close, not lost. A listener's own transitions (CLOSE -> LISTEN) are no connection."""
     with p.If(p.r8 != records.TCP_STATE_IDS["LISTEN"]):
         _event_from_sock(p, kernel, ev, buf, scratch, typed)
-        ev.u8[E["flags"]] = records.F_FOUND_LATE
+        ev.u8[EVENT_AT["flags"]] = records.F_FOUND_LATE
         with p.If(_state_in(p, CLOSER_MASK, p.r8)):
             current_task(p, ev, cgroup=False, task=task)
-            ev.u8[E["flags"]] = records.F_FOUND_LATE | records.F_OWNER_FROM_CLOSE
+            ev.u8[EVENT_AT["flags"]] = records.F_FOUND_LATE | records.F_OWNER_FROM_CLOSE
         _new_conn(p, maps, ev, conn, key, reuse, dest, scratch)
     if maps.stream:
         with p.Else():
@@ -291,26 +262,25 @@ def _event_header(p, ev, oldstate):
     kind (state) of this transition."""
     ev.zero()
     p.call("ktime_get_ns")
-    ev.u64[E["ts_ns"]] = p.r0
-    ev.u64[E["sock"]] = p.r6
+    ev.u64[EVENT_AT["ts_ns"]] = p.r0
+    ev.u64[EVENT_AT["sock"]] = p.r6
     p.r1 = oldstate
-    ev.u8[E["oldstate"]] = p.r1
-    ev.u8[E["newstate"]] = p.r8
-    ev.u8[E["kind"]] = records.EV_STATE
+    ev.u8[EVENT_AT["oldstate"]] = p.r1
+    ev.u8[EVENT_AT["newstate"]] = p.r8
+    ev.u8[EVENT_AT["kind"]] = records.EV_STATE
 
 
 def _event_from_sock(p, kernel, ev, buf, scratch, typed):
     """The EVENT of a transition of a socket with no map entry: everything from the sock.
 
     Typed, the cgroup and netns pointers are walked from bpf_skc_to_tcp_sock's copy of the
-    socket pointer, not from the tracepoint's argument: loading a pointer field through a
-    trusted pointer (the argument) makes the verifier search all of vmlinux BTF by name for
-    the field's trust annotations, ~1 ms each time it checks that load (this program loaded in
-    ~38 ms that way, ~5 ms now: start-up time); through the helper's untrusted copy it does
-    not. One helper call per opening."""
+    socket pointer, not from the tracepoint's argument: a pointer field loaded through a
+    trusted pointer (the argument) makes the verifier search all of vmlinux BTF for the field's
+    trust annotations at every check of that load (load time: docs/benchmarks.md); through the
+    helper's untrusted copy it does not. One helper call per opening."""
     _event_header(p, ev, p.r9.u64[ARG_OLDSTATE])
-    ev.u8[E["protocol"]] = IPPROTO_TCP
-    sock_addresses(p, kernel, ev, buf, p.r6, E, typed)
+    ev.u8[EVENT_AT["protocol"]] = IPPROTO_TCP
+    sock_addresses(p, kernel, ev, buf, p.r6, EVENT_AT, typed)
     if typed:
         p.call("skc_to_tcp_sock", p.r6)
         with p.If(p.r0 != 0):  # (a TCP socket: exit_unless_tcp ran)
@@ -324,15 +294,15 @@ def _tcp_bytes(p, kernel, ev, typed):
     the tcp_sock fields through bpf_skc_to_tcp_sock (the verifier allows loads only within
     the pointer's type: struct sock)."""
     if not typed:
-        kread(p, ev, E["bytes_sent"], 8, p.r6, kernel.bytes_sent)
-        kread(p, ev, E["bytes_received"], 8, p.r6, kernel.bytes_received)
+        kread(p, ev, EVENT_AT["bytes_sent"], 8, p.r6, kernel.bytes_sent)
+        kread(p, ev, EVENT_AT["bytes_received"], 8, p.r6, kernel.bytes_received)
         return
     p.call("skc_to_tcp_sock", p.r6)
     with p.If(p.r0 != 0):
         p.r1 = typed_field(p.r0, kernel, "bytes_sent")
-        ev.u64[E["bytes_sent"]] = p.r1
+        ev.u64[EVENT_AT["bytes_sent"]] = p.r1
         p.r1 = typed_field(p.r0, kernel, "bytes_received")
-        ev.u64[E["bytes_received"]] = p.r1
+        ev.u64[EVENT_AT["bytes_received"]] = p.r1
 
 
 def event_from_conn(p, ev, oldstate):
@@ -346,9 +316,9 @@ def _owner_from_closer(p, task):
     NULL) under the getpeername hook) takes the task that closes it. Entering FIN_WAIT1 or
     LAST_ACK is always that task's close() or shutdown(), in process context."""
     with p.If(_state_in(p, CLOSER_MASK, p.r8)):
-        p.r1 = p.r7.u32[C["pid"]]
+        p.r1 = p.r7.u32[CONN_AT["pid"]]
         with p.If(p.r1 == 0):
-            current_task(p, p.r7, C, task=task)
+            current_task(p, p.r7, CONN_AT, task=task)
             mark_conn(p, p.r7, records.F_OWNER_FROM_CLOSE)
 
 
@@ -367,10 +337,10 @@ def count_transition(p, maps, scratch, oldstate):
 
 def _drop_fin(p, ev):
     """bytes_received without the peer's FIN, when the state before CLOSE says it arrived."""
-    p.r2 = ev.u8[E["oldstate"]]
-    p.r3 = ev.u64[E["bytes_received"]]
+    p.r2 = ev.u8[EVENT_AT["oldstate"]]
+    p.r3 = ev.u64[EVENT_AT["bytes_received"]]
     without_fin(p, p.r3, p.r2, FIN_SEEN_MASK)
-    ev.u64[E["bytes_received"]] = p.r3
+    ev.u64[EVENT_AT["bytes_received"]] = p.r3
 
 
 def _new_conn(p, maps, ev, conn, key, reuse, dest, scratch):
@@ -378,10 +348,10 @@ def _new_conn(p, maps, ev, conn, key, reuse, dest, scratch):
     it claimed one), else over the ended entry in conns at this address (`reuse`), else
     inserted there."""
     conn.zero()
-    p.r1 = ev.u64[E["ts_ns"]]
-    conn.u64[C["start_ns"]] = p.r1
+    p.r1 = ev.u64[EVENT_AT["ts_ns"]]
+    conn.u64[CONN_AT["start_ns"]] = p.r1
     copy_shared(p, ev, EVENT, conn, CONN)
-    conn.u8[C["state"]] = p.r8
+    conn.u8[CONN_AT["state"]] = p.r8
     p.r1 = dest.u64[0]
     with p.If(p.r1 == 0):
         _unkeep(p, maps, reuse, scratch)
