@@ -30,7 +30,7 @@ from bpfhook.programs import uds as uds_program
 from bpfhook.records import flat_struct
 from pybpf import attach
 from pybpf.errors import BpfError
-from pybpf.events import open_reader
+from pybpf.readers import open_reader
 from pybpf.prog import load
 
 SUMMARY_EVERY = 1.0  # seconds between live summary lines

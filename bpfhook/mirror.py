@@ -36,7 +36,7 @@ from bpfhook.programs.mirror import PROTOCOLS, WITH_PORTS
 from bpfhook.programs.mirror import build as build_program
 from pybpf import cleanup, prog, tc
 from pybpf.errors import BpfError, FeatureUnavailable, NotPermitted
-from pybpf.sys import ensure_bpffs, obj_pin, syscall_error
+from pybpf.syscall import ensure_bpffs, obj_pin, syscall_error
 from pybpf.tc import CLSACT_PARENT, ETH_P_ALL
 
 STATE_DIR = "/run/bpfhook/mirror"

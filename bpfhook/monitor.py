@@ -16,7 +16,7 @@ from bpfhook.programs import accept as accept_program
 from bpfhook.programs import conn_common, conn_destroy, conn_state, connect, existing, live_conns, task_netns
 from pybpf import attach, features
 from pybpf.errors import BpfError, FeatureUnavailable
-from pybpf.events import open_reader
+from pybpf.readers import open_reader
 from pybpf.prog import load
 
 

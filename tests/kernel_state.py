@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 
-from pybpf import sys as bsys
+from pybpf import syscall as bsys
 from tests import oracles
 
 BPFFS = "/sys/fs/bpf"

@@ -10,7 +10,7 @@ import time
 
 from bpfhook import cgroups
 from pybpf import features
-from pybpf.prog import Program, iter_ids, prog_info
+from pybpf.prog import LoadedProgram, iter_ids, prog_info
 from tests.conftest import slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -134,7 +134,7 @@ def our_prog_ids(names=MONITOR_PROGRAMS):
     ids = set()
     for prog_id in iter_ids():
         try:
-            with Program.from_id(prog_id) as prog:
+            with LoadedProgram.from_id(prog_id) as prog:
                 if prog_info(prog.fd).name in names:
                     ids.add(prog_id)
         except OSError:  # unloaded between the id walk and the open

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
-from pybpf import sys as bsys
+from pybpf import syscall as bsys
 from pybpf.btf import VMLINUX_PATH, Btf, BtfBuilder, load_btf, map_btf
 from pybpf.errors import BpfError, FeatureUnavailable, SyscallError
 from pybpf.maps import Map

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from pybpf import attach, cleanup
-from pybpf import sys as bsys
+from pybpf import syscall as bsys
 from pybpf.errors import SyscallError
 from pybpf.uapi import AttachType, Cmd
 from tests.conftest import require, slow_factor

@@ -14,7 +14,7 @@ import construct
 import pytest
 
 from pybpf import isa
-from pybpf.events import open_reader
+from pybpf.readers import open_reader
 from pybpf.insn import Insn
 from pybpf.maps import Map
 from pybpf.perfbuf import PerfBuffer

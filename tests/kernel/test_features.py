@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pybpf import features
-from pybpf import sys as _sys
+from pybpf import syscall as _sys
 from pybpf.errors import BpfError
 from pybpf.insn import Insn
 from pybpf.maps import Map

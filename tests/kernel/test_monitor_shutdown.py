@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from pybpf import sys as bpfsys
+from pybpf import syscall as bpfsys
 from tests.conftest import eventually, slow_factor
 from tests.kernel.monitor_helpers import (ACCEPT_NOTE, MONITOR_PROGRAMS, best_accept_hook, our_prog_ids,
                                           spawn_monitor, wait_attached)

@@ -1,4 +1,4 @@
-"""pybpf.sys against the running kernel: layouts, errors, perf events, fds."""
+"""pybpf.syscall against the running kernel: layouts, errors, perf events, fds."""
 import errno
 import fcntl
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pybpf import sys as bsys
+from pybpf import syscall as bsys
 from pybpf.errors import BpfError, SyscallError
 from pybpf.uapi import Cmd, MapType
 from tests import oracles
@@ -178,6 +178,6 @@ def test_ioctl_error():
 
 
 def test_import_is_light():
-    code = "import sys, pybpf.sys; assert 'pyroute2' not in sys.modules"
+    code = "import sys, pybpf.syscall; assert 'pyroute2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30,
                    cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
