@@ -1,4 +1,5 @@
-"""The import graph, read from the sources with ast: no cycles, and pybpf.asm is the pure half.
+"""The import graph of pybpf and bpfhook, read from the sources with ast: no cycles, dependencies
+pointing down, and pybpf.asm is the pure half.
 
 A module's imports are the import statements that run when it is imported: at module level,
 in class bodies, under `if` and `try`, but not inside functions or `if __name__ == "__main__":`. `from P import n` counts as
@@ -14,7 +15,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PACKAGES = ("pybpf",)
+PACKAGES = ("pybpf", "bpfhook")
 
 # The pure half may reach the kernel side only here, inside a function, when asked to.
 KERNEL_SIDE_CALLS = {("pybpf.asm.dsl", "pybpf.features")}  # Program(cpu="auto") asks the running kernel
@@ -109,6 +110,21 @@ def _graph(functions=False):
 
 def test_no_import_cycles():
     assert _cycles(_graph()) == []
+
+
+def test_dependencies_point_down():
+    """pybpf knows nothing of bpfhook; records (the layouts) is a leaf; the programs stand on the
+    layouts and each other only; the engine knows nothing of its command."""
+    graph = _graph()
+    assert "bpfhook.programs.accept" in graph["bpfhook.monitor"]  # (the graph sees imports at all)
+    assert {(n, t) for n, targets in graph.items() if n.startswith("pybpf")
+            for t in targets if t.startswith("bpfhook")} == set()
+    own = {n for n in graph if n.startswith("bpfhook")}
+    assert graph["bpfhook.records"] & own == set()
+    programs = {n for n in own if n.startswith("bpfhook.programs")}
+    for name in programs:
+        assert graph[name] & own <= programs | {"bpfhook.records"}, name
+    assert "bpfhook.monitor_cli" not in graph["bpfhook.monitor"]
 
 
 def test_the_check_finds_a_cycle(tmp_path, monkeypatch):
