@@ -127,7 +127,7 @@ def event_line(event, container):
     if event["event"] == "close":
         duration = "close missed, found now" if event["close_unseen"] else f"{event['duration_ns'] / 1e6:.1f}ms"
         extra = f" sent {event['bytes_sent']} recv {event['bytes_received']} {duration}"
-    return (f"{time.strftime('%H:%M:%S')} {event['event']:<7} {mark} {container.label[:16]:<16} "
+    return (f"{time.strftime('%H:%M:%S')} {event['event']:<7} {mark} {container.label:<16} "
             f"pid {event['pid']:<7} {event['comm'][:15]:<15} {event['family']} {event['protocol']} "
             f"{endpoint(event['saddr'], event['sport'])} -> {endpoint(event['daddr'], event['dport'])} "
             f"{states}{extra}")
