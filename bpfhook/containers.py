@@ -158,11 +158,30 @@ class ContainerError(BpfError):
         self.candidates = tuple(candidates)
 
 
+def all_containers(names=NAME_SOURCES):
+    """Every container on this host, named, at its top cgroup; a pod's own cgroup with the
+    namespace and pod its containers carry."""
+    found, seen = [], set()
+    for path, _directory in cgroups.walk():
+        c = classify(path)
+        if c.is_container and (c.kind, c.id) not in seen:  # (a container's own cgroups below its top one)
+            seen.add((c.kind, c.id))
+            found.append(named(c, names))
+    pods = {c.pod_uid: c for c in found if c.pod and c.pod_uid}
+    return [dataclasses.replace(c, pod=pods[c.pod_uid].pod, namespace=pods[c.pod_uid].namespace)
+            if c.id == c.pod_uid and c.pod_uid in pods else c for c in found]
+
+
+def _within(path, parent):
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
 def find(spec, names=NAME_SOURCES):
-    """The container `spec` names: a cgroup path (also as a directory under the cgroup2 mount), or
-    a lab name, a runtime's container name, an id or a unique id prefix of 4+ characters, looked
-    up in the cgroup tree. A whole name or id beats a prefix; more than one match is an error
-    naming them. names: as NAME_SOURCES."""
+    """The container `spec` names: a cgroup path (also as a directory under the cgroup2 mount), a lab
+    name, a runtime's container name, an id or a unique id prefix of 4+ characters, a Kubernetes
+    namespace/pod (the pod's cgroup) or namespace/pod/container. A whole name beats a prefix; a
+    match holding all the others (a pod and its containers) beats them; else several is an error
+    naming each. names: as NAME_SOURCES."""
     if not spec:
         raise ContainerError("empty container name")
     if spec.startswith("/"):
@@ -170,24 +189,21 @@ def find(spec, names=NAME_SOURCES):
         path = "/" + os.path.relpath(spec, root) if spec.startswith(root + "/") else spec
         if os.path.isdir(cgroups.directory(path)):
             return named(classify(path), names)
-    whole, prefixed, seen = [], [], set()
-    for path, _directory in cgroups.walk():
-        c = classify(path)
-        if not c.is_container or (c.kind, c.id) in seen:
-            continue  # (a container's own cgroups below its top one)
-        seen.add((c.kind, c.id))
-        c = named(c, names)
-        if spec in (c.name, c.id, c.short_id):
+    whole, prefixed = [], []
+    for c in all_containers(names):
+        if spec in (c.name, c.id, c.short_id, c.label):
             whole.append(c)
         elif c.matches(spec):
             prefixed.append(c)
     found = sorted(whole or prefixed, key=lambda c: c.cgroup_path)
+    outer = [c for c in found if all(_within(o.cgroup_path, c.cgroup_path) for o in found)]
+    if len(outer) == 1:
+        return outer[0]
     if len(found) > 1:
-        listed = ", ".join(f"{c.label} ({c.kind} {c.cgroup_path})" for c in found)
-        raise ContainerError(f"{spec!r} names {len(found)} containers: {listed}", found)
-    if not found:
-        raise ContainerError(f"no container {spec!r} (a lab name, a cgroup path, or a container name/id)")
-    return found[0]
+        listed = ", ".join(f"{c.label} ({c.kind} {c.short_id}, {c.cgroup_path})" for c in found)
+        raise ContainerError(f"{spec!r} is ambiguous: it names {len(found)} containers: {listed}", found)
+    raise ContainerError(f"no container {spec!r} (a lab name, a cgroup path, a container name, id or id prefix, "
+                         "or a Kubernetes namespace/pod[/container])")
 
 
 class Resolver:

@@ -25,13 +25,12 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 from socket import AF_INET6
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
-from bpfhook import cgroups, forwarding
+from bpfhook import cgroups, forwarding, guest
 from pybpf.errors import BpfError, FeatureUnavailable
 
 STATE_DIR = "/run/bpfhook/lab"
@@ -95,37 +94,22 @@ class Container:
     def pids(self):
         return cgroups.pids(self.cgroup_path)
 
-    def _entry(self):
-        """Return a function that moves the calling process inside.
-
-        Everything that could fail or allocate (opening the netns) happens
-        here, before any fork.
-        """
-        procs = os.path.join(self.cgroup_dir, "cgroup.procs")
-        if not os.path.exists(procs) or not os.path.exists(self.netns_path):
-            raise LabError(f"container {self.name!r} is not running (bpfhook lab up {self.name})")
-        nsfd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-
-        def enter():
-            with open(procs, "w") as f:
-                f.write("0")  # 0 = the writing process
-            pyroute2_netns.setns(nsfd, flags=0)
-
-        return nsfd, enter
+    @contextlib.contextmanager
+    def _running(self):
+        try:
+            yield
+        except guest.GuestError:
+            raise LabError(f"container {self.name!r} is not running (bpfhook lab up {self.name})") from None
 
     def spawn(self, argv, **popen):
         """subprocess.Popen(argv) running in the container's netns and cgroup."""
-        if "preexec_fn" in popen:
-            raise TypeError("spawn() sets preexec_fn itself")
-        nsfd, enter = self._entry()
-        try:
-            return subprocess.Popen(argv, preexec_fn=enter, **popen)
-        finally:
-            os.close(nsfd)
+        with self._running():
+            return guest.spawn(argv, self.cgroup_path, self.netns_path, f"container {self.name!r}", **popen)
 
     def exec(self, argv):
         """Replace the calling process with argv, inside the container."""
-        _nsfd, enter = self._entry()
+        with self._running():
+            _nsfd, enter = guest.entry(self.cgroup_path, self.netns_path, f"container {self.name!r}")
         enter()
         os.execvp(argv[0], argv)
 

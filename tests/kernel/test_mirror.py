@@ -171,7 +171,7 @@ def test_refusals_change_nothing(trio):
     before = tc_dump(server.ifindex)
     with pytest.raises(MirrorError, match="is the source itself"):
         mirror.mirror(server, server.host_if)
-    with pytest.raises(MirrorError, match="no interface, lab container"):
+    with pytest.raises(MirrorError, match="no interface, pid or container"):
         mirror.mirror(server, "bh-no-such-if")
     with pytest.raises(MirrorError, match="--filter needs --method bpf"):
         mirror.mirror(server, observer, packet_filter=PacketFilter.parse("udp"))

@@ -89,7 +89,8 @@ def test_find_refuses_in_one_line_naming_the_candidates(tree):
     with pytest.raises(ContainerError) as err:
         find(ID[:6], names={})
     assert len(err.value.candidates) == 2 and "\n" not in str(err.value)
-    assert str(err.value).startswith(f"'{ID[:6]}' names 2 containers: {ID[:12]} (docker /docker/{ID}), ")
+    assert str(err.value).startswith(f"'{ID[:6]}' is ambiguous: it names 2 containers: {ID[:12]} (docker {ID[:12]}, "
+                                     f"/docker/{ID}), ")
     with pytest.raises(ContainerError, match="names 2 containers: demo-a .*, demo-b"):
         find("demo", names={})
     for spec in ("nope", "nginx.service", "/bpfhook.lab/nope", "", ID[:3]):  # a service is no container
@@ -156,3 +157,61 @@ def test_a_pod_container_carries_namespace_pod_and_container():
     for spec in ("prod/shop/db", "prod/other", "prod", "shop/web", "prod/shop/web/x", "/prod/shop"):
         assert not web.matches(spec), spec
     assert sandbox.matches("prod/shop") and not sandbox.matches("prod/shop/web")
+
+
+# ---- find(): one lookup for every tool, on a cgroup tree laid out in a temporary directory ----
+
+POD_ID, PODMAN_ID = "c" * 64, "d" * 64
+
+
+@pytest.fixture
+def kube_tree(tmp_path, monkeypatch):
+    for path in (f"docker/{ID}", "bpfhook.lab/web", "bpfhook.lab/db", f"kubepods/besteffort/pod{UID}/{ID2}",
+                 f"kubepods/besteffort/pod{UID}/{POD_ID}", f"libpod_parent/libpod-{PODMAN_ID}/container"):
+        (tmp_path / path).mkdir(parents=True)
+    monkeypatch.setattr(cgroups, "mount", lambda: str(tmp_path))
+    names = {"docker": {ID: Names("web")}.get, "podman": {PODMAN_ID: Names("cache")}.get,
+             "": {ID2: Names("api", "shop", "prod"), POD_ID: Names("", "shop", "prod")}.get}
+    return lambda spec: find(spec, names)
+
+
+@pytest.mark.parametrize("spec, path", [
+    ("db", "/bpfhook.lab/db"),
+    (ID[:4], f"/docker/{ID}"),
+    (ID, f"/docker/{ID}"),
+    ("cache", f"/libpod_parent/libpod-{PODMAN_ID}"),  # its top cgroup, not the one below
+    ("api", f"/kubepods/besteffort/pod{UID}/{ID2}"),
+    ("prod/shop/api", f"/kubepods/besteffort/pod{UID}/{ID2}"),
+    ("prod/shop", f"/kubepods/besteffort/pod{UID}"),  # the pod: its cgroup holds the sandbox and api
+    (f"/kubepods/besteffort/pod{UID}/{POD_ID}", f"/kubepods/besteffort/pod{UID}/{POD_ID}"),
+])
+def test_find_each_way_of_naming(kube_tree, spec, path):
+    assert kube_tree(spec).cgroup_path == path
+
+
+def test_find_names_the_pod_and_its_containers(kube_tree):
+    pod = kube_tree("prod/shop")
+    assert (pod.kind, pod.id, pod.pod, pod.namespace, pod.label) == ("pod", UID, "shop", "prod", "prod/shop")
+    api = kube_tree("prod/shop/api")
+    assert (api.name, api.label, api.id) == ("api", "prod/shop/api", ID2)
+
+
+def test_find_an_ambiguous_name_lists_the_candidates_in_one_line(kube_tree):
+    with pytest.raises(ContainerError) as e:
+        kube_tree("web")  # a docker container and a lab container
+    message = str(e.value)
+    assert "\n" not in message and "'web' is ambiguous" in message
+    assert f"web (docker {ID[:12]}, /docker/{ID})" in message and "web (lab web, /bpfhook.lab/web)" in message
+    assert {c.cgroup_path for c in e.value.candidates} == {f"/docker/{ID}", "/bpfhook.lab/web"}
+
+
+@pytest.mark.parametrize("spec", ["nope", ID[:3], "prod/other", "prod/shop/db", "/no/such/cgroup", "prod"])
+def test_find_nothing_is_one_line_saying_what_it_takes(kube_tree, spec):
+    with pytest.raises(ContainerError) as e:
+        kube_tree(spec)
+    assert str(e.value).startswith(f"no container {spec!r} (a lab name, a cgroup path") and not e.value.candidates
+
+
+def test_find_an_empty_name():
+    with pytest.raises(ContainerError, match="empty container name"):
+        find("")
