@@ -30,13 +30,14 @@ import tempfile
 import time
 import uuid
 
-from bpfhook import cgroups
-from bpfhook.lab import HOST_IF_PREFIX, Lab
+from bpfhook import cgroups, runtimes
+from bpfhook.lab import Lab
 from tests import oracles
 from tests.conftest import slow_factor
 
 HOST_DIRS = ("/usr", "/lib", "/lib64", "/bin", "/etc")
 IMAGE = "bpfhook-test-empty:latest"
+DOCKER_SOCKET = "/var/run/docker.sock"
 ENGINE_BRIDGES = ("docker0", "cni-podman0", "podman0", "cni0")
 ENGINE_CGROUPS = ("/docker", "/libpod_parent", "/kubepods")
 FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
@@ -95,9 +96,9 @@ def _nft_tables():
 
 
 def _links():
-    """Links of this netns, but lab veths: lab containers of other test runs come and go meanwhile."""
+    """The engines' links in this netns: their bridges and veths (others' come and go meanwhile)."""
     return {link["ifname"] for link in json.loads(_run(["ip", "-j", "link", "show"]).stdout)
-            if not link["ifname"].startswith(HOST_IF_PREFIX)}
+            if link["ifname"] in ENGINE_BRIDGES or link["ifname"].startswith("veth")}
 
 
 def _cgroup_dirs():
@@ -215,8 +216,10 @@ def _answers(socket_path):
 
 
 @contextlib.contextmanager
-def daemon(argv, socket_path, log_name):
-    """Start argv unless something answers on socket_path; stop it afterwards only if we started it."""
+def daemon(argv, socket_path, log_name, ready=None):
+    """Start argv unless something answers on socket_path; stop it afterwards only if we started it.
+    ready(): true once the daemon serves (default: its socket takes connections)."""
+    ready = ready or (lambda: _answers(socket_path))
     if _answers(socket_path):
         yield False
         return
@@ -225,7 +228,7 @@ def daemon(argv, socket_path, log_name):
                          start_new_session=True)
     try:
         deadline = time.monotonic() + START_SECONDS * slow_factor()
-        while not _answers(socket_path):
+        while not ready():
             if p.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{argv[0]} did not start (exit {p.poll()}); see {log.name}")
             time.sleep(0.1)
@@ -239,6 +242,13 @@ def daemon(argv, socket_path, log_name):
                 p.kill()
                 p.wait()
         log.close()
+
+
+def dockerd(dockerd_path):
+    """daemon() for dockerd: ready once its API answers (its socket takes connections before it has
+    made its bridge and firewall rules, and only then serves)."""
+    api = runtimes.DockerApi(DOCKER_SOCKET, timeout=5, retry_after=0)
+    return daemon([dockerd_path], DOCKER_SOCKET, "dockerd", ready=lambda: api.get("/info") is not None)
 
 
 def _empty_tar():
@@ -362,9 +372,8 @@ def _with_image(engine):
 @contextlib.contextmanager
 def docker_engine():
     """Docker with its default bridge and firewall, on the default cgroupfs driver."""
-    dockerd = oracles.require("dockerd")
-    with host_kept(), daemon([dockerd], "/var/run/docker.sock", "dockerd"), \
-            _with_image(Docker(docker_cli(dockerd))) as engine:
+    dockerd_path = oracles.require("dockerd")
+    with host_kept(), dockerd(dockerd_path), _with_image(Docker(docker_cli(dockerd_path))) as engine:
         yield engine
 
 
