@@ -200,8 +200,8 @@ def find(spec, names=NAME_SOURCES):
     if len(outer) == 1:
         return outer[0]
     if len(found) > 1:
-        listed = ", ".join(f"{c.label} ({c.kind} {c.short_id}, {c.cgroup_path})" for c in found)
-        raise ContainerError(f"{spec!r} is ambiguous: it names {len(found)} containers: {listed}", found)
+        listed = ", ".join(f"{c.label} ({c.kind} {c.cgroup_path})" for c in found)
+        raise ContainerError(f"{spec!r} names {len(found)} containers: {listed}", found)
     raise ContainerError(f"no container {spec!r} (a lab name, a cgroup path, a container name, id or id prefix, "
                          "or a Kubernetes namespace/pod[/container])")
 

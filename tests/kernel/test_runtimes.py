@@ -164,7 +164,7 @@ def test_an_ambiguous_name_is_one_line_naming_the_candidates(app, lab):
         p = _tool(*tool)
         _out, err = p.communicate(timeout=CLI_SECONDS * slow_factor())
         assert p.returncode == 1 and err.count("\n") == 1, err
-        assert "ambiguous" in err and app.id[:12] in err and twin.cgroup_path in err, err
+        assert f"'{app.short_name}' names 2 containers: " in err and app.cgroup in err and twin.cgroup_path in err, err
 
 
 def test_trafficgen_runs_its_server_inside_it_by_name(app):
