@@ -376,7 +376,8 @@ POLLS_SHUTDOWN = True  # a signal during set-up waits for it; the file is then f
 
 def add_arguments(parser):
     parser.add_argument("--container", required=True, metavar="NAME|ID|CGROUP",
-                        help="lab container name, container name or id (prefix), or cgroup path")
+                        help="lab/docker/podman name, container id or prefix, cgroup path, or Kubernetes "
+                             "namespace/pod[/container]")
     parser.add_argument("--pid", type=int, default=0, help="only this process (its tgid)")
     parser.add_argument("-w", "--write", metavar="FILE.pcapng", help="output file (created 0600; must not exist)")
     parser.add_argument("--snaplen", type=int, default=DEFAULT_SNAPLEN, help="bytes kept per packet/message")

@@ -18,18 +18,15 @@ A cgroup v2 path says which runtime made a cgroup and for which container:
 
 Components are read innermost first, so a container nested in another
 (kind-in-docker, a pod in a VM slice) is attributed to the innermost one.
-Container names come from the runtime where it is reachable (Docker's API on
-its unix socket, optional); ids always come from the path.
+Container names (and a pod's name and namespace) come from where the runtime
+keeps them (bpfhook.runtimes); ids always come from the path.
 """
 import collections
 import dataclasses
-import json
 import os
 import re
-import socket
-import time
 
-from bpfhook import cgroups
+from bpfhook import cgroups, runtimes
 from pybpf.errors import BpfError
 
 _HEX64 = r"([0-9a-f]{64})"
@@ -58,8 +55,10 @@ class Container:
     id: str  # full container id (64 hex), unit / lab name, "" for the host
     cgroup_path: str
     runtime: str = ""  # docker, containerd, cri-o, podman, bpfhook-lab, systemd, ""
-    name: str = ""  # runtime's name when known, else what the path gives
+    name: str = ""  # runtime's name when known (a pod's: Kubernetes' container name), else what the path gives
     pod_uid: str = ""  # kubernetes pod uid, with dashes
+    pod: str = ""  # kubernetes pod name and namespace, from the runtime (bpfhook.runtimes)
+    namespace: str = ""
 
     @property
     def short_id(self):
@@ -72,13 +71,19 @@ class Container:
 
     @property
     def label(self):
-        """Short human name: the name, else the short id, else the kind."""
+        """Short human name: namespace/pod/container in a pod, else the name, the short id, the kind."""
+        if self.pod:
+            return "/".join(x for x in (self.namespace, self.pod, self.name) if x)
         return self.name or self.short_id or self.kind
 
     def matches(self, text):
-        """True when text names this container: its name, id, or an id prefix of 4+ characters."""
+        """True when text names this container: its name, id, an id prefix of 4+ characters, or
+        namespace/pod (any container of the pod) or namespace/pod/container."""
         if not text:
             return False
+        if "/" in text and not text.startswith("/"):
+            parts = text.split("/")
+            return bool(self.pod) and len(parts) in (2, 3) and parts == [self.namespace, self.pod, self.name][:len(parts)]
         return text in (self.name, self.id, self.short_id) or (len(text) >= 4 and self.id.startswith(text))
 
 
@@ -127,73 +132,22 @@ def classify(cgroup_path):
     return Container("host", "", cgroup_path)
 
 
-class DockerNames:
-    """Container names from Docker's API over its unix socket (optional).
-
-    One short request per unknown id (GET /containers/<id>/json), answers
-    cached. When the daemon is unreachable it is not asked again for
-    `retry_after` seconds, so a missing Docker costs one failed connect.
-    """
-
-    def __init__(self, socket_path="/var/run/docker.sock", timeout=0.25, retry_after=30.0):
-        self.socket_path = socket_path
-        self.timeout = timeout
-        self.retry_after = retry_after
-        self._down_until = 0.0
-        self._names = {}
-
-    def __call__(self, container_id):
-        if container_id in self._names:
-            return self._names[container_id]
-        if time.monotonic() < self._down_until:
-            return ""
-        try:
-            status, body = self._get(f"/containers/{container_id}/json")
-        except OSError:
-            self._down_until = time.monotonic() + self.retry_after
-            return ""
-        name = ""
-        if status == 200:
-            try:
-                name = json.loads(body).get("Name", "").lstrip("/")
-            except (ValueError, AttributeError):
-                name = ""
-        self._names[container_id] = name  # 404 too: the id is not Docker's
-        return name
-
-    def _get(self, path):
-        """(status, body) of a GET over the unix socket; OSError for any failure."""
-        import http.client  # only when a container needs a name: the monitor starts without it
-
-        conn = http.client.HTTPConnection("localhost", timeout=self.timeout)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-            conn.sock = sock  # already connected: HTTPConnection skips its own connect()
-            conn.request("GET", path, headers={"Host": "docker"})
-            response = conn.getresponse()
-            return response.status, response.read()
-        except http.client.HTTPException as err:
-            raise OSError(f"docker API {path}: {err!r}") from None
-        finally:
-            conn.close()
-            sock.close()
-
-
-# Where each runtime keeps its containers' names: {runtime: lookup(container id) -> name, "" when
-# unknown}, one row per runtime (the lab's names are in its cgroup paths).
-NAME_SOURCES = {"docker": DockerNames()}
+# Where each runtime keeps its containers' names: {runtime: lookup(container id) -> runtimes.Names, or None
+# when unknown}, one row per runtime (bpfhook.runtimes; the lab's names are in its cgroup paths).
+NAME_SOURCES = runtimes.sources()
 
 
 def named(container, names=NAME_SOURCES):
-    """`container` with its runtime's name, when its path gave none and `names` has a lookup."""
+    """`container` with what its runtime calls it (name, and a pod's name and namespace), when its
+    path gave no name and `names` has a lookup."""
     lookup = names.get(container.runtime)
-    if lookup is not None and not container.name and container.id:
-        name = lookup(container.id)
-        if name:
-            return dataclasses.replace(container, name=name)
-    return container
+    if lookup is None or container.name or not container.id or container.id == container.pod_uid \
+            or container.kind not in ("docker", "pod", "podman"):
+        return container
+    found = lookup(container.id)
+    if found is None:
+        return container
+    return dataclasses.replace(container, name=found.name, pod=found.pod, namespace=found.namespace)
 
 
 class ContainerError(BpfError):
@@ -204,11 +158,30 @@ class ContainerError(BpfError):
         self.candidates = tuple(candidates)
 
 
+def all_containers(names=NAME_SOURCES):
+    """Every container on this host, named, at its top cgroup; a pod's own cgroup with the
+    namespace and pod its containers carry."""
+    found, seen = [], set()
+    for path, _directory in cgroups.walk():
+        c = classify(path)
+        if c.is_container and (c.kind, c.id) not in seen:  # (a container's own cgroups below its top one)
+            seen.add((c.kind, c.id))
+            found.append(named(c, names))
+    pods = {c.pod_uid: c for c in found if c.pod and c.pod_uid}
+    return [dataclasses.replace(c, pod=pods[c.pod_uid].pod, namespace=pods[c.pod_uid].namespace)
+            if c.id == c.pod_uid and c.pod_uid in pods else c for c in found]
+
+
+def _within(path, parent):
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
 def find(spec, names=NAME_SOURCES):
-    """The container `spec` names: a cgroup path (also as a directory under the cgroup2 mount), or
-    a lab name, a runtime's container name, an id or a unique id prefix of 4+ characters, looked
-    up in the cgroup tree. A whole name or id beats a prefix; more than one match is an error
-    naming them. names: as NAME_SOURCES."""
+    """The container `spec` names: a cgroup path (also as a directory under the cgroup2 mount), a lab
+    name, a runtime's container name, an id or a unique id prefix of 4+ characters, a Kubernetes
+    namespace/pod (the pod's cgroup) or namespace/pod/container. A whole name beats a prefix; a
+    match holding all the others (a pod and its containers) beats them; else several is an error
+    naming each. names: as NAME_SOURCES."""
     if not spec:
         raise ContainerError("empty container name")
     if spec.startswith("/"):
@@ -216,24 +189,21 @@ def find(spec, names=NAME_SOURCES):
         path = "/" + os.path.relpath(spec, root) if spec.startswith(root + "/") else spec
         if os.path.isdir(cgroups.directory(path)):
             return named(classify(path), names)
-    whole, prefixed, seen = [], [], set()
-    for path, _directory in cgroups.walk():
-        c = classify(path)
-        if not c.is_container or (c.kind, c.id) in seen:
-            continue  # (a container's own cgroups below its top one)
-        seen.add((c.kind, c.id))
-        c = named(c, names)
-        if spec in (c.name, c.id, c.short_id):
+    whole, prefixed = [], []
+    for c in all_containers(names):
+        if spec in (c.name, c.id, c.short_id, c.label):
             whole.append(c)
         elif c.matches(spec):
             prefixed.append(c)
     found = sorted(whole or prefixed, key=lambda c: c.cgroup_path)
+    outer = [c for c in found if all(_within(o.cgroup_path, c.cgroup_path) for o in found)]
+    if len(outer) == 1:
+        return outer[0]
     if len(found) > 1:
         listed = ", ".join(f"{c.label} ({c.kind} {c.cgroup_path})" for c in found)
         raise ContainerError(f"{spec!r} names {len(found)} containers: {listed}", found)
-    if not found:
-        raise ContainerError(f"no container {spec!r} (a lab name, a cgroup path, or a container name/id)")
-    return found[0]
+    raise ContainerError(f"no container {spec!r} (a lab name, a cgroup path, a container name, id or id prefix, "
+                         "or a Kubernetes namespace/pod[/container])")
 
 
 class Resolver:

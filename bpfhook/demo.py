@@ -8,9 +8,9 @@ The copies are cloned onto the observer's host-side veth egress, which the
 veth hands to the observer's eth0: an AF_PACKET socket inside the observer's
 netns reads them there (pkt_type OTHERHOST: the frames carry the server's and
 the host's MAC addresses, not the observer's, so its IP stack drops them after
-the tap). The host routes client <-> server with forwarding enabled on those
-two veths only (net.ipv4.conf.bh-*.forwarding), which go away with the
-containers. Everything is taken down on exit, Ctrl-C and SIGTERM.
+the tap). The host routes client <-> server as it does between any lab
+containers (bpfhook.lab: forwarding on their veths, and their own iptables rules
+on a Docker host). Everything is taken down on exit, Ctrl-C and SIGTERM.
 
 Also the toolbox of the mirror tests and benchmark: packet sockets in a netns,
 bounded client/server traffic between lab containers, frame summaries.
@@ -162,13 +162,6 @@ print(sent, time.monotonic() - start, flush=True)
 """
 
 
-def enable_forwarding(*containers):
-    """IPv4 forwarding on these containers' host-side veths only: they route to each other via the host."""
-    for c in containers:
-        with open(f"/proc/sys/net/ipv4/conf/{c.host_if}/forwarding", "w") as f:
-            f.write("1")
-
-
 @contextlib.contextmanager
 def server(container, port=DEMO_PORT, seconds=60.0):
     """A TCP sink and UDP echo (first 64 bytes) inside container, ready on entry, killed on exit."""
@@ -230,7 +223,6 @@ def run(args):
             made.append(Lab.up(name))
         cli, srv, obs = made
         print(f"client {cli.ipv4}, server {srv.ipv4}, observer {obs.ipv4} (netns {obs.netns})")
-        enable_forwarding(cli, srv)
         packet_filter = PacketFilter.parse(args.filter) if args.filter else None
         with mirror(srv, obs, method=args.method, packet_filter=packet_filter) as m:
             print(f"mirroring {m.describe()}")

@@ -22,9 +22,11 @@ def event_object(event, container, cgroup_path=None):
         "comm": event["comm"],
         "cgroup_id": event["cgroup_id"],
         "cgroup": container.cgroup_path if cgroup_path is None else cgroup_path,
-        "container": container.label if container.is_container else None,
+        "container": (container.name or container.short_id) if container.is_container else None,
         "container_id": container.id or None,
         "container_kind": container.kind,
+        "pod": container.pod or None,  # Kubernetes' names, from the runtime
+        "namespace": container.namespace or None,
         "netns": event["netns"],
         "family": event["family"],
         "protocol": event["protocol"],
@@ -84,7 +86,8 @@ def _escape(value):
 
 def _labels(totals):
     c = totals.container
-    pairs = (("container", c.label if c.is_container else ""), ("container_id", c.id), ("cgroup", c.cgroup_path),
+    pairs = (("container", (c.name or c.short_id) if c.is_container else ""), ("pod", c.pod),
+             ("namespace", c.namespace), ("container_id", c.id), ("cgroup", c.cgroup_path),
              ("cgroup_id", str(totals.cgroup_id)), ("kind", c.kind))
     return ",".join(f'{key}="{_escape(value)}"' for key, value in pairs)
 

@@ -5,7 +5,10 @@ Container NAME is
   veth    bh-NAME on the host (10.77.N.1/30, fd77::N:1/126)
           <-> eth0 inside (10.77.N.2/30, fd77::N:2/126, default route to the host side)
   cgroup  /bpfhook.lab/NAME on the cgroup2 hierarchy
-with N a slot unique among running containers. Processes started through
+with N a slot unique among running containers. Containers reach each other
+through the host: IPv4 forwarding on their host-side veths, and one iptables
+FORWARD rule each where iptables is installed (bpfhook.forwarding: Docker's DROP
+policy and chains stay as they are). Processes started through
 Container.spawn/exec join both the netns and the cgroup, so BPF sees the
 container's cgroup id and netns on their traffic.
 
@@ -22,13 +25,12 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 from socket import AF_INET6
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
-from bpfhook import cgroups
+from bpfhook import cgroups, forwarding, guest
 from pybpf.errors import BpfError, FeatureUnavailable
 
 STATE_DIR = "/run/bpfhook/lab"
@@ -36,6 +38,7 @@ NETNS_DIR = "/run/netns"  # where pyroute2 and iproute2 bind-mount named netns
 NETNS_PREFIX = "bpfhook-"
 HOST_IF_PREFIX = "bh-"
 CGROUP_PARENT = "/bpfhook.lab"
+LAB_IFS = HOST_IF_PREFIX + "+"  # iptables' wildcard for every lab veth
 IFNAMSIZ = 16  # including the NUL
 SLOTS = range(1, 256)  # N in 10.77.N.0/30 and fd77::N:0/126
 IFA_F_NODAD = 0x02  # the addresses are ours alone: skip IPv6 duplicate detection
@@ -91,37 +94,22 @@ class Container:
     def pids(self):
         return cgroups.pids(self.cgroup_path)
 
-    def _entry(self):
-        """Return a function that moves the calling process inside.
-
-        Everything that could fail or allocate (opening the netns) happens
-        here, before any fork.
-        """
-        procs = os.path.join(self.cgroup_dir, "cgroup.procs")
-        if not os.path.exists(procs) or not os.path.exists(self.netns_path):
-            raise LabError(f"container {self.name!r} is not running (bpfhook lab up {self.name})")
-        nsfd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-
-        def enter():
-            with open(procs, "w") as f:
-                f.write("0")  # 0 = the writing process
-            pyroute2_netns.setns(nsfd, flags=0)
-
-        return nsfd, enter
+    @contextlib.contextmanager
+    def _running(self):
+        try:
+            yield
+        except guest.GuestError:
+            raise LabError(f"container {self.name!r} is not running (bpfhook lab up {self.name})") from None
 
     def spawn(self, argv, **popen):
         """subprocess.Popen(argv) running in the container's netns and cgroup."""
-        if "preexec_fn" in popen:
-            raise TypeError("spawn() sets preexec_fn itself")
-        nsfd, enter = self._entry()
-        try:
-            return subprocess.Popen(argv, preexec_fn=enter, **popen)
-        finally:
-            os.close(nsfd)
+        with self._running():
+            return guest.spawn(argv, self.cgroup_path, self.netns_path, f"container {self.name!r}", **popen)
 
     def exec(self, argv):
         """Replace the calling process with argv, inside the container."""
-        _nsfd, enter = self._entry()
+        with self._running():
+            _nsfd, enter = guest.entry(self.cgroup_path, self.netns_path, f"container {self.name!r}")
         enter()
         os.execvp(argv[0], argv)
 
@@ -201,6 +189,8 @@ class Lab:
             undo.callback(_delete_link, ipr, host_if)
             (ifindex,) = ipr.link_lookup(ifname=host_if)
             _configure(ipr, ifindex, host4, ipv6 and host6)
+            undo.callback(forwarding.revoke, name, host_if, LAB_IFS)
+            forwarding.allow(name, host_if, LAB_IFS)
             with IPRoute(netns=netns_path, flags=0) as ns:
                 ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
                 (peer_ifindex,) = ns.link_lookup(ifname="eth0")
@@ -262,6 +252,7 @@ class Lab:
             if not os.path.exists(state) and not cls._parts(name, ipr):
                 raise LabError(f"no container {name!r}")
             cgroups.remove(f"{CGROUP_PARENT}/{name}")
+            forwarding.revoke(name, host_ifname(name), LAB_IFS)  # before the link: a leftover rule has a leftover link
             _delete_link(ipr, host_ifname(name))  # takes eth0 inside with it
             netns_path = os.path.join(NETNS_DIR, NETNS_PREFIX + name)
             if os.path.exists(netns_path):

@@ -93,7 +93,7 @@ def resolve(spec):
     if container is None:
         if error.candidates:
             raise MirrorError(str(error)) from None
-        raise MirrorError(f"no interface, lab container, pid or container id {spec!r}")
+        raise MirrorError(f"no interface, pid or container {spec!r}")
     if container.kind == "lab":
         return _endpoint_at(spec, lab.Lab.get(container.name).ifindex)
     pids = cgroups.pids_below(container.cgroup_path)
@@ -593,7 +593,8 @@ POLLS_SHUTDOWN = True  # a signal during set-up waits for it, then the mirror is
 
 def add_arguments(parser):
     parser.add_argument("--from", dest="source", required=True, metavar="IFACE|CONTAINER",
-                        help="interface, lab container, pid or container id to mirror")
+                        help="interface, pid, or container: lab/docker/podman name, id or prefix, cgroup path, "
+                             "namespace/pod[/container]")
     parser.add_argument("--to", dest="observer", metavar="IFACE|CONTAINER",
                         help="where the copies go (a container: its host-side veth, so they arrive on its eth0)")
     parser.add_argument("--direction", choices=("ingress", "egress", "both"), default="both",

@@ -14,7 +14,7 @@ import time
 
 from bpfhook import cgroups
 from bpfhook.cli import host_port, pid_number, port_number, positive_float
-from bpfhook.containers import Resolver
+from bpfhook.containers import ContainerError, Resolver, find
 from bpfhook.exporters import JsonLines, exposition
 from bpfhook.monitor import Monitor
 from bpfhook.programs.accept import HOOKS as ACCEPT_HOOKS
@@ -44,6 +44,7 @@ class MonitorOptions:
     json: bool = False
     prometheus: tuple = None  # (host, port)
     container: str = None
+    container_cgroup: str = None  # the cgroup --container names, when it exists at the start
     pid: int = None
     port: int = None
     duration: float = None
@@ -60,7 +61,9 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="one JSON object per event on stdout, no text report")
     parser.add_argument("--prometheus", metavar="HOST:PORT", type=host_port,
                         help="serve Prometheus metrics on http://HOST:PORT/metrics")
-    parser.add_argument("--container", metavar="NAME|ID", help="only connections of this container")
+    parser.add_argument("--container", metavar="NAME|ID",
+                        help="only connections of this container: lab/docker/podman name, id or prefix, cgroup "
+                             "path, Kubernetes namespace/pod[/container]")
     parser.add_argument("--pid", type=pid_number, help="only connections of this process")
     parser.add_argument("--port", type=port_number, help="only connections with this local or remote port")
     parser.add_argument("--duration", metavar="SEC", type=positive_float, help="stop after SEC seconds")
@@ -84,8 +87,23 @@ def options_from(args):
     return MonitorOptions(
         cgroup=cgroup, metrics_interval=args.metrics_interval, show_containers=args.show_containers,
         show_events=args.show_events, json=args.json, prometheus=args.prometheus, container=args.container,
-        pid=args.pid, port=args.port, duration=args.duration, accept=args.accept,
+        container_cgroup=_container_cgroup(args.container), pid=args.pid, port=args.port, duration=args.duration,
+        accept=args.accept,
     )
+
+
+def _container_cgroup(spec):
+    """The cgroup of the container spec names (bpfhook.containers.find); None when none does yet (the
+    monitor then waits for one of that name); several is an error."""
+    if spec is None:
+        return None
+    try:
+        return find(spec).cgroup_path
+    except ContainerError as e:
+        if e.candidates:
+            raise
+        print(f"bpfhook monitor: no container {spec!r} now: watching for one by that name", file=sys.stderr)
+        return None
 
 
 def run(args):
@@ -99,10 +117,12 @@ class EventFilter:
     container: str = None  # name, id, short id or id prefix (Container.matches)
     pid: int = None
     port: int = None
+    container_cgroup: str = None  # found at the start: its cgroup and those below it, whatever their names
 
     @classmethod
     def from_options(cls, options):
-        return cls(container=options.container, pid=options.pid, port=options.port)
+        return cls(container=options.container, pid=options.pid, port=options.port,
+                   container_cgroup=options.container_cgroup)
 
     @property
     def passes_everything(self):
@@ -114,6 +134,9 @@ class EventFilter:
             return False
         if self.port is not None and self.port not in (event["sport"], event["dport"]):
             return False
+        if self.container_cgroup is not None:
+            path = container.cgroup_path
+            return path == self.container_cgroup or path.startswith(self.container_cgroup.rstrip("/") + "/")
         if self.container is not None and not container.matches(self.container):
             return False
         return True
@@ -127,7 +150,7 @@ def event_line(event, container):
     if event["event"] == "close":
         duration = "close missed, found now" if event["close_unseen"] else f"{event['duration_ns'] / 1e6:.1f}ms"
         extra = f" sent {event['bytes_sent']} recv {event['bytes_received']} {duration}"
-    return (f"{time.strftime('%H:%M:%S')} {event['event']:<7} {mark} {container.label[:16]:<16} "
+    return (f"{time.strftime('%H:%M:%S')} {event['event']:<7} {mark} {container.label:<16} "
             f"pid {event['pid']:<7} {event['comm'][:15]:<15} {event['family']} {event['protocol']} "
             f"{endpoint(event['saddr'], event['sport'])} -> {endpoint(event['daddr'], event['dport'])} "
             f"{states}{extra}")

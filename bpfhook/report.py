@@ -281,12 +281,17 @@ def endpoint(addr, port):
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def connection_line(conn):
+def label_width(containers, narrowest=16, widest=48):
+    """Width of a container column: its longest label (a pod's namespace/pod/container), within bounds."""
+    return min(widest, max([narrowest] + [len(c.label) for c in containers]))
+
+
+def connection_line(conn, width=16):
     """One recent connection: [CTR] mark, owner, addresses, state, bytes, duration."""
     c = conn["container"]
     mark = "[CTR]" if c.is_container else "     "
     arrow = ARROWS[records.direction(conn)]
-    return (f"  {mark} {c.label[:16]:<16} pid {conn['pid']:<7} {conn['comm'][:15]:<15} "
+    return (f"  {mark} {c.label[:width]:<{width}} pid {conn['pid']:<7} {conn['comm'][:15]:<15} "
             f"{endpoint(conn['saddr'], conn['sport']):>22} {arrow} {endpoint(conn['daddr'], conn['dport']):<22} "
             f"{conn['state']:<12} sent {human_bytes(conn['bytes_sent']):>8} "
             f"recv {human_bytes(conn['bytes_received']):>8} {human_duration(conn.get('duration_ns', 0)):>8}")
@@ -299,16 +304,18 @@ def _body(s, show_containers, recent):
     out.append("")
     shown = s.recent[-recent:] if recent else []
     out.append(f"Recent connections (last {len(shown)}):")
-    out += [connection_line(c) for c in shown] or ["  (none)"]
+    width = label_width(c["container"] for c in shown)
+    out += [connection_line(c, width) for c in shown] or ["  (none)"]
     out.append("")
     out.append("Cgroup-based metrics:")
     if s.cgroups:
-        who = f"{'CONTAINER':<16} {'KIND':<8} {'ID':<12} " if show_containers else ""
+        width = label_width(t.container for t in s.cgroups)
+        who = f"{'CONTAINER':<{width}} {'KIND':<8} {'ID':<12} " if show_containers else ""
         out.append(f"        {who}{'OPENED':>7} {'CLOSED':>7} {'ACTIVE':>7} {'SENT':>10} {'RECEIVED':>10}  CGROUP")
         for t in s.cgroups:
             c = t.container
             mark = "[CTR]" if c.is_container else "     "
-            who = f"{c.label[:16]:<16} {c.kind:<8} {c.short_id[:12] or '-':<12} " if show_containers else ""
+            who = f"{c.label[:width]:<{width}} {c.kind:<8} {c.short_id[:12] or '-':<12} " if show_containers else ""
             out.append(f"  {mark} {who}{t.opened:>7} {t.closed:>7} {t.active:>7} {human_bytes(t.bytes_sent):>10} "
                        f"{human_bytes(t.bytes_received):>10}  {c.cgroup_path or '?'} (id {t.cgroup_id})")
     else:

@@ -2,11 +2,13 @@
 stream echo.
 
 `bpfhook trafficgen --auto` starts its own server on 127.0.0.1 (or inside a
-lab container with --container NAME) and runs a bounded client loop against
-it: at most --requests requests and at most --duration seconds. Every TCP,
-HTTP and Unix request is a fresh connection, so a monitor sees the whole
-lifecycle each time. Targets are limited to loopback and lab container
-addresses: this tool never sends traffic anywhere else.
+container with --container NAME: a lab container, or a Docker, podman or
+Kubernetes one entered through bpfhook.guest) and runs a bounded client loop
+against it: at most --requests requests and at most --duration seconds. Every
+TCP, HTTP and Unix request is a fresh connection, so a monitor sees the whole
+lifecycle each time. Targets are limited to loopback, lab container addresses
+and the container the server was started in: this tool never sends traffic
+anywhere else.
 """
 import contextlib
 import dataclasses
@@ -23,7 +25,7 @@ import tempfile
 import threading
 import time
 
-from bpfhook import containers
+from bpfhook import containers, guest
 from bpfhook.cli import positive_float, positive_int
 from bpfhook.lab import Lab
 from pybpf.errors import BpfError
@@ -137,8 +139,9 @@ class Server:
 
 # ---- targets ---------------------------------------------------------------------
 
-def parse_target(kind, target):
-    """(host, port) for network types, the path for uds; refuses anything but loopback and lab addresses."""
+def parse_target(kind, target, allowed=()):
+    """(host, port) for network types, the path for uds; refuses anything but loopback, lab
+    addresses and `allowed` ones (the container trafficgen started its server in)."""
     if kind == "uds":
         if not target or "\0" in target:
             raise TrafficError(f"uds target must be a socket path, got {target!r}")
@@ -152,7 +155,7 @@ def parse_target(kind, target):
         raise TrafficError(f"target must be ADDRESS:PORT with a numeric address, got {target!r}") from None
     if not sep or not 0 < port < 65536:
         raise TrafficError(f"bad port in target {target!r}")
-    if not address.is_loopback and str(address) not in _lab_addresses():
+    if not address.is_loopback and str(address) not in allowed and str(address) not in _lab_addresses():
         raise TrafficError(f"{host} is neither loopback nor a lab container address: trafficgen only sends there")
     return str(address), port
 
@@ -273,11 +276,11 @@ class Summary:
                 f"{self.elapsed:.2f}s, {self.rate:.0f} req/s")
 
 
-def generate(kind, target, requests=10, duration=10.0, timeout=2.0, interval=0.0):
+def generate(kind, target, requests=10, duration=10.0, timeout=2.0, interval=0.0, allowed=()):
     """Run at most `requests` requests for at most `duration` seconds; returns a Summary."""
     if kind not in REQUESTS:
         raise TrafficError(f"unknown traffic type {kind!r} (choose from {', '.join(TYPES)})")
-    where = parse_target(kind, target)
+    where = parse_target(kind, target, allowed)
     request = REQUESTS[kind]
     summary = Summary(kind, target)
     start = time.monotonic()
@@ -298,14 +301,15 @@ def generate(kind, target, requests=10, duration=10.0, timeout=2.0, interval=0.0
     return summary
 
 
-# ---- a server inside a lab container ------------------------------------------------
+# ---- a server inside a container ------------------------------------------------
 
 @contextlib.contextmanager
 def server_in_container(kind, container, ipv6=False):
-    """A Server of `kind` running inside lab container `container` (a child process); yields its target."""
+    """A Server of `kind` running inside `container` (a child process); yields its target.
+    container: a bpfhook.lab.Container or a bpfhook.guest.Guest (a container of any runtime)."""
     host = container.ipv6 if ipv6 else container.ipv4
-    if ipv6 and not host:
-        raise TrafficError(f"lab container {container.name!r} has no IPv6 address (lab up --ipv6)")
+    if not host:
+        raise TrafficError(f"container {container.name!r} has no {'IPv6' if ipv6 else 'IPv4'} address")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     # its own session: a Ctrl-C (or timeout) signalling our process group is ours to act on, not the server's
@@ -355,8 +359,16 @@ def add_arguments(parser):
     parser.add_argument("--requests", type=positive_int, default=10, metavar="N", help="requests (default 10)")
     parser.add_argument("--duration", type=positive_float, default=10.0, metavar="SEC",
                         help="stop after SEC seconds even if requests remain (default 10)")
-    parser.add_argument("--container", metavar="NAME", help="with --auto: run the server in this lab container")
+    parser.add_argument("--container", metavar="NAME",
+                        help="with --auto: run the server in this container (its cgroup and network namespace): "
+                             "lab/docker/podman name, id or prefix, namespace/pod[/container]")
     parser.add_argument("--ipv6", action="store_true", help="with --auto: use IPv6 (::1 or the container's)")
+
+
+def _enterable(spec):
+    """A lab container by its lab record, any other container as a bpfhook.guest.Guest."""
+    c = containers.find(spec)
+    return Lab.get(c.id) if c.kind == "lab" else guest.Guest.of(c)
 
 
 def run(args):
@@ -364,13 +376,11 @@ def run(args):
         raise TrafficError("--container needs --auto")
     if args.auto and args.container:
         if os.geteuid() != 0:
-            raise TrafficError("--container needs root (it enters the lab container)")
-        found = containers.find(args.container)
-        if found.kind != "lab":
-            raise TrafficError(f"--container {args.container}: {found.label} is a {found.kind} container; "
-                               "the server runs in lab containers only")
-        with server_in_container(args.kind, Lab.get(found.name), ipv6=args.ipv6) as target:
-            summary = generate(args.kind, target, args.requests, args.duration)
+            raise TrafficError("--container needs root (it enters the container)")
+        container = _enterable(args.container)
+        with server_in_container(args.kind, container, ipv6=args.ipv6) as target:
+            allowed = {a for a in (container.ipv4, container.ipv6) if a}
+            summary = generate(args.kind, target, args.requests, args.duration, allowed=allowed)
     elif args.auto:
         with Server(args.kind, "::1" if args.ipv6 else "127.0.0.1") as server:
             summary = generate(args.kind, server.target, args.requests, args.duration)

@@ -55,9 +55,23 @@ def _files(top):
     return sorted(found)
 
 
+def _iptables():
+    """The rules of iptables-save and ip6tables-save (no counters, no comments), where installed."""
+    from tests.runtimes import rules_without_counters
+
+    found = oracles.find("iptables")
+    if not found:
+        return {}
+    saves = {family: os.path.join(os.path.dirname(found.path), f"{family}-save") for family in ("iptables", "ip6tables")}
+    return {family: rules_without_counters(subprocess.run([path], capture_output=True, text=True, timeout=30,
+                                                          check=True).stdout)
+            for family, path in saves.items() if os.access(path, os.X_OK)}
+
+
 def snapshot():
     """The kernel state a bpfhook tool touches: links and their tc objects, BPF programs, links and
-    maps, bpffs pins, named network namespaces, bpfhook's own state files (lab containers, mirrors)."""
+    maps, bpffs pins, named network namespaces, bpfhook's own state files (lab containers, mirrors),
+    the firewall."""
     state = {
         "tc": _tc(),
         "bpf_progs": _ids("prog"),
@@ -66,6 +80,7 @@ def snapshot():
         "pins": _files(BPFFS),
         "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
         "state_files": [f for directory in STATE_DIRS for f in _files(directory)],
+        "iptables": _iptables(),
     }
     bpftool = oracles.find("bpftool")
     if bpftool:  # the independent view, where there is one

@@ -43,6 +43,15 @@ TOOLS = {t.name: t for t in (
     Tool("ping", "-V", r"iputils[- ]s?(\d+)", (), "iputils-ping"),
     Tool("ip", "-V", r"iproute2-(?:ss)?v?(\d+(?:\.\d+)*)", (), "iproute2"),
     Tool("tc", "-V", r"iproute2-(?:ss)?v?(\d+(?:\.\d+)*)", (), "iproute2"),
+    Tool("unshare", "--version", r"util-linux (\d+(?:\.\d+)*)", (), "util-linux"),
+    Tool("nsenter", "--version", r"util-linux (\d+(?:\.\d+)*)", (), "util-linux"),
+    Tool("iptables", "-V", r"iptables v(\d+(?:\.\d+)*)", (), "iptables"),
+    # container engines, started by tests/runtimes.py when not running
+    Tool("dockerd", "--version", r"Docker version (\d+(?:\.\d+)*)", (), "docker.io"),
+    Tool("containerd", "--version", r"containerd \S+ v?(\d+(?:\.\d+)*)", (), "containerd"),
+    Tool("ctr", "--version", r"ctr \S+ v?(\d+(?:\.\d+)*)", (), "containerd"),
+    Tool("podman", "--version", r"podman version (\d+(?:\.\d+)*)", (), "podman"),
+    Tool("runc", "--version", r"runc version (\d+(?:\.\d+)*)", (), "runc"),
     # cpu v4, gotol and may_goto: LLVM 19
     Tool("llvm-mc", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),
     Tool("llvm-objdump", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),

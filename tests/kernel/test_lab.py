@@ -9,8 +9,8 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
 from pybpf import mounts
-from bpfhook import cgroups
-from bpfhook.lab import CGROUP_PARENT, Lab, LabError, host_ifname
+from bpfhook import cgroups, forwarding
+from bpfhook.lab import CGROUP_PARENT, LAB_IFS, Lab, LabError, host_ifname
 from tests import oracles
 from tests.conftest import slow_factor
 
@@ -47,6 +47,8 @@ def _leftovers(name):
         found.append("cgroup")
     if os.path.exists(os.path.join(Lab.state_dir, name + ".json")):
         found.append("state")
+    if forwarding.present(name, host_ifname(name), LAB_IFS):
+        found.append("rule")
     return found
 
 
@@ -147,7 +149,7 @@ def test_down_kills_processes_and_leaves_nothing(lab):
     c = lab()
     sleeper = c.spawn(["sleep", "60"])
     assert c.pids() == [sleeper.pid]
-    assert set(_leftovers(c.name)) == {"link", "netns", "cgroup", "state"}
+    assert set(_leftovers(c.name)) == {"link", "netns", "cgroup", "state"} | ({"rule"} if forwarding.iptables() else set())
     c.down()
     assert sleeper.wait(timeout=5) == -9
     assert _leftovers(c.name) == []
@@ -243,3 +245,95 @@ def test_cli_up_exec_list_down():
     assert _leftovers(name) == []
     gone = _cli("lab", "down", name)
     assert (gone.returncode, gone.stderr) == (1, f"bpfhook: error: no container '{name}'\n")
+
+
+# --- on a Docker host: FORWARD policy DROP ------------------------------------------
+
+# What dockerd does to the filter table: FORWARD's policy DROP, its chains jumped to first.
+DOCKER_LIKE = (["-P", "FORWARD", "DROP"], ["-N", "DOCKER-USER"], ["-A", "DOCKER-USER", "-j", "RETURN"],
+               ["-N", "DOCKER-ISOLATION-STAGE-1"], ["-A", "DOCKER-ISOLATION-STAGE-1", "-j", "RETURN"],
+               ["-I", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1"], ["-I", "FORWARD", "-j", "DOCKER-USER"])
+
+FIREWALLED = r"""
+import json, subprocess, sys
+from bpfhook import demo, forwarding
+from bpfhook.lab import LAB_IFS, Lab
+
+def iptables(*args):
+    return subprocess.run(["iptables", "-w", "5", *args], capture_output=True, text=True, check=True).stdout
+
+for args in json.loads(sys.argv[2]):
+    iptables(*args)
+before = iptables("-S")
+a, b = Lab.up(sys.argv[1] + "a", ipv6=False), Lab.up(sys.argv[1] + "b", ipv6=False)
+reach = lambda: a.spawn(["ping", "-n", "-q", "-c", "1", "-W", "1", b.ipv4], stdout=subprocess.DEVNULL).wait() == 0
+try:
+    during = iptables("-S")
+    reached = reach()
+    forwarding.revoke(a.name, a.host_if, LAB_IFS)
+    dropped = not reach()  # the control: this firewall really drops what the rules let through
+    forwarding.allow(a.name, a.host_if, LAB_IFS)
+    with demo.server(b):
+        sent, _ = demo.client(a, b.ipv4, nbytes=256 << 10, datagrams=5)
+finally:
+    a.down()
+    b.down()
+print(json.dumps({"before": before, "during": during, "after": iptables("-S"), "reached": reached,
+                  "dropped": dropped, "sent": sent}))
+"""
+
+
+def _in_own_netns(argv, timeout):
+    """argv in a network namespace of its own: its iptables rules are its own, the host's stay untouched."""
+    unshare = oracles.require("unshare")
+    iptables = oracles.require("iptables")
+    probe = subprocess.run([unshare, "--net", iptables, "-w", "5", "-S"], capture_output=True, text=True, timeout=60)
+    if probe.returncode:
+        pytest.skip(f"iptables cannot run here: {(probe.stderr.strip().splitlines() or ['?'])[-1]}")
+    return subprocess.run([unshare, "--net", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout * slow_factor(), env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def test_containers_reach_each_other_through_a_docker_firewall():
+    """FORWARD at DROP behind Docker's chains: each container's one rule lets lab traffic through,
+    and down leaves the table exactly as it was."""
+    import json
+
+    oracles.require("ping")
+    name = f"fw{os.getpid() % 100000}"
+    done = _in_own_netns([sys.executable, "-c", FIREWALLED, name, json.dumps(DOCKER_LIKE)], timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["reached"] and result["dropped"] and result["sent"] == 256 << 10
+    assert result["after"] == result["before"]
+    added = [line for line in result["during"].splitlines() if line not in result["before"].splitlines()]
+    assert added == [f'-A FORWARD -i {host_ifname(name + x)} -o bh-+ -m comment --comment "bpfhook lab {name + x}" '
+                     "-j ACCEPT" for x in "ba"]  # first in FORWARD, newest first
+    during = result["during"].splitlines()
+    assert all(during.index(rule) < during.index("-A FORWARD -j DOCKER-USER") for rule in added)
+    assert _leftovers(name + "a") == [] and _leftovers(name + "b") == []
+
+
+def test_sigterm_to_the_demo_leaves_the_firewall_as_found():
+    import json
+
+    script = (
+        "import json, signal, subprocess, sys\n"
+        "run = lambda *a: subprocess.run(['iptables', '-w', '5', *a], capture_output=True, text=True, check=True).stdout\n"
+        "for args in json.loads(sys.argv[1]): run(*args)\n"
+        "before = run('-S')\n"
+        "demo = subprocess.Popen([sys.executable, '-m', 'bpfhook', 'demo', 'mirror', '--seconds', '60'],\n"
+        "                        stdout=subprocess.PIPE, text=True)\n"
+        "lines = [demo.stdout.readline() for _ in range(2)]\n"
+        "during = run('-S')\n"
+        "demo.send_signal(signal.SIGTERM)\n"
+        "out = demo.communicate(timeout=60)[0]\n"
+        "print(json.dumps({'before': before, 'during': during, 'after': run('-S'), 'lines': lines, "
+        "'out': out, 'rc': demo.returncode}))\n")
+    done = _in_own_netns([sys.executable, "-c", script, json.dumps(DOCKER_LIKE)], timeout=180)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["lines"][1].startswith("mirroring"), result
+    assert len(result["during"].splitlines()) == len(result["before"].splitlines()) + 3  # client, server, observer
+    assert result["rc"] == 0 and "removed containers" in result["out"]
+    assert result["after"] == result["before"]

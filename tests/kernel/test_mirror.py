@@ -28,9 +28,12 @@ CLI_SECONDS = 120  # a bound, not a wait: python's start-up takes tens of second
 
 @pytest.fixture
 def trio(lab):
-    client, server, observer = lab(ipv6=False), lab(ipv6=False), lab(ipv6=False)
-    demo.enable_forwarding(client, server)
-    return client, server, observer
+    containers = lab(ipv6=False), lab(ipv6=False), lab(ipv6=False)
+    yield containers
+    # Pass or fail: what a test kept (--keep pins tcx links, which outlive the veth) goes before the lab does.
+    for c in containers:
+        if mirror.read_state(c.host_if) is not None:
+            mirror.remove(c.host_if)
 
 
 def tc_dump(ifindex):
@@ -45,24 +48,34 @@ def tc_dump(ifindex):
     return qdiscs, filters
 
 
-def exchange(trio, datagrams=20, nbytes=256 << 10):
-    """Run traffic; return (frames on the server's veth by direction, frames on the observer's eth0)."""
-    client, server, observer = trio
-    at_server = demo.packet_socket(server.host_if)
+def mirrored(source_if, observer, address, traffic):
+    """Run traffic(); return (frames to or from address on source_if, by direction; those frames
+    arriving on the observer's eth0)."""
+    at_source = demo.packet_socket(source_if)
     at_observer = demo.packet_socket("eth0", observer.netns_path)
     try:
-        with demo.server(server):
-            demo.client(client, server.ipv4, datagrams=datagrams, nbytes=nbytes)
+        traffic()
         time.sleep(0.3)  # the last clones cross the observer's veth
-        seen = demo.drain(at_server, demo.ipv4_between(server.ipv4))
-        copies = demo.drain(at_observer, demo.ipv4_between(server.ipv4, incoming_only=True))
-        assert demo.drops(at_server) == 0 and demo.drops(at_observer) == 0
+        seen = demo.drain(at_source, demo.ipv4_between(address))
+        copies = demo.drain(at_observer, demo.ipv4_between(address, incoming_only=True))
+        assert demo.drops(at_source) == 0 and demo.drops(at_observer) == 0
     finally:
-        at_server.close()
+        at_source.close()
         at_observer.close()
     by_direction = {"egress": [f for t, f in seen if t == demo.PACKET_OUTGOING],
                     "ingress": [f for t, f in seen if t != demo.PACKET_OUTGOING]}
     return by_direction, [f for _t, f in copies]
+
+
+def exchange(trio, datagrams=20, nbytes=256 << 10):
+    """Run client -> server traffic; return mirrored()'s frames of the server's veth."""
+    client, server, observer = trio
+
+    def traffic():
+        with demo.server(server):
+            demo.client(client, server.ipv4, datagrams=datagrams, nbytes=nbytes)
+
+    return mirrored(server.host_if, observer, server.ipv4, traffic)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -158,7 +171,7 @@ def test_refusals_change_nothing(trio):
     before = tc_dump(server.ifindex)
     with pytest.raises(MirrorError, match="is the source itself"):
         mirror.mirror(server, server.host_if)
-    with pytest.raises(MirrorError, match="no interface, lab container"):
+    with pytest.raises(MirrorError, match="no interface, pid or container"):
         mirror.mirror(server, "bh-no-such-if")
     with pytest.raises(MirrorError, match="--filter needs --method bpf"):
         mirror.mirror(server, observer, packet_filter=PacketFilter.parse("udp"))

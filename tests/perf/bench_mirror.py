@@ -45,7 +45,6 @@ def run(seconds=2.0):
         for name in names:
             made.append(Lab.up(name))
         cli, srv, obs = made
-        demo.enable_forwarding(cli, srv)
         results = {}
         with demo.server(srv, seconds=10 * seconds + 60):
             for method in ("mirred", "bpf"):

@@ -1,14 +1,10 @@
-"""cgroup path -> container, finding a container by what the user wrote, the id resolver's cache, and
-Docker names over a unix socket."""
-import http.server
-import json
-import socketserver
-import threading
-
+"""cgroup path -> container, finding a container by what the user wrote, the id resolver's cache and
+the names it asks runtimes for."""
 import pytest
 
 from bpfhook import cgroups
-from bpfhook.containers import Container, ContainerError, DockerNames, Resolver, classify, find
+from bpfhook.containers import Container, ContainerError, Resolver, classify, find
+from bpfhook.runtimes import Names
 
 ID = "4f1c0a9e2b7d" + "0123456789abcdef" * 3 + "0123"  # 64 hex
 ID2 = "a" * 64
@@ -80,7 +76,7 @@ def tree(tmp_path, monkeypatch):
 
 
 def test_find_by_name_id_prefix_and_path(tree):
-    names = {"docker": {ID3: "api"}.get}
+    names = {"docker": {ID3: Names("api")}.get}
     assert find("webapp", names).cgroup_path == "/bpfhook.lab/webapp"  # a whole name beats a prefix
     assert find(ID, names).cgroup_path == f"/docker/{ID}"  # the container's top cgroup, not its child
     assert find(ID[:12], names).id == ID and find(ID[:7], names).id == ID
@@ -137,7 +133,7 @@ def test_names_come_from_the_runtime_lookup_ids_always():
 
     def docker_names(cid):
         calls.append(cid)
-        return "web-1" if cid == ID else ""
+        return Names("web-1") if cid == ID else None
 
     r = Resolver(path_of_id={1: f"/docker/{ID}", 2: f"/docker/{ID2}", 3: "/bpfhook.lab/x"}.get,
                  names={"docker": docker_names})
@@ -147,80 +143,74 @@ def test_names_come_from_the_runtime_lookup_ids_always():
     assert calls == [ID, ID2]  # lab containers never ask Docker; answers are cached
 
 
-# ---- Docker API ---------------------------------------------------------------
-# MOCK: there is no Docker daemon on this machine (and none can be started here),
-# so DockerNames talks to a tiny HTTP server on a unix socket that answers like
-# Docker's GET /containers/<id>/json. Only the transport and parsing are tested.
+def test_a_pod_container_carries_namespace_pod_and_container():
+    """Runtime "" is the cgroupfs kubepods layout, which names no runtime: runtimes.sources() asks each."""
+    pod_level = f"/kubepods/besteffort/pod{UID}"
+    r = Resolver(path_of_id={1: f"{pod_level}/{ID}", 2: f"{pod_level}/{ID2}", 3: pod_level}.get,
+                 names={"": {ID: Names("web", "shop", "prod"), ID2: Names("", "shop", "prod")}.get})
+    web, sandbox, pod = r(1), r(2), r(3)
+    assert (web.kind, web.name, web.pod, web.namespace, web.label) == ("pod", "web", "shop", "prod", "prod/shop/web")
+    assert sandbox.label == "prod/shop" and (pod.label, pod.pod) == (UID, "")  # no runtime knows a pod uid
+    for spec in ("prod/shop", "prod/shop/web", "web", ID[:12]):
+        assert web.matches(spec), spec
+    for spec in ("prod/shop/db", "prod/other", "prod", "shop/web", "prod/shop/web/x", "/prod/shop"):
+        assert not web.matches(spec), spec
+    assert sandbox.matches("prod/shop") and not sandbox.matches("prod/shop/web")
 
-class _FakeDocker(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
 
-    def __init__(self, path, containers):
-        self.containers = containers
-        self.requests = []
-        super().__init__(path, _FakeDockerHandler)
+# ---- find(): one lookup for every tool, on a cgroup tree laid out in a temporary directory ----
 
-
-class _FakeDockerHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        cid = self.path.split("/")[2] if self.path.startswith("/containers/") else ""
-        if cid in self.server.containers:
-            body = json.dumps({"Id": cid, "Name": "/" + self.server.containers[cid]}).encode()
-            self.send_response(200)
-        else:
-            body = b'{"message":"No such container"}'
-            self.send_response(404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def address_string(self):
-        return "unix"
-
-    def log_message(self, *args):
-        pass
+POD_ID, PODMAN_ID = "c" * 64, "d" * 64
 
 
 @pytest.fixture
-def fake_docker(tmp_path):
-    path = str(tmp_path / "docker.sock")
-    server = _FakeDocker(path, {ID: "web-1"})
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield path, server
-    server.shutdown()
-    server.server_close()
+def kube_tree(tmp_path, monkeypatch):
+    for path in (f"docker/{ID}", "bpfhook.lab/web", "bpfhook.lab/db", f"kubepods/besteffort/pod{UID}/{ID2}",
+                 f"kubepods/besteffort/pod{UID}/{POD_ID}", f"libpod_parent/libpod-{PODMAN_ID}/container"):
+        (tmp_path / path).mkdir(parents=True)
+    monkeypatch.setattr(cgroups, "mount", lambda: str(tmp_path))
+    names = {"docker": {ID: Names("web")}.get, "podman": {PODMAN_ID: Names("cache")}.get,
+             "": {ID2: Names("api", "shop", "prod"), POD_ID: Names("", "shop", "prod")}.get}
+    return lambda spec: find(spec, names)
 
 
-def test_docker_names_over_unix_socket(fake_docker):
-    path, server = fake_docker
-    names = DockerNames(socket_path=path)
-    assert names(ID) == "web-1"
-    assert names(ID2) == ""  # 404: not a Docker container
-    assert names(ID) == "web-1" and names(ID2) == ""
-    assert server.requests == [f"/containers/{ID}/json", f"/containers/{ID2}/json"]  # cached after
+@pytest.mark.parametrize("spec, path", [
+    ("db", "/bpfhook.lab/db"),
+    (ID[:4], f"/docker/{ID}"),
+    (ID, f"/docker/{ID}"),
+    ("cache", f"/libpod_parent/libpod-{PODMAN_ID}"),  # its top cgroup, not the one below
+    ("api", f"/kubepods/besteffort/pod{UID}/{ID2}"),
+    ("prod/shop/api", f"/kubepods/besteffort/pod{UID}/{ID2}"),
+    ("prod/shop", f"/kubepods/besteffort/pod{UID}"),  # the pod: its cgroup holds the sandbox and api
+    (f"/kubepods/besteffort/pod{UID}/{POD_ID}", f"/kubepods/besteffort/pod{UID}/{POD_ID}"),
+])
+def test_find_each_way_of_naming(kube_tree, spec, path):
+    assert kube_tree(spec).cgroup_path == path
 
 
-def test_docker_unreachable_is_asked_once_per_retry_period(tmp_path):
-    attempts = []
-
-    class Counting(DockerNames):
-        def _get(self, path):
-            attempts.append(path)
-            return super()._get(path)
-
-    names = Counting(socket_path=str(tmp_path / "absent.sock"), retry_after=60)
-    assert names(ID) == "" and names(ID2) == ""
-    assert len(attempts) == 1  # the failed connect holds further requests back
-    names._down_until = 0  # retry period over
-    assert names(ID) == ""
-    assert len(attempts) == 2
+def test_find_names_the_pod_and_its_containers(kube_tree):
+    pod = kube_tree("prod/shop")
+    assert (pod.kind, pod.id, pod.pod, pod.namespace, pod.label) == ("pod", UID, "shop", "prod", "prod/shop")
+    api = kube_tree("prod/shop/api")
+    assert (api.name, api.label, api.id) == ("api", "prod/shop/api", ID2)
 
 
-def test_resolver_with_fake_docker(fake_docker):
-    path, _server = fake_docker
-    r = Resolver(path_of_id={7: f"/system.slice/docker-{ID}.scope"}.get, names={"docker": DockerNames(path)})
-    c = r(7)
-    assert (c.kind, c.name, c.short_id, c.label) == ("docker", "web-1", ID[:12], "web-1")
+def test_find_an_ambiguous_name_lists_the_candidates_in_one_line(kube_tree):
+    with pytest.raises(ContainerError) as e:
+        kube_tree("web")  # a docker container and a lab container
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("'web' names 2 containers: ")
+    assert f"web (docker /docker/{ID})" in message and "web (lab /bpfhook.lab/web)" in message
+    assert {c.cgroup_path for c in e.value.candidates} == {f"/docker/{ID}", "/bpfhook.lab/web"}
+
+
+@pytest.mark.parametrize("spec", ["nope", ID[:3], "prod/other", "prod/shop/db", "/no/such/cgroup", "prod"])
+def test_find_nothing_is_one_line_saying_what_it_takes(kube_tree, spec):
+    with pytest.raises(ContainerError) as e:
+        kube_tree(spec)
+    assert str(e.value).startswith(f"no container {spec!r} (a lab name, a cgroup path") and not e.value.candidates
+
+
+def test_find_an_empty_name():
+    with pytest.raises(ContainerError, match="empty container name"):
+        find("")

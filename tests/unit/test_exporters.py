@@ -1,4 +1,5 @@
 """JSON lines and the Prometheus exposition, parsed back strictly and scraped over real HTTP."""
+import dataclasses
 import http.client
 import io
 import json
@@ -12,8 +13,8 @@ from bpfhook.exporters import JsonLines, event_object, exposition
 from bpfhook.metrics_http import PrometheusServer
 from bpfhook.report import Aggregator
 
-JSON_FIELDS = {"ts", "event", "pid", "tid", "comm", "cgroup_id", "cgroup", "container", "netns", "family", "saddr",
-               "sport", "daddr", "dport", "oldstate", "newstate", "bytes_sent", "bytes_received"}
+JSON_FIELDS = {"ts", "event", "pid", "tid", "comm", "cgroup_id", "cgroup", "container", "pod", "namespace", "netns",
+               "family", "saddr", "sport", "daddr", "dport", "oldstate", "newstate", "bytes_sent", "bytes_received"}
 
 
 def ev(**over):
@@ -101,17 +102,30 @@ def test_exposition_is_strictly_well_formed():
     typed, samples = parse_exposition(exposition(_snapshot()))
     assert typed["bpfhook_connections_active"] == "gauge"
     assert typed["bpfhook_connections_opened_total"] == "counter"
-    web = (("container", "web"), ("container_id", "web"), ("cgroup", "/bpfhook.lab/web"), ("cgroup_id", "100"),
-           ("kind", "lab"))
+    web = (("container", "web"), ("pod", ""), ("namespace", ""), ("container_id", "web"),
+           ("cgroup", "/bpfhook.lab/web"), ("cgroup_id", "100"), ("kind", "lab"))
     assert samples[("bpfhook_connections_opened_total", web)] == 1
     assert samples[("bpfhook_connections_closed_total", web)] == 1
     assert samples[("bpfhook_bytes_sent_total", web)] == 1000
     assert samples[("bpfhook_bytes_received_total", web)] == 2000
     assert samples[("bpfhook_connections_active", web)] == 0
     assert samples[("bpfhook_lost_events_total", ())] == 3
-    weird = [labels for (name, labels) in samples if name == "bpfhook_connections_active" and labels != web]
+    weird = [labels for (name, labels) in samples if name == "bpfhook_connections_active" and ("cgroup_id", "200") in labels]
     assert dict(weird[0])["cgroup"] == '/system.slice/we\\"ird\\\\name.service'  # escaped, still one line
     assert dict(weird[0])["container"] == "" and dict(weird[0])["kind"] == "service"
+
+
+def test_a_pod_container_is_labelled_with_namespace_pod_and_container():
+    path = "/kubepods/besteffort/pod6a1f3c2e-9b7d-4e1a-8c3f-2d5e6f7a8b9c/" + "ab" * 32
+    pod = dataclasses.replace(classify(path), name="web", pod="shop-7d9f", namespace="prod")
+    agg = Aggregator(resolve=lambda cgid: pod)
+    agg.add(ev(event="state", oldstate="CLOSE", newstate="SYN_SENT", sock=1, cgroup_id=300))
+    _typed, samples = parse_exposition(exposition(agg.snapshot()))
+    labels = dict(next(labels for (name, labels) in samples if name == "bpfhook_connections_active"))
+    assert (labels["container"], labels["pod"], labels["namespace"], labels["kind"]) == ("web", "shop-7d9f", "prod", "pod")
+    assert labels["container_id"] == "ab" * 32
+    line = event_object(ev(event="connect", cgroup_id=300), pod)
+    assert (line["container"], line["pod"], line["namespace"]) == ("web", "shop-7d9f", "prod")
 
 
 def test_a_counter_never_goes_back_from_one_scrape_to_the_next():

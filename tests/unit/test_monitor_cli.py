@@ -115,6 +115,19 @@ def test_filter():
     assert EventFilter(port=443)(ev(dport=443), host) and not EventFilter(pid=1)(ev(), host)
 
 
+def test_a_container_found_at_the_start_filters_by_its_cgroup_and_those_below():
+    f = EventFilter(container="web", container_cgroup="/docker/" + ID)
+    assert f(ev(), classify("/docker/" + ID)) and f(ev(), classify(f"/docker/{ID}/init"))
+    assert not f(ev(), classify(f"/docker/{ID}x")) and not f(ev(), classify("/bpfhook.lab/web"))
+
+
+def test_a_container_not_there_yet_is_watched_for_by_name(capsys):
+    options = options_from(parse("--container", "no-such-container-xyz"))
+    assert options.container_cgroup is None and options.container == "no-such-container-xyz"
+    assert capsys.readouterr().err == ("bpfhook monitor: no container 'no-such-container-xyz' now: "
+                                       "watching for one by that name\n")
+
+
 def test_accept_choices_are_the_programs_hooks():
     from bpfhook.programs.accept import HOOKS
 

@@ -163,6 +163,20 @@ def test_render_layout():
     assert lines[-2] == "Lost events: 0"
 
 
+def test_a_pod_container_is_shown_whole_as_namespace_pod_container():
+    path = "/kubepods/besteffort/pod6a1f3c2e-9b7d-4e1a-8c3f-2d5e6f7a8b9c/" + "ab" * 32
+    web = dataclasses.replace(classify(path), name="web", pod="shop-7d9f4c8b6-x2x9q", namespace="production")
+    agg = Aggregator(resolve=lambda cgid: web)
+    lifecycle(agg, 1, 400, 0, 10_000, 10, 20)
+    lines = render(agg.snapshot(), show_containers=True).splitlines()
+    label = "production/shop-7d9f4c8b6-x2x9q/web"
+    recent = lines[lines.index("Recent connections (last 1):") + 1]
+    assert recent.startswith(f"  [CTR] {label} pid 10 ")
+    i = lines.index("Cgroup-based metrics:")
+    assert lines[i + 1].startswith("        CONTAINER" + " " * (len(label) - len("CONTAINER")) + " KIND")
+    assert lines[i + 2].startswith(f"  [CTR] {label} pod      {'ab' * 6} ")
+
+
 def test_render_without_containers_and_with_losses():
     s = _sample()
     text = render(s)
