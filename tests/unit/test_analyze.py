@@ -9,8 +9,7 @@ import threading
 
 from bpfhook import analyze, flows, replay
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib: no test imports
-from test_flows import CLIENT, SERVER, handshake, tcp, udp, write  # noqa: E402
+from tests.pcapfiles import CLIENT, SERVER, handshake, tcp, udp, write
 
 MAIN = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQ1 = b"GET /index.html HTTP/1.1\r\nHost: lab\r\n\r\n"
