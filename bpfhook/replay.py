@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-from bpfhook import diff, flows, http1, targets
+from bpfhook import diff, flows, h2, http1, targets
 from bpfhook.targets import TargetError
 
 HELP = "replay captured client traffic (HTTP/1.1, h2c/gRPC, TCP, UDP, Unix sockets) to a server and diff the answers"
@@ -89,6 +89,7 @@ class Exchange:
     differences: list = dataclasses.field(default_factory=list)
     error: str = ""
     notes: list = dataclasses.field(default_factory=list)
+    request: object = None  # HTTP/2: the request's fields, body and trailers (h2.Request)
 
     @property
     def outcome(self):
@@ -127,6 +128,8 @@ def protocol_of(flow):
     if SOCK_TYPES[flow.kind] != socket.SOCK_STREAM:
         return "datagrams" if SOCK_TYPES[flow.kind] == socket.SOCK_DGRAM else "bytes"
     head = flow.streams[flows.C2S].contiguous()[:8192]
+    if head and head.startswith(h2.PREFACE[:len(head)]):
+        return "h2"
     return "http/1.1" if http1.looks_like_request(head) else "bytes"
 
 
@@ -141,9 +144,12 @@ def make_plan(flow, target, opts):
     base = dict(flow=flow.id, kind=flow.kind, target=str(target))
     if protocol == "http/1.1":
         steps = _http1_steps(flow, base, opts)
+    elif protocol == "h2":
+        steps = h2.steps(flow, base, opts, Exchange)
     else:
         steps = _raw_steps(flow, base, opts, protocol)
-    return Plan(flow, target, protocol, steps, flow.first_ns)
+    return Plan(flow, target, "grpc" if protocol == "h2" and any(s.protocol == "grpc" for s in steps) else protocol,
+                steps, flow.first_ns)
 
 
 def _http1_steps(flow, base, opts):
@@ -253,7 +259,7 @@ def run_plan(plan, clock, opts):
             s.error = f"connect: {err.strerror or err}"
         return
     try:
-        {"http/1.1": _run_http1, "bytes": _run_raw,
+        {"http/1.1": _run_http1, "h2": h2.run, "grpc": h2.run, "bytes": _run_raw,
          "datagrams": _run_datagrams}[plan.protocol](plan, sock, clock, opts)
     finally:
         sock.close()

@@ -1,4 +1,5 @@
 """Synthetic pcapng files for tests: TCP/UDP packets and Unix-socket records written with our Writer."""
+import contextlib
 import ipaddress
 import struct
 
@@ -64,4 +65,61 @@ def conversation(client, server, turns, isn_c=1000, isn_s=5000, start_ms=0, clos
         last = max((ms for ms, _s, _d in turns), default=start_ms) + 0.5
         pkts += [(last, tcp(client, server, seq["c"], flags=flows.FIN | flows.ACK)),
                  (last + 0.1, tcp(server, client, seq["s"], flags=flows.FIN | flows.ACK))]
+    return pkts
+
+
+def recorded_conversations(upstream, client, timeout=10):
+    """Run client(port) against a recording TCP proxy in front of upstream (host, port); the
+    pcapng packets of every connection it made, with the bytes and moments each side sent."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    conns, threads, done = [], [], threading.Event()
+    start = time.monotonic()
+
+    def pump(src, dst, side, turns):
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                turns.append(((time.monotonic() - start) * 1e3, side, data))
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def accept():
+        while not done.is_set():
+            try:
+                down, _ = listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            up = socket.create_connection(upstream, timeout=timeout)
+            for sock in (down, up):
+                sock.settimeout(timeout)  # not the listener's short accept timeout
+            turns = []
+            conns.append(((time.monotonic() - start) * 1e3, turns))
+            for args in ((down, up, "c", turns), (up, down, "s", turns)):
+                threads.append(threading.Thread(target=pump, args=args, daemon=True))
+                threads[-1].start()
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        client(listener.getsockname()[1])
+    finally:
+        done.set()
+        acceptor.join(5)
+        for t in threads:
+            t.join(timeout)
+        listener.close()
+    pkts = []
+    for n, (begun, turns) in enumerate(conns):
+        merged = []
+        for ms, side, data in sorted(turns, key=lambda t: t[0]):
+            if merged and merged[-1][1] == side:
+                merged[-1] = (merged[-1][0], side, merged[-1][2] + data)
+            else:
+                merged.append((ms, side, data))
+        pkts += conversation((CLIENT[0], CLIENT[1] + n), SERVER, merged, isn_c=1000 + 7919 * n,
+                             start_ms=begun)
     return pkts
