@@ -4,7 +4,7 @@ Keep-alive, pipelining (requests on a connection are answered in order), chunked
 and JSON answers, and a --variant that changes two paths: /health answers 503,
 /users/1 a different JSON body; /users/2 answers the same JSON with its keys
 reordered (no difference). Every answer has its own Date and Server headers.
-With --log, each accept and each request is written with its CLOCK_MONOTONIC time.
+With --log, each accept, request and close is written with its CLOCK_MONOTONIC time.
 
     python tests/httpserver.py [--host H] [--port P] [--variant] [--log FILE] [--unix PATH]
 prints its port (or the path) when ready, serves until stdin closes.
@@ -30,6 +30,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def finish(self):
+        super().finish()
+        self.server.log("close", str(self.client_address))
 
     def _send(self, status, body, content_type="text/plain", chunked=False):
         self.send_response(status)

@@ -81,10 +81,25 @@ def test_same_server_no_difference_then_variant_exactly_two(tmp_path, server):
 
 
 def test_pipelined_requests_go_out_before_the_answers(tmp_path, server):
+    """Captured pipelined, replayed pipelined: a server that answers only once it holds all five
+    requests answers them (a replay waiting for each answer first would time out)."""
     port = server.server_address[1]
     path = http_capture(tmp_path / "p.pcapng", port, [[get(p) for p in PATHS]], pipelined=True)
-    report = replay.replay(path, f"127.0.0.1:{port}", opts=replay.Options(speed=None))
-    assert report["summary"]["identical"] == 5
+    answers = ask(port, [get(p) for p in PATHS])
+    batch = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = batch.accept()
+        with conn:
+            got = b""
+            while got.count(b"\r\n\r\n") < len(PATHS):
+                got += conn.recv(65536)
+            conn.sendall(b"".join(answers))
+    threading.Thread(target=serve, daemon=True).start()
+    with batch:
+        report = replay.replay(path, "127.0.0.1:%d" % batch.getsockname()[1],
+                               opts=replay.Options(speed=None, response_timeout=2))
+    assert report["summary"]["identical"] == 5, report["exchanges"]
     assert [e["path"] for e in report["exchanges"]] == PATHS
 
 
