@@ -187,26 +187,21 @@ def _raw_steps(flow, base, opts, protocol):
 
 
 def schedule(plans, opts):
-    """Set each plan's and step's offset: seconds after the replay's start."""
-    everything = sorted((s for p in plans for s in _timed_points(p)), key=lambda s: (s.ts_ns, s.flow))
+    """Set each plan's and step's offset (seconds after the replay's start); the last step's.
+    A raw flow is one step: its later turns keep their captured gaps (_run_raw)."""
+    everything = sorted((s for p in plans for s in p.steps), key=lambda s: (s.ts_ns, s.flow))
     t0 = min((p.start_ns for p in plans), default=0)
     if opts.rate:
         for k, step in enumerate(everything):
             step.offset = k / opts.rate
         for p in plans:
-            p.offset = min((s.offset for s in _timed_points(p)), default=0.0)
+            p.offset = min((s.offset for s in p.steps), default=0.0)
     elif opts.speed:
         for step in everything:
             step.offset = (step.ts_ns - t0) / 1e9 / opts.speed
         for p in plans:
             p.offset = (p.start_ns - t0) / 1e9 / opts.speed
-    span = max((s.offset for s in everything), default=0.0)
-    return span
-
-
-def _timed_points(plan):
-    """The steps that are paced (raw flows: their turns, timed inside _run_raw)."""
-    return plan.steps
+    return max((s.offset for s in everything), default=0.0)
 
 
 # -- running a plan ------------------------------------------------------------------------------
@@ -378,15 +373,16 @@ def _run_datagrams(plan, sock, clock, opts):
     try:
         for m in sends:
             due = clock.start + step.offset + (m.ts_ns - step.ts_ns) / 1e9 * scale
-            while (left := due - time.monotonic()) > 0 and clock.left(1) > 0:
-                _recv_datagrams(sock, got, left)
+            while (left := due - time.monotonic()) > 0 and clock.left(1) > 0 and not clock.stop.is_set():
+                _recv_datagrams(sock, got, min(left, 0.05))
             if not clock.wait(0):
                 break
             if step.sent_at is None:
                 step.sent_at = time.monotonic()
             sock.send(_rewrite(m.data, opts.rewrites))
         idle = ANSWER_IDLE if want else IDLE
-        while (want is None or len(got) < want) and _recv_datagrams(sock, got, clock.left(idle)):
+        while (want is None or len(got) < want) and not clock.stop.is_set() and \
+                _recv_datagrams(sock, got, clock.left(idle)):
             pass
     except OSError as err:
         step.error = _error_text(err)
@@ -475,7 +471,7 @@ def replay(path, to=None, maps=(), ids=(), opts=None, stop=None):
     elapsed = time.monotonic() - clock.start
     for plan in plans:
         _unsent(plan.steps, clock)
-    return Report(path, to, maps, plans, opts, elapsed, timeout).as_dict()
+    return Report(path, to, maps, plans, opts, elapsed, timeout, clock.start).as_dict()
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -497,8 +493,9 @@ class Report:
     opts: Options
     elapsed: float
     timeout: float
+    started: float  # monotonic time of the replay's start
 
-    def timing(self, steps, start):
+    def timing(self, steps):
         sent = sorted((s for s in steps if s.sent_at is not None), key=lambda s: (s.ts_ns, s.flow))
         out = dict(mode="rate" if self.opts.rate else "speed", speed=self.opts.speed, rate=self.opts.rate,
                    concurrency=self.opts.concurrency, elapsed_s=round(self.elapsed, 3), sent=len(sent))
@@ -509,14 +506,13 @@ class Report:
             out["shortfall_pct"] = round(max(0.0, 100 * (1 - out["achieved_rate"] / self.opts.rate)), 2)
         if self.opts.speed or self.opts.rate:
             gaps = [abs((b.sent_at - a.sent_at) - (b.offset - a.offset)) * 1e3 for a, b in zip(sent, sent[1:])]
-            late = [(s.sent_at - start - s.offset) * 1e3 for s in sent]
+            late = [(s.sent_at - self.started - s.offset) * 1e3 for s in sent]
             out.update(gap_error_ms=dict(p50=_ms(percentile(gaps, 50)), p99=_ms(percentile(gaps, 99))),
                        late_ms=dict(p50=_ms(percentile(late, 50)), p99=_ms(percentile(late, 99))))
         return out
 
     def as_dict(self):
         steps = [s for p in self.plans for s in p.steps]
-        start = min((s.sent_at - s.offset for s in steps if s.sent_at is not None), default=0.0)
         counts = collections.Counter(s.outcome for s in steps)
         paths = collections.OrderedDict()
         for s in sorted(steps, key=lambda s: s.key):
@@ -532,7 +528,7 @@ class Report:
                          errors=counts["error"], uncompared=counts["uncompared"]),
             paths=[dict(path=k, requests=c["requests"], identical=c["identical"], different=c["different"],
                         errors=c["error"], uncompared=c["uncompared"]) for k, c in paths.items()],
-            timing=self.timing(steps, start),
+            timing=self.timing(steps),
             exchanges=[s.as_dict() for s in steps])
 
 
