@@ -110,3 +110,13 @@ def test_grpc_trailers_only_answer_puts_the_status_in_the_trailers():
     m = h2.Message(1, [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "5")], ended=True)
     r = m.response()
     assert r.status == 200 and r.trailers == [("grpc-status", "5")] and ("grpc-status", "5") not in r.headers
+
+
+def test_request_edits_set_authority_add_and_drop():
+    from bpfhook.http1 import Edits
+
+    fields = [(":method", "GET"), (":authority", "prod"), (":path", "/"), ("cookie", "a"), ("x-env", "prod")]
+    edited = h2._edited(fields, Edits("staging", (("X-Env", "test"), ("x-new", "1")), ("Cookie",)))
+    assert edited == [(":method", "GET"), (":authority", "staging"), (":path", "/"), ("x-env", "test"),
+                      ("x-new", "1")]
+    assert h2._edited(fields, Edits()) is fields
