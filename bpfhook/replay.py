@@ -142,11 +142,13 @@ def _rewrite(data, rewrites):
 def make_plan(flow, target, opts):
     protocol = protocol_of(flow)
     base = dict(flow=flow.id, kind=flow.kind, target=str(target))
+    steps = []
     if protocol == "http/1.1":
         steps = _http1_steps(flow, base, opts)
+        protocol = protocol if steps else "bytes"  # not one whole request (a cut capture): sent as bytes
     elif protocol == "h2":
         steps = h2.steps(flow, base, opts, Exchange)
-    else:
+    if not steps:
         steps = _raw_steps(flow, base, opts, protocol)
     return Plan(flow, target, "grpc" if protocol == "h2" and any(s.protocol == "grpc" for s in steps) else protocol,
                 steps, flow.first_ns)

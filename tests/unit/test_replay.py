@@ -269,3 +269,16 @@ def test_connection_refused_is_an_error_result(tmp_path, server):
     assert r.returncode == 1
     (e,) = json.loads(r.stdout)["exchanges"]
     assert e["outcome"] == "error" and "refused" in e["error"]
+
+
+def test_a_cut_http_request_is_replayed_as_bytes(tmp_path):
+    rec = Recorder()
+    try:
+        cut = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly part"
+        path = write(tmp_path / "c.pcapng", conversation(CLIENT, SERVER, [(5, "c", cut)]))
+        report = replay.replay(path, f"127.0.0.1:{rec.port}", opts=replay.Options(speed=None))
+    finally:
+        rec.close()
+    (e,) = report["exchanges"]
+    assert (e["protocol"], e["outcome"], e["sent_bytes"]) == ("bytes", "uncompared", len(cut))
+    assert bytes(rec.got[0]) == cut
