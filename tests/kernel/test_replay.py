@@ -10,7 +10,6 @@ request bytes, connection by connection, and its answers compare equal.
 """
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from bpfhook import analyze, flows, replay
 from tests import oracles
+from tests.capturing import capture
 
 MAIN = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -130,18 +130,6 @@ def uds_conversation(path):
             assert s.recv(100) == b"pong:" + m
 
 
-def run_capture(container, out):
-    proc = subprocess.Popen([sys.executable, "-m", "bpfhook", "capture", "--container", container.name, "-w",
-                             str(out), "--both-directions", "--quiet"], cwd=MAIN, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not (os.path.exists(out) and os.path.getsize(out) > 100):
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "capture did not start"
-        time.sleep(0.1)
-    time.sleep(0.3)  # attached right after the interfaces are written
-    return proc
-
-
 @pytest.fixture
 def captured(lab, tmp_path):
     """(path of a capture of the container's server receiving known traffic, the container)."""
@@ -149,15 +137,10 @@ def captured(lab, tmp_path):
     server, _ = start_server(c.spawn, "0.0.0.0", tmp_path / "orig.sock", tmp_path / "orig")
     out = tmp_path / "cap.pcapng"
     try:
-        cap = run_capture(c, out)
-        try:
+        with capture(c, out):
             http_conversation(c.ipv4, 8080, CONN1)
             http_conversation(c.ipv4, 8080, CONN2)
             uds_conversation(tmp_path / "orig.sock")
-            time.sleep(1)
-        finally:
-            cap.send_signal(signal.SIGINT)
-            assert cap.wait(timeout=20) == 0, cap.stderr.read()
     finally:
         server.kill()
         server.wait()
