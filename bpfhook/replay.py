@@ -10,10 +10,13 @@ rate fell short.
 """
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
+import os
 import select
 import socket
+import tempfile
 import threading
 import time
 
@@ -230,13 +233,16 @@ class Clock:
         return max(0.0, min(cap, self.deadline - time.monotonic()))
 
 
-def _connect(plan, clock, opts):
+def _connect(plan, clock, opts, cleanup):
     sock = socket.socket(plan.target.family, SOCK_TYPES[plan.flow.kind]
                          if plan.target.unix or SOCK_TYPES[plan.flow.kind] != socket.SOCK_SEQPACKET
                          else socket.SOCK_STREAM)
     try:
         if plan.target.unix and sock.type == socket.SOCK_DGRAM:
-            sock.bind("")  # autobind an abstract name: the server can answer
+            # a name the server can answer to; a path, not an abstract name: those are per network
+            # namespace, and the server may be in a container's
+            directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bpfhook-replay-"))
+            sock.bind(os.path.join(directory, "client.sock"))
         sock.settimeout(max(0.01, clock.left(opts.response_timeout)))
         sock.connect(plan.target.address)
     except OSError:
@@ -249,17 +255,18 @@ def run_plan(plan, clock, opts):
     """Replay one flow; its steps get their outcome. Never raises for what the server does."""
     if not clock.wait(plan.offset):
         return _unsent(plan.steps, clock)
-    try:
-        sock = _connect(plan, clock, opts)
-    except OSError as err:
-        for s in plan.steps:
-            s.error = f"connect: {err.strerror or err}"
-        return
-    try:
-        {"http/1.1": _run_http1, "h2": h2.run, "grpc": h2.run, "bytes": _run_raw,
-         "datagrams": _run_datagrams}[plan.protocol](plan, sock, clock, opts)
-    finally:
-        sock.close()
+    with contextlib.ExitStack() as cleanup:
+        try:
+            sock = _connect(plan, clock, opts, cleanup)
+        except OSError as err:
+            for s in plan.steps:
+                s.error = f"connect: {err.strerror or err}"
+            return
+        try:
+            {"http/1.1": _run_http1, "h2": h2.run, "grpc": h2.run, "bytes": _run_raw,
+             "datagrams": _run_datagrams}[plan.protocol](plan, sock, clock, opts)
+        finally:
+            sock.close()
 
 
 def _unsent(steps, clock):

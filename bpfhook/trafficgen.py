@@ -198,7 +198,7 @@ def http_request(target, timeout, paths=("/",)):
                 try:
                     response = reader.next_response()
                 except http1.HttpError as err:
-                    raise ConnectionError(f"not an HTTP response: {err}") from None
+                    raise ConnectionError(f"bad HTTP answer: {err}") from None
                 if response is not None:
                     break
                 s.settimeout(max(deadline - time.monotonic(), 0.001))  # the whole exchange is bounded

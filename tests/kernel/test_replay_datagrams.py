@@ -8,11 +8,12 @@ from bpfhook import replay
 from tests.capturing import capture, server
 
 SERVER = r"""
-import os, socket, sys, threading
+import os, select, socket, sys, threading
 host, port, path, upper = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "upper"
 
-def serve(s):
+def serve(s):  # select first: a recv already blocked when the capture attaches is not seen
     while True:
+        select.select([s], [], [])
         data, peer = s.recvfrom(65536)
         s.sendto(b"ans:" + (data.upper() if upper else data), peer)
 
@@ -51,7 +52,7 @@ def test_udp_and_unix_datagrams(lab, tmp_path):
                 u.settimeout(5)
                 exchange(u, (c.ipv4, 5353), UDP_SENT)
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as d:
-                d.bind("")  # an autobound name: the server can answer
+                d.bind(str(tmp_path / "client.sock"))  # (abstract names are per network namespace)
                 d.settimeout(5)
                 exchange(d, str(path), UNIX_SENT)
 

@@ -128,3 +128,28 @@ def test_not_pcapng(tmp_path):
     bad.write_bytes(b"not a capture at all, no, not at all")
     with pytest.raises(pcapng.PcapngError, match="not a pcapng"):
         flows.read(str(bad))
+
+
+def test_a_connection_caught_without_its_handshake_takes_the_server_from_the_others(tmp_path):
+    """Its first packet is the server's answer: the listening endpoint other connections were
+    opened to (by SYN) still makes that side the server."""
+    other = ("10.77.1.1", 40001)
+    pkts = handshake() + [(3, tcp(CLIENT, SERVER, 1001, b"GET / HTTP/1.1\r\n\r\n"))]
+    pkts += [(10, tcp(SERVER, other, 9001, b"HTTP/1.1 200 OK\r\n\r\n")), (11, tcp(other, SERVER, 7001, b"next"))]
+    first, second = flows.read(write(tmp_path / "f.pcapng", pkts)).flows
+    assert (second.client, second.server) == ("10.77.1.1:40001", "10.77.1.2:8080")
+    assert [m.direction for m in second.messages] == ["s2c", "c2s"]
+
+
+def test_records_written_out_of_time_order_are_put_back(tmp_path):
+    """Per-CPU buffers write late: a connection's handshake and request after its answer."""
+    pkts = handshake() + [(3, tcp(CLIENT, SERVER, 1001, b"GET / HTTP/1.1\r\n\r\n")),
+                          (4, tcp(SERVER, CLIENT, 5001, b"HTTP/1.1 204 No\r\n\r\n")),
+                          (5, tcp(CLIENT, SERVER, 1019, flags=flows.FIN | flows.ACK))]
+    path = tmp_path / "f.pcapng"
+    with pcapng.Writer(str(path)) as w:
+        net = w.interface(pcapng.LINKTYPE_RAW, "web:net")
+        for ms, p in pkts[4:] + pkts[:4]:  # the answer and the FIN first, as a second CPU's buffer flushed late
+            w.packet(net, T0 + ms * MS, p)
+    (f,) = flows.read(str(path)).flows
+    assert f.client == "10.77.1.1:40000" and [m.direction for m in f.messages] == ["c2s", "s2c"]
