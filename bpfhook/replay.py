@@ -27,7 +27,8 @@ HELP = "replay captured client traffic (HTTP/1.1, h2c/gRPC, TCP, UDP, Unix socke
 NEEDS_ROOT = False
 IDLE = 0.5  # seconds of silence that end reading answers no capture tells the length of
 ANSWER_IDLE = 2.0  # seconds of silence that end waiting for a captured raw answer's bytes
-CONCURRENCY = 64
+CONCURRENCY = 256  # threads: keep-alive flows hold one each for their whole length
+ON_TIME_MS = 10.0  # a paced request sent within this of its due time is on time
 EXTRA_TIME = 60.0  # default --timeout: the capture's span at --speed, plus this
 SOCK_TYPES = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "unix-stream": socket.SOCK_STREAM,
               "unix-dgram": socket.SOCK_DGRAM, "unix-seqpacket": socket.SOCK_SEQPACKET}
@@ -517,7 +518,8 @@ class Report:
             gaps = [abs((b.sent_at - a.sent_at) - (b.offset - a.offset)) * 1e3 for a, b in zip(sent, sent[1:])]
             late = [(s.sent_at - self.started - s.offset) * 1e3 for s in sent]
             out.update(gap_error_ms=dict(p50=_ms(percentile(gaps, 50)), p99=_ms(percentile(gaps, 99))),
-                       late_ms=dict(p50=_ms(percentile(late, 50)), p99=_ms(percentile(late, 99))))
+                       late_ms=dict(p50=_ms(percentile(late, 50)), p99=_ms(percentile(late, 99))),
+                       on_time_pct=round(100 * sum(x <= ON_TIME_MS for x in late) / len(late), 2) if late else None)
         return out
 
     def as_dict(self):
@@ -559,6 +561,9 @@ def text(report, show=20):
                       "could not keep up)")
     if t.get("gap_error_ms") and t["gap_error_ms"]["p50"] is not None:
         timing.append(f"gap error p50 {t['gap_error_ms']['p50']:.2f} ms, p99 {t['gap_error_ms']['p99']:.2f} ms")
+    if t.get("on_time_pct") is not None:
+        timing.append(f"{t['on_time_pct']:g}% sent within {ON_TIME_MS:g} ms of their time (late p99 "
+                      f"{t['late_ms']['p99']:.1f} ms)")
     if timing:
         lines.append("timing: " + "; ".join(timing))
     if report["paths"]:
