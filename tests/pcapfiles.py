@@ -34,10 +34,12 @@ def ethernet(packet):
 
 
 def write(path, packets, linktype=pcapng.LINKTYPE_RAW, comment="pid=7 comm=srv cgroup=/x container=web"):
-    """packets: (ms, bytes) for the network interface, or (ms, UdsRecord args tuple) for the unix one."""
+    """packets: (ms, bytes) for the network interface, or (ms, UdsRecord args tuple) for the unix one
+    (declared only when there are such records: one link type is what tcpreplay can send)."""
     with pcapng.Writer(str(path)) as w:
         net = w.interface(linktype, "web:net")
-        unix = w.interface(pcapng.LINKTYPE_USER0, "web:unix")
+        if any(isinstance(data, tuple) for _ms, data in packets):
+            unix = w.interface(pcapng.LINKTYPE_USER0, "web:unix")
         for ms, data in sorted(packets, key=lambda p: p[0]):  # a capture is in time order
             if isinstance(data, tuple):
                 w.packet(unix, T0 + int(ms * MS), pcapng.encode_uds(*data), comment=comment)

@@ -6,8 +6,8 @@ server, and the timing error at --speed 1; the peer is tcpreplay's packet rate o
 
 The file is synthetic (Ethernet frames, as tcpreplay wants them): keep-alive HTTP/1.1
 connections to tests/httpserver.py, with that server's own answers, so every replayed answer
-compares equal. The server runs in its own process on 127.0.0.1; tcpreplay sends to a dummy
-interface this benchmark creates and removes.
+compares equal. The server runs in its own process on 127.0.0.1; tcpreplay sends on a veth
+pair this benchmark creates and removes.
 run() returns {name: (ours, peer, unit, target)}.
 """
 import os
@@ -25,7 +25,7 @@ from tests.capturing import http_server  # noqa: E402
 from tests.pcapfiles import CLIENT, SERVER, conversation, ethernet, write  # noqa: E402
 
 PATHS = ["/health", "/users/1", "/items", "/static.txt"]
-DUMMY = "bhbench0"
+VETH = ("bhbench0", "bhbench1")  # tcpreplay sends on the first; the kernel here has no dummy links
 
 
 def _answers(port):
@@ -64,13 +64,14 @@ def _tcpreplay_pps(path):
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        ipr.link("add", ifname=DUMMY, kind="dummy")
+        ipr.link("add", ifname=VETH[0], kind="veth", peer=VETH[1])
         try:
-            ipr.link("set", index=ipr.link_lookup(ifname=DUMMY)[0], state="up")
-            r = subprocess.run([tool.path, f"--intf1={DUMMY}", "--topspeed", "--loop=5", path],
+            for name in VETH:
+                ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+            r = subprocess.run([tool.path, f"--intf1={VETH[0]}", "--topspeed", "--loop=5", path],
                                capture_output=True, text=True, timeout=120)
         finally:
-            ipr.link("del", index=ipr.link_lookup(ifname=DUMMY)[0])
+            ipr.link("del", index=ipr.link_lookup(ifname=VETH[0])[0])  # its peer goes with it
     rated = re.search(r"Rated:.*?([\d.]+) pps", r.stdout)
     return float(rated[1]) if r.returncode == 0 and rated else f"tcpreplay failed: {(r.stderr or r.stdout)[-200:]}"
 
