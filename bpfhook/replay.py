@@ -28,6 +28,7 @@ NEEDS_ROOT = False
 IDLE = 0.5  # seconds of silence that end reading answers no capture tells the length of
 ANSWER_IDLE = 2.0  # seconds of silence that end waiting for a captured raw answer's bytes
 CONCURRENCY = 256  # threads: keep-alive flows hold one each for their whole length
+STOP_CHECK = 0.05  # seconds: how often a wait looks at the stop event
 ON_TIME_MS = 10.0  # a paced request sent within this of its due time is on time
 EXTRA_TIME = 60.0  # default --timeout: the capture's span at --speed, plus this
 SOCK_TYPES = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "unix-stream": socket.SOCK_STREAM,
@@ -316,25 +317,33 @@ def _error_text(err):
 
 
 def _read_response(sock, reader, method, clock, opts):
+    until = time.monotonic() + opts.response_timeout
     while True:
         response = reader.next_response(method)
         if response is not None:
             return response
-        sock.settimeout(max(0.001, clock.left(opts.response_timeout)))
-        if clock.left(1) <= 0:
-            raise TimeoutError
+        _recv_ready(sock, clock, until)
         reader.feed(sock.recv(1 << 16))
+
+
+def _recv_ready(sock, clock, until):
+    """Wait until the socket has something to read; TimeoutError at `until` or the replay's end,
+    looking at the stop event every STOP_CHECK seconds."""
+    while True:
+        left = min(until, clock.deadline) - time.monotonic()
+        if left <= 0 or clock.stop.is_set():
+            raise TimeoutError
+        sock.settimeout(min(left, STOP_CHECK))
+        if select.select([sock], [], [], min(left, STOP_CHECK))[0]:
+            return
 
 
 def _recv_until(sock, want, clock, idle):
     """Read until `want` bytes (None: until EOF or `idle` seconds of silence) or the deadline."""
     out = bytearray()
     while want is None or len(out) < want:
-        left = clock.left(idle)
-        if left <= 0:
-            break
-        sock.settimeout(left)
         try:
+            _recv_ready(sock, clock, time.monotonic() + idle)
             data = sock.recv(1 << 16)
         except (TimeoutError, socket.timeout):
             break
