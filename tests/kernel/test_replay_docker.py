@@ -1,12 +1,9 @@
 """Replay to a Docker container named as the target (`--to NAME:PORT`, and by id): its address is
 read in the container's network namespace. Docker comes from tests/runtimes.py (started for the
 test, the host restored after); skipped with one line without docker.io."""
-import pytest
-
 from bpfhook import replay
+from tests import runtimes
 from tests.pcapfiles import CLIENT, SERVER, conversation, write
-
-runtimes = pytest.importorskip("tests.runtimes", reason="tests/runtimes.py (Docker for tests) is not on this branch yet")
 
 
 def test_docker_container_as_target_by_name(tmp_path):
