@@ -60,12 +60,13 @@ def _remember(frame):
 # -- access types ----------------------------------------------------------------
 
 class Type:
-    """A memory access type: u32 is a 4-byte unsigned load, s16 a sign-extending one."""
+    """A memory access type: u32 is a 4-byte unsigned load, s16 a sign-extending one, be16 a
+    2-byte value in network order (big endian): loads and stores swap it to and from host order."""
 
-    __slots__ = ("name", "size", "signed", "suffix")
+    __slots__ = ("name", "size", "signed", "suffix", "network")
 
-    def __init__(self, name, size, signed):
-        self.name, self.size, self.signed = name, size, signed
+    def __init__(self, name, size, signed, network=False):
+        self.name, self.size, self.signed, self.network = name, size, signed, network
         self.suffix = {1: "b", 2: "h", 4: "w", 8: "dw"}[size]
 
     def __repr__(self):
@@ -74,8 +75,10 @@ class Type:
 
 u8, u16, u32, u64 = Type("u8", 1, False), Type("u16", 2, False), Type("u32", 4, False), Type("u64", 8, False)
 s8, s16, s32, s64 = Type("s8", 1, True), Type("s16", 2, True), Type("s32", 4, True), Type("s64", 8, True)
-TYPES = {t.name: t for t in (u8, u16, u32, u64, s8, s16, s32, s64)}
-_BY_SIZE = {(t.size, t.signed): t for t in TYPES.values()}
+be16, be32, be64 = Type("be16", 2, False, True), Type("be32", 4, False, True), Type("be64", 8, False, True)
+TYPES = {t.name: t for t in (u8, u16, u32, u64, s8, s16, s32, s64, be16, be32, be64)}
+_BY_SIZE = {(t.size, t.signed): t for t in TYPES.values() if not t.network}
+_NETWORK = {t.size: t for t in (be16, be32, be64)}
 
 
 def _type(what):
@@ -93,6 +96,7 @@ _ALU = {(op.name, bits, src): _row(Kind.ALU, op.name, bits, src)
 _JMP = {(c.name, bits, src): _row(Kind.JMP, c.name, bits, src)
         for c in isa.JMP_CONDS for bits in (64, 32) for src in ("imm", "reg")}
 _LDX = {t: _row(Kind.LDXS if t.signed and t.size < 8 else Kind.LDX, None, 8 * t.size) for t in TYPES.values()}
+_TO_NETWORK = {bits: _row(Kind.END, "be", bits) for bits in (16, 32, 64)}  # host -> big endian: a swap or nothing
 _ST = {t: _row(Kind.ST, None, 8 * t.size, "imm") for t in TYPES.values()}
 _STX = {t: _row(Kind.STX, None, 8 * t.size, "reg") for t in TYPES.values()}
 _ATOMIC = {(op.name, bits): _row(Kind.ATOMIC, op.name, bits, "reg") for op in isa.ATOMIC_OPS for bits in (64, 32)}
@@ -169,19 +173,22 @@ class _Addressable:
     s16 = property(lambda self: _Indexer(self, s16))
     s32 = property(lambda self: _Indexer(self, s32))
     s64 = property(lambda self: _Indexer(self, s64))
+    be16 = property(lambda self: _Indexer(self, be16), doc="network-order u16: `p.r5 = p.r2.be16[12]`")
+    be32 = property(lambda self: _Indexer(self, be32))
+    be64 = property(lambda self: _Indexer(self, be64))
 
     def mem(self, off, type):
         """The memory at this + off as `type` (a Type or its name: "u32")."""
         return Mem(self._p, self._base_reg, self._base_off + off, _type(type))
 
     def field(self, name):
-        """The memory of field `name` ("a.b" for nested) of this object's layout."""
-        layout = getattr(self, "layout", None)
-        if layout is None:
+        """The memory of field `name` ("a.b" for nested) of this object's layout, as the int of its
+        size (a 4-byte array too)."""
+        if not isinstance(self, _View):
             raise AssemblerError(f"{self!r} has no layout; use p.ptr(reg, layout) or p.stack.alloc(layout)",
                                  _source())
-        off, type = field_of(layout, name)
-        return Mem(self._p, self._base_reg, self._base_off + off, type)
+        path, info = self._member(name)
+        return Mem(self._p, self._base_reg, self._base_off + self._rel(info), _scalar_type(info, path))
 
 
 def _binary(name):
@@ -353,86 +360,224 @@ class FuncRef:
 
 
 # -- layouts -----------------------------------------------------------------------
+#
+# A layout is a construct Struct, an object with .field(path) (pybpf.btf.Struct), or a callable
+# layout(path). Paths name nested fields and array elements: "addr.port", "events.3" or "events[3]".
 
-_FIELDS = {}  # (id(layout), name) -> (layout, offset, Type); the layout is kept so its id stays unique
+class FieldInfo:
+    """Where a field lives: offset and size in bytes, signedness, whether it is a scalar (an int
+    or a pointer: a load moves it), the layout of what it is (a struct or array: a view of it), and
+    for a pointer, the layout of what it points at (pointer chains)."""
+
+    __slots__ = ("offset", "size", "signed", "scalar", "layout", "pointee", "bitfield", "network")
+
+    def __init__(self, offset, size, signed=False, scalar=True, layout=None, pointee=None, bitfield=False,
+                 network=False):
+        self.offset, self.size, self.signed, self.scalar = offset, size, signed, scalar
+        self.layout, self.pointee, self.bitfield, self.network = layout, pointee, bitfield, network
+
+    def __repr__(self):
+        return f"FieldInfo(offset={self.offset}, size={self.size}, signed={self.signed}, scalar={self.scalar})"
+
+
+_FIELDS = {}  # (id(layout), path) -> (layout, FieldInfo); the layout is kept so its id stays unique
+
+
+def _own(obj, name):
+    """obj's own attribute: construct's wrappers answer their subcon's attributes as theirs."""
+    return getattr(obj, "__dict__", {}).get(name)
+
+
+def _unwrap(sub):
+    while _own(sub, "subcons") is None and _own(sub, "count") is None and _own(sub, "subcon") is not None:
+        sub = sub.subcon  # Renamed, Aligned, Transformed, ... around a Struct or an Array
+    return sub
 
 
 def _construct_field(layout, path):
-    offset = 0
-    for part in path.split("."):
-        sub = layout
-        while not hasattr(sub, "subcons") and hasattr(sub, "subcon"):
-            sub = sub.subcon  # Renamed, Aligned, ... around a Struct
-        if not hasattr(sub, "subcons"):
-            raise AssemblerError(f"{path!r}: {part!r} is not inside a struct")
-        for member in sub.subcons:
-            if member.name == part:
-                layout = member
-                break
-            offset += member.sizeof()
+    offset, sub, walked = 0, layout, []
+    for part in path.replace("[", ".").replace("]", "").split("."):
+        inner = _unwrap(sub)
+        if _own(inner, "subcons") is not None:
+            for member in inner.subcons:
+                if member.name == part:
+                    sub = member
+                    break
+                offset += member.sizeof()
+            else:
+                raise AssemblerError(f"layout has no field {'.'.join(walked + [part])!r}")
+        elif _own(inner, "count") is not None and part.isdigit():
+            if int(part) >= inner.count:
+                raise AssemblerError(f"{'.'.join(walked)}[{part}]: the array has {inner.count} elements")
+            sub = inner.subcon
+            offset += int(part) * sub.sizeof()
         else:
-            raise AssemblerError(f"layout has no field {part!r} (path {path!r})")
-    leaf = layout
-    while not hasattr(leaf, "fmtstr") and not hasattr(leaf, "signed") and hasattr(leaf, "subcon"):
+            raise AssemblerError(f"{path!r}: {'.'.join(walked) or 'the layout'} has no member {part!r} "
+                                 "(a struct has fields, an array numbered elements)")
+        walked.append(part)
+    leaf = sub
+    while _own(leaf, "fmtstr") is None and _own(leaf, "signed") is None and _own(leaf, "subcon") is not None \
+            and _own(leaf, "count") is None:
         leaf = leaf.subcon
     fmt = getattr(leaf, "fmtstr", "")
+    scalar = bool(fmt) or hasattr(leaf, "signed")
     signed = bool(getattr(leaf, "signed", False)) or (fmt[-1:] in "bhilq" and fmt != "")
-    return offset, layout.sizeof(), signed
+    size = sub.sizeof()
+    network = fmt[:1] == ">" and size > 1  # Int16ub & co: a field kept in network order
+    return FieldInfo(offset, size, signed, scalar, None if scalar else sub, network=network)
+
+
+def field_info(layout, path):
+    """The FieldInfo of `path` in `layout` (see the section comment for both)."""
+    key = (id(layout), path)
+    hit = _FIELDS.get(key)
+    if hit is not None:
+        return hit[1]
+    if hasattr(layout, "subcons") or hasattr(layout, "subcon"):
+        info = _construct_field(layout, path)
+    else:
+        answer = layout.field(path) if hasattr(layout, "field") else layout(path)
+        if isinstance(answer, FieldInfo):
+            info = answer
+        elif hasattr(answer, "byte_offset"):  # a pybpf.btf.Field
+            info = FieldInfo(answer.byte_offset, answer.size, bitfield=answer.is_bitfield)
+        else:
+            info = FieldInfo(*(tuple(answer) + (False,))[:3])
+    _FIELDS[key] = (layout, info)
+    return info
+
+
+def _scalar_type(info, name):
+    if info.bitfield:
+        raise AssemblerError(f"field {name!r} is a bitfield: load its storage and mask it", _source())
+    type = _NETWORK.get(info.size) if info.network else _BY_SIZE.get((info.size, info.signed))
+    if type is None:
+        raise AssemblerError(f"field {name!r} is {info.size} bytes; a load or store moves 1, 2, 4 or 8"
+                             + ("" if info.scalar else f": take its address (.addr({name!r})) or name a member"),
+                             _source())
+    return type
 
 
 def field_of(layout, name):
-    """(offset, Type) of field `name` in `layout`.
-
-    `layout` is a construct Struct, an object with `.field(name)`, or a
-    callable `layout(name)` (e.g. `functools.partial(btf.field, "sock")`); the
-    last two answer a pybpf.btf.Field, an (offset, size) or (offset, size, signed).
-    """
-    key = (id(layout), name)
-    hit = _FIELDS.get(key)
-    if hit is not None:
-        return hit[1], hit[2]
-    if hasattr(layout, "subcons") or hasattr(layout, "subcon"):
-        offset, size, signed = _construct_field(layout, name)
-    else:
-        answer = layout.field(name) if hasattr(layout, "field") else layout(name)
-        if hasattr(answer, "byte_offset"):
-            if getattr(answer, "is_bitfield", False):
-                raise AssemblerError(f"field {name!r} is a bitfield: load its storage and mask it", _source())
-            offset, size, signed = answer.byte_offset, answer.size, False
-        else:
-            offset, size, signed = (tuple(answer) + (False,))[:3]
-    type = _BY_SIZE.get((size, signed))
-    if type is None:
-        raise AssemblerError(f"field {name!r} is {size} bytes; a load or store moves 1, 2, 4 or 8", _source())
-    _FIELDS[key] = (layout, offset, type)
-    return offset, type
+    """(offset, Type) of field `name` in `layout`: a construct Struct, an object with
+    `.field(name)` or a callable `layout(name)` (answering a pybpf.btf.Field, a FieldInfo,
+    an (offset, size) or (offset, size, signed))."""
+    try:
+        info = field_info(layout, name)
+    except AssemblerError as err:
+        raise AssemblerError(err.message, err.where or _source()) from None
+    return info.offset, _scalar_type(info, name)
 
 
 def _sizeof(layout):
     return layout if isinstance(layout, int) else layout.sizeof()
 
 
-class Ptr(_Addressable):
-    """A register that points at a struct with a known layout: `ptr.field("sport")`."""
+class _View(_Addressable):
+    """Memory with a layout at base + offset: its fields by name (`v.pid`, `v["pid"]`), read by
+    assigning them to a register, written by assigning to them. Fields that are structs or arrays
+    are views themselves (`v.addr.port`, `v.comm[3]`); `v.addr("comm")` is a field's address."""
 
-    __slots__ = ("_p", "_base_reg", "layout")
-    _base_off = 0
+    __slots__ = ()
+    _OWN = frozenset()  # attribute names that are the object's own, not fields
 
-    def __init__(self, p, reg, layout):
-        self._p, self._base_reg, self.layout = p, reg, layout
+    def _member(self, name):
+        layout = self.layout
+        if layout is None:
+            raise AssemblerError(f"{self!r} has no layout, so no field {name!r}; use p.ptr(reg, layout) "
+                                 "or p.stack.alloc(layout)", _source())
+        path = f"{self._path}.{name}" if self._path else str(name)
+        try:
+            info = field_info(layout, path)
+        except AssemblerError as err:
+            raise AssemblerError(err.message, err.where or _source()) from None
+        except Exception as err:  # a BTF or user layout's own refusal
+            raise AssemblerError(f"field {path!r}: {err}", _source()) from None
+        return path, info
+
+    def _get(self, name):
+        path, info = self._member(name)
+        if info.scalar:
+            return Mem(self._p, self._base_reg, self._base_off + self._rel(info), _scalar_type(info, path))
+        return self._sub(path, info)
+
+    def _put(self, name, value):
+        if value is _DONE:  # `v.count += p.r1` stored atomically already
+            return
+        path, info = self._member(name)
+        if not info.scalar:
+            raise AssemblerError(f"field {path!r} is {info.size} bytes of struct or array: assign its "
+                                 "members, or pass its address (.addr(...)) to a helper", _source())
+        self._p._store(Mem(self._p, self._base_reg, self._base_off + self._rel(info), _scalar_type(info, path)),
+                       value)
+
+    def __getattr__(self, name):
+        if name[:1] == "_":
+            raise AttributeError(name)
+        return self._get(name)
+
+    def __setattr__(self, name, value):
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            self._put(name, value)
+
+    def __getitem__(self, name):
+        return self._get(str(name))
+
+    def __setitem__(self, name, value):
+        self._put(str(name), value)
+
+    def offsetof(self, name):
+        """Offset of field `name` from the start of this view's memory."""
+        return self._rel(self._member(name)[1])
+
+    def _rel(self, info):
+        """A field's offset from this view's start (field offsets count from the layout's)."""
+        return info.offset - (field_info(self.layout, self._path).offset if self._path else 0)
+
+    def _misuse(self, *_):
+        raise AssemblerError(f"{self!r} is memory, not a number: name a field (v.count), an address "
+                             "(v.addr('comm')) or an access (v.u64[8])", _source())
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __or__ = __and__ = _misuse
+    __lshift__ = __rshift__ = __truediv__ = __floordiv__ = __mod__ = __xor__ = _misuse
+    __lt__ = __le__ = __gt__ = __ge__ = _misuse
+    __hash__ = object.__hash__
+
+
+class Ptr(_View):
+    """A register that points at memory with a known layout: `ev = p.ptr(p.r6, Event)`, then
+    `ev.pid = p.r0`, `p.r1 = ev.addr("comm")`, `ev.field("sport")`."""
+
+    __slots__ = ("_p", "_base_reg", "_base_off", "layout", "_path")
+    _OWN = frozenset(__slots__)
+
+    def __init__(self, p, reg, layout, off=0, path=""):
+        self._p, self._base_reg, self.layout, self._base_off, self._path = p, reg, layout, off, path
 
     def __repr__(self):
-        return f"Ptr({self._base_reg!r})"
+        return f"Ptr({self._base_reg!r}{f', {self._path}' if self._path else ''})"
+
+    def _sub(self, path, info):
+        return Ptr(self._p, self._base_reg, self.layout, self._base_off + self._rel(info), path)
+
+    def addr(self, name=None):
+        """The address of field `name` (of this view without one): assign it to a register."""
+        off = self._base_off + (self._rel(self._member(name)[1]) if name is not None else 0)
+        return BinExpr(self._base_reg, "add", off) if off else self._base_reg
 
 
-class StackSlot(_Addressable):
-    """Bytes on the stack at r10 + offset. Assign it to a register for its address."""
+class StackSlot(_View):
+    """Bytes on the stack at r10 + offset. Assign it to a register for its address; with a layout,
+    its fields by name (`val = p.stack.alloc(Value); val.count = 1`)."""
 
-    __slots__ = ("_p", "_base_reg", "_base_off", "size", "layout")
+    __slots__ = ("_p", "_base_reg", "_base_off", "size", "layout", "_path")
+    _OWN = frozenset(__slots__)
 
-    def __init__(self, p, offset, size, layout):
+    def __init__(self, p, offset, size, layout, path=""):
         self._p, self._base_reg, self._base_off = p, p._views[40], offset
-        self.size, self.layout = size, layout
+        self.size, self.layout, self._path = size, layout, path
 
     @property
     def offset(self):
@@ -440,6 +585,16 @@ class StackSlot(_Addressable):
 
     def __repr__(self):
         return f"StackSlot(r10 {self._base_off}, {self.size} bytes)"
+
+    def _sub(self, path, info):
+        # a struct or array inside the slot is a slot of its own: its address is r10 + its offset
+        return StackSlot(self._p, self._base_off + self._rel(info), info.size, self.layout, path)
+
+    def addr(self, name=None):
+        """The stack slot of field `name`: assign it to a register for its address."""
+        if name is None:
+            return self
+        return self._sub(*self._member(name))
 
     def zero(self):
         """Store zeros over the whole slot (the verifier wants stack bytes written before they are read)."""
@@ -459,6 +614,8 @@ class Stack:
 
     def alloc(self, size_or_layout, align=8):
         """A new StackSlot of `size_or_layout` bytes (an int or a construct layout)."""
+        if not isinstance(size_or_layout, int) and isinstance(size_or_layout, str):
+            raise AssemblerError(f"stack.alloc takes a size or a layout, not {size_or_layout!r}", _source())
         size = _sizeof(size_or_layout)
         if size <= 0 or align not in (1, 2, 4, 8):
             raise AssemblerError(f"stack slot of {size} bytes aligned to {align}: size must be positive, "
@@ -770,7 +927,8 @@ class Program:
             self._mov_imm(dst, value)
             return
         if cls is Ptr:
-            value, cls = value._base_reg, Reg
+            value = value.addr()
+            cls = type(value)
         if cls is Reg:
             self._emit(_MOV_REG[32 if 32 in (dst.bits, value.bits) else 64], dst.n, value.n)
         elif cls is bool:
@@ -782,6 +940,8 @@ class Program:
                 self._sign_extend(dst.n, 64, 8 * t.size)
             else:
                 self._emit(_LDX[t], dst.n, value.base.n, value.off)
+                if t.network:
+                    self._emit(_TO_NETWORK[8 * t.size], dst.n)  # network to host is the same swap
         elif cls is BinExpr:
             self._assign_expr(dst, value)
         elif cls is StackSlot:
@@ -791,6 +951,8 @@ class Program:
             self.ld_func(dst, value)
         elif hasattr(value, "fd"):
             self.ld_map(dst, value)
+        elif isinstance(value, int):  # IntEnum, IntFlag: pybpf's own constants and the user's
+            self._mov_imm(dst, int(value))
         else:
             self._fail(f"cannot assign {value!r} to {dst!r}")
 
@@ -830,6 +992,8 @@ class Program:
             if not S32_MIN <= src <= S32_MAX:
                 src = self._imm(src, dst.bits, rows[0].operation)
             self._emit(rows[0], dst.n, 0, 0, src)
+        elif isinstance(src, int):
+            self._alu(name, dst, int(src))
         else:
             if dst.signed:
                 name = _SIGNED_ALU.get(name, name)
@@ -838,7 +1002,9 @@ class Program:
     # -- memory ----------------------------------------------------------------------
     def _store(self, mem, value):
         t = mem.type
-        if type(value) is Reg:
+        if t.network:
+            self._store_network(mem, value)
+        elif type(value) is Reg:
             self._emit(_STX[t], mem.base.n, value.n, mem.off)
         elif type(value) is int:
             if t.size == 8:
@@ -848,6 +1014,24 @@ class Program:
             elif value > S32_MAX:
                 value -= 1 << 32
             self._emit(_ST[t], mem.base.n, 0, mem.off, value)
+        elif isinstance(value, int):
+            self._store(mem, int(value))
+        else:
+            self._fail(f"cannot store {value!r} to {mem!r}: store a register or an int")
+
+    def _store_network(self, mem, value):
+        """A store in network order: an int is swapped here; a register is swapped, stored and
+        swapped back (keeping only its low mem.type.size bytes)."""
+        size, host = mem.type.size, _BY_SIZE[(mem.type.size, False)]
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < (1 << (8 * size)):
+                self._fail(f"{value} does not fit {mem.type.name}")
+            self._store(Mem(self, mem.base, mem.off, host),
+                        int.from_bytes(int(value).to_bytes(size, "big"), sys.byteorder))
+        elif type(value) is Reg:
+            self._emit(_TO_NETWORK[8 * size], self._dst(value).n)
+            self._emit(_STX[host], mem.base.n, value.n, mem.off)
+            self._emit(_TO_NETWORK[8 * size], value.n)
         else:
             self._fail(f"cannot store {value!r} to {mem!r}: store a register or an int")
 
@@ -864,8 +1048,8 @@ class Program:
             self._fail(f"atomic {name}: the target must be memory (reg.u64[off]), not {mem!r}")
         if type(src) is not Reg:
             self._fail(f"atomic {name}: the operand must be a register, not {src!r}")
-        if mem.type.size not in (4, 8):
-            self._fail(f"atomic {name}: {mem!r} must be 4 or 8 bytes")
+        if mem.type.size not in (4, 8) or mem.type.network:
+            self._fail(f"atomic {name}: {mem!r} must be 4 or 8 bytes in host order")
         return self._emit(_ATOMIC[(name, mem.type.size * 8)], mem.base.n, src.n, mem.off)
 
     def atomic_add(self, mem, src, fetch=False):
@@ -983,6 +1167,8 @@ class Program:
             if other.bits != reg.bits:
                 self._fail(f"compare {reg!r} with {other!r}: both sides need the same width")
             self._emit(_JMP_ROWS[reg.bits][cond.name][1], reg.n, other.n, 0, 0, target)
+        elif isinstance(other, int):
+            self._jump(Cond(reg, cond.name, int(other)), target)
         else:
             self._fail(f"compare {reg!r} with a register or an int, not {other!r}")
 
