@@ -223,6 +223,7 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
     name = _own(program, "name", name) or ""
     license = _own(program, "license", license) or "GPL"
     expected_attach_type = _own(program, "expected_attach_type", expected_attach_type)
+    attach_btf_id = attach_btf_id or getattr(program, "attach_btf_id", 0)  # a DSL tp_btf program's target
     functions = getattr(program, "functions", None)  # before instructions() replaces a DSL program
     insns = instructions(program)
     if insns is None:

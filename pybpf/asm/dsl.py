@@ -133,6 +133,10 @@ _STOPS = (Kind.EXIT, Kind.JA, Kind.GOTOL)  # kinds after which the next instruct
 _HELPERS = {}  # helper name or id -> (id, C name, fixed argument count, variadic)
 
 
+def _helper_id(name):
+    return (_HELPERS.get(name) or _helper(name))[0]
+
+
 def _helper(name_or_id):
     """Look a helper up in pybpf.helpers (imported on first use) and remember what calls need."""
     h = helpers.lookup(name_or_id)
@@ -497,6 +501,9 @@ class _View(_Addressable):
 
     def _get(self, name):
         path, info = self._member(name)
+        if info.pointee is not None and getattr(self.layout, "chains", False):  # a context's kernel pointer
+            return KernelRef(self._p, self._base_reg, info.pointee, ((self._base_off + self._rel(info), "direct"),),
+                             trusted=bool(self._p.tp_btf))
         if info.scalar:
             return Mem(self._p, self._base_reg, self._base_off + self._rel(info), _scalar_type(info, path))
         return self._sub(path, info)
@@ -625,6 +632,68 @@ class Stack:
             raise AssemblerError(f"stack frame would be {used} bytes; BPF allows {MAX_STACK}", _source())
         self.used = used
         return StackSlot(self._p, -used, size, None if isinstance(size_or_layout, int) else size_or_layout)
+
+
+class KernelRef:
+    """A chain through kernel pointers, `task.real_parent.tgid`: assign it to a register and each
+    pointer on the way is loaded, with plain loads where the verifier trusts the pointers (tp_btf,
+    iterators, a context's own fields) and bpf_probe_read_kernel through a stack scratch otherwise.
+    A struct or array at the end is its address (for p.read_kernel_str and helpers)."""
+
+    __slots__ = ("_p", "base", "steps", "layout", "path", "trusted")
+
+    def __init__(self, p, base, layout, steps=(), path="", trusted=False):
+        self._p, self.base, self.layout, self.steps, self.path, self.trusted = p, base, layout, steps, path, trusted
+
+    def __repr__(self):
+        name = getattr(self.layout, "name", "?")
+        return f"KernelRef({self.base!r}{' -> ...' * len(self.steps)} {name}{'.' + self.path if self.path else ''})"
+
+    def _info(self):
+        return field_info(self.layout, self.path) if self.path else None
+
+    def __getattr__(self, name):
+        if name[:1] == "_":
+            raise AttributeError(name)
+        return self[name]
+
+    def __getitem__(self, name):
+        info = self._info()
+        if info is not None and info.scalar and info.pointee is None:
+            raise AssemblerError(f"{self!r} is a {info.size}-byte value, not a struct: no field {name!r}", _source())
+        if info is not None and info.pointee is not None:  # through the pointer this chain ends at
+            return KernelRef(self._p, self.base, info.pointee, self.steps + ((info.offset, self._how()),),
+                             str(name), True if self.trusted else False)
+        path = f"{self.path}.{name}" if self.path else str(name)
+        try:
+            field_info(self.layout, path)
+        except AssemblerError as err:
+            raise AssemblerError(err.message, err.where or _source()) from None
+        except Exception as err:  # BTF's own refusal: no such member
+            raise AssemblerError(f"{getattr(self.layout, 'name', 'struct')}.{path}: {err}", _source()) from None
+        return KernelRef(self._p, self.base, self.layout, self.steps, path, self.trusted)
+
+    def _how(self):
+        return "direct" if self.trusted else "probe"
+
+    @property
+    def size(self):
+        """Bytes of what the chain ends at (a field, or the whole struct a pointer points at)."""
+        info = self._info()
+        return self.layout.sizeof() if info is None else info.size
+
+    def __setattr__(self, name, value):
+        if name in KernelRef.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            raise AssemblerError(f"{self!r}: kernel memory is read-only to BPF programs", _source())
+
+    def _misuse(self, *_):
+        raise AssemblerError(f"{self!r} is kernel memory, not a number: assign it to a register first",
+                             _source())
+
+    __add__ = __radd__ = __sub__ = __mul__ = __or__ = __and__ = __lt__ = __gt__ = _misuse
+    __hash__ = object.__hash__
 
 
 # -- blocks ------------------------------------------------------------------------
@@ -823,7 +892,17 @@ class Program:
     maps:   the map objects the code references (ld_map_fd / ld_map_value)
     """
 
-    def __init__(self, name="", prog_type=None, license="GPL", cpu="v4"):
+    def __init__(self, name="", prog_type=None, license="GPL", cpu="v4", *, tracepoint=None, raw_tracepoint=None,
+                 tp_btf=None):
+        targets = [t for t in (tracepoint, raw_tracepoint, tp_btf) if t is not None]
+        if len(targets) > 1:
+            raise AssemblerError("name one attach target: tracepoint, raw_tracepoint or tp_btf", _source())
+        # The attach target types the context (p.ctx) and, unless given, the program type.
+        self.tracepoint, self.raw_tracepoint, self.tp_btf = tracepoint, raw_tracepoint, tp_btf
+        if prog_type is None and targets:
+            prog_type = "tracepoint" if tracepoint else "raw_tracepoint" if raw_tracepoint else "tracing"
+        self.expected_attach_type = "trace_raw_tp" if tp_btf else None
+        self._ctx_layout = None
         self.name, self.prog_type, self.license = name, prog_type, license
         if cpu == "auto":
             from .. import features
@@ -947,6 +1026,8 @@ class Program:
         elif cls is StackSlot:
             self._emit(_MOV_REG[64], dst.n, _FP)
             self._emit(_ADD_IMM, dst.n, 0, 0, value.offset)
+        elif cls is KernelRef:
+            self._kernel_value(dst, value)
         elif cls is FuncRef:
             self.ld_func(dst, value)
         elif hasattr(value, "fd"):
@@ -1040,8 +1121,127 @@ class Program:
         return base.mem(off, type)
 
     def ptr(self, reg, layout):
-        """View `reg` as a pointer to `layout`, for `ptr.field("name")`."""
+        """View `reg` as a pointer to `layout`: its fields by name (`ev.pid = p.r0`)."""
         return Ptr(self, reg, layout)
+
+    # -- typed contexts and kernel pointer chains -----------------------------------------------
+    @property
+    def ctx_layout(self):
+        """The layout of this program's context: from the attach target (tracefs for a tracepoint,
+        BTF for raw_tracepoint and tp_btf arguments) or the program type (xdp: xdp_md)."""
+        if self._ctx_layout is None:
+            from .. import kernel_types  # the running kernel's BTF and tracefs, asked only here
+
+            try:
+                if self.tracepoint:
+                    self._ctx_layout = kernel_types.TracepointRecord(self.tracepoint)
+                elif self.raw_tracepoint or self.tp_btf:
+                    self._ctx_layout = kernel_types.RawTracepointArgs(self.raw_tracepoint or self.tp_btf)
+                else:
+                    self._ctx_layout = kernel_types.context(self.prog_type)
+            except Exception as err:
+                self._fail(f"no typed context: {err}")
+        return self._ctx_layout
+
+    @property
+    def attach_btf_id(self):
+        """The BTF id a tp_btf program names (its btf_trace_<name> typedef); 0 for others."""
+        return self.ctx_layout.btf_id if self.tp_btf else 0
+
+    def context(self, reg=None):
+        """The context (r1 at the start, or the register you kept it in) with its fields by name:
+        `p.context(p.r6).data`. Arguments that point at kernel structs chain
+        (`p.ctx.p.real_parent.tgid`)."""
+        return Ptr(self, self._views[4] if reg is None else reg, self.ctx_layout)
+
+    ctx = property(context, doc="p.context() on r1: valid until a call or a move overwrites r1")
+
+    def kernel(self, base, struct, trusted=None):
+        """A chain from register `base`, a pointer to kernel struct `struct` (its name, or a
+        pybpf.kernel_types.BtfStruct): `p.r0 = p.kernel(p.r6, "task_struct").real_parent.tgid`.
+        trusted (default: tp_btf programs) reads with plain loads, else via probe_read_kernel."""
+        if type(base) is not Reg:
+            self._fail(f"a kernel pointer chain starts at a register, not {base!r}")
+        if isinstance(struct, str):
+            from .. import kernel_types  # the running kernel's BTF, asked only here
+
+            try:
+                struct = kernel_types.BtfStruct.named(struct)
+            except Exception as err:
+                self._fail(str(err))
+        return KernelRef(self, base, struct, trusted=bool(self.tp_btf) if trusted is None else trusted)
+
+    def task(self):
+        """`bpf_get_current_task()` as a chain from r0: `p.r6 = p.task().real_parent.tgid`."""
+        self.call("get_current_task")
+        return self.kernel(self._views[0], "task_struct")
+
+    def read_kernel(self, dst, src, size=None):
+        """bpf_probe_read_kernel(dst, size, src): src a chain (size: what it ends at) or a register."""
+        return self._read("probe_read_kernel", dst, src, size)
+
+    def read_kernel_str(self, dst, src, size=None):
+        """bpf_probe_read_kernel_str into stack slot dst (size: the slot's)."""
+        return self._read("probe_read_kernel_str", dst, src, size)
+
+    def read_user(self, dst, src, size=None):
+        """bpf_probe_read_user(dst, size, src): src a register or a chain to a user pointer."""
+        return self._read("probe_read_user", dst, src, size)
+
+    def read_user_str(self, dst, src, size=None):
+        """bpf_probe_read_user_str into stack slot dst: `p.read_user_str(name, p.ctx.filename)`."""
+        return self._read("probe_read_user_str", dst, src, size)
+
+    def _read(self, helper, dst, src, size):
+        if size is None:
+            size = src.size if type(src) is KernelRef and "kernel" in helper and not helper.endswith("_str") \
+                else getattr(dst, "size", None)
+        if size is None:
+            self._fail(f"{helper}: give the size (the destination {dst!r} has none)")
+        if isinstance(src, Mem) or type(src) is KernelRef:  # the pointer value: load it first
+            outer, self._at = self._at, self._at or _source()
+            try:
+                self._assign(self._views[12], src)
+            finally:
+                self._at = outer
+            src = self._views[12]
+        return self.call(helper, dst, size, src)
+
+    def _kernel_value(self, dst, ref):
+        """dst = what chain `ref` ends at: each pointer on the way loaded into dst."""
+        outer, self._at = self._at, self._at or _source()
+        try:
+            cur = ref.base
+            for off, how in ref.steps:
+                self._kernel_load(dst, cur, off, u64, how)
+                cur = dst
+            info = ref._info()
+            if info is not None and (info.scalar or info.pointee is not None):
+                self._kernel_load(dst, cur, info.offset, _scalar_type(info, ref.path), ref._how())
+            else:  # a struct or array: its address
+                off = info.offset if info is not None else 0
+                if cur.n != dst.n:
+                    self._emit(_MOV_REG[64], dst.n, cur.n)
+                if off:
+                    self._emit(_ADD_IMM, dst.n, 0, 0, off)
+        finally:
+            self._at = outer
+
+    def _kernel_load(self, dst, base, off, type, how):
+        if how == "direct":
+            self._assign(dst, Mem(self, base, off, type))
+            return
+        scratch = self.stack.__dict__.get("scratch")
+        if scratch is None:
+            scratch = self.stack.scratch = self.stack.alloc(8)
+        if base.n != 3:
+            self._emit(_MOV_REG[64], 3, base.n)
+        if off:
+            self._emit(_ADD_IMM, 3, 0, 0, off)
+        self._assign(self._views[4], scratch)
+        self._mov_imm(self._views[8], type.size)
+        self._emit(_CALL, imm=_helper_id("probe_read_kernel"))
+        self._assign(dst, Mem(self, scratch._base_reg, scratch.offset, type))
 
     def _atomic(self, name, mem, src):
         if type(mem) is not Mem:
@@ -1250,7 +1450,14 @@ class Program:
         return self._mark_done(self._views[0])
 
     def _load_args(self, what, args):
+        chains = [i for i, arg in enumerate(args, 1) if type(arg) is KernelRef]
+        for i in chains:  # first: reading through kernel pointers calls helpers, which clobber r1-r5
+            if any(j < i for j in chains) and args[i - 1].base.n in chains:
+                self._fail(f"{what}: argument {i} reads r{args[i - 1].base.n}, which an earlier argument overwrote")
+            self._assign(self._views[i * 4], args[i - 1])
         for i, arg in enumerate(args, 1):
+            if i in chains:
+                continue
             reads = arg.n if type(arg) is Reg else arg._base_reg.n if type(arg) is Ptr else \
                 arg.base.n if type(arg) is Mem else 0
             if 1 <= reads < i and not (type(args[reads - 1]) is Reg and args[reads - 1].n == reads):

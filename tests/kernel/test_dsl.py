@@ -3,6 +3,7 @@ construct layouts, pybpf's constants as immediates, network-order loads and stor
 that end at the emitting line."""
 import os
 import struct
+import subprocess
 import traceback
 
 import construct as c
@@ -100,3 +101,76 @@ def test_a_verifier_rejection_ends_at_the_emitting_line_with_a_hint():
     assert (last.filename, last.lineno) == (__file__, line)
     assert last.line == "p.r0 = p.ptr(p.r0, STATS).packets  # no NULL check"
     assert "check `p.r0 != 0` in `p.If`" in str(info.value) and info.value.hint
+
+
+# -- typed contexts and kernel pointer chains ---------------------------------------------------
+
+def test_xdp_context_fields_by_name():
+    p = Program("dsl_xdp_ctx", prog_type="xdp")
+    p.r0 = p.ctx.data_end
+    p.r2 = p.ctx.data
+    p.r0 -= p.r2
+    p.exit()
+    with load(p) as prog:
+        assert prog.test_run(bytes(77)).retval == 77
+
+
+PARENT = c.Struct("ppid" / c.Int32sl, "tgid" / c.Int32sl, "comm" / c.Bytes(16))
+
+
+@pytest.mark.parametrize("hook", ["raw_tracepoint", "tp_btf"])
+def test_exec_parent_pid_through_a_pointer_chain(hook):
+    """raw_tracepoint reads task->real_parent->tgid with probe_read_kernel; tp_btf, whose
+    argument the verifier trusts, with plain loads: the same statements either way."""
+    from pybpf import attach
+
+    with Map(MapType.HASH, key=4, value=PARENT, max_entries=256, name="dsl_parents") as parents:
+        p = Program("dsl_exec", **{hook: "sched_process_exec"})
+        p.r6 = p.r1
+        ctx = p.context(p.r6)
+        rec = p.stack.alloc(PARENT)
+        rec.zero()
+        p.r7 = ctx.p.real_parent.tgid
+        rec.ppid = p.r7
+        p.r7 = ctx.p.tgid
+        rec.tgid = p.r7
+        p.read_kernel_str(rec.comm, ctx.p.comm)
+        key = p.stack.alloc(4)
+        p.r1 = rec.tgid
+        key.u32[0] = p.r1
+        p.call("map_update_elem", parents, key, rec, UpdateFlags.ANY)
+        p.exit(0)
+        text = str(p)
+        assert ("probe_read_kernel#113" in text) == (hook == "raw_tracepoint")
+        with load(p) as prog, (attach.raw_tracepoint(prog, "sched_process_exec") if hook == "raw_tracepoint"
+                    else attach.tracing(prog)):
+            child = subprocess.Popen(["/bin/true"])
+            child.wait()
+        got = parents.lookup(child.pid)
+    assert (got.ppid, got.tgid, got.comm.rstrip(b"\0")) == (os.getpid(), child.pid, b"true")
+
+
+def test_tracepoint_context_from_tracefs_and_read_user_str(tmp_path):
+    from pybpf import attach
+
+    wanted = str(tmp_path / "dsl-opened-this")
+    with Map(MapType.HASH, key=4, value=256, max_entries=1, name="dsl_open") as first:
+        p = Program("dsl_open", tracepoint="syscalls:sys_enter_openat")
+        p.r6 = p.r1
+        ctx = p.context(p.r6)
+        p.r7 = p.task().tgid
+        with p.If(p.r7 != os.getpid()):
+            p.exit(0)
+        name = p.stack.alloc(256)
+        name.zero()
+        p.read_user_str(name, ctx.filename)
+        key = p.stack.alloc(4)
+        key.u32[0] = 0
+        p.call("map_update_elem", first, key, name, UpdateFlags.NOEXIST)  # the first open only
+        p.exit(0)
+        with load(p) as prog, attach.tracepoint(prog, "syscalls:sys_enter_openat"):
+            try:
+                open(wanted).close()
+            except FileNotFoundError:
+                pass
+        assert first.lookup(0).rstrip(b"\0").decode() == wanted

@@ -186,3 +186,59 @@ def test_layout_walk_sees_through_construct_wrappers():
     p.r0 = v.t[1]
     assert [i.off for i in p.insns] == [1, 7]
     assert p.insns[0] == make(row(Kind.LDX, None, 16), 0, 1, 1)
+
+
+class FakeTask:
+    """A kernel struct as the DSL sees one (pybpf.kernel_types.BtfStruct answers the same way)."""
+    name = "task_struct"
+    FIELDS = {"tgid": (1268, 4, True), "comm": (1752, 16, False), "files": (1300, 8, False)}
+
+    def sizeof(self):
+        return 4096
+
+    def field(self, path):
+        from pybpf.asm import FieldInfo
+        if path == "real_parent":
+            return FieldInfo(1280, 8, pointee=self)
+        offset, size, signed = self.FIELDS[path]
+        return FieldInfo(offset, size, signed, scalar=path != "comm")
+
+
+def test_pointer_chains_probe_or_load():
+    p = Program(cpu="v4")
+    p.r7 = p.kernel(p.r6, FakeTask()).real_parent.tgid
+    probe = text(p)
+    assert probe == [
+        "(bf) r3 = r6", "(07) r3 += 1280", "(bf) r1 = r10", "(07) r1 += -8", "(b7) r2 = 8",
+        "(85) call bpf_probe_read_kernel#113", "(79) r7 = *(u64 *)(r10 -8)",
+        "(bf) r3 = r7", "(07) r3 += 1268", "(bf) r1 = r10", "(07) r1 += -8", "(b7) r2 = 4",
+        "(85) call bpf_probe_read_kernel#113", "(81) r7 = *(s32 *)(r10 -8)",
+    ]
+    p = Program(cpu="v4")
+    task = p.kernel(p.r6, FakeTask(), trusted=True)
+    p.r7 = task.real_parent.real_parent.tgid
+    p.r8 = task.comm  # an array: its address
+    assert text(p) == ["(79) r7 = *(u64 *)(r6 +1280)", "(79) r7 = *(u64 *)(r7 +1280)",
+                       "(81) r7 = *(s32 *)(r7 +1268)", "(bf) r8 = r6", "(07) r8 += 1752"]
+
+
+def test_a_chain_argument_is_read_before_the_others():
+    p = Program()
+    buf = p.stack.alloc(16)
+    p.read_kernel_str(buf, p.kernel(p.r6, FakeTask()).real_parent.comm)
+    calls = [line for line in text(p) if "call" in line]
+    assert calls == ["(85) call bpf_probe_read_kernel#113", "(85) call bpf_probe_read_kernel_str#115"]
+    assert text(p)[-4:-1] == ["(bf) r1 = r10", "(07) r1 += -16", "(b7) r2 = 16"]
+
+
+def test_chain_misuse_names_the_line():
+    p = Program()
+    task = p.kernel(p.r6, FakeTask())
+    with pytest.raises(AssemblerError, match=r"test_dsl_fields.py:\d+: .*4-byte value, not a struct"):
+        p.r1 = task.tgid.x
+    with pytest.raises(AssemblerError, match="read-only"):
+        task.tgid = 1
+    with pytest.raises(AssemblerError, match="starts at a register"):
+        p.kernel(p.stack.alloc(8), FakeTask())
+    with pytest.raises(AssemblerError, match="one attach target"):
+        Program(tracepoint="a:b", raw_tracepoint="b")
