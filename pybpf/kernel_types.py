@@ -13,7 +13,7 @@ from .tracefs import tracepoint_fields
 
 # Program type -> the uapi struct its context is (what the verifier rewrites accesses of).
 CONTEXTS = {
-    "xdp": "xdp_md",
+    "xdp": "xdp_md", "kprobe": "pt_regs",
     "socket_filter": "__sk_buff", "sched_cls": "__sk_buff", "sched_act": "__sk_buff", "cgroup_skb": "__sk_buff",
     "sk_skb": "__sk_buff", "lwt_in": "__sk_buff", "lwt_out": "__sk_buff", "lwt_xmit": "__sk_buff",
     "flow_dissector": "__sk_buff",

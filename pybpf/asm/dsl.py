@@ -883,17 +883,20 @@ class _RegAttr:
 class Program:
     """A program under construction.
 
-    name, prog_type, license: optional, for the loader (pybpf.prog).
+    name, prog_type, license, expected_attach_type: optional, for the loader (pybpf.prog).
+    tracepoint, raw_tracepoint, tp_btf: the attach target, which types p.ctx (and the program type)
     cpu:    "v4" (default: every instruction), "v3" (what kernels before 6.6 take: see
             the module doc) or "auto" (v4 where the running kernel has it)
     insns:  the unlinked Insn list (main code, then subprograms)
     link(): the Insn list with every label reference resolved
     bytes() / encode(): the bytecode
     maps:   the map objects the code references (ld_map_fd / ld_map_value)
+    stack:  the frame: p.stack.alloc(16) or p.stack.alloc(Layout), fields by name
+    ctx:    the context's fields by name (p.ctx.data); p.kernel(reg, "task_struct"): pointer chains
     """
 
     def __init__(self, name="", prog_type=None, license="GPL", cpu="v4", *, tracepoint=None, raw_tracepoint=None,
-                 tp_btf=None):
+                 tp_btf=None, expected_attach_type=None):
         targets = [t for t in (tracepoint, raw_tracepoint, tp_btf) if t is not None]
         if len(targets) > 1:
             raise AssemblerError("name one attach target: tracepoint, raw_tracepoint or tp_btf", _source())
@@ -901,7 +904,7 @@ class Program:
         self.tracepoint, self.raw_tracepoint, self.tp_btf = tracepoint, raw_tracepoint, tp_btf
         if prog_type is None and targets:
             prog_type = "tracepoint" if tracepoint else "raw_tracepoint" if raw_tracepoint else "tracing"
-        self.expected_attach_type = "trace_raw_tp" if tp_btf else None
+        self.expected_attach_type = "trace_raw_tp" if tp_btf else expected_attach_type
         self._ctx_layout = None
         self.name, self.prog_type, self.license = name, prog_type, license
         if cpu == "auto":
