@@ -127,6 +127,8 @@ _MOV_IMM = {bits: _ALU[("mov", bits, "imm")] for bits in (64, 32)}
 _MOV_REG = {bits: _ALU[("mov", bits, "reg")] for bits in (64, 32)}
 _ADD_IMM = _ALU[("add", 64, "imm")]
 _FP = isa.FRAME_POINTER
+_NO_DST = (Kind.ST, Kind.STX, Kind.JMP, Kind.JA, Kind.GOTOL, Kind.MAY_GOTO, Kind.CALL, Kind.CALLX, Kind.EXIT,
+           Kind.ATOMIC)  # kinds that write no register named by dst (p.let finds free ones by them)
 _STOPS = (Kind.EXIT, Kind.JA, Kind.GOTOL)  # kinds after which the next instruction is not reached by falling through
 
 
@@ -201,6 +203,23 @@ def _binary(name):
     return op
 
 
+class _Operand:
+    """What builds expressions: registers, memory (its value: `p.r0 = ev.pid + 1` loads, then
+    adds) and expressions themselves."""
+
+    __slots__ = ()
+    __add__ = __radd__ = _binary("add")
+    __sub__ = _binary("sub")
+    __mul__ = __rmul__ = _binary("mul")
+    __truediv__ = __floordiv__ = _binary("div")
+    __mod__ = _binary("mod")
+    __or__ = __ror__ = _binary("or")
+    __and__ = __rand__ = _binary("and")
+    __xor__ = __rxor__ = _binary("xor")
+    __lshift__ = _binary("lsh")
+    __rshift__ = _binary("rsh")
+
+
 def _inplace(name):
     def op(self, other):
         self._p._alu(name, self, other)
@@ -214,7 +233,7 @@ def _compare(name):
     return op
 
 
-class Reg(_Addressable):
+class Reg(_Addressable, _Operand):
     """A register view: number, width (64 or 32) and signedness pick the instructions."""
 
     # u8 .. s64 as slots shadow _Addressable's properties: a register's indexers are made once
@@ -238,23 +257,16 @@ class Reg(_Addressable):
     def _view(self, bits, signed):
         return self._p._views[self.n * 4 + (bits == 32) + 2 * signed]
 
+    def set(self, value):
+        """`reg = value` for a register held in a variable (p.let's): `t.set(p.r0 + 1)`."""
+        self._p._assign(self, value)
+
     w = property(lambda self: self._view(32, self.signed),
                  lambda self, value: self._p._assign(self._view(32, self.signed), value),
                  doc="the 32-bit view (ALU32, JMP32)")
     s = property(lambda self: self._view(self.bits, True),
                  lambda self, value: self._p._assign(self._view(self.bits, True), value),
                  doc="the signed view (s>, s/, s%, s>>)")
-
-    __add__ = __radd__ = _binary("add")
-    __sub__ = _binary("sub")
-    __mul__ = __rmul__ = _binary("mul")
-    __truediv__ = __floordiv__ = _binary("div")
-    __mod__ = _binary("mod")
-    __or__ = __ror__ = _binary("or")
-    __and__ = __rand__ = _binary("and")
-    __xor__ = __rxor__ = _binary("xor")
-    __lshift__ = _binary("lsh")
-    __rshift__ = _binary("rsh")
 
     __iadd__ = _inplace("add")
     __isub__ = _inplace("sub")
@@ -283,7 +295,7 @@ class Reg(_Addressable):
                              _source())
 
 
-class Mem:
+class Mem(_Operand):
     """`*(type *)(base + off)`: a value in memory. Assign it to a register to load,
     assign to it to store; `+=`, `|=`, `&=`, `^=` with a register are atomic."""
 
@@ -309,16 +321,26 @@ class Mem:
     del _atomic
 
 
+
 _DONE = object()  # what an atomic `mem += reg` leaves behind: nothing left to store
 
 
-class BinExpr:
+class BinExpr(_Operand):
     """`reg <op> operand`, computed into the register it is assigned to; `reg & mask` is also a jset test."""
 
     __slots__ = ("left", "op", "right")
 
     def __init__(self, left, op, right):
         self.left, self.op, self.right = left, op, right
+
+    # Expressions nest (the operators are _Operand's): `p.r0 = (p.r1 + p.r2) * 2` computes into
+    # r0, borrowing a free callee-saved register (p.let) only where a right operand is itself an
+    # expression.
+    def __neg__(self):
+        return BinExpr(self, "neg", None)
+
+    def __repr__(self):
+        return f"({self.left!r} {self.op} {self.right!r})" if self.op != "neg" else f"-{self.left!r}"
 
     def __invert__(self):
         if self.op != "and":
@@ -603,6 +625,12 @@ class StackSlot(_View):
             return self
         return self._sub(*self._member(name))
 
+    def cast(self, layout):
+        """The same bytes seen through another layout (scratch space reused for another record)."""
+        if _sizeof(layout) > self.size:
+            raise AssemblerError(f"{self!r} is too small for a {_sizeof(layout)}-byte layout", _source())
+        return StackSlot(self._p, self._base_off, self.size, layout)
+
     def zero(self):
         """Store zeros over the whole slot (the verifier wants stack bytes written before they are read)."""
         p, off, end = self._p, self._base_off, self._base_off + self.size
@@ -863,6 +891,29 @@ class _Function(_Block):
         p._code, p._pending, p.stack, p._after_if, p._pc, p._here, p._refs = self.saved
 
 
+class _Let:
+    def __init__(self, p, count):
+        self.p, self.count = p, count
+
+    def __enter__(self):
+        p, free = self.p, self.p._free_registers()
+        if len(free) < self.count:
+            p._fail(f"no free callee-saved register for {self.count} temporar{'y' if self.count == 1 else 'ies'}: "
+                    f"r6-r9 are written by the code or held by p.let ({len(free)} left); split the expression")
+        self.taken = free[:self.count]
+        p._held.update(self.taken)
+        regs = [p._views[n * 4] for n in self.taken]
+        return regs[0] if self.count == 1 else regs
+
+    def __exit__(self, *_):
+        p = self.p
+        p._held.difference_update(self.taken)
+        writes, lent = p._writes(), p._lent.setdefault(id(p._code), {})
+        for n in self.taken:
+            lent[n] = writes.get(n, 0)  # every write so far was the borrower's
+        return False
+
+
 # -- the program ---------------------------------------------------------------------
 
 class _RegAttr:
@@ -933,6 +984,8 @@ class Program:
         self._serial = 0
         self._at = None  # the source of a statement that emits several instructions, found once
         self.stack = Stack(self)
+        self._held = set()  # registers p.let lent out
+        self._lent = {}  # id(function code) -> {register: its writes when last given back}
 
     # -- emission ---------------------------------------------------------------
     def _emit(self, op, dst=0, src=0, off=0, imm=0, ref=None):
@@ -1052,6 +1105,13 @@ class Program:
 
     def _assign_expr(self, dst, expr):
         left, op, right = expr.left, expr.op, expr.right
+        if type(left) is not Reg or op != "neg" and type(right) is not Reg and not isinstance(right, int):
+            outer, self._at = self._at, self._at or _source()
+            try:
+                self._assign_tree(dst, expr)
+            finally:
+                self._at = outer
+            return
         if op == "neg":
             if left.n != dst.n:
                 self._assign(dst, left)
@@ -1065,6 +1125,54 @@ class Program:
         if left.n != dst.n:
             self._emit(_MOV_REG[view.bits], dst.n, left.n)
         self._alu(op, view, right)
+
+    def _assign_tree(self, dst, expr):
+        """dst = a nested expression: the left side computed into dst, then each operation applied;
+        a right side that is itself an expression (or memory) goes through a borrowed register."""
+        if type(expr) is not BinExpr:
+            if not (type(expr) is Reg and expr.n == dst.n):
+                self._assign(dst, expr)
+            return
+        left, op, right = expr.left, expr.op, expr.right
+        if op == "neg":
+            self._assign_tree(dst, left)
+            self._emit(_NEG[dst.bits], dst.n)
+            return
+        simple = type(right) is Reg or isinstance(right, int)
+        if not simple and op in _COMMUTATIVE and (type(left) is Reg or isinstance(left, int)):
+            left, right, simple = right, left, True
+        if simple:
+            if type(right) is Reg and right.n == dst.n and not (type(left) is Reg and left.n == dst.n):
+                if op not in _COMMUTATIVE or type(left) is not Reg and not isinstance(left, int):
+                    self._fail(f"{dst!r} = {expr!r} would overwrite {right!r} before reading it")
+                left, right = right, left
+            self._assign_tree(dst, left)
+            self._alu(op, dst, right)
+            return
+        with self.let() as temp:
+            self._assign_tree(temp, right)
+            self._assign_tree(dst, left)
+            self._alu(op, dst, temp if dst.bits == 64 else temp.w)
+
+    # -- borrowed registers ---------------------------------------------------------------
+    def let(self, count=1):
+        """`with p.let() as t:` (or `p.let(2) as (a, b)`): callee-saved registers, r9 down to r6,
+        that this function's code has not written and no other let holds; they survive calls.
+        Fails clearly when none is left; raw registers stay yours."""
+        return _Let(self, count)
+
+    def _writes(self):
+        """{register: how many instructions of this function write it}."""
+        count = {}
+        for insn in self._code:
+            if insn.op.kind not in _NO_DST:
+                count[insn.dst] = count.get(insn.dst, 0) + 1
+        return count
+
+    def _free_registers(self):
+        """r9..r6 that no one holds and that only borrowers wrote (their values are dead)."""
+        writes, lent = self._writes(), self._lent.get(id(self._code), {})
+        return [n for n in (9, 8, 7, 6) if n not in self._held and writes.get(n, 0) == lent.get(n, 0)]
 
     def _alu(self, name, dst, src):
         if type(dst) is not Reg or dst.n == _FP:

@@ -174,3 +174,16 @@ def test_tracepoint_context_from_tracefs_and_read_user_str(tmp_path):
             except FileNotFoundError:
                 pass
         assert first.lookup(0).rstrip(b"\0").decode() == wanted
+
+
+def test_expressions_and_borrowed_registers_survive_calls():
+    p = Program("dsl_expr", prog_type="socket_filter")
+    p.r2, p.r3 = 5, 7
+    p.r0 = (p.r2 + p.r3) * (p.ctx.len - 46)  # 12 * (50 - 46): skb->len is 64 less the Ethernet header
+    with p.let() as kept:
+        kept.set(p.r0 + 2)  # 50
+        p.call("ktime_get_ns")  # clobbers r0-r5; the borrowed register stays
+        p.r0 = kept * 2
+    p.exit()
+    with load(p) as prog:
+        assert prog.test_run(bytes(64)).retval == 100

@@ -242,3 +242,38 @@ def test_chain_misuse_names_the_line():
         p.kernel(p.stack.alloc(8), FakeTask())
     with pytest.raises(AssemblerError, match="one attach target"):
         Program(tracepoint="a:b", raw_tracepoint="b")
+
+
+def test_expressions_nest_and_borrow_a_callee_saved_register():
+    p = Program()
+    ev = p.ptr(p.r1, c.Struct("a" / c.Int32ul, "b" / c.Int64ul))
+    p.r0 = (p.r2 + p.r3) * 2
+    p.r0 = ev.a + 1
+    p.r0 = (p.r2 + p.r3) * (p.r4 - 1)  # the right side needs a register of its own: r9
+    p.r0 = ev.a + ev.b  # r9 again: only the borrower wrote it
+    p.r2 = p.r3 - (p.r2 + 1)
+    assert text(p) == [
+        "(bf) r0 = r2", "(0f) r0 += r3", "(27) r0 *= 2",
+        "(61) r0 = *(u32 *)(r1 +0)", "(07) r0 += 1",
+        "(bf) r9 = r4", "(17) r9 -= 1", "(bf) r0 = r2", "(0f) r0 += r3", "(2f) r0 *= r9",
+        "(79) r9 = *(u64 *)(r1 +4)", "(61) r0 = *(u32 *)(r1 +0)", "(0f) r0 += r9",
+        "(bf) r9 = r2", "(07) r9 += 1", "(bf) r2 = r3", "(1f) r2 -= r9",
+    ]
+
+
+def test_let_lends_registers_the_code_does_not_use_and_says_when_none_is_left():
+    p = Program()
+    p.r9 = 1  # the user's: never lent
+    with p.let(2) as (a, b):
+        assert (a.n, b.n) == (8, 7)
+        with p.let() as c_:
+            assert c_.n == 6
+            with pytest.raises(AssemblerError, match=r"test_dsl_fields.py:\d+: no free callee-saved register"):
+                with p.let():
+                    pass
+        p.r0 = a
+    with p.let() as again:
+        assert again.n == 8
+    p.r8 = 2  # the user writes r8 now: no longer lendable
+    with p.let() as third:
+        assert third.n == 7
