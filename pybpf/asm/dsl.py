@@ -308,6 +308,10 @@ class Mem(_Operand):
         sign = "+" if self.off >= 0 else "-"
         return f"*({self.type.name} *)(r{self.base.n} {sign} {abs(self.off)})"
 
+    def set(self, value):
+        """Store value here (for memory held in a variable: `counter.set(p.r2)`)."""
+        self._p._store(self, value)
+
     def _atomic(name):
         def op(self, src):
             self._p._atomic(name, self, src)
