@@ -327,6 +327,7 @@ class Mem(_Operand):
 
 
 _DONE = object()  # what an atomic `mem += reg` leaves behind: nothing left to store
+_LOADED = object()  # a call argument already in its register
 
 
 class BinExpr(_Operand):
@@ -1565,13 +1566,12 @@ class Program:
         return self._mark_done(self._views[0])
 
     def _load_args(self, what, args):
-        chains = [i for i, arg in enumerate(args, 1) if type(arg) is KernelRef]
-        for i in chains:  # first: reading through kernel pointers calls helpers, which clobber r1-r5
-            if any(j < i for j in chains) and args[i - 1].base.n in chains:
-                self._fail(f"{what}: argument {i} reads r{args[i - 1].base.n}, which an earlier argument overwrote")
-            self._assign(self._views[i * 4], args[i - 1])
+        for arg in args:
+            if arg.__class__ is KernelRef:
+                args = self._load_chains(what, args)
+                break
         for i, arg in enumerate(args, 1):
-            if i in chains:
+            if arg is _LOADED:  # a chain, loaded first
                 continue
             reads = arg.n if type(arg) is Reg else arg._base_reg.n if type(arg) is Ptr else \
                 arg.base.n if type(arg) is Mem else 0
@@ -1580,6 +1580,16 @@ class Program:
             if type(arg) is Reg and arg.n == i:
                 continue
             self._assign(self._views[i * 4], arg)
+
+    def _load_chains(self, what, args):
+        """Load the chain arguments first (reading through kernel pointers calls helpers, which
+        clobber r1-r5); the arguments left to load, chains replaced by _LOADED."""
+        chains = [i for i, arg in enumerate(args, 1) if type(arg) is KernelRef]
+        for i in chains:
+            if args[i - 1].base.n in chains and args[i - 1].base.n < i:
+                self._fail(f"{what}: argument {i} reads r{args[i - 1].base.n}, which an earlier argument overwrote")
+            self._assign(self._views[i * 4], args[i - 1])
+        return [_LOADED if i in chains else arg for i, arg in enumerate(args, 1)]
 
     def call_local(self, func):
         """bpf-to-bpf call of a subprogram (its name or FuncRef); returns r0."""
