@@ -696,7 +696,7 @@ class KernelRef:
             raise AssemblerError(f"{self!r} is a {info.size}-byte value, not a struct: no field {name!r}", _source())
         if info is not None and info.pointee is not None:  # through the pointer this chain ends at
             return KernelRef(self._p, self.base, info.pointee, self.steps + ((info.offset, self._how()),),
-                             str(name), True if self.trusted else False)
+                             "", self.trusted)[name]
         path = f"{self.path}.{name}" if self.path else str(name)
         try:
             field_info(self.layout, path)
