@@ -16,7 +16,7 @@ from pybpf.readers.ringbuf import RingBuffer
 EVENT = c.Struct("pid" / c.Int32ul, "ppid" / c.Int32ul, "comm" / c.Bytes(16))
 events = Map("ringbuf", max_entries=1 << 16)
 
-p = Program("execs", raw_tracepoint="sched_process_exec")
+p = Program("execs", raw_tracepoint="sched_process_exec", cpu="auto")  # auto: kernels before 6.6 too
 p.r6 = p.r1  # keep the context: calls clobber r1-r5
 task, ev = p.context(p.r6).p, p.stack.alloc(EVENT)
 p.r7 = task.tgid

@@ -16,7 +16,7 @@ from pybpf.readers.ringbuf import RingBuffer
 EXIT = c.Struct("pid" / c.Int32ul, "code" / c.Int32sl, "comm" / c.Bytes(16))
 events = Map("ringbuf", max_entries=1 << 16)
 
-p = Program("exits", tracepoint="sched:sched_process_exit")
+p = Program("exits", tracepoint="sched:sched_process_exit", cpu="auto")  # auto: pre-6.6 kernels too
 p.r6 = p.r1
 p.call("ringbuf_reserve", events, EXIT.sizeof(), 0)
 with p.If(p.r0 == 0):  # the ring is full: drop this one

@@ -125,7 +125,7 @@ def test_exec_parent_pid_through_a_pointer_chain(hook):
     from pybpf import attach
 
     with Map(MapType.HASH, key=4, value=PARENT, max_entries=256, name="dsl_parents") as parents:
-        p = Program("dsl_exec", **{hook: "sched_process_exec"})
+        p = Program("dsl_exec", cpu="auto", **{hook: "sched_process_exec"})  # signed fields: any kernel
         p.r6 = p.r1
         ctx = p.context(p.r6)
         rec = p.stack.alloc(PARENT)
@@ -155,7 +155,7 @@ def test_tracepoint_context_from_tracefs_and_read_user_str(tmp_path):
 
     wanted = str(tmp_path / "dsl-opened-this")
     with Map(MapType.HASH, key=4, value=256, max_entries=1, name="dsl_open") as first:
-        p = Program("dsl_open", tracepoint="syscalls:sys_enter_openat")
+        p = Program("dsl_open", tracepoint="syscalls:sys_enter_openat", cpu="auto")
         p.r6 = p.r1
         ctx = p.context(p.r6)
         p.r7 = p.task().tgid
