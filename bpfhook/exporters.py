@@ -47,6 +47,12 @@ def event_object(event, container, cgroup_path=None):
         # a close the kernel skipped the program for, sent when a new socket took the connection's
         # address: bytes as of the last walk, no duration
         "close_unseen": event["close_unseen"],
+        # health: why a connect() failed ("refused", "timeout", "other"), segments retransmitted,
+        # smoothed RTT at the close, handshake time (0: not measured)
+        "failure": event["failure"],
+        "retransmits": event["retransmits"],
+        "srtt_us": event["srtt_us"],
+        "connect_us": event["connect_us"],
     }
 
 

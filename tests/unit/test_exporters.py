@@ -22,7 +22,8 @@ def ev(**over):
          "netns": 4026531840, "netns_is_inode": False, "owner_from_accept": False, "owner_from_close": False,
          "owner_from_proc": False, "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000, "daddr": "10.77.1.1", "dport": 80,
          "oldstate": "LAST_ACK", "newstate": "CLOSE", "bytes_sent": 10, "bytes_received": 20,
-         "duration_ns": 30, "sock": 1, "cookie": 0, "close_unseen": False}
+         "duration_ns": 30, "sock": 1, "cookie": 0, "close_unseen": False, "failure": None, "retransmits": 0,
+         "srtt_us": 0, "connect_us": 0}
     e.update(over)
     return e
 
@@ -43,6 +44,15 @@ def test_json_lines_one_object_per_event():
     assert (second["container"], second["container_kind"], second["oldstate"]) == (None, "host", None)
     assert out.getvalue().count("\n") == 4
     assert [o["close_unseen"] for o in (first, second, third, fourth)] == [False] * 4
+
+
+def test_json_close_event_carries_connection_health():
+    out = io.StringIO()
+    JsonLines(out).write(ev(oldstate="SYN_SENT", failure="timeout", retransmits=2), classify("/"))
+    JsonLines(out).write(ev(retransmits=3, srtt_us=250, connect_us=120), classify("/"))
+    failed, ok = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (failed["failure"], failed["retransmits"]) == ("timeout", 2)
+    assert (ok["failure"], ok["retransmits"], ok["srtt_us"], ok["connect_us"]) == (None, 3, 250, 120)
     assert json.loads(json.dumps(event_object(ev(close_unseen=True), classify("/"))))["close_unseen"] is True
 
 
