@@ -15,7 +15,7 @@ import time
 from bpfhook import cgroups
 from bpfhook.cli import host_port, pid_number, port_number, positive_float
 from bpfhook.containers import ContainerError, Resolver, find
-from bpfhook.exporters import JsonLines, exposition
+from bpfhook.exporters import JsonLines, exposition, node_name
 from bpfhook.monitor import Monitor
 from bpfhook.programs.accept import HOOKS as ACCEPT_HOOKS
 from bpfhook.report import Aggregator, endpoint, render, render_final, summary_snapshot
@@ -212,10 +212,11 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
                             on_event(event, container)
 
             shown = {}  # what the counters showed: they never go back
+            node = node_name()
 
             def scrape():
                 with lock:
-                    return exposition(snapshot(), shown)
+                    return exposition(snapshot(), shown, node)
 
             if options.prometheus:
                 from bpfhook.metrics_http import PrometheusServer  # http.server only when asked for
