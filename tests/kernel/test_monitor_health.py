@@ -16,6 +16,7 @@ import pytest
 from bpfhook import cgroups
 from bpfhook.monitor import Monitor
 from bpfhook.records import CONNECT_BUCKETS_US
+from tests import oracles
 from tests.kernel.monitor_helpers import closed, collect, host_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, namespaces)")
@@ -55,7 +56,10 @@ def setup(lab):
 
 
 def _in_netns(c, *argv):
-    subprocess.run(["ip", "netns", "exec", c.netns, *argv], check=True, capture_output=True)
+    """argv (iptables ...) in the container's network namespace: its rules go with it."""
+    ip, iptables = oracles.require("ip"), oracles.require("iptables")
+    argv = [iptables, *argv[1:]] if argv[0] == "iptables" else list(argv)
+    subprocess.run([ip, "netns", "exec", c.netns, *argv], check=True, capture_output=True)
 
 
 def _client(c, port, syncnt=6, size=0, how="close"):
