@@ -120,8 +120,9 @@ def test_retransmits_while_acks_are_dropped_count_per_connection_and_container(s
         p.stdin.write("go\n")
         p.stdin.flush()
         time.sleep(1.5)  # RTO 200 ms, doubling: a few retransmits
+        assert m.refresh_live()  # (the live walk reads srtt_us)
         live = [conn for conn in m.connections() if conn["sport"] == got["sport"]]
-        assert live and live[0]["retransmits"] >= 2, live
+        assert live and live[0]["retransmits"] >= 2 and live[0]["srtt_us"] > 0, live
     finally:
         _in_netns(c, "iptables", "-D", *rule)
     p.wait(10)
