@@ -95,11 +95,14 @@ def test_refused_connect_is_a_failure_with_a_reset_received(setup):
 
 def test_connect_whose_syn_acks_are_dropped_times_out(setup):
     c, m = setup
-    port, _ = host_server(c.host_ipv4, 0, 0)
-    _in_netns(c, "iptables", "-A", "INPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP")
-    started = time.monotonic()
-    p, got = _client(c, port, syncnt=1)  # SYN, one retry after 1 s, given up 2 s later
-    p.wait(30)
+    with socket.socket() as listener:  # answers SYNs; the answers are dropped in the container
+        listener.bind((c.host_ipv4, 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        _in_netns(c, "iptables", "-A", "INPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP")
+        started = time.monotonic()
+        p, got = _client(c, port, syncnt=1)  # SYN, retried, given up a few seconds later
+        p.wait(30)
     assert got["error"] == 110 and time.monotonic() - started < 20  # ETIMEDOUT
     events = collect(m, lambda evs: closed(evs, dport=port))
     (close,) = closed(events, dport=port)
