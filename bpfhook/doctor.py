@@ -30,12 +30,16 @@ CAPABILITIES = {
                           "each namespace for the live walk)"),
     "CAP_SYS_PTRACE": (19, "monitor: connections open before it started keep no owner until they close "
                            "(/proc/PID/fd of other users' processes)"),
+    "CAP_IPC_LOCK": (14, "capture cannot start (and the monitor where the kernel has no ring buffer): "
+                         "perf buffers beyond perf_event_mlock_kb cannot be mapped"),
 }
+# What the monitor uses where the kernel has a ring buffer: the DaemonSet's list
+MONITOR = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE")
 SUBSTITUTE = "CAP_SYS_ADMIN"  # the kernel accepts it in place of these
 SUBSTITUTED = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN")
 # What each tool cannot start without
 REQUIRED = {"monitor": ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"),
-            "capture": ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"),
+            "capture": ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_IPC_LOCK"),
             "mirror": ("CAP_NET_ADMIN",)}
 
 # (pybpf.features name, what its absence costs)
@@ -64,12 +68,13 @@ def capabilities(status="/proc/self/status"):
     return {name for name, (bit, _) in CAPABILITIES.items() if eff >> bit & 1}
 
 
-def missing_capabilities(held=None):
-    """[(capability, what is lost)] of the capabilities missing, CAP_SYS_ADMIN standing in."""
+def missing_capabilities(held=None, among=None):
+    """[(capability, what is lost)] of the capabilities missing (of `among`, names; None: all),
+    CAP_SYS_ADMIN standing in."""
     held = capabilities() if held is None else held
     out = []
     for name, (_bit, lost) in CAPABILITIES.items():
-        if name in held or (name in SUBSTITUTED and SUBSTITUTE in held):
+        if name in held or (name in SUBSTITUTED and SUBSTITUTE in held) or (among and name not in among):
             continue
         out.append((name, lost))
     return out

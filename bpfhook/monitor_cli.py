@@ -15,7 +15,7 @@ import time
 from bpfhook import cgroups
 from bpfhook.cli import host_port, pid_number, port_number, positive_float
 from bpfhook.containers import ContainerError, Resolver, find
-from bpfhook.doctor import missing_capabilities
+from bpfhook.doctor import MONITOR, missing_capabilities
 from bpfhook.exporters import JsonLines, exposition, node_name
 from bpfhook.monitor import Monitor
 from bpfhook.programs.accept import HOOKS as ACCEPT_HOOKS
@@ -281,7 +281,7 @@ def _say_started(monitor, options, started, err):
     monitor.load_live_walk()  # now: a kernel without the walk is noted below
     for note in monitor.notes:
         print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
-    for capability, lost in missing_capabilities():  # (what it needs to start, it had)
+    for capability, lost in missing_capabilities(among=MONITOR):  # (what it needs to start, it had)
         print(f"bpfhook monitor: warning: {capability} is missing: {lost.removeprefix('monitor: ')}",
               file=err, flush=True)
 

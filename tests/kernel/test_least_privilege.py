@@ -133,7 +133,7 @@ def test_monitor_with_the_manifests_capabilities_names_another_containers_connec
     assert outbound and outbound[0]["connect_us"] > 0
 
 
-@pytest.mark.parametrize("dropped", sorted(doctor.CAPABILITIES))
+@pytest.mark.parametrize("dropped", sorted(doctor.MONITOR))
 def test_each_capability_dropped_refuses_or_degrades_with_doctors_line(engine, dropped):
     """What the monitor held is read from inside (CapEff): the expectation is doctor's for it."""
     capability = dropped.removeprefix("CAP_")
@@ -143,7 +143,7 @@ def test_each_capability_dropped_refuses_or_degrades_with_doctors_line(engine, d
     _out, err = _logs(engine, name)
     held = _held(err)
     assert dropped not in held
-    missing = dict(doctor.missing_capabilities(held))
+    missing = dict(doctor.missing_capabilities(held, among=doctor.MONITOR))
     blocking = [c for c in missing if c in doctor.REQUIRED["monitor"]]
     if blocking:
         assert code == 1 and f"bpfhook: error: monitor needs {', '.join(blocking)} (missing here" in err, err
@@ -154,7 +154,7 @@ def test_each_capability_dropped_refuses_or_degrades_with_doctors_line(engine, d
         assert err.count("warning: CAP_") == len(missing), err
 
 
-@pytest.mark.parametrize("dropped", sorted(doctor.CAPABILITIES))
+@pytest.mark.parametrize("dropped", sorted(doctor.MONITOR))
 def test_on_the_host_exactly_the_manifests_capabilities_less_one(dropped):
     """The same with setpriv on the host, where CAP_BPF and CAP_PERFMON can be given by name:
     without CAP_SYS_ADMIN standing in, each of the first three is needed to start."""
@@ -163,7 +163,7 @@ def test_on_the_host_exactly_the_manifests_capabilities_less_one(dropped):
     done = subprocess.run([SETPRIV, "--bounding-set", bounding, "--inh-caps", "-all", sys.executable, "-m", "bpfhook",
                            "monitor", "--duration", "1"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120 * slow_factor())
-    missing = dict(doctor.missing_capabilities(keep))
+    missing = dict(doctor.missing_capabilities(keep, among=doctor.MONITOR))
     if dropped in doctor.REQUIRED["monitor"]:
         assert done.returncode == 1 and f"monitor needs {dropped} (missing here" in done.stderr, done.stderr
     else:

@@ -33,7 +33,7 @@ def test_capabilities_are_doctors_list_and_nothing_is_privileged():
     security = container["securityContext"]
     assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
-    assert {f"CAP_{c}" for c in security["capabilities"]["add"]} == set(doctor.CAPABILITIES)
+    assert {f"CAP_{c}" for c in security["capabilities"]["add"]} == set(doctor.MONITOR)
     assert pod["hostPID"] is True and not pod.get("hostNetwork")
 
 

@@ -11,8 +11,8 @@ ALL = set(doctor.CAPABILITIES)
 def test_cap_sys_admin_stands_in_for_bpf_perfmon_and_net_admin_only():
     assert doctor.missing_capabilities(ALL) == []
     missing = dict(doctor.missing_capabilities({"CAP_SYS_ADMIN"}))
-    assert set(missing) == {"CAP_SYS_PTRACE"}
-    missing = dict(doctor.missing_capabilities({"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"}))
+    assert set(missing) == {"CAP_SYS_PTRACE", "CAP_IPC_LOCK"}  # (perf_mmap asks for CAP_IPC_LOCK only)
+    missing = dict(doctor.missing_capabilities({"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"}, among=doctor.MONITOR))
     assert set(missing) == {"CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
     assert "other network namespaces" in missing["CAP_SYS_ADMIN"] and "monitor" in missing["CAP_SYS_PTRACE"]
 
@@ -26,6 +26,8 @@ def test_a_refusal_names_the_missing_capability_the_tool_needs():
     assert doctor.refusal("monitor", SyscallError("BPF_MAP_CREATE", errno.E2BIG), set()) .startswith("BPF_MAP_CREATE")
     # a capability the tool does not need is not blamed
     assert doctor.refusal("mirror", e, ALL - {"CAP_BPF", "CAP_SYS_ADMIN"}) == str(e)
+    mmap = PermissionError(errno.EPERM, "Operation not permitted")
+    assert doctor.refusal("capture", mmap, ALL - {"CAP_IPC_LOCK"}).startswith("capture needs CAP_IPC_LOCK (missing")
 
 
 def test_capabilities_read_the_effective_set(tmp_path):
