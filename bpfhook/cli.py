@@ -32,6 +32,7 @@ COMMANDS = {
                 "flows, Unix-socket conversations, talkers, processes and HTTP requests of a pcapng capture"),
     "replay": ("bpfhook.replay", "replay captured client traffic (HTTP/1.1, h2c/gRPC, TCP, UDP, Unix sockets) "
                "to a server and diff the answers"),
+    "doctor": ("bpfhook.doctor", "check this host or pod: capabilities, kernel features, mounts, cgroups, runtimes"),
 }
 
 
@@ -145,5 +146,7 @@ def _main(argv, shutdown):
     try:
         return args.module.run(args) or 0
     except (BpfError, OSError) as e:
-        print(f"bpfhook: error: {e}", file=sys.stderr)
+        from bpfhook.doctor import refusal  # (only on failure: doctor imports the runtimes' readers)
+
+        print(f"bpfhook: error: {refusal(args.command, e)}", file=sys.stderr)
         return 1

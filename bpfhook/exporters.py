@@ -6,6 +6,7 @@ on /metrics by bpfhook.metrics_http.PrometheusServer (`--prometheus`); http.serv
 is imported only then.
 """
 import json
+import os
 
 from bpfhook import records
 
@@ -47,6 +48,12 @@ def event_object(event, container, cgroup_path=None):
         # a close the kernel skipped the program for, sent when a new socket took the connection's
         # address: bytes as of the last walk, no duration
         "close_unseen": event["close_unseen"],
+        # health: why a connect() failed ("refused", "timeout", "other"), segments retransmitted,
+        # smoothed RTT at the close, handshake time (0: not measured)
+        "failure": event["failure"],
+        "retransmits": event["retransmits"],
+        "srtt_us": event["srtt_us"],
+        "connect_us": event["connect_us"],
     }
 
 
@@ -67,7 +74,7 @@ class JsonLines:
 
 # ---- Prometheus ---------------------------------------------------------------
 
-# (name, type, help, CgroupTotals attribute)
+# (name, type, help, CgroupTotals attribute, or a health field) per container
 PER_CGROUP_METRICS = [
     ("bpfhook_connections_opened_total", "counter", "TCP connections opened.", "opened"),
     ("bpfhook_connections_closed_total", "counter", "TCP connections closed.", "closed"),
@@ -77,23 +84,75 @@ PER_CGROUP_METRICS = [
     ("bpfhook_bytes_received_total", "counter",
      "Bytes received on closed connections and on open ones so far.", "bytes_received"),
     ("bpfhook_udp_flows_total", "counter", "UDP flows seen.", "udp"),
+    ("bpfhook_connects_total", "counter", "TCP connect()s that reached ESTABLISHED.", "connects"),
+    ("bpfhook_connects_refused_total", "counter", "TCP connect()s answered by a reset.", "failed_refused"),
+    ("bpfhook_connects_timed_out_total", "counter", "TCP connect()s whose SYN retries ran out.",
+     "failed_timeout"),
+    ("bpfhook_connects_failed_other_total", "counter",
+     "TCP connect()s that failed otherwise (an ICMP error, closed while connecting).", "failed_other"),
+    ("bpfhook_retransmits_total", "counter", "TCP segments retransmitted.", "retransmits"),
+    ("bpfhook_resets_sent_total", "counter", "TCP resets sent by the container's connections.", "resets_sent"),
+    ("bpfhook_resets_received_total", "counter", "TCP resets received by the container's connections.",
+     "resets_received"),
 ]
+# (name, help, buckets field, sum field, upper bounds in microseconds)
+HISTOGRAMS = [
+    ("bpfhook_connect_duration_seconds", "TCP connect() time, SYN sent to ESTABLISHED.", "connect_buckets",
+     "connect_sum_us", records.CONNECT_BUCKETS_US),
+    ("bpfhook_rtt_seconds", "Smoothed round-trip time of TCP connections at their close.", "rtt_buckets",
+     "rtt_sum_us", records.RTT_BUCKETS_US),
+]
+LABELS = ("container", "container_kind", "namespace", "pod", "node")
+# Series per container: one per metric above, and per histogram its buckets, _sum and _count
+SERIES_PER_CONTAINER = len(PER_CGROUP_METRICS) + len(HISTOGRAMS) * (records.HISTOGRAM_BUCKETS + 2)
+
+
+def node_name():
+    """The `node` label: $NODE_NAME (a DaemonSet's pod gets its node's name there through the
+    downward API), else this host's name."""
+    return os.environ.get("NODE_NAME") or os.uname().nodename
 
 
 def _escape(value):
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(totals):
-    c = totals.container
-    pairs = (("container", (c.name or c.short_id) if c.is_container else ""), ("pod", c.pod),
-             ("namespace", c.namespace), ("container_id", c.id), ("cgroup", c.cgroup_path),
-             ("cgroup_id", str(totals.cgroup_id)), ("kind", c.kind))
-    return ",".join(f'{key}="{_escape(value)}"' for key, value in pairs)
+def _label_values(container, node):
+    """The label values of a cgroup's series: a container's names; every cgroup that is no
+    container (a service, a session, the host) shares its kind's series, container ""."""
+    c = container
+    name = (c.name or c.short_id) if c.is_container else ""
+    return (name, c.kind, c.namespace, c.pod, node)
 
 
-def exposition(snapshot, shown=None):
-    """Prometheus text format (0.0.4) for a report Snapshot.
+def _label_text(values, extra=""):
+    text = ",".join(f'{key}="{_escape(value)}"' for key, value in zip(LABELS, values))
+    return text + extra
+
+
+def _rows(snapshot, node):
+    """{label values: {attribute or health field: value}}: the snapshot's cgroups summed by
+    their labels (the cgroups of one container, and the non-container ones of one kind, fold)."""
+    rows = {}
+    for t in snapshot.cgroups:
+        row = rows.setdefault(_label_values(t.container, node), {})
+        values = [(attr, getattr(t, attr)) for attr in ("opened", "closed", "active", "bytes_sent",
+                                                         "bytes_received", "udp")]
+        for name, value in values + [(k, v) for k, v in t.health.items()]:
+            if isinstance(value, list):
+                row[name] = [a + b for a, b in zip(row.get(name, [0] * len(value)), value)]
+            else:
+                row[name] = row.get(name, 0) + value
+    return rows
+
+
+def _seconds(us):
+    return f"{us / 1e6:.6f}".rstrip("0").rstrip(".") if us else "0"
+
+
+def exposition(snapshot, shown=None, node=""):
+    """Prometheus text format (0.0.4) for a report Snapshot; `node`: this host's name, a label
+    of every series (what a DaemonSet's NODE_NAME says).
 
     shown: a dict the caller keeps from one scrape to the next, so that a counter never goes
     back. The opened and bytes counters include live connections (their bytes so far), which
@@ -104,21 +163,34 @@ def exposition(snapshot, shown=None):
     before = dict(shown or {})
     if shown is not None:
         shown.clear()
+    rows = _rows(snapshot, node)
     out = []
     for name, kind, text, attr in PER_CGROUP_METRICS:
         out.append(f"# HELP {name} {text}")
         out.append(f"# TYPE {name} {kind}")
-        for totals in snapshot.cgroups:
-            value = getattr(totals, attr)
+        for labels, row in rows.items():
+            value = row.get(attr, 0)
             if kind == "counter" and shown is not None:
-                key = (name, totals.cgroup_id)
+                key = (name, labels)
                 value = shown[key] = max(value, before.get(key, 0))
-            out.append(f"{name}{{{_labels(totals)}}} {value}")
+            out.append(f"{name}{{{_label_text(labels)}}} {value}")
+    for name, text, buckets, total, bounds in HISTOGRAMS:
+        out.append(f"# HELP {name} {text}")
+        out.append(f"# TYPE {name} histogram")
+        for labels, row in rows.items():
+            counts = row.get(buckets) or [0] * records.HISTOGRAM_BUCKETS
+            cumulative = 0
+            for bound, count in zip([*(_seconds(b) for b in bounds), "+Inf"], counts):
+                cumulative += count
+                le = f',le="{bound}"'
+                out.append(f"{name}_bucket{{{_label_text(labels, le)}}} {cumulative}")
+            out.append(f"{name}_sum{{{_label_text(labels)}}} {_seconds(row.get(total, 0))}")
+            out.append(f"{name}_count{{{_label_text(labels)}}} {cumulative}")
+    host = f'{{node="{_escape(node)}"}}'
     out += ["# HELP bpfhook_lost_events_total Events the kernel could not deliver.",
             "# TYPE bpfhook_lost_events_total counter",
-            f"bpfhook_lost_events_total {snapshot.lost}",
+            f"bpfhook_lost_events_total{host} {snapshot.lost}",
             "# HELP bpfhook_events_total Events received from the kernel.",
             "# TYPE bpfhook_events_total counter",
-            f"bpfhook_events_total {snapshot.events}"]
+            f"bpfhook_events_total{host} {snapshot.events}"]
     return "\n".join(out) + "\n"
-

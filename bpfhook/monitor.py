@@ -13,7 +13,8 @@ import time
 
 from bpfhook import netns, procfs, records
 from bpfhook.programs import accept as accept_program
-from bpfhook.programs import conn_common, conn_destroy, conn_state, connect, existing, live_conns, task_netns
+from bpfhook.programs import (conn_common, conn_destroy, conn_state, connect, existing, live_conns, task_netns,
+                              tcp_health)
 from pybpf import attach, features
 from pybpf.errors import BpfError, FeatureUnavailable
 from pybpf.readers import open_reader
@@ -67,6 +68,7 @@ class Monitor:
             self.state_hook, self.state_note = self._attach_first(self._raw_tracepoint_attempts(kernel, conn_state),
                                                                   conn_state.HOOKS if state == "auto" else (state,))
             self._attach_destroy(kernel)
+            self.health = self._attach_health()
             self.accept_hook, self.accept_note = self._attach_first(
                 self._accept_attempts(kernel), accept_program.HOOKS if accept == "auto" else (accept,))
             for version, hook in connect.HOOKS.items():
@@ -230,6 +232,21 @@ class Monitor:
             return
         self.state_note += f"; skipped closes made good at {how}"
 
+    def _attach_health(self):
+        """programs/tcp_health.py on each of its tracepoints the kernel has: the names of those
+        attached. One missing is a note naming the counters it costs, not a failure."""
+        attached = []
+        for tracepoint, (field, name) in tcp_health.TRACEPOINTS.items():
+            try:
+                prog = load(tcp_health.build(self.maps, tracepoint), "raw_tracepoint", name=name)
+                self._stack.callback(prog.close)
+                self._stack.enter_context(attach.raw_tracepoint(prog, tracepoint))
+            except BpfError as e:
+                self.notes.append(f"no {field.replace('_', ' ')} counts: tcp:{tracepoint}: {str(e).splitlines()[0]}")
+                continue
+            attached.append(tracepoint)
+        return attached
+
     def _accept_attempts(self, kernel):
         """{hook: attach(stack, held) -> how} for accept attribution (accept.HOOKS)."""
         def fexit(stack, held):
@@ -313,7 +330,7 @@ class Monitor:
         connections = self.connections() if connections is None else connections
         totals = self.maps.metric_totals(table, cache, field)
         for key, ended in self._gone.ended(field).items():  # closes the programs missed
-            m = totals.setdefault(key, dict.fromkeys(records.METRICS_FIELDS, 0))
+            m = totals.setdefault(key, records.zero_metrics())
             for name, value in ended.items():
                 m[name] += value
         return with_live(totals, connections, field)
@@ -484,7 +501,7 @@ def with_live(totals, connections, field):
     live = _tally(connections, field, "active")
     out = {}
     for key in totals.keys() | live.keys():
-        m = dict(totals.get(key) or dict.fromkeys(records.METRICS_FIELDS, 0))
+        m = dict(totals.get(key) or records.zero_metrics())
         m["active"] = live[key]["active"]
         m["opened"] = m["closed"] + m["active"]
         for name in ("bytes_sent", "bytes_received"):

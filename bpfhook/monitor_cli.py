@@ -15,7 +15,8 @@ import time
 from bpfhook import cgroups
 from bpfhook.cli import host_port, pid_number, port_number, positive_float
 from bpfhook.containers import ContainerError, Resolver, find
-from bpfhook.exporters import JsonLines, exposition
+from bpfhook.doctor import MONITOR, missing_capabilities
+from bpfhook.exporters import JsonLines, exposition, node_name
 from bpfhook.monitor import Monitor
 from bpfhook.programs.accept import HOOKS as ACCEPT_HOOKS
 from bpfhook.report import Aggregator, endpoint, render, render_final, summary_snapshot
@@ -212,10 +213,11 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
                             on_event(event, container)
 
             shown = {}  # what the counters showed: they never go back
+            node = node_name()
 
             def scrape():
                 with lock:
-                    return exposition(snapshot(), shown)
+                    return exposition(snapshot(), shown, node)
 
             if options.prometheus:
                 from bpfhook.metrics_http import PrometheusServer  # http.server only when asked for
@@ -279,6 +281,9 @@ def _say_started(monitor, options, started, err):
     monitor.load_live_walk()  # now: a kernel without the walk is noted below
     for note in monitor.notes:
         print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
+    for capability, lost in missing_capabilities(among=MONITOR):  # (what it needs to start, it had)
+        print(f"bpfhook monitor: warning: {capability} is missing: {lost.removeprefix('monitor: ')}",
+              file=err, flush=True)
 
 
 def _listener_close(event):

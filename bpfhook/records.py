@@ -52,6 +52,18 @@ F_CLOSE_UNSEEN = 1 << 7  # a close event the state program sent for a connection
 # skipped, when a new socket took its entry (programs/conn_state._count_unseen_close): its bytes as of the
 # last walk, no duration
 
+# EVENT.failure: why a connect() ended before ESTABLISHED (the socket's sk_err at the close)
+FAIL_REASONS = {1: "refused", 2: "timeout", 3: "other"}  # refused: an RST answered the SYN (ECONNREFUSED);
+# timeout: the SYN retries ran out (ETIMEDOUT); other: an ICMP error, or closed by its owner first
+FAIL_REFUSED, FAIL_TIMEOUT, FAIL_OTHER = 1, 2, 3
+
+# Histogram upper bounds (le), microseconds, fixed: the same buckets on every host, so that
+# Prometheus can sum them across a fleet. One more bucket counts what exceeds the last.
+CONNECT_BUCKETS_US = (100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000, 10_000_000)
+RTT_BUCKETS_US = (10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000)
+HISTOGRAM_BUCKETS = len(CONNECT_BUCKETS_US) + 1
+assert len(RTT_BUCKETS_US) + 1 == HISTOGRAM_BUCKETS
+
 AF_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
 
@@ -76,10 +88,12 @@ STAT_CLOSED_UNSEEN = 5  # connections whose close the state program never saw (a
 # adds those the live walks find gone first: monitor._Gone)
 STAT_CLOSED_AT_DESTROY = 6  # closes the state program's skipped runs missed, ended with their exact
 # bytes and duration when the socket was destroyed (programs/conn_destroy.py)
+STAT_RESETS_UNOWNED = 7  # resets sent with no socket we follow (a SYN to a closed port, ...)
 STAT_TRANSITIONS = 16  # + old * NSTATES + new: count of each TCP state transition
 NSTATS = STAT_TRANSITIONS + 16 * 16
 RECENT_SLOTS = 16  # RECENT: the last closes / UDP flows of a CPU, a ring
-METRICS_CACHE_SLOTS = 256  # METRICS_CACHE: per CPU and key kind; a power of two (fib_index)
+METRICS_CACHE_SLOTS = 64  # METRICS_CACHE: per CPU and key kind; a power of two (fib_index), and
+# 64 METRICS_CACHED (19 KiB) stay within the 32 KiB a per-CPU map value may have
 
 # ---- layouts -----------------------------------------------------------------
 
@@ -108,7 +122,10 @@ EVENT = Struct(
     "oldstate" / u8,  # TCP state numbers; 0 when the event is no state change
     "newstate" / u8,
     "flags" / u8,  # F_* bits
-    Padding(5),
+    "failure" / u8,  # close of a connect() that never reached ESTABLISHED: FAIL_* (0: none)
+    "retransmits" / u32,  # segments retransmitted (tcp:tcp_retransmit_skb), so far
+    "srtt_us" / u32,  # close: tcp_sock's smoothed RTT, microseconds (0: no sample)
+    "connect_us" / u32,  # handshake time: SYN_SENT (client) or SYN_RECV (server) to ESTABLISHED
 )
 
 CONN_KEY = Struct("sock" / u64)
@@ -132,7 +149,10 @@ CONN = Struct(
     "saddr" / Bytes(16),
     "daddr" / Bytes(16),
     "protocol" / u8,
-    Padding(7),
+    Padding(3),
+    "retransmits" / u32,  # as EVENT's
+    "connect_us" / u32,
+    "srtt_us" / u32,  # as of the last live walk (programs/live_conns.py)
 )
 
 # conn_slots: a socket's slot is fixed by its address (conn_common.slot_of); it holds its CONN
@@ -142,7 +162,6 @@ CONN = Struct(
 CONN_SLOT = Struct(
     "sock" / u64,  # 0: never used; bit SLOT_ENDED set: the connection ended, the slot is free
     "conn" / CONN,
-    Padding(8),
 )
 SLOT_ENDED = 1  # struct sock addresses are aligned: bit 0 is free to mark an ended slot
 
@@ -154,6 +173,18 @@ METRICS = Struct(  # totals of what ended; what is live is in "conns" (opened = 
     "bytes_sent" / u64,  # summed at close from tcp_sock counters
     "bytes_received" / u64,
     "udp" / u64,  # UDP flows (connected UDP sockets / first datagram)
+    # health: counted as it happens, not at the close
+    "connects" / u64,  # connect()s that reached ESTABLISHED
+    "failed_refused" / u64,  # connect()s ended by FAIL_* (the order of FAIL_REASONS)
+    "failed_timeout" / u64,
+    "failed_other" / u64,
+    "retransmits" / u64,  # tcp:tcp_retransmit_skb of followed connections
+    "resets_sent" / u64,  # tcp:tcp_send_reset, tcp:tcp_receive_reset of followed connections
+    "resets_received" / u64,
+    "connect_sum_us" / u64,  # connect time of the connects: the histogram's sum
+    "connect_buckets" / Array(HISTOGRAM_BUCKETS, u64),  # ... by CONNECT_BUCKETS_US (last: +Inf)
+    "rtt_sum_us" / u64,  # smoothed RTT at the close of each connection that had one
+    "rtt_buckets" / Array(HISTOGRAM_BUCKETS, u64),  # ... by RTT_BUCKETS_US (last: +Inf)
 )
 
 # cache_cgroup, cache_netns: this CPU's entry for a key is at a slot fixed by the
@@ -195,11 +226,11 @@ TASK_NETNS = Struct(
     "pid" / u32,  # the kernel's pid (a thread's own id: /proc/TID/ns/net is its namespace)
 )
 
-_SIZES = {"EVENT": (EVENT, 136), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 112),
+_SIZES = {"EVENT": (EVENT, 144), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 120),
           "CONN_SLOT": (CONN_SLOT, 128),
-          "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 32),
-          "METRICS_CACHED": (METRICS_CACHED, 40), "METRICS_CACHE": (METRICS_CACHE, 40 * METRICS_CACHE_SLOTS),
-          "STATS": (STATS, 8 * NSTATS), "RECENT": (RECENT, 8 + 136 * RECENT_SLOTS),
+          "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 296),
+          "METRICS_CACHED": (METRICS_CACHED, 304), "METRICS_CACHE": (METRICS_CACHE, 304 * METRICS_CACHE_SLOTS),
+          "STATS": (STATS, 8 * NSTATS), "RECENT": (RECENT, 8 + 144 * RECENT_SLOTS),
           "LISTENER_KEY": (LISTENER_KEY, 16), "OLDER_ENTERED": (OLDER_ENTERED, 16),
           "TASK_NETNS": (TASK_NETNS, 8)}
 
@@ -323,6 +354,10 @@ def decode_event(record):
         "duration_ns": e["duration_ns"],
         "sock": e["sock"],
         "cookie": e["cookie"],
+        "failure": FAIL_REASONS.get(e["failure"]),
+        "retransmits": e["retransmits"],
+        "srtt_us": e["srtt_us"],
+        "connect_us": e["connect_us"],
     }
 
 
@@ -353,22 +388,55 @@ def decode_conn(sock, c):
         "saddr": address(family, c["saddr"]), "sport": c["sport"], "daddr": address(family, c["daddr"]),
         "dport": c["dport"], "oldstate": "", "newstate": "", "bytes_sent": c["bytes_sent"],
         "bytes_received": c["bytes_received"], "duration_ns": 0, "sock": sock, "cookie": 0,
-        "state": state_name(c["state"]), "start_ns": c["start_ns"],
+        "state": state_name(c["state"]), "start_ns": c["start_ns"], "failure": None,
+        "retransmits": c["retransmits"], "srtt_us": c["srtt_us"], "connect_us": c["connect_us"],
     }
 
 
 METRICS_FIELDS = tuple(name for name, _offset, _size in fields(METRICS))
+HISTOGRAMS = ("connect_buckets", "rtt_buckets")  # the METRICS fields that are arrays of buckets
+
+
+def zero_metrics():
+    """A METRICS dict of zeros (a list of zeros for each histogram's buckets)."""
+    return {name: [0] * HISTOGRAM_BUCKETS if name in HISTOGRAMS else 0 for name in METRICS_FIELDS}
+
+
+def add_metrics(total, m):
+    """total += m, field by field (bucket by bucket): METRICS dicts or Containers."""
+    for name in METRICS_FIELDS:
+        if name in HISTOGRAMS:
+            total[name] = [a + b for a, b in zip(total[name], m[name])]
+        else:
+            total[name] += m[name]
+    return total
 
 
 def decode_metrics(value):
     """A METRICS value as a dict: bytes or a Container, or a list of them (a per-CPU map's
     value, one per CPU), summed."""
-    total = dict.fromkeys(METRICS_FIELDS, 0)
+    total = zero_metrics()
     for v in value if isinstance(value, list) else [value]:
-        m = METRICS_CODEC.decode(v) if isinstance(v, (bytes, bytearray, memoryview)) else v
-        for name in METRICS_FIELDS:
-            total[name] += m[name]
+        add_metrics(total, METRICS_CODEC.decode(v) if isinstance(v, (bytes, bytearray, memoryview)) else v)
     return total
+
+
+def histogram_quantile(q, buckets, bounds):
+    """The q-quantile (0..1) of a histogram (counts per bucket, the last +Inf; `bounds` the
+    others' upper bounds), interpolated within its bucket as Prometheus' histogram_quantile
+    does; None without observations. In +Inf: the last bound."""
+    total = sum(buckets)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for i, count in enumerate(buckets):
+        if count and seen + count >= rank:
+            if i == len(bounds):
+                return bounds[-1]
+            low = bounds[i - 1] if i else 0
+            return low + (bounds[i] - low) * (rank - seen) / count
+        seen += count
+    return bounds[-1]
 
 
 def describe():

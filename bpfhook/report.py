@@ -13,6 +13,7 @@ from bpfhook import records
 from bpfhook.containers import Container
 
 HOST = Container("host", "", "")
+HEALTH_FIELDS = records.METRICS_FIELDS[records.METRICS_FIELDS.index("connects"):]
 ARROWS = {"in": "<-", "out": "->", None: "--"}  # records.direction: inbound shows the server's end
 RULE = "=" * 100
 _OPENING_STATES = ("SYN_SENT", "SYN_RECV", "ESTABLISHED")
@@ -28,6 +29,14 @@ class CgroupTotals:
     bytes_sent: int = 0
     bytes_received: int = 0
     udp: int = 0
+    health: dict = dataclasses.field(default_factory=dict)  # the METRICS health fields (HEALTH_FIELDS)
+
+    def failed(self):
+        return sum(self.health.get(f"failed_{reason}", 0) for reason in records.FAIL_REASONS.values())
+
+    def connect_quantile(self, q):
+        """The q-quantile of this cgroup's connect times, microseconds (None: no connects)."""
+        return records.histogram_quantile(q, self.health.get("connect_buckets") or [0], records.CONNECT_BUCKETS_US)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +209,7 @@ class Aggregator:
             row = rows.get(cgid) or CgroupTotals(cgid, self.resolve(cgid))
             rows[cgid] = dataclasses.replace(
                 row, opened=m["opened"], closed=m["closed"], active=m["active"], bytes_sent=m["bytes_sent"],
-                bytes_received=m["bytes_received"], udp=m.get("udp", row.udp))
+                bytes_received=m["bytes_received"], udp=m.get("udp", row.udp), health=_health(m))
         for conn in self.active.values():  # live bytes so far (set_live); the maps' figures have them
             if conn["cgroup_id"] not in self.map_totals:
                 row = rows[conn["cgroup_id"]]
@@ -225,6 +234,10 @@ class Aggregator:
         )
 
 
+def _health(metrics):
+    return {name: metrics[name] for name in HEALTH_FIELDS if name in metrics}
+
+
 def summary_snapshot(connections, recent, stats, cgroup_metrics, resolve, lost, keep=10, clock=time.time):
     """A Snapshot straight from the kernel's maps, for a monitor that streams no events.
 
@@ -237,7 +250,8 @@ def summary_snapshot(connections, recent, stats, cgroup_metrics, resolve, lost, 
     latest = sorted([(c["start_ns"], c) for c in active] + [(e["ts_ns"], e) for e in finished],
                     key=lambda pair: pair[0])
     cgroups = [CgroupTotals(cgid, resolve(cgid), opened=m["opened"], closed=m["closed"], active=m["active"],
-                            bytes_sent=m["bytes_sent"], bytes_received=m["bytes_received"], udp=m["udp"])
+                            bytes_sent=m["bytes_sent"], bytes_received=m["bytes_received"], udp=m["udp"],
+                            health=_health(m))
                for cgid, m in cgroup_metrics.items()]
     return Snapshot(
         time=clock(),
@@ -277,6 +291,11 @@ def human_duration(ns):
     return f"{ns / 1e9:.2f}s"
 
 
+def _us(us):
+    """A quantile in microseconds as human_duration text ("-" for none)."""
+    return "-" if us is None else human_duration(max(int(us * 1000), 1))
+
+
 def endpoint(addr, port):
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
@@ -311,13 +330,16 @@ def _body(s, show_containers, recent):
     if s.cgroups:
         width = label_width(t.container for t in s.cgroups)
         who = f"{'CONTAINER':<{width}} {'KIND':<8} {'ID':<12} " if show_containers else ""
-        out.append(f"        {who}{'OPENED':>7} {'CLOSED':>7} {'ACTIVE':>7} {'SENT':>10} {'RECEIVED':>10}  CGROUP")
+        out.append(f"        {who}{'OPENED':>7} {'CLOSED':>7} {'ACTIVE':>7} {'SENT':>10} {'RECEIVED':>10} "
+                   f"{'FAILED':>6} {'RETRANS':>7} {'CONN p50':>8} {'p99':>8}  CGROUP")
         for t in s.cgroups:
             c = t.container
             mark = "[CTR]" if c.is_container else "     "
             who = f"{c.label[:width]:<{width}} {c.kind:<8} {c.short_id[:12] or '-':<12} " if show_containers else ""
+            p50, p99 = (_us(t.connect_quantile(q)) for q in (0.5, 0.99))
             out.append(f"  {mark} {who}{t.opened:>7} {t.closed:>7} {t.active:>7} {human_bytes(t.bytes_sent):>10} "
-                       f"{human_bytes(t.bytes_received):>10}  {c.cgroup_path or '?'} (id {t.cgroup_id})")
+                       f"{human_bytes(t.bytes_received):>10} {t.failed():>6} {t.health.get('retransmits', 0):>7} "
+                       f"{p50:>8} {p99:>8}  {c.cgroup_path or '?'} (id {t.cgroup_id})")
     else:
         out.append("  (none)")
     out.append("")

@@ -62,6 +62,9 @@ TOOLS = {t.name: t for t in (
     Tool("ctr", "--version", r"ctr \S+ v?(\d+(?:\.\d+)*)", (), "containerd"),
     Tool("podman", "--version", r"podman version (\d+(?:\.\d+)*)", (), "podman"),
     Tool("runc", "--version", r"runc version (\d+(?:\.\d+)*)", (), "runc"),
+    # a real Prometheus scraping the monitor, and its exposition linter
+    Tool("prometheus", "--version", r"prometheus, version (\d+(?:\.\d+)*)", (2, 42), "prometheus"),
+    Tool("promtool", "--version", r"promtool, version (\d+(?:\.\d+)*)", (2, 42), "prometheus"),
     # cpu v4, gotol and may_goto: LLVM 19
     Tool("llvm-mc", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),
     Tool("llvm-objdump", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),

@@ -9,6 +9,7 @@ Maps (layouts from bpfhook.records):
     metrics_netns    per-CPU hash  NETNS_KEY -> METRICS   per netns cookie
     cache_cgroup     per-CPU array  0 -> METRICS_CACHE    ... this CPU's entry of a cgroup id, when
     cache_netns                                          its slot is free or its own (cached_metrics)
+    zero_metrics     array  0 -> METRICS                 zeros, what metrics_getter inserts
     events           ring buffer of EVENT (a perf event array where the kernel has no ring buffer)
     lost             per-CPU array, LOST_* slots
     stats            per-CPU array  0 -> STATS           event count, durations, state transitions
@@ -85,6 +86,8 @@ _KERNEL_FIELDS = {
     "net_cookie": ("net", "net_cookie"),
     "bytes_sent": ("tcp_sock", "bytes_sent"),
     "bytes_received": ("tcp_sock", "bytes_received"),
+    "srtt_us": ("tcp_sock", "srtt_us"),  # smoothed RTT << 3, microseconds
+    "sk_err": ("sock", "sk_err"),  # why a connect() ended: ECONNREFUSED, ETIMEDOUT, ...
     "task_files": ("task_struct", "files"),
     "task_pid": ("task_struct", "pid"),
     "task_tgid": ("task_struct", "tgid"),
@@ -228,6 +231,7 @@ class Maps:
                                             "metrics_cgroup", flags=MapFlags.NO_PREALLOC)
             self.metrics_netns = self._add(MapType.PERCPU_HASH, records.NETNS_KEY, METRICS, METRICS_MAX,
                                            "metrics_netns", flags=MapFlags.NO_PREALLOC)
+            self.zero_metrics = self._add(MapType.ARRAY, 4, METRICS, 1, "zero_metrics")  # (metrics_getter)
             self.cache_cgroup, self.cache_netns = (
                 self._add(MapType.PERCPU_ARRAY, 4, records.METRICS_CACHE, 1, name)
                 for name in ("cache_cgroup", "cache_netns"))
@@ -296,8 +300,8 @@ class Maps:
         held = ((k[field], v) for k, v in table.items())
         for key, value in itertools.chain(held, cached):
             m = records.decode_metrics(value)
-            if key or any(m.values()):  # (an unused slot is all zero)
-                totals[key] = {n: totals.get(key, {}).get(n, 0) + m[n] for n in m}
+            if key or m != records.zero_metrics():  # (an unused slot is all zero)
+                totals[key] = records.add_metrics(totals[key], m) if key in totals else m
         return totals
 
     def lost_counts(self):
@@ -480,7 +484,8 @@ def sock_netns(p, k, ev, scratch, sk, typed=False):
 
 
 # Fields an EVENT and a CONN share (each the same type in both)
-SHARED_FIELDS = ("cgroup_id", "netns", "pid", "tid", "sport", "dport", "family", "protocol", "flags")
+SHARED_FIELDS = ("cgroup_id", "netns", "pid", "tid", "sport", "dport", "family", "protocol", "flags",
+                 "retransmits", "connect_us")
 SHARED_ARRAYS = ("comm", "saddr", "daddr")  # 16 bytes each: two u64 moves
 
 
@@ -661,26 +666,29 @@ def current_task(p, dst, cgroup=True, task=None):
         dst.cgroup_id = p.r0
 
 
-def metrics_getter(p, map, name):
-    """Subprogram `name`(r1 = key) -> r0 = its METRICS value in `map`, created zeroed if absent (or NULL)."""
+def metrics_getter(p, map, zeros, name):
+    """Subprogram `name`(r1 = key) -> r0 = its METRICS value in `map`, created zeroed if absent
+    (or NULL). The zeros come from `zeros` (a METRICS no program writes): on the stack they
+    would take more than half of what a program and its calls may use."""
     with p.function(name):
         key = p.stack.alloc(8)
-        zero = p.stack.alloc(METRICS)
         key.u64[0] = p.r1
         p.call("map_lookup_elem", map, key)
         with p.If(p.r0 != 0):
             p.exit()
-        zero.zero()
-        p.call("map_update_elem", map, key, zero, BPF_NOEXIST)
+        this_cpu(p, zeros, p.stack.alloc(4))  # (the one element)
+        with p.If(p.r0 == 0):
+            p.exit()
+        p.call("map_update_elem", map, key, p.r0, BPF_NOEXIST)
         p.call("map_lookup_elem", map, key)
         p.exit()
 
 
 def define_metrics(p, maps, netns=True):
     """The getter subprograms `account` calls (the verifier rejects one that is never called)."""
-    metrics_getter(p, maps.metrics_cgroup, "cgroup_metrics")
+    metrics_getter(p, maps.metrics_cgroup, maps.zero_metrics, "cgroup_metrics")
     if netns:
-        metrics_getter(p, maps.metrics_netns, "netns_metrics")
+        metrics_getter(p, maps.metrics_netns, maps.zero_metrics, "netns_metrics")
 
 
 def add_u64(p, counter, value, atomic):
@@ -700,12 +708,15 @@ def add_u64(p, counter, value, atomic):
         counter.set(p.r2)
 
 
-def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomic=True, caches=(), scratch=None):
+def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomic=True, caches=(), scratch=None,
+            bump=None):
     """Add to METRICS fields of this CPU's entries keyed by `keys` (memory or registers, one per
     getter). updates: [(METRICS field, int or memory to add)]; atomic: see add_u64 (each field
     has one writer program). caches: the per-CPU arrays before the getters' maps (one per getter,
     see cached_metrics: only for a program that runs with preemption off), with scratch: 4 spare
-    stack bytes."""
+    stack bytes. bump: (field, index in memory, count): the index-th of `count` u64s from
+    `field` += 1 (a histogram's bucket_index; one of several reasons' counters), nothing when
+    the index is past them."""
     for getter, k, cache in itertools.zip_longest(getters, keys, caches):
         if cache is None:
             p.r1 = k
@@ -716,6 +727,25 @@ def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomi
             metrics = p.ptr(p.r0, METRICS)
             for field, value in updates:
                 add_u64(p, metrics[field], value, atomic)
+            if bump is not None:
+                field, index, count = bump
+                p.r2 = index
+                with p.If(p.r2 < count):  # (bounds the offset for the verifier)
+                    p.r2 <<= 3
+                    p.r0 += p.r2
+                    add_u64(p, metrics.u64[metrics.offsetof(field)], 1, atomic)  # (r0 moved on to the one)
+
+
+def bucket_index(p, value, bounds, dst):
+    """dst (memory) = how many of the ascending `bounds` `value` (memory or register, not r1/r2)
+    exceeds: its histogram bucket (Prometheus' le: a value on a bound counts in that bucket).
+    Unrolled compares, no loop: the verifier follows one path per bucket."""
+    p.r1 = value
+    p.r2 = 0
+    for bound in bounds:
+        with p.If(p.r1 > bound):
+            p.r2 += 1
+    dst.u64[0] = p.r2
 
 
 def cached_metrics(p, cache, getter, key, scratch):

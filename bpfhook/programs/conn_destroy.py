@@ -32,6 +32,7 @@ def build(maps, kernel, typed=False):
     scratch = p.stack.alloc(8)
     slot = p.stack.alloc(8)
     ev = p.stack.alloc(EVENT)
+    index = p.stack.alloc(8)
 
     p.r9 = p.r1  # ctx
     p.r6 = p.r9.u64[ARG_SK]
@@ -57,7 +58,7 @@ def build(maps, kernel, typed=False):
     p.r8 = CLOSE  # (the new state, for event_from_conn and count_transition)
     event_from_conn(p, ev, conn_at(p, p.r7).state)
     conn_at(p, p.r7).state = p.r8
-    end_conn(p, maps, kernel, ev, slot, scratch, typed)
+    end_conn(p, maps, kernel, ev, slot, scratch, index, typed)
     stat_add(p, maps, scratch, records.STAT_CLOSED_AT_DESTROY, 1, atomic=False)
     count_transition(p, maps, scratch, ev.oldstate)
     if maps.stream:

@@ -26,15 +26,17 @@ Bytes: tcp_sock.bytes_sent (payload sent, retransmissions included) and bytes_re
 (payload received; it counts the peer's FIN too, taken out here). cgroup and netns come
 from the socket, never from the current task, which in softirq is whoever was interrupted.
 """
+import errno
+
 from bpfhook import records
 from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program, Reg
 from pybpf.features import TP_BTF_PREFIX
 
-from .conn_common import (IPPROTO_TCP, conn_at, account, claim_slot, copy_shared, count_lost,
+from .conn_common import (IPPROTO_TCP, account, bucket_index, claim_slot, conn_at, copy_shared, count_lost,
                           current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread,
-                          lookup_conns, mark_conn, remember, sock_addresses, sock_owner, stat_add, stat_max,
-                          store_conn, task_reader, typed_field, without_fin)
+                          lookup_conns, mark_conn, remember, sock_addresses, sock_field, sock_owner, stat_add,
+                          stat_max, store_conn, task_reader, typed_field, without_fin)
 
 RAW_TRACEPOINT = "inet_sock_set_state"
 TP_BTF = TP_BTF_PREFIX + RAW_TRACEPOINT  # the typedef a tp_btf program's attach_btf_id names
@@ -42,7 +44,11 @@ HOOKS = ("tp_btf", "raw_tracepoint")  # best first
 # struct bpf_raw_tracepoint_args: u64 args[]: (const struct sock *sk, int oldstate, int newstate)
 ARG_SK, ARG_OLDSTATE, ARG_NEWSTATE = 0, 8, 16
 
-SYN_SENT, SYN_RECV, CLOSE, LISTEN = (records.TCP_STATE_IDS[s] for s in ("SYN_SENT", "SYN_RECV", "CLOSE", "LISTEN"))
+SYN_SENT, SYN_RECV, CLOSE, LISTEN, ESTABLISHED = (records.TCP_STATE_IDS[s] for s in (
+    "SYN_SENT", "SYN_RECV", "CLOSE", "LISTEN", "ESTABLISHED"))
+# sk_err at a connect()'s close -> EVENT.failure (anything else: FAIL_OTHER)
+FAILURES = {errno.ECONNREFUSED: records.FAIL_REFUSED, errno.ETIMEDOUT: records.FAIL_TIMEOUT}
+UNTIMED = records.F_FOUND_LATE | records.F_OLDER  # start_ns is when found, not the opening
 # What an opening comes from: connect() from CLOSE, a listener's child (a clone of it) from LISTEN
 OPENED_FROM_MASK = (1 << CLOSE) | (1 << LISTEN)
 # States entered only in the closing task (tcp_close(), tcp_shutdown()): process context
@@ -73,6 +79,7 @@ def build(maps, kernel, typed=False):
     ev = p.stack.alloc(EVENT)
     conn = p.stack.alloc(CONN)
     buf = p.stack.alloc(32)  # kread_fields' runs of socket fields
+    index = p.stack.alloc(8)  # a histogram bucket (bucket_index)
 
     p.r9 = p.r1  # ctx: the arguments
     oldstate = p.r9.u64[ARG_OLDSTATE]
@@ -122,11 +129,13 @@ def build(maps, kernel, typed=False):
         # skipped, and a connect() skipped at ESTABLISHED would otherwise keep source port 0
         with p.If(_in_handshake(p, conn_at(p, p.r7).state)):  # out of the handshake: ports and peer are final
             sock_addresses(p, kernel, conn_at(p, p.r7), buf, p.r6, typed)
+            with p.If(p.r8 == ESTABLISHED):
+                _established(p, maps, scratch, index)
         conn_at(p, p.r7).state = p.r8
         _owner_from_closer(p, task)
         with p.If(p.r8 == CLOSE):
             event_from_conn(p, ev, oldstate)
-            end_conn(p, maps, kernel, ev, slot, scratch, typed)
+            end_conn(p, maps, kernel, ev, slot, scratch, index, typed)
         if maps.stream:
             with p.Else():
                 event_from_conn(p, ev, oldstate)
@@ -138,11 +147,12 @@ def build(maps, kernel, typed=False):
     return p
 
 
-def end_conn(p, maps, kernel, ev, slot, scratch, typed):
+def end_conn(p, maps, kernel, ev, slot, scratch, index, typed):
     """The close of the connection whose CONN is at r7 (r6: its struct sock; slot: find_conn's;
-    ev: event_from_conn's header): its EVENT completed (kind close, duration, bytes from the
-    tcp_sock), counted in its cgroup's and namespace's metrics and the duration stats,
-    remembered for the report, and its slot marked ended. The caller sends ev."""
+    ev: event_from_conn's header; index: 8 spare stack bytes): its EVENT completed (kind close,
+    duration, bytes and smoothed RTT from the tcp_sock, why a connect() failed), counted in its
+    cgroup's and namespace's metrics and the duration stats, remembered for the report, and
+    its slot marked ended. The caller sends ev."""
     ev.kind = records.EV_CLOSE
     p.r1 = ev.ts_ns
     p.r2 = conn_at(p, p.r7).start_ns
@@ -150,16 +160,64 @@ def end_conn(p, maps, kernel, ev, slot, scratch, typed):
     ev.duration_ns = p.r1
     _tcp_bytes(p, kernel, ev, typed)
     _drop_fin(p, ev)
+    p.r1 = ev.oldstate
+    with p.If(p.r1 == SYN_SENT):  # a connect() that failed (rare: its own accounting)
+        _failed(p, maps, kernel, ev, scratch, index, typed)
+    bucket_index(p, ev.srtt_us, records.RTT_BUCKETS_US, index)
+    p.r1 = ev.srtt_us
+    with p.If(p.r1 == 0):  # no RTT sample: no observation
+        index.u64[0] = records.HISTOGRAM_BUCKETS
     account(p, (ev.cgroup_id, ev.netns),
             [("closed", 1), ("bytes_sent", ev.bytes_sent),
-             ("bytes_received", ev.bytes_received)], atomic=False,
-            caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
+             ("bytes_received", ev.bytes_received),
+             ("rtt_sum_us", ev.srtt_us)], atomic=False,
+            caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch,
+            bump=("rtt_buckets", index.u64[0], records.HISTOGRAM_BUCKETS))
     stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.duration_ns, atomic=False)
     stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.duration_ns)
     remember(p, maps, ev, scratch)
     end_slot(p, slot, p.r6)  # last: from here another socket may take the slot
     with p.If(p.r0 == 0):  # the entry stays in conns, counted for Monitor.trim_closed
         stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
+
+
+def _failed(p, maps, kernel, ev, scratch, index, typed):
+    """ev.failure of a connect() closed in SYN_SENT (r6: its struct sock), from sk_err, which
+    the kernel sets before it closes the socket (tcp_reset: ECONNREFUSED; tcp_write_err: the
+    last ICMP error, else ETIMEDOUT), counted in its cgroup's and namespace's metrics."""
+    sock_field(p, kernel, scratch, p.r6, "sk_err", typed)
+    p.r2 = records.FAIL_OTHER
+    for err, reason in FAILURES.items():
+        with p.If(p.r1 == err):
+            p.r2 = reason
+    ev.failure = p.r2
+    p.r2 -= records.FAIL_REFUSED
+    index.u64[0] = p.r2
+    account(p, (ev.cgroup_id, ev.netns), [], atomic=False,
+            caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch,
+            bump=("failed_refused", index.u64[0], len(records.FAIL_REASONS)))
+
+
+def _established(p, maps, scratch, index):
+    """The handshake of the connection at r7 completed: its connect_us (unless its opening
+    went unseen), and for a connect(), counted with its time in its cgroup's and namespace's
+    metrics (the server side's is only in its CONN and close event: a listener's child
+    appears in SYN_RECV when the handshake's last ACK arrives, so it measures nearly nothing)."""
+    conn = conn_at(p, p.r7)
+    p.r1 = conn.flags
+    with p.If(~(p.r1 & UNTIMED)):
+        p.call("ktime_get_ns")
+        p.r1 = conn.start_ns
+        p.r0 -= p.r1
+        p.r0 //= 1000
+        conn.connect_us = p.r0
+        p.r1 = conn.flags
+        with p.If(~(p.r1 & records.F_PASSIVE)):
+            bucket_index(p, conn.connect_us, records.CONNECT_BUCKETS_US, index)
+            account(p, (conn.cgroup_id, conn.netns),
+                    [("connects", 1), ("connect_sum_us", conn.connect_us)], atomic=False,
+                    caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch,
+                    bump=("connect_buckets", index.u64[0], records.HISTOGRAM_BUCKETS))
 
 
 def _claim_at_opening(p, maps, kernel, ev, scratch, slot, dest, typed):
@@ -290,19 +348,25 @@ def _event_from_sock(p, kernel, ev, buf, scratch, typed):
 
 
 def _tcp_bytes(p, kernel, ev, typed):
-    """ev.bytes_sent and bytes_received from the tcp_sock at r6. A typed sock pointer reaches
+    """ev.bytes_sent, bytes_received and srtt_us from the tcp_sock at r6. A typed sock pointer reaches
     the tcp_sock fields through bpf_skc_to_tcp_sock (the verifier allows loads only within
     the pointer's type: struct sock)."""
     if not typed:
         kread(p, ev, ev.offsetof("bytes_sent"), 8, p.r6, kernel.bytes_sent)
         kread(p, ev, ev.offsetof("bytes_received"), 8, p.r6, kernel.bytes_received)
-        return
-    p.call("skc_to_tcp_sock", p.r6)
-    with p.If(p.r0 != 0):
-        p.r1 = typed_field(p.r0, kernel, "bytes_sent")
-        ev.bytes_sent = p.r1
-        p.r1 = typed_field(p.r0, kernel, "bytes_received")
-        ev.bytes_received = p.r1
+        kread(p, ev, ev.offsetof("srtt_us"), 4, p.r6, kernel.srtt_us)
+        p.r1 = ev.srtt_us
+    else:
+        p.call("skc_to_tcp_sock", p.r6)
+        p.r1 = 0
+        with p.If(p.r0 != 0):
+            p.r1 = typed_field(p.r0, kernel, "bytes_sent")
+            ev.bytes_sent = p.r1
+            p.r1 = typed_field(p.r0, kernel, "bytes_received")
+            ev.bytes_received = p.r1
+            p.r1 = typed_field(p.r0, kernel, "srtt_us")
+    p.r1 >>= 3  # (the kernel keeps it times 8)
+    ev.srtt_us = p.r1
 
 
 def event_from_conn(p, ev, oldstate):

@@ -1,6 +1,6 @@
 """Live connections at report time: a TCP socket iterator (bpf_iter_tcp, 5.9) that
 Monitor.refresh_live() runs in every network namespace before each report. For each live
-connection the table follows, it copies tcp_sock.bytes_sent and bytes_received into the
+connection the table follows, it copies tcp_sock.bytes_sent, bytes_received and srtt_us into the
 entry (the state program reads them only at the close) and writes the connection's
 CONN_KEY: an entry the walk does not meet lost its close, and user space stops listing it.
 
@@ -41,6 +41,9 @@ def build(maps, kernel):
     p.r2 = typed_field(p.r6, kernel, "bytes_received")
     without_fin(p, p.r2, p.r3, FIN_IN_MASK)
     conn_at(p, p.r7).bytes_received = p.r2
+    p.r1 = typed_field(p.r6, kernel, "srtt_us")
+    p.r1 >>= 3  # (kept times 8)
+    conn_at(p, p.r7).srtt_us = p.r1
     write_out(p, p.r9, key, records.CONN_KEY.sizeof())  # (key: find_conn's, the sock)
     p.exit(0)
     return p

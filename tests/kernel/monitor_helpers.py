@@ -16,6 +16,7 @@ from tests.conftest import slow_factor
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CGROUP_ROOT = cgroups.mount()
 MONITOR_PROGRAMS = {"bh_conn_state", "bh_conn_destroy", "bh_accept", "bh_connect4", "bh_connect6"}
+HEALTH_PROGRAMS = {"bh_retrans", "bh_rst_sent", "bh_rst_recv"}  # (programs/tcp_health.py)
 
 # Server: listen on argv[1] (port 0), print the port, accept one connection, read SEND, reply RECV bytes.
 SERVER = """
@@ -53,7 +54,8 @@ def host_server(address, recv, send):
                 while got < recv:
                     got += len(conn.recv(recv - got))
                 conn.sendall(b"s" * send)
-                conn.recv(1)
+                with contextlib.suppress(ConnectionResetError):  # (a client that aborts)
+                    conn.recv(1)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -129,7 +131,7 @@ def wait_attached(p, timeout=60):
     return line
 
 
-def our_prog_ids(names=MONITOR_PROGRAMS):
+def our_prog_ids(names=MONITOR_PROGRAMS | HEALTH_PROGRAMS):
     """Ids of loaded programs named like the monitor's (or one of `names`)."""
     ids = set()
     for prog_id in iter_ids():

@@ -15,7 +15,7 @@ import pytest
 from bpfhook import cgroups
 from bpfhook.monitor import Monitor
 from bpfhook.programs.conn_common import Maps
-from bpfhook.records import METRICS_FIELDS, TCP_STATE_IDS
+from bpfhook.records import TCP_STATE_IDS, zero_metrics
 from bpfhook.trafficgen import Server, generate
 from pybpf import features
 from tests.kernel.monitor_helpers import CGROUP_ROOT, HOOK_WORDS, STATE_NEEDS, closed, collect, host_server
@@ -119,8 +119,8 @@ def test_cgroup_metrics_in_the_per_cpu_cache_or_the_hash_map_behind_it(monitor, 
     if Maps.cache_index(cgroups.cgroup_id(cgroups.of_pid())) == index:
         pytest.skip("the host's cgroup (the server end's) has the container cgroup's cache slot")
     stranger = c.cgroup_id + 1
-    held = {"free": {"key": 0, "metrics": dict.fromkeys(METRICS_FIELDS, 0)},
-            "taken": {"key": stranger, "metrics": dict(dict.fromkeys(METRICS_FIELDS, 0), closed=5, bytes_sent=7)}}
+    held = {"free": {"key": 0, "metrics": zero_metrics()},
+            "taken": {"key": stranger, "metrics": dict(zero_metrics(), closed=5, bytes_sent=7)}}
     per_cpu = maps.cache_cgroup.lookup(0)  # each CPU's whole cache (one element)
     for cache in per_cpu:
         cache[index] = held[slot]

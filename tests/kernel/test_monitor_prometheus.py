@@ -1,4 +1,5 @@
 """`bpfhook monitor --prometheus`: per-container series, scraped while connections live."""
+import re
 import signal
 import socket
 import subprocess
@@ -23,16 +24,16 @@ def _scrape(port):
         return ""
 
 
-def _series(text, metric, cgroup_id):
-    """The line of `metric`'s series for cgroup_id in a scrape, or None."""
-    lines = [line for line in text.splitlines() if line.startswith(metric + "{") and f'cgroup_id="{cgroup_id}"' in line]
+def _series(text, metric, container):
+    """The line of `metric`'s series for a container (its name) in a scrape, or None."""
+    lines = [line for line in text.splitlines() if line.startswith(metric + "{") and f'container="{container}"' in line]
     assert len(lines) <= 1, lines
     return lines[0] if lines else None
 
 
-def _values(text, cgroup_id, *metrics):
-    """The values of `metrics`' series for cgroup_id in a scrape (None: no series)."""
-    return [line and int(line.rsplit(" ", 1)[1]) for line in (_series(text, m, cgroup_id) for m in metrics)]
+def _values(text, container, *metrics):
+    """The values of `metrics`' series for a container in a scrape (None: no series)."""
+    return [line and int(line.rsplit(" ", 1)[1]) for line in (_series(text, m, container) for m in metrics)]
 
 
 def test_prometheus_scrape_has_per_container_series(lab):
@@ -47,11 +48,11 @@ def test_prometheus_scrape_has_per_container_series(lab):
             s.sendall(b"p" * 7)
             s.recv(9)
         server.wait(10)
-        assert eventually(lambda: _values(_scrape(prom_port), c.cgroup_id, "bpfhook_bytes_sent_total") == [9])
+        assert eventually(lambda: _values(_scrape(prom_port), c.name, "bpfhook_bytes_sent_total") == [9])
         text = _scrape(prom_port)
-        assert f'container="{c.name}"' in _series(text, "bpfhook_bytes_sent_total", c.cgroup_id)
-        assert _values(text, c.cgroup_id, "bpfhook_connections_opened_total") == [1]
-        assert "bpfhook_lost_events_total 0" in text
+        assert 'container_kind="lab"' in _series(text, "bpfhook_bytes_sent_total", c.name)
+        assert _values(text, c.name, "bpfhook_connections_opened_total") == [1]
+        assert re.search(r'^bpfhook_lost_events_total\{node="[^"]+"\} 0$', text, re.M)
     finally:
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=15)
@@ -72,7 +73,7 @@ def test_a_filtered_view_counts_live_connections_bytes_so_far(lab):
         port = int(server.stdout.readline())
 
         def counted():
-            return _values(_scrape(prom_port), c.cgroup_id, "bpfhook_bytes_sent_total",
+            return _values(_scrape(prom_port), c.name, "bpfhook_bytes_sent_total",
                            "bpfhook_bytes_received_total", "bpfhook_connections_closed_total")
         with socket.create_connection((c.ipv4, port), timeout=10) as s:
             s.sendall(b"h" * 500)

@@ -6,7 +6,7 @@ import pytest
 
 from pybpf import syscall as bpfsys
 from tests.conftest import eventually, slow_factor
-from tests.kernel.monitor_helpers import (ACCEPT_NOTE, MONITOR_PROGRAMS, best_accept_hook, our_prog_ids,
+from tests.kernel.monitor_helpers import (ACCEPT_NOTE, HEALTH_PROGRAMS, MONITOR_PROGRAMS, best_accept_hook, our_prog_ids,
                                           spawn_monitor, wait_attached)
 
 # Loaded after the start-up lines, held until the end: the live walk and the task walk
@@ -48,7 +48,8 @@ def test_shutdown_leaves_nothing_attached(sig):
         out, err = p.communicate(timeout=15 * slow_factor())
     hook = best_accept_hook()
     assert f"through {ACCEPT_NOTE[hook]}" in accept_line
-    expected = 4 + ACCEPT_PROGRAMS[hook]  # state, destroy, connect4, connect6 and the accept hook's
+    # state, destroy, connect4, connect6, the accept hook's, and tcp_health's
+    expected = 4 + ACCEPT_PROGRAMS[hook] + len(HEALTH_PROGRAMS)
     assert len(progs_running) == expected + len(WALKS) and len(links_running) == expected
     if sig == signal.SIGTERM:
         assert p.returncode == 0, err
@@ -56,7 +57,7 @@ def test_shutdown_leaves_nothing_attached(sig):
     else:
         assert p.returncode == -signal.SIGKILL
     # the kernel frees programs after an RCU grace period
-    everything = MONITOR_PROGRAMS | WALKS
+    everything = MONITOR_PROGRAMS | HEALTH_PROGRAMS | WALKS
     eventually(lambda: not (our_prog_ids(everything) & progs_running or _link_ids(progs_running)), timeout=10)
     assert not our_prog_ids(everything) & progs_running
     assert not _link_ids(progs_running)

@@ -45,6 +45,10 @@ pip install leaves them: run() compiles the checkout first, since this
 environment sets PYTHONDONTWRITEBYTECODE and would otherwise recompile every
 module at every launch.
 
+With BPFHOOK_BENCH_BEFORE=CHECKOUT (another worktree, e.g. main's), that checkout's monitor is
+a third tool in the same alternation: its churn ratio and memory beside ours, a change's
+kernel cost measured in one run. BPFHOOK_BENCH_CYCLES overrides CYCLES (a shorter run).
+
 Run as root: python tests/perf/run.py monitor
 """
 import compileall
@@ -63,7 +67,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BPFTRACE_ONE_LINER = "tracepoint:sock:inet_sock_set_state { @[args->newstate] = count(); }"
 LAUNCHES = 5  # best of
-CYCLES = 40  # of (unmonitored, monitor, unmonitored, bpftrace)
+CYCLES = int(os.environ.get("BPFHOOK_BENCH_CYCLES", 40))  # of (unmonitored, monitor, unmonitored, bpftrace)
+BEFORE = os.environ.get("BPFHOOK_BENCH_BEFORE")  # a checkout whose monitor runs beside ours
 MEASURE_SECONDS = {"spread": 1.5, "one CPU": 0.75}  # a churn's measurement in each phase
 WARM_SECONDS = 0.1  # a continued churn runs this long before its measurement starts
 SETTLE_SECONDS = 0.5  # before each unmonitored phase: the last tool's teardown finishes in the kernel
@@ -92,10 +97,11 @@ while n < limit and time.monotonic() - start < seconds:
 """
 
 
-def _start(cmd, marker):
+def _start(cmd, marker, cwd=ROOT):
     """(process, seconds until a stderr/stdout line containing marker)."""
     start = time.monotonic()
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ, PYTHONPATH=cwd) if cwd != ROOT else None
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = start + 20
     said = []
     while time.monotonic() < deadline:
@@ -215,8 +221,8 @@ def _skipped_runs(program_ids):
 class Tool:
     """A tool the benchmark attaches, and what its phases measured."""
 
-    def __init__(self, cmd, marker):
-        self.cmd, self.marker = cmd, marker  # marker: in the line it prints once attached
+    def __init__(self, cmd, marker, cwd=ROOT):
+        self.cmd, self.marker, self.cwd = cmd, marker, cwd  # marker: in the line it prints once attached
         self.phases = []  # {placement: rate} of each of its phases
         self.mem = []  # VmHWM MB after each
         self.skipped = 0  # runs of its programs the kernel skipped
@@ -227,7 +233,7 @@ class Tool:
         noise only ever adds."""
         times = []
         for _ in range(LAUNCHES):
-            p, seconds = _start(self.cmd, self.marker)
+            p, seconds = _start(self.cmd, self.marker, self.cwd)
             times.append(seconds)
             time.sleep(STARTED_SECONDS)  # bpftrace, stopped while it attaches, ignores SIGINT for 30 s
             _stop(p)
@@ -236,7 +242,7 @@ class Tool:
     def measure(self, churns):
         """One phase: the tool started, the churns measured, the tool stopped."""
         before = _program_ids()
-        p, _ = _start(self.cmd, self.marker)
+        p, _ = _start(self.cmd, self.marker, self.cwd)
         try:
             time.sleep(STARTED_SECONDS)
             self.phases.append(_measure(churns))
@@ -277,7 +283,12 @@ def run():
         compileall.compile_dir(os.path.join(ROOT, package), quiet=1)
     ours = Tool([sys.executable, "-m", "bpfhook", "monitor", "-m", "600"], "attached")
     peer = _peer()
-    tools = [tool for tool in (ours, peer) if tool]
+    earlier = None
+    if BEFORE:
+        for package in ("pybpf", "bpfhook"):
+            compileall.compile_dir(os.path.join(BEFORE, package), quiet=1)
+        earlier = Tool([sys.executable, "-m", "bpfhook", "monitor", "-m", "600"], "attached", cwd=BEFORE)
+    tools = [tool for tool in (ours, peer, earlier) if tool]
     ours_launch, peer_launch = (tool.launch_time() if tool else None for tool in (ours, peer))
 
     # Phases alternate: unmonitored, a tool, unmonitored, the other tool, ... Each tool's phase is
@@ -339,6 +350,13 @@ def run():
         "1-byte read() loop vs unmonitored": (*both(ratio, "syscalls"), "ratio", None),
         "lost events during churn": (ours.lost, None, "events", "<= 0"),
         "runs skipped on a busy CPU during churn": (ours.skipped, peer.skipped if peer else None, "runs", None),
+        **({} if earlier is None else {
+            "before (BPFHOOK_BENCH_BEFORE's monitor): churn rate vs unmonitored": (
+                ratio(earlier, "spread"), None, "ratio", None),
+            "before: churn 95% interval": (interval(earlier, "spread"), None, "ratio", None),
+            "before: churn on one CPU vs unmonitored": (ratio(earlier, "one CPU"), None, "ratio", None),
+            "before: resident memory VmHWM (MB)": (max(earlier.mem), None, "MB", None),
+            "before: lost events during churn": (earlier.lost, None, "events", None)}),
     }
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ def ev(**over):
          "netns": 4026531840, "netns_is_inode": False, "owner_from_accept": False, "owner_from_close": False,
          "owner_from_proc": False, "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000, "daddr": "10.77.1.1", "dport": 80,
          "oldstate": "LAST_ACK", "newstate": "CLOSE", "bytes_sent": 10, "bytes_received": 20,
-         "duration_ns": 30, "sock": 1, "cookie": 0, "close_unseen": False}
+         "duration_ns": 30, "sock": 1, "cookie": 0, "close_unseen": False, "failure": None, "retransmits": 0,
+         "srtt_us": 0, "connect_us": 0}
     e.update(over)
     return e
 
@@ -43,6 +44,15 @@ def test_json_lines_one_object_per_event():
     assert (second["container"], second["container_kind"], second["oldstate"]) == (None, "host", None)
     assert out.getvalue().count("\n") == 4
     assert [o["close_unseen"] for o in (first, second, third, fourth)] == [False] * 4
+
+
+def test_json_close_event_carries_connection_health():
+    out = io.StringIO()
+    JsonLines(out).write(ev(oldstate="SYN_SENT", failure="timeout", retransmits=2), classify("/"))
+    JsonLines(out).write(ev(retransmits=3, srtt_us=250, connect_us=120), classify("/"))
+    failed, ok = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (failed["failure"], failed["retransmits"]) == ("timeout", 2)
+    assert (ok["failure"], ok["retransmits"], ok["srtt_us"], ok["connect_us"]) == (None, 3, 250, 120)
     assert json.loads(json.dumps(event_object(ev(close_unseen=True), classify("/"))))["close_unseen"] is True
 
 
@@ -61,9 +71,10 @@ def test_event_object_takes_an_explicit_cgroup_path():
 
 # One sample line: name{label="value",...} number   (label values escaped: \\ \" \n)
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-SAMPLE = re.compile(rf"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{{({_LABEL}(?:,{_LABEL})*)\}})? (-?[0-9]+(?:\.[0-9]+)?)\Z")
+SAMPLE = re.compile(rf"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{{({_LABEL}(?:,{_LABEL})*)\}})? (-?[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)\Z")
 HELP = re.compile(r"# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) \S.*\Z")
-TYPE = re.compile(r"# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge)\Z")
+TYPE = re.compile(r"# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram)\Z")
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def parse_exposition(text):
@@ -79,7 +90,9 @@ def parse_exposition(text):
             continue
         m = SAMPLE.match(line)
         assert m, f"malformed line: {line!r}"
-        assert m[1] in typed, f"sample before its TYPE: {line!r}"
+        family = next((m[1][:-len(s)] for s in HISTOGRAM_SUFFIXES
+                       if m[1].endswith(s) and typed.get(m[1][:-len(s)]) == "histogram"), m[1])
+        assert family in typed, f"sample before its TYPE: {line!r}"
         labels = tuple(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m[2] or ""))
         key = (m[1], labels)
         assert key not in samples, f"duplicate series {key}"
@@ -99,20 +112,45 @@ def _snapshot():
 
 
 def test_exposition_is_strictly_well_formed():
-    typed, samples = parse_exposition(exposition(_snapshot()))
+    typed, samples = parse_exposition(exposition(_snapshot(), node="n1"))
     assert typed["bpfhook_connections_active"] == "gauge"
     assert typed["bpfhook_connections_opened_total"] == "counter"
-    web = (("container", "web"), ("pod", ""), ("namespace", ""), ("container_id", "web"),
-           ("cgroup", "/bpfhook.lab/web"), ("cgroup_id", "100"), ("kind", "lab"))
+    web = (("container", "web"), ("container_kind", "lab"), ("namespace", ""), ("pod", ""), ("node", "n1"))
     assert samples[("bpfhook_connections_opened_total", web)] == 1
     assert samples[("bpfhook_connections_closed_total", web)] == 1
     assert samples[("bpfhook_bytes_sent_total", web)] == 1000
     assert samples[("bpfhook_bytes_received_total", web)] == 2000
     assert samples[("bpfhook_connections_active", web)] == 0
-    assert samples[("bpfhook_lost_events_total", ())] == 3
-    weird = [labels for (name, labels) in samples if name == "bpfhook_connections_active" and ("cgroup_id", "200") in labels]
-    assert dict(weird[0])["cgroup"] == '/system.slice/we\\"ird\\\\name.service'  # escaped, still one line
-    assert dict(weird[0])["container"] == "" and dict(weird[0])["kind"] == "service"
+    assert samples[("bpfhook_lost_events_total", (("node", "n1"),))] == 3
+    service = (("container", ""), ("container_kind", "service"), ("namespace", ""), ("pod", ""), ("node", "n1"))
+    assert samples[("bpfhook_connections_active", service)] == 1  # no cgroup path: bounded series
+
+
+def test_labels_are_only_container_kind_namespace_pod_node_and_cgroups_of_one_label_set_fold():
+    """Two service cgroups (no container) share the service series, summed; a counter name
+    ends _total, a histogram's unit is seconds; every container has SERIES_PER_CONTAINER."""
+    from bpfhook.exporters import SERIES_PER_CONTAINER
+    from bpfhook.records import zero_metrics
+    paths = {1: "/bpfhook.lab/web", 2: "/system.slice/a.service", 3: "/system.slice/b.service"}
+    agg = Aggregator(resolve=lambda cgid: classify(paths[cgid]))
+    m = zero_metrics() | {"opened": 2, "closed": 2, "active": 0, "connects": 2, "failed_refused": 1,
+                          "connect_sum_us": 300, "connect_buckets": [1, 1] + [0] * 10}
+    agg.set_cgroup_metrics({1: m, 2: m, 3: m})
+    typed, samples = parse_exposition(exposition(agg.snapshot(), node="n1"))
+    assert {k for _, labels in samples for k, _ in labels} <= {"container", "container_kind", "namespace", "pod",
+                                                                "node", "le"}
+    assert all(name.endswith("_total") for name, kind in typed.items() if kind == "counter")
+    assert all(name.endswith("_seconds") for name, kind in typed.items() if kind == "histogram")
+    service = (("container", ""), ("container_kind", "service"), ("namespace", ""), ("pod", ""), ("node", "n1"))
+    web = (("container", "web"), ("container_kind", "lab"), ("namespace", ""), ("pod", ""), ("node", "n1"))
+    assert samples[("bpfhook_connects_total", service)] == 4 and samples[("bpfhook_connects_total", web)] == 2
+    assert samples[("bpfhook_connects_refused_total", service)] == 2
+    assert samples[("bpfhook_connect_duration_seconds_bucket", web + (("le", "0.0001"),))] == 1
+    assert samples[("bpfhook_connect_duration_seconds_bucket", web + (("le", "0.0005"),))] == 2
+    assert samples[("bpfhook_connect_duration_seconds_bucket", web + (("le", "+Inf"),))] == 2
+    assert samples[("bpfhook_connect_duration_seconds_count", web)] == 2
+    assert samples[("bpfhook_connect_duration_seconds_sum", web)] == 0.0003
+    assert sum(1 for _, labels in samples if labels[:5] == web) == SERIES_PER_CONTAINER == 41
 
 
 def test_a_pod_container_is_labelled_with_namespace_pod_and_container():
@@ -122,10 +160,20 @@ def test_a_pod_container_is_labelled_with_namespace_pod_and_container():
     agg.add(ev(event="state", oldstate="CLOSE", newstate="SYN_SENT", sock=1, cgroup_id=300))
     _typed, samples = parse_exposition(exposition(agg.snapshot()))
     labels = dict(next(labels for (name, labels) in samples if name == "bpfhook_connections_active"))
-    assert (labels["container"], labels["pod"], labels["namespace"], labels["kind"]) == ("web", "shop-7d9f", "prod", "pod")
-    assert labels["container_id"] == "ab" * 32
+    assert (labels["container"], labels["pod"], labels["namespace"], labels["container_kind"]) == (
+        "web", "shop-7d9f", "prod", "pod")
     line = event_object(ev(event="connect", cgroup_id=300), pod)
     assert (line["container"], line["pod"], line["namespace"]) == ("web", "shop-7d9f", "prod")
+
+
+def test_label_values_are_escaped():
+    pod = dataclasses.replace(classify("/kubepods/besteffort/pod6a1f3c2e-9b7d-4e1a-8c3f-2d5e6f7a8b9c/" + "ab" * 32),
+                              name='we"ird\\na\nme', pod="p", namespace="n")
+    agg = Aggregator(resolve=lambda cgid: pod)
+    agg.add(ev(event="state", oldstate="CLOSE", newstate="SYN_SENT", sock=1, cgroup_id=300))
+    _typed, samples = parse_exposition(exposition(agg.snapshot()))
+    labels = dict(next(labels for (name, labels) in samples if name == "bpfhook_connections_active"))
+    assert labels["container"] == 'we\\"ird\\\\na\\nme'  # escaped, still one line
 
 
 def test_a_counter_never_goes_back_from_one_scrape_to_the_next():
@@ -138,7 +186,7 @@ def test_a_counter_never_goes_back_from_one_scrape_to_the_next():
     def scraped(bytes_sent, active):
         web.bytes_sent, web.active = bytes_sent, active
         samples = parse_exposition(exposition(snapshot, shown))[1]
-        return [value for (name, labels), value in samples.items() if ("cgroup_id", "100") in labels
+        return [value for (name, labels), value in samples.items() if ("container", "web") in labels
                 and name in ("bpfhook_bytes_sent_total", "bpfhook_connections_active")]
     assert scraped(1000, 2) == [2, 1000]
     assert scraped(700, 1) == [1, 1000]

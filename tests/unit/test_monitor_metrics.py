@@ -2,6 +2,7 @@
 from the live connections and their bytes so far, and the closes the programs missed (no
 kernel needed)."""
 from bpfhook.monitor import _Gone, with_live
+from bpfhook.records import zero_metrics
 
 
 def _live(cgroup_id, sent=0, received=0):
@@ -9,13 +10,15 @@ def _live(cgroup_id, sent=0, received=0):
 
 
 def test_live_connections_make_active_and_opened_and_add_their_bytes_so_far():
-    totals = {100: {"closed": 3, "bytes_sent": 10, "bytes_received": 20, "udp": 1}}
+    totals = {100: zero_metrics() | {"closed": 3, "bytes_sent": 10, "bytes_received": 20, "udp": 1, "connects": 4}}
     live = [_live(100, 1, 2), _live(100, 3, 4), _live(200, 5, 6)]
     out = with_live(totals, live, "cgroup_id")
-    assert out[100] == {"closed": 3, "bytes_sent": 14, "bytes_received": 26, "udp": 1, "active": 2, "opened": 5}
+    assert out[100] == zero_metrics() | {"closed": 3, "bytes_sent": 14, "bytes_received": 26, "udp": 1, "connects": 4,
+                                         "active": 2, "opened": 5}
     # a cgroup with only live connections has no kernel totals yet
-    assert out[200] == {"closed": 0, "bytes_sent": 5, "bytes_received": 6, "udp": 0, "active": 1, "opened": 1}
-    assert totals[100] == {"closed": 3, "bytes_sent": 10, "bytes_received": 20, "udp": 1}  # input left alone
+    assert out[200] == zero_metrics() | {"closed": 0, "bytes_sent": 5, "bytes_received": 6, "udp": 0, "active": 1,
+                                         "opened": 1}
+    assert totals[100]["bytes_sent"] == 10 and "active" not in totals[100]  # input left alone
 
 
 def test_no_connections_and_no_totals_is_empty():

@@ -18,7 +18,7 @@ from bpfhook import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "pybpf", "bpfhook")
 RUNTIME_DEPS = {"pyroute2", "cffi", "construct"}
-TEST_EXTRA = {'pytest; extra == "test"', 'hypothesis; extra == "test"'}
+TEST_EXTRA = {'pytest; extra == "test"', 'hypothesis; extra == "test"', 'pyyaml; extra == "test"'}
 PROBE = "_packaging_probe"  # a module added to the copied bpfhook/programs/ only
 
 

@@ -15,17 +15,21 @@ EXPECTED_OFFSETS = {
     "EVENT": {"ts_ns": 0, "cgroup_id": 8, "netns": 16, "sock": 24, "cookie": 32, "bytes_sent": 40,
               "bytes_received": 48, "duration_ns": 56, "pid": 64, "tid": 68, "comm": 72, "saddr": 88,
               "daddr": 104, "sport": 120, "dport": 122, "family": 124, "protocol": 126, "kind": 127,
-              "oldstate": 128, "newstate": 129, "flags": 130},
+              "oldstate": 128, "newstate": 129, "flags": 130, "failure": 131, "retransmits": 132, "srtt_us": 136,
+              "connect_us": 140},
     "CONN": {"state": 0, "flags": 1, "family": 2, "sport": 4, "dport": 6, "pid": 8, "tid": 12, "start_ns": 16,
              "cgroup_id": 24, "netns": 32, "bytes_sent": 40, "bytes_received": 48, "comm": 56, "saddr": 72,
-             "daddr": 88, "protocol": 104},
+             "daddr": 88, "protocol": 104, "retransmits": 108, "connect_us": 112, "srtt_us": 116},
     "CONN_SLOT": {"sock": 0, "conn": 8},
-    "METRICS": {"closed": 0, "bytes_sent": 8, "bytes_received": 16, "udp": 24},
+    "METRICS": {"closed": 0, "bytes_sent": 8, "bytes_received": 16, "udp": 24, "connects": 32, "failed_refused": 40,
+                "failed_timeout": 48, "failed_other": 56, "retransmits": 64, "resets_sent": 72,
+                "resets_received": 80, "connect_sum_us": 88, "connect_buckets": 96, "rtt_sum_us": 192,
+                "rtt_buckets": 200},
     "CONN_KEY": {"sock": 0},
     "CGROUP_KEY": {"cgroup_id": 0},
     "NETNS_KEY": {"netns": 0},
 }
-SIZES = {"EVENT": 136, "CONN": 112, "CONN_SLOT": 128, "METRICS": 32, "CONN_KEY": 8, "CGROUP_KEY": 8,
+SIZES = {"EVENT": 144, "CONN": 120, "CONN_SLOT": 128, "METRICS": 296, "CONN_KEY": 8, "CGROUP_KEY": 8,
          "NETNS_KEY": 8}
 
 
@@ -57,14 +61,16 @@ def _event_bytes(**over):
     v = dict(ts_ns=10**12, cgroup_id=4242, netns=4026531840, sock=0xFFFF888012345678, cookie=77, bytes_sent=1000,
              bytes_received=2000, duration_ns=5_000_000, pid=1234, tid=1235, comm=b"curl",
              saddr=socket.inet_aton("10.77.1.2"), daddr=socket.inet_aton("10.77.1.1"), sport=43210, dport=80,
-             family=socket.AF_INET, protocol=6, kind=r.EV_CLOSE, oldstate=1, newstate=7, flags=r.F_NETNS_INODE)
+             family=socket.AF_INET, protocol=6, kind=r.EV_CLOSE, oldstate=1, newstate=7, flags=r.F_NETNS_INODE,
+             failure=0, retransmits=3, srtt_us=420, connect_us=95)
     v.update(over)
-    buf = bytearray(136)
+    buf = bytearray(144)
     struct.pack_into("=8Q", buf, 0, v["ts_ns"], v["cgroup_id"], v["netns"], v["sock"], v["cookie"],
                      v["bytes_sent"], v["bytes_received"], v["duration_ns"])
     struct.pack_into("=II16s16s16sHHHBBBBB", buf, 64, v["pid"], v["tid"], v["comm"], v["saddr"], v["daddr"],
                      v["sport"], v["dport"], v["family"], v["protocol"], v["kind"], v["oldstate"],
                      v["newstate"], v["flags"])
+    struct.pack_into("=BIII", buf, 131, v["failure"], v["retransmits"], v["srtt_us"], v["connect_us"])
     return bytes(buf)
 
 
@@ -77,8 +83,11 @@ def test_decode_event_ipv4():
         "owner_from_proc": False,
         "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 43210, "daddr": "10.77.1.1", "dport": 80,
         "oldstate": "ESTABLISHED", "newstate": "CLOSE", "bytes_sent": 1000, "bytes_received": 2000,
-        "duration_ns": 5_000_000, "sock": 0xFFFF888012345678, "cookie": 77,
+        "duration_ns": 5_000_000, "sock": 0xFFFF888012345678, "cookie": 77, "failure": None, "retransmits": 3,
+        "srtt_us": 420, "connect_us": 95,
     }
+    assert [r.decode_event(_event_bytes(failure=n, oldstate=2))["failure"] for n in (1, 2, 3)] == [
+        "refused", "timeout", "other"]
 
 
 def test_decode_event_ipv6_and_codec_container():
@@ -99,32 +108,54 @@ def test_event_roundtrip_through_construct_and_codec():
     value = Container(ts_ns=1, cgroup_id=2, netns=3, sock=4, cookie=5, bytes_sent=6, bytes_received=7,
                       duration_ns=8, pid=9, tid=10, comm=b"x".ljust(16, b"\0"), saddr=saddr,
                       daddr=r.pack_address("::1")[1], sport=1, dport=2, family=fam, protocol=17,
-                      kind=r.EV_UDP, oldstate=0, newstate=0, flags=0)
+                      kind=r.EV_UDP, oldstate=0, newstate=0, flags=0, failure=0, retransmits=0, srtt_us=0,
+                      connect_us=0)
     raw = r.EVENT.build(value)
-    assert raw == r.EVENT_CODEC.encode(value) and len(raw) == 136
+    assert raw == r.EVENT_CODEC.encode(value) and len(raw) == 144
     d = r.decode_event(raw)
     assert (d["saddr"], d["daddr"], d["protocol"], d["event"]) == ("fd77::3:1", "::1", "udp", "udp")
-    assert r.decode_event(raw[:135] + b"\1")["event"] == "udp"  # padding is ignored
+
     # The flat struct hot paths use is the layout's own; one that mixes byte orders has none
     assert r.flat_struct(r.EVENT).unpack_from(raw + b"tail")[:2] == (1, 2)
     with pytest.raises(ValueError, match="one struct"):
         r.flat_struct(Struct("a" / Int16ub, "b" / Int16ul))
 
 
+def _metrics_bytes(*head, connect_buckets=(), rtt_buckets=()):
+    """A METRICS packed by hand: the counters in order, then the two histograms."""
+    counters = list(head) + [0] * (12 - len(head))
+    hist = lambda b: list(b) + [0] * (r.HISTOGRAM_BUCKETS - len(b))  # noqa: E731
+    return struct.pack("=12Q12QQ12Q", *counters, *hist(connect_buckets), 0, *hist(rtt_buckets))
+
+
 def test_decode_metrics():
-    raw = struct.pack("=QQQQ", 2, 100, 200, 1)
-    assert r.decode_metrics(raw) == {"closed": 2, "bytes_sent": 100, "bytes_received": 200, "udp": 1}
+    d = r.decode_metrics(_metrics_bytes(2, 100, 200, 1, 5, 1, 2, 3, 9, 4, 6, 700, connect_buckets=(4, 1)))
+    assert {k: d[k] for k in ("closed", "bytes_sent", "bytes_received", "udp")} == {
+        "closed": 2, "bytes_sent": 100, "bytes_received": 200, "udp": 1}
+    assert (d["connects"], d["failed_refused"], d["failed_timeout"], d["failed_other"], d["retransmits"],
+            d["resets_sent"], d["resets_received"], d["connect_sum_us"]) == (5, 1, 2, 3, 9, 4, 6, 700)
+    assert d["connect_buckets"] == [4, 1] + [0] * 10 and d["rtt_buckets"] == [0] * 12
 
 
 def test_decode_metrics_sums_the_values_of_every_cpu():
-    """A per-CPU map's value: each CPU counts the closes and flows it saw."""
-    cpu0 = struct.pack("=QQQQ", 1, 5, 6, 0)
-    cpu1 = struct.pack("=QQQQ", 2, 10, 20, 2)
-    assert r.decode_metrics([cpu0, r.METRICS_CODEC.decode(cpu1)]) == {
+    """A per-CPU map's value: each CPU counts the closes and flows it saw; buckets sum bucket by bucket."""
+    cpu0 = _metrics_bytes(1, 5, 6, 0, rtt_buckets=(0, 2))
+    cpu1 = _metrics_bytes(2, 10, 20, 2, rtt_buckets=(1, 1, 1))
+    d = r.decode_metrics([cpu0, r.METRICS_CODEC.decode(cpu1)])
+    assert {k: d[k] for k in ("closed", "bytes_sent", "bytes_received", "udp")} == {
         "closed": 3, "bytes_sent": 15, "bytes_received": 26, "udp": 2}
+    assert d["rtt_buckets"] == [1, 3, 1] + [0] * 9
+
+
+def test_histogram_quantile_interpolates_as_prometheus_does():
+    bounds = (1, 2, 4)
+    assert r.histogram_quantile(0.5, [0, 0, 0, 0], bounds) is None
+    assert r.histogram_quantile(0.5, [0, 4, 0, 0], bounds) == 1.5  # halfway into (1, 2]
+    assert r.histogram_quantile(0.25, [2, 0, 6, 0], bounds) == 1.0  # the top of the first bucket
+    assert r.histogram_quantile(0.99, [1, 0, 0, 9], bounds) == 4  # in +Inf: the last bound
 
 
 def test_describe_lists_every_field_with_its_offset():
     text = r.describe()
-    assert "struct event {  /* 136 bytes */" in text
+    assert "struct event {  /* 144 bytes */" in text
     assert "/* 130 */ flags: 1 bytes" in text and "/*  24 */ udp: 8 bytes" in text

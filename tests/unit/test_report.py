@@ -120,6 +120,21 @@ def test_map_snapshot_wins_over_event_counts_and_lost_is_kept():
     assert s.lost == 17
 
 
+def test_health_columns_show_failed_connects_retransmits_and_connect_time_quantiles():
+    """FAILED sums the reasons; p50/p99 interpolate in the connect-time buckets as Prometheus'
+    histogram_quantile does: 90 connects in (0, 100us], 10 in (1ms, 5ms]."""
+    from bpfhook.records import zero_metrics
+    buckets = [90, 0, 0, 10] + [0] * 8
+    m = zero_metrics() | {"opened": 100, "closed": 100, "active": 0, "connects": 100, "failed_refused": 2,
+                          "failed_timeout": 1, "failed_other": 1, "retransmits": 7, "connect_buckets": buckets}
+    agg = Aggregator(resolve=resolve, clock=lambda: 1_700_000_000)
+    agg.set_cgroup_metrics({100: m})
+    t = agg.snapshot().cgroups[0]
+    assert (t.failed(), t.connect_quantile(0.5), t.connect_quantile(0.99)) == (4, 100 * 50 / 90, 1000 + 4000 * 9 / 10)
+    row = [line for line in render(agg.snapshot()).splitlines() if "/bpfhook.lab/web" in line][0]
+    assert re.search(r" 4 +7 +56us +4\.6ms  /bpfhook\.lab/web", row), row
+
+
 def test_udp_flows_are_counted_per_cgroup():
     agg = Aggregator(resolve=resolve)
     agg.add(ev("udp", 0, 0, 300, protocol="udp", bytes_sent=64, bytes_received=64))
@@ -158,7 +173,7 @@ def test_render_layout():
     assert db.startswith("  [CTR] db ") and "<-" in db and "postgres" in db
     i = lines.index("Cgroup-based metrics:")
     assert "CONTAINER" in lines[i + 1] and "OPENED" in lines[i + 1]
-    assert re.match(r"  \[CTR\] web +lab +web +1 +1 +0 +1\.5KiB +68\.4KiB  /bpfhook\.lab/web \(id 100\)",
+    assert re.match(r"  \[CTR\] web +lab +web +1 +1 +0 +1\.5KiB +68\.4KiB +0 +0 +- +-  /bpfhook\.lab/web \(id 100\)",
                     lines[i + 2]), lines[i + 2]
     assert lines[-2] == "Lost events: 0"
 

@@ -1,0 +1,159 @@
+"""Connection health, provoked for real: a refused connect (a closed port), a timed-out one (its
+SYN-ACKs dropped in the client's lab namespace), retransmits (the server's ACKs dropped there
+for a bounded time), an abort's resets, and the connect time and smoothed RTT of connections
+that worked. Each shows in the close event, in the connection's entry, and in its container's
+metrics. The client runs in a lab container; servers listen on the host's side of its veth
+(monitor_helpers.host_server)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bpfhook import cgroups
+from bpfhook.monitor import Monitor
+from bpfhook.records import CONNECT_BUCKETS_US
+from tests import oracles
+from tests.kernel.monitor_helpers import closed, collect, host_server
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, namespaces)")
+
+# The client, in the container: one connect() to argv[1]:argv[2] with TCP_SYNCNT argv[3]; then,
+# connected, send argv[4] bytes, wait for one byte back, and close (SO_LINGER 0 when argv[5] is
+# "abort"). Prints {"error": errno or 0, "elapsed_us": the connect() call's time, "sport": ...}.
+CLIENT = r"""
+import json, socket, struct, sys, time
+host, port, syncnt, size, how = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+s = socket.socket()
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, syncnt)
+s.settimeout(30)
+t = time.monotonic()
+try:
+    s.connect((host, port))
+except OSError as e:
+    print(json.dumps({"error": e.errno, "elapsed_us": 0, "sport": s.getsockname()[1]}), flush=True)
+    sys.exit(0)
+elapsed = (time.monotonic() - t) * 1e6
+print(json.dumps({"error": 0, "elapsed_us": elapsed, "sport": s.getsockname()[1]}), flush=True)
+sys.stdin.readline()  # the test's go
+s.sendall(b"c" * size)
+s.recv(1)
+if how == "abort":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+"""
+
+
+@pytest.fixture
+def setup(lab):
+    c = lab(ipv6=False)
+    with Monitor(cgroups.mount(), stream=True) as m:
+        assert set(m.health) == {"tcp_retransmit_skb", "tcp_send_reset", "tcp_receive_reset"}, m.notes
+        yield c, m
+
+
+def _in_netns(c, *argv):
+    """argv (iptables ...) in the container's network namespace: its rules go with it."""
+    ip, iptables = oracles.require("ip"), oracles.require("iptables")
+    argv = [iptables, *argv[1:]] if argv[0] == "iptables" else list(argv)
+    subprocess.run([ip, "netns", "exec", c.netns, *argv], check=True, capture_output=True)
+
+
+def _client(c, port, syncnt=6, size=0, how="close"):
+    p = c.spawn([sys.executable, "-c", CLIENT, c.host_ipv4, str(port), str(syncnt), str(size), how],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return p, json.loads(p.stdout.readline())
+
+
+def _closed_port(address):
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def _metrics(m, c):
+    m.refresh_live()
+    return m.cgroup_metrics()[c.cgroup_id]
+
+
+def test_refused_connect_is_a_failure_with_a_reset_received(setup):
+    c, m = setup
+    port = _closed_port(c.host_ipv4)
+    p, got = _client(c, port)
+    p.wait(10)
+    assert got["error"] == 111  # ECONNREFUSED
+    events = collect(m, lambda evs: closed(evs, dport=port))
+    (close,) = closed(events, dport=port)
+    assert (close["failure"], close["oldstate"], close["srtt_us"], close["connect_us"]) == ("refused", "SYN_SENT", 0, 0)
+    health = _metrics(m, c)
+    assert (health["failed_refused"], health["failed_timeout"], health["failed_other"]) == (1, 0, 0)
+    assert (health["resets_received"], health["connects"], sum(health["connect_buckets"])) == (1, 0, 0)
+
+
+def test_connect_whose_syn_acks_are_dropped_times_out(setup):
+    c, m = setup
+    with socket.socket() as listener:  # answers SYNs; the answers are dropped in the container
+        listener.bind((c.host_ipv4, 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        _in_netns(c, "iptables", "-A", "INPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP")
+        started = time.monotonic()
+        p, got = _client(c, port, syncnt=1)  # SYN, retried, given up a few seconds later
+        p.wait(30)
+    assert got["error"] == 110 and time.monotonic() - started < 20  # ETIMEDOUT
+    events = collect(m, lambda evs: closed(evs, dport=port))
+    (close,) = closed(events, dport=port)
+    assert close["failure"] == "timeout" and close["retransmits"] >= 1  # the SYN's retries
+    health = _metrics(m, c)
+    assert (health["failed_timeout"], health["failed_refused"], health["connects"]) == (1, 0, 0)
+    assert health["retransmits"] == close["retransmits"]
+
+
+def test_retransmits_while_acks_are_dropped_count_per_connection_and_container(setup):
+    c, m = setup
+    port, server = host_server(c.host_ipv4, 100_000, 1)
+    p, got = _client(c, port, size=100_000)
+    assert got["error"] == 0
+    rule = ["INPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP"]
+    _in_netns(c, "iptables", "-A", *rule)
+    try:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        time.sleep(1.5)  # RTO 200 ms, doubling: a few retransmits
+        assert m.refresh_live()  # (the live walk reads srtt_us)
+        live = [conn for conn in m.connections() if conn["sport"] == got["sport"]]
+        assert live and live[0]["retransmits"] >= 2 and live[0]["srtt_us"] > 0, live
+    finally:
+        _in_netns(c, "iptables", "-D", *rule)
+    p.wait(10)
+    server.join(10)
+    events = collect(m, lambda evs: closed(evs, sport=got["sport"]))
+    (close,) = closed(events, sport=got["sport"])
+    assert close["retransmits"] >= live[0]["retransmits"] and close["failure"] is None
+    assert close["srtt_us"] > 0 and 0 < close["connect_us"] <= got["elapsed_us"] + 1000
+    health = _metrics(m, c)
+    assert health["retransmits"] == close["retransmits"]
+
+
+def test_abort_sends_a_reset_and_connect_time_and_rtt_are_histograms(setup):
+    c, m = setup
+    port, server = host_server(c.host_ipv4, 10, 1)
+    p, got = _client(c, port, size=10, how="abort")
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    p.wait(10)
+    server.join(10)
+    events = collect(m, lambda evs: len(closed(evs, dport=port)) + len(closed(evs, sport=port)) >= 2)
+    (client_close,) = closed(events, sport=got["sport"])
+    assert client_close["connect_us"] > 0 and client_close["srtt_us"] > 0
+    health = _metrics(m, c)
+    assert (health["resets_sent"], health["resets_received"], health["connects"]) == (1, 0, 1)
+    assert health["connect_sum_us"] == client_close["connect_us"]
+    bucket = sum(1 for bound in CONNECT_BUCKETS_US if client_close["connect_us"] > bound)
+    assert health["connect_buckets"] == [int(i == bucket) for i in range(len(CONNECT_BUCKETS_US) + 1)]
+    assert sum(health["rtt_buckets"]) == 1 and health["rtt_sum_us"] == client_close["srtt_us"]
+    here = m.cgroup_metrics()[cgroups.cgroup_id(cgroups.of_pid(os.getpid()))]
+    assert here["resets_received"] >= 1  # the server's end, in the test's cgroup
