@@ -14,6 +14,8 @@ recorded in pybpf.cleanup, which undoes it at exit and on SIGINT/SIGTERM.
     tracepoint(prog, "sched:sched_process_exec")      perf event + BPF_PERF_EVENT link
     raw_tracepoint(prog, "sched_process_exec")         BPF_RAW_TRACEPOINT_OPEN
     kprobe(prog, "tcp_connect") / kretprobe(...)       kprobe PMU perf event
+    uprobe(prog, "/lib/libssl.so.3", "SSL_write")      uprobe PMU perf event (symbols: pybpf.elf)
+    uprobe_multi(prog, path, ["SSL_read", ...])        BPF_TRACE_UPROBE_MULTI link, many functions
     fentry(prog) / fexit(prog) / tracing(prog)         target fixed at load by attach_btf_id
     iterator(prog) + run_iterator(link)                BPF_TRACE_ITER link, BPF_ITER_CREATE, read()
     cgroup(prog, "egress", "/my/group")                BPF_LINK_CREATE, else BPF_PROG_ATTACH
@@ -39,6 +41,8 @@ ffi = _sys.ffi
 _NO_LINK = frozenset({errno.EINVAL, errno.EOPNOTSUPP, 524})
 
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+UPROBE_PMU = "/sys/bus/event_source/devices/uprobe"
+BPF_F_UPROBE_MULTI_RETURN = 1 << 0
 
 # Short names for cgroup hooks, as bpftool spells most of them.
 CGROUP_HOOKS = {
@@ -283,13 +287,14 @@ def _check_mode(mode, what, choices):
         raise BpfError(f"{what} mode {mode!r}: expected {' or '.join(map(repr, choices))}")
 
 
-def _attach_perf_event(prog, attr, what, cookie, mode):
+def _attach_perf_event(prog, attr, what, cookie, mode, pid=None):
     _check_mode(mode, what.split()[0], ("link", "ioctl"))
     if cookie and mode == "ioctl":
         raise BpfError(f"{what}: a bpf cookie needs a BPF_PERF_EVENT link, not the ioctl")
     # pid -1 on one CPU: a BPF program on a tracepoint/kprobe event runs for hits on every
-    # CPU (the program hangs off the trace event, not the per-CPU perf event).
-    pfd = _sys.perf_event_open(attr, -1, 0)
+    # CPU (the program hangs off the trace event, not the per-CPU perf event). A pid: that
+    # process only, on any CPU.
+    pfd = _sys.perf_event_open(attr, pid, -1) if pid else _sys.perf_event_open(attr, -1, 0)
     link_fd = None
     try:
         if mode != "ioctl":
@@ -331,19 +336,36 @@ def _read_sysfs(path):
         return f.read().strip()
 
 
+def pmu_type(pmu, what):
+    """The perf type number of a dynamic PMU (kprobe, uprobe) from sysfs."""
+    try:
+        return int(_read_sysfs(f"{pmu}/type"))
+    except (FileNotFoundError, NotADirectoryError):
+        raise FeatureUnavailable(f"{what}: this kernel has no {os.path.basename(pmu)} PMU "
+                                 f"({pmu}/type is absent)") from None
+
+
+def pmu_config_bit(pmu, name):
+    """attr.config with the PMU's `name` bit set: format/<name> reads "config:<bit>" (the bit
+    is the kernel's to choose, never ours to assume)."""
+    path = f"{pmu}/format/{name}"
+    try:
+        field, _, bit = _read_sysfs(path).partition(":")
+    except FileNotFoundError:
+        raise FeatureUnavailable(f"{path} is absent: this PMU has no {name} bit") from None
+    if field != "config" or not bit.isdigit():
+        raise FeatureUnavailable(f"{path} reads {field}:{bit}; expected config:<bit>")
+    return 1 << int(bit)
+
+
 def kprobe(prog, func, *, offset=0, retprobe=False, cookie=None, mode=None):
     """Attach a BPF_PROG_TYPE_KPROBE program to a kernel function through the kprobe PMU
     (mode as for tracepoint)."""
     what = f"{'kretprobe' if retprobe else 'kprobe'} {func}" + (f"+{offset:#x}" if offset else "")
-    try:
-        pmu_type = int(_read_sysfs(f"{KPROBE_PMU}/type"))
-    except FileNotFoundError:
-        raise FeatureUnavailable(f"{what}: this kernel has no kprobe PMU ({KPROBE_PMU}/type is absent)") from None
     attr = _sys.new_perf_attr()
-    attr.type = pmu_type
+    attr.type = pmu_type(KPROBE_PMU, what)
     if retprobe:
-        # format/retprobe reads "config:<bit>"
-        attr.config = 1 << int(_read_sysfs(f"{KPROBE_PMU}/format/retprobe").split(":")[1])
+        attr.config = pmu_config_bit(KPROBE_PMU, "retprobe")
     name = ffi.new("char[]", func.encode())  # must stay alive until perf_event_open returns
     attr.kprobe_func = _sys.address(name)
     attr.probe_offset = offset
@@ -358,6 +380,74 @@ def kprobe(prog, func, *, offset=0, retprobe=False, cookie=None, mode=None):
 def kretprobe(prog, func, *, cookie=None, mode=None):
     """kprobe(prog, func, retprobe=True)."""
     return kprobe(prog, func, retprobe=True, cookie=cookie, mode=mode)
+
+
+# -- uprobes -----------------------------------------------------------------------
+def _uprobe_offset(path, target):
+    """(file offset, name for messages) of a symbol of the ELF file at path (pybpf.elf), or of
+    an offset given as an int."""
+    if isinstance(target, int):
+        return target, f"{target:#x}"
+    from .elf import ElfFile
+
+    return ElfFile(path).offset(target), target
+
+
+def uprobe(prog, path, symbol_or_offset, pid=None, ret=False, *, cookie=None, mode=None):
+    """Attach a BPF_PROG_TYPE_KPROBE program to a user-space function through the uprobe PMU.
+
+    symbol_or_offset: a symbol of the ELF file at `path` ("SSL_write", "SSL_write@@OPENSSL_3.0.0")
+    or a file offset. pid None: every process that maps the file, now or later; else that
+    process only. ret: at the function's return (the PMU's retprobe bit). mode as for tracepoint.
+    The probe goes with the perf event's fd: nothing outlives the process."""
+    offset, name = _uprobe_offset(path, symbol_or_offset)
+    what = f"{'uretprobe' if ret else 'uprobe'} {path}:{name}" + (f" pid {pid}" if pid else "")
+    attr = _sys.new_perf_attr()
+    attr.type = pmu_type(UPROBE_PMU, what)
+    if ret:
+        attr.config = pmu_config_bit(UPROBE_PMU, "retprobe")
+    cpath = ffi.new("char[]", os.fsencode(path))  # alive until perf_event_open returns
+    attr.uprobe_path = _sys.address(cpath)
+    attr.probe_offset = offset
+    try:
+        return _attach_perf_event(prog, attr, what, cookie, mode, pid=pid)
+    except SyscallError as e:
+        if e.errno in (errno.ENOENT, errno.ESRCH):
+            raise BpfError(f"{what}: {'no such process' if e.errno == errno.ESRCH else 'no such file'}") from None
+        raise
+
+
+def uprobe_multi(prog, path, targets, pid=None, ret=False, *, cookies=None):
+    """Attach a KPROBE program loaded with expected_attach_type TRACE_UPROBE_MULTI to several
+    functions of one file through one bpf link (Linux 6.6; features "link.uprobe_multi").
+
+    targets: symbols or offsets (as for uprobe); cookies: one u64 per target, which the program
+    reads with bpf_get_attach_cookie. pid: that process only (kernels before 6.9 filter by
+    thread, not process); ret: at the functions' returns."""
+    resolved = [_uprobe_offset(path, t) for t in targets]
+    if not resolved or cookies is not None and len(cookies) != len(resolved):
+        raise BpfError(f"uprobe_multi {path}: give one target or more, and one cookie per target")
+    what = f"uprobe_multi{' return' if ret else ''} {path}:{','.join(name for _, name in resolved)}"
+    cpath = ffi.new("char[]", os.fsencode(path))
+    offsets = ffi.new("uint64_t[]", [offset for offset, _ in resolved])
+    attr = _sys.new_attr()
+    lc = attr.link_create
+    lc.prog_fd = prog_fd(prog)
+    lc.attach_type = AttachType.TRACE_UPROBE_MULTI
+    lc.uprobe_multi.path = _sys.address(cpath)
+    lc.uprobe_multi.offsets = _sys.address(offsets)
+    lc.uprobe_multi.cnt = len(resolved)
+    lc.uprobe_multi.flags = BPF_F_UPROBE_MULTI_RETURN if ret else 0
+    lc.uprobe_multi.pid = pid or 0
+    if cookies is not None:
+        values = ffi.new("uint64_t[]", list(cookies))
+        lc.uprobe_multi.cookies = _sys.address(values)
+    try:
+        return Link(_sys.bpf(Cmd.LINK_CREATE, attr), what)
+    except SyscallError as e:
+        if e.errno in (errno.EOPNOTSUPP, _sys.ENOTSUPP):
+            raise FeatureUnavailable(f"{what}: this kernel has no uprobe_multi links") from None
+        raise _attach_error(e, what) from None
 
 
 # -- raw tracepoints and BTF-typed tracing ------------------------------------

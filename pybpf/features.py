@@ -10,9 +10,9 @@ cached for the life of the process, and has() runs only the probes it needs.
 
 Names (stable; `names()` lists them all):
     prog_type.<type>  map_type.<type>  attach_type.<type>  helper.<prog_type>.<helper>
-    link.{tcx,netkit,cgroup,xdp,netns,perf_event,sockmap}
+    link.{tcx,netkit,cgroup,xdp,netns,perf_event,sockmap,uprobe_multi}
     isa.v1 .. isa.v4  bounded_loops  atomics  btf  btf_vmlinux  ringbuf
-    kprobe_pmu  fentry  fexit  lsm  tp_btf  raw_tracepoint  perf_event_tracepoint
+    kprobe_pmu  uprobe_pmu  fentry  fexit  lsm  tp_btf  raw_tracepoint  perf_event_tracepoint
     tracefs  debugfs  cgroup2
 
 `available` is True, False, or None when the probe could not decide (it says why).
@@ -417,6 +417,60 @@ def _probe_kprobe_pmu():
     return True, f"PMU type {pmu}; opened a kprobe on do_sys_openat2"
 
 
+def _uprobe_target():
+    """A temporary file no process maps: a uprobe there is registered and never hit."""
+    import tempfile
+
+    target = tempfile.NamedTemporaryFile(prefix="pybpf-uprobe-probe-")
+    target.write(b"\x90" * 16)
+    target.flush()
+    return target
+
+
+def _probe_uprobe_pmu():
+    from .attach import UPROBE_PMU, pmu_config_bit, pmu_type
+    from .errors import FeatureUnavailable
+
+    try:
+        pmu = pmu_type(UPROBE_PMU, "uprobe")
+        retprobe = pmu_config_bit(UPROBE_PMU, "retprobe")
+    except FeatureUnavailable as e:
+        return False, str(e)
+    with _uprobe_target() as target:
+        path = _sys.ffi.new("char[]", target.name.encode())
+        for kind, config in (("uprobe", 0), ("uretprobe", retprobe)):
+            attr = _sys.new_perf_attr()
+            attr.type, attr.config = pmu, config
+            attr.uprobe_path = _sys.address(path)
+            try:
+                _close(_sys.perf_event_open(attr, -1, 0))
+            except SyscallError as e:
+                return False, f"perf_event_open of a {kind}: {_errname(e.errno)}"
+    return True, f"PMU type {pmu}, retprobe bit {retprobe.bit_length() - 1}; opened a uprobe and a uretprobe"
+
+
+def _probe_uprobe_multi():
+    fd, err, log = _load_raw(ProgType.KPROBE, RETURN_0, AttachType.TRACE_UPROBE_MULTI, log=True)
+    if fd is None:
+        return False, f"cannot load a uprobe_multi program: {_describe_load(fd, err, log)[1]}"
+    try:
+        with _uprobe_target() as target:
+            path = _sys.ffi.new("char[]", target.name.encode())
+            offsets = _sys.ffi.new("uint64_t[]", [0])
+            attr = _sys.new_attr()
+            lc = attr.link_create
+            lc.prog_fd, lc.attach_type = fd, int(AttachType.TRACE_UPROBE_MULTI)
+            lc.uprobe_multi.path, lc.uprobe_multi.offsets = _sys.address(path), _sys.address(offsets)
+            lc.uprobe_multi.cnt = 1
+            try:
+                _close(_sys.bpf(Cmd.LINK_CREATE, attr))
+            except SyscallError as e:
+                return False, f"BPF_LINK_CREATE: {_errname(e.errno)}"
+    finally:
+        _close(fd)
+    return True, "created and detached a link on a temporary file"
+
+
 def _probe_raw_tracepoint():
     fd, err, log = _load_raw(ProgType.RAW_TRACEPOINT, RETURN_0, log=True)
     if fd is None:
@@ -481,6 +535,7 @@ def _catalogue():
         table[f"attach_type.{atype.name.lower()}"] = lambda t=atype: _probe_attach_type(t)
     for kind in _LINKS:
         table[f"link.{kind}"] = lambda k=kind: _probe_link(k)
+    table["link.uprobe_multi"] = _probe_uprobe_multi
     for name in _isa_programs():
         table[name] = lambda n=name: _probe_program(n)
     table.update({
@@ -488,6 +543,7 @@ def _catalogue():
         "btf_vmlinux": _probe_btf_vmlinux,
         "ringbuf": lambda: _alias("map_type.ringbuf"),
         "kprobe_pmu": _probe_kprobe_pmu,
+        "uprobe_pmu": _probe_uprobe_pmu,
         "fentry": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_FENTRY, "bpf_fentry_test1"),
         "fexit": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_FEXIT, "bpf_fentry_test1"),
         "lsm": _probe_lsm,
