@@ -11,9 +11,12 @@ one key, so it is probed once.
 
     for f in mapped_files(pids, lambda path: "libssl.so" in path).values():
         print(f.open_path, f.pids)
+
+files_in() finds files the same way that no process maps yet (a library on disk).
 """
 import dataclasses
 import os
+import stat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +98,52 @@ def open_path(pid, mapping):
     except OSError:
         return None
     return by_range
+
+
+def files_in(pids, directories, match):
+    """{(dev, inode): MappedFile} of the regular files directly in `directories` (and in their
+    multiarch subdirectories, x86_64-linux-gnu and the like) whose name `match(name)` accepts,
+    as the processes `pids` see them: through /proc/PID/root, each mount namespace once. For
+    files that processes will map later (a library on disk no process has loaded yet)."""
+    found, namespaces = {}, set()
+    for pid in pids:
+        try:
+            namespace = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        except OSError:
+            continue
+        if namespace in namespaces:
+            continue
+        namespaces.add(namespace)
+        root = f"/proc/{pid}/root"
+        for directory in _with_multiarch(root, directories):
+            try:
+                names = os.listdir(root + directory)
+            except OSError:
+                continue
+            for name in names:
+                if not match(name):
+                    continue
+                path = f"{directory}/{name}"
+                try:
+                    st = os.lstat(root + path)  # symlinks lead to files listed here too (or out of the root)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    entry = found.setdefault((st.st_dev, st.st_ino),
+                                             MappedFile(st.st_dev, st.st_ino, path, root + path))
+                    if pid not in entry.pids:
+                        entry.pids.append(pid)
+    return found
+
+
+def _with_multiarch(root, directories):
+    for directory in directories:
+        yield directory
+        try:
+            subdirs = sorted(os.listdir(root + directory))
+        except OSError:
+            continue
+        yield from (f"{directory}/{d}" for d in subdirs if "-linux-" in d)
 
 
 def mapped_files(pids, match, executable=True):

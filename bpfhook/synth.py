@@ -1,0 +1,117 @@
+"""TCP/IP packets around bytes that never crossed the wire in the clear (TLS plaintext).
+
+Each connection gets a three-way handshake when it is first seen, then its
+bytes as segments of a stream per direction with consistent sequence and
+acknowledgement numbers, on the connection's real addresses and ports:
+tshark's TCP reassembly and HTTP dissector, and bpfhook.flows, read them
+as they read a clear connection. Bytes the capture lost leave a hole in the
+sequence space (a gap, which readers report) rather than a splice.
+
+Checksums are real: the one's-complement sum of 16-bit words equals the
+number the bytes spell in base 2**16 modulo 0xFFFF (2**16 = 1 mod 0xFFFF),
+which Python's big integers compute at C speed.
+"""
+import ipaddress
+import random
+import struct
+
+MAX_SEGMENT = 65495  # payload bytes per packet: an IPv4 total length fits 16 bits
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+IPPROTO_TCP = 6
+TTL = 64
+WINDOW = 65535
+_SEQ = 1 << 32
+_TCP = struct.Struct(">HHIIBBHHH")
+_IPV4 = struct.Struct(">BBHHHBBH4s4s")
+_IPV6 = struct.Struct(">IHBB16s16s")
+
+
+def ones_sum(data):
+    """The one's-complement sum of `data` as big-endian 16-bit words (odd length: a zero pad)."""
+    if len(data) % 2:
+        data = bytes(data) + b"\0"
+    n = int.from_bytes(data, "big")
+    r = n % 0xFFFF
+    return r if r or not n else 0xFFFF
+
+
+def _fold(total):
+    r = total % 0xFFFF
+    return r if r or not total else 0xFFFF
+
+
+def tcp_packet(src, dst, sport, dport, seq, ack, flags, payload=b"", ident=0):
+    """An IPv4 or IPv6 packet (by the addresses' version) carrying one TCP segment."""
+    src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    header = _TCP.pack(sport, dport, seq % _SEQ, ack % _SEQ, 5 << 4, flags, WINDOW, 0, 0)
+    length = len(header) + len(payload)
+    if src.version == 4:
+        pseudo = src.packed + dst.packed + struct.pack(">BBH", 0, IPPROTO_TCP, length)
+    else:
+        pseudo = src.packed + dst.packed + struct.pack(">IxxxB", length, IPPROTO_TCP)
+    checksum = ~_fold(ones_sum(pseudo + header) + ones_sum(payload)) & 0xFFFF
+    header = header[:16] + struct.pack(">H", checksum) + header[18:]
+    if src.version == 4:
+        ip = _IPV4.pack(0x45, 0, 20 + length, ident & 0xFFFF, 0x4000, TTL, IPPROTO_TCP, 0, src.packed, dst.packed)
+        ip = ip[:10] + struct.pack(">H", ~ones_sum(ip) & 0xFFFF) + ip[12:]
+    else:
+        ip = _IPV6.pack(6 << 28, length, IPPROTO_TCP, TTL, src.packed, dst.packed)
+    return ip + header + bytes(payload)
+
+
+class Direction:
+    """One direction of a synthesized stream: where its bytes stand in sequence space."""
+
+    def __init__(self, isn):
+        self.isn = isn
+        self.pos = 0  # stream offset of the next byte
+        self.call = None  # (call id, stream offset of the call's first byte, bytes the call moved)
+
+    def place(self, call_id, total, offset, length):
+        """The stream offset of `length` bytes at `offset` in call `call_id` of `total` bytes.
+        A new call starts where the last one ended, all of it: bytes of it never seen are a gap."""
+        if self.call is None or self.call[0] != call_id:
+            if self.call is not None:
+                self.pos = max(self.pos, self.call[1] + self.call[2])
+            self.call = (call_id, self.pos, total)
+        start = self.call[1] + offset
+        self.pos = max(self.pos, start + length)
+        return start
+
+    @property
+    def next_seq(self):
+        return (self.isn + 1 + self.pos) % _SEQ
+
+
+class Connection:
+    """A TCP connection seen from its bytes: client and server endpoints, a stream each way."""
+
+    def __init__(self, client, server, rng=random):
+        self.client, self.server = client, server  # (ip address, port)
+        self.dirs = {True: Direction(rng.getrandbits(32)), False: Direction(rng.getrandbits(32))}
+        self._ident = rng.getrandbits(16)
+
+    def _packet(self, from_client, seq, flags, payload=b""):
+        src, dst = (self.client, self.server) if from_client else (self.server, self.client)
+        ack = self.dirs[not from_client].next_seq if flags & ACK else 0
+        self._ident += 1
+        return tcp_packet(src[0], dst[0], src[1], dst[1], seq, ack, flags, payload, self._ident)
+
+    def handshake(self):
+        """SYN, SYN-ACK, ACK: [(from_client, packet)]."""
+        c, s = self.dirs[True], self.dirs[False]
+        return [(True, self._packet(True, c.isn, SYN)),
+                (False, self._packet(False, s.isn, SYN | ACK)),
+                (True, self._packet(True, c.isn + 1, ACK))]
+
+    def data(self, from_client, call_id, total, offset, payload):
+        """The segments carrying `payload`, bytes [offset, offset + len) of a call that moved
+        `total` bytes: [(from_client, packet)]."""
+        d = self.dirs[from_client]
+        start = d.place(call_id, total, offset, len(payload))
+        out = []
+        view = memoryview(payload)
+        for at in range(0, len(payload), MAX_SEGMENT):
+            piece = view[at:at + MAX_SEGMENT]
+            out.append((from_client, self._packet(from_client, d.isn + 1 + start + at, PSH | ACK, piece)))
+        return out
