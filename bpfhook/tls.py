@@ -6,7 +6,8 @@ libssl is the one probed; so are those in the container's library
 directories that no process has loaded yet (a curl that runs for a moment
 after the capture started). Each file (device, inode) is probed once, for
 every process that maps it, and the container is looked at again every
-RESCAN_EVERY seconds for libraries loaded later from elsewhere. The programs (bpfhook.programs.tls) keep only calls of the
+RESCAN_EVERY seconds for libraries loaded later from elsewhere, and at once
+when a process joins it. The programs (bpfhook.programs.tls) keep only calls of the
 container's cgroup subtree, in the kernel. Their records become TCP/IP
 packets on the connection's addresses (bpfhook.synth): Plaintext below.
 
@@ -92,6 +93,7 @@ class TlsHooks:
         self.probed = {}  # (dev, inode) -> Probed, or None: looked at, nothing to probe
         self._probes = None  # an ExitStack while attached
         self._last_scan = 0.0
+        self._scanned_pids = set()
         self._stack = contextlib.ExitStack()
         try:
             dirfd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -146,6 +148,7 @@ class TlsHooks:
 
         self._last_scan = time.monotonic() if now is None else now
         pids = [self.pid] if self.pid else self._pids()
+        self._scanned_pids = set(pids)
         files = procmaps.mapped_files(pids, lambda path: library_of(path) is not None)
         for key, found in procmaps.files_in(pids, LIBRARY_DIRS, lambda name: library_of(name) is not None).items():
             files.setdefault(key, found)
@@ -155,7 +158,10 @@ class TlsHooks:
         return sum(1 for p in self.probed.values() if p is not None)
 
     def maybe_rescan(self):
-        if time.monotonic() - self._last_scan >= RESCAN_EVERY and self._probes is not None:
+        """Look again every RESCAN_EVERY seconds, and at once when a process joined the container."""
+        if self._probes is None:
+            return
+        if time.monotonic() - self._last_scan >= RESCAN_EVERY or set(self._pids()) - self._scanned_pids:
             self.rescan()
 
     def _probe_file(self, mapped):
