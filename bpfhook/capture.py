@@ -464,6 +464,7 @@ class Capture:
                                            f"truncated_at_snaplen={values['truncated']} "
                                            f"written={self.counters.uds_messages}")
         if self.tls:
+            self.counters.tls.forget_idle()
             values, plain = self.tls_hooks.stats(), self.counters.tls
             lost = values["lost"] + self.tls_reader.lost
             self.writer.statistics(self.tls_if, now, received=values["calls"], dropped=lost, start_ns=self.start_ns,

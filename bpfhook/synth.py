@@ -21,9 +21,10 @@ IPPROTO_TCP = 6
 TTL = 64
 WINDOW = 65535
 _SEQ = 1 << 32
-_TCP = struct.Struct(">HHIIBBHHH")
+_TCP = struct.Struct(">IIBBHHH")  # after the ports: seq, ack, data offset, flags, window, checksum, urgent
 _IPV4 = struct.Struct(">BBHHHBBH4s4s")
 _IPV6 = struct.Struct(">IHBB16s16s")
+_CHECKSUM = struct.Struct(">H")
 
 
 def ones_sum(data):
@@ -40,23 +41,37 @@ def _fold(total):
     return r if r or not total else 0xFFFF
 
 
+class Way:
+    """One direction between two endpoints: what every packet that way shares (addresses, ports,
+    the pseudo-header's part of the checksum), worked out once."""
+
+    __slots__ = ("v4", "src", "dst", "ports", "pseudo")
+
+    def __init__(self, src, dst, sport, dport):
+        src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        self.v4 = src.version == 4
+        self.src, self.dst = src.packed, dst.packed
+        self.ports = struct.pack(">HH", sport, dport)
+        # the pseudo-header's words: the addresses, the protocol; the TCP length is added per packet
+        self.pseudo = ones_sum(self.src + self.dst) + IPPROTO_TCP
+
+    def packet(self, seq, ack, flags, payload=b"", ident=0):
+        """An IPv4 or IPv6 packet carrying one TCP segment."""
+        length = 20 + len(payload)
+        rest = _TCP.pack(seq % _SEQ, ack % _SEQ, 5 << 4, flags, WINDOW, 0, 0)
+        total = self.pseudo + length + ones_sum(self.ports + rest) + ones_sum(payload)
+        tcp = self.ports + rest[:12] + _CHECKSUM.pack(~_fold(total) & 0xFFFF) + rest[14:]
+        if self.v4:
+            ip = _IPV4.pack(0x45, 0, 20 + length, ident & 0xFFFF, 0x4000, TTL, IPPROTO_TCP, 0, self.src, self.dst)
+            ip = ip[:10] + _CHECKSUM.pack(~ones_sum(ip) & 0xFFFF) + ip[12:]
+        else:
+            ip = _IPV6.pack(6 << 28, length, IPPROTO_TCP, TTL, self.src, self.dst)
+        return ip + tcp + bytes(payload)
+
+
 def tcp_packet(src, dst, sport, dport, seq, ack, flags, payload=b"", ident=0):
     """An IPv4 or IPv6 packet (by the addresses' version) carrying one TCP segment."""
-    src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    header = _TCP.pack(sport, dport, seq % _SEQ, ack % _SEQ, 5 << 4, flags, WINDOW, 0, 0)
-    length = len(header) + len(payload)
-    if src.version == 4:
-        pseudo = src.packed + dst.packed + struct.pack(">BBH", 0, IPPROTO_TCP, length)
-    else:
-        pseudo = src.packed + dst.packed + struct.pack(">IxxxB", length, IPPROTO_TCP)
-    checksum = ~_fold(ones_sum(pseudo + header) + ones_sum(payload)) & 0xFFFF
-    header = header[:16] + struct.pack(">H", checksum) + header[18:]
-    if src.version == 4:
-        ip = _IPV4.pack(0x45, 0, 20 + length, ident & 0xFFFF, 0x4000, TTL, IPPROTO_TCP, 0, src.packed, dst.packed)
-        ip = ip[:10] + struct.pack(">H", ~ones_sum(ip) & 0xFFFF) + ip[12:]
-    else:
-        ip = _IPV6.pack(6 << 28, length, IPPROTO_TCP, TTL, src.packed, dst.packed)
-    return ip + header + bytes(payload)
+    return Way(src, dst, sport, dport).packet(seq, ack, flags, payload, ident)
 
 
 class Direction:
@@ -89,13 +104,14 @@ class Connection:
     def __init__(self, client, server, rng=random):
         self.client, self.server = client, server  # (ip address, port)
         self.dirs = {True: Direction(rng.getrandbits(32)), False: Direction(rng.getrandbits(32))}
+        self.ways = {True: Way(client[0], server[0], client[1], server[1]),
+                     False: Way(server[0], client[0], server[1], client[1])}
         self._ident = rng.getrandbits(16)
 
     def _packet(self, from_client, seq, flags, payload=b""):
-        src, dst = (self.client, self.server) if from_client else (self.server, self.client)
         ack = self.dirs[not from_client].next_seq if flags & ACK else 0
         self._ident += 1
-        return tcp_packet(src[0], dst[0], src[1], dst[1], seq, ack, flags, payload, self._ident)
+        return self.ways[from_client].packet(seq, ack, flags, payload, self._ident)
 
     def handshake(self):
         """SYN, SYN-ACK, ACK: [(from_client, packet)]."""

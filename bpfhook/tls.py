@@ -251,39 +251,49 @@ class Plaintext:
         self._rng = rng
         self._by_tuple = {}  # (local, remote) -> _Conn
         self._by_handle = {}  # (tgid, handle) -> _Conn
+        self._by_socket = {}  # (sk, the record's address fields) -> _Conn: the common case, without parsing
         self._listening = {}  # pid -> (time read, ports)
+        self._comments = {}  # (pid, comm, cgroup id, cookie, unknown) -> comment
         self.calls = self.bytes = self.duplicates = self.unknown = 0
 
     def record(self, record, now=None):
         prog = self.prog
-        ev = self._decode(record[:prog.HDR])
-        payload = record[prog.HDR:prog.HDR + ev.len]
-        tgid = ev.pid_tgid >> 32
+        ev = self._decode(record[:prog.HDR])  # a Container (a dict): items are its fast path
+        payload = record[prog.HDR:prog.HDR + ev["len"]]
         now = time.monotonic() if now is None else now
-        if ev.offset == 0:
+        if ev["offset"] == 0:
             self.calls += 1
-            self.bytes += ev.total
-        entry, fresh = self._connection(ev, tgid, now)
+            self.bytes += ev["total"]
+        entry, fresh = self._connection(ev, now)
         if entry.duplicate:
-            self.duplicates += ev.offset == 0
+            self.duplicates += ev["offset"] == 0
             return
         entry.used = now
-        comment = self.describe(ev) + (" conn=unknown" if not entry.sk else "")
-        sent = (ev.cookie >> 8 & 0xF) == prog.SENT
-        from_client = sent == entry.local_is_client
+        who = (ev["pid_tgid"] >> 32, ev["comm"], ev["cgroup_id"], ev["cookie"], not entry.sk)
+        comment = self._comments.get(who)
+        if comment is None:
+            comment = self._comments[who] = self.describe(ev) + (" conn=unknown" if not entry.sk else "")
+        from_client = ((ev["cookie"] >> 8 & 0xF) == prog.SENT) == entry.local_is_client
         packets = entry.conn.handshake() if fresh else []
-        packets += entry.conn.data(from_client, (ev.ts_ns, ev.pid_tgid), ev.total, ev.offset, payload)
+        packets += entry.conn.data(from_client, (ev["ts_ns"], ev["pid_tgid"]), ev["total"], ev["offset"], payload)
         for is_client, packet in packets:
-            self.emit(ev.ts_ns, packet, comment, inbound=is_client != entry.local_is_client)
+            self.emit(ev["ts_ns"], packet, comment, inbound=is_client != entry.local_is_client)
 
-    def _connection(self, ev, tgid, now):
+    def _connection(self, ev, now):
         """(_Conn, whether it is new) for a record."""
-        handle = (tgid, ev.handle)
-        if not ev.sk:
+        handle = (ev["pid_tgid"] >> 32, ev["handle"])
+        sk = ev["sk"]
+        if sk:
+            raw = (sk, ev["family"], ev["saddr"], ev["sport"], ev["daddr"], ev["dport"])
+            entry = self._by_socket.get(raw)
+            if entry is not None and self._by_tuple.get((entry.local, entry.remote)) is entry:
+                self._by_handle[handle] = entry
+                return entry, False
+        else:
             entry = self._by_handle.get(handle)
             if entry is not None:
                 return entry, False
-            self.unknown += 1  # a buffered call of a connection seen before the capture started
+            self.unknown += 1  # a buffered call of a connection seen before the capture started (or a memory BIO)
             unknown = (ipaddress.ip_address("0.0.0.0"), 0)
             entry = _Conn(self._new(unknown, (unknown[0], self.unknown % 65536), False), False, 0, unknown,
                           (unknown[0], self.unknown % 65536), now)
@@ -291,17 +301,18 @@ class Plaintext:
             return entry, True
         local, remote = _endpoints(ev)
         entry = self._by_tuple.get((local, remote))
-        fresh = entry is None or entry.sk != ev.sk  # a new socket on an old 4-tuple: a new connection
+        fresh = entry is None or entry.sk != sk  # a new socket on an old 4-tuple: a new connection
         if fresh:
             other = self._by_tuple.get((remote, local))
             if other is not None and not other.duplicate and now - other.used < IDLE_FORGET:
-                entry = _Conn(other.conn, False, ev.sk, local, remote, now, duplicate=True)
+                entry = _Conn(other.conn, False, sk, local, remote, now, duplicate=True)
                 fresh = False
             else:
-                client = not self._listens(tgid, local[1])
+                client = not self._listens(handle[0], local[1])
                 conn = self._new(local, remote, client)
-                entry = _Conn(conn, client, ev.sk, local, remote, now)
+                entry = _Conn(conn, client, sk, local, remote, now)
             self._by_tuple[(local, remote)] = entry
+        self._by_socket[raw] = entry
         self._by_handle[handle] = entry
         return entry, fresh
 
@@ -331,17 +342,18 @@ class Plaintext:
     def forget_idle(self, now=None):
         """Drop connections no call used for IDLE_FORGET seconds (memory of a long capture)."""
         now = time.monotonic() if now is None else now
-        for table in (self._by_tuple, self._by_handle):
+        for table in (self._by_tuple, self._by_handle, self._by_socket):
             for key in [k for k, e in table.items() if now - e.used > IDLE_FORGET]:
                 del table[key]
+        self._comments.clear()
 
 
 def _endpoints(ev):
     """(local, remote) as (ip address, port); an IPv4-mapped IPv6 address as the IPv4 one."""
     def address(raw):
-        if ev.family == socket.AF_INET:
+        if ev["family"] == socket.AF_INET:
             return ipaddress.ip_address(raw[:4])
         addr = ipaddress.ip_address(raw)
         return addr.ipv4_mapped or addr
 
-    return (address(ev.saddr), ev.sport), (address(ev.daddr), ev.dport)
+    return (address(ev["saddr"]), ev["sport"]), (address(ev["daddr"]), ev["dport"])

@@ -13,6 +13,7 @@ PATTERN = bytes(range(256))
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version, sys_version = "bpfhook-test", ""
+    disable_nagle_algorithm = True  # head and body go in two writes: no wait for a delayed ACK
 
     def date_time_string(self, timestamp=None):  # answers that replay can compare byte for byte
         return "Thu, 01 Jan 2026 00:00:00 GMT"
