@@ -491,10 +491,11 @@ def add_arguments(parser):
     parser.add_argument("--pid", type=int, default=0, help="only this process (its tgid)")
     parser.add_argument("-w", "--write", metavar="FILE.pcapng", help="output file (created 0600; must not exist)")
     parser.add_argument("--snaplen", type=int, default=DEFAULT_SNAPLEN, help="bytes kept per packet/message")
-    parser.add_argument("--net", action="store_true", help="network packets (default: both net and uds)")
-    parser.add_argument("--uds", action="store_true", help="Unix-socket messages (default: both net and uds)")
+    parser.add_argument("--net", action="store_true", help="network packets (default: net and uds)")
+    parser.add_argument("--uds", action="store_true", help="Unix-socket messages (default: net and uds)")
     parser.add_argument("--tls", action="store_true",
-                        help="also TLS plaintext (OpenSSL, GnuTLS) as TCP/IP packets on an interface of its own")
+                        help="TLS plaintext (OpenSSL, GnuTLS) as TCP/IP packets on an interface of its own "
+                             "(add --net --uds for those too)")
     parser.add_argument("--both-directions", action="store_true", help="also packets the container sends")
     parser.add_argument("--filter", default="", metavar="PORT|PROTO|PROTO/PORT",
                         help="network filter: 80, tcp, udp/53")
@@ -529,7 +530,7 @@ def run(args):
     if pages <= 0 or pages & (pages - 1):
         raise CaptureError(f"--buffer-pages {pages}: must be a power of two")
     proto, port = parse_filter(args.filter)
-    net, uds = (args.net, args.uds) if (args.net or args.uds) else (True, True)
+    net, uds = (args.net, args.uds) if (args.net or args.uds or args.tls) else (True, True)
     target = resolve_target(args.container)
     if os.path.lexists(args.write):
         raise CaptureError(f"{args.write} exists; captures are never overwritten")

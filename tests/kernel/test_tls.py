@@ -141,7 +141,7 @@ def plaintext_flows(path):
 def basic(https, tmp_path_factory):
     c, server, cert = https
     out = tmp_path_factory.mktemp("basic") / "tls.pcapng"
-    proc = capture(out)
+    proc = capture(out, "--net", "--uds")
     wait_started(proc, out)
     curl = subprocess.run([oracles.require("curl"), "-s", "--http1.1", "--cacert", cert, "-w", "\n%{local_port}",
                            f"https://{c.ipv4}:{PORT}/from-curl?x=1"], capture_output=True, text=True, timeout=30)
@@ -398,7 +398,9 @@ def test_sigkill_leaves_no_uprobe(https, tmp_path):
     proc.kill()
     proc.wait(timeout=10)
     assert eventually(lambda: _uprobes() == before, timeout=10)
-    assert pcapng.Reader(out) is not None
+    reader = pcapng.Reader(out)
+    list(reader)
+    assert [i.name for i in reader.interfaces] == [f"{NAME}:tls-plaintext"]  # --tls alone: only TLS
 
 
 # Run "$@" in a mount namespace of its own where every TLS library file in the library
@@ -441,7 +443,7 @@ def plain_lab():
 def test_no_tls_library_one_line_and_the_net_capture_goes_on(plain_lab, tmp_path):
     c, _procs = plain_lab
     out = tmp_path / "plain.pcapng"
-    proc = capture(out, container="tlsbad")
+    proc = capture(out, "--net", "--uds", container="tlsbad")
     wait_started(proc, out)
     socket.create_connection((c.ipv4, 8080), timeout=5).close()
     time.sleep(0.5)
