@@ -10,7 +10,9 @@ it. Phases alternate: unmonitored, capture --tls, unmonitored, bpftrace, unmonit
 capture with its defaults, ...; each tool phase's request rate is divided by the mean of the
 unmonitored phases on either side of it, and the figure is the median of these ratios (the
 A/A figure pairs the inner unmonitored phases the same way: what the host's noise alone makes
-of such a ratio). The client process lives through the whole run, idle between phases, and
+of such a ratio). Each tool's own CPU time (utime + stime, /proc) during its phases is given
+per request: on a 2-CPU host the client and the server fill both CPUs, and what the tool's
+process spends is taken from them. The client process lives through the whole run, idle between phases, and
 each tool is started before its phase and stopped after it.
 
 capture runs as a user types it, `bpfhook capture --container NAME --tls -w FILE`: uprobes on
@@ -84,15 +86,24 @@ class Tool:
                 raise RuntimeError(f"{self.argv[0]} did not attach in 60 s")
             time.sleep(0.1)
         time.sleep(SETTLE)
+        self.cpu = -_cpu_seconds(self.proc.pid)
         return self
 
     def __exit__(self, *exc):
+        self.cpu += _cpu_seconds(self.proc.pid)  # the phase's, start-up and shutdown left out
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _cpu_seconds(pid):
+    """utime + stime of a process so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _median_interval(ratios):
@@ -149,10 +160,12 @@ def run(cycles=CYCLES, seconds=SECONDS):
         tools["net+uds"] = capture
         measure()  # warm up: the server's threads, the session
         sequence = [("none", measure())]
+        cpu = {kind: [] for kind in tools}  # the tool's CPU microseconds per request, per phase
         for _ in range(cycles):
             for kind, make in tools.items():
-                with make():
+                with make() as tool:
                     sequence.append((kind, measure()))
+                cpu[kind].append(tool.cpu * 1e6 / (sequence[-1][1] * seconds))
                 sequence.append(("none", measure()))
         rates = {kind: [r for k, r in sequence if k == kind] for kind in ("none", *tools)}
         nones = [("none", r) for r in rates["none"]]
@@ -172,6 +185,9 @@ def run(cycles=CYCLES, seconds=SECONDS):
                 if peer else None, None, "ratio", ">= 1"),
             "HTTPS requests/s with capture's defaults (net + uds, no TLS) vs unmonitored": (
                 round(statistics.median(plain), 3), None, "ratio", None),
+            "tool process CPU per request (capture --tls; peer: bpftrace)": (
+                round(statistics.median(cpu["capture"]), 1),
+                round(statistics.median(cpu["bpftrace"]), 1) if peer else None, "us", None),
             "unmonitored vs unmonitored (A/A: the host's noise)": (
                 round(statistics.median(aa), 3) if aa else None, None, "ratio", None),
             "requests in the capture files / requests sent meanwhile": (
