@@ -285,7 +285,7 @@ class Capture:
         if self.pid and (owner is None or owner[0] != self.pid):
             self.counters.filtered += 1
             return
-        if self.tls and tuple5 and tuple5[1] == 6 and self._plaintext_written(data, tuple5):
+        if self.tls and tuple5 and tuple5[1] == 6 and self._plaintext_written(data, tuple5, ts):
             self.counters.ciphertext_left_out += 1
             return
         comment = self._comment(owner, cgid)
@@ -294,15 +294,15 @@ class Capture:
         self.counters.packets += 1
         self.counters.bytes += length
 
-    def _plaintext_written(self, data, tuple5):
+    def _plaintext_written(self, data, tuple5, ts):
         """Whether this TCP packet is the ciphertext of a connection whose plaintext the TLS
         interface has: tshark (before 4.2's conversation deinterlacing) joins the two streams of
         one 4-tuple into one and loses the HTTP in it, so from the connection's first plaintext
-        on its ciphertext is left out (and counted). A SYN on those addresses starts afresh."""
+        on its ciphertext is left out (and counted). A later SYN on those addresses starts afresh."""
         version, _, src, sport, dst, dport = tuple5
         at = (data[0] & 0x0F) * 4 + 13 if version == 4 else 40 + 13
         flags = data[at] if len(data) > at else 0
-        return self.counters.tls.written((src, sport), (dst, dport), syn=bool(flags & 0x02))
+        return self.counters.tls.written((src, sport), (dst, dport), ts, syn=bool(flags & 0x02))
 
     def _comment(self, owner, cgid):
         path = self._cgroup_paths.get(cgid)
@@ -366,7 +366,10 @@ class Capture:
                                       ringbuf_size=1 << max(22, (pages * 4096 - 1).bit_length()))
         self._stack.callback(self.tls_hooks.close)
         self._attach_steps.append(self.tls_hooks.attach)
-        self.counters.tls = tls.Plaintext(self._on_tls_packet, self._tls_comment)
+        # a connection's packets sent before its first plaintext go to the file before its
+        # synthesized handshake: the rings are read one after the other, the TLS one may run ahead
+        self.counters.tls = tls.Plaintext(self._on_tls_packet, self._tls_comment,
+                                          before_new=lambda: self.net and self.net_reader.read(0))
         reader = open_reader(self.tls_hooks.events, callback=self.counters.tls.record)
         self._stack.callback(reader.close)
         self.tls_reader = reader

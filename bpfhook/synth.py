@@ -24,7 +24,6 @@ _SEQ = 1 << 32
 _TCP = struct.Struct(">IIBBHHH")  # after the ports: seq, ack, data offset, flags, window, checksum, urgent
 _IPV4 = struct.Struct(">BBHHHBBH4s4s")
 _IPV6 = struct.Struct(">IHBB16s16s")
-_CHECKSUM = struct.Struct(">H")
 
 
 def ones_sum(data):
@@ -43,27 +42,31 @@ def _fold(total):
 
 class Way:
     """One direction between two endpoints: what every packet that way shares (addresses, ports,
-    the pseudo-header's part of the checksum), worked out once."""
+    their part of the checksums), worked out once."""
 
-    __slots__ = ("v4", "src", "dst", "ports", "pseudo")
+    __slots__ = ("v4", "src", "dst", "ports", "tcp_sum", "ip_sum")
 
     def __init__(self, src, dst, sport, dport):
         src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         self.v4 = src.version == 4
         self.src, self.dst = src.packed, dst.packed
         self.ports = struct.pack(">HH", sport, dport)
-        # the pseudo-header's words: the addresses, the protocol; the TCP length is added per packet
-        self.pseudo = ones_sum(self.src + self.dst) + IPPROTO_TCP
+        # the TCP checksum's fixed words: the pseudo-header's addresses and protocol, the ports
+        self.tcp_sum = ones_sum(self.src + self.dst + self.ports) + IPPROTO_TCP
+        # the IPv4 header checksum's: version/IHL/TOS, DF, TTL/protocol, the addresses
+        self.ip_sum = ones_sum(self.src + self.dst) + 0x4500 + 0x4000 + (TTL << 8 | IPPROTO_TCP)
 
     def packet(self, seq, ack, flags, payload=b"", ident=0):
         """An IPv4 or IPv6 packet carrying one TCP segment."""
         length = 20 + len(payload)
-        rest = _TCP.pack(seq % _SEQ, ack % _SEQ, 5 << 4, flags, WINDOW, 0, 0)
-        total = self.pseudo + length + ones_sum(self.ports + rest) + ones_sum(payload)
-        tcp = self.ports + rest[:12] + _CHECKSUM.pack(~_fold(total) & 0xFFFF) + rest[14:]
+        seq, ack = seq % _SEQ, ack % _SEQ
+        total = (self.tcp_sum + length + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
+                 + (5 << 12 | flags) + WINDOW + ones_sum(payload))
+        tcp = self.ports + _TCP.pack(seq, ack, 5 << 4, flags, WINDOW, ~_fold(total) & 0xFFFF, 0)
         if self.v4:
-            ip = _IPV4.pack(0x45, 0, 20 + length, ident & 0xFFFF, 0x4000, TTL, IPPROTO_TCP, 0, self.src, self.dst)
-            ip = ip[:10] + _CHECKSUM.pack(~ones_sum(ip) & 0xFFFF) + ip[12:]
+            ident &= 0xFFFF
+            checksum = ~_fold(self.ip_sum + 20 + length + ident) & 0xFFFF
+            ip = _IPV4.pack(0x45, 0, 20 + length, ident, 0x4000, TTL, IPPROTO_TCP, checksum, self.src, self.dst)
         else:
             ip = _IPV6.pack(6 << 28, length, IPPROTO_TCP, TTL, self.src, self.dst)
         return ip + tcp + bytes(payload)
@@ -125,9 +128,8 @@ class Connection:
         `total` bytes: [(from_client, packet)]."""
         d = self.dirs[from_client]
         start = d.place(call_id, total, offset, len(payload))
-        out = []
+        if len(payload) <= MAX_SEGMENT:  # a ring record always is
+            return [(from_client, self._packet(from_client, d.isn + 1 + start, PSH | ACK, payload))]
         view = memoryview(payload)
-        for at in range(0, len(payload), MAX_SEGMENT):
-            piece = view[at:at + MAX_SEGMENT]
-            out.append((from_client, self._packet(from_client, d.isn + 1 + start + at, PSH | ACK, piece)))
-        return out
+        return [(from_client, self._packet(from_client, d.isn + 1 + start + at, PSH | ACK, view[at:at + MAX_SEGMENT]))
+                for at in range(0, len(payload), MAX_SEGMENT)]

@@ -231,6 +231,8 @@ class _Conn:
     remote: tuple
     used: float = 0.0
     duplicate: bool = False  # the other end of a connection already written from its first end
+    ended: bool = False  # another connection took its 4-tuple (a new socket, a SYN)
+    first_ts: int = 0  # ktime of its first plaintext: its packets before then are its handshake
 
 
 class Plaintext:
@@ -239,13 +241,16 @@ class Plaintext:
     Connections are told apart by socket (sk) and addresses; a call without a socket goes to
     the connection its (pid, handle) was last seen on. When both ends of a connection are in
     the container, it is written from the end seen first: the other end's calls carry the
-    same bytes and are counted (`duplicates`), not written twice."""
+    same bytes and are counted (`duplicates`), not written twice. before_new(): called before a
+    connection's synthesized handshake, so that a caller writing the same connection's packets
+    from another buffer writes those sent before it first (capture: the net reader)."""
 
-    def __init__(self, emit, describe, rng=None):
+    def __init__(self, emit, describe, rng=None, before_new=None):
         from bpfhook.programs import tls as prog
         from pybpf.layout import codec
 
         self.emit, self.describe = emit, describe  # describe(record) -> comment words
+        self.before_new = before_new  # called before a connection's first packets are emitted
         self.prog = prog
         self._decode = codec(prog.TlsEvent).decode
         self._rng = rng
@@ -274,6 +279,10 @@ class Plaintext:
         if comment is None:
             comment = self._comments[who] = self.describe(ev) + (" conn=unknown" if not entry.sk else "")
         from_client = ((ev["cookie"] >> 8 & 0xF) == prog.SENT) == entry.local_is_client
+        if fresh:
+            entry.first_ts = ev["ts_ns"]
+            if self.before_new is not None:
+                self.before_new()
         packets = entry.conn.handshake() if fresh else []
         packets += entry.conn.data(from_client, (ev["ts_ns"], ev["pid_tgid"]), ev["total"], ev["offset"], payload)
         for is_client, packet in packets:
@@ -286,7 +295,7 @@ class Plaintext:
         if sk:
             raw = (sk, ev["family"], ev["saddr"], ev["sport"], ev["daddr"], ev["dport"])
             entry = self._by_socket.get(raw)
-            if entry is not None and self._by_tuple.get((entry.local, entry.remote)) is entry:
+            if entry is not None and not entry.ended:
                 self._by_handle[handle] = entry
                 return entry, False
         else:
@@ -311,20 +320,26 @@ class Plaintext:
                 client = not self._listens(handle[0], local[1])
                 conn = self._new(local, remote, client)
                 entry = _Conn(conn, client, sk, local, remote, now)
+            old = self._by_tuple.get((local, remote))
+            if old is not None:
+                old.ended = True
             self._by_tuple[(local, remote)] = entry
         self._by_socket[raw] = entry
         self._by_handle[handle] = entry
         return entry, fresh
 
-    def written(self, a, b, syn=False):
-        """Whether the connection between endpoints a and b, (ip address, port) each, has its
-        plaintext written. syn: a packet opening a connection there, which ends what was known
-        of an older one on those endpoints."""
-        if syn:
-            for key in ((a, b), (b, a)):
-                self._by_tuple.pop(key, None)
+    def written(self, a, b, ts, syn=False):
+        """Whether a packet sent at `ts` (ktime ns) between endpoints a and b, (ip address, port)
+        each, belongs to a connection whose plaintext is written from before then. syn: the
+        packet opens a connection, which (after that plaintext began) ends the one known there."""
+        entry = self._by_tuple.get((a, b)) or self._by_tuple.get((b, a))
+        if entry is None or ts < entry.first_ts:
             return False
-        return (a, b) in self._by_tuple or (b, a) in self._by_tuple
+        if syn:
+            entry.ended = True
+            self._by_tuple.pop((entry.local, entry.remote), None)
+            return False
+        return True
 
     def _new(self, local, remote, local_is_client):
         client, server = (local, remote) if local_is_client else (remote, local)

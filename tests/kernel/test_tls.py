@@ -124,7 +124,10 @@ def post(path, body):
 
 
 def tshark(path, *fields, filter=None):
-    argv = [oracles.require("tshark"), "-r", str(path), "-T", "fields", "-E", "separator=|"]
+    """tshark's fields; the servers' ports decode as HTTP (tshark otherwise picks a dissector by
+    either port: a client's ephemeral port such as 44322 is registered to pmproxy)."""
+    argv = [oracles.require("tshark"), "-r", str(path), "-T", "fields", "-E", "separator=|",
+            "-d", f"tcp.port=={PORT},http", "-d", "tcp.port==9443,http"]
     argv += [a for f in fields for a in ("-e", f)] + (["-Y", filter] if filter else [])
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -317,6 +320,26 @@ def test_nothing_lost_or_reordered(stress):
     paths = [h["path"] for h in analyze.http_exchanges(found[0])]
     assert paths == [f"/seq/{i}" for i in range(1000)]
     assert flows.read(out).drops == 0
+
+
+def test_each_connection_s_packets_before_its_plaintext_come_first_in_the_file(stress):
+    """The TLS ring is read after the net one and may run ahead of it: a connection's handshake
+    packets, sent before its first plaintext, must still be in the file before the synthesized
+    handshake (else tshark starts the connection again at the real SYN and loses the plaintext)."""
+    out, _sent = stress
+    records = [p for p in pcapng.Reader(out) if isinstance(p, pcapng.Packet)]
+    synthesized = {}  # client port -> (file index, ts) of each synthesized SYN
+    for i, p in enumerate(records):
+        g = flows.parse_packet(pcapng.LINKTYPE_RAW, p.data)
+        if p.interface.name.endswith(":tls-plaintext") and g.flags == 0x02:
+            synthesized.setdefault(g.sport, []).append((i, p.ts_ns))
+    late = []
+    for i, p in enumerate(records):
+        if p.interface.name.endswith(":net"):
+            g = flows.parse_packet(pcapng.LINKTYPE_RAW, p.data)
+            port = g.sport if g.dport == PORT else g.dport
+            late += [(i, port) for at, ts in synthesized.get(port, ()) if p.ts_ns < ts and i > at]
+    assert late == []
 
 
 def test_large_bodies_arrive_whole(stress):

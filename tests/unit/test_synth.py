@@ -218,3 +218,22 @@ def test_chunks_of_one_call_and_a_lost_chunk(plaintext):
     p.record(record(1, 100, 0xAA, 0xFF01, "SSL_write_ex", body[32768:], total=len(body), offset=32768))
     segs = [g for g in parsed(out) if g.payload]
     assert segs[1].seq - segs[0].seq == 32768 and p.calls == 1
+
+
+def test_ciphertext_from_the_first_plaintext_on_is_the_plaintexts(plaintext):
+    """capture's net side asks written(): packets before the first plaintext (the handshakes) are
+    written, later ones are not; a later SYN ends the connection; before_new runs first."""
+    p, out = plaintext
+    order = []
+    p.before_new = lambda: order.append("flush")
+    p.emit = lambda *a, **k: order.append("packet")
+    client = (ipaddress.ip_address("10.77.1.1"), 40404)
+    server = (ipaddress.ip_address("10.77.1.2"), 8443)
+    assert not p.written(client, server, 50)
+    p.record(record(100, 100, 0xAA, 0xFF01, "SSL_read", REQUEST))
+    assert order[:2] == ["flush", "packet"]
+    assert not p.written(client, server, 99, syn=True)  # its own handshake, sent before
+    assert not p.written(server, client, 99)
+    assert p.written(client, server, 101) and p.written(server, client, 150)
+    assert not p.written(client, server, 200, syn=True)  # a new connection on the same ports
+    assert not p.written(client, server, 201)
