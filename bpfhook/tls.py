@@ -69,9 +69,9 @@ def check_kernel():
     uprobes = features.probe("uprobe_pmu")
     if not uprobes:
         raise FeatureUnavailable(f"--tls needs uprobes: {uprobes.detail}")
-    if not features.has("helper.kprobe.loop"):
+    if not features.has("bpf_loop"):
         raise FeatureUnavailable("--tls needs bpf_loop in uprobe programs (Linux 5.17): "
-                                 + features.probe("helper.kprobe.loop").detail)
+                                 + features.probe("bpf_loop").detail)
 
 
 class TlsHooks:

@@ -11,7 +11,7 @@ cached for the life of the process, and has() runs only the probes it needs.
 Names (stable; `names()` lists them all):
     prog_type.<type>  map_type.<type>  attach_type.<type>  helper.<prog_type>.<helper>
     link.{tcx,netkit,cgroup,xdp,netns,perf_event,sockmap,uprobe_multi}
-    isa.v1 .. isa.v4  bounded_loops  atomics  btf  btf_vmlinux  ringbuf
+    isa.v1 .. isa.v4  bounded_loops  atomics  btf  btf_vmlinux  ringbuf  bpf_loop
     kprobe_pmu  uprobe_pmu  fentry  fexit  lsm  tp_btf  raw_tracepoint  perf_event_tracepoint
     tracefs  debugfs  cgroup2
 
@@ -542,6 +542,7 @@ def _catalogue():
         "btf": _probe_btf,
         "btf_vmlinux": _probe_btf_vmlinux,
         "ringbuf": lambda: _alias("map_type.ringbuf"),
+        "bpf_loop": lambda: _alias("helper.kprobe.loop"),
         "kprobe_pmu": _probe_kprobe_pmu,
         "uprobe_pmu": _probe_uprobe_pmu,
         "fentry": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_FENTRY, "bpf_fentry_test1"),
