@@ -6,9 +6,10 @@ Shared by `bpfhook analyze` and `bpfhook replay`. Reads our own files
 the SYN (or, without one, the side a SYN-ACK went to, else the first
 packet's sender). TLS plaintext that capture --tls wrote as TCP packets
 (comment tls=plaintext) is a flow apart from the ciphertext of the same
-connection, which is then marked tls="ciphertext" with its twin's id. Each direction of a TCP connection is put back in sequence
-order; what was sent twice, what came out of order and what is missing
-(gaps: never captured, cut at snaplen) is counted, never papered over.
+connection, which is then marked tls="ciphertext" with its twin's id.
+Each direction of a TCP connection is put back in sequence order; what
+was sent twice, what came out of order and what is missing (gaps: never
+captured, cut at snaplen) is counted, never papered over.
 
 A flow's `messages` are its turns: consecutive bytes one side sent before
 the other side spoke, with the time they became available in order. Replay

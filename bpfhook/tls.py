@@ -7,9 +7,10 @@ directories that no process has loaded yet (a curl that runs for a moment
 after the capture started). Each file (device, inode) is probed once, for
 every process that maps it, and the container is looked at again every
 RESCAN_EVERY seconds for libraries loaded later from elsewhere, and at once
-when a process joins it. The programs (bpfhook.programs.tls) keep only calls of the
-container's cgroup subtree, in the kernel. Their records become TCP/IP
-packets on the connection's addresses (bpfhook.synth): Plaintext below.
+when a process joins it. The programs (bpfhook.programs.tls) keep only
+calls of the container's cgroup subtree, in the kernel. Their records
+become TCP/IP packets on the connection's addresses (bpfhook.synth):
+Plaintext below.
 
 A call is tied to its connection by the socket syscall the library makes
 on the same thread inside the call (the ciphertext it writes or reads): it
@@ -31,7 +32,7 @@ from pybpf.errors import BpfError, FeatureUnavailable
 RESCAN_EVERY = 2.0  # seconds between looks for newly loaded TLS libraries
 ROLE_TTL = 1.0  # seconds a process's listening ports are trusted
 IDLE_FORGET = 600.0  # seconds after which a connection no call used is forgotten
-LIBRARY_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib")  # and their multiarch subdirectories
+LIBRARY_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib")  # and their multiarch subdirs
 
 
 @dataclasses.dataclass(frozen=True)
