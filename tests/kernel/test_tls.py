@@ -208,6 +208,9 @@ def test_summary_and_statistics_count_tls(basic):
     stats = [s for s in pcapng.Reader(out) if isinstance(s, pcapng.Statistics)
              and s.interface.name.endswith(":tls-plaintext")]
     assert stats and stats[-1].dropped == 0 and stats[-1].received == calls >= 4
+    # the server maps libssl and the library directory holds it: one file, probed once
+    probing = [line for line in stderr.splitlines() if line.startswith("tls: probing ") and "libssl.so" in line]
+    assert len(probing) == 1, probing
 
 
 def test_analyze_lists_the_https_requests(basic):
