@@ -10,12 +10,17 @@ everything is bounded by --timeout.
 
 Only loopback addresses, lab container addresses and Unix paths are
 targets: replaying captured requests at a production host is refused.
+
+TLS: flows capture --tls wrote as plaintext replay like clear ones (their
+ciphertext twins are left out); --tls sends them inside TLS to the target,
+its certificate checked unless --insecure.
 """
 import codecs
 import dataclasses
 import ipaddress
 import json
 import socket
+import ssl
 import time
 
 from bpfhook import flows
@@ -77,9 +82,23 @@ def parse_rewrite(text):
     return tuple(codecs.escape_decode(s.encode())[0] for s in (old, new))
 
 
-def select(capture, target, ids=()):
-    """The flows to replay to this target: the given ids, or every one of a kind it can take."""
-    fits = (lambda f: f.kind.startswith("unix-")) if target.unix else (lambda f: f.kind in ("tcp", "udp"))
+def tls_context(insecure=False, ca_file=None):
+    """The client side of --tls: the system's CAs (or ca_file) and hostname check, none with insecure."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ReplayError(f"--ca-file {ca_file}: {getattr(e, 'strerror', None) or e}") from None
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def select(capture, target, ids=(), tls=False):
+    """The flows to replay to this target: the given ids, or every one of a kind it can take
+    (the ciphertext of a connection whose plaintext was captured is left out: it is replayed)."""
+    kinds = ("tcp",) if tls else ("tcp", "udp")
+    fits = (lambda f: f.kind.startswith("unix-")) if target.unix else (lambda f: f.kind in kinds)
     by_id = {f.id: f for f in capture.flows}
     if ids:
         for i in ids:
@@ -88,7 +107,7 @@ def select(capture, target, ids=()):
             if not fits(by_id[i]):
                 raise ReplayError(f"flow {i} is {by_id[i].kind}; it cannot be replayed to {target.text}")
         return [by_id[i] for i in ids]
-    return [f for f in capture.flows if fits(f) and not f.duplicate
+    return [f for f in capture.flows if fits(f) and not f.duplicate and f.tls != "ciphertext"
             and any(m.direction == flows.C2S for m in f.messages)]
 
 
@@ -166,8 +185,9 @@ def _recv_until(sock, want, deadline, idle=None):
     return bytes(out)
 
 
-def replay_flow(flow, target, speed=None, rewrites=(), deadline=None):
-    """Replay one flow; a Result, never an exception for what the server does."""
+def replay_flow(flow, target, speed=None, rewrites=(), deadline=None, tls=None):
+    """Replay one flow; a Result, never an exception for what the server does. tls: an
+    ssl.SSLContext to send the flow inside TLS."""
     deadline = deadline or time.monotonic() + 30
     r = Result(flow.id, flow.kind, problems=[p for p in flow.problems() if p.startswith(flows.C2S)])
     datagrams = SOCK_TYPES[flow.kind] == socket.SOCK_DGRAM
@@ -180,6 +200,8 @@ def replay_flow(flow, target, speed=None, rewrites=(), deadline=None):
             sock.bind("")  # autobind an abstract name: the server can answer
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         sock.connect(target.address)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=target.address[0])
         for m in flow.messages:
             if m.direction == flows.C2S:
                 clock.wait(m.ts_ns)
@@ -194,11 +216,15 @@ def replay_flow(flow, target, speed=None, rewrites=(), deadline=None):
                 got.append(answer)
                 clock.mark(m.ts_ns)
         if not datagrams:
-            sock.shutdown(socket.SHUT_WR)
+            if tls is None:  # (a TLS connection cannot be half closed: its reads need the write side)
+                sock.shutdown(socket.SHUT_WR)
             got.append(_recv_until(sock, None, deadline, IDLE))  # the rest, until EOF or silence
         elif not has_answer:
             while (d := _recv_datagram(sock, min(deadline, time.monotonic() + IDLE))) is not None:
                 got.append(d)
+    except ssl.SSLCertVerificationError as e:
+        r.error = (f"TLS: certificate verify failed: {e.verify_message} "
+                   "(--ca-file FILE trusts its CA; --insecure skips the check)")
     except OSError as e:
         r.error = e.strerror or str(e)
     finally:
@@ -216,17 +242,20 @@ def _recv_datagram(sock, deadline):
         return None
 
 
-def replay(path, to, ids=(), speed=None, rewrites=(), timeout=30.0):
-    """Replay the flows of the capture at `path` to `to`; a list of Result. speed None: as fast as possible."""
+def replay(path, to, ids=(), speed=None, rewrites=(), timeout=30.0, tls=None):
+    """Replay the flows of the capture at `path` to `to`; a list of Result. speed None: as fast as possible.
+    tls: an ssl.SSLContext (tls_context()) to replay inside TLS."""
     target = parse_target(to)
-    chosen = select(flows.read(path), target, ids)
+    if tls is not None and target.unix:
+        raise ReplayError(f"--tls replays to a TCP server, not to {target.text}")
+    chosen = select(flows.read(path), target, ids, tls is not None)
     deadline = time.monotonic() + timeout
     results = []
     for flow in chosen:
         if time.monotonic() >= deadline:
             results.append(Result(flow.id, flow.kind, error=f"not replayed: --timeout {timeout:g}s reached"))
             continue
-        results.append(replay_flow(flow, target, speed, rewrites, deadline))
+        results.append(replay_flow(flow, target, speed, rewrites, deadline, tls))
     return results
 
 
@@ -256,13 +285,19 @@ def add_arguments(parser):
                         help="replace bytes in what the client sends (escapes like \\r\\n allowed); repeatable")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SEC", help="bound for the whole replay")
     parser.add_argument("--json", action="store_true", help="one JSON document")
+    parser.add_argument("--tls", action="store_true", help="send the flows inside TLS to the target")
+    parser.add_argument("--insecure", action="store_true", help="with --tls: do not check the server's certificate")
+    parser.add_argument("--ca-file", metavar="PEM", help="with --tls: trust this CA (or self-signed certificate)")
 
 
 def run(args):
     if args.timeout <= 0:
         raise ReplayError(f"bad --timeout {args.timeout}: must be > 0")
+    if (args.insecure or args.ca_file) and not args.tls:
+        raise ReplayError("--insecure and --ca-file go with --tls")
+    context = tls_context(args.insecure, args.ca_file) if args.tls else None
     results = replay(args.file, args.to, args.flow, _speed(args.speed),
-                     [parse_rewrite(t) for t in args.rewrite], args.timeout)
+                     [parse_rewrite(t) for t in args.rewrite], args.timeout, context)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
     else:
