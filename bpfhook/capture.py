@@ -28,10 +28,11 @@ import struct
 import sys
 import time
 
-from bpfhook import cgroups, containers, pcapng, procfs, tls
+from bpfhook import cgroups, containers, pcapng, procfs
 from bpfhook.programs import capture as net_program
 from bpfhook.programs import uds as uds_program
 from bpfhook.records import flat_struct
+from bpfhook.tls import Plaintext, TlsHooks, check_kernel
 from pybpf import attach
 from pybpf.errors import BpfError
 from pybpf.readers import open_reader
@@ -216,8 +217,6 @@ class Capture:
         self.writer = None
         try:
             if tls:
-                from bpfhook.tls import check_kernel
-
                 check_kernel()  # before anything loads
             if net:
                 self._build_net(ip_proto, port, pages)
@@ -327,15 +326,15 @@ class Capture:
 
     # -- TLS plaintext --------------------------------------------------------------------
     def _build_tls(self, pages):
-        self.tls_hooks = tls.TlsHooks(self.target.cgroup_dir, self.owners._pids,
-                                      lambda line: print(line, file=sys.stderr), self.pid,
-                                      ringbuf_size=1 << max(22, (pages * 4096 - 1).bit_length()))
+        self.tls_hooks = TlsHooks(self.target.cgroup_dir, lambda: cgroups.pids_below(self.target.cgroup_path),
+                                  lambda line: print(line, file=sys.stderr), self.pid,
+                                  ringbuf_size=1 << max(22, (pages * 4096 - 1).bit_length()))
         self._stack.callback(self.tls_hooks.close)
         self._attach_steps.append(self.tls_hooks.attach)
         # a connection's packets sent before its first plaintext go to the file before its
         # synthesized handshake: the rings are read one after the other, the TLS one may run ahead
-        self.counters.tls = tls.Plaintext(self._on_tls_packet, self._tls_comment,
-                                          before_new=lambda: self.net and self.net_reader.read(0))
+        self.counters.tls = Plaintext(self._on_tls_packet, self._tls_comment,
+                                      before_new=lambda: self.net and self.net_reader.read(0))
         reader = open_reader(self.tls_hooks.events, callback=self.counters.tls.record)
         self._stack.callback(reader.close)
         self.tls_reader = reader

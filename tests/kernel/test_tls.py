@@ -23,7 +23,7 @@ import pytest
 
 from bpfhook import analyze, flows, pcapng
 from bpfhook.lab import Lab
-from tests import certs, kernel_state, oracles
+from tests import certs, kernel_state, oracles, runtimes
 from tests.https_server import SERVER
 from tests.conftest import eventually, require
 
@@ -566,22 +566,20 @@ def test_hooks_give_the_plaintext(https, multi):
 
 @pytest.fixture(scope="module")
 def docker():
-    """Docker through tests/runtimes.py (it starts dockerd only when none answers and puts the
-    host's firewall back as found); one line when that module or docker.io is not here."""
+    """A Docker engine through tests/runtimes.py: dockerd started only when none answers, the
+    host's firewall, bridges and cgroups put back as found afterwards."""
     require("uprobe_pmu")
-    try:
-        from tests import runtimes
-    except ImportError:
-        pytest.skip("tests/runtimes.py (Docker for tests) is not in this checkout")
     with runtimes.docker_engine() as engine:
-        yield runtimes, engine
+        yield engine
 
 
 def test_docker_container_https_server(docker, tmp_path):
     """The HTTPS server in a Docker container (an empty imported image, the host's /usr, /lib,
-    /etc bind-mounted read-only, Debian's /usr/bin/python3): its libssl is found through the
-    container's processes, probed, and its plaintext written on the container's addresses."""
-    runtimes, engine = docker
+    /etc bind-mounted read-only, Debian's /usr/bin/python3): `capture --tls --container NAME`
+    finds its libssl through the container's process (/proc/PID/root), probes it, keeps only the
+    container's calls (the host's Python client uses the same file) and writes its plaintext on
+    the container's addresses; nothing stays attached after the capture."""
+    engine = docker
     name = f"bpfhook-tls-{os.getpid()}"
     cert, key = certs.self_signed(str(tmp_path), "127.0.0.1")
     tmp_path.chmod(0o755)
@@ -590,10 +588,11 @@ def test_docker_container_https_server(docker, tmp_path):
     cid = engine("run", "-d", "--name", name, *mounts, "-v", f"{tmp_path}:{tmp_path}:ro", runtimes.IMAGE,
                  "/usr/bin/python3", "-c", SERVER, cert, key, "0.0.0.0", str(PORT)).stdout.strip()
     info = json.loads(engine("inspect", cid).stdout)[0]
-    ip = info["NetworkSettings"]["IPAddress"]
+    ip, server_pid = info["NetworkSettings"]["IPAddress"], info["State"]["Pid"]
     assert eventually(lambda: engine("logs", cid).stdout.startswith("ready"), timeout=30)
+    before = _uprobes()
     out = tmp_path / "docker.pcapng"
-    proc = capture(out, container=cid[:12])
+    proc = capture(out, container=name)
     wait_started(proc, out)
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the certificate names 127.0.0.1
@@ -606,9 +605,15 @@ def test_docker_container_https_server(docker, tmp_path):
         assert answer.endswith(b"hello /from-docker")
     time.sleep(0.5)
     stderr = stop(proc)
+    assert _uprobes() == before
     rows = tshark(out, "http.request.uri", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "frame.comment",
                   filter="http.request")
     assert [r[:5] for r in rows] == [["/from-docker", local[0], str(local[1]), ip, str(PORT)]]
     meta = pcapng.parse_comment(rows[0][5])
-    assert meta["pid"] == str(info["State"]["Pid"]) and meta["library"].startswith("libssl.so")
-    assert "tls: probing " in stderr
+    assert meta["pid"] == str(server_pid) and meta["library"].startswith("libssl.so")
+    assert meta["container"] == name and meta["tls"] == "plaintext"
+    statuses = tshark(out, "http.response.code", "ip.src", "tcp.srcport", filter="http.response")
+    assert statuses == [["200", ip, str(PORT)]]
+    probed = [line.split()[2] for line in stderr.splitlines() if line.startswith("tls: probing ")]
+    libssl = next(path for path in probed if os.path.basename(path).startswith("libssl.so"))
+    assert os.path.samefile(f"/proc/{server_pid}/root{libssl}", "/usr/lib/x86_64-linux-gnu/libssl.so.3"), stderr
