@@ -13,7 +13,10 @@ which Python's big integers compute at C speed.
 """
 import ipaddress
 import random
-import struct
+
+import construct as c
+
+from bpfhook.records import flat_struct
 
 MAX_SEGMENT = 65495  # payload bytes per packet: an IPv4 total length fits 16 bits
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -21,9 +24,26 @@ IPPROTO_TCP = 6
 TTL = 64
 WINDOW = 65535
 _SEQ = 1 << 32
-_TCP = struct.Struct(">IIBBHHH")  # after the ports: seq, ack, data offset, flags, window, checksum, urgent
-_IPV4 = struct.Struct(">BBHHHBBH4s4s")
-_IPV6 = struct.Struct(">IHBB16s16s")
+
+# The headers synthesized, without options (RFC 791, 8200, 9293), in network byte order.
+Ipv4Header = c.Struct(
+    "version_ihl" / c.Int8ub, "tos" / c.Int8ub, "total_length" / c.Int16ub, "ident" / c.Int16ub,
+    "flags_fragment" / c.Int16ub, "ttl" / c.Int8ub, "protocol" / c.Int8ub, "checksum" / c.Int16ub,
+    "src" / c.Bytes(4), "dst" / c.Bytes(4),
+)
+assert Ipv4Header.sizeof() == 20
+Ipv6Header = c.Struct(
+    "version_class_flow" / c.Int32ub, "payload_length" / c.Int16ub, "next_header" / c.Int8ub,
+    "hop_limit" / c.Int8ub, "src" / c.Bytes(16), "dst" / c.Bytes(16),
+)
+assert Ipv6Header.sizeof() == 40
+TcpHeader = c.Struct(
+    "sport" / c.Int16ub, "dport" / c.Int16ub, "seq" / c.Int32ub, "ack" / c.Int32ub,
+    "data_offset" / c.Int8ub, "flags" / c.Int8ub, "window" / c.Int16ub, "checksum" / c.Int16ub,
+    "urgent" / c.Int16ub,
+)
+assert TcpHeader.sizeof() == 20
+_IPV4, _IPV6, _TCP = map(flat_struct, (Ipv4Header, Ipv6Header, TcpHeader))
 
 
 def ones_sum(data):
@@ -50,9 +70,9 @@ class Way:
         src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         self.v4 = src.version == 4
         self.src, self.dst = src.packed, dst.packed
-        self.ports = struct.pack(">HH", sport, dport)
+        self.ports = (sport, dport)
         # the TCP checksum's fixed words: the pseudo-header's addresses and protocol, the ports
-        self.tcp_sum = ones_sum(self.src + self.dst + self.ports) + IPPROTO_TCP
+        self.tcp_sum = ones_sum(self.src + self.dst) + sport + dport + IPPROTO_TCP
         # the IPv4 header checksum's: version/IHL/TOS, DF, TTL/protocol, the addresses
         self.ip_sum = ones_sum(self.src + self.dst) + 0x4500 + 0x4000 + (TTL << 8 | IPPROTO_TCP)
 
@@ -62,7 +82,7 @@ class Way:
         seq, ack = seq % _SEQ, ack % _SEQ
         total = (self.tcp_sum + length + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
                  + (5 << 12 | flags) + WINDOW + ones_sum(payload))
-        tcp = self.ports + _TCP.pack(seq, ack, 5 << 4, flags, WINDOW, ~_fold(total) & 0xFFFF, 0)
+        tcp = _TCP.pack(*self.ports, seq, ack, 5 << 4, flags, WINDOW, ~_fold(total) & 0xFFFF, 0)
         if self.v4:
             ident &= 0xFFFF
             checksum = ~_fold(self.ip_sum + 20 + length + ident) & 0xFFFF
