@@ -21,7 +21,7 @@ import os
 
 import construct as c
 
-from .errors import BpfError
+from .errors import ElfError, SymbolNotFound
 from .layout import codec
 
 ELF_MAGIC = b"\x7fELF"
@@ -137,14 +137,6 @@ assert Elf64Vernaux.sizeof() == 16
 _CODECS = {layout: codec(layout) for layout in
            (Elf64Ehdr, Elf64Phdr, Elf64Shdr, Elf64Sym, Elf64Verdef, Elf64Verdaux, Elf64Verneed, Elf64Vernaux)}
 _VERSYM = codec(c.Int16ul)
-
-
-class ElfError(BpfError):
-    """A file that is no ELF this reader takes, or a symbol it does not hold."""
-
-
-class SymbolNotFound(ElfError):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)
