@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,8 +22,9 @@ import time
 
 import pytest
 
-from bpfhook import analyze, flows, pcapng
+from bpfhook import analyze, flows, pcapng, tls
 from bpfhook.lab import Lab
+from pybpf.readers import open_reader
 from tests import certs, kernel_state, oracles, runtimes
 from tests.https_server import SERVER
 from tests.conftest import eventually, require
@@ -32,7 +34,6 @@ PORT = 8443
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAIN = os.path.dirname(os.path.dirname(HERE))
 PATTERN = bytes(range(256))
-
 
 
 def expected_body(n):
@@ -200,8 +201,6 @@ def test_the_python_exchange_is_whole_in_both_directions(basic):
 
 
 def test_summary_and_statistics_count_tls(basic):
-    import re
-
     out, *_, stderr = basic
     done = next(line for line in stderr.splitlines() if line.startswith("done: "))
     calls = int(re.search(r" tls (\d+) msgs ", done)[1])
@@ -528,8 +527,6 @@ def test_without_uprobes_capture_tls_refuses_in_one_line(tmp_path, https):
 def test_hooks_give_the_plaintext(https, multi):
     """bpfhook.tls without the capture: the hooks, the ring buffer and Plaintext give the exact
     exchange as packets, through either way of attaching."""
-    from bpfhook import tls
-    from pybpf.readers import open_reader
 
     if multi:
         require("link.uprobe_multi")

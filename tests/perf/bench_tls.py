@@ -38,6 +38,7 @@ import time
 MAIN = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, MAIN)
 
+from bpfhook import analyze, flows  # noqa: E402
 from bpfhook.lab import Lab  # noqa: E402
 from tests import certs, oracles  # noqa: E402
 from tests.https_server import LOAD, SERVER  # noqa: E402
@@ -206,8 +207,6 @@ def run(cycles=CYCLES, seconds=SECONDS):
 def _requests_in(path):
     """HTTP requests in a capture's TLS plaintext (requests of a phase may end up in the next
     file's count when they were in flight at the switch: the ratio is of the sums)."""
-    from bpfhook import analyze, flows
-
     return sum(len(analyze.http_exchanges(f)) for f in flows.read(path).flows if f.tls == "plaintext")
 
 

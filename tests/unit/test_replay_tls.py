@@ -3,6 +3,7 @@ ciphertext (as capture's net interface writes it) and its plaintext (as capture 
 it) on the same addresses. analyze lists the HTTP once; replay sends the plaintext, to a plain
 server or (--tls) inside TLS to a loopback TLS server, checking its certificate unless
 --insecure."""
+import ipaddress
 import random
 import socket
 import ssl
@@ -23,8 +24,6 @@ CLIENT, SERVER = ("10.77.9.1", 40000), ("10.77.9.2", 8443)
 @pytest.fixture
 def capture_file(tmp_path):
     """Ciphertext on interface 0, its plaintext on interface 1, interleaved as a capture writes them."""
-    import ipaddress
-
     client = (ipaddress.ip_address(CLIENT[0]), CLIENT[1])
     server = (ipaddress.ip_address(SERVER[0]), SERVER[1])
     wire = synth.Connection(client, server, random.Random(5))
