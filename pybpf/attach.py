@@ -1,5 +1,6 @@
 """Attach loaded programs to kernel hooks: tracepoint, raw_tracepoint, kprobe/kretprobe,
-uprobe/uprobe_multi (symbols through pybpf.elf), fentry/fexit/tracing, iterator, cgroup, tc (pybpf.tc), xdp, netns/sk_lookup, sockmap.
+uprobe/uprobe_multi (symbols through pybpf.elf), fentry/fexit/tracing, iterator, cgroup,
+tc (pybpf.tc), xdp, netns/sk_lookup, sockmap.
 
 Each returns an Attachment (pybpf.attachment), which close() undoes; the caller may close the
 program right after attaching. bpf links come first: a link dies with its fd, even on SIGKILL.

@@ -47,7 +47,8 @@ CHOICES = [
 ]
 # Probes shown as they are: what else the kernel could offer the tools.
 FEATURES = [
-    "kprobe_pmu", "uprobe_pmu", "link.uprobe_multi", "bpf_loop", "fentry", "fexit", "lsm", "raw_tracepoint", "perf_event_tracepoint", "btf_vmlinux",
+    "kprobe_pmu", "uprobe_pmu", "link.uprobe_multi", "bpf_loop", "fentry", "fexit", "lsm", "raw_tracepoint",
+    "perf_event_tracepoint", "btf_vmlinux",
     "map_type.ringbuf", "link.tcx", "link.netkit", "link.xdp", "link.cgroup", "link.perf_event",
     "isa.v3", "isa.v4", "bounded_loops", "atomics", "prog_type.syscall", "prog_type.netfilter", "map_type.arena",
     "tracefs", "debugfs", "cgroup2",
