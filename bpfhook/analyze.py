@@ -8,112 +8,28 @@ of the request to the first byte of the response).
 """
 import collections
 import json
-import re
 
-from bpfhook import flows
+from bpfhook import flows, http1
 
 NEEDS_ROOT = False
 
-REQUEST_LINE = re.compile(rb"([A-Z]{3,10}) (\S+) HTTP/1\.[01]\Z")
-STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: .*)?\Z")
-HEAD_END = b"\r\n\r\n"
-MAX_HEAD = 64 * 1024  # a request/response head longer than this is not HTTP we parse
-
 
 # -- HTTP/1.x ------------------------------------------------------------------------------------
-
-def _head(data, pos, line_re):
-    """(match, headers dict, body start) of the message head at pos, or None."""
-    end = data.find(HEAD_END, pos, pos + MAX_HEAD)
-    if end < 0:
-        return None
-    lines = data[pos:end].split(b"\r\n")
-    match = line_re.match(lines[0])
-    if not match:
-        return None
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return match, headers, end + len(HEAD_END)
-
-
-def _body_end(data, pos, headers, until_close):
-    """Where the body starting at pos ends, or None when the captured bytes stop first."""
-    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-        for _ in range(100000):  # bounded: a chunk per turn
-            line_end = data.find(b"\r\n", pos)
-            if line_end < 0:
-                return None
-            try:
-                size = int(data[pos:line_end].split(b";")[0], 16)
-            except ValueError:
-                return None
-            pos = line_end + 2 + size + 2
-            if size == 0:  # no trailers: the last chunk's CRLF ends it
-                return pos if pos <= len(data) else None
-        return None
-    if b"content-length" in headers:
-        try:
-            end = pos + int(headers[b"content-length"])
-        except ValueError:
-            return None
-        return end if end <= len(data) else None
-    return len(data) if until_close else pos
-
-
-def _requests(data):
-    """[(method, path, start, end)] of the requests at the start of a client stream."""
-    out, pos = [], 0
-    while pos < len(data):
-        head = _head(data, pos, REQUEST_LINE)
-        if head is None:
-            break
-        match, headers, body = head
-        end = _body_end(data, body, headers, until_close=False)
-        if end is None:
-            break
-        out.append((match[1].decode(), match[2].decode(errors="replace"), pos, end))
-        pos = end
-    return out
-
-
-def _responses(data, methods):
-    """[(status, start)] of the final responses in a server stream (1xx ones skipped)."""
-    out, pos = [], 0
-    while pos < len(data) and len(out) < len(methods):
-        head = _head(data, pos, STATUS_LINE)
-        if head is None:
-            break
-        match, headers, body = head
-        status = int(match[1])
-        if status < 200 or status in (204, 304) or methods[len(out)] == "HEAD":
-            end = body
-        else:
-            end = _body_end(data, body, headers, until_close=True)
-        if status >= 200:
-            out.append((status, pos))
-        if end is None:
-            break
-        pos = end
-    return out
-
 
 def http_exchanges(flow):
     """[{flow, method, path, status, latency_ms}] for a stream flow that carries HTTP/1.x."""
     if not flow.streams:
         return []
     c2s, s2c = flow.streams[flows.C2S], flow.streams[flows.S2C]
-    requests = _requests(c2s.contiguous())
-    responses = _responses(s2c.contiguous(), [method for method, *_ in requests])
+    requests, _end = http1.requests(c2s.contiguous())
+    responses = http1.responses(s2c.contiguous(), [r.method for r in requests])
     out = []
-    for i, (method, path, _start, end) in enumerate(requests):
+    for i, request in enumerate(requests):
         status, latency = None, None
         if i < len(responses):
-            status, at = responses[i]
-            latency = (s2c.ts_at(at) - c2s.ts_at(end - 1)) / 1e6
-        out.append(dict(flow=flow.id, method=method, path=path, status=status,
+            status = responses[i].status
+            latency = (s2c.ts_at(responses[i].start) - c2s.ts_at(request.end - 1)) / 1e6
+        out.append(dict(flow=flow.id, method=request.method, path=request.target, status=status,
                         latency_ms=None if latency is None else round(latency, 3)))
     return out
 

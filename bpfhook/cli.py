@@ -27,11 +27,11 @@ COMMANDS = {
     "demo": ("bpfhook.demo", "demos without Docker: `bpfhook demo mirror` (three lab containers, one mirror)"),
     "monitor": ("bpfhook.monitor_cli", "watch TCP connections (and UDP flows) per process, cgroup and container"),
     "trafficgen": ("bpfhook.trafficgen",
-                   "generate HTTP, TCP, UDP or Unix socket traffic to loopback or lab containers"),
+                   "generate bounded HTTP, TCP, UDP or Unix socket traffic to a server (or one it starts)"),
     "analyze": ("bpfhook.analyze",
                 "flows, Unix-socket conversations, talkers, processes and HTTP requests of a pcapng capture"),
-    "replay": ("bpfhook.replay", "replay captured client traffic (TCP, UDP, Unix sockets) to a loopback or lab "
-               "server and compare answers"),
+    "replay": ("bpfhook.replay", "replay captured client traffic (HTTP/1.1, h2c/gRPC, TCP, UDP, Unix sockets) "
+               "to a server and diff the answers"),
 }
 
 

@@ -316,11 +316,16 @@ def read(path):
     uds = {}
     packets = ignored = 0
     drops = {}
+    records = []
     for index, record in enumerate(reader):
         if isinstance(record, pcapng.Statistics):
             if record.dropped is not None:
                 drops[record.interface.id] = record.dropped
             continue
+        records.append((record.ts_ns, index, record))
+    # A capturer with per-CPU buffers writes records a little out of time order: put them back,
+    # or a connection's first packets, written late, would start a second flow.
+    for index, (_ts, _i, record) in enumerate(sorted(records, key=lambda r: r[:2])):
         packets += 1
         meta = _meta(record)
         linktype = record.interface.linktype
@@ -338,6 +343,7 @@ def read(path):
             ignored += 1
             continue
         _add_net(net, order, seg)
+    _settle_clients(net)
     flows = []
     for number, (_first, kind, key) in enumerate(sorted(order, key=lambda o: o[0]), 1):
         flows.append(_net_flow(number, *key) if kind == "net" else _uds_flow(number, key, uds[key]))
@@ -366,6 +372,22 @@ def _add_net(net, order, seg):
         conns.append([client, []])
         order.append((seg.index, "net", (key, len(conns) - 1, conns[-1])))
     conns[-1][1].append(seg)
+
+
+def _settle_clients(net):
+    """A TCP connection caught without its handshake takes its first sender as the client; where
+    that sender is an endpoint other connections in the file were opened to (a server), the other
+    side is the client."""
+    servers = {(g.dst, g.dport) for conns in net.values() for _client, segments in conns
+               for g in segments if g.proto == IPPROTO_TCP and g.flags & (SYN | ACK) == SYN}
+    for key, conns in net.items():
+        for conn in conns:
+            client, segments = conn
+            if key[0] != IPPROTO_TCP or any(g.flags & SYN for g in segments):
+                continue
+            other = key[2] if key[1] == client else key[1]
+            if client in servers and other not in servers:
+                conn[0] = other
 
 
 def _sort_key(endpoint):

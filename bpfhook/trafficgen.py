@@ -6,16 +6,14 @@ container with --container NAME: a lab container, or a Docker, podman or
 Kubernetes one entered through bpfhook.guest) and runs a bounded client loop
 against it: at most --requests requests and at most --duration seconds. Every
 TCP, HTTP and Unix request is a fresh connection, so a monitor sees the whole
-lifecycle each time. Targets are limited to loopback, lab container addresses
-and the container the server was started in: this tool never sends traffic
-anywhere else.
+lifecycle each time. --target takes the forms bpfhook.targets reads: any
+HOST:PORT, a hostname, a container with a port, or a Unix socket path (for
+uds, and for http over a Unix socket).
 """
 import contextlib
 import dataclasses
 import http.server
-import ipaddress
 import os
-import re
 import socket
 import socketserver
 import selectors
@@ -25,7 +23,7 @@ import tempfile
 import threading
 import time
 
-from bpfhook import containers, guest
+from bpfhook import containers, guest, http1, targets
 from bpfhook.cli import positive_float, positive_int
 from bpfhook.lab import Lab
 from pybpf.errors import BpfError
@@ -33,12 +31,13 @@ from pybpf.errors import BpfError
 TYPES = ("http", "tcp", "udp", "uds")
 PAYLOAD = b"bpfhook-trafficgen:" + bytes(range(48, 58)) * 4  # 59 bytes, recognisable in captures
 HTTP_BODY = b"hello from bpfhook trafficgen\n"
-HTTP_REQUEST = "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: bpfhook-trafficgen\r\nConnection: close\r\n\r\n"
+HTTP_REQUEST = ("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bpfhook-trafficgen\r\n"
+                "Connection: {connection}\r\n\r\n")
 HTTP_MAX_RESPONSE = 16 << 20  # bytes: a server that never stops sending is an error, not a hang
 
 
 class TrafficError(BpfError):
-    """A target this tool will not use, or a server that cannot start."""
+    """A target that does not fit the traffic type, or a server that cannot start."""
 
 
 # ---- servers -------------------------------------------------------------------
@@ -64,10 +63,8 @@ class _Http(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(HTTP_BODY)))
-        self.send_header("Connection", "close")  # one connection per request
-        self.end_headers()
+        self.end_headers()  # the connection stays open as long as the client asks (Connection)
         self.wfile.write(HTTP_BODY)
-        self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -139,43 +136,22 @@ class Server:
 
 # ---- targets ---------------------------------------------------------------------
 
-def parse_target(kind, target, allowed=()):
-    """(host, port) for network types, the path for uds; refuses anything but loopback, lab
-    addresses and `allowed` ones (the container trafficgen started its server in)."""
-    if kind == "uds":
-        if not target or "\0" in target:
-            raise TrafficError(f"uds target must be a socket path, got {target!r}")
-        return target
-    host, sep, port = target.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        address = ipaddress.ip_address(host)
-        port = int(port)
-    except ValueError:
-        raise TrafficError(f"target must be ADDRESS:PORT with a numeric address, got {target!r}") from None
-    if not sep or not 0 < port < 65536:
-        raise TrafficError(f"bad port in target {target!r}")
-    if not address.is_loopback and str(address) not in allowed and str(address) not in _lab_addresses():
-        raise TrafficError(f"{host} is neither loopback nor a lab container address: trafficgen only sends there")
-    return str(address), port
-
-
-def _lab_addresses():
-    try:
-        containers = Lab.list()
-    except (OSError, BpfError):
-        return set()
-    return {a for c in containers for a in (c.ipv4, c.host_ipv4, c.ipv6, c.host_ipv6) if a}
+def parse_target(kind, text):
+    """The Target of `text` for traffic of `kind`: uds needs a Unix path, tcp and udp an address."""
+    target = targets.parse(text, "target")
+    if target.unix != (kind == "uds") and not (kind == "http" and target.unix):
+        need = "a Unix socket path" if kind == "uds" else "HOST:PORT (or a container with a port)"
+        raise TrafficError(f"{kind} traffic needs {need}, got {text!r}")
+    return target
 
 
 # ---- clients ---------------------------------------------------------------------
 
-def _connect(host, port, timeout):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+def _connect(target, timeout, kind=socket.SOCK_STREAM):
+    s = socket.socket(target.family, kind)
     s.settimeout(timeout)
     try:
-        s.connect((host, port))
+        s.connect(target.address)
     except OSError:
         s.close()
         raise
@@ -194,64 +170,50 @@ def _echo_over(sock, payload):
     return len(payload), got
 
 
-def tcp_request(target, timeout):
-    with _connect(*target, timeout) as s:
-        return _echo_over(s, PAYLOAD)
-
-
-def uds_request(path, timeout):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
+def stream_request(target, timeout):
+    """tcp and uds: a new connection, PAYLOAD echoed back."""
+    with _connect(target, timeout) as s:
         return _echo_over(s, PAYLOAD)
 
 
 def udp_request(target, timeout):
-    host, port = target
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.connect((host, port))
+    with _connect(target, timeout, socket.SOCK_DGRAM) as s:
         s.send(PAYLOAD)
         return len(PAYLOAD), len(s.recv(65536))
 
 
-def http_request(target, timeout):
-    """GET / (what any HTTP server answers), Connection: close, read to the server's close.
-    (sent, received) are the bytes on the wire each way: what a monitor counts for the
-    connection. An incomplete response, or a status of 400 or more, is an error."""
-    host, port = target
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    request = HTTP_REQUEST.format(netloc).encode()
+def http_request(target, timeout, paths=("/",)):
+    """GET each of `paths` on one connection (keep-alive; the last asks to close), each answer read
+    whole. (sent, received) are the bytes on the wire each way: what a monitor counts for the
+    connection. An incomplete answer, or a status of 400 or more, is an error."""
+    host = "localhost" if target.unix else str(target)
     deadline = time.monotonic() + timeout
-    with _connect(host, port, timeout) as s:
-        s.sendall(request)
-        response = bytearray()
-        while True:
-            s.settimeout(max(deadline - time.monotonic(), 0.001))  # the whole exchange is bounded
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            response += chunk
-            if len(response) > HTTP_MAX_RESPONSE:
-                raise ConnectionError(f"response larger than {HTTP_MAX_RESPONSE} bytes")
-    _check_http_response(bytes(response))
-    return len(request), len(response)
+    sent = received = 0
+    with _connect(target, timeout) as s:
+        reader = http1.ResponseReader()
+        for i, path in enumerate(paths):
+            request = HTTP_REQUEST.format(path=path, host=host,
+                                          connection="close" if i == len(paths) - 1 else "keep-alive").encode()
+            s.sendall(request)
+            sent += len(request)
+            while True:
+                try:
+                    response = reader.next_response()
+                except http1.HttpError as err:
+                    raise ConnectionError(f"bad HTTP answer: {err}") from None
+                if response is not None:
+                    break
+                s.settimeout(max(deadline - time.monotonic(), 0.001))  # the whole exchange is bounded
+                reader.feed(s.recv(65536))
+                if len(reader.buf) > HTTP_MAX_RESPONSE:
+                    raise ConnectionError(f"response larger than {HTTP_MAX_RESPONSE} bytes")
+            received += len(response.raw)
+            if response.status >= 400:
+                raise ConnectionError(f"HTTP {response.status}, {len(response.raw)} bytes")
+    return sent, received
 
 
-def _check_http_response(response):
-    """Raises ConnectionError unless `response` is one whole HTTP response of status < 400."""
-    head, sep, body = response.partition(b"\r\n\r\n")
-    status = re.match(rb"HTTP/\d\.\d (\d{3})", head)
-    if not sep or not status:
-        raise ConnectionError(f"not an HTTP response ({len(response)} bytes)")
-    length = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", head, re.IGNORECASE)
-    if length and len(body) < int(length[1]):
-        raise ConnectionError(f"HTTP {status[1].decode()}, body cut at {len(body)} of {int(length[1])} bytes")
-    if int(status[1]) >= 400:
-        raise ConnectionError(f"HTTP {status[1].decode()}, {len(response)} bytes")
-
-
-REQUESTS = {"http": http_request, "tcp": tcp_request, "udp": udp_request, "uds": uds_request}
+REQUESTS = {"http": http_request, "tcp": stream_request, "udp": udp_request, "uds": stream_request}
 
 
 @dataclasses.dataclass
@@ -276,21 +238,25 @@ class Summary:
                 f"{self.elapsed:.2f}s, {self.rate:.0f} req/s")
 
 
-def generate(kind, target, requests=10, duration=10.0, timeout=2.0, interval=0.0, allowed=()):
-    """Run at most `requests` requests for at most `duration` seconds; returns a Summary."""
+def generate(kind, target, requests=10, duration=10.0, timeout=2.0, interval=0.0, paths=("/",), keep_alive=1):
+    """Run at most `requests` requests for at most `duration` seconds; returns a Summary.
+    http: GETs of `paths` in turn, `keep_alive` of them per connection."""
     if kind not in REQUESTS:
         raise TrafficError(f"unknown traffic type {kind!r} (choose from {', '.join(TYPES)})")
-    where = parse_target(kind, target, allowed)
+    where = parse_target(kind, target)
     request = REQUESTS[kind]
     summary = Summary(kind, target)
     start = time.monotonic()
     deadline = start + duration
     while summary.requests < requests and time.monotonic() < deadline:
-        summary.requests += 1
+        n = min(keep_alive if kind == "http" else 1, requests - summary.requests)
+        first = summary.requests
+        summary.requests += n
+        extra = {"paths": [paths[(first + i) % len(paths)] for i in range(n)]} if kind == "http" else {}
         try:
-            sent, received = request(where, min(timeout, max(deadline - time.monotonic(), 0.01)))
+            sent, received = request(where, min(timeout, max(deadline - time.monotonic(), 0.01)), **extra)
         except OSError as e:
-            summary.errors += 1
+            summary.errors += n
             summary.last_error = str(e) or type(e).__name__
         else:
             summary.bytes_sent += sent
@@ -354,11 +320,15 @@ NEEDS_ROOT = False
 def add_arguments(parser):
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--auto", action="store_true", help="start a server of --type and send traffic to it")
-    where.add_argument("--target", metavar="HOST:PORT|PATH", help="an existing server (loopback or lab container)")
+    where.add_argument("--target", metavar="TARGET", help=f"an existing server: {targets.FORMS}")
     parser.add_argument("--type", choices=TYPES, default="http", dest="kind", help="traffic type (default http)")
     parser.add_argument("--requests", type=positive_int, default=10, metavar="N", help="requests (default 10)")
     parser.add_argument("--duration", type=positive_float, default=10.0, metavar="SEC",
                         help="stop after SEC seconds even if requests remain (default 10)")
+    parser.add_argument("--path", action="append", dest="paths", metavar="PATH",
+                        help="http: GET these paths in turn; repeatable (default /)")
+    parser.add_argument("--keep-alive", type=positive_int, default=1, metavar="N",
+                        help="http: N requests per connection (default 1: a new connection each)")
     parser.add_argument("--container", metavar="NAME",
                         help="with --auto: run the server in this container (its cgroup and network namespace): "
                              "lab/docker/podman name, id or prefix, namespace/pod[/container]")
@@ -372,20 +342,21 @@ def _enterable(spec):
 
 
 def run(args):
+    http = dict(paths=tuple(args.paths or ["/"]), keep_alive=args.keep_alive)
+    if any(not p.startswith("/") or any(c.isspace() for c in p) for p in http["paths"]):
+        raise TrafficError(f"bad --path in {' '.join(http['paths'])}: a path starts with / and has no spaces")
     if args.container and not args.auto:
         raise TrafficError("--container needs --auto")
     if args.auto and args.container:
         if os.geteuid() != 0:
             raise TrafficError("--container needs root (it enters the container)")
-        container = _enterable(args.container)
-        with server_in_container(args.kind, container, ipv6=args.ipv6) as target:
-            allowed = {a for a in (container.ipv4, container.ipv6) if a}
-            summary = generate(args.kind, target, args.requests, args.duration, allowed=allowed)
+        with server_in_container(args.kind, _enterable(args.container), ipv6=args.ipv6) as target:
+            summary = generate(args.kind, target, args.requests, args.duration, **http)
     elif args.auto:
         with Server(args.kind, "::1" if args.ipv6 else "127.0.0.1") as server:
-            summary = generate(args.kind, server.target, args.requests, args.duration)
+            summary = generate(args.kind, server.target, args.requests, args.duration, **http)
     else:
-        summary = generate(args.kind, args.target, args.requests, args.duration)
+        summary = generate(args.kind, args.target, args.requests, args.duration, **http)
     print(summary.line())
     return 0 if summary.errors == 0 else 1
 

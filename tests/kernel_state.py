@@ -33,16 +33,21 @@ def _tc():
     ip, tc = oracles.require("ip"), oracles.require("tc")
     for link in _json([ip, "-j", "link", "show"]):
         name = link["ifname"]
-        qdiscs = _json([tc, "-j", "qdisc", "show", "dev", name])
-        filters = {}
-        for q in qdiscs:
-            parents = ("ingress", "egress") if q["kind"] == "clsact" else (
-                ("ingress",) if q["kind"] == "ingress" else (q["handle"],))
-            for parent in parents:
-                found = _json([tc, "-j", "filter", "show", "dev", name, *(
-                    (parent,) if parent in ("ingress", "egress") else ("parent", parent))])
-                if found:
-                    filters[parent] = found
+        try:
+            qdiscs = _json([tc, "-j", "qdisc", "show", "dev", name])
+            filters = {}
+            for q in qdiscs:
+                parents = ("ingress", "egress") if q["kind"] == "clsact" else (
+                    ("ingress",) if q["kind"] == "ingress" else (q["handle"],))
+                for parent in parents:
+                    found = _json([tc, "-j", "filter", "show", "dev", name, *(
+                        (parent,) if parent in ("ingress", "egress") else ("parent", parent))])
+                    if found:
+                        filters[parent] = found
+        except subprocess.CalledProcessError:
+            if os.path.exists(f"/sys/class/net/{name}"):
+                raise
+            continue  # the link went away while we read it (another run's lab): not part of this state
         state[name] = {"qdiscs": [{k: q.get(k) for k in ("kind", "handle", "parent")} for q in qdiscs],
                        "filters": filters}
     return state

@@ -16,6 +16,7 @@ import pytest
 INSTALL_HINT = "sudo bash .ci/run installs the test oracles"
 LLVM_NEWEST = 30  # versioned LLVM names looked for, newest first, down to the tool's minimum
 LLVM_BIN = "/usr/lib/llvm-{major}/bin"  # where Debian's llvm-N packages keep the plain names
+DEBIAN_PYTHON = "/usr/bin/python3"  # the python3 that Debian's python3-* packages install for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +27,12 @@ class Tool:
     minimum: tuple = ()
     package: str = ""  # the Debian package .ci/run installs it from
     llvm: bool = False  # also llvm-NAME-N and /usr/lib/llvm-N/bin/NAME
+    python_module: str = ""  # a module of Debian's python3 (the path found is that python3)
 
     def candidates(self):
+        if self.python_module:
+            yield DEBIAN_PYTHON
+            return
         if self.llvm:
             for major in range(LLVM_NEWEST, (self.minimum or (0,))[0] - 1, -1):
                 yield f"{self.name}-{major}"
@@ -41,6 +46,11 @@ TOOLS = {t.name: t for t in (
     Tool("tshark", "--version", r"TShark \(Wireshark\) (\d+(?:\.\d+)*)", (3, 6), "tshark"),
     Tool("capinfos", "--version", r"Capinfos \(Wireshark\) (\d+(?:\.\d+)*)", (3, 6), "tshark"),
     Tool("ping", "-V", r"iputils[- ]s?(\d+)", (), "iputils-ping"),
+    Tool("tcpreplay", "-V", r"tcpreplay version: (\d+(?:\.\d+)*)", (4, 3), "tcpreplay"),
+    Tool("nghttpd", "--version", r"nghttp2/(\d+(?:\.\d+)*)", (1, 40), "nghttp2-server"),
+    Tool("nghttp", "--version", r"nghttp2/(\d+(?:\.\d+)*)", (1, 40), "nghttp2-client"),
+    Tool("grpcio", "", r"(\d+(?:\.\d+)*)", (1, 30), "python3-grpcio", python_module="grpc"),
+    Tool("hpack", "", r"(\d+(?:\.\d+)*)", (4, 0), "python3-hpack", python_module="hpack"),
     Tool("ip", "-V", r"iproute2-(?:ss)?v?(\d+(?:\.\d+)*)", (), "iproute2"),
     Tool("tc", "-V", r"iproute2-(?:ss)?v?(\d+(?:\.\d+)*)", (), "iproute2"),
     Tool("unshare", "--version", r"util-linux (\d+(?:\.\d+)*)", (), "util-linux"),
@@ -78,8 +88,10 @@ class Found:
 
 
 def _version(tool, path):
+    argv = ([path, "-c", f"import {tool.python_module} as m; print(m.__version__)"] if tool.python_module
+            else [path, tool.version_flag])
     try:
-        r = subprocess.run([path, tool.version_flag], capture_output=True, text=True, timeout=30)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     except OSError:
         return None
     match = re.search(tool.version_re, r.stdout + r.stderr)

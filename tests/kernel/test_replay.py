@@ -10,7 +10,6 @@ request bytes, connection by connection, and its answers compare equal.
 """
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from bpfhook import analyze, flows, replay
 from tests import oracles
+from tests.capturing import capture
 
 MAIN = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -130,18 +130,6 @@ def uds_conversation(path):
             assert s.recv(100) == b"pong:" + m
 
 
-def run_capture(container, out):
-    proc = subprocess.Popen([sys.executable, "-m", "bpfhook", "capture", "--container", container.name, "-w",
-                             str(out), "--both-directions", "--quiet"], cwd=MAIN, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not (os.path.exists(out) and os.path.getsize(out) > 100):
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "capture did not start"
-        time.sleep(0.1)
-    time.sleep(0.3)  # attached right after the interfaces are written
-    return proc
-
-
 @pytest.fixture
 def captured(lab, tmp_path):
     """(path of a capture of the container's server receiving known traffic, the container)."""
@@ -149,15 +137,10 @@ def captured(lab, tmp_path):
     server, _ = start_server(c.spawn, "0.0.0.0", tmp_path / "orig.sock", tmp_path / "orig")
     out = tmp_path / "cap.pcapng"
     try:
-        cap = run_capture(c, out)
-        try:
+        with capture(c, out):
             http_conversation(c.ipv4, 8080, CONN1)
             http_conversation(c.ipv4, 8080, CONN2)
             uds_conversation(tmp_path / "orig.sock")
-            time.sleep(1)
-        finally:
-            cap.send_signal(signal.SIGINT)
-            assert cap.wait(timeout=20) == 0, cap.stderr.read()
     finally:
         server.kill()
         server.wait()
@@ -209,25 +192,35 @@ def test_replay_to_a_fresh_server_reproduces_the_requests(captured, tmp_path):
     fresh, port = start_server(subprocess.Popen, "127.0.0.1", tmp_path / "fresh.sock", tmp_path / "fresh")
     try:
         r = subprocess.run([sys.executable, "-m", "bpfhook", "replay", path, "--to", f"127.0.0.1:{port}",
-                            "--speed", "max", "--timeout", "30", "--json"], cwd=MAIN, capture_output=True,
-                           text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        tcp = [d for d in json.loads(r.stdout) if d["kind"] == "tcp"]
-        assert [d["same"] for d in tcp] == [True, True], tcp
-        results = replay.replay(path, str(tmp_path / "fresh.sock"), speed=2.0, timeout=30)
+                            "--speed", "max", "--timeout", "30", "--json", "--fail-on-diff"], cwd=MAIN,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        tcp = [e for e in json.loads(r.stdout)["exchanges"] if e["kind"] == "tcp"]
+        assert [(e["method"], e["path"], e["outcome"]) for e in tcp] == [
+            ("GET", "/alpha", "identical"), ("POST", "/beta", "identical"), ("GET", "/gamma", "identical")]
+        report = replay.replay(path, str(tmp_path / "fresh.sock"), opts=replay.Options(speed=2.0, timeout=30))
         time.sleep(0.3)  # the server writes what it read before answering; let the last write land
         assert recorded(tmp_path / "fresh", "tcp") == [b"".join(CONN1), b"".join(CONN2)]
         assert recorded(tmp_path / "fresh", "uds") == [b"".join(UDS_MESSAGES)]
-        (u,) = results
-        assert u.kind == "unix-stream" and u.sent == b"".join(UDS_MESSAGES)
-        assert u.received == u.expected == b"".join(b"pong:" + m for m in UDS_MESSAGES), u.verdict
+        (u,) = report["exchanges"]
+        assert (u["kind"], u["protocol"], u["outcome"]) == ("unix-stream", "bytes", "identical"), u
+        assert u["sent_bytes"] == len(b"".join(UDS_MESSAGES))
     finally:
         fresh.kill()
         fresh.wait()
 
 
-def test_replay_refuses_an_address_outside_the_lab(captured):
-    path, _c = captured
-    r = subprocess.run([sys.executable, "-m", "bpfhook", "replay", path, "--to", "10.255.255.1:80"], cwd=MAIN,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "refusing" in r.stderr
+def test_replay_to_the_container_by_name(captured, tmp_path):
+    """--to NAME:PORT: the lab container's address is read in its network namespace."""
+    path, c = captured
+    server, _ = start_server(c.spawn, "0.0.0.0", tmp_path / "again.sock", tmp_path / "again")
+    try:
+        r = subprocess.run([sys.executable, "-m", "bpfhook", "replay", path, "--to", f"{c.name}:8080",
+                            "--speed", "max", "--json"], cwd=MAIN, capture_output=True, text=True, timeout=60)
+    finally:
+        server.kill()
+        server.wait()
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["targets"] == [f"{c.ipv4}:8080 (container {c.name} ({c.ipv4}))"]
+    assert doc["summary"]["identical"] == 3 and doc["summary"]["requests"] == 3

@@ -20,6 +20,7 @@ from bpfhook import pcapng
 from bpfhook.lab import Lab, LabError
 from tests import kernel_state
 from tests.conftest import eventually, slow_factor
+from tests.pcapfiles import udp, write
 
 MAIN = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DELAYS = (0.2, 0.7, 1.5, 3.0)  # start-up (imports, set-up) to steady state
@@ -29,9 +30,6 @@ REPLAY_GAP_MS = 400
 
 def _replay_file(path, port):
     """A UDP flow of 15 datagrams REPLAY_GAP_MS apart: replayed at speed 1, it runs 6 s."""
-    sys.path.insert(0, os.path.join(MAIN, "tests", "unit"))
-    from test_flows import udp, write
-
     client, server = ("10.77.250.1", 40000), ("127.0.0.1", port)
     return write(path, [(i * REPLAY_GAP_MS, udp(client, server, b"d%d" % i)) for i in range(15)])
 

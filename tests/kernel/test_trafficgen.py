@@ -9,8 +9,9 @@ import time
 import pytest
 
 from bpfhook import cgroups
+from bpfhook.targets import TargetError
 from bpfhook.trafficgen import (HTTP_BODY, HTTP_REQUEST, PAYLOAD, TYPES, Server, TrafficError, generate,
-                                server_in_container)
+                                parse_target, server_in_container)
 from tests.conftest import slow_factor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,7 +26,7 @@ def test_every_type_on_loopback(kind, host):
         s = generate(kind, server.target, requests=25, duration=10)
     assert (s.requests, s.errors) == (25, 0), s.last_error
     if kind == "http":  # bytes on the wire: the request, and our server's whole response
-        assert s.bytes_sent == 25 * len(HTTP_REQUEST.format(server.target))
+        assert s.bytes_sent == 25 * len(HTTP_REQUEST.format(path="/", host=server.target, connection="close"))
         assert s.bytes_received % 25 == 0 and s.bytes_received // 25 > len(HTTP_BODY)
     else:
         assert s.bytes_sent == s.bytes_received == 25 * len(PAYLOAD)
@@ -38,24 +39,31 @@ class _RawHttp:
     against what really went over the socket."""
 
     def __init__(self, responses):
-        self.responses, self.requests = list(responses), []
+        self.responses, self.requests, self.keep = list(responses), [], 1
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.target = "127.0.0.1:%d" % self.sock.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self):
-        for response in self.responses:
+        responses = iter(self.responses)
+        for response in responses:
             conn, _ = self.sock.accept()
             with conn:
-                request = b""
-                while not request.endswith(b"\r\n\r\n"):
-                    byte = conn.recv(1)
-                    if not byte:  # (the client gave up: no endless loop on its closed socket)
+                for _ in range(self.keep):
+                    request = b""
+                    while not request.endswith(b"\r\n\r\n"):
+                        byte = conn.recv(1)
+                        if not byte:  # (the client gave up: no endless loop on its closed socket)
+                            break
+                        request += byte
+                    if not request:
                         break
-                    request += byte
-                self.requests.append(request)
-                conn.sendall(response)
+                    self.requests.append(request)
+                    conn.sendall(response)
+                    if b"Connection: close" in request:
+                        break
+                    response = next(responses, response)
 
     def __enter__(self):
         return self
@@ -79,9 +87,9 @@ def test_http_bytes_are_the_bytes_on_the_wire():
 
 @pytest.mark.parametrize("response, error", [
     (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "HTTP 404"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", "HTTP 200, body cut at 4 of 10 bytes"),
-    (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP response"),
-    (b"", "not an HTTP response (0 bytes)"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", "bad HTTP answer: connection closed inside a response (43 bytes)"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "bad HTTP answer: no HTTP/1.x start line"),
+    (b"", "bad HTTP answer: connection closed before a response"),
 ])
 def test_http_answers_that_are_errors(response, error):
     with _RawHttp([response]) as server:
@@ -143,10 +151,37 @@ def test_refused_requests_are_counted_errors():
     assert (summary.requests, summary.errors, summary.bytes_sent) == (3, 3, 0)
 
 
-@pytest.mark.parametrize("target", ["10.1.2.3:80", "192.0.2.1:53", "[2001:db8::1]:80", "example.com:80", "127.0.0.1"])
-def test_only_loopback_and_lab_targets(target):
-    with pytest.raises(TrafficError):
-        generate("tcp", target, requests=1)
+@pytest.mark.parametrize("kind, target", [("tcp", "10.1.2.3:80"), ("udp", "[2001:db8::1]:53"),
+                                          ("uds", "/run/app.sock"), ("http", "@abstract")])
+def test_any_target_is_taken(kind, target):
+    """Parsed, never contacted: the product sends where its user points it (the tests stay local)."""
+    assert str(parse_target(kind, target)) == target
+
+
+@pytest.mark.parametrize("kind, target, message", [
+    ("tcp", "127.0.0.1", "bad target"), ("tcp", "/run/x.sock", "tcp traffic needs HOST:PORT"),
+    ("uds", "127.0.0.1:80", "uds traffic needs a Unix socket path")])
+def test_bad_targets(kind, target, message):
+    with pytest.raises((TargetError, TrafficError), match=message):
+        generate(kind, target, requests=1)
+
+
+def test_keep_alive_and_paths_by_hostname():
+    """--keep-alive N requests per connection, --path in turn, to a target named 'localhost'."""
+    with _RawHttp([b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"] * 5) as server:
+        port = server.target.rsplit(":", 1)[1]
+        server.keep = 3  # requests read per connection
+        s = generate("http", f"localhost:{port}", requests=5, paths=("/a", "/b"), keep_alive=3)
+    assert (s.requests, s.errors) == (5, 0), s.last_error
+    assert [r.split(b" ")[1] for r in server.requests] == [b"/a", b"/b", b"/a", b"/b", b"/a"]
+    assert [b"Connection: close" in r for r in server.requests] == [False, False, True, False, True]
+
+
+def test_lab_container_by_name(lab):
+    c = lab(ipv6=False)
+    with server_in_container("tcp", c) as target:
+        s = generate("tcp", f"{c.name}:{target.rsplit(':', 1)[1]}", requests=3)
+    assert (s.requests, s.errors) == (3, 0), s.last_error
 
 
 def test_cli_auto_prints_a_summary():

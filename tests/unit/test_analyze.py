@@ -2,15 +2,12 @@
 retransmitted), totals per talker/process/container, JSON, bad files."""
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 
-from bpfhook import analyze, flows, replay
+from bpfhook import analyze, flows
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib: no test imports
-from test_flows import CLIENT, SERVER, handshake, tcp, udp, write  # noqa: E402
+from tests.pcapfiles import CLIENT, SERVER, handshake, tcp, udp, write
 
 MAIN = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQ1 = b"GET /index.html HTTP/1.1\r\nHost: lab\r\n\r\n"
@@ -109,84 +106,3 @@ def test_torn_tail_is_reported(tmp_path):
     r = analyze.report(path)
     assert r["torn_tail_bytes"] > 0 and r["http"][0]["status"] == 200
     assert flows.read(path).truncated == r["torn_tail_bytes"]
-
-
-# -- replay to a loopback server (no root needed; the kernel suite replays real captures) ----------
-
-def echo_server(kind=socket.SOCK_STREAM):
-    """A loopback server that records what it receives and answers RESP1 to each request head."""
-    srv = socket.socket(socket.AF_INET, kind)
-    srv.bind(("127.0.0.1", 0))
-    if kind == socket.SOCK_STREAM:
-        srv.listen()  # before the client can connect
-    received = []
-
-    def serve():
-        if kind == socket.SOCK_DGRAM:
-            data, peer = srv.recvfrom(65536)
-            received.append(data)
-            srv.sendto(b"pong", peer)
-            return
-        conn, _ = srv.accept()
-        with conn:
-            buf = b""
-            while data := conn.recv(65536):
-                received.append(data)
-                buf += data
-                while b"\r\n\r\n" in buf:
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    if b"Content-Length: 5" in head:
-                        buf = buf[5:]
-                    conn.sendall(RESP1)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return srv, received, thread
-
-
-def test_replay_tcp_sends_reassembled_client_bytes_and_compares(tmp_path):
-    path = http_capture(tmp_path / "h.pcapng")
-    srv, received, thread = echo_server()
-    with srv:
-        results = replay.replay(path, "127.0.0.1:%d" % srv.getsockname()[1], ids=[1], timeout=10,
-                                rewrites=[replay.parse_rewrite("Host: lab=Host: new")])
-        thread.join(10)
-    (r,) = results
-    assert b"".join(received) == (REQ1 + REQ2).replace(b"Host: lab", b"Host: new") == r.sent
-    assert r.messages == 2 and r.expected == RESP1 + RESP2
-    assert r.received == RESP1 + RESP1
-    assert "first difference at byte 49" in r.verdict  # the second answer: "HTTP/1.1 200" vs "HTTP/1.1 100"
-
-
-def test_replay_udp_with_timing(tmp_path):
-    pkts = [(0, udp(CLIENT, SERVER, b"ping")), (300, udp(SERVER, CLIENT, b"pong"))]
-    path = write(tmp_path / "u.pcapng", pkts)
-    srv, received, thread = echo_server(socket.SOCK_DGRAM)
-    with srv:
-        r, = replay.replay(path, "127.0.0.1:%d" % srv.getsockname()[1], speed=1.0, timeout=10)
-    assert received == [b"ping"] and r.received == r.expected == b"pong" and r.verdict == "same answer (4 B)"
-
-
-def test_replay_refuses_other_targets_and_bad_flows(tmp_path):
-    path = http_capture(tmp_path / "h.pcapng")
-    for to, message in (("192.0.2.1:80", "refusing"), ("8.8.8.8:53", "refusing"), ("nohost", "bad --to"),
-                        ("example.com:80", "bad --to"), ("127.0.0.1:0", "bad --to")):
-        r = bpfhook("replay", path, "--to", to)
-        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
-    for argv, message in ((["--flow", "9"], "no flow 9"), (["--speed", "0"], "bad --speed"),
-                          (["--rewrite", "=x"], "bad --rewrite")):
-        r = bpfhook("replay", path, "--to", "127.0.0.1:9", *argv)
-        assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = bpfhook("replay", path, "--to", "/nonexistent/sock", "--flow", "1")
-    assert r.returncode == 1 and "cannot be replayed" in r.stderr
-
-
-def test_replay_connection_refused_is_a_result(tmp_path):
-    path = http_capture(tmp_path / "h.pcapng")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, not listening: connections are refused
-        r = bpfhook("replay", path, "--to", f"127.0.0.1:{port}", "--speed", "max", "--json")
-    assert r.returncode == 1
-    doc = json.loads(r.stdout)
-    assert [d["flow"] for d in doc] == [1, 2] and all("error" in d["verdict"] for d in doc[:1])

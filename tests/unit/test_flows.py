@@ -1,58 +1,11 @@
 """flows: TCP reassembly (order, retransmission, gaps, FIN/RST), UDP, Unix-socket conversations,
 from synthetic pcapng files written with our Writer."""
-import ipaddress
 import struct
 
 import pytest
 
 from bpfhook import flows, pcapng
-
-CLIENT, SERVER = ("10.77.1.1", 40000), ("10.77.1.2", 8080)
-T0 = 1_700_000_000_000_000_000
-MS = 1_000_000
-
-
-def ip_packet(src, dst, proto, l4):
-    s, d = ipaddress.ip_address(src[0]), ipaddress.ip_address(dst[0])
-    if s.version == 4:
-        head = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0x4000, 64, proto, 0, s.packed, d.packed)
-    else:
-        head = struct.pack(">IHBB16s16s", 6 << 28, len(l4), proto, 64, s.packed, d.packed)
-    return head + l4
-
-
-def tcp(src, dst, seq, payload=b"", flags=flows.ACK, ack=0):
-    return ip_packet(src, dst, 6, struct.pack(">HHIIHHHH", src[1], dst[1], seq % (1 << 32), ack,
-                                              (5 << 12) | flags, 65535, 0, 0) + payload)
-
-
-def udp(src, dst, payload):
-    return ip_packet(src, dst, 17, struct.pack(">HHHH", src[1], dst[1], 8 + len(payload), 0) + payload)
-
-
-def ethernet(packet):
-    kind = 0x0800 if packet[0] >> 4 == 4 else 0x86DD
-    return b"\x02" * 6 + b"\x04" * 6 + struct.pack(">H", kind) + packet + b"\0" * max(0, 46 - len(packet))
-
-
-def write(path, packets, linktype=pcapng.LINKTYPE_RAW, comment="pid=7 comm=srv cgroup=/x container=web"):
-    """packets: (ms, bytes) for the network interface, or (ms, UdsRecord args tuple) for the unix one."""
-    with pcapng.Writer(str(path)) as w:
-        net = w.interface(linktype, "web:net")
-        unix = w.interface(pcapng.LINKTYPE_USER0, "web:unix")
-        for ms, data in packets:
-            if isinstance(data, tuple):
-                w.packet(unix, T0 + ms * MS, pcapng.encode_uds(*data), comment=comment)
-            else:
-                w.packet(net, T0 + ms * MS, data, comment=comment)
-    return str(path)
-
-
-def handshake(isn_c=1000, isn_s=5000):
-    return [(0, tcp(CLIENT, SERVER, isn_c, flags=flows.SYN)),
-            (1, tcp(SERVER, CLIENT, isn_s, flags=flows.SYN | flows.ACK, ack=isn_c + 1)),
-            (2, tcp(CLIENT, SERVER, isn_c + 1, ack=isn_s + 1))]
-
+from tests.pcapfiles import CLIENT, MS, SERVER, T0, ethernet, handshake, tcp, udp, write
 
 def only_flow(path):
     cap = flows.read(path)
@@ -175,3 +128,28 @@ def test_not_pcapng(tmp_path):
     bad.write_bytes(b"not a capture at all, no, not at all")
     with pytest.raises(pcapng.PcapngError, match="not a pcapng"):
         flows.read(str(bad))
+
+
+def test_a_connection_caught_without_its_handshake_takes_the_server_from_the_others(tmp_path):
+    """Its first packet is the server's answer: the listening endpoint other connections were
+    opened to (by SYN) still makes that side the server."""
+    other = ("10.77.1.1", 40001)
+    pkts = handshake() + [(3, tcp(CLIENT, SERVER, 1001, b"GET / HTTP/1.1\r\n\r\n"))]
+    pkts += [(10, tcp(SERVER, other, 9001, b"HTTP/1.1 200 OK\r\n\r\n")), (11, tcp(other, SERVER, 7001, b"next"))]
+    first, second = flows.read(write(tmp_path / "f.pcapng", pkts)).flows
+    assert (second.client, second.server) == ("10.77.1.1:40001", "10.77.1.2:8080")
+    assert [m.direction for m in second.messages] == ["s2c", "c2s"]
+
+
+def test_records_written_out_of_time_order_are_put_back(tmp_path):
+    """Per-CPU buffers write late: a connection's handshake and request after its answer."""
+    pkts = handshake() + [(3, tcp(CLIENT, SERVER, 1001, b"GET / HTTP/1.1\r\n\r\n")),
+                          (4, tcp(SERVER, CLIENT, 5001, b"HTTP/1.1 204 No\r\n\r\n")),
+                          (5, tcp(CLIENT, SERVER, 1019, flags=flows.FIN | flows.ACK))]
+    path = tmp_path / "f.pcapng"
+    with pcapng.Writer(str(path)) as w:
+        net = w.interface(pcapng.LINKTYPE_RAW, "web:net")
+        for ms, p in pkts[4:] + pkts[:4]:  # the answer and the FIN first, as a second CPU's buffer flushed late
+            w.packet(net, T0 + ms * MS, p)
+    (f,) = flows.read(str(path)).flows
+    assert f.client == "10.77.1.1:40000" and [m.direction for m in f.messages] == ["c2s", "s2c"]
