@@ -1,8 +1,8 @@
 """Every layout the monitor's BPF programs and its user side share, defined once in construct:
 integers in host byte order (BPF stores native words), every field at its natural alignment
-with explicit padding, each size asserted below. The programs take their offsets from
-offsetof() and sizeof(), which read these definitions; user space decodes with codecs
-derived from them.
+with explicit padding, each size asserted below. The programs name their fields
+(pybpf's named-field API reads these definitions); user space decodes with codecs derived
+from them.
 
 The per-CPU maps hold one element each, the whole table: the lookup the verifier inlines
 loads the element's per-CPU pointer before the value, and with one element that is the same
@@ -216,14 +216,6 @@ def fields(layout):
             out.append((sub.name, offset, size))
         offset += size
     return out
-
-
-def offsetof(layout, name):
-    """Byte offset of field `name` in `layout` (like C's offsetof)."""
-    for field, offset, _size in fields(layout):
-        if field == name:
-            return offset
-    raise KeyError(f"layout has no field {name!r}")
 
 
 def sizeof(layout, name=None):

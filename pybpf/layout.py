@@ -6,6 +6,8 @@ Arrays and nested Structs into struct.Struct formats giving the same values; any
 keeps construct's parse/build behind the same interface.
 
     codec(Int32ul)   codec(8) (native int)   codec(6) (raw bytes)   codec(MyStruct)
+
+offsetof(MyStruct, "field.sub") is a field's byte offset, for BPF programs that build records.
 """
 import struct
 import sys
@@ -13,6 +15,19 @@ import sys
 import construct
 
 from .errors import LayoutError
+
+
+def offsetof(layout, path):
+    """Byte offset of field `path` in a construct Struct, like C's offsetof: nested fields and
+    array elements too ("addr.port", "events.3", "events[3]")."""
+    from .asm.dsl import field_info  # the DSL's own reading of layouts (one walker); loads only here
+
+    try:
+        return field_info(layout, path).offset
+    except LayoutError:
+        raise
+    except Exception as e:
+        raise LayoutError(f"offsetof {path!r}: {getattr(e, 'message', e)}") from None
 
 
 def size_of(layout):

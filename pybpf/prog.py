@@ -19,7 +19,7 @@ from .asm.disasm import Symbols, format_insn
 from .asm.insn import Insn, InvalidInsn, decode, encode
 from .asm.link import label_slots, link
 from .errors import (ENOTSUPP, STATS_LINE, AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError,
-                     syscall_error)
+                     syscall_error, traceback_at)
 from .fd import FdOwner
 from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType, member
 
@@ -223,6 +223,7 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
     name = _own(program, "name", name) or ""
     license = _own(program, "license", license) or "GPL"
     expected_attach_type = _own(program, "expected_attach_type", expected_attach_type)
+    attach_btf_id = attach_btf_id or getattr(program, "attach_btf_id", 0)  # a DSL tp_btf program's target
     functions = getattr(program, "functions", None)  # before instructions() replaces a DSL program
     insns = instructions(program)
     if insns is None:
@@ -275,7 +276,11 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
         if btf_fd is not None:
             os.close(btf_fd)  # the program holds its own reference
     if fd is None:
-        raise _load_error(err, log, slots, ptype, object_name(name), insn_cnt, expected_attach_type)
+        error = _load_error(err, log, slots, ptype, object_name(name), insn_cnt, expected_attach_type)
+        entry = _source(error.source) if isinstance(error, VerifierError) and error.source else None
+        if entry is not None:  # the traceback ends at the DSL line that emitted the failing instruction
+            error.__traceback__ = traceback_at(entry[0], entry[1])
+        raise error
     prog = LoadedProgram(fd, insns=insns, expected_attach_type=None if expected_attach_type is None
                    else attach_type_of(expected_attach_type))
     if wanted_log:

@@ -25,7 +25,7 @@ from bpfhook import records
 from pybpf import tracefs
 from pybpf.asm import Program
 
-from .conn_common import (AF_INET, AF_INET6, CONN_AT, EVENT_AT, IPPROTO_TCP, copy_shared, current_task, emit,
+from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, conn_at, copy_shared, current_task, emit,
                           exit_unless_tcp, fd_file, find_conn, kread, mark_conn, sock_addresses, sock_netns,
                           task_reader)
 
@@ -109,22 +109,22 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, u
         p.exit(ret)
     find_conn(p, maps, p.r6, key, scratch, sk_type)
     with p.If(p.r7 != 0):
-        p.r1 = p.r7.u8[CONN_AT["state"]]
+        p.r1 = conn_at(p, p.r7).state
         with p.If(p.r1 == CLOSE):  # an ended connection's entry (conn_state keeps them for reuse)
             p.r7 = 0
     if unowned_only or not maps.stream:
         with p.If(p.r7 == 0):  # nothing to hand over (and, for getpeername, no accept to report)
             p.exit(ret)
     if unowned_only:
-        p.r1 = p.r7.u32[CONN_AT["pid"]]
+        p.r1 = conn_at(p, p.r7).pid
         with p.If(p.r1 != 0):
             p.exit(ret)
-        p.r1 = p.r7.u8[CONN_AT["flags"]]
+        p.r1 = conn_at(p, p.r7).flags
         p.r1 &= records.F_PASSIVE | records.F_ACCEPTED_BEFORE
         with p.If(p.r1 != records.F_PASSIVE):  # an active one, or one accepted before the monitor
             p.exit(ret)  # started (its owner is unknown): a getpeername() now is no accept
     if not maps.stream:
-        current_task(p, p.r7, CONN_AT, task=task)
+        current_task(p, conn_at(p, p.r7), task=task)
         mark_conn(p, p.r7, records.F_OWNER_FROM_ACCEPT)
         emit(p, maps, ev, p.r9, scratch)  # counted, as streaming would have sent it
         p.exit(ret)
@@ -134,21 +134,22 @@ def _accepted(p, maps, kernel, ev, buf, scratch, key, sk_type="scalar", ret=0, u
     with p.If(p.r7 == 0):
         _unfollowed(p, kernel, ev, buf, scratch)
     with p.Else():
-        copy_shared(p, p.r7, records.CONN, ev, records.EVENT)  # the owner fields are replaced below
+        copy_shared(p, conn_at(p, p.r7), ev)  # the owner fields are replaced below
     p.call("ktime_get_ns")
-    ev.u64[EVENT_AT["ts_ns"]] = p.r0
-    ev.u64[EVENT_AT["sock"]] = p.r6
-    ev.u8[EVENT_AT["kind"]] = records.EV_ACCEPT
-    ev.u8[EVENT_AT["protocol"]] = IPPROTO_TCP
-    ev.u8[EVENT_AT["flags"]] = records.F_OWNER_FROM_ACCEPT | records.F_PASSIVE
+    ev.ts_ns = p.r0
+    ev.sock = p.r6
+    ev.kind = records.EV_ACCEPT
+    ev.protocol = IPPROTO_TCP
+    ev.flags = records.F_OWNER_FROM_ACCEPT | records.F_PASSIVE
     current_task(p, ev, task=task)
     with p.If(p.r7 != 0):  # the new owner into the entry
-        for name, type in (("cgroup_id", "u64"), ("pid", "u32"), ("tid", "u32")):
-            p.r1 = getattr(ev, type)[EVENT_AT[name]]
-            getattr(p.r7, type)[CONN_AT[name]] = p.r1
+        conn = conn_at(p, p.r7)
+        for name in ("cgroup_id", "pid", "tid"):
+            p.r1 = ev[name]
+            conn[name] = p.r1
         for half in (0, 8):
-            p.r1 = ev.u64[EVENT_AT["comm"] + half]
-            p.r7.u64[CONN_AT["comm"] + half] = p.r1
+            p.r1 = ev.comm.u64[half]
+            conn.comm.u64[half] = p.r1
         mark_conn(p, p.r7, records.F_OWNER_FROM_ACCEPT)
     emit(p, maps, ev, p.r9, scratch)
     p.exit(ret)
@@ -158,7 +159,7 @@ def _unfollowed(p, kernel, ev, buf, scratch):
     """Addresses and netns of an accepted socket with no map entry, from the socket; exits
     unless it is an AF_INET/AF_INET6 TCP one."""
     sock_addresses(p, kernel, ev, buf, p.r6)
-    p.r1 = ev.u16[EVENT_AT["family"]]
+    p.r1 = ev.family
     p.r2 = p.r1
     with p.If(p.r1 != AF_INET):
         with p.If(p.r2 != AF_INET6):

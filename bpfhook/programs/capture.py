@@ -13,7 +13,7 @@ perf ring had no room for, a packet cut at snaplen.
 """
 import construct
 
-from pybpf.asm import Program, field_of
+from pybpf.asm import Program
 from pybpf.maps import Map
 from pybpf.uapi import MapType
 
@@ -43,11 +43,6 @@ def maps(cpus_pages=None):
     events = Map(MapType.PERF_EVENT_ARRAY, name="cap_events")
     stats = Map(MapType.PERCPU_ARRAY, key=4, value=8, max_entries=len(STAT), name="cap_stats")
     return events, stats
-
-
-def _put(slot, name, value):
-    off, type = field_of(PacketEvent, name)
-    getattr(slot, type.name)[off] = value
 
 
 def count_stat(p, stats, key, index, amount=1):
@@ -112,17 +107,17 @@ def build(direction, events, stats, snaplen=262144, ip_proto=0, port=0):
                 p.exit(1)
 
     ev.zero()
-    _put(ev, "direction", DIRECTION[direction])
+    ev.direction = DIRECTION[direction]
     p.r1 = p.r8
-    _put(ev, "ip_proto", p.r1)
+    ev.ip_proto = p.r1
     p.call("ktime_get_ns")
-    _put(ev, "ts_ns", p.r0)
+    ev.ts_ns = p.r0
     p.call("get_socket_cookie", p.r6)
-    _put(ev, "cookie", p.r0)
+    ev.cookie = p.r0
     p.call("skb_cgroup_id", p.r6)
-    _put(ev, "cgroup_id", p.r0)
+    ev.cgroup_id = p.r0
     p.r9 = p.r6.u32[SKB_LEN]
-    _put(ev, "len", p.r9)
+    ev.len = p.r9
     count_stat(p, stats, key, STAT["seen"], 1)
     count_stat(p, stats, key, STAT["bytes"], p.r9)
 
@@ -131,7 +126,7 @@ def build(direction, events, stats, snaplen=262144, ip_proto=0, port=0):
     with p.If(p.r9 > snaplen):
         p.r7 = snaplen
         count_stat(p, stats, key, STAT["truncated"], 1)
-    _put(ev, "caplen", p.r7)
+    ev.caplen = p.r7
     p.r3 = p.r7
     p.r3 <<= 32
     p.r1 = BPF_F_CURRENT_CPU

@@ -36,12 +36,12 @@ import socket
 import sys
 
 from bpfhook import records
-from bpfhook.records import EVENT, METRICS, offsetof
+from bpfhook.records import EVENT, METRICS
 from pybpf import features
-from pybpf.asm import StackSlot
 from pybpf.btf import Btf
 from pybpf.errors import FeatureUnavailable
 from pybpf.features import TP_BTF_PREFIX
+from pybpf.layout import offsetof
 from pybpf.maps import Map
 from pybpf.uapi import MapFlags, MapType
 
@@ -56,7 +56,7 @@ CONNS_MAX = 32768
 CONN_SLOTS = 16384  # 2 MB; a power of two (slot_of takes the top bits of a product)
 SLOT_HASH = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: Fibonacci hashing spreads slab addresses
 SLOT_SIZE = records.CONN_SLOT.sizeof()
-CONN_IN_SLOT = records.offsetof(records.CONN_SLOT, "conn")
+CONN_IN_SLOT = offsetof(records.CONN_SLOT, "conn")  # where user space finds a slot's CONN
 CONN_SIZE = records.CONN.sizeof()
 METRICS_MAX = 4096
 CACHE_BITS = records.METRICS_CACHE_SLOTS.bit_length() - 1
@@ -318,9 +318,9 @@ class Maps:
 
 # ---- DSL pieces ------------------------------------------------------------------
 
-# Where each field of an EVENT, a CONN, sits: ev.u8[EVENT_AT["kind"]]
-EVENT_AT = {name: offset for name, offset, _size in records.fields(EVENT)}
-CONN_AT = {name: offset for name, offset, _size in records.fields(records.CONN)}
+def conn_at(p, reg):
+    """The CONN register `reg` points at, its fields by name."""
+    return p.ptr(reg, records.CONN)
 
 
 def kread(p, dst_slot, dst_off, size, src, src_off):
@@ -393,10 +393,10 @@ def typed_field(sk, k, name, type=None, extra=0):
     return sk.mem(k.offsets[name][0] + extra, type or _LOAD[k.size(name)])
 
 
-def sock_addresses(p, k, dst, buf, sk, at=EVENT_AT, typed=False):
-    """family, sport, dport, saddr, daddr of the struct sock at `sk` into `dst` at the field
-    offsets `at` (EVENT's by default): a stack slot, or r6..r9 pointing at a CONN. IPv4 writes
-    the first 4 bytes of each address, so the rest must be zero already.
+def sock_addresses(p, k, dst, buf, sk, typed=False):
+    """family, sport, dport, saddr, daddr of the struct sock at `sk` into `dst`, an EVENT or a
+    CONN (a stack slot, or conn_at a register). IPv4 writes the first 4 bytes of each address,
+    so the rest must be zero already.
 
     typed: `sk` is a BTF-typed pointer (tp_btf, fexit), read with plain loads; else with
     bpf_probe_read_kernel: one read for IPv4 (the sock_common fields lie together), two for
@@ -410,23 +410,23 @@ def sock_addresses(p, k, dst, buf, sk, at=EVENT_AT, typed=False):
         def field(name, type=None, extra=0):
             return field_in(buf, got, k, name, type, extra)
     p.r1 = field("sk_num")  # host order
-    dst.u16[at["sport"]] = p.r1
+    dst.sport = p.r1
     p.r1 = field("sk_dport")  # network order
     p.be(p.r1, 16)
-    dst.u16[at["dport"]] = p.r1
+    dst.dport = p.r1
     p.r1 = field("sk_rcv_saddr")
-    dst.u32[at["saddr"]] = p.r1
+    dst.saddr.u32[0] = p.r1
     p.r1 = field("sk_daddr")
-    dst.u32[at["daddr"]] = p.r1
+    dst.daddr.u32[0] = p.r1
     p.r1 = field("sk_family")
-    dst.u16[at["family"]] = p.r1
+    dst.family = p.r1
     with p.If(p.r1 == AF_INET6):
         if not typed:
             got = kread_fields(p, k, buf, sk, SOCK_V6_FIELDS)
         for addr, name in (("saddr", "sk_v6_rcv_saddr"), ("daddr", "sk_v6_daddr")):
             for half in (0, 8):
                 p.r1 = field(name, "u64", half)
-                dst.u64[at[addr] + half] = p.r1
+                dst[addr].u64[half] = p.r1
 
 
 def fd_file(p, k, buf, scratch, fd, ret=0):
@@ -494,11 +494,11 @@ def sock_owner(p, k, ev, scratch, sk, typed=False):
         p.r1 = typed_field(sk, k, "sk_cgroup")
         p.r1 = typed_field(p.r1, k, "cgroup_kn")
         p.r1 = typed_field(p.r1, k, "kn_id")
-        ev.u64[EVENT_AT["cgroup_id"]] = p.r1
+        ev.cgroup_id = p.r1
     else:
         kread(p, scratch, 0, 8, sk, k.sk_cgroup)
         kread(p, scratch, 0, 8, scratch.u64[0], k.cgroup_kn)
-        kread(p, ev, EVENT_AT["cgroup_id"], 8, scratch.u64[0], k.kn_id)
+        kread(p, ev, ev.offsetof("cgroup_id"), 8, scratch.u64[0], k.kn_id)
     sock_netns(p, k, ev, scratch, sk, typed)
 
 
@@ -507,28 +507,27 @@ def sock_netns(p, k, ev, scratch, sk, typed=False):
     if typed:
         p.r1 = typed_field(sk, k, "sk_net")
         p.r1 = typed_field(p.r1, k, "net_cookie")
-        ev.u64[EVENT_AT["netns"]] = p.r1
+        ev.netns = p.r1
     else:
         kread(p, scratch, 0, 8, sk, k.sk_net)
-        kread(p, ev, EVENT_AT["netns"], 8, scratch.u64[0], k.net_cookie)
+        kread(p, ev, ev.offsetof("netns"), 8, scratch.u64[0], k.net_cookie)
 
 
-# Fields an EVENT and a CONN share, with their access type
-SHARED_FIELDS = [("cgroup_id", "u64"), ("netns", "u64"), ("pid", "u32"), ("tid", "u32"), ("sport", "u16"),
-                 ("dport", "u16"), ("family", "u16"), ("protocol", "u8"), ("flags", "u8")]
+# Fields an EVENT and a CONN share (each the same type in both)
+SHARED_FIELDS = ("cgroup_id", "netns", "pid", "tid", "sport", "dport", "family", "protocol", "flags")
 SHARED_ARRAYS = ("comm", "saddr", "daddr")  # 16 bytes each: two u64 moves
 
 
-def copy_shared(p, src, src_layout, dst, dst_layout):
-    """Every field EVENT and CONN share, from one to the other (stack slots, or r6..r9 pointing
-    at one)."""
-    for name, type in SHARED_FIELDS:
-        p.r1 = getattr(src, type)[offsetof(src_layout, name)]
-        getattr(dst, type)[offsetof(dst_layout, name)] = p.r1
+def copy_shared(p, src, dst):
+    """Every field EVENT and CONN share, from one to the other (stack slots, or conn_at a
+    register)."""
+    for name in SHARED_FIELDS:
+        p.r1 = src[name]
+        dst[name] = p.r1
     for name in SHARED_ARRAYS:
         for half in (0, 8):
-            p.r1 = src.u64[offsetof(src_layout, name) + half]
-            dst.u64[offsetof(dst_layout, name) + half] = p.r1
+            p.r1 = src[name].u64[half]
+            dst[name].u64[half] = p.r1
 
 
 def sock_number(p, sk, key, sk_type):
@@ -595,8 +594,7 @@ def find_conn(p, maps, sk, key, scratch, sk_type, slot=None, then_conns=True):
                     slot.u64[0] = p.r0
                 p.r1 = p.r0.u64[0]
                 with p.If(p.r1 == sk):
-                    p.r7 = p.r0
-                    p.r7 += CONN_IN_SLOT
+                    p.r7 = p.ptr(p.r0, records.CONN_SLOT).addr("conn")
     else:
         key.u64[0] = sk
     if then_conns:
@@ -638,8 +636,7 @@ def claim_slot(p, slot, sk):
             p.r2 = sk
             p.cmpxchg(p.r1.u64[0], p.r2)
             with p.If(p.r0 == p.r3):
-                p.r4 = p.r1
-                p.r4 += CONN_IN_SLOT
+                p.r4 = p.ptr(p.r1, records.CONN_SLOT).addr("conn")
 
 
 def end_slot(p, slot, sk):
@@ -657,9 +654,10 @@ def end_slot(p, slot, sk):
 
 def mark_conn(p, conn, flag):
     """flags |= flag in the CONN that register `conn` points at."""
-    p.r1 = conn.u8[CONN_AT["flags"]]
+    conn = conn_at(p, conn)
+    p.r1 = conn.flags
     p.r1 |= flag
-    conn.u8[CONN_AT["flags"]] = p.r1
+    conn.flags = p.r1
 
 
 def task_reader(kernel, prog_type):
@@ -672,34 +670,29 @@ def task_reader(kernel, prog_type):
     return kernel if features.has(f"helper.{prog_type}.get_current_task_btf") else None
 
 
-def current_task(p, dst, at=EVENT_AT, cgroup=True, task=None):
-    """pid, tid, comm (and cgroup_id) of the current task into `dst` at the field offsets `at`
-    (EVENT's by default): a stack slot, or r6..r9 pointing at map memory. r0-r5 clobbered.
+def current_task(p, dst, cgroup=True, task=None):
+    """pid, tid, comm (and cgroup_id) of the current task into `dst`, an EVENT or a CONN (a
+    stack slot, or conn_at r6..r9 pointing at map memory). r0-r5 clobbered.
 
     task: task_reader()'s answer. Given, comm is two loads from bpf_get_current_task_btf's
     task_struct (NUL-padded there, as the helper's copy is), where bpf_get_current_comm runs a
     strscpy (docs/benchmarks.md). A char array is a scalar to the verifier: the loads cost it
     nothing, unlike a pointer field of a trusted pointer (conn_state._event_from_sock)."""
     p.call("get_current_pid_tgid")
-    dst.u32[at["tid"]] = p.r0
+    dst.tid = p.r0
     p.r0 >>= 32
-    dst.u32[at["pid"]] = p.r0
+    dst.pid = p.r0
     if task is not None:
         p.call("get_current_task_btf")
         for half in (0, 8):
             p.r1 = typed_field(p.r0, task, "task_comm", "u64", half)
-            dst.u64[at["comm"] + half] = p.r1
+            dst.comm.u64[half] = p.r1
     else:
-        if isinstance(dst, StackSlot):
-            p.r1 = p.r10
-            p.r1 += dst.offset + at["comm"]
-        else:
-            p.r1 = dst
-            p.r1 += at["comm"]
+        p.r1 = dst.addr("comm")
         p.call("get_current_comm", p.r1, 16)
     if cgroup:
         p.call("get_current_cgroup_id")
-        dst.u64[at["cgroup_id"]] = p.r0
+        dst.cgroup_id = p.r0
 
 
 def metrics_getter(p, map, name):
@@ -724,8 +717,8 @@ def define_metrics(p, maps, netns=True):
         metrics_getter(p, maps.metrics_netns, "netns_metrics")
 
 
-def add_u64(p, base, off, value, atomic):
-    """*(u64 *)(base + off) += r1 (value moved there first: int, register or memory).
+def add_u64(p, counter, value, atomic):
+    """counter (u64 memory: a field) += r1 (value moved there first: int, register or memory).
 
     atomic=False is a plain load, add, store: for per-CPU memory whose only writer is a
     program the kernel never runs twice at once on one CPU (a raw tracepoint's: preemption
@@ -734,11 +727,11 @@ def add_u64(p, base, off, value, atomic):
     preemptibly, another task's run of it can interleave on the same CPU."""
     p.r1 = value
     if atomic:
-        base.u64[off] += p.r1
+        p.atomic_add(counter, p.r1)
     else:
-        p.r2 = base.u64[off]
+        p.r2 = counter
         p.r2 += p.r1
-        base.u64[off] = p.r2
+        counter.set(p.r2)
 
 
 def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomic=True, caches=(), scratch=None):
@@ -754,8 +747,9 @@ def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomi
         else:
             cached_metrics(p, cache, getter, k, scratch)
         with p.If(p.r0 != 0):
+            metrics = p.ptr(p.r0, METRICS)
             for field, value in updates:
-                add_u64(p, p.r0, offsetof(METRICS, field), value, atomic)
+                add_u64(p, metrics[field], value, atomic)
 
 
 def cached_metrics(p, cache, getter, key, scratch):
@@ -775,7 +769,7 @@ def cached_metrics(p, cache, getter, key, scratch):
             p.r0.u64[0] = p.r2
             p.r1 = p.r2
         with p.If(p.r1 == p.r2):
-            p.r0 += offsetof(records.METRICS_CACHED, "metrics")
+            p.r0 = p.ptr(p.r0, records.METRICS_CACHED).addr("metrics")
         with p.Else():
             p.r1 = p.r2
             p.call_local(getter)
@@ -805,7 +799,7 @@ def stat_add(p, maps, scratch, slot, value, atomic=True):
     add_u64."""
     this_cpu(p, maps.stats, scratch)
     with p.If(p.r0 != 0):
-        add_u64(p, p.r0, _stat_at(p, slot), value, atomic)
+        add_u64(p, p.r0.u64[_stat_at(p, slot)], value, atomic)
 
 
 def stat_max(p, maps, scratch, slot, value):
@@ -824,17 +818,17 @@ def remember(p, maps, ev, scratch):
     call, an indirect call and a memcpy (on each close)."""
     this_cpu(p, maps.recent, scratch)
     with p.If(p.r0 != 0):
-        p.r1 = p.r0.u64[offsetof(records.RECENT, "next")]
+        recent = p.ptr(p.r0, records.RECENT)
+        p.r1 = recent.next
         p.r2 = p.r1
         p.r2 += 1
-        p.r0.u64[offsetof(records.RECENT, "next")] = p.r2
+        recent.next = p.r2
         p.r1 &= records.RECENT_SLOTS - 1
         p.r1 *= EVENT.sizeof()
-        p.r0 += p.r1
-        at = offsetof(records.RECENT, "events")
+        p.r0 += p.r1  # recent.events[0] is now the slot's event
         for off in range(0, EVENT.sizeof(), 8):
             p.r1 = ev.u64[off]
-            p.r0.u64[at + off] = p.r1
+            recent.events[0].u64[off] = p.r1
 
 
 def emit(p, maps, ev, ctx, scratch, count=True):

@@ -16,7 +16,7 @@ from bpfhook.records import EVENT
 from pybpf.asm import Program
 from pybpf.features import TP_BTF_PREFIX
 
-from .conn_common import CONN_AT, EVENT_AT, define_metrics, emit, find_conn, lookup_conns, sock_field, stat_add
+from .conn_common import conn_at, define_metrics, emit, find_conn, lookup_conns, sock_field, stat_add
 from .conn_state import CLOSE, count_transition, end_conn, event_from_conn
 
 RAW_TRACEPOINT = "tcp_destroy_sock"
@@ -49,17 +49,17 @@ def build(maps, kernel, typed=False):
     lookup_conns(p, maps, key)
     with p.If(p.r7 == 0):  # not followed
         p.exit(0)
-    p.r1 = p.r7.u8[CONN_AT["state"]]
+    p.r1 = conn_at(p, p.r7).state
     with p.If(p.r1 == CLOSE):  # ended (in conns)
         p.exit(0)
     _exit_unless_own(p, kernel, scratch, typed)
 
     p.r8 = CLOSE  # (the new state, for event_from_conn and count_transition)
-    event_from_conn(p, ev, p.r7.u8[CONN_AT["state"]])
-    p.r7.u8[CONN_AT["state"]] = p.r8
+    event_from_conn(p, ev, conn_at(p, p.r7).state)
+    conn_at(p, p.r7).state = p.r8
     end_conn(p, maps, kernel, ev, slot, scratch, typed)
     stat_add(p, maps, scratch, records.STAT_CLOSED_AT_DESTROY, 1, atomic=False)
-    count_transition(p, maps, scratch, ev.u8[EVENT_AT["oldstate"]])
+    count_transition(p, maps, scratch, ev.oldstate)
     if maps.stream:
         emit(p, maps, ev, p.r9, scratch, count=False)
     p.exit(0)
@@ -72,6 +72,6 @@ def _exit_unless_own(p, kernel, scratch, typed):
     writes it; a socket that never connected has none)."""
     sock_field(p, kernel, scratch, p.r6, "sk_dport", typed)
     p.be(p.r1, 16)
-    p.r2 = p.r7.u16[CONN_AT["dport"]]
+    p.r2 = conn_at(p, p.r7).dport
     with p.If(p.r1 != p.r2):
         p.exit(0)

@@ -31,7 +31,7 @@ from bpfhook.records import CONN, EVENT
 from pybpf.asm import Program, Reg
 from pybpf.features import TP_BTF_PREFIX
 
-from .conn_common import (CONN_AT, EVENT_AT, IPPROTO_TCP, account, claim_slot, copy_shared, count_lost,
+from .conn_common import (IPPROTO_TCP, conn_at, account, claim_slot, copy_shared, count_lost,
                           current_task, define_metrics, emit, end_slot, exit_unless_tcp, find_conn, kread,
                           lookup_conns, mark_conn, remember, sock_addresses, sock_owner, stat_add, stat_max,
                           store_conn, task_reader, typed_field, without_fin)
@@ -91,7 +91,7 @@ def build(maps, kernel, typed=False):
     else:
         lookup_conns(p, maps, key)
     with p.If(p.r7 != 0):
-        p.r1 = p.r7.u8[CONN_AT["state"]]
+        p.r1 = conn_at(p, p.r7).state
         with p.If(p.r1 == CLOSE):  # a connection that ended: this is a new socket at its freed address
             reuse.u64[0] = p.r7
             p.r7 = 0
@@ -106,7 +106,7 @@ def build(maps, kernel, typed=False):
             with p.If(p.r8 == SYN_SENT):  # connect(): we run in the connecting task
                 current_task(p, ev, cgroup=False, task=task)
             with p.Else():  # a listener's child: its owner comes with accept() (or close())
-                ev.u8[EVENT_AT["flags"]] = records.F_PASSIVE
+                ev.flags = records.F_PASSIVE
             _new_conn(p, maps, ev, conn, key, reuse, dest, scratch)
         with p.Else():
             with p.If(p.r8 == CLOSE):
@@ -120,9 +120,9 @@ def build(maps, kernel, typed=False):
     with p.Else():
         # The entry's state, not the tracepoint's oldstate: the two differ after a run the kernel
         # skipped, and a connect() skipped at ESTABLISHED would otherwise keep source port 0
-        with p.If(_in_handshake(p, p.r7.u8[CONN_AT["state"]])):  # out of the handshake: ports and peer are final
-            sock_addresses(p, kernel, p.r7, buf, p.r6, CONN_AT, typed)
-        p.r7.u8[CONN_AT["state"]] = p.r8
+        with p.If(_in_handshake(p, conn_at(p, p.r7).state)):  # out of the handshake: ports and peer are final
+            sock_addresses(p, kernel, conn_at(p, p.r7), buf, p.r6, typed)
+        conn_at(p, p.r7).state = p.r8
         _owner_from_closer(p, task)
         with p.If(p.r8 == CLOSE):
             event_from_conn(p, ev, oldstate)
@@ -143,19 +143,19 @@ def end_conn(p, maps, kernel, ev, slot, scratch, typed):
     ev: event_from_conn's header): its EVENT completed (kind close, duration, bytes from the
     tcp_sock), counted in its cgroup's and namespace's metrics and the duration stats,
     remembered for the report, and its slot marked ended. The caller sends ev."""
-    ev.u8[EVENT_AT["kind"]] = records.EV_CLOSE
-    p.r1 = ev.u64[EVENT_AT["ts_ns"]]
-    p.r2 = p.r7.u64[CONN_AT["start_ns"]]
+    ev.kind = records.EV_CLOSE
+    p.r1 = ev.ts_ns
+    p.r2 = conn_at(p, p.r7).start_ns
     p.r1 -= p.r2
-    ev.u64[EVENT_AT["duration_ns"]] = p.r1
+    ev.duration_ns = p.r1
     _tcp_bytes(p, kernel, ev, typed)
     _drop_fin(p, ev)
-    account(p, (ev.u64[EVENT_AT["cgroup_id"]], ev.u64[EVENT_AT["netns"]]),
-            [("closed", 1), ("bytes_sent", ev.u64[EVENT_AT["bytes_sent"]]),
-             ("bytes_received", ev.u64[EVENT_AT["bytes_received"]])], atomic=False,
+    account(p, (ev.cgroup_id, ev.netns),
+            [("closed", 1), ("bytes_sent", ev.bytes_sent),
+             ("bytes_received", ev.bytes_received)], atomic=False,
             caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
-    stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.u64[EVENT_AT["duration_ns"]], atomic=False)
-    stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.u64[EVENT_AT["duration_ns"]])
+    stat_add(p, maps, scratch, records.STAT_DURATION_TOTAL, ev.duration_ns, atomic=False)
+    stat_max(p, maps, scratch, records.STAT_DURATION_MAX, ev.duration_ns)
     remember(p, maps, ev, scratch)
     end_slot(p, slot, p.r6)  # last: from here another socket may take the slot
     with p.If(p.r0 == 0):  # the entry stays in conns, counted for Monitor.trim_closed
@@ -191,7 +191,7 @@ def _end_if_stale(p, maps, ev, slot, reuse, scratch):
         end_slot(p, slot, p.r6)
         with p.If(p.r0 == 0):
             p.r1 = CLOSE
-            p.r7.u8[CONN_AT["state"]] = p.r1
+            conn_at(p, p.r7).state = p.r1
             stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
             reuse.u64[0] = p.r7
         p.r7 = 0
@@ -203,21 +203,21 @@ def _count_unseen_close(p, maps, ev, scratch):
     it (live_conns), so that opened = closed + active still holds; and in
     stats[STAT_CLOSED_UNSEEN], since it has no duration. Streaming, its close is sent now
     (F_CLOSE_UNSEEN: those bytes, duration 0), so that a reader sees every connection end."""
-    account(p, (p.r7.u64[CONN_AT["cgroup_id"]], p.r7.u64[CONN_AT["netns"]]),
-            [("closed", 1), ("bytes_sent", p.r7.u64[CONN_AT["bytes_sent"]]),
-             ("bytes_received", p.r7.u64[CONN_AT["bytes_received"]])], atomic=False,
+    account(p, (conn_at(p, p.r7).cgroup_id, conn_at(p, p.r7).netns),
+            [("closed", 1), ("bytes_sent", conn_at(p, p.r7).bytes_sent),
+             ("bytes_received", conn_at(p, p.r7).bytes_received)], atomic=False,
             caches=(maps.cache_cgroup, maps.cache_netns), scratch=scratch)
     stat_add(p, maps, scratch, records.STAT_CLOSED_UNSEEN, 1, atomic=False)
     if maps.stream:
-        event_from_conn(p, ev, p.r7.u8[CONN_AT["state"]])
-        ev.u8[EVENT_AT["newstate"]] = CLOSE
-        ev.u8[EVENT_AT["kind"]] = records.EV_CLOSE
+        event_from_conn(p, ev, conn_at(p, p.r7).state)
+        ev.newstate = CLOSE
+        ev.kind = records.EV_CLOSE
         for name in ("bytes_sent", "bytes_received"):
-            p.r1 = p.r7.u64[CONN_AT[name]]
-            ev.u64[EVENT_AT[name]] = p.r1
-        p.r1 = ev.u8[EVENT_AT["flags"]]
+            p.r1 = conn_at(p, p.r7)[name]
+            ev[name] = p.r1
+        p.r1 = ev.flags
         p.r1 |= records.F_CLOSE_UNSEEN
-        ev.u8[EVENT_AT["flags"]] = p.r1
+        ev.flags = p.r1
     emit(p, maps, ev, p.r9, scratch)  # (counted, as streaming would have sent it)
 
 
@@ -229,10 +229,10 @@ def _found_late(p, maps, kernel, ev, conn, buf, key, reuse, dest, scratch, task,
     close, not lost. A listener's own transitions (CLOSE -> LISTEN) are no connection."""
     with p.If(p.r8 != records.TCP_STATE_IDS["LISTEN"]):
         _event_from_sock(p, kernel, ev, buf, scratch, typed)
-        ev.u8[EVENT_AT["flags"]] = records.F_FOUND_LATE
+        ev.flags = records.F_FOUND_LATE
         with p.If(_state_in(p, CLOSER_MASK, p.r8)):
             current_task(p, ev, cgroup=False, task=task)
-            ev.u8[EVENT_AT["flags"]] = records.F_FOUND_LATE | records.F_OWNER_FROM_CLOSE
+            ev.flags = records.F_FOUND_LATE | records.F_OWNER_FROM_CLOSE
         _new_conn(p, maps, ev, conn, key, reuse, dest, scratch)
     if maps.stream:
         with p.Else():
@@ -262,12 +262,12 @@ def _event_header(p, ev, oldstate):
     kind (state) of this transition."""
     ev.zero()
     p.call("ktime_get_ns")
-    ev.u64[EVENT_AT["ts_ns"]] = p.r0
-    ev.u64[EVENT_AT["sock"]] = p.r6
+    ev.ts_ns = p.r0
+    ev.sock = p.r6
     p.r1 = oldstate
-    ev.u8[EVENT_AT["oldstate"]] = p.r1
-    ev.u8[EVENT_AT["newstate"]] = p.r8
-    ev.u8[EVENT_AT["kind"]] = records.EV_STATE
+    ev.oldstate = p.r1
+    ev.newstate = p.r8
+    ev.kind = records.EV_STATE
 
 
 def _event_from_sock(p, kernel, ev, buf, scratch, typed):
@@ -279,8 +279,8 @@ def _event_from_sock(p, kernel, ev, buf, scratch, typed):
     trust annotations at every check of that load (load time: docs/benchmarks.md); through the
     helper's untrusted copy it does not. One helper call per opening."""
     _event_header(p, ev, p.r9.u64[ARG_OLDSTATE])
-    ev.u8[EVENT_AT["protocol"]] = IPPROTO_TCP
-    sock_addresses(p, kernel, ev, buf, p.r6, EVENT_AT, typed)
+    ev.protocol = IPPROTO_TCP
+    sock_addresses(p, kernel, ev, buf, p.r6, typed)
     if typed:
         p.call("skc_to_tcp_sock", p.r6)
         with p.If(p.r0 != 0):  # (a TCP socket: exit_unless_tcp ran)
@@ -294,21 +294,21 @@ def _tcp_bytes(p, kernel, ev, typed):
     the tcp_sock fields through bpf_skc_to_tcp_sock (the verifier allows loads only within
     the pointer's type: struct sock)."""
     if not typed:
-        kread(p, ev, EVENT_AT["bytes_sent"], 8, p.r6, kernel.bytes_sent)
-        kread(p, ev, EVENT_AT["bytes_received"], 8, p.r6, kernel.bytes_received)
+        kread(p, ev, ev.offsetof("bytes_sent"), 8, p.r6, kernel.bytes_sent)
+        kread(p, ev, ev.offsetof("bytes_received"), 8, p.r6, kernel.bytes_received)
         return
     p.call("skc_to_tcp_sock", p.r6)
     with p.If(p.r0 != 0):
         p.r1 = typed_field(p.r0, kernel, "bytes_sent")
-        ev.u64[EVENT_AT["bytes_sent"]] = p.r1
+        ev.bytes_sent = p.r1
         p.r1 = typed_field(p.r0, kernel, "bytes_received")
-        ev.u64[EVENT_AT["bytes_received"]] = p.r1
+        ev.bytes_received = p.r1
 
 
 def event_from_conn(p, ev, oldstate):
     """The EVENT of a transition (from `oldstate`, memory) of the connection whose CONN is at r7."""
     _event_header(p, ev, oldstate)
-    copy_shared(p, p.r7, CONN, ev, EVENT)
+    copy_shared(p, conn_at(p, p.r7), ev)
 
 
 def _owner_from_closer(p, task):
@@ -316,9 +316,9 @@ def _owner_from_closer(p, task):
     NULL) under the getpeername hook) takes the task that closes it. Entering FIN_WAIT1 or
     LAST_ACK is always that task's close() or shutdown(), in process context."""
     with p.If(_state_in(p, CLOSER_MASK, p.r8)):
-        p.r1 = p.r7.u32[CONN_AT["pid"]]
+        p.r1 = conn_at(p, p.r7).pid
         with p.If(p.r1 == 0):
-            current_task(p, p.r7, CONN_AT, task=task)
+            current_task(p, conn_at(p, p.r7), task=task)
             mark_conn(p, p.r7, records.F_OWNER_FROM_CLOSE)
 
 
@@ -337,10 +337,10 @@ def count_transition(p, maps, scratch, oldstate):
 
 def _drop_fin(p, ev):
     """bytes_received without the peer's FIN, when the state before CLOSE says it arrived."""
-    p.r2 = ev.u8[EVENT_AT["oldstate"]]
-    p.r3 = ev.u64[EVENT_AT["bytes_received"]]
+    p.r2 = ev.oldstate
+    p.r3 = ev.bytes_received
     without_fin(p, p.r3, p.r2, FIN_SEEN_MASK)
-    ev.u64[EVENT_AT["bytes_received"]] = p.r3
+    ev.bytes_received = p.r3
 
 
 def _new_conn(p, maps, ev, conn, key, reuse, dest, scratch):
@@ -348,10 +348,10 @@ def _new_conn(p, maps, ev, conn, key, reuse, dest, scratch):
     it claimed one), else over the ended entry in conns at this address (`reuse`), else
     inserted there."""
     conn.zero()
-    p.r1 = ev.u64[EVENT_AT["ts_ns"]]
-    conn.u64[CONN_AT["start_ns"]] = p.r1
-    copy_shared(p, ev, EVENT, conn, CONN)
-    conn.u8[CONN_AT["state"]] = p.r8
+    p.r1 = ev.ts_ns
+    conn.start_ns = p.r1
+    copy_shared(p, ev, conn)
+    conn.state = p.r8
     p.r1 = dest.u64[0]
     with p.If(p.r1 == 0):
         _unkeep(p, maps, reuse, scratch)

@@ -7,7 +7,7 @@ flow (kind udp, the metrics' udp); other protocols are skipped. It never refuses
 from bpfhook import records
 from pybpf.asm import Program
 
-from .conn_common import (EVENT_AT, IPPROTO_TCP, IPPROTO_UDP, account, current_task, define_metrics, emit, remember,
+from .conn_common import (IPPROTO_TCP, IPPROTO_UDP, account, current_task, define_metrics, emit, remember,
                           task_reader)
 
 ALLOW = 1
@@ -34,31 +34,31 @@ def build(maps, kernel, version):
             p.exit(ALLOW)
     ev.zero()
     p.call("ktime_get_ns")
-    ev.u64[EVENT_AT["ts_ns"]] = p.r0
-    ev.u8[EVENT_AT["protocol"]] = p.r6
-    ev.u8[EVENT_AT["kind"]] = records.EV_CONNECT
+    ev.ts_ns = p.r0
+    ev.protocol = p.r6
+    ev.kind = records.EV_CONNECT
     p.r1 = p.r9.u32[at["family"]]
-    ev.u16[EVENT_AT["family"]] = p.r1
+    ev.family = p.r1
     p.r1 = p.r9.u32[at["user_port"]]  # network order in the low 16 bits
     p.be(p.r1, 16)
-    ev.u16[EVENT_AT["dport"]] = p.r1
+    ev.dport = p.r1
     if version == 4:
         p.r1 = p.r9.u32[at["user_ip4"]]
-        ev.u32[EVENT_AT["daddr"]] = p.r1
+        ev.daddr.u32[0] = p.r1
     else:
         for word in range(4):
             p.r1 = p.r9.u32[at["user_ip6"] + 4 * word]
-            ev.u32[EVENT_AT["daddr"] + 4 * word] = p.r1
+            ev.daddr.u32[4 * word] = p.r1
     p.r1 = p.r9.u64[at["sk"]]
-    ev.u64[EVENT_AT["sock"]] = p.r1
+    ev.sock = p.r1
     p.call("get_socket_cookie", p.r9)
-    ev.u64[EVENT_AT["cookie"]] = p.r0
+    ev.cookie = p.r0
     p.call("get_netns_cookie", p.r9)
-    ev.u64[EVENT_AT["netns"]] = p.r0
+    ev.netns = p.r0
     current_task(p, ev, task=task_reader(kernel, p.prog_type))
     with p.If(p.r6 == IPPROTO_UDP):
-        ev.u8[EVENT_AT["kind"]] = records.EV_UDP
-        account(p, (ev.u64[EVENT_AT["cgroup_id"]], ev.u64[EVENT_AT["netns"]]), [("udp", 1)])
+        ev.kind = records.EV_UDP
+        account(p, (ev.cgroup_id, ev.netns), [("udp", 1)])
         remember(p, maps, ev, scratch)
     emit(p, maps, ev, p.r9, scratch)
     p.exit(ALLOW)

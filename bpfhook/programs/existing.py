@@ -19,12 +19,12 @@ program runs, so its transitions wait. Streaming, each is also sent as an event 
 scratch area, not the context: the perf buffer works too).
 """
 from bpfhook import records
-from bpfhook.records import CONN, EVENT, OLDER_ENTERED, offsetof
+from bpfhook.records import CONN, EVENT, OLDER_ENTERED
 from pybpf.asm import Program
 from pybpf.maps import Map
 from pybpf.uapi import MapType
 
-from .conn_common import (CONN_AT, EVENT_AT, IPPROTO_TCP, claim_slot, copy_shared, emit, find_conn, sock_addresses,
+from .conn_common import (IPPROTO_TCP, conn_at, claim_slot, copy_shared, emit, find_conn, sock_addresses,
                           sock_owner, store_conn, typed_field)
 
 FUNC = "bpf_iter_tcp"  # the iterator target's function: the program's attach_btf_id
@@ -61,7 +61,7 @@ def build(maps, kernel, listeners):
     with p.If(p.r8 == CLOSE):
         p.exit(0)
     ev.zero()
-    sock_addresses(p, kernel, ev, buf, p.r6, EVENT_AT, typed=True)
+    sock_addresses(p, kernel, ev, buf, p.r6, typed=True)
     sock_owner(p, kernel, ev, scratch, p.r6, typed=True)
     _listener_key(p, ev, conn)  # (conn: scratch space until the CONN is built)
     with p.If(p.r8 == LISTEN):
@@ -74,9 +74,9 @@ def build(maps, kernel, listeners):
     over.u64[0] = 0
     find_conn(p, maps, p.r6, key, scratch, "pointer", slot)
     with p.If(p.r7 != 0):
-        p.r1 = p.r7.u8[CONN_AT["state"]]
+        p.r1 = conn_at(p, p.r7).state
         with p.If(p.r1 != CLOSE):  # followed already
-            p.r1 = p.r7.u8[CONN_AT["flags"]]
+            p.r1 = conn_at(p, p.r7).flags
             p.r2 = p.r1
             p.r2 &= records.F_OLDER
             with p.If(p.r2 != 0):
@@ -91,21 +91,21 @@ def build(maps, kernel, listeners):
             # this walk reached it: an older connection, entered here over that entry
             over.u64[0] = p.r7
 
-    ev.u8[EVENT_AT["protocol"]] = IPPROTO_TCP
-    ev.u8[EVENT_AT["flags"]] = records.F_OLDER
+    ev.protocol = IPPROTO_TCP
+    ev.flags = records.F_OLDER
     p.r2 = typed_field(p.r6, kernel, "sk_socket")
     with p.If(p.r2 == 0):  # waiting in an accept queue
-        ev.u8[EVENT_AT["flags"]] = records.F_OLDER | records.F_PASSIVE
+        ev.flags = records.F_OLDER | records.F_PASSIVE
     with p.Else():
         p.call("map_lookup_elem", listeners, conn)
         with p.If(p.r0 != 0):
-            ev.u8[EVENT_AT["flags"]] = records.F_OLDER | records.F_PASSIVE | records.F_ACCEPTED_BEFORE
+            ev.flags = records.F_OLDER | records.F_PASSIVE | records.F_ACCEPTED_BEFORE
     conn.zero()
-    copy_shared(p, ev, EVENT, conn, CONN)
-    conn.u8[CONN_AT["state"]] = p.r8
+    copy_shared(p, ev, conn)
+    conn.state = p.r8
     p.call("ktime_get_ns")
-    conn.u64[CONN_AT["start_ns"]] = p.r0
-    ev.u64[EVENT_AT["ts_ns"]] = p.r0
+    conn.start_ns = p.r0
+    ev.ts_ns = p.r0
 
     p.r4 = over.u64[0]
     if maps.slots:
@@ -113,9 +113,9 @@ def build(maps, kernel, listeners):
             claim_slot(p, slot, p.r6)
     store_conn(p, maps, p.r4, conn, key)  # (r4 0: into conns; its slot is another live connection's)
     if maps.stream:
-        ev.u64[EVENT_AT["sock"]] = p.r6
-        ev.u8[EVENT_AT["newstate"]] = p.r8
-        ev.u8[EVENT_AT["kind"]] = records.EV_EXISTING
+        ev.sock = p.r6
+        ev.newstate = p.r8
+        ev.kind = records.EV_EXISTING
         emit(p, maps, ev, p.r9, scratch)
     _write_entered(p, key, entered)
     p.exit(0)
@@ -141,14 +141,14 @@ def _socket_inode(p, kernel, entered):
     p.r1 = typed_field(p.r1, kernel, "socket_file")
     p.r1 = typed_field(p.r1, kernel, "file_inode")
     p.r1 = typed_field(p.r1, kernel, "inode_ino")
-    entered.u64[offsetof(OLDER_ENTERED, "inode")] = p.r1
+    entered.inode = p.r1
 
 
 def _write_entered(p, key, entered):
     """The OLDER_ENTERED record of the connection (its sock from find_conn's key) to the walk's
     output: what user space counts, and finds owners by."""
     p.r1 = key.u64[0]
-    entered.u64[offsetof(OLDER_ENTERED, "sock")] = p.r1
+    entered.sock = p.r1
     write_out(p, p.r9, entered, OLDER_ENTERED.sizeof())
 
 
@@ -162,7 +162,8 @@ def write_out(p, ctx, record, size):
 
 def _listener_key(p, ev, key):
     """A LISTENER_KEY at stack slot `key` from the EVENT's netns and local port."""
-    p.r1 = ev.u64[EVENT_AT["netns"]]
-    key.u64[records.offsetof(records.LISTENER_KEY, "netns")] = p.r1
-    p.r1 = ev.u16[EVENT_AT["sport"]]
-    key.u64[records.offsetof(records.LISTENER_KEY, "port")] = p.r1  # the padding zeroed with it
+    key = key.cast(records.LISTENER_KEY)
+    p.r1 = ev.netns
+    key.netns = p.r1
+    p.r1 = ev.sport
+    key.u64[key.offsetof("port")] = p.r1  # 8 bytes: the padding zeroed with the port

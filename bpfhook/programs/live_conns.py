@@ -11,7 +11,7 @@ taken out as at the close (conn_common.without_fin).
 from bpfhook import records
 from pybpf.asm import Program
 
-from .conn_common import CONN_AT, find_conn, typed_field, without_fin
+from .conn_common import conn_at, find_conn, typed_field, without_fin
 from .existing import full_tcp_sock, write_out
 
 CLOSE = records.TCP_STATE_IDS["CLOSE"]
@@ -32,15 +32,15 @@ def build(maps, kernel):
     find_conn(p, maps, p.r6, key, scratch, "pointer")
     with p.If(p.r7 == 0):  # not followed
         p.exit(0)
-    p.r1 = p.r7.u8[CONN_AT["state"]]
+    p.r1 = conn_at(p, p.r7).state
     with p.If(p.r1 == CLOSE):  # an ended connection's entry, kept for the next socket here
         p.exit(0)
     p.r1 = typed_field(p.r6, kernel, "bytes_sent")
-    p.r7.u64[CONN_AT["bytes_sent"]] = p.r1
+    conn_at(p, p.r7).bytes_sent = p.r1
     p.r3 = typed_field(p.r6, kernel, "sk_state")
     p.r2 = typed_field(p.r6, kernel, "bytes_received")
     without_fin(p, p.r2, p.r3, FIN_IN_MASK)
-    p.r7.u64[CONN_AT["bytes_received"]] = p.r2
+    conn_at(p, p.r7).bytes_received = p.r2
     write_out(p, p.r9, key, records.CONN_KEY.sizeof())  # (key: find_conn's, the sock)
     p.exit(0)
     return p

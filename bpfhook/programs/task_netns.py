@@ -3,7 +3,7 @@
 (setns() is per thread: a CNI plugin, a Go program's locked thread). The monitor's socket
 walks run in each; /proc would cost a stat() per process, and miss the threads.
 """
-from bpfhook.records import TASK_NETNS, offsetof
+from bpfhook.records import TASK_NETNS
 from pybpf.asm import Program
 
 from .conn_common import typed_field
@@ -27,14 +27,14 @@ def build(kernel):
     _netns_inum(p, kernel, p.r6)
     with p.If(p.r0 == 0):  # an exiting task: no namespaces
         p.exit(0)
-    out.u32[offsetof(TASK_NETNS, "netns_ino")] = p.r0
+    out.netns_ino = p.r0
     p.r1 = typed_field(p.r6, kernel, "task_pid")
-    out.u32[offsetof(TASK_NETNS, "pid")] = p.r1
+    out.pid = p.r1
     p.r2 = typed_field(p.r6, kernel, "task_tgid")
     with p.If(p.r1 != p.r2):  # a thread: written only when it entered another namespace (setns)
         p.r1 = typed_field(p.r6, kernel, "task_group_leader")
         _netns_inum(p, kernel, p.r1)
-        p.r1 = out.u32[offsetof(TASK_NETNS, "netns_ino")]
+        p.r1 = out.netns_ino
         with p.If(p.r0 == p.r1):
             p.exit(0)
     write_out(p, p.r9, out, TASK_NETNS.sizeof())

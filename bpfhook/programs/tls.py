@@ -242,7 +242,7 @@ def build_return(maps, kernel):
         p.r9.u64[off] = 0
     p.r6 = call.u64[field_of(Call, "sk")[0]]
     with p.If(p.r6 != 0):
-        sock_addresses(p, kernel, p.r9, buf, p.r6, at=EV)
+        sock_addresses(p, kernel, p.ptr(p.r9, TlsEvent), buf, p.r6)
     with p.Else():
         count_stat(p, maps["stats"], slot, STAT["no_socket"])
 

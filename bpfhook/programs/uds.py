@@ -24,7 +24,7 @@ import construct
 
 from bpfhook.records import flat_struct
 from pybpf import attach, tracefs
-from pybpf.asm import Program, field_of
+from pybpf.asm import Program
 from pybpf.btf import Btf
 from pybpf.maps import Map
 from pybpf.prog import load
@@ -156,9 +156,9 @@ def build_enter(syscall, maps, offsets, args, pid=0):
     _kread(p, tmp, p.r8, k["sk_family"], "u16")
     with p.If(p.r0 != AF_UNIX):
         p.exit(0)
-    _put(ent, "sk", p.r8)
-    _put(ent, "sock", p.r9)
-    _put(ent, "fd", p.r7)
+    ent.sk = p.r8
+    ent.sock = p.r9
+    ent.fd = p.r7
     p.r1 = p.r6.u64[args["ptr"]]
     p.r2 = p.r6.u64[args["count"]]
     if shape == "msg":  # struct user_msghdr: msg_iov at 16, msg_iovlen at 24
@@ -167,42 +167,23 @@ def build_enter(syscall, maps, offsets, args, pid=0):
         p.r3 += 16
         p.call("probe_read_user", tmp, 8, p.r3)
         p.r1 = tmp.u64[0]
-        _put(ent, "ptr", p.r1)
+        ent.ptr = p.r1
         p.r3 = p.r7
         p.r3 += 24
         p.call("probe_read_user", tmp, 8, p.r3)
         p.r2 = tmp.u64[0]
-        _put(ent, "count", p.r2)
+        ent.count = p.r2
     else:
-        _put(ent, "ptr", p.r1)
-        _put(ent, "count", p.r2)
+        ent.ptr = p.r1
+        ent.count = p.r2
     p.call("map_update_elem", maps["inflight"], key, ent, 0)
     p.exit(0)
     return p
 
 
-def _put(slot, name, value, layout=Inflight):
-    off, type = field_of(layout, name)
-    getattr(slot, type.name)[off] = value
-
-
-def _offsets(layout):
-    out, off = {}, 0
-    for member in layout.subcons:
-        out[member.name] = off
-        off += member.sizeof()
-    return out
-
-
-_EV_OFF = _offsets(UdsEvent)
-_EV_TYPE = {"ts_ns": "u64", "pid_tgid": "u64", "msg_id": "u64", "cgroup_id": "u64", "total": "u32", "len": "u32",
-            "fd": "u32", "peer_pid": "u32", "path_len": "u16", "peer_path_len": "u16", "syscall": "u8",
-            "direction": "u8", "sock_type": "u8", "last": "u8"}
-
-
-def _ev(name):
-    """(offset, access type name) of a UdsEvent field; byte arrays have no access type."""
-    return _EV_OFF[name], _EV_TYPE.get(name)
+def _event(p):
+    """The UdsEvent r9 points at (the per-CPU scratch record being built), its fields by name."""
+    return p.ptr(p.r9, UdsEvent)
 
 
 def _read_path(p, tmp, sk_reg, k, path_field, len_field):
@@ -215,13 +196,11 @@ def _read_path(p, tmp, sk_reg, k, path_field, len_field):
         with p.If(p.r0.s > 0):
             with p.If(p.r0 > MAX_PATH):
                 p.r0 = MAX_PATH
-            off, type = _ev(len_field)
-            p.r9.u16[off] = p.r0
+            _event(p)[len_field] = p.r0
             p.r2 = p.r0
             p.r3 = p.r8
             p.r3 += k["addr_name"] + 2
-            p.r1 = p.r9
-            p.r1 += _ev(path_field)[0]
+            p.r1 = _event(p).addr(path_field)
             p.call("probe_read_kernel", p.r1, p.r2, p.r3)
 
 
@@ -242,9 +221,8 @@ def build_exit(syscall, maps, offsets, snaplen):
     with p.If(p.r0 == 0):
         p.exit(0)
     for name in ("sk", "sock", "ptr", "count", "fd"):
-        off, _ = field_of(Inflight, name)
-        p.r1 = p.r0.u64[off]
-        ent.u64[off] = p.r1
+        p.r1 = p.ptr(p.r0, Inflight)[name]
+        ent[name] = p.r1
     p.call("map_delete_elem", maps["inflight"], key)
     p.r7 = p.r6.u64[16]  # ret
     with p.If(p.r7.s <= 0):
@@ -256,35 +234,33 @@ def build_exit(syscall, maps, offsets, snaplen):
         p.exit(0)
     p.r9 = p.r0
     p.call("ktime_get_ns")
-    p.r9.u64[_ev("ts_ns")[0]] = p.r0
-    p.r9.u64[_ev("msg_id")[0]] = p.r0
+    _event(p).ts_ns = p.r0
+    _event(p).msg_id = p.r0
     p.r1 = key.u64[0]
-    p.r9.u64[_ev("pid_tgid")[0]] = p.r1
+    _event(p).pid_tgid = p.r1
     p.call("get_current_cgroup_id")
-    p.r9.u64[_ev("cgroup_id")[0]] = p.r0
-    p.r9.u32[_ev("total")[0]] = p.r7
-    p.r1 = ent.u64[field_of(Inflight, "fd")[0]]
-    p.r9.u32[_ev("fd")[0]] = p.r1
-    p.r9.u8[_ev("syscall")[0]] = number
-    p.r9.u8[_ev("direction")[0]] = direction
-    p.r9.u8[_ev("last")[0]] = 0
+    _event(p).cgroup_id = p.r0
+    _event(p).total = p.r7
+    p.r1 = ent.fd
+    _event(p).fd = p.r1
+    _event(p).syscall = number
+    _event(p).direction = direction
+    _event(p).last = 0
     for name in ("peer_pid", "path_len", "peer_path_len", "sock_type"):
-        off, type = _ev(name)
-        getattr(p.r9, type)[off] = 0
-    p.r1 = p.r9
-    p.r1 += _ev("comm")[0]
+        _event(p)[name] = 0
+    p.r1 = _event(p).addr("comm")
     p.call("get_current_comm", p.r1, 16)
-    p.r1 = ent.u64[field_of(Inflight, "sock")[0]]
+    p.r1 = ent.sock
     _kread(p, tmp, p.r1, k["socket_type"], "u16")
-    p.r9.u8[_ev("sock_type")[0]] = p.r0
-    p.r1 = ent.u64[field_of(Inflight, "sk")[0]]
+    _event(p).sock_type = p.r0
+    p.r1 = ent.sk
     _kread(p, tmp, p.r1, k["sk_peer_pid"])
     with p.If(p.r0 != 0):
         _kread(p, tmp, p.r0, k["pid_numbers"] + k["upid_nr"], "u32")
-        p.r9.u32[_ev("peer_pid")[0]] = p.r0
-    p.r1 = ent.u64[field_of(Inflight, "sk")[0]]
+        _event(p).peer_pid = p.r0
+    p.r1 = ent.sk
     _read_path(p, tmp, p.r1, k, "path", "path_len")
-    p.r1 = ent.u64[field_of(Inflight, "sk")[0]]
+    p.r1 = ent.sk
     _kread(p, tmp, p.r1, k["unix_peer"])
     with p.If(p.r0 != 0):
         p.r1 = p.r0
@@ -301,8 +277,8 @@ def build_exit(syscall, maps, offsets, snaplen):
     p.r0.u64[REM] = p.r7
     p.r0.u64[OFF] = 0
     p.r0.u64[INDEX] = 0
-    p.r1 = ent.u64[field_of(Inflight, "ptr")[0]]
-    p.r2 = ent.u64[field_of(Inflight, "count")[0]]
+    p.r1 = ent.ptr
+    p.r2 = ent.count
     p.r0.u64[IOV] = p.r1
     if shape == "buf":
         p.r0.u64[BASE] = p.r1
@@ -384,7 +360,7 @@ def build_pieces(maps):
     with p.If(p.r0 != 0):
         count_stat(p, maps["stats"], key32, STAT["faults"])
         p.goto("close")
-    p.r9.u32[_ev("len")[0]] = p.r8
+    _event(p).len = p.r8
     p.r1 = p.r7.u64[OFF]
     p.r1 += p.r8
     p.r7.u64[OFF] = p.r1
@@ -392,7 +368,7 @@ def build_pieces(maps):
     p.r1 -= p.r8
     p.r7.u64[REM] = p.r1
     with p.If(p.r1 == 0):
-        p.r9.u8[_ev("last")[0]] = 1
+        _event(p).last = 1
     p.r5 = p.r8
     p.r5 += HDR
     p.r3 = BPF_F_CURRENT_CPU
@@ -407,8 +383,8 @@ def build_pieces(maps):
     count_stat(p, maps["stats"], key32, STAT["truncated"])  # out of tail calls: the rest stays unseen
     # A call not fully copied (out of iovecs, a fault, out of tail calls) still closes its message.
     p.label("close")
-    p.r9.u8[_ev("last")[0]] = 1
-    p.r9.u32[_ev("len")[0]] = 0
+    _event(p).last = 1
+    _event(p).len = 0
     p.r3 = BPF_F_CURRENT_CPU
     p.call("perf_event_output", p.r6, maps["events"], p.r3, p.r9, HDR)
     p.exit(0)

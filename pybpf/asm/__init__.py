@@ -7,7 +7,8 @@ import importlib
 
 __all__ = ["Program", "Reg", "Mem", "Type", "FuncRef", "Ptr", "StackSlot", "Stack", "BinExpr", "Cond",
            "field_of", "TYPES", "MAX_STACK", "CPUS", "S32_MIN", "S32_MAX", "U32_MAX",
-           "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64"]
+           "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64", "be16", "be32", "be64",
+           "FieldInfo", "field_info"]
 
 
 def __getattr__(name):

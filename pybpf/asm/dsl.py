@@ -60,12 +60,13 @@ def _remember(frame):
 # -- access types ----------------------------------------------------------------
 
 class Type:
-    """A memory access type: u32 is a 4-byte unsigned load, s16 a sign-extending one."""
+    """A memory access type: u32 is a 4-byte unsigned load, s16 a sign-extending one, be16 a
+    2-byte value in network order (big endian): loads and stores swap it to and from host order."""
 
-    __slots__ = ("name", "size", "signed", "suffix")
+    __slots__ = ("name", "size", "signed", "suffix", "network")
 
-    def __init__(self, name, size, signed):
-        self.name, self.size, self.signed = name, size, signed
+    def __init__(self, name, size, signed, network=False):
+        self.name, self.size, self.signed, self.network = name, size, signed, network
         self.suffix = {1: "b", 2: "h", 4: "w", 8: "dw"}[size]
 
     def __repr__(self):
@@ -74,8 +75,10 @@ class Type:
 
 u8, u16, u32, u64 = Type("u8", 1, False), Type("u16", 2, False), Type("u32", 4, False), Type("u64", 8, False)
 s8, s16, s32, s64 = Type("s8", 1, True), Type("s16", 2, True), Type("s32", 4, True), Type("s64", 8, True)
-TYPES = {t.name: t for t in (u8, u16, u32, u64, s8, s16, s32, s64)}
-_BY_SIZE = {(t.size, t.signed): t for t in TYPES.values()}
+be16, be32, be64 = Type("be16", 2, False, True), Type("be32", 4, False, True), Type("be64", 8, False, True)
+TYPES = {t.name: t for t in (u8, u16, u32, u64, s8, s16, s32, s64, be16, be32, be64)}
+_BY_SIZE = {(t.size, t.signed): t for t in TYPES.values() if not t.network}
+_NETWORK = {t.size: t for t in (be16, be32, be64)}
 
 
 def _type(what):
@@ -93,6 +96,7 @@ _ALU = {(op.name, bits, src): _row(Kind.ALU, op.name, bits, src)
 _JMP = {(c.name, bits, src): _row(Kind.JMP, c.name, bits, src)
         for c in isa.JMP_CONDS for bits in (64, 32) for src in ("imm", "reg")}
 _LDX = {t: _row(Kind.LDXS if t.signed and t.size < 8 else Kind.LDX, None, 8 * t.size) for t in TYPES.values()}
+_TO_NETWORK = {bits: _row(Kind.END, "be", bits) for bits in (16, 32, 64)}  # host -> big endian: a swap or nothing
 _ST = {t: _row(Kind.ST, None, 8 * t.size, "imm") for t in TYPES.values()}
 _STX = {t: _row(Kind.STX, None, 8 * t.size, "reg") for t in TYPES.values()}
 _ATOMIC = {(op.name, bits): _row(Kind.ATOMIC, op.name, bits, "reg") for op in isa.ATOMIC_OPS for bits in (64, 32)}
@@ -123,10 +127,16 @@ _MOV_IMM = {bits: _ALU[("mov", bits, "imm")] for bits in (64, 32)}
 _MOV_REG = {bits: _ALU[("mov", bits, "reg")] for bits in (64, 32)}
 _ADD_IMM = _ALU[("add", 64, "imm")]
 _FP = isa.FRAME_POINTER
+_NO_DST = (Kind.ST, Kind.STX, Kind.JMP, Kind.JA, Kind.GOTOL, Kind.MAY_GOTO, Kind.CALL, Kind.CALLX, Kind.EXIT,
+           Kind.ATOMIC)  # kinds that write no register named by dst (p.let finds free ones by them)
 _STOPS = (Kind.EXIT, Kind.JA, Kind.GOTOL)  # kinds after which the next instruction is not reached by falling through
 
 
 _HELPERS = {}  # helper name or id -> (id, C name, fixed argument count, variadic)
+
+
+def _helper_id(name):
+    return (_HELPERS.get(name) or _helper(name))[0]
 
 
 def _helper(name_or_id):
@@ -169,25 +179,45 @@ class _Addressable:
     s16 = property(lambda self: _Indexer(self, s16))
     s32 = property(lambda self: _Indexer(self, s32))
     s64 = property(lambda self: _Indexer(self, s64))
+    be16 = property(lambda self: _Indexer(self, be16), doc="network-order u16: `p.r5 = p.r2.be16[12]`")
+    be32 = property(lambda self: _Indexer(self, be32))
+    be64 = property(lambda self: _Indexer(self, be64))
 
     def mem(self, off, type):
         """The memory at this + off as `type` (a Type or its name: "u32")."""
         return Mem(self._p, self._base_reg, self._base_off + off, _type(type))
 
     def field(self, name):
-        """The memory of field `name` ("a.b" for nested) of this object's layout."""
-        layout = getattr(self, "layout", None)
-        if layout is None:
+        """The memory of field `name` ("a.b" for nested) of this object's layout, as the int of its
+        size (a 4-byte array too)."""
+        if not isinstance(self, _View):
             raise AssemblerError(f"{self!r} has no layout; use p.ptr(reg, layout) or p.stack.alloc(layout)",
                                  _source())
-        off, type = field_of(layout, name)
-        return Mem(self._p, self._base_reg, self._base_off + off, type)
+        path, info = self._member(name)
+        return Mem(self._p, self._base_reg, self._base_off + self._rel(info), _scalar_type(info, path))
 
 
 def _binary(name):
     def op(self, other):
         return BinExpr(self, name, other)
     return op
+
+
+class _Operand:
+    """What builds expressions: registers, memory (its value: `p.r0 = ev.pid + 1` loads, then
+    adds) and expressions themselves."""
+
+    __slots__ = ()
+    __add__ = __radd__ = _binary("add")
+    __sub__ = _binary("sub")
+    __mul__ = __rmul__ = _binary("mul")
+    __truediv__ = __floordiv__ = _binary("div")
+    __mod__ = _binary("mod")
+    __or__ = __ror__ = _binary("or")
+    __and__ = __rand__ = _binary("and")
+    __xor__ = __rxor__ = _binary("xor")
+    __lshift__ = _binary("lsh")
+    __rshift__ = _binary("rsh")
 
 
 def _inplace(name):
@@ -203,7 +233,7 @@ def _compare(name):
     return op
 
 
-class Reg(_Addressable):
+class Reg(_Addressable, _Operand):
     """A register view: number, width (64 or 32) and signedness pick the instructions."""
 
     # u8 .. s64 as slots shadow _Addressable's properties: a register's indexers are made once
@@ -227,23 +257,16 @@ class Reg(_Addressable):
     def _view(self, bits, signed):
         return self._p._views[self.n * 4 + (bits == 32) + 2 * signed]
 
+    def set(self, value):
+        """`reg = value` for a register held in a variable (p.let's): `t.set(p.r0 + 1)`."""
+        self._p._assign(self, value)
+
     w = property(lambda self: self._view(32, self.signed),
                  lambda self, value: self._p._assign(self._view(32, self.signed), value),
                  doc="the 32-bit view (ALU32, JMP32)")
     s = property(lambda self: self._view(self.bits, True),
                  lambda self, value: self._p._assign(self._view(self.bits, True), value),
                  doc="the signed view (s>, s/, s%, s>>)")
-
-    __add__ = __radd__ = _binary("add")
-    __sub__ = _binary("sub")
-    __mul__ = __rmul__ = _binary("mul")
-    __truediv__ = __floordiv__ = _binary("div")
-    __mod__ = _binary("mod")
-    __or__ = __ror__ = _binary("or")
-    __and__ = __rand__ = _binary("and")
-    __xor__ = __rxor__ = _binary("xor")
-    __lshift__ = _binary("lsh")
-    __rshift__ = _binary("rsh")
 
     __iadd__ = _inplace("add")
     __isub__ = _inplace("sub")
@@ -272,7 +295,7 @@ class Reg(_Addressable):
                              _source())
 
 
-class Mem:
+class Mem(_Operand):
     """`*(type *)(base + off)`: a value in memory. Assign it to a register to load,
     assign to it to store; `+=`, `|=`, `&=`, `^=` with a register are atomic."""
 
@@ -284,6 +307,10 @@ class Mem:
     def __repr__(self):
         sign = "+" if self.off >= 0 else "-"
         return f"*({self.type.name} *)(r{self.base.n} {sign} {abs(self.off)})"
+
+    def set(self, value):
+        """Store value here (for memory held in a variable: `counter.set(p.r2)`)."""
+        self._p._store(self, value)
 
     def _atomic(name):
         def op(self, src):
@@ -298,16 +325,27 @@ class Mem:
     del _atomic
 
 
+
 _DONE = object()  # what an atomic `mem += reg` leaves behind: nothing left to store
+_LOADED = object()  # a call argument already in its register
 
 
-class BinExpr:
+class BinExpr(_Operand):
     """`reg <op> operand`, computed into the register it is assigned to; `reg & mask` is also a jset test."""
 
     __slots__ = ("left", "op", "right")
 
     def __init__(self, left, op, right):
         self.left, self.op, self.right = left, op, right
+
+    # Expressions nest (the operators are _Operand's): `p.r0 = (p.r1 + p.r2) * 2` computes into
+    # r0, borrowing a free callee-saved register (p.let) only where a right operand is itself an
+    # expression.
+    def __neg__(self):
+        return BinExpr(self, "neg", None)
+
+    def __repr__(self):
+        return f"({self.left!r} {self.op} {self.right!r})" if self.op != "neg" else f"-{self.left!r}"
 
     def __invert__(self):
         if self.op != "and":
@@ -353,86 +391,227 @@ class FuncRef:
 
 
 # -- layouts -----------------------------------------------------------------------
+#
+# A layout is a construct Struct, an object with .field(path) (pybpf.btf.Struct), or a callable
+# layout(path). Paths name nested fields and array elements: "addr.port", "events.3" or "events[3]".
 
-_FIELDS = {}  # (id(layout), name) -> (layout, offset, Type); the layout is kept so its id stays unique
+class FieldInfo:
+    """Where a field lives: offset and size in bytes, signedness, whether it is a scalar (an int
+    or a pointer: a load moves it), the layout of what it is (a struct or array: a view of it), and
+    for a pointer, the layout of what it points at (pointer chains)."""
+
+    __slots__ = ("offset", "size", "signed", "scalar", "layout", "pointee", "bitfield", "network")
+
+    def __init__(self, offset, size, signed=False, scalar=True, layout=None, pointee=None, bitfield=False,
+                 network=False):
+        self.offset, self.size, self.signed, self.scalar = offset, size, signed, scalar
+        self.layout, self.pointee, self.bitfield, self.network = layout, pointee, bitfield, network
+
+    def __repr__(self):
+        return f"FieldInfo(offset={self.offset}, size={self.size}, signed={self.signed}, scalar={self.scalar})"
+
+
+_FIELDS = {}  # (id(layout), path) -> (layout, FieldInfo); the layout is kept so its id stays unique
+
+
+def _own(obj, name):
+    """obj's own attribute: construct's wrappers answer their subcon's attributes as theirs."""
+    return getattr(obj, "__dict__", {}).get(name)
+
+
+def _unwrap(sub):
+    while _own(sub, "subcons") is None and _own(sub, "count") is None and _own(sub, "subcon") is not None:
+        sub = sub.subcon  # Renamed, Aligned, Transformed, ... around a Struct or an Array
+    return sub
 
 
 def _construct_field(layout, path):
-    offset = 0
-    for part in path.split("."):
-        sub = layout
-        while not hasattr(sub, "subcons") and hasattr(sub, "subcon"):
-            sub = sub.subcon  # Renamed, Aligned, ... around a Struct
-        if not hasattr(sub, "subcons"):
-            raise AssemblerError(f"{path!r}: {part!r} is not inside a struct")
-        for member in sub.subcons:
-            if member.name == part:
-                layout = member
-                break
-            offset += member.sizeof()
+    offset, sub, walked = 0, layout, []
+    for part in path.replace("[", ".").replace("]", "").split("."):
+        inner = _unwrap(sub)
+        if _own(inner, "subcons") is not None:
+            for member in inner.subcons:
+                if member.name == part:
+                    sub = member
+                    break
+                offset += member.sizeof()
+            else:
+                raise AssemblerError(f"layout has no field {'.'.join(walked + [part])!r}")
+        elif _own(inner, "count") is not None and part.isdigit():
+            if int(part) >= inner.count:
+                raise AssemblerError(f"{'.'.join(walked)}[{part}]: the array has {inner.count} elements")
+            sub = inner.subcon
+            offset += int(part) * sub.sizeof()
         else:
-            raise AssemblerError(f"layout has no field {part!r} (path {path!r})")
-    leaf = layout
-    while not hasattr(leaf, "fmtstr") and not hasattr(leaf, "signed") and hasattr(leaf, "subcon"):
+            raise AssemblerError(f"{path!r}: {'.'.join(walked) or 'the layout'} has no member {part!r} "
+                                 "(a struct has fields, an array numbered elements)")
+        walked.append(part)
+    leaf = sub
+    while _own(leaf, "fmtstr") is None and _own(leaf, "signed") is None and _own(leaf, "subcon") is not None \
+            and _own(leaf, "count") is None:
         leaf = leaf.subcon
     fmt = getattr(leaf, "fmtstr", "")
+    scalar = bool(fmt) or hasattr(leaf, "signed")
     signed = bool(getattr(leaf, "signed", False)) or (fmt[-1:] in "bhilq" and fmt != "")
-    return offset, layout.sizeof(), signed
+    size = sub.sizeof()
+    network = fmt[:1] == ">" and size > 1  # Int16ub & co: a field kept in network order
+    return FieldInfo(offset, size, signed, scalar, None if scalar else sub, network=network)
+
+
+def field_info(layout, path):
+    """The FieldInfo of `path` in `layout` (see the section comment for both)."""
+    key = (id(layout), path)
+    hit = _FIELDS.get(key)
+    if hit is not None:
+        return hit[1]
+    if hasattr(layout, "subcons") or hasattr(layout, "subcon"):
+        info = _construct_field(layout, path)
+    else:
+        answer = layout.field(path) if hasattr(layout, "field") else layout(path)
+        if isinstance(answer, FieldInfo):
+            info = answer
+        elif hasattr(answer, "byte_offset"):  # a pybpf.btf.Field
+            info = FieldInfo(answer.byte_offset, answer.size, bitfield=answer.is_bitfield)
+        else:
+            info = FieldInfo(*(tuple(answer) + (False,))[:3])
+    _FIELDS[key] = (layout, info)
+    return info
+
+
+def _scalar_type(info, name):
+    if info.bitfield:
+        raise AssemblerError(f"field {name!r} is a bitfield: load its storage and mask it", _source())
+    type = _NETWORK.get(info.size) if info.network else _BY_SIZE.get((info.size, info.signed))
+    if type is None:
+        raise AssemblerError(f"field {name!r} is {info.size} bytes; a load or store moves 1, 2, 4 or 8"
+                             + ("" if info.scalar else f": take its address (.addr({name!r})) or name a member"),
+                             _source())
+    return type
 
 
 def field_of(layout, name):
-    """(offset, Type) of field `name` in `layout`.
-
-    `layout` is a construct Struct, an object with `.field(name)`, or a
-    callable `layout(name)` (e.g. `functools.partial(btf.field, "sock")`); the
-    last two answer a pybpf.btf.Field, an (offset, size) or (offset, size, signed).
-    """
-    key = (id(layout), name)
-    hit = _FIELDS.get(key)
-    if hit is not None:
-        return hit[1], hit[2]
-    if hasattr(layout, "subcons") or hasattr(layout, "subcon"):
-        offset, size, signed = _construct_field(layout, name)
-    else:
-        answer = layout.field(name) if hasattr(layout, "field") else layout(name)
-        if hasattr(answer, "byte_offset"):
-            if getattr(answer, "is_bitfield", False):
-                raise AssemblerError(f"field {name!r} is a bitfield: load its storage and mask it", _source())
-            offset, size, signed = answer.byte_offset, answer.size, False
-        else:
-            offset, size, signed = (tuple(answer) + (False,))[:3]
-    type = _BY_SIZE.get((size, signed))
-    if type is None:
-        raise AssemblerError(f"field {name!r} is {size} bytes; a load or store moves 1, 2, 4 or 8", _source())
-    _FIELDS[key] = (layout, offset, type)
-    return offset, type
+    """(offset, Type) of field `name` in `layout`: a construct Struct, an object with
+    `.field(name)` or a callable `layout(name)` (answering a pybpf.btf.Field, a FieldInfo,
+    an (offset, size) or (offset, size, signed))."""
+    try:
+        info = field_info(layout, name)
+    except AssemblerError as err:
+        raise AssemblerError(err.message, err.where or _source()) from None
+    return info.offset, _scalar_type(info, name)
 
 
 def _sizeof(layout):
     return layout if isinstance(layout, int) else layout.sizeof()
 
 
-class Ptr(_Addressable):
-    """A register that points at a struct with a known layout: `ptr.field("sport")`."""
+class _View(_Addressable):
+    """Memory with a layout at base + offset: its fields by name (`v.pid`, `v["pid"]`), read by
+    assigning them to a register, written by assigning to them. Fields that are structs or arrays
+    are views themselves (`v.addr.port`, `v.comm[3]`); `v.addr("comm")` is a field's address."""
 
-    __slots__ = ("_p", "_base_reg", "layout")
-    _base_off = 0
+    __slots__ = ()
+    _OWN = frozenset()  # attribute names that are the object's own, not fields
 
-    def __init__(self, p, reg, layout):
-        self._p, self._base_reg, self.layout = p, reg, layout
+    def _member(self, name):
+        layout = self.layout
+        if layout is None:
+            raise AssemblerError(f"{self!r} has no layout, so no field {name!r}; use p.ptr(reg, layout) "
+                                 "or p.stack.alloc(layout)", _source())
+        path = f"{self._path}.{name}" if self._path else str(name)
+        try:
+            info = field_info(layout, path)
+        except AssemblerError as err:
+            raise AssemblerError(err.message, err.where or _source()) from None
+        except Exception as err:  # a BTF or user layout's own refusal
+            raise AssemblerError(f"field {path!r}: {err}", _source()) from None
+        return path, info
+
+    def _get(self, name):
+        path, info = self._member(name)
+        if info.pointee is not None and getattr(self.layout, "chains", False):  # a context's kernel pointer
+            return KernelRef(self._p, self._base_reg, info.pointee, ((self._base_off + self._rel(info), "direct"),),
+                             trusted=bool(self._p.tp_btf))
+        if info.scalar:
+            return Mem(self._p, self._base_reg, self._base_off + self._rel(info), _scalar_type(info, path))
+        return self._sub(path, info)
+
+    def _put(self, name, value):
+        if value is _DONE:  # `v.count += p.r1` stored atomically already
+            return
+        path, info = self._member(name)
+        if not info.scalar:
+            raise AssemblerError(f"field {path!r} is {info.size} bytes of struct or array: assign its "
+                                 "members, or pass its address (.addr(...)) to a helper", _source())
+        self._p._store(Mem(self._p, self._base_reg, self._base_off + self._rel(info), _scalar_type(info, path)),
+                       value)
+
+    def __getattr__(self, name):
+        if name[:1] == "_":
+            raise AttributeError(name)
+        return self._get(name)
+
+    def __setattr__(self, name, value):
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            self._put(name, value)
+
+    def __getitem__(self, name):
+        return self._get(str(name))
+
+    def __setitem__(self, name, value):
+        self._put(str(name), value)
+
+    def offsetof(self, name):
+        """Offset of field `name` from the start of this view's memory."""
+        return self._rel(self._member(name)[1])
+
+    def _rel(self, info):
+        """A field's offset from this view's start (field offsets count from the layout's)."""
+        return info.offset - (field_info(self.layout, self._path).offset if self._path else 0)
+
+    def _misuse(self, *_):
+        raise AssemblerError(f"{self!r} is memory, not a number: name a field (v.count), an address "
+                             "(v.addr('comm')) or an access (v.u64[8])", _source())
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __or__ = __and__ = _misuse
+    __lshift__ = __rshift__ = __truediv__ = __floordiv__ = __mod__ = __xor__ = _misuse
+    __lt__ = __le__ = __gt__ = __ge__ = _misuse
+    __hash__ = object.__hash__
+
+
+class Ptr(_View):
+    """A register that points at memory with a known layout: `ev = p.ptr(p.r6, Event)`, then
+    `ev.pid = p.r0`, `p.r1 = ev.addr("comm")`, `ev.field("sport")`."""
+
+    __slots__ = ("_p", "_base_reg", "_base_off", "layout", "_path")
+    _OWN = frozenset(__slots__)
+
+    def __init__(self, p, reg, layout, off=0, path=""):
+        self._p, self._base_reg, self.layout, self._base_off, self._path = p, reg, layout, off, path
 
     def __repr__(self):
-        return f"Ptr({self._base_reg!r})"
+        return f"Ptr({self._base_reg!r}{f', {self._path}' if self._path else ''})"
+
+    def _sub(self, path, info):
+        return Ptr(self._p, self._base_reg, self.layout, self._base_off + self._rel(info), path)
+
+    def addr(self, name=None):
+        """The address of field `name` (of this view without one): assign it to a register."""
+        off = self._base_off + (self._rel(self._member(name)[1]) if name is not None else 0)
+        return BinExpr(self._base_reg, "add", off) if off else self._base_reg
 
 
-class StackSlot(_Addressable):
-    """Bytes on the stack at r10 + offset. Assign it to a register for its address."""
+class StackSlot(_View):
+    """Bytes on the stack at r10 + offset. Assign it to a register for its address; with a layout,
+    its fields by name (`val = p.stack.alloc(Value); val.count = 1`)."""
 
-    __slots__ = ("_p", "_base_reg", "_base_off", "size", "layout")
+    __slots__ = ("_p", "_base_reg", "_base_off", "size", "layout", "_path")
+    _OWN = frozenset(__slots__)
 
-    def __init__(self, p, offset, size, layout):
+    def __init__(self, p, offset, size, layout, path=""):
         self._p, self._base_reg, self._base_off = p, p._views[40], offset
-        self.size, self.layout = size, layout
+        self.size, self.layout, self._path = size, layout, path
 
     @property
     def offset(self):
@@ -440,6 +619,22 @@ class StackSlot(_Addressable):
 
     def __repr__(self):
         return f"StackSlot(r10 {self._base_off}, {self.size} bytes)"
+
+    def _sub(self, path, info):
+        # a struct or array inside the slot is a slot of its own: its address is r10 + its offset
+        return StackSlot(self._p, self._base_off + self._rel(info), info.size, self.layout, path)
+
+    def addr(self, name=None):
+        """The stack slot of field `name`: assign it to a register for its address."""
+        if name is None:
+            return self
+        return self._sub(*self._member(name))
+
+    def cast(self, layout):
+        """The same bytes seen through another layout (scratch space reused for another record)."""
+        if _sizeof(layout) > self.size:
+            raise AssemblerError(f"{self!r} is too small for a {_sizeof(layout)}-byte layout", _source())
+        return StackSlot(self._p, self._base_off, self.size, layout)
 
     def zero(self):
         """Store zeros over the whole slot (the verifier wants stack bytes written before they are read)."""
@@ -459,6 +654,8 @@ class Stack:
 
     def alloc(self, size_or_layout, align=8):
         """A new StackSlot of `size_or_layout` bytes (an int or a construct layout)."""
+        if not isinstance(size_or_layout, int) and isinstance(size_or_layout, str):
+            raise AssemblerError(f"stack.alloc takes a size or a layout, not {size_or_layout!r}", _source())
         size = _sizeof(size_or_layout)
         if size <= 0 or align not in (1, 2, 4, 8):
             raise AssemblerError(f"stack slot of {size} bytes aligned to {align}: size must be positive, "
@@ -468,6 +665,68 @@ class Stack:
             raise AssemblerError(f"stack frame would be {used} bytes; BPF allows {MAX_STACK}", _source())
         self.used = used
         return StackSlot(self._p, -used, size, None if isinstance(size_or_layout, int) else size_or_layout)
+
+
+class KernelRef:
+    """A chain through kernel pointers, `task.real_parent.tgid`: assign it to a register and each
+    pointer on the way is loaded, with plain loads where the verifier trusts the pointers (tp_btf,
+    iterators, a context's own fields) and bpf_probe_read_kernel through a stack scratch otherwise.
+    A struct or array at the end is its address (for p.read_kernel_str and helpers)."""
+
+    __slots__ = ("_p", "base", "steps", "layout", "path", "trusted")
+
+    def __init__(self, p, base, layout, steps=(), path="", trusted=False):
+        self._p, self.base, self.layout, self.steps, self.path, self.trusted = p, base, layout, steps, path, trusted
+
+    def __repr__(self):
+        name = getattr(self.layout, "name", "?")
+        return f"KernelRef({self.base!r}{' -> ...' * len(self.steps)} {name}{'.' + self.path if self.path else ''})"
+
+    def _info(self):
+        return field_info(self.layout, self.path) if self.path else None
+
+    def __getattr__(self, name):
+        if name[:1] == "_":
+            raise AttributeError(name)
+        return self[name]
+
+    def __getitem__(self, name):
+        info = self._info()
+        if info is not None and info.scalar and info.pointee is None:
+            raise AssemblerError(f"{self!r} is a {info.size}-byte value, not a struct: no field {name!r}", _source())
+        if info is not None and info.pointee is not None:  # through the pointer this chain ends at
+            return KernelRef(self._p, self.base, info.pointee, self.steps + ((info.offset, self._how()),),
+                             "", self.trusted)[name]
+        path = f"{self.path}.{name}" if self.path else str(name)
+        try:
+            field_info(self.layout, path)
+        except AssemblerError as err:
+            raise AssemblerError(err.message, err.where or _source()) from None
+        except Exception as err:  # BTF's own refusal: no such member
+            raise AssemblerError(f"{getattr(self.layout, 'name', 'struct')}.{path}: {err}", _source()) from None
+        return KernelRef(self._p, self.base, self.layout, self.steps, path, self.trusted)
+
+    def _how(self):
+        return "direct" if self.trusted else "probe"
+
+    @property
+    def size(self):
+        """Bytes of what the chain ends at (a field, or the whole struct a pointer points at)."""
+        info = self._info()
+        return self.layout.sizeof() if info is None else info.size
+
+    def __setattr__(self, name, value):
+        if name in KernelRef.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            raise AssemblerError(f"{self!r}: kernel memory is read-only to BPF programs", _source())
+
+    def _misuse(self, *_):
+        raise AssemblerError(f"{self!r} is kernel memory, not a number: assign it to a register first",
+                             _source())
+
+    __add__ = __radd__ = __sub__ = __mul__ = __or__ = __and__ = __lt__ = __gt__ = _misuse
+    __hash__ = object.__hash__
 
 
 # -- blocks ------------------------------------------------------------------------
@@ -637,6 +896,29 @@ class _Function(_Block):
         p._code, p._pending, p.stack, p._after_if, p._pc, p._here, p._refs = self.saved
 
 
+class _Let:
+    def __init__(self, p, count):
+        self.p, self.count = p, count
+
+    def __enter__(self):
+        p, free = self.p, self.p._free_registers()
+        if len(free) < self.count:
+            p._fail(f"no free callee-saved register for {self.count} temporar{'y' if self.count == 1 else 'ies'}: "
+                    f"r6-r9 are written by the code or held by p.let ({len(free)} left); split the expression")
+        self.taken = free[:self.count]
+        p._held.update(self.taken)
+        regs = [p._views[n * 4] for n in self.taken]
+        return regs[0] if self.count == 1 else regs
+
+    def __exit__(self, *_):
+        p = self.p
+        p._held.difference_update(self.taken)
+        writes, lent = p._writes(), p._lent.setdefault(id(p._code), {})
+        for n in self.taken:
+            lent[n] = writes.get(n, 0)  # every write so far was the borrower's
+        return False
+
+
 # -- the program ---------------------------------------------------------------------
 
 class _RegAttr:
@@ -657,16 +939,29 @@ class _RegAttr:
 class Program:
     """A program under construction.
 
-    name, prog_type, license: optional, for the loader (pybpf.prog).
+    name, prog_type, license, expected_attach_type: optional, for the loader (pybpf.prog).
+    tracepoint, raw_tracepoint, tp_btf: the attach target, which types p.ctx (and the program type)
     cpu:    "v4" (default: every instruction), "v3" (what kernels before 6.6 take: see
             the module doc) or "auto" (v4 where the running kernel has it)
     insns:  the unlinked Insn list (main code, then subprograms)
     link(): the Insn list with every label reference resolved
     bytes() / encode(): the bytecode
     maps:   the map objects the code references (ld_map_fd / ld_map_value)
+    stack:  the frame: p.stack.alloc(16) or p.stack.alloc(Layout), fields by name
+    ctx:    the context's fields by name (p.ctx.data); p.kernel(reg, "task_struct"): pointer chains
     """
 
-    def __init__(self, name="", prog_type=None, license="GPL", cpu="v4"):
+    def __init__(self, name="", prog_type=None, license="GPL", cpu="v4", *, tracepoint=None, raw_tracepoint=None,
+                 tp_btf=None, expected_attach_type=None):
+        targets = [t for t in (tracepoint, raw_tracepoint, tp_btf) if t is not None]
+        if len(targets) > 1:
+            raise AssemblerError("name one attach target: tracepoint, raw_tracepoint or tp_btf", _source())
+        # The attach target types the context (p.ctx) and, unless given, the program type.
+        self.tracepoint, self.raw_tracepoint, self.tp_btf = tracepoint, raw_tracepoint, tp_btf
+        if prog_type is None and targets:
+            prog_type = "tracepoint" if tracepoint else "raw_tracepoint" if raw_tracepoint else "tracing"
+        self.expected_attach_type = "trace_raw_tp" if tp_btf else expected_attach_type
+        self._ctx_layout = None
         self.name, self.prog_type, self.license = name, prog_type, license
         if cpu == "auto":
             from .. import features
@@ -694,6 +989,8 @@ class Program:
         self._serial = 0
         self._at = None  # the source of a statement that emits several instructions, found once
         self.stack = Stack(self)
+        self._held = set()  # registers p.let lent out
+        self._lent = {}  # id(function code) -> {register: its writes when last given back}
 
     # -- emission ---------------------------------------------------------------
     def _emit(self, op, dst=0, src=0, off=0, imm=0, ref=None):
@@ -770,7 +1067,8 @@ class Program:
             self._mov_imm(dst, value)
             return
         if cls is Ptr:
-            value, cls = value._base_reg, Reg
+            value = value.addr()
+            cls = type(value)
         if cls is Reg:
             self._emit(_MOV_REG[32 if 32 in (dst.bits, value.bits) else 64], dst.n, value.n)
         elif cls is bool:
@@ -782,15 +1080,21 @@ class Program:
                 self._sign_extend(dst.n, 64, 8 * t.size)
             else:
                 self._emit(_LDX[t], dst.n, value.base.n, value.off)
+                if t.network:
+                    self._emit(_TO_NETWORK[8 * t.size], dst.n)  # network to host is the same swap
         elif cls is BinExpr:
             self._assign_expr(dst, value)
         elif cls is StackSlot:
             self._emit(_MOV_REG[64], dst.n, _FP)
             self._emit(_ADD_IMM, dst.n, 0, 0, value.offset)
+        elif cls is KernelRef:
+            self._kernel_value(dst, value)
         elif cls is FuncRef:
             self.ld_func(dst, value)
         elif hasattr(value, "fd"):
             self.ld_map(dst, value)
+        elif isinstance(value, int):  # IntEnum, IntFlag: pybpf's own constants and the user's
+            self._mov_imm(dst, int(value))
         else:
             self._fail(f"cannot assign {value!r} to {dst!r}")
 
@@ -806,6 +1110,13 @@ class Program:
 
     def _assign_expr(self, dst, expr):
         left, op, right = expr.left, expr.op, expr.right
+        if type(left) is not Reg or op != "neg" and type(right) is not Reg and not isinstance(right, int):
+            outer, self._at = self._at, self._at or _source()
+            try:
+                self._assign_tree(dst, expr)
+            finally:
+                self._at = outer
+            return
         if op == "neg":
             if left.n != dst.n:
                 self._assign(dst, left)
@@ -820,6 +1131,54 @@ class Program:
             self._emit(_MOV_REG[view.bits], dst.n, left.n)
         self._alu(op, view, right)
 
+    def _assign_tree(self, dst, expr):
+        """dst = a nested expression: the left side computed into dst, then each operation applied;
+        a right side that is itself an expression (or memory) goes through a borrowed register."""
+        if type(expr) is not BinExpr:
+            if not (type(expr) is Reg and expr.n == dst.n):
+                self._assign(dst, expr)
+            return
+        left, op, right = expr.left, expr.op, expr.right
+        if op == "neg":
+            self._assign_tree(dst, left)
+            self._emit(_NEG[dst.bits], dst.n)
+            return
+        simple = type(right) is Reg or isinstance(right, int)
+        if not simple and op in _COMMUTATIVE and (type(left) is Reg or isinstance(left, int)):
+            left, right, simple = right, left, True
+        if simple:
+            if type(right) is Reg and right.n == dst.n and not (type(left) is Reg and left.n == dst.n):
+                if op not in _COMMUTATIVE or type(left) is not Reg and not isinstance(left, int):
+                    self._fail(f"{dst!r} = {expr!r} would overwrite {right!r} before reading it")
+                left, right = right, left
+            self._assign_tree(dst, left)
+            self._alu(op, dst, right)
+            return
+        with self.let() as temp:
+            self._assign_tree(temp, right)
+            self._assign_tree(dst, left)
+            self._alu(op, dst, temp if dst.bits == 64 else temp.w)
+
+    # -- borrowed registers ---------------------------------------------------------------
+    def let(self, count=1):
+        """`with p.let() as t:` (or `p.let(2) as (a, b)`): callee-saved registers, r9 down to r6,
+        that this function's code has not written and no other let holds; they survive calls.
+        Fails clearly when none is left; raw registers stay yours."""
+        return _Let(self, count)
+
+    def _writes(self):
+        """{register: how many instructions of this function write it}."""
+        count = {}
+        for insn in self._code:
+            if insn.op.kind not in _NO_DST:
+                count[insn.dst] = count.get(insn.dst, 0) + 1
+        return count
+
+    def _free_registers(self):
+        """r9..r6 that no one holds and that only borrowers wrote (their values are dead)."""
+        writes, lent = self._writes(), self._lent.get(id(self._code), {})
+        return [n for n in (9, 8, 7, 6) if n not in self._held and writes.get(n, 0) == lent.get(n, 0)]
+
     def _alu(self, name, dst, src):
         if type(dst) is not Reg or dst.n == _FP:
             self._dst(dst)
@@ -830,6 +1189,8 @@ class Program:
             if not S32_MIN <= src <= S32_MAX:
                 src = self._imm(src, dst.bits, rows[0].operation)
             self._emit(rows[0], dst.n, 0, 0, src)
+        elif isinstance(src, int):
+            self._alu(name, dst, int(src))
         else:
             if dst.signed:
                 name = _SIGNED_ALU.get(name, name)
@@ -838,7 +1199,9 @@ class Program:
     # -- memory ----------------------------------------------------------------------
     def _store(self, mem, value):
         t = mem.type
-        if type(value) is Reg:
+        if t.network:
+            self._store_network(mem, value)
+        elif type(value) is Reg:
             self._emit(_STX[t], mem.base.n, value.n, mem.off)
         elif type(value) is int:
             if t.size == 8:
@@ -848,6 +1211,24 @@ class Program:
             elif value > S32_MAX:
                 value -= 1 << 32
             self._emit(_ST[t], mem.base.n, 0, mem.off, value)
+        elif isinstance(value, int):
+            self._store(mem, int(value))
+        else:
+            self._fail(f"cannot store {value!r} to {mem!r}: store a register or an int")
+
+    def _store_network(self, mem, value):
+        """A store in network order: an int is swapped here; a register is swapped, stored and
+        swapped back (keeping only its low mem.type.size bytes)."""
+        size, host = mem.type.size, _BY_SIZE[(mem.type.size, False)]
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < (1 << (8 * size)):
+                self._fail(f"{value} does not fit {mem.type.name}")
+            self._store(Mem(self, mem.base, mem.off, host),
+                        int.from_bytes(int(value).to_bytes(size, "big"), sys.byteorder))
+        elif type(value) is Reg:
+            self._emit(_TO_NETWORK[8 * size], self._dst(value).n)
+            self._emit(_STX[host], mem.base.n, value.n, mem.off)
+            self._emit(_TO_NETWORK[8 * size], value.n)
         else:
             self._fail(f"cannot store {value!r} to {mem!r}: store a register or an int")
 
@@ -856,16 +1237,135 @@ class Program:
         return base.mem(off, type)
 
     def ptr(self, reg, layout):
-        """View `reg` as a pointer to `layout`, for `ptr.field("name")`."""
+        """View `reg` as a pointer to `layout`: its fields by name (`ev.pid = p.r0`)."""
         return Ptr(self, reg, layout)
+
+    # -- typed contexts and kernel pointer chains -----------------------------------------------
+    @property
+    def ctx_layout(self):
+        """The layout of this program's context: from the attach target (tracefs for a tracepoint,
+        BTF for raw_tracepoint and tp_btf arguments) or the program type (xdp: xdp_md)."""
+        if self._ctx_layout is None:
+            from .. import kernel_types  # the running kernel's BTF and tracefs, asked only here
+
+            try:
+                if self.tracepoint:
+                    self._ctx_layout = kernel_types.TracepointRecord(self.tracepoint)
+                elif self.raw_tracepoint or self.tp_btf:
+                    self._ctx_layout = kernel_types.RawTracepointArgs(self.raw_tracepoint or self.tp_btf)
+                else:
+                    self._ctx_layout = kernel_types.context(self.prog_type)
+            except Exception as err:
+                self._fail(f"no typed context: {err}")
+        return self._ctx_layout
+
+    @property
+    def attach_btf_id(self):
+        """The BTF id a tp_btf program names (its btf_trace_<name> typedef); 0 for others."""
+        return self.ctx_layout.btf_id if self.tp_btf else 0
+
+    def context(self, reg=None):
+        """The context (r1 at the start, or the register you kept it in) with its fields by name:
+        `p.context(p.r6).data`. Arguments that point at kernel structs chain
+        (`p.ctx.p.real_parent.tgid`)."""
+        return Ptr(self, self._views[4] if reg is None else reg, self.ctx_layout)
+
+    ctx = property(context, doc="p.context() on r1: valid until a call or a move overwrites r1")
+
+    def kernel(self, base, struct, trusted=None):
+        """A chain from register `base`, a pointer to kernel struct `struct` (its name, or a
+        pybpf.kernel_types.BtfStruct): `p.r0 = p.kernel(p.r6, "task_struct").real_parent.tgid`.
+        trusted (default: tp_btf programs) reads with plain loads, else via probe_read_kernel."""
+        if type(base) is not Reg:
+            self._fail(f"a kernel pointer chain starts at a register, not {base!r}")
+        if isinstance(struct, str):
+            from .. import kernel_types  # the running kernel's BTF, asked only here
+
+            try:
+                struct = kernel_types.BtfStruct.named(struct)
+            except Exception as err:
+                self._fail(str(err))
+        return KernelRef(self, base, struct, trusted=bool(self.tp_btf) if trusted is None else trusted)
+
+    def task(self):
+        """`bpf_get_current_task()` as a chain from r0: `p.r6 = p.task().real_parent.tgid`."""
+        self.call("get_current_task")
+        return self.kernel(self._views[0], "task_struct")
+
+    def read_kernel(self, dst, src, size=None):
+        """bpf_probe_read_kernel(dst, size, src): src a chain (size: what it ends at) or a register."""
+        return self._read("probe_read_kernel", dst, src, size)
+
+    def read_kernel_str(self, dst, src, size=None):
+        """bpf_probe_read_kernel_str into stack slot dst (size: the slot's)."""
+        return self._read("probe_read_kernel_str", dst, src, size)
+
+    def read_user(self, dst, src, size=None):
+        """bpf_probe_read_user(dst, size, src): src a register or a chain to a user pointer."""
+        return self._read("probe_read_user", dst, src, size)
+
+    def read_user_str(self, dst, src, size=None):
+        """bpf_probe_read_user_str into stack slot dst: `p.read_user_str(name, p.ctx.filename)`."""
+        return self._read("probe_read_user_str", dst, src, size)
+
+    def _read(self, helper, dst, src, size):
+        if size is None:
+            size = src.size if type(src) is KernelRef and "kernel" in helper and not helper.endswith("_str") \
+                else getattr(dst, "size", None)
+        if size is None:
+            self._fail(f"{helper}: give the size (the destination {dst!r} has none)")
+        if isinstance(src, Mem) or type(src) is KernelRef:  # the pointer value: load it first
+            outer, self._at = self._at, self._at or _source()
+            try:
+                self._assign(self._views[12], src)
+            finally:
+                self._at = outer
+            src = self._views[12]
+        return self.call(helper, dst, size, src)
+
+    def _kernel_value(self, dst, ref):
+        """dst = what chain `ref` ends at: each pointer on the way loaded into dst."""
+        outer, self._at = self._at, self._at or _source()
+        try:
+            cur = ref.base
+            for off, how in ref.steps:
+                self._kernel_load(dst, cur, off, u64, how)
+                cur = dst
+            info = ref._info()
+            if info is not None and (info.scalar or info.pointee is not None):
+                self._kernel_load(dst, cur, info.offset, _scalar_type(info, ref.path), ref._how())
+            else:  # a struct or array: its address
+                off = info.offset if info is not None else 0
+                if cur.n != dst.n:
+                    self._emit(_MOV_REG[64], dst.n, cur.n)
+                if off:
+                    self._emit(_ADD_IMM, dst.n, 0, 0, off)
+        finally:
+            self._at = outer
+
+    def _kernel_load(self, dst, base, off, type, how):
+        if how == "direct":
+            self._assign(dst, Mem(self, base, off, type))
+            return
+        scratch = self.stack.__dict__.get("scratch")
+        if scratch is None:
+            scratch = self.stack.scratch = self.stack.alloc(8)
+        if base.n != 3:
+            self._emit(_MOV_REG[64], 3, base.n)
+        if off:
+            self._emit(_ADD_IMM, 3, 0, 0, off)
+        self._assign(self._views[4], scratch)
+        self._mov_imm(self._views[8], type.size)
+        self._emit(_CALL, imm=_helper_id("probe_read_kernel"))
+        self._assign(dst, Mem(self, scratch._base_reg, scratch.offset, type))
 
     def _atomic(self, name, mem, src):
         if type(mem) is not Mem:
             self._fail(f"atomic {name}: the target must be memory (reg.u64[off]), not {mem!r}")
         if type(src) is not Reg:
             self._fail(f"atomic {name}: the operand must be a register, not {src!r}")
-        if mem.type.size not in (4, 8):
-            self._fail(f"atomic {name}: {mem!r} must be 4 or 8 bytes")
+        if mem.type.size not in (4, 8) or mem.type.network:
+            self._fail(f"atomic {name}: {mem!r} must be 4 or 8 bytes in host order")
         return self._emit(_ATOMIC[(name, mem.type.size * 8)], mem.base.n, src.n, mem.off)
 
     def atomic_add(self, mem, src, fetch=False):
@@ -983,6 +1483,8 @@ class Program:
             if other.bits != reg.bits:
                 self._fail(f"compare {reg!r} with {other!r}: both sides need the same width")
             self._emit(_JMP_ROWS[reg.bits][cond.name][1], reg.n, other.n, 0, 0, target)
+        elif isinstance(other, int):
+            self._jump(Cond(reg, cond.name, int(other)), target)
         else:
             self._fail(f"compare {reg!r} with a register or an int, not {other!r}")
 
@@ -1064,7 +1566,13 @@ class Program:
         return self._mark_done(self._views[0])
 
     def _load_args(self, what, args):
+        for arg in args:
+            if arg.__class__ is KernelRef:
+                args = self._load_chains(what, args)
+                break
         for i, arg in enumerate(args, 1):
+            if arg is _LOADED:  # a chain, loaded first
+                continue
             reads = arg.n if type(arg) is Reg else arg._base_reg.n if type(arg) is Ptr else \
                 arg.base.n if type(arg) is Mem else 0
             if 1 <= reads < i and not (type(args[reads - 1]) is Reg and args[reads - 1].n == reads):
@@ -1072,6 +1580,16 @@ class Program:
             if type(arg) is Reg and arg.n == i:
                 continue
             self._assign(self._views[i * 4], arg)
+
+    def _load_chains(self, what, args):
+        """Load the chain arguments first (reading through kernel pointers calls helpers, which
+        clobber r1-r5); the arguments left to load, chains replaced by _LOADED."""
+        chains = [i for i, arg in enumerate(args, 1) if type(arg) is KernelRef]
+        for i in chains:
+            if args[i - 1].base.n in chains and args[i - 1].base.n < i:
+                self._fail(f"{what}: argument {i} reads r{args[i - 1].base.n}, which an earlier argument overwrote")
+            self._assign(self._views[i * 4], args[i - 1])
+        return [_LOADED if i in chains else arg for i, arg in enumerate(args, 1)]
 
     def call_local(self, func):
         """bpf-to-bpf call of a subprogram (its name or FuncRef); returns r0."""

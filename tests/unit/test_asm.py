@@ -441,11 +441,11 @@ def test_struct_fields_from_construct_layout():
     assert ev.size == 24
     p.r1 = ev.field("pid")
     p.r1 = ev.field("delta")  # Int16sl: sign-extending load
-    p.r1 = ev.field("addr.port")
+    p.r1 = ev.field("addr.port")  # Int16ub: kept in network order, loaded in host order
     ev.u64[16] = p.r1
     ptr = p.ptr(p.r6, EVENT)
     p.r2 = ptr.field("ts")
-    assert p.insns == [I("ldxw", 1, 10, -24), I("ldxsh", 1, 10, -20), I("ldxh", 1, 10, -12),
+    assert p.insns == [I("ldxw", 1, 10, -24), I("ldxsh", 1, 10, -20), I("ldxh", 1, 10, -12), I("be16", 1),
                        I("stxdw", 10, 1, -8), I("ldxdw", 2, 6, 16)]
     with pytest.raises(AssemblerError, match="no field 'nope'"):
         ev.field("nope")

@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PACKAGES = ("pybpf", "bpfhook")
 
 # The pure half may reach the kernel side only here, inside a function, when asked to.
-KERNEL_SIDE_CALLS = {("pybpf.asm.dsl", "pybpf.features")}  # Program(cpu="auto") asks the running kernel
+KERNEL_SIDE_CALLS = {("pybpf.asm.dsl", "pybpf.features"),  # Program(cpu="auto") asks the running kernel
+                     ("pybpf.asm.dsl", "pybpf.kernel_types")}  # p.ctx, p.kernel(reg, "task_struct"): its types
 
 
 def _modules():

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Regenerate pybpf/consts.py from the uapi headers (Debian's linux-libc-dev).
+
+    python3 tools/gen_consts.py [INCLUDE_DIR] > pybpf/consts.py
+
+Takes `#define NAME value` lines and enum members whose names start with one of a header's
+prefixes below; values that refer to other names or to function-like macros are evaluated.
+"""
+import ast
+import os
+import re
+import sys
+
+# header -> name prefixes taken from it (an exact name is a prefix of itself)
+HEADERS = {
+    "linux/bpf.h": ("XDP_", "BPF_ANY", "BPF_NOEXIST", "BPF_EXIST", "BPF_F_", "BPF_RB_", "SK_DROP", "SK_PASS",
+                    "BPF_SOCK_OPS_", "BPF_TCP_", "BPF_LOCAL_STORAGE_GET_F_"),
+    "linux/pkt_cls.h": ("TC_ACT_",),
+    "linux/if_ether.h": ("ETH_",),
+    "linux/in.h": ("IPPROTO_",),
+    "linux/in6.h": ("IPPROTO_",),
+}
+
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(\([^)]*\))?[ \t]+(.+?)[ \t]*$", re.M)
+_ENUM = re.compile(r"\benum\s*\w*\s*\{(.*?)\}", re.S)
+_INT_SUFFIX = re.compile(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]+\b")
+
+
+def _definitions(text):
+    """(macros {name: (params or None, body)}, enum members [(name, expression)]) of a header."""
+    text = _COMMENT.sub(" ", text.replace("\\\n", " "))
+    macros = {m[1]: ([p.strip() for p in m[2][1:-1].split(",")] if m[2] else None, m[3])
+              for m in _DEFINE.finditer(text)}
+    members = []
+    for body in _ENUM.findall(text):
+        body = re.sub(r"^[ \t]*#.*$", "", body, flags=re.M)  # #define NAME NAME beside each member
+        previous = None
+        for item in (part.strip() for part in body.split(",")):
+            if not item:
+                continue
+            name, _, value = (x.strip() for x in item.partition("="))
+            if not re.fullmatch(r"\w+", name):
+                continue
+            value = value or (f"({previous}) + 1" if previous else "0")
+            members.append((name, value))
+            previous = name
+    return macros, members
+
+
+def _evaluate(expr, macros, known, depth=0):
+    """The int value of a C constant expression, or None."""
+    if depth > 20:
+        return None
+    expr = _INT_SUFFIX.sub(r"\1", expr)
+    for _ in range(20):  # expand function-like macros: NAME(args) -> body with args substituted
+        m = re.search(r"\b(\w+)\s*\(([^()]*)\)", expr)
+        if m is None or m[1] not in macros or macros[m[1]][0] is None:
+            break
+        params, body = macros[m[1]]
+        args = [a.strip() for a in m[2].split(",")]
+        for param, arg in zip(params, args):
+            body = re.sub(rf"\b{param}\b", f"({arg})", body)
+        expr = expr[:m.start()] + f"({body})" + expr[m.end():]
+
+    def name_value(m):
+        name = m[1]
+        if name in known:
+            return str(known[name])
+        if name in macros and macros[name][0] is None:
+            value = _evaluate(macros[name][1], macros, known, depth + 1)
+            if value is not None:
+                return str(value)
+        raise LookupError(name)
+
+    try:
+        expr = re.sub(r"\b([A-Za-z_]\w*)\b", name_value, expr)
+        tree = ast.parse(expr.replace("~", " ~").replace("/", "//"), mode="eval")
+    except (LookupError, SyntaxError):
+        return None
+    if not all(isinstance(n, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop))
+               for n in ast.walk(tree)):
+        return None
+    value = eval(compile(tree, "<c>", "eval"))  # only ints and operators: checked above
+    return value if isinstance(value, int) else None
+
+
+def constants(include):
+    """[(header, [(name, value)])] of the wanted constants, in header order."""
+    out, seen = [], set()
+    for header, prefixes in HEADERS.items():
+        with open(os.path.join(include, header)) as f:
+            macros, members = _definitions(f.read())
+        known, found = {}, []
+        for name, expr in members:  # enums first: `#define IPPROTO_TCP IPPROTO_TCP` names the member
+            value = _evaluate(expr, macros, known)
+            if value is not None:
+                known[name] = value
+        wanted = [n for n, _ in members] + [n for n, (params, _) in macros.items() if params is None]
+        for name in wanted:
+            if name in seen or not name.startswith(prefixes):
+                continue
+            value = known.get(name)
+            if value is None and name in macros:
+                value = _evaluate(macros[name][1], macros, {k: v for k, v in known.items() if k != name})
+            if value is not None:
+                seen.add(name)
+                found.append((name, value))
+        out.append((header, found))
+    return out
+
+
+def render(include):
+    lines = ['"""Constants of the kernel\'s uapi headers, for BPF programs: XDP and TC actions, ETH_P_*,',
+             "IPPROTO_*, map update and other BPF_* flags. Plain ints: immediates anywhere in the DSL.",
+             "",
+             "Generated by tools/gen_consts.py from linux-libc-dev's headers: do not edit by hand.",
+             '"""']
+    for header, found in constants(include):
+        lines += ["", f"# <{header}>"]
+        lines += [f"{name} = {value:#x}" if value > 9 and "ETH_P_" in name else f"{name} = {value}"
+                  for name, value in found]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render(sys.argv[1] if len(sys.argv) > 1 else "/usr/include"))
