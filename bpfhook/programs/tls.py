@@ -38,8 +38,7 @@ import socket
 
 import construct
 
-from bpfhook import records
-from pybpf.asm import Program, field_of
+from pybpf.asm import Program
 from pybpf.errors import FeatureUnavailable
 from pybpf.maps import Map
 from pybpf.uapi import MapType
@@ -113,7 +112,6 @@ TlsEvent = construct.Struct(
 )
 HDR = TlsEvent.sizeof()
 assert HDR == 120
-EV = {name: offset for name, offset, _size in records.fields(TlsEvent)}
 
 # The loop state tls_return hands its bpf_loop callback (on tls_return's stack).
 LoopState = construct.Struct("buf" / construct.Int64ul, "size" / construct.Int64ul)
@@ -140,9 +138,9 @@ def build_enter(maps, pid=0):
     call.zero()
     for name, reg in (("handle", 0), ("buf", 1), ("count_ptr", 3)):
         p.r1 = p.r6.u64[regs[reg]]
-        call.u64[field_of(Call, name)[0]] = p.r1
+        call[name] = p.r1
     p.call("get_attach_cookie", p.r6)
-    call.u64[field_of(Call, "cookie")[0]] = p.r0
+    call.cookie = p.r0
     p.call("map_update_elem", maps["calls"], key, call, 0)
     p.exit(0)
     return p
@@ -158,7 +156,8 @@ def build_socket(maps, kernel, fd_offset):
     scratch = p.stack.alloc(8)
     _this_call(p, maps, key)
     p.r8 = p.r0
-    p.r1 = p.r8.u64[field_of(Call, "sk")[0]]
+    this = p.ptr(p.r8, Call)
+    p.r1 = this.sk
     with p.If(p.r1 != 0):  # found by an earlier syscall of this call
         p.exit(0)
     p.r7 = p.r9.u64[fd_offset]
@@ -179,7 +178,7 @@ def build_socket(maps, kernel, fd_offset):
     sock_field(p, kernel, scratch, p.r6, "sk_protocol")
     with p.If(p.r1 != IPPROTO_TCP):
         p.exit(0)
-    p.r8.u64[field_of(Call, "sk")[0]] = p.r6
+    this.sk = p.r6
     p.exit(0)
     return p
 
@@ -195,15 +194,15 @@ def build_return(maps, kernel):
     buf = p.stack.alloc(32)
     slot = p.stack.alloc(8)
     _this_call(p, maps, key)
+    entry = p.ptr(p.r0, Call)
     for name in ("handle", "buf", "count_ptr", "sk", "cookie"):
-        off = field_of(Call, name)[0]
-        p.r1 = p.r0.u64[off]
-        call.u64[off] = p.r1
+        p.r1 = entry[name]
+        call[name] = p.r1
     p.call("map_delete_elem", maps["calls"], key)
 
     # r7 = bytes moved; the call failed or moved nothing: nothing to say
     p.r7 = p.r6.u64[arch["ret"]]
-    p.r1 = call.u64[field_of(Call, "cookie")[0]]
+    p.r1 = call.cookie
     p.r1 >>= 12
     p.r1 &= 0xF
     with p.If(p.r1 == RESULT_INT):
@@ -211,7 +210,7 @@ def build_return(maps, kernel):
     with p.Elif(p.r1 == RESULT_EX):
         with p.If(p.w7 != 1):  # an int: 1 is success
             p.exit(0)
-        p.r3 = call.u64[field_of(Call, "count_ptr")[0]]
+        p.r3 = call.count_ptr
         p.call("probe_read_user", slot, 8, p.r3)
         with p.If(p.r0 != 0):
             p.exit(0)
@@ -225,24 +224,24 @@ def build_return(maps, kernel):
     with p.If(p.r0 == 0):
         p.exit(0)
     p.r9 = p.r0
+    ev = p.ptr(p.r9, TlsEvent)
     p.call("ktime_get_ns")
-    p.r9.u64[EV["ts_ns"]] = p.r0
+    ev.ts_ns = p.r0
     p.r1 = key.u64[0]
-    p.r9.u64[EV["pid_tgid"]] = p.r1
+    ev.pid_tgid = p.r1
     for name in ("handle", "sk", "cookie"):
-        p.r1 = call.u64[field_of(Call, name)[0]]
-        p.r9.u64[EV[name]] = p.r1
+        p.r1 = call[name]
+        ev[name] = p.r1
     p.call("get_current_cgroup_id")
-    p.r9.u64[EV["cgroup_id"]] = p.r0
-    p.r9.u32[EV["total"]] = p.r7
-    p.r1 = p.r9
-    p.r1 += EV["comm"]
+    ev.cgroup_id = p.r0
+    ev.total = p.r7
+    p.r1 = ev.addr("comm")
     p.call("get_current_comm", p.r1, 16)
-    for off in range(EV["family"], EV["comm"], 8):  # family, ports, padding, addresses
+    for off in range(ev.offsetof("family"), ev.offsetof("comm"), 8):  # family, ports, padding, addresses
         p.r9.u64[off] = 0
-    p.r6 = call.u64[field_of(Call, "sk")[0]]
+    p.r6 = call.sk
     with p.If(p.r6 != 0):
-        sock_addresses(p, kernel, p.ptr(p.r9, TlsEvent), buf, p.r6)
+        sock_addresses(p, kernel, ev, buf, p.r6)
     with p.Else():
         count_stat(p, maps["stats"], slot, STAT["no_socket"])
 
@@ -250,9 +249,9 @@ def build_return(maps, kernel):
     with p.If(p.r7 > MAX_CHUNKS * CHUNK):
         p.r7 = MAX_CHUNKS * CHUNK
         count_stat(p, maps["stats"], slot, STAT["truncated"])
-    p.r1 = call.u64[field_of(Call, "buf")[0]]
-    loop.u64[field_of(LoopState, "buf")[0]] = p.r1
-    loop.u64[field_of(LoopState, "size")[0]] = p.r7
+    p.r1 = call.buf
+    loop.buf = p.r1
+    loop["size"] = p.r7  # (loop.size is the stack slot's own size)
     p.r7 += CHUNK - 1
     p.r7 >>= CHUNK.bit_length() - 1
     p.bpf_loop(p.r7, "tls_chunk", loop, 0)
@@ -263,7 +262,8 @@ def build_return(maps, kernel):
         p.r6 = p.r1
         p.r6 <<= CHUNK.bit_length() - 1  # the chunk's offset in the call's bytes
         p.r7 = p.r2
-        p.r8 = p.r7.u64[field_of(LoopState, "size")[0]]
+        state = p.ptr(p.r7, LoopState)
+        p.r8 = state["size"]
         p.r8 -= p.r6
         with p.If(p.r8 > CHUNK):
             p.r8 = CHUNK
@@ -273,9 +273,10 @@ def build_return(maps, kernel):
         with p.If(p.r0 == 0):
             p.exit(1)
         p.r9 = p.r0
-        p.r9.u32[EV["offset"]] = p.r6
-        p.r9.u32[EV["len"]] = p.r8
-        p.r3 = p.r7.u64[field_of(LoopState, "buf")[0]]
+        record = p.ptr(p.r9, TlsEvent)
+        record["offset"] = p.r6
+        record.len = p.r8
+        p.r3 = state.buf
         p.r3 += p.r6
         p.r1 = p.r9
         p.r1 += HDR
