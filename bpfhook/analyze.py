@@ -51,7 +51,10 @@ def report(path, top=10):
         rows.append(dict(id=f.id, kind=f.kind, client=f.client, server=f.server, packets=f.packets,
                          bytes=f.bytes, start_ns=f.first_ns, duration_s=round(f.duration, 6),
                          pid=f.meta.get("pid"), comm=f.meta.get("comm"), container=f.meta.get("container"),
-                         cgroup=f.meta.get("cgroup"), problems=f.problems(), duplicate=f.duplicate))
+                         cgroup=f.meta.get("cgroup"), problems=f.problems(), duplicate=f.duplicate,
+                         tls=f.tls or None, twin=f.twin or None))
+        if f.tls == "ciphertext":
+            continue  # its plaintext twin stands for it below: counted once
         http += http_exchanges(f)
         talker = str(f.client_addr[0]) if f.client_addr else f.client
         for table, key in ((talkers, talker), (processes, _process(f.meta)),
@@ -67,6 +70,9 @@ def report(path, top=10):
     return dict(file=str(path), records=cap.packets, ignored=cap.ignored, torn_tail_bytes=cap.truncated,
                 drops=cap.drops, flows=rows, http=http, top_talkers=ranked(talkers, "client"),
                 processes=ranked(processes, "process"), containers=ranked(containers, "container"))
+
+
+_TLS_NOTES = {"plaintext": "TLS plaintext (capture --tls)", "ciphertext": "TLS; its plaintext is flow {twin}"}
 
 
 def _table(header, rows):
@@ -90,7 +96,8 @@ def text(r, top):
     rows = [(f["id"], f["kind"], f"{f['client']} -> {f['server']}",
              f"{f['packets']['c2s']}/{f['packets']['s2c']}", f"{_size(f['bytes']['c2s'])}/{_size(f['bytes']['s2c'])}",
              f"{f['duration_s']:.3f}s", f"{f['pid'] or '?'}/{f['comm'] or '?'}", f["container"] or "?",
-             "; ".join(f["problems"] + (["duplicate of the server end"] if f["duplicate"] else [])))
+             "; ".join(f["problems"] + (["duplicate of the server end"] if f["duplicate"] else [])
+                       + ([_TLS_NOTES[f["tls"]].format(twin=f["twin"])] if f["tls"] else [])))
             for f in r["flows"]]
     out += ["", "flows", _table(("ID", "KIND", "CLIENT -> SERVER", "PKTS c/s", "BYTES c/s", "DURATION",
                                  "PROCESS", "CONTAINER", "NOTES"), rows)]

@@ -11,6 +11,10 @@ UDS: syscall tracepoints (programs/uds.py) see read/write/send*/recv*
 on Unix sockets of the container's processes: interface 1, LINKTYPE_USER0
 with the header of bpfhook.pcapng.UdsHeader.
 
+TLS (--tls): uprobes on the TLS library's read and write calls
+(bpfhook.tls) give the plaintext, written as synthesized TCP/IP packets on
+the connection's addresses: an interface of its own, LINKTYPE_RAW.
+
 Nothing is silent: ring buffer losses and snaplen cuts are counted in the
 kernel, shown on the terminal and written to the file (ISB ifdrop and
 comments), periodically and at the end.
@@ -28,6 +32,7 @@ from bpfhook import cgroups, containers, pcapng, procfs
 from bpfhook.programs import capture as net_program
 from bpfhook.programs import uds as uds_program
 from bpfhook.records import flat_struct
+from bpfhook.tls import Plaintext, TlsHooks, check_kernel
 from pybpf import attach
 from pybpf.errors import BpfError
 from pybpf.readers import open_reader
@@ -175,10 +180,13 @@ class Counters:
     uds_messages: int = 0
     uds_bytes: int = 0
     filtered: int = 0  # left out by --pid
+    ciphertext_left_out: int = 0  # packets of connections whose plaintext is written (--tls)
+    tls: object = None  # the bpfhook.tls.Plaintext of a --tls capture: its calls and bytes
 
     def line(self, drops, elapsed):
+        tls = f"tls {self.tls.calls} msgs {_human(self.tls.bytes)}  " if self.tls is not None else ""
         return (f"{elapsed:6.1f}s  net {self.packets} pkts {_human(self.bytes)}  "
-                f"uds {self.uds_messages} msgs {_human(self.uds_bytes)}  "
+                f"uds {self.uds_messages} msgs {_human(self.uds_bytes)}  {tls}"
                 f"drops {drops['total']} (ring {drops['ring']}, truncated {drops['truncated']})")
 
 
@@ -196,8 +204,8 @@ class Capture:
     and poll() moves records into the file. close() detaches and closes all."""
 
     def __init__(self, target, *, net=True, uds=False, both_directions=False, snaplen=DEFAULT_SNAPLEN,
-                 ip_proto=0, port=0, pid=0, pages=DEFAULT_PAGES):
-        self.target, self.net, self.uds, self.pid = target, net, uds, pid
+                 ip_proto=0, port=0, pid=0, pages=DEFAULT_PAGES, tls=False):
+        self.target, self.net, self.uds, self.tls, self.pid = target, net, uds, tls, pid
         self.both_directions, self.snaplen = both_directions, snaplen
         self.counters = Counters()
         self.owners = Owners(target)
@@ -208,10 +216,14 @@ class Capture:
         self._readers = []
         self.writer = None
         try:
+            if tls:
+                check_kernel()  # before anything loads
             if net:
                 self._build_net(ip_proto, port, pages)
             if uds:
                 self._build_uds(pages)
+            if tls:
+                self._build_tls(pages)
         except BaseException:
             self._stack.close()
             raise
@@ -246,11 +258,24 @@ class Capture:
         if self.pid and (owner is None or owner[0] != self.pid):
             self.counters.filtered += 1
             return
+        if self.tls and tuple5 and tuple5[1] == 6 and self._plaintext_written(data, tuple5, ts):
+            self.counters.ciphertext_left_out += 1
+            return
         comment = self._comment(owner, cgid)
         self.writer.packet(self.net_if, ts + self._clock, data, length, comment,
                            pcapng.INBOUND if inbound else pcapng.OUTBOUND)
         self.counters.packets += 1
         self.counters.bytes += length
+
+    def _plaintext_written(self, data, tuple5, ts):
+        """Whether this TCP packet is the ciphertext of a connection whose plaintext the TLS
+        interface has: tshark (before 4.2's conversation deinterlacing) joins the two streams of
+        one 4-tuple into one and loses the HTTP in it, so from the connection's first plaintext
+        on its ciphertext is left out (and counted). A later SYN on those addresses starts afresh."""
+        version, _, src, sport, dst, dport = tuple5
+        at = (data[0] & 0x0F) * 4 + 13 if version == 4 else 40 + 13
+        flags = data[at] if len(data) > at else 0
+        return self.counters.tls.written((src, sport), (dst, dport), ts, syn=bool(flags & 0x02))
 
     def _comment(self, owner, cgid):
         path = self._cgroup_paths.get(cgid)
@@ -299,6 +324,34 @@ class Capture:
             path = self._cgroup_paths[cgid] = cgroups.path_of_id(cgid) or f"id:{cgid}"
         return path
 
+    # -- TLS plaintext --------------------------------------------------------------------
+    def _build_tls(self, pages):
+        self.tls_hooks = TlsHooks(self.target.cgroup_dir, lambda: cgroups.pids_below(self.target.cgroup_path),
+                                  lambda line: print(line, file=sys.stderr), self.pid,
+                                  ringbuf_size=1 << max(22, (pages * 4096 - 1).bit_length()))
+        self._stack.callback(self.tls_hooks.close)
+        self._attach_steps.append(self.tls_hooks.attach)
+        # a connection's packets sent before its first plaintext go to the file before its
+        # synthesized handshake: the rings are read one after the other, the TLS one may run ahead
+        self.counters.tls = Plaintext(self._on_tls_packet, self._tls_comment,
+                                      before_new=lambda: self.net and self.net_reader.read(0))
+        reader = open_reader(self.tls_hooks.events, callback=self.counters.tls.record)
+        self._stack.callback(reader.close)
+        self.tls_reader = reader
+        self._readers.append(reader)
+
+    def _on_tls_packet(self, ts_ns, packet, comment, inbound):
+        self.writer.packet(self.tls_if, ts_ns + self._clock, packet, None, comment,
+                           pcapng.INBOUND if inbound else pcapng.OUTBOUND)
+
+    def _tls_comment(self, ev):
+        probed = self.tls_hooks.library(ev.cookie >> 16)
+        call = self.tls_hooks.prog.CALL_NAMES.get(ev.cookie & 0xFF, "?")
+        comm = ev.comm.split(b"\0", 1)[0].decode(errors="replace")
+        return (f"pid={ev.pid_tgid >> 32} comm={_word(comm)} "
+                f"cgroup={_word(self._cgroup_path(ev.cgroup_id))} container={_word(self.target.label)} "
+                f"library={_word(os.path.basename(probed.path) if probed else '?')} call={call} tls=plaintext")
+
     # -- running --------------------------------------------------------------------------
     def start(self, writer):
         """Describe the interfaces in `writer`, then attach. Nothing stays attached if one step fails."""
@@ -314,6 +367,11 @@ class Capture:
             self.uds_if = writer.interface(pcapng.LINKTYPE_USER0, f"{label}:unix",
                                            f"Unix-socket messages of container {label}: bpfhook UdsHeader "
                                            "(24 bytes, big endian) + path + peer path + payload", self.snaplen)
+        if self.tls:
+            self.tls_if = writer.interface(pcapng.LINKTYPE_RAW, f"{label}:tls-plaintext",
+                                           f"TLS plaintext of container {label}, from uprobes on its TLS "
+                                           "library, as synthesized TCP/IP packets on the connections' "
+                                           "addresses", 0)
         for step in self._attach_steps:
             self._stack.enter_context(step())
         self._last_stats = time.monotonic()
@@ -326,6 +384,8 @@ class Capture:
             select.select(self._readers, [], [], timeout)
             for reader in self._readers:
                 reader.read(0)
+        if self.tls:
+            self.tls_hooks.maybe_rescan()
         if time.monotonic() - self._last_stats >= STATS_EVERY:
             self.write_statistics()
 
@@ -339,6 +399,10 @@ class Capture:
         if self.uds:
             values = self.uds_set.stats()
             ring += values["lost"] + self.uds_reader.lost
+            truncated += values["truncated"]
+        if self.tls:
+            values = self.tls_hooks.stats()
+            ring += values["lost"] + self.tls_reader.lost
             truncated += values["truncated"]
         return {"ring": ring, "truncated": truncated, "total": ring}
 
@@ -354,7 +418,9 @@ class Capture:
             self.writer.statistics(self.net_if, now, received=values["seen"], dropped=lost, start_ns=self.start_ns,
                                    comment=f"kernel: seen={values['seen']} lost_ring_full={lost} "
                                            f"truncated_at_snaplen={values['truncated']} "
-                                           f"written={self.counters.packets} filtered_by_pid={self.counters.filtered}")
+                                           f"written={self.counters.packets} filtered_by_pid={self.counters.filtered}"
+                                           + (f" tls_ciphertext_left_out={self.counters.ciphertext_left_out}"
+                                              if self.tls else ""))
         if self.uds:
             values = self.uds_set.stats()
             lost = values["lost"] + self.uds_reader.lost
@@ -362,6 +428,15 @@ class Capture:
                                    comment=f"kernel: seen={values['seen']} lost_ring_full={lost} "
                                            f"truncated_at_snaplen={values['truncated']} "
                                            f"written={self.counters.uds_messages}")
+        if self.tls:
+            self.counters.tls.forget_idle()
+            values, plain = self.tls_hooks.stats(), self.counters.tls
+            lost = values["lost"] + self.tls_reader.lost
+            self.writer.statistics(self.tls_if, now, received=values["calls"], dropped=lost, start_ns=self.start_ns,
+                                   comment=f"kernel: calls={values['calls']} lost_ring_full={lost} "
+                                           f"truncated_calls={values['truncated']} faults={values['faults']} "
+                                           f"without_syscall={values['no_socket']} written_calls={plain.calls} "
+                                           f"unknown_connection={plain.unknown} other_end_duplicates={plain.duplicates}")
         self._last_stats = time.monotonic()
 
     def close(self):
@@ -381,8 +456,11 @@ def add_arguments(parser):
     parser.add_argument("--pid", type=int, default=0, help="only this process (its tgid)")
     parser.add_argument("-w", "--write", metavar="FILE.pcapng", help="output file (created 0600; must not exist)")
     parser.add_argument("--snaplen", type=int, default=DEFAULT_SNAPLEN, help="bytes kept per packet/message")
-    parser.add_argument("--net", action="store_true", help="network packets (default: both net and uds)")
-    parser.add_argument("--uds", action="store_true", help="Unix-socket messages (default: both net and uds)")
+    parser.add_argument("--net", action="store_true", help="network packets (default: net and uds)")
+    parser.add_argument("--uds", action="store_true", help="Unix-socket messages (default: net and uds)")
+    parser.add_argument("--tls", action="store_true",
+                        help="TLS plaintext (OpenSSL, GnuTLS) as TCP/IP packets on an interface of its own "
+                             "(add --net --uds for those too)")
     parser.add_argument("--both-directions", action="store_true", help="also packets the container sends")
     parser.add_argument("--filter", default="", metavar="PORT|PROTO|PROTO/PORT",
                         help="network filter: 80, tcp, udp/53")
@@ -415,7 +493,7 @@ def run(args):
     if pages <= 0 or pages & (pages - 1):
         raise CaptureError(f"--buffer-pages {pages}: must be a power of two")
     proto, port = parse_filter(args.filter)
-    net, uds = (args.net, args.uds) if (args.net or args.uds) else (True, True)
+    net, uds = (args.net, args.uds) if (args.net or args.uds or args.tls) else (True, True)
     target = resolve_target(args.container)
     if os.path.lexists(args.write):
         raise CaptureError(f"{args.write} exists; captures are never overwritten")
@@ -423,7 +501,7 @@ def run(args):
     if not os.access(directory, os.W_OK | os.X_OK):
         raise CaptureError(f"cannot write in {directory}")
     capture = Capture(target, net=net, uds=uds, both_directions=args.both_directions, snaplen=args.snaplen,
-                      ip_proto=proto, port=port, pid=args.pid, pages=pages)
+                      ip_proto=proto, port=port, pid=args.pid, pages=pages, tls=args.tls)
     try:
         writer = pcapng.Writer(args.write, application="bpfhook capture")
         try:
@@ -444,7 +522,7 @@ def _loop(capture, args):
     started = time.monotonic()
     deadline = started + args.duration if args.duration else None
     next_line = started + SUMMARY_EVERY
-    what = " + ".join(w for w, on in (("net", capture.net), ("uds", capture.uds)) if on)
+    what = " + ".join(w for w, on in (("net", capture.net), ("uds", capture.uds), ("tls", capture.tls)) if on)
     print(f"capturing {what} of {capture.target.label} ({capture.target.cgroup_path}) to {args.write}",
           file=sys.stderr)
     while not args.shutdown:

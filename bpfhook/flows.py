@@ -4,9 +4,12 @@ Shared by `bpfhook analyze` and `bpfhook replay`. Reads our own files
 (LINKTYPE_RAW packets and LINKTYPE_USER0 Unix-socket records) and tcpdump's
 (Ethernet, Linux cooked capture). A flow's client is the side that sent
 the SYN (or, without one, the side a SYN-ACK went to, else the first
-packet's sender). Each direction of a TCP connection is put back in sequence
-order; what was sent twice, what came out of order and what is missing
-(gaps: never captured, cut at snaplen) is counted, never papered over.
+packet's sender). TLS plaintext that capture --tls wrote as TCP packets
+(comment tls=plaintext) is a flow apart from the ciphertext of the same
+connection, which is then marked tls="ciphertext" with its twin's id.
+Each direction of a TCP connection is put back in sequence order; what
+was sent twice, what came out of order and what is missing (gaps: never
+captured, cut at snaplen) is counted, never papered over.
 
 A flow's `messages` are its turns: consecutive bytes one side sent before
 the other side spoke, with the time they became available in order. Replay
@@ -255,6 +258,8 @@ class Flow:
     path: bytes = b""  # unix: the socket's name
     perspective: str = ""  # unix: which end the records come from: "server" or "client"
     duplicate: bool = False  # unix: the other end's records of a conversation also captured
+    tls: str = ""  # "plaintext": written by capture --tls; "ciphertext": a connection whose plaintext is too
+    twin: int = 0  # the id of the other of a plaintext/ciphertext pair
 
     @property
     def duration(self):
@@ -296,7 +301,7 @@ def _meta(packet):
     meta = {}
     for comment in packet.comments:
         meta.update(pcapng.parse_comment(comment))
-    return {k: meta[k] for k in ("pid", "comm", "cgroup", "container") if k in meta and meta[k] != "unknown"}
+    return {k: meta[k] for k in ("pid", "comm", "cgroup", "container", "tls") if k in meta and meta[k] != "unknown"}
 
 
 def _endpoint(addr, port):
@@ -343,12 +348,13 @@ def read(path):
     for number, (_first, kind, key) in enumerate(sorted(order, key=lambda o: o[0]), 1):
         flows.append(_net_flow(number, *key) if kind == "net" else _uds_flow(number, key, uds[key]))
     _mark_duplicates(flows)
+    _pair_tls(flows)
     return Capture(flows, packets, ignored, reader.truncated, sum(drops.values()))
 
 
 def _add_net(net, order, seg):
     a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
-    key = (seg.proto,) + (min(a, b, key=_sort_key), max(a, b, key=_sort_key))
+    key = (seg.proto,) + (min(a, b, key=_sort_key), max(a, b, key=_sort_key), seg.meta.get("tls") == "plaintext")
     conns = net.setdefault(key, [])
     is_syn = seg.proto == IPPROTO_TCP and seg.flags & (SYN | ACK) == SYN
     if conns and is_syn:
@@ -392,7 +398,7 @@ def _sort_key(endpoint):
 def _net_flow(number, key, _n, conn):
     client, segments = conn
     proto = key[0]
-    server = next(e for e in key[1:] if e != client) if key[1] != key[2] else client
+    server = next(e for e in key[1:3] if e != client) if key[1] != key[2] else client
     c2s = [g for g in segments if (g.src, g.sport) == client]
     s2c = [g for g in segments if (g.src, g.sport) != client]
     meta = next((g.meta for g in segments if "pid" in g.meta), segments[0].meta)
@@ -400,7 +406,7 @@ def _net_flow(number, key, _n, conn):
                 segments[0].ts_ns, segments[-1].ts_ns, meta,
                 {C2S: len(c2s), S2C: len(s2c)},
                 {C2S: sum(len(g.payload) for g in c2s), S2C: sum(len(g.payload) for g in s2c)},
-                [], client_addr=client, server_addr=server)
+                [], client_addr=client, server_addr=server, tls="plaintext" if key[3] else "")
     if proto == IPPROTO_TCP:
         flow.streams = {C2S: reassemble(c2s), S2C: reassemble(s2c)}
         flow.messages = _turns(flow.streams)
@@ -421,6 +427,15 @@ def _turns(streams):
         else:
             turns.append(Message(direction, ts, data))
     return turns
+
+
+def _pair_tls(flows):
+    """A TCP flow on the endpoints of a TLS plaintext flow carries its ciphertext: mark the pair."""
+    plain = {frozenset((f.client_addr, f.server_addr)): f for f in flows if f.tls == "plaintext"}
+    for f in flows:
+        twin = plain.get(frozenset((f.client_addr, f.server_addr))) if f.kind == "tcp" and not f.tls else None
+        if twin is not None and not twin.twin:
+            f.tls, f.twin, twin.twin = "ciphertext", twin.id, f.id
 
 
 # -- unix sockets --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ trailers (grpc-status, grpc-message), compared like headers.
 """
 import dataclasses
 import select
+import ssl
 import time
 
 from bpfhook import diff, flows, hpack
@@ -286,7 +287,8 @@ class Connection:
 
     def poll(self, wait):
         """Read and apply what arrives within `wait` seconds; False when nothing came."""
-        if not select.select([self.sock], [], [], max(0.0, wait))[0]:
+        decrypted = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()  # (--tls) select misses these
+        if not decrypted and not select.select([self.sock], [], [], max(0.0, wait))[0]:
             return False
         data = self.sock.recv(1 << 18)
         if not data:

@@ -33,6 +33,7 @@ IF_NAME, IF_DESCRIPTION, IF_TSRESOL = 2, 3, 9
 EPB_FLAGS = 2
 ISB_STARTTIME, ISB_ENDTIME, ISB_IFRECV, ISB_IFDROP = 2, 3, 4, 5
 INBOUND, OUTBOUND = 1, 2  # epb_flags bits 0-1
+EPB_OPTIONS_KEPT = 4096  # distinct (comment, flags) pairs whose encoding a Writer keeps
 
 BlockHeader = construct.Struct("type" / construct.Int32ul, "length" / construct.Int32ul)
 ShbBody = construct.Struct("magic" / construct.Int32ul, "major" / construct.Int16ul,
@@ -158,6 +159,7 @@ class Writer:
             raise PcapngError(f"cannot create {path}: {e.strerror}") from None
         self.interfaces = []  # linktype per interface id
         self.bytes_written = 0
+        self._epb_options = {}  # (comment, flags) -> their encoded options: captures repeat them
         shb = _codec["shb"].encode(dict(magic=BYTE_ORDER_MAGIC, major=1, minor=0, section_length=-1))
         self._write(_block(SHB, shb + _options([(SHB_USERAPPL, application)])))
 
@@ -180,7 +182,12 @@ class Writer:
         """An Enhanced Packet Block; ts_ns in nanoseconds since the epoch."""
         high, low = _ts(ts_ns)
         caplen = len(data)
-        opts = _options([(OPT_COMMENT, comment), (EPB_FLAGS, None if flags is None else _U32.pack(flags))])
+        opts = self._epb_options.get((comment, flags))
+        if opts is None:
+            if len(self._epb_options) >= EPB_OPTIONS_KEPT:
+                self._epb_options.clear()
+            opts = self._epb_options[(comment, flags)] = _options(
+                [(OPT_COMMENT, comment), (EPB_FLAGS, None if flags is None else _U32.pack(flags))])
         body = _EPB.pack(interface, high, low, caplen, caplen if orig_len is None else orig_len)
         self._write(_block(EPB, body + _pad4(bytes(data)) + opts))
 

@@ -37,3 +37,21 @@ def comm(pid):
             return f.read().strip()
     except OSError:
         return "?"
+
+
+TCP_LISTEN = "0A"  # the st column of /proc/net/tcp for a listening socket
+
+
+def listening_ports(pid):
+    """The TCP ports something listens on in the network namespace of process `pid`
+    (/proc/<pid>/net/tcp and tcp6), empty once it is gone."""
+    ports = set()
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/net/{name}") as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split(None, 4)
+                    if len(fields) > 3 and fields[3] == TCP_LISTEN:
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports

@@ -7,15 +7,21 @@ each step sent at its captured offset scaled by --speed (or the k-th request
 at k/--rate). Answers are compared with the captured ones (diff); the report
 has per-path totals, the timing error and, with --rate, how far the achieved
 rate fell short.
+
+TLS: flows capture --tls wrote as plaintext replay like clear ones (their
+ciphertext twins are left out); --tls sends them inside TLS to the target,
+its certificate checked unless --insecure.
 """
 import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import select
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -50,6 +56,29 @@ class Options:
     ignore: tuple = ()  # header names left out of the comparison
     timeout: float = None  # the whole replay; None: the capture's span at this speed + EXTRA_TIME
     response_timeout: float = 5.0
+    tls: object = None  # a Tls: each TCP flow inside TLS to the target
+
+
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """--tls: the target's certificate checked against the system's CAs (or ca_file), unless insecure."""
+    insecure: bool = False
+    ca_file: str = None
+
+
+@functools.lru_cache(maxsize=None)
+def tls_context(tls, alpn=None):
+    """The client SSLContext of a Tls, offering `alpn` (h2 for HTTP/2 plans) when given."""
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ReplayError(f"--ca-file {tls.ca_file}: {getattr(e, 'strerror', None) or e}") from None
+    if tls.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols([alpn])
+    return context
 
 
 def parse_rewrite(text):
@@ -246,6 +275,9 @@ def _connect(plan, clock, opts, cleanup):
             sock.bind(os.path.join(directory, "client.sock"))
         sock.settimeout(max(0.01, clock.left(opts.response_timeout)))
         sock.connect(plan.target.address)
+        if opts.tls is not None:
+            context = tls_context(opts.tls, "h2" if plan.protocol in ("h2", "grpc") else None)
+            sock = context.wrap_socket(sock, server_hostname=plan.target.address[0])
     except OSError:
         sock.close()
         raise
@@ -261,7 +293,7 @@ def run_plan(plan, clock, opts):
             sock = _connect(plan, clock, opts, cleanup)
         except OSError as err:
             for s in plan.steps:
-                s.error = f"connect: {err.strerror or err}"
+                s.error = f"connect: {_error_text(err)}"
             return
         try:
             {"http/1.1": _run_http1, "h2": h2.run, "grpc": h2.run, "bytes": _run_raw,
@@ -312,6 +344,9 @@ def _run_http1(plan, sock, clock, opts):
 def _error_text(err):
     if isinstance(err, (TimeoutError, socket.timeout)):
         return "no complete response in time"
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return (f"TLS: certificate verify failed: {err.verify_message} "
+                "(--ca-file FILE trusts its CA; --insecure skips the check)")
     return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
@@ -329,6 +364,8 @@ def _recv_ready(sock, clock, until):
     """Wait until the socket has something to read; TimeoutError at `until` or the replay's end,
     looking at the stop event every STOP_CHECK seconds."""
     while True:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return  # decrypted bytes the socket itself no longer shows
         left = min(until, clock.deadline) - time.monotonic()
         if left <= 0 or clock.stop.is_set():
             raise TimeoutError
@@ -368,8 +405,8 @@ def _run_raw(plan, sock, clock, opts):
                 sock.sendall(_rewrite(m.data, opts.rewrites))
             else:
                 got.append(_recv_until(sock, len(m.data), clock, ANSWER_IDLE))
-        if sock.type == socket.SOCK_STREAM:
-            sock.shutdown(socket.SHUT_WR)
+        if sock.type == socket.SOCK_STREAM and not isinstance(sock, ssl.SSLSocket):
+            sock.shutdown(socket.SHUT_WR)  # (TLS has no half close: its reads need the write side)
         got.append(_recv_until(sock, None, clock, IDLE))  # the rest, until EOF or silence
     except OSError as err:
         step.error = _error_text(err)
@@ -428,18 +465,20 @@ def _recv_datagrams(sock, got, wait):
 
 # -- the whole replay ----------------------------------------------------------------------------
 
-def select_flows(capture, to, maps, ids=()):
-    """[(flow, target)] to replay: each flow to its --map target, else to --to when its kind fits."""
+def select_flows(capture, to, maps, ids=(), tls=False):
+    """[(flow, target)] to replay: each flow to its --map target, else to --to when its kind fits
+    (with tls: TCP flows only). The ciphertext of a connection whose plaintext was captured is
+    left out: the plaintext is replayed."""
     by_id = {f.id: f for f in capture.flows}
     chosen = []
     for i in ids:
         if i not in by_id:
             raise ReplayError(f"no flow {i} in the capture (flows 1..{len(by_id)})")
     for f in ([by_id[i] for i in ids] if ids else capture.flows):
-        if not ids and (f.duplicate or not any(m.direction == flows.C2S for m in f.messages)):
+        if not ids and (f.duplicate or f.tls == "ciphertext" or not any(m.direction == flows.C2S for m in f.messages)):
             continue
         target = _mapped(f, maps) or to
-        if target is None or not _fits(f, target):
+        if target is None or not _fits(f, target) or tls and f.kind != "tcp":
             if ids:
                 where = target.text if target else "no target (--to or --map)"
                 raise ReplayError(f"flow {f.id} is {f.kind}; it cannot be replayed to {where}")
@@ -468,7 +507,9 @@ def replay(path, to=None, maps=(), ids=(), opts=None, stop=None):
     maps = [parse_map(m) if isinstance(m, str) else m for m in maps]
     if to is None and not maps:
         raise ReplayError("nowhere to replay: give --to TARGET or --map ORIG=NEW")
-    plans = [make_plan(f, t, opts) for f, t in select_flows(flows.read(path), to, maps, ids)]
+    if opts.tls is not None and any(t is not None and t.unix for t in [to] + [new for _, new in maps]):
+        raise ReplayError("--tls replays to TCP servers, not to Unix sockets")
+    plans = [make_plan(f, t, opts) for f, t in select_flows(flows.read(path), to, maps, ids, opts.tls is not None)]
     span = schedule(plans, opts)
     timeout = opts.timeout if opts.timeout is not None else span + EXTRA_TIME
     stop = stop or threading.Event()
@@ -644,6 +685,9 @@ def add_arguments(parser):
                         help="exit 1 when any answer differs or any request fails (for CI)")
     parser.add_argument("--show", type=int, default=20, metavar="N", help="differences listed (default 20)")
     parser.add_argument("--json", action="store_true", help="the whole report as one JSON document")
+    parser.add_argument("--tls", action="store_true", help="send each TCP flow inside TLS to the target")
+    parser.add_argument("--insecure", action="store_true", help="with --tls: do not check the server's certificate")
+    parser.add_argument("--ca-file", metavar="PEM", help="with --tls: trust this CA (or self-signed certificate)")
 
 
 def options(args):
@@ -653,12 +697,17 @@ def options(args):
         raise ReplayError(f"bad --header: {err}") from None
     if args.concurrency <= 0:
         raise ReplayError(f"bad --concurrency {args.concurrency}: must be > 0")
+    if (args.insecure or args.ca_file) and not args.tls:
+        raise ReplayError("--insecure and --ca-file go with --tls")
+    tls = Tls(args.insecure, args.ca_file) if args.tls else None
+    if tls is not None:
+        tls_context(tls)  # a bad --ca-file: one line before anything is sent
     return Options(speed=None if args.rate else _speed(args.speed),
                    rate=_positive("--rate", args.rate), concurrency=args.concurrency,
                    edits=http1.Edits(args.host, headers, tuple(args.drop_header)),
                    rewrites=tuple(parse_rewrite(t) for t in args.rewrite),
                    ignore=tuple(args.ignore_header), timeout=_positive("--timeout", args.timeout),
-                   response_timeout=_positive("--response-timeout", args.response_timeout))
+                   response_timeout=_positive("--response-timeout", args.response_timeout), tls=tls)
 
 
 def run(args):

@@ -1,5 +1,6 @@
 """Attach loaded programs to kernel hooks: tracepoint, raw_tracepoint, kprobe/kretprobe,
-fentry/fexit/tracing, iterator, cgroup, tc (pybpf.tc), xdp, netns/sk_lookup, sockmap.
+uprobe/uprobe_multi (symbols through pybpf.elf), fentry/fexit/tracing, iterator, cgroup,
+tc (pybpf.tc), xdp, netns/sk_lookup, sockmap.
 
 Each returns an Attachment (pybpf.attachment), which close() undoes; the caller may close the
 program right after attaching. bpf links come first: a link dies with its fd, even on SIGKILL.
@@ -9,16 +10,18 @@ recorded in pybpf.cleanup, which undoes it at exit and on SIGINT/SIGTERM.
 import errno
 import os
 
-from . import cleanup, mounts, syscall, tracefs
+from . import cleanup, mounts, pmu, syscall, tracefs
 from . import tc as _tc
 from .attachment import NO_LINK, Attachment, Link, attach_error, ifindex, link_create, prog_fd
+from .elf import ElfFile
 from .errors import BpfError, FeatureUnavailable, SyscallError, netlink_error
+from .pmu import KPROBE_PMU, pmu_config_bit, pmu_type  # noqa: F401 (KPROBE_PMU: a public name before pybpf.pmu)
 from .uapi import AttachFlags, AttachType, Cmd
 
 ffi = syscall.ffi
 tc = _tc.attach  # SCHED_CLS programs at ingress or egress: tcx link, else clsact + cls_bpf
 
-KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+BPF_F_UPROBE_MULTI_RETURN = 1 << 0
 
 # Short names for cgroup hooks, as bpftool spells most of them.
 CGROUP_HOOKS = {
@@ -150,13 +153,14 @@ def _check_mode(mode, what, choices):
         raise BpfError(f"{what} mode {mode!r}: expected {' or '.join(map(repr, choices))}")
 
 
-def _attach_perf_event(prog, attr, what, cookie, mode):
+def _attach_perf_event(prog, attr, what, cookie, mode, pid=None):
     _check_mode(mode, what.split()[0], ("link", "ioctl"))
     if cookie and mode == "ioctl":
         raise BpfError(f"{what}: a bpf cookie needs a BPF_PERF_EVENT link, not the ioctl")
     # pid -1 on one CPU: a BPF program on a tracepoint/kprobe event runs for hits on every
-    # CPU (the program hangs off the trace event, not the per-CPU perf event).
-    pfd = syscall.perf_event_open(attr, -1, 0)
+    # CPU (the program hangs off the trace event, not the per-CPU perf event). A pid: that
+    # process only, on any CPU.
+    pfd = syscall.perf_event_open(attr, pid, -1) if pid else syscall.perf_event_open(attr, -1, 0)
     link_fd = None
     try:
         if mode != "ioctl":
@@ -193,24 +197,14 @@ def tracepoint(prog, category, name=None, *, cookie=None, mode=None):
     return _attach_perf_event(prog, attr, f"tracepoint {category}:{name}", cookie, mode)
 
 
-def _read_sysfs(path):
-    with open(path) as f:
-        return f.read().strip()
-
-
 def kprobe(prog, func, *, offset=0, retprobe=False, cookie=None, mode=None):
     """Attach a BPF_PROG_TYPE_KPROBE program to a kernel function through the kprobe PMU
     (mode as for tracepoint)."""
     what = f"{'kretprobe' if retprobe else 'kprobe'} {func}" + (f"+{offset:#x}" if offset else "")
-    try:
-        pmu_type = int(_read_sysfs(f"{KPROBE_PMU}/type"))
-    except FileNotFoundError:
-        raise FeatureUnavailable(f"{what}: this kernel has no kprobe PMU ({KPROBE_PMU}/type is absent)") from None
     attr = syscall.new_perf_attr()
-    attr.type = pmu_type
+    attr.type = pmu_type(pmu.KPROBE_PMU, what)
     if retprobe:
-        # format/retprobe reads "config:<bit>"
-        attr.config = 1 << int(_read_sysfs(f"{KPROBE_PMU}/format/retprobe").split(":")[1])
+        attr.config = pmu_config_bit(pmu.KPROBE_PMU, "retprobe")
     name = ffi.new("char[]", func.encode())  # must stay alive until perf_event_open returns
     attr.kprobe_func = syscall.address(name)
     attr.probe_offset = offset
@@ -225,6 +219,72 @@ def kprobe(prog, func, *, offset=0, retprobe=False, cookie=None, mode=None):
 def kretprobe(prog, func, *, cookie=None, mode=None):
     """kprobe(prog, func, retprobe=True)."""
     return kprobe(prog, func, retprobe=True, cookie=cookie, mode=mode)
+
+
+# -- uprobes -----------------------------------------------------------------------
+def _uprobe_offset(path, target):
+    """(file offset, name for messages) of a symbol of the ELF file at path (pybpf.elf), or of
+    an offset given as an int."""
+    if isinstance(target, int):
+        return target, f"{target:#x}"
+    return ElfFile(path).offset(target), target
+
+
+def uprobe(prog, path, symbol_or_offset, pid=None, ret=False, *, cookie=None, mode=None):
+    """Attach a BPF_PROG_TYPE_KPROBE program to a user-space function through the uprobe PMU.
+
+    symbol_or_offset: a symbol of the ELF file at `path` ("SSL_write", "SSL_write@@OPENSSL_3.0.0")
+    or a file offset. pid None: every process that maps the file, now or later; else that
+    process only. ret: at the function's return (the PMU's retprobe bit). mode as for tracepoint.
+    The probe goes with the perf event's fd: nothing outlives the process."""
+    offset, name = _uprobe_offset(path, symbol_or_offset)
+    what = f"{'uretprobe' if ret else 'uprobe'} {path}:{name}" + (f" pid {pid}" if pid else "")
+    attr = syscall.new_perf_attr()
+    attr.type = pmu_type(pmu.UPROBE_PMU, what)
+    if ret:
+        attr.config = pmu_config_bit(pmu.UPROBE_PMU, "retprobe")
+    cpath = ffi.new("char[]", os.fsencode(path))  # alive until perf_event_open returns
+    attr.uprobe_path = syscall.address(cpath)
+    attr.probe_offset = offset
+    try:
+        return _attach_perf_event(prog, attr, what, cookie, mode, pid=pid)
+    except SyscallError as e:
+        if e.errno in (errno.ENOENT, errno.ESRCH):
+            raise BpfError(f"{what}: {'no such process' if e.errno == errno.ESRCH else 'no such file'}") from None
+        raise
+
+
+def uprobe_multi(prog, path, targets, pid=None, ret=False, *, cookies=None):
+    """Attach a KPROBE program loaded with expected_attach_type TRACE_UPROBE_MULTI to several
+    functions of one file through one bpf link (Linux 6.6; features "link.uprobe_multi").
+
+    targets: symbols or offsets (as for uprobe); cookies: one u64 per target, which the program
+    reads with bpf_get_attach_cookie. pid: that process only (kernels before 6.9 filter by
+    thread, not process); ret: at the functions' returns."""
+    resolved = [_uprobe_offset(path, t) for t in targets]
+    if not resolved or cookies is not None and len(cookies) != len(resolved):
+        raise BpfError(f"uprobe_multi {path}: give one target or more, and one cookie per target")
+    what = f"uprobe_multi{' return' if ret else ''} {path}:{','.join(name for _, name in resolved)}"
+    cpath = ffi.new("char[]", os.fsencode(path))
+    offsets = ffi.new("uint64_t[]", [offset for offset, _ in resolved])
+    attr = syscall.new_attr()
+    lc = attr.link_create
+    lc.prog_fd = prog_fd(prog)
+    lc.attach_type = AttachType.TRACE_UPROBE_MULTI
+    lc.uprobe_multi.path = syscall.address(cpath)
+    lc.uprobe_multi.offsets = syscall.address(offsets)
+    lc.uprobe_multi.cnt = len(resolved)
+    lc.uprobe_multi.flags = BPF_F_UPROBE_MULTI_RETURN if ret else 0
+    lc.uprobe_multi.pid = pid or 0
+    if cookies is not None:
+        values = ffi.new("uint64_t[]", list(cookies))
+        lc.uprobe_multi.cookies = syscall.address(values)
+    try:
+        return Link(syscall.bpf(Cmd.LINK_CREATE, attr), what)
+    except SyscallError as e:
+        if e.errno in (errno.EOPNOTSUPP, syscall.ENOTSUPP):
+            raise FeatureUnavailable(f"{what}: this kernel has no uprobe_multi links") from None
+        raise attach_error(e, what) from None
 
 
 # -- raw tracepoints and BTF-typed tracing ------------------------------------

@@ -150,6 +150,14 @@ class FeatureUnavailable(BpfError):
     """The running kernel lacks something a call needs (a hook, a map type)."""
 
 
+class ElfError(BpfError):
+    """A file that is no ELF pybpf.elf takes, or a symbol it does not hold."""
+
+
+class SymbolNotFound(ElfError):
+    """The ELF file holds no such symbol (a uprobe target)."""
+
+
 class NotPermitted(SyscallError):
     """EPERM/EACCES: usually not root, or a locked-down kernel."""
 

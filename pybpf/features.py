@@ -4,19 +4,24 @@ only the probes it needs.
 
     features.has("map_type.ringbuf")     features.probe("fentry")     features.names()
 
+Names: prog_type.<type> map_type.<type> attach_type.<type> helper.<prog_type>.<helper>
+link.{tcx,netkit,cgroup,xdp,netns,perf_event,sockmap,uprobe_multi} isa.v1..v4 bounded_loops
+atomics btf btf_vmlinux ringbuf bpf_loop kprobe_pmu uprobe_pmu fentry fexit lsm tp_btf
+raw_tracepoint perf_event_tracepoint tracefs debugfs cgroup2.
 `available` is True, False, or None when a probe cannot decide (its detail says why).
 """
 import errno as _errno
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 
-from . import mounts, syscall, tracefs
+from . import mounts, pmu, syscall, tracefs
 from .asm import helpers
 from .asm.insn import Insn, encode
 from .asm.isa import lookup
 from .btf import Btf
-from .errors import BpfError, SyscallError, verifier_tail
+from .errors import BpfError, FeatureUnavailable, SyscallError, verifier_tail
 from .prog import _bpf_prog_load
 from .uapi import AttachType, Cmd, MapFlags, MapType, ProgFlags, ProgType
 
@@ -384,14 +389,12 @@ def _probe_lsm():
 
 
 def _probe_kprobe_pmu():
-    path = "/sys/bus/event_source/devices/kprobe/type"
     try:
-        with open(path) as f:
-            pmu = int(f.read())
-    except OSError:
-        return False, f"{path} is absent: the kernel has no kprobe PMU"
+        number = pmu.pmu_type(pmu.KPROBE_PMU, "kprobe")
+    except FeatureUnavailable as e:
+        return False, str(e)
     attr = syscall.new_perf_attr()
-    attr.type = pmu
+    attr.type = number
     func = syscall.ffi.new("char[]", b"do_sys_openat2")
     attr.kprobe_func = syscall.address(func)
     try:
@@ -399,7 +402,56 @@ def _probe_kprobe_pmu():
     except SyscallError as e:
         return False, f"perf_event_open of a kprobe: {_errname(e.errno)}"
     _close(fd)
-    return True, f"PMU type {pmu}; opened a kprobe on do_sys_openat2"
+    return True, f"PMU type {number}; opened a kprobe on do_sys_openat2"
+
+
+def _uprobe_target():
+    """A temporary file no process maps: a uprobe there is registered and never hit."""
+    target = tempfile.NamedTemporaryFile(prefix="pybpf-uprobe-probe-")
+    target.write(b"\x90" * 16)
+    target.flush()
+    return target
+
+
+def _probe_uprobe_pmu():
+    try:
+        number = pmu.pmu_type(pmu.UPROBE_PMU, "uprobe")
+        retprobe = pmu.pmu_config_bit(pmu.UPROBE_PMU, "retprobe")
+    except FeatureUnavailable as e:
+        return False, str(e)
+    with _uprobe_target() as target:
+        path = syscall.ffi.new("char[]", target.name.encode())
+        for kind, config in (("uprobe", 0), ("uretprobe", retprobe)):
+            attr = syscall.new_perf_attr()
+            attr.type, attr.config = number, config
+            attr.uprobe_path = syscall.address(path)
+            try:
+                _close(syscall.perf_event_open(attr, -1, 0))
+            except SyscallError as e:
+                return False, f"perf_event_open of a {kind}: {_errname(e.errno)}"
+    return True, f"PMU type {number}, retprobe bit {retprobe.bit_length() - 1}; opened a uprobe and a uretprobe"
+
+
+def _probe_uprobe_multi():
+    fd, err, log = _load_raw(ProgType.KPROBE, RETURN_0, AttachType.TRACE_UPROBE_MULTI, log=True)
+    if fd is None:
+        return False, f"cannot load a uprobe_multi program: {_describe_load(fd, err, log)[1]}"
+    try:
+        with _uprobe_target() as target:
+            path = syscall.ffi.new("char[]", target.name.encode())
+            offsets = syscall.ffi.new("uint64_t[]", [0])
+            attr = syscall.new_attr()
+            lc = attr.link_create
+            lc.prog_fd, lc.attach_type = fd, int(AttachType.TRACE_UPROBE_MULTI)
+            lc.uprobe_multi.path, lc.uprobe_multi.offsets = syscall.address(path), syscall.address(offsets)
+            lc.uprobe_multi.cnt = 1
+            try:
+                _close(syscall.bpf(Cmd.LINK_CREATE, attr))
+            except SyscallError as e:
+                return False, f"BPF_LINK_CREATE: {_errname(e.errno)}"
+    finally:
+        _close(fd)
+    return True, "created and detached a link on a temporary file"
 
 
 def _probe_raw_tracepoint():
@@ -462,13 +514,16 @@ def _catalogue():
         table[f"attach_type.{atype.name.lower()}"] = lambda t=atype: _probe_attach_type(t)
     for kind in _LINKS:
         table[f"link.{kind}"] = lambda k=kind: _probe_link(k)
+    table["link.uprobe_multi"] = _probe_uprobe_multi
     for name in _isa_programs():
         table[name] = lambda n=name: _probe_program(n)
     table.update({
         "btf": _probe_btf,
         "btf_vmlinux": _probe_btf_vmlinux,
         "ringbuf": lambda: _alias("map_type.ringbuf"),
+        "bpf_loop": lambda: _alias("helper.kprobe.loop"),
         "kprobe_pmu": _probe_kprobe_pmu,
+        "uprobe_pmu": _probe_uprobe_pmu,
         "fentry": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_FENTRY, "bpf_fentry_test1"),
         "fexit": lambda: _probe_btf_program(ProgType.TRACING, AttachType.TRACE_FEXIT, "bpf_fentry_test1"),
         "lsm": _probe_lsm,

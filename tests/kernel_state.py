@@ -92,3 +92,28 @@ def snapshot():
         state["bpftool_progs"] = sorted(p["id"] for p in _json([bpftool.path, "-j", "prog", "show"]))
         state["bpftool_links"] = sorted(link["id"] for link in _json([bpftool.path, "-j", "link", "show"]))
     return state
+
+
+def uprobes(match="", programs=()):
+    """What uprobes a tool could leave: bpftool perf's uprobes and uretprobes on files whose
+    name contains `match` (pid, kind, file, offset), uprobe_multi links (bpftool 7.1 prints their
+    type as 12), the loaded programs named in `programs`, and tracefs's uprobe_events (None when tracefs is not mounted:
+    perf-event uprobes never appear there, but a tool writing them there would leave them)."""
+    from pybpf.mounts import find
+
+    bpftool = oracles.require("bpftool")
+    perf = _json([bpftool, "-j", "perf"])
+    links = _json([bpftool, "-j", "link"])
+    tracefs = find("tracefs")
+    events = None
+    if tracefs is not None:
+        with open(os.path.join(tracefs, "uprobe_events")) as f:
+            events = f.read()
+    return {
+        "perf": sorted((p["pid"], p["fd_type"], p.get("filename", ""), p.get("offset", 0)) for p in perf
+                       if p.get("fd_type") in ("uprobe", "uretprobe") and match in p.get("filename", "")),
+        "uprobe_multi": sorted(link["id"] for link in links if link.get("type") in ("uprobe_multi", 12)),
+        "programs": sorted(p.get("name", "") for p in _json([bpftool, "-j", "prog", "show"])
+                           if p.get("name") in programs),
+        "uprobe_events": events,
+    }

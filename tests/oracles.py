@@ -68,6 +68,15 @@ TOOLS = {t.name: t for t in (
     # cpu v4, gotol and may_goto: LLVM 19
     Tool("llvm-mc", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),
     Tool("llvm-objdump", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),
+    Tool("llvm-readelf", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),
+    Tool("llvm-objcopy", "--version", r"LLVM version (\d+(?:\.\d+)*)", (19,), "llvm-19", llvm=True),
+    # nm -D prints symbol versions from binutils 2.35
+    Tool("nm", "--version", r"GNU nm .*? (\d+(?:\.\d+)+)", (2, 35), "binutils"),
+    Tool("strip", "--version", r"GNU strip .*? (\d+(?:\.\d+)+)", (), "binutils"),
+    Tool("ld", "--version", r"GNU ld .*? (\d+(?:\.\d+)+)", (), "binutils"),
+    Tool("openssl", "version", r"OpenSSL (\d+(?:\.\d+)*)", (1, 1), "openssl"),
+    Tool("curl", "--version", r"curl (\d+(?:\.\d+)*)", (), "curl"),
+    Tool("wget", "--version", r"GNU Wget (\d+(?:\.\d+)*)", (), "wget"),
 )}
 
 

@@ -2,7 +2,7 @@
 """Every BPF program the tools load, as the kernel receives it, for before/after comparisons.
 
 Runs the monitor (every event kind, stream/report, slots/conns, state and accept hook the
-kernel takes), capture (a lab container, several option sets) and mirror --method bpf (several
+kernel takes), capture (a lab container, several option sets, --tls among them) and mirror --method bpf (several
 filters, to lo), and records each BPF_PROG_LOAD at the syscall: program type, expected attach type,
 name and instruction bytes, with map fds replaced by map names (fds differ between runs).
 Feature probes load programs too; they are recorded the same way.
@@ -97,7 +97,8 @@ def _captures(target):
     from bpfhook import capture, pcapng
 
     for options in ({}, {"uds": True}, {"both_directions": True, "snaplen": 128},
-                    {"ip_proto": 6, "port": 8080}, {"uds": True, "pid": 1}):
+                    {"ip_proto": 6, "port": 8080}, {"uds": True, "pid": 1},
+                    {"net": False, "tls": True}, {"net": False, "tls": True, "pid": 1}):
         path = f"/tmp/dump-programs-{os.getpid()}.pcapng"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

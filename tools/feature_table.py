@@ -41,10 +41,14 @@ CHOICES = [
     ("capture", "packets",
      [(("cgroup2", "attach_type.cgroup_inet_ingress"), "cgroup_skb ingress / egress")]),
     ("capture", "records to user space", [(("map_type.perf_event_array",), "perf event array")]),
+    ("capture", "TLS plaintext (--tls)",
+     [(("uprobe_pmu", "link.uprobe_multi", "bpf_loop"), "uprobe_multi links on the TLS library"),
+      (("uprobe_pmu", "bpf_loop"), "perf-event uprobes on the TLS library")]),
 ]
 # Probes shown as they are: what else the kernel could offer the tools.
 FEATURES = [
-    "kprobe_pmu", "fentry", "fexit", "lsm", "raw_tracepoint", "perf_event_tracepoint", "btf_vmlinux",
+    "kprobe_pmu", "uprobe_pmu", "link.uprobe_multi", "bpf_loop", "fentry", "fexit", "lsm", "raw_tracepoint",
+    "perf_event_tracepoint", "btf_vmlinux",
     "map_type.ringbuf", "link.tcx", "link.netkit", "link.xdp", "link.cgroup", "link.perf_event",
     "isa.v3", "isa.v4", "bounded_loops", "atomics", "prog_type.syscall", "prog_type.netfilter", "map_type.arena",
     "tracefs", "debugfs", "cgroup2",

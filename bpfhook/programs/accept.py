@@ -26,8 +26,8 @@ from pybpf import tracefs
 from pybpf.asm import Program
 
 from .conn_common import (AF_INET, AF_INET6, IPPROTO_TCP, conn_at, copy_shared, current_task, emit,
-                          exit_unless_tcp, field_in, find_conn, kread, kread_fields, mark_conn, sock_addresses,
-                          sock_netns, task_reader)
+                          exit_unless_tcp, fd_file, find_conn, kread, mark_conn, sock_addresses, sock_netns,
+                          task_reader)
 
 HOOKS = ("fexit", "kretprobe", "getpeername", "tracepoint")  # best first
 GETPEERNAME_HOOKS = {4: "getpeername4", 6: "getpeername6"}
@@ -81,20 +81,7 @@ def build(maps, kernel, tracepoint=TRACEPOINTS[0], fields=None):
     p.r7 = p.r9.u64[ret_off]  # the new fd, or -errno
     with p.If(p.r7.s < 0):
         p.exit(0)
-    # current->files->fdt
-    p.call("get_current_task")
-    p.r6 = p.r0
-    kread(p, scratch, 0, 8, p.r6, kernel.task_files)
-    kread(p, scratch, 0, 8, scratch.u64[0], kernel.files_fdt)
-    p.r6 = scratch.u64[0]
-    at = kread_fields(p, kernel, buf, p.r6, ("fdt_max_fds", "fdt_fd"))
-    p.r1 = field_in(buf, at, kernel, "fdt_max_fds")
-    with p.If(p.r7 >= p.r1):  # closed and reused by another thread already: nothing to trust
-        p.exit(0)
-    p.r6 = field_in(buf, at, kernel, "fdt_fd")  # struct file **fd
-    p.r7 <<= 3
-    p.r6 += p.r7
-    kread(p, scratch, 0, 8, p.r6, 0)  # struct file *
+    fd_file(p, kernel, buf, scratch, p.r7)
     kread(p, scratch, 0, 8, scratch.u64[0], kernel.file_private_data)  # struct socket *
     kread(p, scratch, 0, 8, scratch.u64[0], kernel.socket_sk)  # struct sock *
     p.r6 = scratch.u64[0]

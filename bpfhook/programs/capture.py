@@ -45,8 +45,9 @@ def maps(cpus_pages=None):
     return events, stats
 
 
-def _count(p, stats, key, index, amount):
-    """stats[index] += amount (per-CPU: no atomics needed). Clobbers r0-r5."""
+def count_stat(p, stats, key, index, amount=1):
+    """stats[index] += amount in a per-CPU array (no atomics needed); key: 4 spare stack bytes.
+    Clobbers r0-r5."""
     key.u32[0] = index
     p.call("map_lookup_elem", stats, key)
     with p.If(p.r0 != 0):
@@ -117,14 +118,14 @@ def build(direction, events, stats, snaplen=262144, ip_proto=0, port=0):
     ev.cgroup_id = p.r0
     p.r9 = p.r6.u32[SKB_LEN]
     ev.len = p.r9
-    _count(p, stats, key, STAT["seen"], 1)
-    _count(p, stats, key, STAT["bytes"], p.r9)
+    count_stat(p, stats, key, STAT["seen"], 1)
+    count_stat(p, stats, key, STAT["bytes"], p.r9)
 
     # r7 = caplen = min(len, snaplen)
     p.r7 = p.r9
     with p.If(p.r9 > snaplen):
         p.r7 = snaplen
-        _count(p, stats, key, STAT["truncated"], 1)
+        count_stat(p, stats, key, STAT["truncated"], 1)
     ev.caplen = p.r7
     p.r3 = p.r7
     p.r3 <<= 32
@@ -132,7 +133,7 @@ def build(direction, events, stats, snaplen=262144, ip_proto=0, port=0):
     p.r3 |= p.r1
     p.call("perf_event_output", p.r6, events, p.r3, ev, PacketEvent.sizeof())
     with p.If(p.r0 != 0):
-        _count(p, stats, key, STAT["lost"], 1)
+        count_stat(p, stats, key, STAT["lost"], 1)
     p.exit(1)
     return p
 

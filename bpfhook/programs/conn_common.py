@@ -433,6 +433,40 @@ def sock_addresses(p, k, dst, buf, sk, typed=False):
                 dst[addr].u64[half] = p.r1
 
 
+def fd_file(p, k, buf, scratch, fd, ret=0):
+    """scratch.u64[0] = the struct file * of the current task's fd in register `fd` (r7..r9;
+    clobbered): current->files->fdt->fd[fd], read with bpf_probe_read_kernel; the program
+    ends (returning `ret`) for an fd past the table. buf: 32 spare stack bytes; r6 clobbered."""
+    p.call("get_current_task")
+    p.r6 = p.r0
+    kread(p, scratch, 0, 8, p.r6, k.task_files)
+    kread(p, scratch, 0, 8, scratch.u64[0], k.files_fdt)
+    p.r6 = scratch.u64[0]
+    at = kread_fields(p, k, buf, p.r6, ("fdt_max_fds", "fdt_fd"))
+    p.r1 = field_in(buf, at, k, "fdt_max_fds")
+    with p.If(fd >= p.r1):  # closed and reused by another thread already: nothing to trust
+        p.exit(ret)
+    p.r6 = field_in(buf, at, k, "fdt_fd")  # struct file **fd
+    fd <<= 3
+    p.r6 += fd
+    kread(p, scratch, 0, 8, p.r6, 0)  # struct file *
+
+
+def current_in_cgroup(p, cgroups, key, pid=0):
+    """Leave the program unless the current task is in the cgroup held at slot 0 of the cgroup
+    array `cgroups`, or below it (and, with `pid`, belongs to that process); key.u64[0] = its
+    pid_tgid."""
+    p.call("current_task_under_cgroup", cgroups, 0)
+    with p.If(p.r0 != 1):
+        p.exit(0)
+    p.call("get_current_pid_tgid")
+    key.u64[0] = p.r0
+    if pid:
+        p.r0 >>= 32
+        with p.If(p.r0 != pid):
+            p.exit(0)
+
+
 def sock_field(p, k, scratch, sk, name, typed=False):
     """r1 = kernel field `name` (its width from BTF) of the struct sock in register `sk`.
     scratch: 8 spare stack bytes (untyped: bpf_probe_read_kernel lands there); typed: see

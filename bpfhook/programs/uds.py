@@ -30,6 +30,9 @@ from pybpf.maps import Map
 from pybpf.prog import load
 from pybpf.uapi import MapType
 
+from .capture import count_stat
+from .conn_common import current_in_cgroup
+
 CHUNK = 16384  # bytes of payload per record
 MAX_PIECES = 32  # records per call (the tail-call limit): with CHUNK, 512 KiB
 MAX_PATH = 108  # sizeof(sun_path)
@@ -114,15 +117,6 @@ def _kread(p, tmp, src, off, type="u64"):
     p.r0 = getattr(tmp, type)[0]
 
 
-def _count(p, stats, key, index):
-    key.u32[0] = index
-    p.call("map_lookup_elem", stats, key)
-    with p.If(p.r0 != 0):
-        p.r1 = p.r0.u64[0]
-        p.r1 += 1
-        p.r0.u64[0] = p.r1
-
-
 def build_enter(syscall, maps, offsets, args, pid=0):
     """The sys_enter program: is this fd a Unix socket of ours? Then remember the call."""
     _number, _direction, shape = SYSCALLS[syscall]
@@ -132,15 +126,7 @@ def build_enter(syscall, maps, offsets, args, pid=0):
     tmp = p.stack.alloc(8)
     key = p.stack.alloc(8)
     ent = p.stack.alloc(Inflight)
-    p.call("current_task_under_cgroup", maps["cgroups"], 0)
-    with p.If(p.r0 != 1):
-        p.exit(0)
-    p.call("get_current_pid_tgid")
-    key.u64[0] = p.r0
-    if pid:
-        p.r0 >>= 32
-        with p.If(p.r0 != pid):
-            p.exit(0)
+    current_in_cgroup(p, maps["cgroups"], key, pid)
     p.r7 = p.r6.u32[args["fd"]]
     p.call("get_current_task")
     p.r8 = p.r0
@@ -241,7 +227,7 @@ def build_exit(syscall, maps, offsets, snaplen):
     p.r7 = p.r6.u64[16]  # ret
     with p.If(p.r7.s <= 0):
         p.exit(0)
-    _count(p, maps["stats"], key32, STAT["seen"])
+    count_stat(p, maps["stats"], key32, STAT["seen"])
     key32.u32[0] = 0
     p.call("map_lookup_elem", maps["scratch"], key32)
     with p.If(p.r0 == 0):
@@ -283,7 +269,7 @@ def build_exit(syscall, maps, offsets, snaplen):
     # rem = min(ret, snaplen); the pieces come from one buffer or from the iovecs
     with p.If(p.r7 > snaplen):
         p.r7 = snaplen
-        _count(p, maps["stats"], key32, STAT["truncated"])
+        count_stat(p, maps["stats"], key32, STAT["truncated"])
     key32.u32[0] = 0
     p.call("map_lookup_elem", maps["state"], key32)
     with p.If(p.r0 == 0):
@@ -372,7 +358,7 @@ def build_pieces(maps):
     p.r1 += HDR
     p.call("probe_read_user", p.r1, p.r8, p.r3)
     with p.If(p.r0 != 0):
-        _count(p, maps["stats"], key32, STAT["faults"])
+        count_stat(p, maps["stats"], key32, STAT["faults"])
         p.goto("close")
     _event(p).len = p.r8
     p.r1 = p.r7.u64[OFF]
@@ -388,13 +374,13 @@ def build_pieces(maps):
     p.r3 = BPF_F_CURRENT_CPU
     p.call("perf_event_output", p.r6, maps["events"], p.r3, p.r9, p.r5)
     with p.If(p.r0 != 0):
-        _count(p, maps["stats"], key32, STAT["lost"])
+        count_stat(p, maps["stats"], key32, STAT["lost"])
     p.r1 = p.r7.u64[REM]
     with p.If(p.r1 == 0):
         p.exit(0)
     p.label("next")
     p.call("tail_call", p.r6, maps["pieces"], 0)
-    _count(p, maps["stats"], key32, STAT["truncated"])  # out of tail calls: the rest stays unseen
+    count_stat(p, maps["stats"], key32, STAT["truncated"])  # out of tail calls: the rest stays unseen
     # A call not fully copied (out of iovecs, a fault, out of tail calls) still closes its message.
     p.label("close")
     _event(p).last = 1

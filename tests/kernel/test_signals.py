@@ -44,6 +44,8 @@ def world(tmp_path_factory):
     try:
         for name in names.values():
             made.append(Lab.up(name))
+        # a process in the captured container: capture --tls probes the TLS libraries it sees
+        made[list(names).index("cap")].spawn(["sleep", "600"], stdout=subprocess.DEVNULL)
         sink.bind(("127.0.0.1", 0))
         tmp = tmp_path_factory.mktemp("signals")
         replay_file = _replay_file(tmp / "replay.pcapng", sink.getsockname()[1])
@@ -51,6 +53,8 @@ def world(tmp_path_factory):
             "monitor": lambda run: ["monitor", "-m", "0.3", "-s"],
             "monitor --json": lambda run: ["monitor", "--json"],
             "capture": lambda run: ["capture", "--container", names["cap"], "-w", str(tmp / f"{run}.pcapng")],
+            "capture --tls": lambda run: ["capture", "--container", names["cap"], "--net", "--uds", "--tls",
+                                          "-w", str(tmp / f"{run}.pcapng")],
             "mirror mirred": lambda run: ["mirror", "--from", names["src"], "--to", names["obs"],
                                           "--method", "mirred"],
             "mirror bpf": lambda run: ["mirror", "--from", names["src"], "--to", names["obs"], "--method", "bpf"],
@@ -69,8 +73,8 @@ def world(tmp_path_factory):
                 pass
 
 
-TOOLS = ("monitor", "monitor --json", "capture", "mirror mirred", "mirror bpf", "lab exec", "replay",
-         "demo mirror")
+TOOLS = ("monitor", "monitor --json", "capture", "capture --tls", "mirror mirred", "mirror bpf", "lab exec",
+         "replay", "demo mirror")
 
 
 def _signal_twice(proc, via_timeout, pair):
@@ -128,5 +132,5 @@ def test_two_signals_never_cut_the_clean_up_short(world, tool):
             # (the kernel frees a closed program after an RCU grace period: wait for that, not longer)
             eventually(lambda: kernel_state.snapshot() == before, timeout=10 * slow_factor())
             assert kernel_state.snapshot() == before, f"{where}: left behind\n{err}"
-            if tool == "capture":
+            if tool.startswith("capture"):
                 _check_capture_file(world["tmp"] / f"{runs}.pcapng")
