@@ -504,6 +504,14 @@ def _sizeof(layout):
     return layout if isinstance(layout, int) else layout.sizeof()
 
 
+def _is_set(obj, slot):
+    try:
+        object.__getattribute__(obj, slot)
+    except AttributeError:
+        return False
+    return True
+
+
 class _View(_Addressable):
     """Memory with a layout at base + offset: its fields by name (`v.pid`, `v["pid"]`), read by
     assigning them to a register, written by assigning to them. Fields that are structs or arrays
@@ -551,10 +559,13 @@ class _View(_Addressable):
         return self._get(name)
 
     def __setattr__(self, name, value):
-        if name in self._OWN:
-            object.__setattr__(self, name, value)
-        else:
+        if name not in self._OWN:
             self._put(name, value)
+        elif name[:1] == "_" or not _is_set(self, name):  # (set once, in __init__)
+            object.__setattr__(self, name, value)
+        else:  # `slot.size = p.r7` must not quietly replace the view's own attribute
+            raise AssemblerError(f"{name!r} is the view's own attribute, not a field: write a field of that "
+                                 f"name as v[{name!r}] = ...", _source())
 
     def __getitem__(self, name):
         return self._get(str(name))

@@ -277,3 +277,17 @@ def test_let_lends_registers_the_code_does_not_use_and_says_when_none_is_left():
     p.r8 = 2  # the user writes r8 now: no longer lendable
     with p.let() as third:
         assert third.n == 7
+
+
+def test_a_field_named_like_a_views_own_attribute_is_refused_by_attribute_and_stored_by_item():
+    """`slot.size = r` on a layout with a field `size` would quietly replace the slot's size."""
+    layout = c.Struct("size" / c.Int32ul, "layout" / c.Int32ul)
+    p = Program("own", prog_type="socket_filter")
+    slot, ptr = p.stack.alloc(layout), p.ptr(p.r6, layout)
+    for view, name in ((slot, "size"), (ptr, "layout")):
+        with pytest.raises(AssemblerError, match=rf"'{name}' is the view's own attribute.*v\['{name}'\]") as err:
+            setattr(view, name, p.r7)
+        assert "test_dsl_fields.py:" in err.value.where  # the line that wrote it
+    slot["size"] = p.r7
+    ptr["layout"] = p.r7
+    assert slot.size == 8 and [i.op.name for i in p.insns[-2:]] == ["stxw", "stxw"]
