@@ -12,11 +12,13 @@ import contextlib
 import time
 
 from bpfhook import netns, procfs, records
+from bpfhook.program_cache import CACHE_DIR, ProgramCache
 from bpfhook.programs import accept as accept_program
 from bpfhook.programs import (conn_common, conn_destroy, conn_state, connect, existing, live_conns, task_netns,
                               tcp_health)
 from pybpf import attach, features
-from pybpf.errors import BpfError, FeatureUnavailable
+from bpfhook.timings import NoTimings
+from pybpf.errors import BpfError, FeatureUnavailable, VerifierError
 from pybpf.readers import open_reader
 from pybpf.prog import load
 
@@ -36,9 +38,13 @@ class Monitor:
     older:      enter the TCP connections open before the start into the table now
                 (enter_older(); .older = how many, None where the kernel cannot; their owners
                 from /proc in .older_owners)
+    timings:    a bpfhook.timings.Timings to add the start-up phases to
+    cache_dir:  where the programs built are kept for the next start (bpfhook.program_cache);
+                None builds them every time
     """
 
-    def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None, older=True):
+    def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None, older=True,
+                 timings=None, cache_dir=CACHE_DIR):
         for what, choice, hooks in (("accept", accept, accept_program.HOOKS), ("state", state, conn_state.HOOKS)):
             if choice != "auto" and choice not in hooks:
                 raise ValueError(f"{what} hook {choice!r}: expected auto or one of {', '.join(hooks)}")
@@ -56,15 +62,21 @@ class Monitor:
         self.programs = []  # loaded and attached, whose skipped runs lose events (lost())
         self.menders = []  # ... and programs/conn_destroy.py's, whose skipped runs lose nothing
         self._stack = contextlib.ExitStack()
+        self.timings = timings = timings or NoTimings()
         try:
-            kernel = conn_common.KernelOffsets.load()
-            if slots is None:
-                slots = conn_common.CONN_SLOTS if features.has("atomics") else 0
-            self.maps = self._stack.enter_context(conn_common.Maps(ringbuf=events == "ringbuf", stream=stream,
-                                                                   slots=slots))
-            # Reader before programs: a perf array slot without its ring makes the output fail.
-            # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
-            self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
+            with timings.phase("kernel offsets"):
+                kernel = conn_common.KernelOffsets.load()
+                if slots is None:
+                    slots = conn_common.CONN_SLOTS if features.has("atomics") else 0
+            with timings.phase("maps"):
+                self.maps = self._stack.enter_context(conn_common.Maps(ringbuf=events == "ringbuf", stream=stream,
+                                                                       slots=slots))
+                # Reader before programs: a perf array slot without its ring makes the output fail.
+                # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
+                self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
+            self._programs = None if cache_dir is None else ProgramCache(
+                {"kernel": [kernel.offsets, kernel.funcs], "ringbuf": events == "ringbuf", "stream": stream,
+                 "slots": slots}, cache_dir)
             self.state_hook, self.state_note = self._attach_first(self._raw_tracepoint_attempts(kernel, conn_state),
                                                                   conn_state.HOOKS if state == "auto" else (state,))
             self._attach_destroy(kernel)
@@ -72,8 +84,9 @@ class Monitor:
             self.accept_hook, self.accept_note = self._attach_first(
                 self._accept_attempts(kernel), accept_program.HOOKS if accept == "auto" else (accept,))
             for version, hook in connect.HOOKS.items():
-                prog = load(connect.build(self.maps, kernel, version), "cgroup_sock_addr", name=f"bh_{hook}",
-                            expected_attach_type=f"cgroup_inet{version}_connect")
+                prog = self._load(f"connect{version}", lambda: connect.build(self.maps, kernel, version),
+                                  "cgroup_sock_addr", name=f"bh_{hook}",
+                                  expected_attach_type=f"cgroup_inet{version}_connect")
                 self._hold(prog)
                 self._stack.enter_context(attach.cgroup(prog, hook, cgroup_dir))
             self._kernel = kernel
@@ -94,7 +107,8 @@ class Monitor:
         attached."""
         try:
             with existing.listeners_map() as listeners:  # (the loaded program holds it from here)
-                link = self._iterator(existing.build(self.maps, self._kernel, listeners), existing.FUNC)
+                link = self._iterator("existing", lambda: existing.build(self.maps, self._kernel, listeners),
+                                      existing.FUNC, {listeners.name: listeners})
             with link:
                 output = b"".join(output for _, output in self._walk_every_netns(link))
         except BpfError as e:
@@ -138,14 +152,34 @@ class Monitor:
 
     def _live_walk_link(self):
         """The live_conns iterator, loaded and attached (a step of its own, for tests to refuse)."""
-        return self._iterator(live_conns.build(self.maps, self._kernel), existing.FUNC)
+        return self._iterator("live_conns", lambda: live_conns.build(self.maps, self._kernel), existing.FUNC)
 
-    def _iterator(self, program, func):
-        """The iterator `program` (pybpf.asm.Program, named) loaded and attached to the target of
+    def _iterator(self, key, build, func, maps=None):
+        """The iterator program build() makes (as _load) loaded and attached to the target of
         kernel function `func`: a Link that owns its program."""
-        with load(program, "tracing", name=program.name, expected_attach_type="trace_iter",
-                  attach_btf_id=self._kernel.func(func)[0]) as prog:
+        with self._load(key, build, "tracing", expected_attach_type="trace_iter",
+                        attach_btf_id=self._kernel.func(func)[0], maps=maps) as prog:
             return attach.iterator(prog)
+
+    def _load(self, key, build, prog_type, maps=None, **options):
+        """pybpf.prog.load of the program build() makes (a DSL program over self.maps and
+        `maps`), kept by the program cache under `key` (what tells it from the others built by
+        other arguments). A verifier error is raised from the program built anew: it names the
+        DSL line."""
+        if self._programs is None:
+            with self.timings.phase("build"):
+                program = build()
+            with self.timings.phase("load"):
+                return load(program, prog_type, **options)
+        with self.timings.phase("build"):
+            prepared = self._programs.get(key, build)
+        named = {m.name: m for m in self.maps.all}
+        named.update(maps or {})
+        with self.timings.phase("load"):
+            try:
+                return load(prepared, prog_type, maps=named, **options)
+            except VerifierError:
+                return load(build(), prog_type, **options)
 
     def _walk_every_netns(self, link):
         """Run the socket iterator `link` here, then in every other network namespace (an
@@ -173,8 +207,8 @@ class Monitor:
             try:
                 if not netns.in_initial_pid_namespace():
                     raise FeatureUnavailable("/proc shows another pid namespace than the kernel's")
-                self._task_walk = self._stack.enter_context(self._iterator(task_netns.build(self._kernel),
-                                                                            task_netns.FUNC))
+                self._task_walk = self._stack.enter_context(
+                    self._iterator("task_netns", lambda: task_netns.build(self._kernel), task_netns.FUNC))
             except BpfError:
                 self._task_walk_failed = True  # (the scan finds the same, slower)
         processes = None  # (the scan's)
@@ -205,14 +239,14 @@ class Monitor:
 
         def tp_btf(stack, held):
             btf_id, _nargs = kernel.func(program.TP_BTF)
-            prog = load(program.build(self.maps, kernel, typed=True), "tracing", name=name,
-                        expected_attach_type="trace_raw_tp", attach_btf_id=btf_id)
+            prog = self._load(f"{name}.typed", lambda: program.build(self.maps, kernel, typed=True), "tracing",
+                              name=name, expected_attach_type="trace_raw_tp", attach_btf_id=btf_id)
             self._hold(prog, stack, held)
             stack.enter_context(attach.tracing(prog))
             return f"tp_btf {program.RAW_TRACEPOINT}"
 
         def raw_tracepoint(stack, held):
-            prog = load(program.build(self.maps, kernel), "raw_tracepoint", name=name)
+            prog = self._load(name, lambda: program.build(self.maps, kernel), "raw_tracepoint", name=name)
             self._hold(prog, stack, held)
             stack.enter_context(attach.raw_tracepoint(prog, program.RAW_TRACEPOINT))
             return f"raw tracepoint {program.RAW_TRACEPOINT}"
@@ -251,8 +285,8 @@ class Monitor:
         """{hook: attach(stack, held) -> how} for accept attribution (accept.HOOKS)."""
         def fexit(stack, held):
             btf_id, _nargs = kernel.func(accept_program.FUNC)
-            prog = load(accept_program.build_fexit(self.maps, kernel), "tracing", name="bh_accept",
-                        expected_attach_type="trace_fexit", attach_btf_id=btf_id)
+            prog = self._load("accept.fexit", lambda: accept_program.build_fexit(self.maps, kernel), "tracing",
+                              name="bh_accept", expected_attach_type="trace_fexit", attach_btf_id=btf_id)
             self._hold(prog, stack, held)
             stack.enter_context(attach.fexit(prog))
             return f"fexit {accept_program.FUNC}"
@@ -262,15 +296,18 @@ class Monitor:
                 raise FeatureUnavailable(features.probe("kprobe_pmu").detail)
             if "regs_rc" not in kernel.offsets:
                 raise FeatureUnavailable("no PT_REGS_RC layout known for this architecture")
-            prog = load(accept_program.build_kretprobe(self.maps, kernel), "kprobe", name="bh_accept")
+            prog = self._load("accept.kretprobe", lambda: accept_program.build_kretprobe(self.maps, kernel), "kprobe",
+                              name="bh_accept")
             self._hold(prog, stack, held)
             stack.enter_context(attach.kretprobe(prog, accept_program.FUNC))
             return f"kretprobe {accept_program.FUNC}"
 
         def getpeername(stack, held):
             for version, hook in accept_program.GETPEERNAME_HOOKS.items():
-                prog = load(accept_program.build_getpeername(self.maps, kernel, version), "cgroup_sock_addr",
-                            name="bh_accept", expected_attach_type=f"cgroup_inet{version}_getpeername")
+                prog = self._load(f"accept.getpeername{version}",
+                                  lambda: accept_program.build_getpeername(self.maps, kernel, version),
+                                  "cgroup_sock_addr", name="bh_accept",
+                                  expected_attach_type=f"cgroup_inet{version}_getpeername")
                 self._hold(prog, stack, held)
                 stack.enter_context(attach.cgroup(prog, hook, self.cgroup_dir))
             return "cgroup getpeername4/getpeername6 (accept() calls that take the peer's address)"
@@ -278,7 +315,9 @@ class Monitor:
         def tracepoints(stack, held):
             for tracepoint in accept_program.TRACEPOINTS:
                 try:
-                    prog = load(accept_program.build(self.maps, kernel, tracepoint), "tracepoint", name="bh_accept")
+                    prog = self._load(f"accept.{tracepoint}",
+                                      lambda: accept_program.build(self.maps, kernel, tracepoint),
+                                      "tracepoint", name="bh_accept")
                     self._hold(prog, stack, held)
                     stack.enter_context(attach.tracepoint(prog, tracepoint))
                 except FeatureUnavailable as e:

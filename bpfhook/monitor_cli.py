@@ -21,10 +21,12 @@ from bpfhook.monitor import Monitor
 from bpfhook.programs.accept import HOOKS as ACCEPT_HOOKS
 from bpfhook.report import Aggregator, endpoint, render, render_final, summary_snapshot
 from bpfhook.shutdown import Shutdown
+from bpfhook.timings import Timings, since_exec
 from pybpf import mounts
 from pybpf.errors import BpfError
 
 NEEDS_ROOT = True
+INTERPRETER = "interpreter and imports"  # the timings phase before watch()
 POLLS_SHUTDOWN = True  # the final report, then detach
 POLL_SECONDS = 0.1  # the BPF side batches wakeups; we look at least this often
 # Trimming ended entries and looking for lost events: a dozen syscalls, which at every poll
@@ -50,6 +52,7 @@ class MonitorOptions:
     port: int = None
     duration: float = None
     accept: str = "auto"  # accept attribution hook: auto or one of programs.accept.HOOKS
+    timings: bool = False  # say where the start-up time went
 
 
 def add_arguments(parser):
@@ -72,6 +75,8 @@ def add_arguments(parser):
                         help="how accepted connections get their process (default auto: the first of "
                         f"{', '.join(ACCEPT_HOOKS)} this kernel allows; tracepoint sees every accept() but slows "
                         "every system call on the host)")
+    parser.add_argument("--timings", action="store_true",
+                        help="say where the start-up time went, phase by phase, and when the first event came")
 
 
 def options_from(args):
@@ -89,7 +94,7 @@ def options_from(args):
         cgroup=cgroup, metrics_interval=args.metrics_interval, show_containers=args.show_containers,
         show_events=args.show_events, json=args.json, prometheus=args.prometheus, container=args.container,
         container_cgroup=_container_cgroup(args.container), pid=args.pid, port=args.port, duration=args.duration,
-        accept=args.accept,
+        accept=args.accept, timings=args.timings,
     )
 
 
@@ -167,6 +172,9 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
     out = out or sys.stdout
     err = err or sys.stderr
     started = time.monotonic()
+    timings = Timings() if options.timings else None
+    if timings is not None:
+        timings.add(INTERPRETER, since_exec())
     own_signals = not isinstance(stop, Shutdown)
     interrupted = Shutdown(stop).install() if own_signals else stop
     try:
@@ -179,8 +187,9 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
         stream = bool(json_out or options.show_events or on_event or not keep.passes_everything)
         with contextlib.ExitStack() as stack:
             monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream, accept=options.accept,
-                                                  older=False))
+                                                  older=False, timings=timings))
             _say_started(monitor, options, started, err)
+            first_event = timings is not None
 
             def snapshot():
                 """What the reports show (call with the lock held)."""
@@ -198,6 +207,11 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
 
             def deliver(batch, show_events):
                 """The events that pass the filters, to the report, the output and on_event."""
+                nonlocal first_event
+                if first_event and batch:
+                    first_event = False
+                    print(f"bpfhook monitor: first event {(time.monotonic() - started) * 1000:.1f} ms after "
+                          "the start of the command", file=err, flush=True)
                 with lock:
                     for event in batch:
                         container = resolve(event["cgroup_id"])
@@ -269,16 +283,24 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
 def _say_started(monitor, options, started, err):
     """The start-up lines: attached how, where and in how long; the older connections; what could
     not be had."""
-    print(f"bpfhook monitor: attached in {time.monotonic() - started:.3f}s "
+    attached = time.monotonic() - started
+    print(f"bpfhook monitor: attached in {attached:.3f}s "
           f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
+    timings = monitor.timings
+    if options.timings:
+        timings.add("attach and the rest", attached - sum(timings.phases.values()) + timings.phases[INTERPRETER])
     print(f"bpfhook monitor: connection states through {monitor.state_note}", file=err, flush=True)
     print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
-    older = monitor.enter_older()
+    older = monitor.enter_older()  # (and the live walk below: the first poll waits for them)
     if older is not None:
         print(f"bpfhook monitor: {older} TCP connections open before the start entered, "
               f"{len(monitor.older_owners)} with their owner from /proc (the rest: when accepted or "
               "closed)", file=err, flush=True)
     monitor.load_live_walk()  # now: a kernel without the walk is noted below
+    if options.timings:
+        timings.add("older connections", time.monotonic() - started - attached)
+        print(f"bpfhook monitor: timings: {timings.line()} (interpreter and imports: from the exec, to 10 ms; "
+              f"build: the programs not kept from the last start)", file=err, flush=True)
     for note in monitor.notes:
         print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
     for capability, lost in missing_capabilities(among=MONITOR):  # (what it needs to start, it had)

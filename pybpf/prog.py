@@ -21,6 +21,7 @@ from .asm.link import label_slots, link
 from .errors import (ENOTSUPP, STATS_LINE, AssemblerError, BpfError, NotPermitted, SyscallError, VerifierError,
                      syscall_error, traceback_at)
 from .fd import FdOwner
+from .prepared import Prepared
 from .uapi import OBJ_NAME_LEN, AttachType, Cmd, ProgType, member
 
 LOG_SIZE_START = 64 << 10
@@ -201,10 +202,11 @@ def _load_error(err, log, slots, ptype, name, insn_cnt, expected_attach_type=Non
 
 def load(program, prog_type=None, *, name=None, license=None, expected_attach_type=None, attach_btf_id=0,
          attach_btf_obj_fd=0, attach_prog_fd=0, kern_version=0, prog_flags=0, log_level=0,
-         fd_array=None, ifindex=0, stats=False, btf=True):
+         fd_array=None, ifindex=0, stats=False, btf=True, maps=None):
     """Load a program; returns a LoadedProgram that owns the fd.
 
-    program:   list of Insn (labels linked, map refs patched), a DSL program (.link()), or bytes
+    program:   list of Insn (labels linked, map refs patched), a DSL program (.link()), bytes, or
+               a pybpf.prepared.Prepared, whose maps come from `maps` ({name: Map})
     prog_type: ProgType, its value, or its name ("xdp", "sched_cls", "BPF_PROG_TYPE_XDP");
                name, license ("GPL") and expected_attach_type default to the program's own
                attributes of those names (a DSL Program carries the first three)
@@ -225,8 +227,11 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
     expected_attach_type = _own(program, "expected_attach_type", expected_attach_type)
     attach_btf_id = attach_btf_id or getattr(program, "attach_btf_id", 0)  # a DSL tp_btf program's target
     functions = getattr(program, "functions", None)  # before instructions() replaces a DSL program
-    insns = instructions(program)
-    if insns is None:
+    prepared = program if isinstance(program, Prepared) else None
+    insns = None if prepared is not None else instructions(program)
+    if prepared is not None:
+        code, slots = prepared.code_with(maps), None
+    elif insns is None:
         code, slots = bytes(program), None
         if len(code) % 8:
             raise AssemblerError(f"bytecode is {len(code)} bytes, not a multiple of 8")
@@ -260,7 +265,10 @@ def load(program, prog_type=None, *, name=None, license=None, expected_attach_ty
         fds_buf = ffi.new("int32_t[]", [f if isinstance(f, int) else f.fd for f in fd_array])
         attr.fd_array = syscall.address(fds_buf)
 
-    info = program_btf(insns, functions) if btf and insns is not None else None
+    if prepared is not None:
+        info = prepared.btf if btf else None
+    else:
+        info = program_btf(insns, functions) if btf and insns is not None else None
     if info is not None:
         info_bufs = (ffi.from_buffer(info.func_info), ffi.from_buffer(info.line_info))
         btf_fd = _load_program_btf(info, attr, info_bufs)

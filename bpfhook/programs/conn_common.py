@@ -257,6 +257,11 @@ class Maps:
         return self.events.type == MapType.RINGBUF
 
     @property
+    def all(self):
+        """Every map, in the order made."""
+        return tuple(self._all)
+
+    @property
     def slot_bits(self):
         """log2 of the slot count: how many top bits of sk * SLOT_HASH pick a slot (slot_of)."""
         return max(self.slots.bit_length() - 1, 0)

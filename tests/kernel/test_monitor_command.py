@@ -167,3 +167,29 @@ def test_an_accept_hook_the_kernel_refuses_is_one_line_and_nonzero():
     assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("bpfhook: error: "), p.stderr
     eventually(lambda: not our_prog_ids() - before, timeout=10)  # freed after an RCU grace period
     assert our_prog_ids() - before == set()
+
+
+def test_timings_say_where_the_start_went_and_when_the_first_event_came():
+    """--timings: one line of the start-up phases (the programs built at the first start, kept
+    for the next: its build phase is nothing), then one when the first event arrives."""
+    lines = []
+    for _ in range(2):
+        seen = []
+        with loopback_connection() as (port, _cport):
+            stop, t, _out, err, result = _run_in_thread(_options(port=port, timings=True),
+                                                        lambda e, ctr: seen.append(e))
+            try:
+                with socket.create_connection(("127.0.0.1", port)):
+                    pass
+                assert eventually(lambda: "first event" in err.getvalue())
+            finally:
+                stop.set()
+                t.join(10)
+        assert result["rc"] == 0
+        lines.append(err.getvalue())
+    phases = [dict(re.fullmatch(r"([a-z ]+) ([\d.]+) ms", phase).groups()
+                   for phase in re.search(r"timings: (.*?) \(", said)[1].split(", ")) for said in lines]
+    assert list(phases[1]) == ["interpreter and imports", "kernel offsets", "maps", "build", "load",
+                               "attach and the rest", "older connections"]
+    assert float(phases[1]["build"]) < 1 and float(phases[1]["load"]) > 0
+    assert re.search(r"first event [\d.]+ ms after the start", lines[1])
