@@ -30,6 +30,9 @@ class Monitor:
     events:     "auto" (probe), "ringbuf" or "perf"
     stream:     True: every event reaches read(); False: nothing is sent one by one, the
                 report comes from the maps (stats(), recent(), connections())
+    transitions: streaming, every TCP state transition is an event (True); False: a
+                connection's opening and its close only (conn_common.Maps)
+    ring_size:  the ring buffer's bytes (a power of two; conn_common.RINGBUF_SIZE by default)
     accept:     "auto" (the best of accept.HOOKS the kernel allows), or one of them; the
                 chosen hook is .accept_hook, how it came about .accept_note
     state:      the same for the state program and conn_state.HOOKS (.state_hook, .state_note)
@@ -44,7 +47,7 @@ class Monitor:
     """
 
     def __init__(self, cgroup_dir, events="auto", stream=True, accept="auto", state="auto", slots=None, older=True,
-                 timings=None, cache_dir=CACHE_DIR):
+                 timings=None, cache_dir=CACHE_DIR, transitions=True, ring_size=conn_common.RINGBUF_SIZE):
         for what, choice, hooks in (("accept", accept, accept_program.HOOKS), ("state", state, conn_state.HOOKS)):
             if choice != "auto" and choice not in hooks:
                 raise ValueError(f"{what} hook {choice!r}: expected auto or one of {', '.join(hooks)}")
@@ -70,13 +73,15 @@ class Monitor:
                     slots = conn_common.CONN_SLOTS if features.has("atomics") else 0
             with timings.phase("maps"):
                 self.maps = self._stack.enter_context(conn_common.Maps(ringbuf=events == "ringbuf", stream=stream,
-                                                                       slots=slots))
+                                                                       slots=slots, transitions=transitions,
+                                                                       ringbuf_size=ring_size))
                 # Reader before programs: a perf array slot without its ring makes the output fail.
-                # layout: perf records carry tail padding; the reader decodes the EVENT prefix.
-                self.reader = self._stack.enter_context(open_reader(self.maps.events, layout=records.EVENT))
+                # Records as bytes: records.decode_event decodes the EVENT at their start (perf
+                # records carry tail padding).
+                self.reader = self._stack.enter_context(open_reader(self.maps.events))
             self._programs = None if cache_dir is None else ProgramCache(
                 {"kernel": [kernel.offsets, kernel.funcs], "ringbuf": events == "ringbuf", "stream": stream,
-                 "slots": slots}, cache_dir)
+                 "slots": slots, "transitions": transitions}, cache_dir)
             self.state_hook, self.state_note = self._attach_first(self._raw_tracepoint_attempts(kernel, conn_state),
                                                                   conn_state.HOOKS if state == "auto" else (state,))
             self._attach_destroy(kernel)

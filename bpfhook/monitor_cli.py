@@ -4,6 +4,7 @@
 Bad syntax (numbers, HOST:PORT) is a usage error (exit 2, from argparse); a cgroup path that does
 not exist is a runtime error (exit 1).
 """
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -19,6 +20,7 @@ from bpfhook.doctor import MONITOR, missing_capabilities
 from bpfhook.exporters import JsonLines, exposition, node_name
 from bpfhook.monitor import Monitor
 from bpfhook.programs.accept import HOOKS as ACCEPT_HOOKS
+from bpfhook.programs.conn_common import RINGBUF_SIZE
 from bpfhook.report import Aggregator, endpoint, render, render_final, summary_snapshot
 from bpfhook.shutdown import Shutdown
 from bpfhook.timings import Timings, since_exec
@@ -53,6 +55,8 @@ class MonitorOptions:
     duration: float = None
     accept: str = "auto"  # accept attribution hook: auto or one of programs.accept.HOOKS
     timings: bool = False  # say where the start-up time went
+    transitions: bool = False  # stream every TCP state transition, not only openings and closes
+    ring_size: int = RINGBUF_SIZE  # bytes
 
 
 def add_arguments(parser):
@@ -75,8 +79,25 @@ def add_arguments(parser):
                         help="how accepted connections get their process (default auto: the first of "
                         f"{', '.join(ACCEPT_HOOKS)} this kernel allows; tracepoint sees every accept() but slows "
                         "every system call on the host)")
+    parser.add_argument("--transitions", action="store_true",
+                        help="with -e/--json: an event at every TCP state transition (default: a connection's "
+                        "opening and its close, which carries its bytes and duration)")
+    parser.add_argument("--ring-size", metavar="MB", type=ring_megabytes, default=RINGBUF_SIZE,
+                        help=f"the event ring buffer's size, a power of two (default {RINGBUF_SIZE >> 20}: most of "
+                        "a second of ~75,000 events/s)")
     parser.add_argument("--timings", action="store_true",
                         help="say where the start-up time went, phase by phase, and when the first event came")
+
+
+def ring_megabytes(text):
+    """--ring-size: a power of two of megabytes, 1 to 1024; in bytes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of megabytes: {text!r}") from None
+    if not 1 <= value <= 1024 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"must be a power of two from 1 to 1024 (megabytes), got {text!r}")
+    return value << 20
 
 
 def options_from(args):
@@ -94,7 +115,7 @@ def options_from(args):
         cgroup=cgroup, metrics_interval=args.metrics_interval, show_containers=args.show_containers,
         show_events=args.show_events, json=args.json, prometheus=args.prometheus, container=args.container,
         container_cgroup=_container_cgroup(args.container), pid=args.pid, port=args.port, duration=args.duration,
-        accept=args.accept, timings=args.timings,
+        accept=args.accept, timings=args.timings, transitions=args.transitions, ring_size=args.ring_size,
     )
 
 
@@ -185,9 +206,13 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
         json_out = JsonLines(out) if options.json else None
         # Events one by one only for whoever looks at them; the report alone reads the maps.
         stream = bool(json_out or options.show_events or on_event or not keep.passes_everything)
+        # Every transition streamed when asked for, and for a filtered text report (its transitions
+        # come from the events); else openings and closes, the kernel counting the rest.
+        transitions = options.transitions or (not keep.passes_everything and json_out is None)
         with contextlib.ExitStack() as stack:
             monitor = stack.enter_context(Monitor(options.cgroup, events=events, stream=stream, accept=options.accept,
-                                                  older=False, timings=timings))
+                                                  older=False, timings=timings,
+                                                  transitions=transitions, ring_size=options.ring_size))
             _say_started(monitor, options, started, err)
             first_event = timings is not None
 
@@ -201,6 +226,8 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
                 aggregator.set_live(live)
                 if keep.passes_everything:  # the maps count everything; filtered views come from events
                     aggregator.set_cgroup_metrics(monitor.cgroup_metrics(live))
+                    if not transitions:  # (not streamed: counted by the kernel)
+                        aggregator.set_transitions(monitor.stats()["transitions"])
                 lost = monitor.lost()
                 aggregator.set_lost(lost["events"], lost["missed"], lost["made_good"])
                 return aggregator.snapshot()
@@ -212,6 +239,7 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
                     first_event = False
                     print(f"bpfhook monitor: first event {(time.monotonic() - started) * 1000:.1f} ms after "
                           "the start of the command", file=err, flush=True)
+                lines = []  # (event, container) for the JSON lines, written in one block
                 with lock:
                     for event in batch:
                         container = resolve(event["cgroup_id"])
@@ -220,11 +248,13 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
                         if not _listener_close(event):
                             aggregator.add(event)
                         if json_out is not None:
-                            json_out.write(event, container)
+                            lines.append((event, container))
                         elif show_events:
                             print(event_line(event, container), file=out)
                         if on_event is not None:
                             on_event(event, container)
+                    if lines:
+                        json_out.write_many(lines)
 
             shown = {}  # what the counters showed: they never go back
             node = node_name()

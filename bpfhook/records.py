@@ -318,20 +318,39 @@ def state_name(number):
     return TCP_STATES.get(number, f"STATE_{number}")
 
 
+# decode_event's positional unpacking follows EVENT's field order
+assert EVENT_CODEC.names == ("ts_ns", "cgroup_id", "netns", "sock", "cookie", "bytes_sent", "bytes_received",
+                             "duration_ns", "pid", "tid", "comm", "saddr", "daddr", "sport", "dport", "family",
+                             "protocol", "kind", "oldstate", "newstate", "flags", "failure", "retransmits", "srtt_us",
+                             "connect_us")
+_STATE_NAMES = [state_name(n) for n in range(256)]
+_TEXTS_MAX = 4096  # comms and addresses kept decoded (a busy stream repeats them); emptied when full
+_comms, _addresses = {}, {}
+
+
 def decode_event(record):
-    """An EVENT (bytes or the codec's Container) as a plain dict with names and text addresses.
-    (Fields by item, not attribute: construct's Container answers an attribute through a
-    Python __getattr__, a cost a busy stream pays hundreds of thousands of times a second.)"""
-    e = EVENT_CODEC.decode(record) if isinstance(record, (bytes, bytearray, memoryview)) else record
-    family, flags = e["family"], e["flags"]
+    """An EVENT (bytes, at the start of a record, or the codec's Container) as a plain dict with
+    names and text addresses. The stream's hot path: fields unpacked by position; comms and
+    addresses decoded once while they repeat."""
+    if isinstance(record, (bytes, bytearray, memoryview)):
+        values = EVENT_CODEC.values_from(record)
+    else:
+        values = tuple(record[name] for name in EVENT_CODEC.names)
+    (ts_ns, cgroup_id, netns, sock, cookie, bytes_sent, bytes_received, duration_ns, pid, tid, raw_comm, saddr, daddr,
+     sport, dport, family, protocol, kind, oldstate, newstate, flags, failure, retransmits, srtt_us, connect_us) = values
+    text = _comms.get(raw_comm)
+    if text is None:
+        if len(_comms) >= _TEXTS_MAX:
+            _comms.clear()
+        text = _comms[raw_comm] = comm(raw_comm)
     return {
-        "ts_ns": e["ts_ns"],
-        "event": EVENT_KINDS.get(e["kind"], f"kind_{e['kind']}"),
-        "pid": e["pid"],
-        "tid": e["tid"],
-        "comm": comm(e["comm"]),
-        "cgroup_id": e["cgroup_id"],
-        "netns": e["netns"],
+        "ts_ns": ts_ns,
+        "event": EVENT_KINDS.get(kind) or f"kind_{kind}",
+        "pid": pid,
+        "tid": tid,
+        "comm": text,
+        "cgroup_id": cgroup_id,
+        "netns": netns,
         "netns_is_inode": bool(flags & F_NETNS_INODE),
         "owner_from_accept": bool(flags & F_OWNER_FROM_ACCEPT),
         "owner_from_close": bool(flags & F_OWNER_FROM_CLOSE),
@@ -341,24 +360,35 @@ def decode_event(record):
         "found_late": bool(flags & F_FOUND_LATE),
         "close_unseen": bool(flags & F_CLOSE_UNSEEN),
         "owner_from_proc": False,  # set by Monitor: pid/comm from /proc (an older connection's)
-        "family": AF_NAMES.get(family, str(family)),
-        "protocol": PROTOCOLS.get(e["protocol"], str(e["protocol"])),
-        "saddr": address(family, e["saddr"]),
-        "sport": e["sport"],
-        "daddr": address(family, e["daddr"]),
-        "dport": e["dport"],
-        "oldstate": state_name(e["oldstate"]),
-        "newstate": state_name(e["newstate"]),
-        "bytes_sent": e["bytes_sent"],
-        "bytes_received": e["bytes_received"],
-        "duration_ns": e["duration_ns"],
-        "sock": e["sock"],
-        "cookie": e["cookie"],
-        "failure": FAIL_REASONS.get(e["failure"]),
-        "retransmits": e["retransmits"],
-        "srtt_us": e["srtt_us"],
-        "connect_us": e["connect_us"],
+        "family": AF_NAMES.get(family) or str(family),
+        "protocol": PROTOCOLS.get(protocol) or str(protocol),
+        "saddr": _address(family, saddr),
+        "sport": sport,
+        "daddr": _address(family, daddr),
+        "dport": dport,
+        "oldstate": _STATE_NAMES[oldstate],
+        "newstate": _STATE_NAMES[newstate],
+        "bytes_sent": bytes_sent,
+        "bytes_received": bytes_received,
+        "duration_ns": duration_ns,
+        "sock": sock,
+        "cookie": cookie,
+        "failure": FAIL_REASONS.get(failure),
+        "retransmits": retransmits,
+        "srtt_us": srtt_us,
+        "connect_us": connect_us,
     }
+
+
+def _address(family, raw):
+    """address(), kept while it repeats."""
+    key = (family, raw)
+    text = _addresses.get(key)
+    if text is None:
+        if len(_addresses) >= _TEXTS_MAX:
+            _addresses.clear()
+        text = _addresses[key] = address(family, raw)
+    return text
 
 
 def direction(event):

@@ -203,6 +203,11 @@ class Aggregator:
         skipped ("missed"), and the skipped closes made good, not lost ("made_good")."""
         self.lost, self.lost_missed, self.lost_made_good = lost, missed, made_good
 
+    def set_transitions(self, transitions):
+        """The transition counts from the maps ({(old, new): count}), when the events do not
+        carry every transition."""
+        self.transitions = collections.Counter(transitions)
+
     def snapshot(self):
         rows = {cgid: dataclasses.replace(t) for cgid, t in self.totals.items()}
         for cgid, m in self.map_totals.items():

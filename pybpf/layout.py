@@ -247,6 +247,19 @@ class StructCodec(Codec):
             return values[0]
         return _build(self.tree, iter(values))
 
+    def values_from(self, buf):
+        """The fields of a flat struct (scalars and bytes, unnamed padding) at the start of `buf`
+        (longer buffers: a perf record's tail padding), as a tuple in layout order (.names): the
+        hot path's decode, with no Container to build."""
+        if self._names is None or self._single is None:
+            raise LayoutError("values_from() takes a flat struct of one segment")
+        return self._single.unpack_from(buf)
+
+    @property
+    def names(self):
+        """The field names of a flat struct, in layout order (None for others)."""
+        return None if self._names is None else tuple(self._names)
+
     def decode_many(self, buf, count):
         s = self._single
         if s is None:

@@ -61,10 +61,13 @@ CONN_IN_SLOT = offsetof(records.CONN_SLOT, "conn")  # where user space finds a s
 CONN_SIZE = records.CONN.sizeof()
 METRICS_MAX = 4096
 CACHE_BITS = records.METRICS_CACHE_SLOTS.bit_length() - 1
-RINGBUF_SIZE = 4 << 20
-# Wake the reader only once this much is waiting (small: the reader decodes a batch at once, and
-# its peak memory follows the batch size); it also polls on a short timer, so
-# batching wakeups costs latency of at most one poll interval and saves a wakeup per event.
+# 8 MB: ~60,000 events, most of a second of the churn benchmark's highest rate (~75,000 events/s
+# with openings and closes only, docs/benchmarks.md): a burst the reader catches up on
+RINGBUF_SIZE = 8 << 20
+# Wake the reader when it has caught up (the ring was empty: it may be asleep; its first event
+# of a batch then comes at once, not at its next poll) and once this much is waiting (small: the
+# reader decodes a batch at once, and its peak memory follows the batch size). In between, the
+# events batch up while the reader is awake anyway: at a high rate, a wakeup per batch, not per event.
 WAKEUP_BYTES = 64 << 10
 
 # (struct, field path) the programs read; the attribute names of KernelOffsets
@@ -212,11 +215,16 @@ def _cache_key():
 class Maps:
     """The monitor's maps, created together and closed together."""
 
-    def __init__(self, ringbuf=True, conns_max=CONNS_MAX, stream=True, slots=CONN_SLOTS):
-        """slots: conn_slots' size, a power of two, or 0 for none (a kernel without BPF atomics)."""
+    def __init__(self, ringbuf=True, conns_max=CONNS_MAX, stream=True, slots=CONN_SLOTS, transitions=True,
+                 ringbuf_size=RINGBUF_SIZE):
+        """slots: conn_slots' size, a power of two, or 0 for none (a kernel without BPF atomics).
+        transitions: streaming, every TCP state transition is sent; False: a connection's opening
+        and its close only (the close carries its bytes and duration, as tcplife's line does),
+        about half the events of a short connection; the maps count every transition alike."""
         if slots & (slots - 1):
             raise ValueError(f"slots={slots}: expected a power of two or 0")
         self.stream = stream  # every event to the ring buffer, or summaries in maps only
+        self.transitions = transitions
         self.slots = slots
         self.conn_slots = None
         self._all = []
@@ -236,7 +244,7 @@ class Maps:
                 self._add(MapType.PERCPU_ARRAY, 4, records.METRICS_CACHE, 1, name)
                 for name in ("cache_cgroup", "cache_netns"))
             if ringbuf:
-                self.events = self._add(MapType.RINGBUF, None, None, RINGBUF_SIZE, "events")
+                self.events = self._add(MapType.RINGBUF, None, None, ringbuf_size, "events")
             else:
                 self.events = self._add(MapType.PERF_EVENT_ARRAY, 4, 4, None, "events")
             self.lost = self._add(MapType.PERCPU_ARRAY, records.LOST_KEY, records.LOST_VALUE,
@@ -879,6 +887,8 @@ def emit(p, maps, ev, ctx, scratch, count=True):
     if maps.ringbuf:
         p.call("ringbuf_query", maps.events, BPF_RB_AVAIL_DATA)
         p.r4 = BPF_RB_NO_WAKEUP
+        with p.If(p.r0 == 0):
+            p.r4 = BPF_RB_FORCE_WAKEUP
         with p.If(p.r0 >= WAKEUP_BYTES):
             p.r4 = BPF_RB_FORCE_WAKEUP
         p.call("ringbuf_output", maps.events, ev, size, p.r4)

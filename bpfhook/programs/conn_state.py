@@ -141,7 +141,13 @@ def build(maps, kernel, typed=False):
                 event_from_conn(p, ev, oldstate)
     count_transition(p, maps, scratch, oldstate)
     if maps.stream:
-        emit(p, maps, ev, p.r9, scratch, count=False)
+        if maps.transitions:
+            emit(p, maps, ev, p.r9, scratch, count=False)
+        else:  # an opening or a close: sent; a transition in between: counted only
+            with p.If(_in_handshake(p, p.r8)):
+                emit(p, maps, ev, p.r9, scratch, count=False)
+            with p.If(p.r8 == CLOSE):
+                emit(p, maps, ev, p.r9, scratch, count=False)
     p.exit(0)
     define_metrics(p, maps)
     return p

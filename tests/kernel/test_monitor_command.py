@@ -193,3 +193,50 @@ def test_timings_say_where_the_start_went_and_when_the_first_event_came():
                                "attach and the rest", "older connections"]
     assert float(phases[1]["build"]) < 1 and float(phases[1]["load"]) > 0
     assert re.search(r"first event [\d.]+ ms after the start", lines[1])
+
+
+@pytest.mark.parametrize("transitions", [False, True], ids=["openings-and-closes", "transitions"])
+def test_the_stream_sends_openings_and_closes_unless_asked_for_every_transition(transitions):
+    """By default a connection streams its opening and its close (which carries its bytes), as
+    tcplife prints; --transitions adds every state in between. The report counts them all alike
+    (a filtered text report, made from the events, asks for every transition)."""
+    seen = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        stop, t, out, _err, result = _run_in_thread(_options(port=port, transitions=transitions, json=True),
+                                                    lambda e, ctr: seen.append(e))
+        try:
+            client = socket.create_connection(("127.0.0.1", port))
+            server, _ = listener.accept()
+            client.sendall(b"x" * 100)
+            assert len(server.recv(100, socket.MSG_WAITALL)) == 100
+            client.close()
+            server.close()
+            assert eventually(lambda: len([e for e in seen if e["event"] == "close"]) == 2)
+        finally:
+            stop.set()
+            t.join(10)
+    assert result["rc"] == 0
+    states = {(e["oldstate"], e["newstate"]) for e in seen if e["event"] == "state"}
+    middle = {("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1")}
+    assert {("CLOSE", "SYN_SENT"), ("LISTEN", "SYN_RECV")} <= states
+    assert (middle <= states) if transitions else not states & middle
+    (sent,) = [e["bytes_sent"] for e in seen if e["event"] == "close" and e["dport"] == port]
+    assert sent == 100
+    assert json.loads(out.getvalue().splitlines()[-1])["event"] == "summary"
+    seen.clear()
+    with socket.socket() as listener:  # a filtered text report: every transition
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        stop, t, out, _err, result = _run_in_thread(_options(port=port), lambda e, ctr: seen.append(e))
+        try:
+            with socket.create_connection(("127.0.0.1", port)), listener.accept()[0]:
+                assert eventually(lambda: ("SYN_SENT", "ESTABLISHED") in {(e["oldstate"], e["newstate"])
+                                                                          for e in seen})
+        finally:
+            stop.set()
+            t.join(10)
+    assert re.search(r"SYN_SENT\s+-> ESTABLISHED\s+1", out.getvalue().split("FINAL CONNECTION METRICS REPORT")[1])

@@ -56,6 +56,32 @@ def test_json_close_event_carries_connection_health():
     assert json.loads(json.dumps(event_object(ev(close_unseen=True), classify("/"))))["close_unseen"] is True
 
 
+@pytest.mark.parametrize("over", [
+    {}, {"event": "connect", "oldstate": "", "newstate": ""}, {"owner_from_close": True},
+    {"event": "existing", "older": True, "owner_from_proc": True}, {"owner_from_accept": True, "passive": True},
+    {"comm": 'a"b\\c\u00e9\u2603\x01'}, {"family": "ipv6", "saddr": "::1", "daddr": "fe80::1"},
+    {"ts_ns": 1_700_000_000_123_456_789, "bytes_sent": 2**64 - 1, "close_unseen": True},
+    {"failure": "refused", "retransmits": 3, "srtt_us": 45, "connect_us": 2**32 - 1},
+    {"ts_ns": 3}])
+@pytest.mark.parametrize("cgroup", ["/", "/bpfhook.lab/web", "/docker/" + "ab" * 32, '/odd "name"\\'])
+def test_json_lines_are_event_objects_as_json_writes_them(over, cgroup):
+    """The template JsonLines fills writes what json.dumps of event_object writes, to the byte,
+    again when its caches answer."""
+    out = io.StringIO()
+    sink, container = JsonLines(out), classify(cgroup)
+    sink.write_many([(ev(**over), container)] * 2)
+    expected = json.dumps(event_object(ev(**over), container), separators=(",", ":")) + "\n"
+    assert out.getvalue() == expected * 2
+
+
+def test_json_lines_follow_a_cgroup_ids_new_container():
+    out = io.StringIO()
+    sink = JsonLines(out)
+    sink.write(ev(), classify("/bpfhook.lab/web"))
+    sink.write(ev(), classify("/bpfhook.lab/db"))  # the same cgroup id, resolved anew
+    assert [json.loads(line)["container"] for line in out.getvalue().splitlines()] == ["web", "db"]
+
+
 @pytest.mark.parametrize("over, expected", [
     ({}, "out"), ({"event": "connect"}, "out"), ({"event": "accept"}, "in"), ({"passive": True}, "in"),
     ({"owner_from_accept": True}, "in"), ({"older": True}, None), ({"older": True, "passive": True}, "in"),

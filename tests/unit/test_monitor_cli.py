@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bpfhook import cgroups, cli
+from bpfhook import cgroups, cli, monitor_cli
 from bpfhook.containers import classify
 from bpfhook.cli import host_port
 from bpfhook.monitor_cli import EventFilter, MonitorError, MonitorOptions, options_from
@@ -133,3 +133,14 @@ def test_accept_choices_are_the_programs_hooks():
 
     assert [options_from(parse("--accept", hook)).accept for hook in ("auto",) + HOOKS] == ["auto", *HOOKS]
     assert f"the first of {', '.join(HOOKS)} this kernel allows" in " ".join(_bpfhook("monitor", "--help").stdout.split())
+
+
+@pytest.mark.parametrize("text, expected", [("1", 1 << 20), ("8", 8 << 20), ("1024", 1 << 30)])
+def test_ring_size_is_megabytes_in_a_power_of_two(text, expected):
+    assert monitor_cli.ring_megabytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "3", "2048", "-4", "1.5", "lots"])
+def test_a_ring_size_out_of_bounds_is_a_usage_error(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        monitor_cli.ring_megabytes(text)
