@@ -1,0 +1,106 @@
+"""Streaming without loss: `monitor --json > /dev/null` while loopback churn loops run on every
+CPU, beside bpftrace printing the same events (a line per opening and per close).
+
+For 1, 2, ... CHURNS_MAX churn processes (each a client thread and a server thread, as the
+monitor benchmark's churn): SECONDS of churn with the tool attached; the events it wrote and
+those it reported lost (the monitor: its "detached (N events, M lost)" line, which counts the
+ring buffer's refusals and the runs the kernel skipped; bpftrace: its "Lost N events" lines).
+The figure is the highest event rate a tool streamed with none lost.
+
+Run as root: python tests/perf/run.py monitor_stream
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SECONDS = 5.0
+CHURNS_MAX = 3
+CHURN = """
+import socket, sys, threading, time
+seconds = float(sys.argv[1])
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1024)
+addr = srv.getsockname()
+def serve():
+    while True:
+        c, _ = srv.accept(); c.close()
+threading.Thread(target=serve, daemon=True).start()
+start = time.monotonic(); n = 0
+while time.monotonic() - start < seconds:
+    s = socket.create_connection(addr); s.recv(1); s.close(); n += 1
+print(n)
+"""
+# A line per opening (SYN_SENT 2, SYN_RECV 3) and per close (CLOSE 7), as the monitor sends by default
+BPFTRACE = ('tracepoint:sock:inet_sock_set_state /args->newstate == 2 || args->newstate == 3 || '
+            'args->newstate == 7/ { printf("%d %d %d %d %d\\n", pid, args->oldstate, args->newstate, '
+            'args->sport, args->dport); }')
+
+
+def churn(tool_cmd, marker, churns):
+    """(events written, events lost, connections/s) of `churns` churn processes with the tool,
+    its output going to a file (bpftrace: counted there) or /dev/null (the monitor: its count)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        ours = tool_cmd[0] != "bpftrace"
+        tool = subprocess.Popen(tool_cmd, stdout=subprocess.DEVNULL if ours else out, stderr=err, text=True)
+        try:
+            said = err if ours else out
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and tool.poll() is None:
+                said.seek(0)
+                if marker in said.read():
+                    break
+                time.sleep(0.01)
+            else:
+                raise RuntimeError(f"{tool_cmd[0]} did not start")
+            time.sleep(0.3)
+            loops = [subprocess.Popen([sys.executable, "-c", CHURN, str(SECONDS)], stdout=subprocess.PIPE,
+                                      text=True) for _ in range(churns)]
+            connections = sum(int(p.communicate(timeout=SECONDS + 60)[0]) for p in loops)
+            time.sleep(0.5)  # the tool drains what is left
+        finally:
+            tool.send_signal(signal.SIGINT)
+            tool.wait(timeout=60)
+        out.seek(0)
+        err.seek(0)
+        printed, said = out.read(), err.read()
+    if ours:
+        m = re.search(r"detached \((\d+) events, (\d+) lost\)", said)
+        written, lost = (int(m[1]), int(m[2])) if m else (None, None)
+    else:
+        written = printed.count("\n") - 1  # (its "Attaching" line)
+        lost = sum(int(n) for n in re.findall(r"Lost (\d+) events", printed + said))
+    return written, lost, connections / SECONDS
+
+
+def run():
+    ours_cmd = [sys.executable, "-m", "bpfhook", "monitor", "--json"]
+    peer_cmd = ["bpftrace", "-e", BPFTRACE] if shutil.which("bpftrace") else None
+    figures = {}
+    best = {"ours": None, "peer": None}
+    for churns in range(1, CHURNS_MAX + 1):
+        row = {}
+        for who, cmd, marker in (("ours", ours_cmd, "attached"), ("peer", peer_cmd, "Attaching")):
+            if cmd is None:
+                row[who] = (None, None, None)
+                continue
+            written, lost, rate = churn(cmd, marker, churns)
+            row[who] = (written, lost, rate)
+            if lost == 0 and written is not None and (best[who] is None or written / SECONDS > best[who]):
+                best[who] = written / SECONDS
+        (ow, ol, orate), (pw, pl, prate) = row["ours"], row["peer"]
+        figures[f"{churns} churn loop(s): events/s streamed"] = (
+            ow and ow / SECONDS, pw and pw / SECONDS, "events/s", None)
+        figures[f"{churns} churn loop(s): events lost"] = (ol, pl, "events", "<= 0")
+        figures[f"{churns} churn loop(s): connections/s"] = (orate, prate, "conn/s", None)
+    figures["highest event rate streamed with none lost"] = (best["ours"], best["peer"], "events/s", None)
+    return figures
+
+
+if __name__ == "__main__":
+    for name, figure in run().items():
+        print(name, figure)
