@@ -83,6 +83,29 @@ def _llvm_mc_rate(text, slots):
         return rate(go, slots, ROUNDS)
 
 
+def _whole_process(code):
+    """(ours, llvm-mc's) instructions a second, best of ROUNDS wall-clock runs of each command on
+    the same LLVM text file, start-up included: `python -m pybpf.asm FILE -o OUT` (byte-compiled,
+    as installed) against `llvm-mc ... FILE -o OUT.o`."""
+    slots = len(code) // 8
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "in.s")
+        with open(src, "w") as f:
+            f.write(text_of(code, "llvm"))
+        ours_cmd = [sys.executable, "-m", "pybpf.asm", src, "-o", os.path.join(tmp, "out.bin"), "--syntax", "llvm"]
+
+        def go(cmd):
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True, timeout=300, cwd=ROOT)
+        ours, _ = rate(lambda: go(ours_cmd), slots, ROUNDS)
+        with open(os.path.join(tmp, "out.bin"), "rb") as f:
+            assert f.read() == code, "pybpf.asm wrote other bytes"
+        peer = None
+        if LLVM_MC:
+            peer, _ = rate(lambda: go([LLVM_MC, "-triple", "bpfel", "-mcpu=v4", "-filetype=obj", src, "-o",
+                                        os.path.join(tmp, "out.o")]), slots, ROUNDS)
+    return ours, peer
+
+
 def run(count=200_000):
     figures = {}
     for name in ("typical", "distinct"):
@@ -96,6 +119,10 @@ def run(count=200_000):
                                                TARGET if name == "typical" else None)
         figures[f"asm {name} llvm, CPU insns/s"] = (round(ours_cpu), round(peer_cpu) if peer_cpu else None,
                                                     "insn/s", None)
+    for name in ("typical", "distinct"):
+        ours, peer = _whole_process(corpus(count, distinct=name == "distinct"))
+        figures[f"asm {name} llvm, whole process (python -m pybpf.asm FILE -o OUT) insns/s"] = (
+            round(ours), round(peer) if peer else None, "insn/s", None)
     code = corpus(count, distinct=False)
     text = text_of(code, "ubpf")
     assert assemble(text, "ubpf") == code
