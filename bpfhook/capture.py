@@ -40,6 +40,7 @@ from pybpf.prog import load
 
 SUMMARY_EVERY = 1.0  # seconds between live summary lines
 STATS_EVERY = 10.0  # seconds between ISBs
+COMMENTS_KEPT = 4096  # packet comments kept made (one a flow owner and cgroup); emptied when full
 DEFAULT_SNAPLEN = 262144
 # Event buffer pages per CPU (16 MiB): smaller ones drop packets at 1 Gbit/s (docs/benchmarks.md)
 DEFAULT_PAGES = 4096
@@ -211,6 +212,7 @@ class Capture:
         self.owners = Owners(target)
         self._clock = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         self._cgroup_paths = {}
+        self._comments = {}  # (owner, cgroup id) -> the packet comment
         self._stack = contextlib.ExitStack()
         self._attach_steps = []
         self._readers = []
@@ -278,11 +280,18 @@ class Capture:
         return self.counters.tls.written((src, sport), (dst, dport), ts, syn=bool(flags & 0x02))
 
     def _comment(self, owner, cgid):
-        path = self._cgroup_paths.get(cgid)
-        if path is None:
-            path = self._cgroup_paths[cgid] = cgroups.path_of_id(cgid) or f"id:{cgid}"
-        who = f"pid={owner[0]} comm={_word(owner[1])}" if owner else "pid=unknown comm=unknown"
-        return f"{who} cgroup={_word(path)} container={_word(self.target.label)}"
+        """The packet comment of this owner and cgroup: made once while they repeat (a flow's)."""
+        key = (owner, cgid)
+        comment = self._comments.get(key)
+        if comment is None:
+            path = self._cgroup_paths.get(cgid)
+            if path is None:
+                path = self._cgroup_paths[cgid] = cgroups.path_of_id(cgid) or f"id:{cgid}"
+            who = f"pid={owner[0]} comm={_word(owner[1])}" if owner else "pid=unknown comm=unknown"
+            if len(self._comments) >= COMMENTS_KEPT:
+                self._comments.clear()
+            comment = self._comments[key] = f"{who} cgroup={_word(path)} container={_word(self.target.label)}"
+        return comment
 
     # -- unix sockets ---------------------------------------------------------------------
     def _build_uds(self, pages):
@@ -384,6 +393,7 @@ class Capture:
             select.select(self._readers, [], [], timeout)
             for reader in self._readers:
                 reader.read(0)
+        self.writer.flush()  # the poll's packets, in one writev
         if self.tls:
             self.tls_hooks.maybe_rescan()
         if time.monotonic() - self._last_stats >= STATS_EVERY:

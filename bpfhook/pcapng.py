@@ -70,6 +70,7 @@ _codec = {name: codec(layout) for name, layout in
            ("isb", IsbBody), ("opt", OptionHeader), ("uds", UdsHeader))}
 _BLOCK_HEAD, _EPB, _IDB, _ISB, _OPTION = map(flat_struct, (BlockHeader, EpbBody, IdbBody, IsbBody, OptionHeader))
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_PADDING = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 
 class PcapngError(BpfError):
@@ -149,7 +150,12 @@ class Writer:
     """Writes a pcapng file block by block.
 
     The file is created with O_EXCL and mode 0600 (captures hold secrets);
-    an existing path is an error, never overwritten."""
+    an existing path is an error, never overwritten. Packets are kept until flush() (or
+    PENDING_BYTES of them) and written with one writev: a poll's packets in one system call,
+    their data never copied into a block; the other blocks are written at once."""
+
+    PENDING_BYTES = 1 << 20
+    PENDING_PIECES = 1000  # (IOV_MAX is 1024)
 
     def __init__(self, path, application="bpfhook"):
         self.path = path
@@ -160,15 +166,30 @@ class Writer:
         self.interfaces = []  # linktype per interface id
         self.bytes_written = 0
         self._epb_options = {}  # (comment, flags) -> their encoded options: captures repeat them
+        self._pending, self._pending_bytes = [], 0  # packets' pieces not yet written
         shb = _codec["shb"].encode(dict(magic=BYTE_ORDER_MAGIC, major=1, minor=0, section_length=-1))
         self._write(_block(SHB, shb + _options([(SHB_USERAPPL, application)])))
 
     def _write(self, block):
+        self.flush()
         view = memoryview(block)
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
         self.bytes_written += len(block)
+
+    def flush(self):
+        """Write the packets kept: one writev (more after a short write)."""
+        pieces = self._pending
+        while pieces:
+            n = os.writev(self.fd, pieces)
+            self.bytes_written += n
+            while pieces and n >= len(pieces[0]):
+                n -= len(pieces[0])
+                pieces.pop(0)
+            if n:
+                pieces[0] = memoryview(pieces[0])[n:]
+        self._pending_bytes = 0
 
     def interface(self, linktype, name, description=None, snaplen=0):
         """Describe an interface; returns its id for packet()/statistics()."""
@@ -188,8 +209,15 @@ class Writer:
                 self._epb_options.clear()
             opts = self._epb_options[(comment, flags)] = _options(
                 [(OPT_COMMENT, comment), (EPB_FLAGS, None if flags is None else _U32.pack(flags))])
-        body = _EPB.pack(interface, high, low, caplen, caplen if orig_len is None else orig_len)
-        self._write(_block(EPB, body + _pad4(bytes(data)) + opts))
+        total = 12 + _EPB.size + caplen + (-caplen % 4) + len(opts)
+        head = _BLOCK_HEAD.pack(EPB, total) + _EPB.pack(interface, high, low, caplen,
+                                                         caplen if orig_len is None else orig_len)
+        # (a view of a reader's buffer would change under us: copied, as the caller's bytes are not)
+        self._pending += (head, data if data.__class__ is bytes else bytes(data),
+                          _PADDING[-caplen % 4] + opts + _U32.pack(total))
+        self._pending_bytes += total
+        if self._pending_bytes >= self.PENDING_BYTES or len(self._pending) >= self.PENDING_PIECES:
+            self.flush()
 
     def statistics(self, interface, ts_ns, received=None, dropped=None, start_ns=None, comment=None):
         """An Interface Statistics Block: packets received and dropped so far."""
@@ -206,8 +234,11 @@ class Writer:
 
     def close(self):
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            try:
+                self.flush()
+            finally:
+                os.close(self.fd)
+                self.fd = -1
 
     def __enter__(self):
         return self

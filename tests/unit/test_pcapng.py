@@ -79,3 +79,27 @@ def test_tshark_reads_it_without_complaint(tmp_path):
     rows = [line.split("\t") for line in r.stdout.splitlines()]
     assert rows[0][0] == "pid=7 comm=srv container=x" and rows[0][1] == b"abc".hex()
     assert bytes.fromhex(rows[1][2]).endswith(b"payload!")
+
+
+def test_packets_are_written_in_batches_whole_and_in_order(tmp_path):
+    """Packets wait for flush() (or the batch limits), in order with the blocks written at once;
+    every length of padding, views of buffers that change later, and close() writes the rest."""
+    path = tmp_path / "f.pcapng"
+    sent = [IP_UDP + bytes([i % 251]) * (i % 7) for i in range(2500)]  # more pieces than one writev takes
+    with pcapng.Writer(str(path), application="test") as w:
+        net = w.interface(pcapng.LINKTYPE_RAW, "x:net", None, 1500)
+        header = os.path.getsize(path)
+        buffer = bytearray(sent[0])
+        w.packet(net, 1, memoryview(buffer), comment="first")
+        buffer[:] = bytes(len(buffer))  # the reader's buffer, reused
+        assert os.path.getsize(path) == header  # (kept)
+        w.flush()
+        assert os.path.getsize(path) > header
+        w.statistics(net, 2, received=1)
+        for i, data in enumerate(sent[1:], 3):
+            w.packet(net, i, data, comment=f"c{i % 3}", flags=pcapng.INBOUND)
+    records = list(pcapng.Reader(str(path)))
+    assert [r.data for r in records if isinstance(r, pcapng.Packet)] == sent
+    assert isinstance(records[1], pcapng.Statistics) and records[0].comment == "first"
+    assert [r.ts_ns for r in records[2:]] == list(range(3, 2 + len(sent)))
+    assert os.path.getsize(path) == w.bytes_written
