@@ -32,6 +32,7 @@ from bpfhook import cgroups, containers, pcapng, procfs
 from bpfhook.programs import capture as net_program
 from bpfhook.programs import uds as uds_program
 from bpfhook.records import flat_struct
+from bpfhook.rotation import RotatingWriter
 from bpfhook.tls import Plaintext, TlsHooks, check_kernel
 from pybpf import attach
 from pybpf.errors import BpfError
@@ -476,6 +477,13 @@ def add_arguments(parser):
                         help="network filter: 80, tcp, udp/53")
     parser.add_argument("--duration", type=float, default=0, metavar="SEC", help="stop after SEC seconds")
     parser.add_argument("--quiet", action="store_true", help="no live summary lines")
+    parser.add_argument("-C", "--file-size", type=int, metavar="MB",
+                        help="start a new file once this one holds MB megabytes (FILE-000.pcapng, FILE-001.pcapng, "
+                        "...; each file whole, named once complete)")
+    parser.add_argument("-G", "--rotate-seconds", type=float, metavar="SEC",
+                        help="start a new file every SEC seconds (numbered as with -C)")
+    parser.add_argument("-W", "--file-count", type=int, metavar="COUNT",
+                        help="with -C or -G: keep COUNT files, a ring (the next replaces the oldest)")
     parser.add_argument("--buffer-pages", type=int, default=DEFAULT_PAGES, metavar="N",
                         help=f"event buffer pages per CPU, a power of two (default {DEFAULT_PAGES}: "
                              f"{DEFAULT_PAGES * 4 // 1024} MiB; smaller buffers drop at high packet rates)")
@@ -502,10 +510,11 @@ def run(args):
     pages = args.buffer_pages
     if pages <= 0 or pages & (pages - 1):
         raise CaptureError(f"--buffer-pages {pages}: must be a power of two")
+    rotating = _rotation(args)
     proto, port = parse_filter(args.filter)
     net, uds = (args.net, args.uds) if (args.net or args.uds or args.tls) else (True, True)
     target = resolve_target(args.container)
-    if os.path.lexists(args.write):
+    if os.path.lexists(args.write) and not rotating:
         raise CaptureError(f"{args.write} exists; captures are never overwritten")
     directory = os.path.dirname(os.path.abspath(args.write))
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -513,12 +522,19 @@ def run(args):
     capture = Capture(target, net=net, uds=uds, both_directions=args.both_directions, snaplen=args.snaplen,
                       ip_proto=proto, port=port, pid=args.pid, pages=pages, tls=args.tls)
     try:
-        writer = pcapng.Writer(args.write, application="bpfhook capture")
+        if rotating:
+            writer = RotatingWriter(args.write, application="bpfhook capture", on_rotate=lambda _: (
+                capture.write_statistics()), **rotating)
+        else:
+            writer = pcapng.Writer(args.write, application="bpfhook capture")
         try:
             capture.start(writer)
         except BaseException:
-            writer.close()
-            os.unlink(args.write)
+            if rotating:
+                writer.discard()
+            else:
+                writer.close()
+                os.unlink(args.write)
             raise
         return _loop(capture, args)
     finally:
@@ -527,13 +543,27 @@ def run(args):
             capture.writer.close()
 
 
+def _rotation(args):
+    """RotatingWriter's arguments from -C, -G and -W (None: one file)."""
+    size, seconds, count = args.file_size, args.rotate_seconds, args.file_count
+    if size is not None and size <= 0:
+        raise CaptureError(f"-C {size}: must be a positive number of megabytes")
+    if seconds is not None and not 0 < seconds < float("inf"):
+        raise CaptureError(f"-G {seconds:g}: must be a positive number of seconds")
+    if count is not None and (count <= 0 or size is None and seconds is None):
+        raise CaptureError(f"-W {count}: must be positive, and goes with -C or -G")
+    if size is None and seconds is None:
+        return None
+    return dict(max_bytes=None if size is None else size << 20, seconds=seconds, count=count)
+
+
 def _loop(capture, args):
     tty = sys.stderr.isatty()
     started = time.monotonic()
     deadline = started + args.duration if args.duration else None
     next_line = started + SUMMARY_EVERY
     what = " + ".join(w for w, on in (("net", capture.net), ("uds", capture.uds), ("tls", capture.tls)) if on)
-    print(f"capturing {what} of {capture.target.label} ({capture.target.cgroup_path}) to {args.write}",
+    print(f"capturing {what} of {capture.target.label} ({capture.target.cgroup_path}) to {capture.writer.path}",
           file=sys.stderr)
     while not args.shutdown:
         now = time.monotonic()

@@ -178,6 +178,11 @@ class Writer:
             view = view[n:]
         self.bytes_written += len(block)
 
+    @property
+    def size(self):
+        """Bytes in the file once what is kept is written."""
+        return self.bytes_written + self._pending_bytes
+
     def flush(self):
         """Write the packets kept: one writev (more after a short write)."""
         pieces = self._pending

@@ -246,3 +246,54 @@ def test_one_container_lookup_for_every_tool(tmp_path):
     finally:
         cgroups.remove(parent)
     assert not os.path.isdir(cgroups.directory(parent))
+
+
+def _udp_flood(c, datagrams, size=1000):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(datagrams):
+            s.sendto(i.to_bytes(4, "big") * (size // 4), (c.ipv4, 9090))
+            if i % 200 == 0:
+                time.sleep(0.005)  # (the echo server keeps up; the capture is what is tested)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_rotation_keeps_a_ring_of_whole_files(lab, tmp_path, stop):
+    """-C 1 -W 3: a ring of three files of about a megabyte, each whole under its name (capinfos and
+    our reader read every one), the newest holding the latest datagrams. Killed, the file being
+    written is left under its hidden .partial name only; stopped, none is left."""
+    c, _server, _sock = lab
+    proc = capture(tmp_path / "ring.pcapng", "--net", "-C", "1", "-W", "3")
+    deadline = time.monotonic() + 30
+    while not any(n.endswith(".partial") for n in os.listdir(tmp_path)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.1)
+    time.sleep(0.5)  # attached
+    _udp_flood(c, 6000)
+    time.sleep(1)
+    proc.send_signal(stop)
+    proc.wait(timeout=20)
+    names = sorted(os.listdir(tmp_path))
+    whole = [n for n in names if not n.endswith(".partial")]
+    assert whole == ["ring-000.pcapng", "ring-001.pcapng", "ring-002.pcapng"]
+    assert len(names) - len(whole) == (1 if stop == signal.SIGKILL else 0)
+    files = []  # (latest packet's time, size, payloads) of each
+    for name in whole:
+        r = subprocess.run([oracles.require("capinfos"), str(tmp_path / name)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        packets = [p for p in pcapng.Reader(str(tmp_path / name)) if isinstance(p, pcapng.Packet)]
+        assert packets
+        files.append((max(p.ts_ns for p in packets), os.path.getsize(tmp_path / name),
+                      [bytes(p.data[28:]) for p in packets]))
+    files.sort()
+    assert all(0.9e6 < size < 1.2e6 for _, size, _ in files[:-1]) and files[-1][1] < 1.2e6
+    if stop == signal.SIGINT:  # the last file closed holds the last datagram
+        assert (5999).to_bytes(4, "big") * 250 in files[-1][2]
+
+
+def test_rotation_options_out_of_bounds_are_one_line(lab, tmp_path):
+    for args, message in ((["-W", "3"], "goes with -C or -G"), (["-C", "0"], "-C 0"), (["-G", "-1"], "-G -1")):
+        r = subprocess.run([sys.executable, "-m", "bpfhook", "capture", "--container", NAME, "-w",
+                            str(tmp_path / "x.pcapng"), *args], cwd=MAIN, capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,81 @@
+"""bpfhook.rotation: each file whole and named once complete; -W's ring; -G's clock; capinfos
+(an independent reader) reads every file."""
+import os
+import subprocess
+
+import pytest
+
+from bpfhook import pcapng
+from bpfhook.rotation import RotatingWriter
+from tests import oracles
+
+PACKET = bytes.fromhex("4500001f00004000401100000a4d01010a4d0102") + bytes(11)
+
+
+def fill(writer, packets, stats=None):
+    net = writer.interface(pcapng.LINKTYPE_RAW, "x:net", "container x", 1500)
+    for i in range(packets):
+        writer.packet(net, 1_700_000_000_000_000_000 + i, PACKET + bytes([i % 256]) * 200, comment="pid=1")
+    return net
+
+
+def packets_in(path):
+    return [r for r in pcapng.Reader(path) if isinstance(r, pcapng.Packet)]
+
+
+def test_files_are_whole_numbered_and_hold_every_packet(tmp_path):
+    rotations = []
+    with RotatingWriter(str(tmp_path / "cap.pcapng"), max_bytes=10_000,
+                        on_rotate=lambda w: rotations.append(w.path)) as w:
+        fill(w, 200)
+        assert not os.path.exists(w.path)  # the file being written has no name yet
+    names = sorted(os.listdir(tmp_path))
+    assert names == [f"cap-{i:03d}.pcapng" for i in range(len(names))] and len(names) > 3
+    assert rotations == [str(tmp_path / n) for n in names[:-1]]
+    counts = [len(packets_in(str(tmp_path / n))) for n in names]
+    assert sum(counts) == 200 and all(counts)
+    assert all(os.path.getsize(tmp_path / n) <= 10_000 + 300 for n in names)
+    ids = [p.ts_ns for n in names for p in packets_in(str(tmp_path / n))]
+    assert ids == sorted(ids)  # in order across the files
+
+
+def test_a_ring_keeps_the_last_files(tmp_path):
+    with RotatingWriter(str(tmp_path / "cap.pcapng"), max_bytes=5_000, count=3) as w:
+        fill(w, 200)
+    assert sorted(os.listdir(tmp_path)) == ["cap-000.pcapng", "cap-001.pcapng", "cap-002.pcapng"]
+    last = max((tmp_path / n for n in os.listdir(tmp_path)), key=lambda p: packets_in(str(p))[-1].ts_ns)
+    assert packets_in(str(last))[-1].ts_ns == 1_700_000_000_000_000_199
+
+
+def test_rotation_by_time(tmp_path):
+    now = [0.0]
+    with RotatingWriter(str(tmp_path / "t.pcapng"), seconds=10, clock=lambda: now[0]) as w:
+        net = fill(w, 3)
+        now[0] = 10.0
+        w.packet(net, 5, PACKET)
+    assert sorted(os.listdir(tmp_path)) == ["t-000.pcapng", "t-001.pcapng"]
+    assert [len(packets_in(str(tmp_path / n))) for n in ("t-000.pcapng", "t-001.pcapng")] == [3, 1]
+
+
+def test_the_first_name_taken_is_an_error(tmp_path):
+    (tmp_path / "cap-000.pcapng").write_bytes(b"keep")
+    with pytest.raises(pcapng.PcapngError, match="never overwritten"):
+        RotatingWriter(str(tmp_path / "cap.pcapng"), max_bytes=1000)
+    assert os.listdir(tmp_path) == ["cap-000.pcapng"]
+
+
+def test_discard_leaves_nothing(tmp_path):
+    w = RotatingWriter(str(tmp_path / "cap.pcapng"), max_bytes=5_000)
+    fill(w, 100)
+    w.discard()
+    assert os.listdir(tmp_path) == []
+
+
+def test_capinfos_reads_every_file(tmp_path):
+    oracles.require("capinfos")
+    with RotatingWriter(str(tmp_path / "cap.pcapng"), max_bytes=8_000, count=4) as w:
+        fill(w, 150)
+    for name in sorted(os.listdir(tmp_path)):
+        r = subprocess.run(["capinfos", "-c", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert f"Number of packets:   {len(packets_in(str(tmp_path / name)))}" in " ".join(r.stdout.split("\n"))
