@@ -277,7 +277,8 @@ class Monitor:
         attached = []
         for tracepoint, (field, name) in tcp_health.TRACEPOINTS.items():
             try:
-                prog = load(tcp_health.build(self.maps, tracepoint), "raw_tracepoint", name=name)
+                prog = self._load(f"tcp_health.{tracepoint}", lambda: tcp_health.build(self.maps, tracepoint),
+                                  "raw_tracepoint", name=name)
                 self._stack.callback(prog.close)
                 self._stack.enter_context(attach.raw_tracepoint(prog, tracepoint))
             except BpfError as e:
