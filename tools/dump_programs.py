@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Every BPF program the tools load, as the kernel receives it, for before/after comparisons.
 
-Runs the monitor (every event kind, stream/report, slots/conns, state and accept hook the
-kernel takes), capture (a lab container, several option sets, --tls among them) and mirror --method bpf (several
+Runs the monitor (every event kind, stream/report, every transition or openings and closes,
+slots/conns, state and accept hook the kernel takes), capture (a lab container, several option sets, --tls among them) and mirror --method bpf (several
 filters, to lo), and records each BPF_PROG_LOAD at the syscall: program type, expected attach type,
 name and instruction bytes, with map fds replaced by map names (fds differ between runs).
 Feature probes load programs too; they are recorded the same way.
@@ -80,13 +80,13 @@ def _monitors(cgroup):
     from pybpf.errors import BpfError
 
     for events in ("ringbuf", "perf"):
-        for stream in (False, True):
+        for stream, transitions in ((False, True), (True, True), (True, False)):
             for slots in (None, 0):
                 for state in conn_state.HOOKS:
                     for hook in accept.HOOKS:
                         try:
                             m = monitor.Monitor(cgroup, events=events, stream=stream, accept=hook, state=state,
-                                                slots=slots)
+                                                slots=slots, transitions=transitions)
                         except (BpfError, ValueError):
                             continue  # a hook this kernel does not take
                         with m:
