@@ -784,14 +784,19 @@ def account(p, keys, updates, getters=("cgroup_metrics", "netns_metrics"), atomi
 
 
 def bucket_index(p, value, bounds, dst):
-    """dst (memory) = how many of the ascending `bounds` `value` (memory or register, not r1/r2)
-    exceeds: its histogram bucket (Prometheus' le: a value on a bound counts in that bucket).
-    Unrolled compares, no loop: the verifier follows one path per bucket."""
+    """dst (memory) = how many of the ascending `bounds` `value` (memory or register, not
+    r1-r3; below 2**63, as microseconds are) exceeds: its histogram bucket (Prometheus' le: a
+    value on a bound counts in that bucket). Branchless: value > bound is the sign bit of
+    bound - value, so the verifier follows one path with the index in [0, len(bounds)], not
+    one path per bucket through the rest of the program (a compare per bound tripled the
+    state program's verification: docs/benchmarks.md)."""
     p.r1 = value
     p.r2 = 0
     for bound in bounds:
-        with p.If(p.r1 > bound):
-            p.r2 += 1
+        p.r3 = bound
+        p.r3 -= p.r1
+        p.r3 >>= 63
+        p.r2 += p.r3
     dst.u64[0] = p.r2
 
 

@@ -15,7 +15,10 @@ import pytest
 
 from bpfhook import cgroups
 from bpfhook.monitor import Monitor
+from bpfhook.programs import conn_common
 from bpfhook.records import CONNECT_BUCKETS_US
+from pybpf.asm import Program
+from pybpf.prog import load
 from tests import oracles
 from tests.kernel.monitor_helpers import closed, collect, host_server
 
@@ -157,3 +160,18 @@ def test_abort_sends_a_reset_and_connect_time_and_rtt_are_histograms(setup):
     assert sum(health["rtt_buckets"]) == 1 and health["rtt_sum_us"] == client_close["srtt_us"]
     here = m.cgroup_metrics()[cgroups.cgroup_id(cgroups.of_pid(os.getpid()))]
     assert here["resets_received"] >= 1  # the server's end, in the test's cgroup
+
+
+@pytest.mark.parametrize("value", [0, 1, 100, 101, 499, 500, 501, 9_999_999, 10_000_000, 10_000_001, 2**40, 2**62])
+def test_bucket_index_counts_the_bounds_a_value_exceeds(value):
+    """conn_common.bucket_index, branchless, run by the kernel: the bucket Prometheus' le gives
+    (a value on a bound is in that bound's bucket), for values on, around and far past the bounds."""
+    p = Program("bucket")
+    slot, out = p.stack.alloc(8), p.stack.alloc(8)
+    p.r1 = value
+    slot.u64[0] = p.r1
+    conn_common.bucket_index(p, slot.u64[0], CONNECT_BUCKETS_US, out)
+    p.r0 = out.u64[0]
+    p.exit()
+    with load(p, "socket_filter", name="bucket") as prog:
+        assert prog.test_run(bytes(64)).retval == sum(1 for bound in CONNECT_BUCKETS_US if value > bound)
