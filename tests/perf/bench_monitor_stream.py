@@ -64,7 +64,11 @@ def churn(tool_cmd, marker, churns):
             time.sleep(0.5)  # the tool drains what is left
         finally:
             tool.send_signal(signal.SIGINT)
-            tool.wait(timeout=60)
+            try:
+                tool.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # (bpftrace may sit on SIGINT; what it printed is in the file)
+                tool.kill()
+                tool.wait()
         out.seek(0)
         err.seek(0)
         printed, said = out.read(), err.read()
