@@ -303,7 +303,9 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
             else:
                 json_out.stream.write(_summary_json(final, lost) + "\n")
             out.flush()
-        print(f"bpfhook monitor: detached ({final.events} events, {lost['events']} lost)", file=err, flush=True)
+        why = (f": {lost['events'] - lost['missed']} the ring buffer refused, {lost['missed']} in runs the kernel "
+               "skipped" if lost["events"] else "")
+        print(f"bpfhook monitor: detached ({final.events} events, {lost['events']} lost{why})", file=err, flush=True)
         return 0
     finally:
         if own_signals:

@@ -3,8 +3,9 @@ CPU, beside bpftrace printing the same events (a line per opening and per close)
 
 For 1, 2, ... CHURNS_MAX churn processes (each a client thread and a server thread, as the
 monitor benchmark's churn): SECONDS of churn with the tool attached; the events it wrote and
-those it reported lost (the monitor: its "detached (N events, M lost)" line, which counts the
-ring buffer's refusals and the runs the kernel skipped; bpftrace: its "Lost N events" lines).
+those it reported lost (the monitor: the ring buffer's refusals of its "detached (N events, M
+lost: R the ring buffer refused, S in runs the kernel skipped)" line, the kernel's skipped runs
+being lost to bpftrace too, uncounted; bpftrace: its "Lost N events" lines).
 The figure is the highest event rate a tool streamed with none lost.
 
 Run as root: python tests/perf/run.py monitor_stream
@@ -73,8 +74,8 @@ def churn(tool_cmd, marker, churns):
         err.seek(0)
         printed, said = out.read(), err.read()
     if ours:
-        m = re.search(r"detached \((\d+) events, (\d+) lost\)", said)
-        written, lost = (int(m[1]), int(m[2])) if m else (None, None)
+        m = re.search(r"detached \((\d+) events, (\d+) lost(?:: (\d+) the ring buffer refused)?", said)
+        written, lost = (int(m[1]), int(m[3] or m[2])) if m else (None, None)
     else:
         written = printed.count("\n") - 1  # (its "Attaching" line)
         lost = sum(int(n) for n in re.findall(r"Lost (\d+) events", printed + said))
