@@ -80,10 +80,13 @@ def first_report(cmd, env=None):
 
 
 def install_wheel(into):
-    """The checkout built into a wheel and pip-installed (byte-compiled) into `into`."""
-    wheels = os.path.join(into, "wheels")
+    """The checkout built into a wheel (from a copy: the build leaves its build/ behind) and
+    pip-installed (byte-compiled) into `into`."""
+    source, wheels = os.path.join(into, "source"), os.path.join(into, "wheels")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                                ".pytest_cache", ".hypothesis"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels,
-                    ROOT], check=True, capture_output=True)
+                    source], check=True, capture_output=True)
     wheel = [os.path.join(wheels, name) for name in os.listdir(wheels) if name.endswith(".whl")]
     site = os.path.join(into, "site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", site,
