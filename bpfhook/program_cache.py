@@ -37,8 +37,12 @@ class ProgramCache:
 
     def __init__(self, key, cache_dir=CACHE_DIR, name="monitor"):
         """key: JSON-able; what makes the programs what they are, besides their sources."""
-        self.key = hashlib.sha256(json.dumps([key, sources_digest()], sort_keys=True).encode()).hexdigest()
-        self.path = os.path.join(cache_dir, f"{name}-programs.json")
+        configuration = json.dumps(key, sort_keys=True)
+        self.key = hashlib.sha256(f"{configuration}\0{sources_digest()}".encode()).hexdigest()
+        # A file per configuration (a few: ring buffer or perf, streaming, slots, transitions),
+        # rewritten when the sources change
+        name = f"{name}-programs-{hashlib.sha256(configuration.encode()).hexdigest()[:16]}.json"
+        self.path = os.path.join(cache_dir, name)
         self._programs = {}
         self.hits = self.misses = 0
         try:

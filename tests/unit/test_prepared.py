@@ -73,8 +73,10 @@ def test_cache_builds_once_per_key(tmp_path):
     first = program_cache.ProgramCache({"option": 1}, str(tmp_path)).get("p", built(calls))
     again = program_cache.ProgramCache({"option": 1}, str(tmp_path))
     assert again.get("p", built(calls)) == first and calls == [1] and again.hits == 1
-    program_cache.ProgramCache({"option": 2}, str(tmp_path)).get("p", built(calls))  # another key
-    assert calls == [1, 1]
+    other = program_cache.ProgramCache({"option": 2}, str(tmp_path))  # another configuration, another file
+    other.get("p", built(calls))
+    assert calls == [1, 1] and other.path != again.path
+    assert program_cache.ProgramCache({"option": 1}, str(tmp_path)).get("p", built(calls)) and calls == [1, 1]
 
 
 def test_cache_is_invalidated_by_a_source_change(tmp_path, monkeypatch):
