@@ -83,8 +83,8 @@ def add_arguments(parser):
                         help="with -e/--json: an event at every TCP state transition (default: a connection's "
                         "opening and its close, which carries its bytes and duration)")
     parser.add_argument("--ring-size", metavar="MB", type=ring_megabytes, default=RINGBUF_SIZE,
-                        help=f"the event ring buffer's size, a power of two (default {RINGBUF_SIZE >> 20}: most of "
-                        "a second of ~75,000 events/s)")
+                        help=f"streaming: the event ring buffer's size, a power of two (default "
+                        f"{RINGBUF_SIZE >> 20}: most of a second of ~75,000 events/s)")
     parser.add_argument("--timings", action="store_true",
                         help="say where the start-up time went, phase by phase, and when the first event came")
 

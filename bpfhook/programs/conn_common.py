@@ -64,6 +64,7 @@ CACHE_BITS = records.METRICS_CACHE_SLOTS.bit_length() - 1
 # 8 MB: ~60,000 events, most of a second of the churn benchmark's highest rate (~75,000 events/s
 # with openings and closes only, docs/benchmarks.md): a burst the reader catches up on
 RINGBUF_SIZE = 8 << 20
+IDLE_RINGBUF_SIZE = 4096  # not streaming, nothing is sent: the smallest ring (a page), no memory mapped for it
 # Wake the reader when it has caught up (the ring was empty: it may be asleep; its first event
 # of a batch then comes at once, not at its next poll) and once this much is waiting (small: the
 # reader decodes a batch at once, and its peak memory follows the batch size). In between, the
@@ -244,7 +245,8 @@ class Maps:
                 self._add(MapType.PERCPU_ARRAY, 4, records.METRICS_CACHE, 1, name)
                 for name in ("cache_cgroup", "cache_netns"))
             if ringbuf:
-                self.events = self._add(MapType.RINGBUF, None, None, ringbuf_size, "events")
+                self.events = self._add(MapType.RINGBUF, None, None, ringbuf_size if stream else IDLE_RINGBUF_SIZE,
+                                        "events")
             else:
                 self.events = self._add(MapType.PERF_EVENT_ARRAY, 4, 4, None, "events")
             self.lost = self._add(MapType.PERCPU_ARRAY, records.LOST_KEY, records.LOST_VALUE,
