@@ -96,10 +96,15 @@ def _family(addr):
 
 def find_container(spec):
     """(label, IPv4, IPv6) of the container `spec` names (containers.find), or None when none does.
-    Its addresses are read inside its network namespace (None where it has none)."""
+    Its addresses are read inside its network namespace (None where it has none). A name several
+    containers answer to is an error, not a host name to look up in DNS."""
     try:
         found = containers.find(spec)
-    except (ContainerError, OSError):
+    except ContainerError as err:
+        if err.candidates:
+            raise TargetError(str(err)) from None
+        return None
+    except OSError:
         return None
     if found.kind == "lab":
         lab = Lab.get(found.id)

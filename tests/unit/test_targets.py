@@ -36,3 +36,15 @@ def test_bad_forms_are_one_line_errors(text):
 
 def test_str_shows_the_address():
     assert str(targets.parse("[::1]:80")) == "[::1]:80" and str(targets.parse("/x.sock")) == "/x.sock"
+
+
+def test_a_name_several_containers_answer_to_is_an_error_not_a_dns_lookup(monkeypatch):
+    from bpfhook import containers
+
+    def several(spec):
+        raise containers.ContainerError(f"{spec!r} names 2 containers: a, b", ["a", "b"])
+
+    monkeypatch.setattr(containers, "find", several)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("looked up in DNS"))
+    with pytest.raises(TargetError, match="'web' names 2 containers"):
+        targets.parse("web:80")
