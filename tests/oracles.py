@@ -13,6 +13,8 @@ import subprocess
 
 import pytest
 
+from tests.conftest import slow_factor
+
 INSTALL_HINT = "sudo bash .ci/run installs the test oracles"
 LLVM_NEWEST = 30  # versioned LLVM names looked for, newest first, down to the tool's minimum
 LLVM_BIN = "/usr/lib/llvm-{major}/bin"  # where Debian's llvm-N packages keep the plain names
@@ -94,7 +96,7 @@ def _version(tool, path):
     argv = ([path, "-c", f"import {tool.python_module} as m; print(m.__version__)"] if tool.python_module
             else [path, tool.version_flag])
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30 * slow_factor())  # tshark takes >30 s under TCG
     except OSError:
         return None
     match = re.search(tool.version_re, r.stdout + r.stderr)

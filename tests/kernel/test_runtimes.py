@@ -30,8 +30,7 @@ CLI_SECONDS = 120  # a bound, not a wait
 
 @pytest.fixture(scope="module", params=sorted(runtimes.ENGINES))
 def engine(request):
-    if os.environ.get("BPFHOOK_SLOW"):  # the kernel matrix's emulated VMs: engines take minutes to start there
-        pytest.skip("container engines are tested on the host, not in the kernel matrix")
+    runtimes.skip_in_kernel_matrix()
     with runtimes.ENGINES[request.param]() as running:
         yield running
 
