@@ -48,12 +48,14 @@ def event_object(event, container, cgroup_path=None):
         # a close the kernel skipped the program for, sent when a new socket took the connection's
         # address: bytes as of the last walk, no duration
         "close_unseen": event["close_unseen"],
-        # health: why a connect() failed ("refused", "timeout", "other"), segments retransmitted,
-        # smoothed RTT at the close, handshake time (0: not measured)
+        # health: why a connect() failed ("refused", "timeout", "other"), segments retransmitted
+        # after the handshake, smoothed RTT at the close, handshake time (0: not measured), resets
         "failure": event["failure"],
         "retransmits": event["retransmits"],
         "srtt_us": event["srtt_us"],
         "connect_us": event["connect_us"],
+        "resets_sent": event["resets_sent"],
+        "resets_received": event["resets_received"],
     }
 
 
@@ -114,13 +116,15 @@ class JsonLines:
                 f'"duration_ns":{e["duration_ns"]:d},"owner_from":{text(owner)},'
                 f'"direction":{text(records.direction(e))},'
                 f'"close_unseen":{"true" if e["close_unseen"] else "false"},"failure":{text(e["failure"])},'
-                f'"retransmits":{e["retransmits"]:d},"srtt_us":{e["srtt_us"]:d},"connect_us":{e["connect_us"]:d}}}\n')
+                f'"retransmits":{e["retransmits"]:d},"srtt_us":{e["srtt_us"]:d},"connect_us":{e["connect_us"]:d},'
+                f'"resets_sent":{e["resets_sent"]:d},"resets_received":{e["resets_received"]:d}}}\n')
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 # An event's fields for event_object() when only its container's part is wanted
 _NO_EVENT = dict.fromkeys(("ts_ns", "pid", "tid", "cgroup_id", "netns", "sport", "dport", "bytes_sent",
-                           "bytes_received", "duration_ns", "retransmits", "srtt_us", "connect_us"), 0)
+                           "bytes_received", "duration_ns", "retransmits", "srtt_us", "connect_us",
+                           "resets_sent", "resets_received"), 0)
 _NO_EVENT.update(dict.fromkeys(("event", "comm", "family", "protocol", "saddr", "daddr", "oldstate",
                                 "newstate"), ""))
 _NO_EVENT.update(dict.fromkeys(("owner_from_accept", "owner_from_close", "owner_from_proc", "close_unseen"), False))
@@ -145,7 +149,8 @@ PER_CGROUP_METRICS = [
      "failed_timeout"),
     ("bpfhook_connects_failed_other_total", "counter",
      "TCP connect()s that failed otherwise (an ICMP error, closed while connecting).", "failed_other"),
-    ("bpfhook_retransmits_total", "counter", "TCP segments retransmitted.", "retransmits"),
+    ("bpfhook_retransmits_total", "counter", "TCP segments retransmitted after the handshake (not SYNs).",
+     "retransmits"),
     ("bpfhook_resets_sent_total", "counter", "TCP resets sent by the container's connections.", "resets_sent"),
     ("bpfhook_resets_received_total", "counter", "TCP resets received by the container's connections.",
      "resets_received"),

@@ -126,6 +126,9 @@ EVENT = Struct(
     "retransmits" / u32,  # segments retransmitted (tcp:tcp_retransmit_skb), so far
     "srtt_us" / u32,  # close: tcp_sock's smoothed RTT, microseconds (0: no sample)
     "connect_us" / u32,  # handshake time: SYN_SENT (client) or SYN_RECV (server) to ESTABLISHED
+    "resets_sent" / u16,  # TCP resets this connection sent (tcp:tcp_send_reset) and received, so far;
+    "resets_received" / u16,  # an abort's reset, sent just after its close, is in the close event
+    Padding(4),
 )
 
 CONN_KEY = Struct("sock" / u64)
@@ -148,8 +151,8 @@ CONN = Struct(
     "comm" / Bytes(16),
     "saddr" / Bytes(16),
     "daddr" / Bytes(16),
-    "protocol" / u8,
-    Padding(3),
+    "resets_sent" / u16,  # as EVENT's (a CONN is TCP's: no protocol field)
+    "resets_received" / u16,
     "retransmits" / u32,  # as EVENT's
     "connect_us" / u32,
     "srtt_us" / u32,  # as of the last live walk (programs/live_conns.py)
@@ -226,11 +229,11 @@ TASK_NETNS = Struct(
     "pid" / u32,  # the kernel's pid (a thread's own id: /proc/TID/ns/net is its namespace)
 )
 
-_SIZES = {"EVENT": (EVENT, 144), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 120),
+_SIZES = {"EVENT": (EVENT, 152), "CONN_KEY": (CONN_KEY, 8), "CONN": (CONN, 120),
           "CONN_SLOT": (CONN_SLOT, 128),
           "CGROUP_KEY": (CGROUP_KEY, 8), "NETNS_KEY": (NETNS_KEY, 8), "METRICS": (METRICS, 296),
           "METRICS_CACHED": (METRICS_CACHED, 304), "METRICS_CACHE": (METRICS_CACHE, 304 * METRICS_CACHE_SLOTS),
-          "STATS": (STATS, 8 * NSTATS), "RECENT": (RECENT, 8 + 144 * RECENT_SLOTS),
+          "STATS": (STATS, 8 * NSTATS), "RECENT": (RECENT, 8 + 152 * RECENT_SLOTS),
           "LISTENER_KEY": (LISTENER_KEY, 16), "OLDER_ENTERED": (OLDER_ENTERED, 16),
           "TASK_NETNS": (TASK_NETNS, 8)}
 
@@ -322,7 +325,7 @@ def state_name(number):
 assert EVENT_CODEC.names == ("ts_ns", "cgroup_id", "netns", "sock", "cookie", "bytes_sent", "bytes_received",
                              "duration_ns", "pid", "tid", "comm", "saddr", "daddr", "sport", "dport", "family",
                              "protocol", "kind", "oldstate", "newstate", "flags", "failure", "retransmits", "srtt_us",
-                             "connect_us")
+                             "connect_us", "resets_sent", "resets_received")
 _STATE_NAMES = [state_name(n) for n in range(256)]
 _TEXTS_MAX = 4096  # comms and addresses kept decoded (a busy stream repeats them); emptied when full
 _comms, _addresses = {}, {}
@@ -337,7 +340,8 @@ def decode_event(record):
     else:
         values = tuple(record[name] for name in EVENT_CODEC.names)
     (ts_ns, cgroup_id, netns, sock, cookie, bytes_sent, bytes_received, duration_ns, pid, tid, raw_comm, saddr, daddr,
-     sport, dport, family, protocol, kind, oldstate, newstate, flags, failure, retransmits, srtt_us, connect_us) = values
+     sport, dport, family, protocol, kind, oldstate, newstate, flags, failure, retransmits, srtt_us, connect_us,
+     resets_sent, resets_received) = values
     text = _comms.get(raw_comm)
     if text is None:
         if len(_comms) >= _TEXTS_MAX:
@@ -377,6 +381,8 @@ def decode_event(record):
         "retransmits": retransmits,
         "srtt_us": srtt_us,
         "connect_us": connect_us,
+        "resets_sent": resets_sent,
+        "resets_received": resets_received,
     }
 
 
@@ -414,12 +420,13 @@ def decode_conn(sock, c):
         "owner_from_close": bool(flags & F_OWNER_FROM_CLOSE), "passive": passive,
         "older": bool(flags & F_OLDER), "accepted_before": bool(flags & F_ACCEPTED_BEFORE),
         "found_late": bool(flags & F_FOUND_LATE), "close_unseen": False, "owner_from_proc": False,
-        "family": AF_NAMES.get(family, str(family)), "protocol": PROTOCOLS.get(c["protocol"], str(c["protocol"])),
+        "family": AF_NAMES.get(family, str(family)), "protocol": "tcp",
         "saddr": address(family, c["saddr"]), "sport": c["sport"], "daddr": address(family, c["daddr"]),
         "dport": c["dport"], "oldstate": "", "newstate": "", "bytes_sent": c["bytes_sent"],
         "bytes_received": c["bytes_received"], "duration_ns": 0, "sock": sock, "cookie": 0,
         "state": state_name(c["state"]), "start_ns": c["start_ns"], "failure": None,
         "retransmits": c["retransmits"], "srtt_us": c["srtt_us"], "connect_us": c["connect_us"],
+        "resets_sent": c["resets_sent"], "resets_received": c["resets_received"],
     }
 
 

@@ -532,9 +532,9 @@ def sock_netns(p, k, ev, scratch, sk, typed=False):
         kread(p, ev, ev.offsetof("netns"), 8, scratch.u64[0], k.net_cookie)
 
 
-# Fields an EVENT and a CONN share (each the same type in both)
-SHARED_FIELDS = ("cgroup_id", "netns", "pid", "tid", "sport", "dport", "family", "protocol", "flags",
-                 "retransmits", "connect_us")
+# Fields an EVENT and a CONN share (each the same type in both; a CONN is TCP's: no protocol)
+SHARED_FIELDS = ("cgroup_id", "netns", "pid", "tid", "sport", "dport", "family", "flags",
+                 "retransmits", "connect_us", "resets_sent", "resets_received")
 SHARED_ARRAYS = ("comm", "saddr", "daddr")  # 16 bytes each: two u64 moves
 
 

@@ -59,6 +59,11 @@ CLOSER_MASK = sum(1 << records.TCP_STATE_IDS[s] for s in ("FIN_WAIT1", "LAST_ACK
 FIN_SEEN_MASK = sum(1 << records.TCP_STATE_IDS[s] for s in ("CLOSE_WAIT", "LAST_ACK", "CLOSING", "TIME_WAIT",
                                                              "FIN_WAIT2"))
 
+# States an abort (close() with SO_LINGER 0 or unread data, tcp_disconnect) goes to CLOSE from
+# and then sends a reset; no other way from them to CLOSE leaves sk_err 0 (a reset received, a
+# timeout set it). FIN_WAIT2's usual way to CLOSE (through TIME_WAIT) leaves it 0 too: left out.
+ABORT_FROM_MASK = sum(1 << records.TCP_STATE_IDS[s] for s in ("ESTABLISHED", "CLOSE_WAIT", "SYN_RECV",
+                                                              "FIN_WAIT1"))
 
 
 def build(maps, kernel, typed=False):
@@ -134,6 +139,7 @@ def build(maps, kernel, typed=False):
         conn_at(p, p.r7).state = p.r8
         _owner_from_closer(p, task)
         with p.If(p.r8 == CLOSE):
+            _abort_reset(p, kernel, scratch, oldstate, typed)
             event_from_conn(p, ev, oldstate)
             end_conn(p, maps, kernel, ev, slot, scratch, index, typed)
         if maps.stream:
@@ -185,6 +191,20 @@ def end_conn(p, maps, kernel, ev, slot, scratch, index, typed):
     end_slot(p, slot, p.r6)  # last: from here another socket may take the slot
     with p.If(p.r0 == 0):  # the entry stays in conns, counted for Monitor.trim_closed
         stat_add(p, maps, scratch, records.STAT_CLOSED_KEPT, 1, atomic=False)
+
+
+def _abort_reset(p, kernel, scratch, oldstate, typed):
+    """An abort's reset counted in the CONN at r7 (r6: its struct sock) before its close event
+    is made: the kernel sends it just after this transition (tcp_disconnect sets CLOSE first),
+    when programs/tcp_health.py counts it in the metrics only. Only a close from
+    ABORT_FROM_MASK, where it costs one read of sk_err."""
+    with p.If(_state_in(p, ABORT_FROM_MASK, oldstate)):
+        sock_field(p, kernel, scratch, p.r6, "sk_err", typed)
+        with p.If(p.r1 == 0):
+            conn = conn_at(p, p.r7)
+            p.r1 = conn.resets_sent
+            p.r1 += 1
+            conn.resets_sent = p.r1
 
 
 def _failed(p, maps, kernel, ev, scratch, index, typed):
@@ -378,6 +398,7 @@ def _tcp_bytes(p, kernel, ev, typed):
 def event_from_conn(p, ev, oldstate):
     """The EVENT of a transition (from `oldstate`, memory) of the connection whose CONN is at r7."""
     _event_header(p, ev, oldstate)
+    ev.protocol = IPPROTO_TCP
     copy_shared(p, conn_at(p, p.r7), ev)
 
 

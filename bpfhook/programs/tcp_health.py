@@ -2,10 +2,12 @@
 tcp:tcp_retransmit_skb, tcp:tcp_send_reset and tcp:tcp_receive_reset (each takes the socket
 first), one small program per tracepoint, attached as raw tracepoints (no kprobes).
 
-A retransmit counts in its connection's CONN.retransmits (what its close event carries) and,
-as each counter here, at once in its cgroup's and namespace's metrics: a live connection's
-retransmits show before it closes. An abort's reset counts too, though its socket closed just
-before (tcp_disconnect). A reset sent with no socket we follow (the answer to a SYN for a
+Each counts in its connection's CONN (what its close event carries) and at once in its
+cgroup's and namespace's metrics: a live connection's retransmits show before it closes.
+Retransmits are of segments after the handshake: a SYN's (or a SYN-ACK's) retransmit is a
+connect's retry, which shows in its connect time or its failure (timeout), as coroot counts
+them. An abort's reset counts in the metrics though its socket closed just before
+(tcp_disconnect); its close event has it from conn_state's prediction (_abort_reset there). A reset sent with no socket we follow (the answer to a SYN for a
 closed port, sent by no socket) counts in stats[STAT_RESETS_UNOWNED]. These run rarely
 (a loss, an abort): they use the metrics hash maps and atomic adds, not the per-CPU caches
 conn_state fills with preemption off.
@@ -15,7 +17,7 @@ from pybpf.asm import Program
 
 from .conn_common import CONN_IN_SLOT, account, conn_at, define_metrics, find_conn, stat_add
 
-CLOSE = records.TCP_STATE_IDS["CLOSE"]
+CLOSE, SYN_SENT, SYN_RECV = (records.TCP_STATE_IDS[s] for s in ("CLOSE", "SYN_SENT", "SYN_RECV"))
 ARG_SK = 0  # (const struct sock *sk, ...) in each
 
 # tracepoint -> the METRICS field it counts in, and its program's name (the kernel keeps 15 characters)
@@ -43,17 +45,35 @@ def build(maps, tracepoint):
         if field == "resets_sent":
             stat_add(p, maps, scratch, records.STAT_RESETS_UNOWNED, 1)
         p.exit(0)
-    if field != "resets_sent":  # (an abort sends its reset after the close: tcp_disconnect)
+    if field == "retransmits":  # a SYN's: a connect's retry, seen in its connect time or failure
+        p.r2 = p.r1
+        p.r2 -= SYN_SENT
+        with p.If(p.r2 <= SYN_RECV - SYN_SENT):
+            p.exit(0)
+    conn = conn_at(p, p.r7)
+    if field != "resets_sent":
         with p.If(p.r1 == CLOSE):  # an ended connection's entry, kept for the next socket here
             p.exit(0)
-    if field == "retransmits":
-        p.r1 = 1
-        conn_at(p, p.r7).retransmits += p.r1
-    conn = conn_at(p, p.r7)
+        _count_in_conn(p, conn, field)
+    else:  # an abort's reset comes after its close (conn_state counted it in the close event)
+        with p.If(p.r1 != CLOSE):
+            _count_in_conn(p, conn, field)
     account(p, (conn.cgroup_id, conn.netns), [(field, 1)])
     p.exit(0)
     define_metrics(p, maps)
     return p
+
+
+def _count_in_conn(p, conn, field):
+    """conn.field += 1 (its close event's count): atomic for the u32 retransmits; the u16 resets
+    have no atomic add, and one socket's resets come one at a time (under its lock)."""
+    if records.sizeof(records.CONN, field) == 4:
+        p.r1 = 1
+        conn[field] += p.r1
+    else:
+        p.r1 = conn[field]
+        p.r1 += 1
+        conn[field] = p.r1
 
 
 def _ended_in_slot(p, maps, slot):

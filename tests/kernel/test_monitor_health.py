@@ -1,7 +1,7 @@
 """Connection health, provoked for real: a refused connect (a closed port), a timed-out one (its
-SYN-ACKs dropped in the client's lab namespace), retransmits (the server's ACKs dropped there
-for a bounded time), an abort's resets, and the connect time and smoothed RTT of connections
-that worked. Each shows in the close event, in the connection's entry, and in its container's
+SYN-ACKs dropped in the client's lab namespace), a lost SYN (a slow connect, no retransmit),
+retransmits (the server's ACKs dropped there for a bounded time), resets sent and received (an
+abort at either end), and the connect time and smoothed RTT of connections that worked. Each shows in the close event, in the connection's entry, and in its container's
 metrics. The client runs in a lab container; servers listen on the host's side of its veth
 (monitor_helpers.host_server)."""
 import json
@@ -91,6 +91,7 @@ def test_refused_connect_is_a_failure_with_a_reset_received(setup):
     events = collect(m, lambda evs: closed(evs, dport=port))
     (close,) = closed(events, dport=port)
     assert (close["failure"], close["oldstate"], close["srtt_us"], close["connect_us"]) == ("refused", "SYN_SENT", 0, 0)
+    assert (close["resets_received"], close["resets_sent"], close["retransmits"]) == (1, 0, 0)
     health = _metrics(m, c)
     assert (health["failed_refused"], health["failed_timeout"], health["failed_other"]) == (1, 0, 0)
     assert (health["resets_received"], health["connects"], sum(health["connect_buckets"])) == (1, 0, 0)
@@ -109,10 +110,47 @@ def test_connect_whose_syn_acks_are_dropped_times_out(setup):
     assert got["error"] == 110 and time.monotonic() - started < 20  # ETIMEDOUT
     events = collect(m, lambda evs: closed(evs, dport=port))
     (close,) = closed(events, dport=port)
-    assert close["failure"] == "timeout" and close["retransmits"] >= 1  # the SYN's retries
+    assert close["failure"] == "timeout" and close["retransmits"] == 0  # a SYN's retries are no retransmits
     health = _metrics(m, c)
     assert (health["failed_timeout"], health["failed_refused"], health["connects"]) == (1, 0, 0)
-    assert health["retransmits"] == close["retransmits"]
+    assert health["retransmits"] == 0
+
+
+def test_a_lost_syn_is_a_slow_connect_not_a_retransmit(setup):
+    """The container drops its first SYN (a rule made and removed here): the SYN is sent again a
+    second later and the connection works. Its connect time says so, its retransmits do not."""
+    c, m = setup
+    port, server = host_server(c.host_ipv4, 10, 1)
+    rule = ["OUTPUT", "-p", "tcp", "--syn", "--dport", str(port), "-j", "DROP"]
+    _in_netns(c, "iptables", "-A", *rule)
+    try:
+        p = c.spawn([sys.executable, "-c", CLIENT, c.host_ipv4, str(port), "6", "10", "close"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while _dropped(c, rule) < 1:  # the first SYN met the rule: let the next one through
+            assert time.monotonic() < deadline, "no SYN dropped"
+            time.sleep(0.05)
+    finally:
+        _in_netns(c, "iptables", "-D", *rule)
+    got = json.loads(p.stdout.readline())
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    p.wait(10)
+    server.join(10)
+    assert got["error"] == 0 and got["elapsed_us"] >= 900_000  # the SYN's first retry: after 1 s
+    events = collect(m, lambda evs: closed(evs, sport=got["sport"]))
+    (close,) = closed(events, sport=got["sport"])
+    assert close["failure"] is None and close["retransmits"] == 0 and close["connect_us"] >= 900_000
+    health = _metrics(m, c)
+    assert (health["connects"], health["retransmits"], health["failed_timeout"]) == (1, 0, 0)
+    assert sum(health["connect_buckets"][:CONNECT_BUCKETS_US.index(500_000) + 1]) == 0  # in the slow buckets
+
+
+def _dropped(c, rule):
+    """Packets the container's rule (iptables -A argv) dropped so far."""
+    out = subprocess.run([oracles.require("ip"), "netns", "exec", c.netns, oracles.require("iptables"), "-L",
+                          rule[0], "-v", "-x", "-n"], check=True, capture_output=True, text=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if f"dpt:{rule[5]}" in line and "DROP" in line)
 
 
 def test_retransmits_while_acks_are_dropped_count_per_connection_and_container(setup):
@@ -151,7 +189,11 @@ def test_abort_sends_a_reset_and_connect_time_and_rtt_are_histograms(setup):
     server.join(10)
     events = collect(m, lambda evs: len(closed(evs, dport=port)) + len(closed(evs, sport=port)) >= 2)
     (client_close,) = closed(events, sport=got["sport"])
+    (server_close,) = closed(events, sport=port)
     assert client_close["connect_us"] > 0 and client_close["srtt_us"] > 0
+    # the abort's reset, sent just after the close, is in the close event; the peer received it
+    assert (client_close["resets_sent"], client_close["resets_received"]) == (1, 0)
+    assert (server_close["resets_sent"], server_close["resets_received"]) == (0, 1)
     health = _metrics(m, c)
     assert (health["resets_sent"], health["resets_received"], health["connects"]) == (1, 0, 1)
     assert health["connect_sum_us"] == client_close["connect_us"]
@@ -175,3 +217,40 @@ def test_bucket_index_counts_the_bounds_a_value_exceeds(value):
     p.exit()
     with load(p, "socket_filter", name="bucket") as prog:
         assert prog.test_run(bytes(64)).retval == sum(1 for bound in CONNECT_BUCKETS_US if value > bound)
+
+
+# A server on the host that accepts one connection, reads argv[2] bytes, and aborts it (SO_LINGER 0)
+ABORTING_SERVER = r"""
+import socket, struct, sys
+with socket.socket() as s:
+    s.bind((sys.argv[1], 0))
+    s.listen(1)
+    print(s.getsockname()[1], flush=True)
+    conn, _ = s.accept()
+    conn.recv(int(sys.argv[2]))
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+"""
+
+
+def test_a_peers_reset_is_received_in_the_close_event(setup):
+    """The server aborts: the client, in the container, receives the reset (its recv fails), and
+    each end's close event says who sent it."""
+    c, m = setup
+    server = subprocess.Popen([sys.executable, "-c", ABORTING_SERVER, c.host_ipv4, "10"], stdout=subprocess.PIPE,
+                              text=True)
+    port = int(server.stdout.readline())
+    p, got = _client(c, port, size=10)
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    p.wait(10)
+    server.wait(10)
+    events = collect(m, lambda evs: len(closed(evs, sport=got["sport"])) + len(closed(evs, sport=port)) >= 2)
+    (client_close,) = closed(events, sport=got["sport"])
+    (server_close,) = closed(events, sport=port)
+    assert (client_close["resets_sent"], client_close["resets_received"], client_close["oldstate"]) == (
+        0, 1, "ESTABLISHED")
+    assert (server_close["resets_sent"], server_close["resets_received"]) == (1, 0)
+    health = _metrics(m, c)
+    assert (health["resets_sent"], health["resets_received"]) == (0, 1)
+

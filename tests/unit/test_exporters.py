@@ -23,7 +23,7 @@ def ev(**over):
          "owner_from_proc": False, "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000, "daddr": "10.77.1.1", "dport": 80,
          "oldstate": "LAST_ACK", "newstate": "CLOSE", "bytes_sent": 10, "bytes_received": 20,
          "duration_ns": 30, "sock": 1, "cookie": 0, "close_unseen": False, "failure": None, "retransmits": 0,
-         "srtt_us": 0, "connect_us": 0}
+         "srtt_us": 0, "connect_us": 0, "resets_sent": 0, "resets_received": 0}
     e.update(over)
     return e
 
@@ -49,10 +49,12 @@ def test_json_lines_one_object_per_event():
 def test_json_close_event_carries_connection_health():
     out = io.StringIO()
     JsonLines(out).write(ev(oldstate="SYN_SENT", failure="timeout", retransmits=2), classify("/"))
-    JsonLines(out).write(ev(retransmits=3, srtt_us=250, connect_us=120), classify("/"))
+    JsonLines(out).write(ev(retransmits=3, srtt_us=250, connect_us=120, resets_sent=1, resets_received=2),
+                         classify("/"))
     failed, ok = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert (failed["failure"], failed["retransmits"]) == ("timeout", 2)
+    assert (failed["failure"], failed["retransmits"], failed["resets_sent"]) == ("timeout", 2, 0)
     assert (ok["failure"], ok["retransmits"], ok["srtt_us"], ok["connect_us"]) == (None, 3, 250, 120)
+    assert (ok["resets_sent"], ok["resets_received"]) == (1, 2)
     assert json.loads(json.dumps(event_object(ev(close_unseen=True), classify("/"))))["close_unseen"] is True
 
 
@@ -62,6 +64,7 @@ def test_json_close_event_carries_connection_health():
     {"comm": 'a"b\\c\u00e9\u2603\x01'}, {"family": "ipv6", "saddr": "::1", "daddr": "fe80::1"},
     {"ts_ns": 1_700_000_000_123_456_789, "bytes_sent": 2**64 - 1, "close_unseen": True},
     {"failure": "refused", "retransmits": 3, "srtt_us": 45, "connect_us": 2**32 - 1},
+    {"resets_sent": 2**16 - 1, "resets_received": 1},
     {"ts_ns": 3}])
 @pytest.mark.parametrize("cgroup", ["/", "/bpfhook.lab/web", "/docker/" + "ab" * 32, '/odd "name"\\'])
 def test_json_lines_are_event_objects_as_json_writes_them(over, cgroup):

@@ -16,10 +16,10 @@ EXPECTED_OFFSETS = {
               "bytes_received": 48, "duration_ns": 56, "pid": 64, "tid": 68, "comm": 72, "saddr": 88,
               "daddr": 104, "sport": 120, "dport": 122, "family": 124, "protocol": 126, "kind": 127,
               "oldstate": 128, "newstate": 129, "flags": 130, "failure": 131, "retransmits": 132, "srtt_us": 136,
-              "connect_us": 140},
+              "connect_us": 140, "resets_sent": 144, "resets_received": 146},
     "CONN": {"state": 0, "flags": 1, "family": 2, "sport": 4, "dport": 6, "pid": 8, "tid": 12, "start_ns": 16,
              "cgroup_id": 24, "netns": 32, "bytes_sent": 40, "bytes_received": 48, "comm": 56, "saddr": 72,
-             "daddr": 88, "protocol": 104, "retransmits": 108, "connect_us": 112, "srtt_us": 116},
+             "daddr": 88, "resets_sent": 104, "resets_received": 106, "retransmits": 108, "connect_us": 112, "srtt_us": 116},
     "CONN_SLOT": {"sock": 0, "conn": 8},
     "METRICS": {"closed": 0, "bytes_sent": 8, "bytes_received": 16, "udp": 24, "connects": 32, "failed_refused": 40,
                 "failed_timeout": 48, "failed_other": 56, "retransmits": 64, "resets_sent": 72,
@@ -29,7 +29,7 @@ EXPECTED_OFFSETS = {
     "CGROUP_KEY": {"cgroup_id": 0},
     "NETNS_KEY": {"netns": 0},
 }
-SIZES = {"EVENT": 144, "CONN": 120, "CONN_SLOT": 128, "METRICS": 296, "CONN_KEY": 8, "CGROUP_KEY": 8,
+SIZES = {"EVENT": 152, "CONN": 120, "CONN_SLOT": 128, "METRICS": 296, "CONN_KEY": 8, "CGROUP_KEY": 8,
          "NETNS_KEY": 8}
 
 
@@ -62,15 +62,16 @@ def _event_bytes(**over):
              bytes_received=2000, duration_ns=5_000_000, pid=1234, tid=1235, comm=b"curl",
              saddr=socket.inet_aton("10.77.1.2"), daddr=socket.inet_aton("10.77.1.1"), sport=43210, dport=80,
              family=socket.AF_INET, protocol=6, kind=r.EV_CLOSE, oldstate=1, newstate=7, flags=r.F_NETNS_INODE,
-             failure=0, retransmits=3, srtt_us=420, connect_us=95)
+             failure=0, retransmits=3, srtt_us=420, connect_us=95, resets_sent=1, resets_received=2)
     v.update(over)
-    buf = bytearray(144)
+    buf = bytearray(152)
     struct.pack_into("=8Q", buf, 0, v["ts_ns"], v["cgroup_id"], v["netns"], v["sock"], v["cookie"],
                      v["bytes_sent"], v["bytes_received"], v["duration_ns"])
     struct.pack_into("=II16s16s16sHHHBBBBB", buf, 64, v["pid"], v["tid"], v["comm"], v["saddr"], v["daddr"],
                      v["sport"], v["dport"], v["family"], v["protocol"], v["kind"], v["oldstate"],
                      v["newstate"], v["flags"])
-    struct.pack_into("=BIII", buf, 131, v["failure"], v["retransmits"], v["srtt_us"], v["connect_us"])
+    struct.pack_into("=BIIIHH", buf, 131, v["failure"], v["retransmits"], v["srtt_us"], v["connect_us"],
+                     v["resets_sent"], v["resets_received"])
     return bytes(buf)
 
 
@@ -84,7 +85,7 @@ def test_decode_event_ipv4():
         "family": "ipv4", "protocol": "tcp", "saddr": "10.77.1.2", "sport": 43210, "daddr": "10.77.1.1", "dport": 80,
         "oldstate": "ESTABLISHED", "newstate": "CLOSE", "bytes_sent": 1000, "bytes_received": 2000,
         "duration_ns": 5_000_000, "sock": 0xFFFF888012345678, "cookie": 77, "failure": None, "retransmits": 3,
-        "srtt_us": 420, "connect_us": 95,
+        "srtt_us": 420, "connect_us": 95, "resets_sent": 1, "resets_received": 2,
     }
     assert [r.decode_event(_event_bytes(failure=n, oldstate=2))["failure"] for n in (1, 2, 3)] == [
         "refused", "timeout", "other"]
@@ -109,9 +110,9 @@ def test_event_roundtrip_through_construct_and_codec():
                       duration_ns=8, pid=9, tid=10, comm=b"x".ljust(16, b"\0"), saddr=saddr,
                       daddr=r.pack_address("::1")[1], sport=1, dport=2, family=fam, protocol=17,
                       kind=r.EV_UDP, oldstate=0, newstate=0, flags=0, failure=0, retransmits=0, srtt_us=0,
-                      connect_us=0)
+                      connect_us=0, resets_sent=0, resets_received=0)
     raw = r.EVENT.build(value)
-    assert raw == r.EVENT_CODEC.encode(value) and len(raw) == 144
+    assert raw == r.EVENT_CODEC.encode(value) and len(raw) == 152
     d = r.decode_event(raw)
     assert (d["saddr"], d["daddr"], d["protocol"], d["event"]) == ("fd77::3:1", "::1", "udp", "udp")
 
@@ -157,5 +158,5 @@ def test_histogram_quantile_interpolates_as_prometheus_does():
 
 def test_describe_lists_every_field_with_its_offset():
     text = r.describe()
-    assert "struct event {  /* 144 bytes */" in text
+    assert "struct event {  /* 152 bytes */" in text
     assert "/* 130 */ flags: 1 bytes" in text and "/*  24 */ udp: 8 bytes" in text
