@@ -5,6 +5,7 @@ keeps what the report shows: active connections, state transitions, durations, r
 connections, per-cgroup totals. snapshot() freezes that into a Snapshot; render() and
 render_final() are pure functions of a Snapshot, so the layout is tested without a kernel.
 """
+import bisect
 import collections
 import dataclasses
 import time
@@ -153,6 +154,7 @@ class Aggregator:
         self.closed_unseen += event["close_unseen"]
         conn.update(state="CLOSE", bytes_sent=0, bytes_received=0, duration_ns=0)
         self._account(conn, totals, event)
+        add_health(totals.health, event, closed=True)
         self._closed[sock] = (conn, totals)
         if len(self._closed) > 4096:
             self._closed.popitem(last=False)
@@ -196,7 +198,7 @@ class Aggregator:
                 del self.active[sock]
                 self._totals(conn["cgroup_id"], conn["container"]).active -= 1
             else:
-                conn.update(bytes_sent=now["bytes_sent"], bytes_received=now["bytes_received"])
+                conn.update({field: now[field] for field in _LIVE_FIELDS if field in now})
 
     def set_lost(self, lost, missed=0, made_good=0):
         """Total events lost so far (Monitor.lost()'s "events"), of them the runs the kernel
@@ -209,17 +211,18 @@ class Aggregator:
         self.transitions = collections.Counter(transitions)
 
     def snapshot(self):
-        rows = {cgid: dataclasses.replace(t) for cgid, t in self.totals.items()}
+        rows = {cgid: dataclasses.replace(t, health=_copy_health(t.health)) for cgid, t in self.totals.items()}
         for cgid, m in self.map_totals.items():
             row = rows.get(cgid) or CgroupTotals(cgid, self.resolve(cgid))
             rows[cgid] = dataclasses.replace(
                 row, opened=m["opened"], closed=m["closed"], active=m["active"], bytes_sent=m["bytes_sent"],
                 bytes_received=m["bytes_received"], udp=m.get("udp", row.udp), health=_health(m))
-        for conn in self.active.values():  # live bytes so far (set_live); the maps' figures have them
+        for conn in self.active.values():  # live figures so far (set_live); the maps' figures have them
             if conn["cgroup_id"] not in self.map_totals:
                 row = rows[conn["cgroup_id"]]
                 row.bytes_sent += conn["bytes_sent"]
                 row.bytes_received += conn["bytes_received"]
+                add_health(row.health, conn, closed=False)
         active = sorted(self.active.values(), key=lambda c: c["start_ns"])
         return Snapshot(
             time=self.clock(),
@@ -241,6 +244,37 @@ class Aggregator:
 
 def _health(metrics):
     return {name: metrics[name] for name in HEALTH_FIELDS if name in metrics}
+
+
+def _copy_health(health):
+    """A copy of a health dict to add live connections to, its buckets' lists too."""
+    return {name: list(value) if name in records.HISTOGRAMS else value for name, value in health.items()}
+
+
+# What set_live takes from a live connection: its figures so far
+_LIVE_FIELDS = ("bytes_sent", "bytes_received", "state", "retransmits", "connect_us", "resets_sent",
+                "resets_received")
+
+
+def add_health(health, conn, closed):
+    """Add to `health` (HEALTH_FIELDS, filled in as needed) what one connection counts in its
+    container's METRICS as the kernel counts them (programs/conn_state.py, tcp_health.py): at
+    its close (closed: a close event) or so far (a live connection). A report that keeps only
+    some connections (a filter) sums these, and shows what the maps show for them."""
+    if not health:
+        health.update(_health(records.zero_metrics()))
+    for name in ("retransmits", "resets_sent", "resets_received"):
+        health[name] += conn[name]
+    state = conn["oldstate"] if closed else conn["state"]
+    if closed and conn["failure"]:
+        health["failed_" + conn["failure"]] += 1
+    elif records.direction(conn) == "out" and state not in ("", "SYN_SENT"):  # a connect() that worked
+        health["connects"] += 1
+        health["connect_sum_us"] += conn["connect_us"]
+        health["connect_buckets"][bisect.bisect_left(records.CONNECT_BUCKETS_US, conn["connect_us"])] += 1
+    if closed and conn["srtt_us"]:
+        health["rtt_sum_us"] += conn["srtt_us"]
+        health["rtt_buckets"][bisect.bisect_left(records.RTT_BUCKETS_US, conn["srtt_us"])] += 1
 
 
 def summary_snapshot(connections, recent, stats, cgroup_metrics, resolve, lost, keep=10, clock=time.time):

@@ -4,29 +4,38 @@ retransmits (the server's ACKs dropped there for a bounded time), resets sent an
 abort at either end), and the connect time and smoothed RTT of connections that worked. Each shows in the close event, in the connection's entry, and in its container's
 metrics. The client runs in a lab container; servers listen on the host's side of its veth
 (monitor_helpers.host_server)."""
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 
 import pytest
 
 from bpfhook import cgroups
 from bpfhook.monitor import Monitor
+from bpfhook.exporters import HISTOGRAMS, PER_CGROUP_METRICS
+from bpfhook.monitor_cli import MonitorOptions, watch
 from bpfhook.programs import conn_common
 from bpfhook.records import CONNECT_BUCKETS_US
+from bpfhook.report import HEALTH_FIELDS, CgroupTotals
 from pybpf.asm import Program
 from pybpf.prog import load
 from tests import oracles
+from tests.conftest import eventually
 from tests.kernel.monitor_helpers import closed, collect, host_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, namespaces)")
 
 # The client, in the container: one connect() to argv[1]:argv[2] with TCP_SYNCNT argv[3]; then,
 # connected, send argv[4] bytes, wait for one byte back, and close (SO_LINGER 0 when argv[5] is
-# "abort"). Prints {"error": errno or 0, "elapsed_us": the connect() call's time, "sport": ...}.
+# "abort"; "open": not until killed). Prints {"error": errno or 0, "elapsed_us": the connect()
+# call's time, "sport": ...}.
 CLIENT = r"""
 import json, socket, struct, sys, time
 host, port, syncnt, size, how = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -46,6 +55,8 @@ s.sendall(b"c" * size)
 s.recv(1)
 if how == "abort":
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+elif how == "open":
+    sys.stdin.readline()  # (the test kills it)
 s.close()
 """
 
@@ -254,3 +265,68 @@ def test_a_peers_reset_is_received_in_the_close_event(setup):
     health = _metrics(m, c)
     assert (health["resets_sent"], health["resets_received"]) == (0, 1)
 
+
+def test_a_filtered_report_shows_the_health_the_maps_count_for_its_connections(setup):
+    """`monitor --container NAME`'s report comes from the events it keeps, not the maps: its
+    health columns and series are still what the maps (another monitor's, unfiltered) give the
+    container: a refused connect, one that works, one that aborts, one left open."""
+    c, m = setup
+    stop, out, err, result = threading.Event(), io.StringIO(), io.StringIO(), {}
+    options = MonitorOptions(cgroup=cgroups.mount(), metrics_interval=60.0, container=c.name,
+                             prometheus=("127.0.0.1", 0))
+    t = threading.Thread(target=lambda: result.setdefault("rc", watch(options, out=out, err=err, stop=stop)))
+    t.start()
+    assert eventually(lambda: "attached" in err.getvalue() or not t.is_alive(), timeout=30), err.getvalue()
+    opened = None
+    try:
+        closed_port = _closed_port(c.host_ipv4)
+        refused, _ = _client(c, closed_port)
+        refused.wait(10)
+        ports = [closed_port]
+        for how in ("close", "abort", "open"):
+            port, server = host_server(c.host_ipv4, 10, 1)
+            p, got = _client(c, port, size=10, how=how)
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            if how == "open":  # left open until the report is made
+                opened = p
+                break
+            p.wait(10)
+            server.join(10)
+            ports.append(port)
+        events = collect(m, lambda evs: all(closed(evs, dport=port) for port in ports))
+        assert all(closed(events, dport=port) for port in ports)
+        time.sleep(0.5)  # (the filtered monitor reads them too)
+        url = re.search(r"Prometheus metrics on (\S+)", err.getvalue())[1]
+        scraped = _series(urllib.request.urlopen(url, timeout=10).read().decode(), c.name)
+        maps = {k: v for k, v in _metrics(m, c).items() if k in HEALTH_FIELDS}
+    finally:
+        stop.set()
+        t.join(20)
+        if opened is not None:
+            opened.kill()
+    assert result["rc"] == 0, err.getvalue()
+    final = out.getvalue().split("FINAL CONNECTION METRICS REPORT")[1]
+    (row,) = [line for line in final.splitlines() if line.endswith(f"(id {c.cgroup_id})")]
+    failed, retrans, p50, p99 = re.search(r" (\d+) +(\d+) +(\S+) +(\S+)  \S+ \(id \d+\)$", row).groups()
+    totals = CgroupTotals(c.cgroup_id, None, health=maps)
+    assert totals.failed() == 1 and maps["connects"] == 3 and maps["resets_sent"] == 1  # (the open one counts)
+    assert (int(failed), int(retrans)) == (totals.failed(), maps["retransmits"]) and "-" not in (p50, p99)
+    # and in its Prometheus series, every health figure. (Times are close, not equal: each
+    # monitor's programs time a handshake at their own runs.)
+    for name, _kind, _help, field in PER_CGROUP_METRICS:
+        if field in maps:
+            assert scraped[name] == maps[field], name
+    for name, _help, buckets, total, _bounds in HISTOGRAMS:
+        got = (scraped[name + "_count"], scraped[name + "_sum"])
+        assert got == (sum(maps[buckets]), pytest.approx(maps[total] / 1e6, rel=0.25)), (name, got, maps[total])
+
+
+def _series(exposition, container):
+    """{metric name: value} of a container's series in a Prometheus exposition (buckets left out)."""
+    values = {}
+    for line in exposition.splitlines():
+        m = re.fullmatch(r'(\w+)\{([^}]*)\} (\S+)', line)
+        if m and f'container="{container}"' in m[2] and "le=" not in m[2]:
+            values[m[1]] = float(m[3])
+    return values

@@ -18,7 +18,8 @@ def ev(event="state", sock=1, ts_ns=0, cgroup_id=100, oldstate="", newstate="", 
          "netns": 4026531840, "netns_is_inode": False, "owner_from_accept": False, "family": "ipv4",
          "protocol": "tcp", "saddr": "10.77.1.2", "sport": 40000 + sock, "daddr": "10.77.1.1", "dport": 80,
          "oldstate": oldstate, "newstate": newstate, "bytes_sent": 0, "bytes_received": 0, "duration_ns": 0,
-         "sock": sock, "cookie": 0, "close_unseen": False}
+         "sock": sock, "cookie": 0, "close_unseen": False, "failure": None, "retransmits": 0, "srtt_us": 0,
+         "connect_us": 0, "resets_sent": 0, "resets_received": 0}
     e.update(over)
     return e
 
@@ -135,6 +136,32 @@ def test_health_columns_show_failed_connects_retransmits_and_connect_time_quanti
     assert re.search(r" 4 +7 +56us +4\.6ms  /bpfhook\.lab/web", row), row
 
 
+def test_health_from_events_is_what_the_maps_count_for_those_connections():
+    """A filtered report has no map figures: its health columns come from the close events
+    and the live connections, counted as the kernel counts them in METRICS."""
+    agg = Aggregator(resolve=resolve)
+    agg.add(ev("state", 1, 0, 100, "CLOSE", "SYN_SENT"))  # connects in 80 us, retransmits 2, aborts
+    agg.add(ev("close", 1, 9, 100, "ESTABLISHED", "CLOSE", connect_us=80, retransmits=2, srtt_us=60,
+               resets_sent=1))
+    agg.add(ev("state", 2, 0, 100, "CLOSE", "SYN_SENT"))  # refused
+    agg.add(ev("close", 2, 5, 100, "SYN_SENT", "CLOSE", failure="refused", resets_received=1))
+    agg.add(ev("accept", 3, 0, 100, passive=True, owner_from_accept=True))  # served: no connect of ours
+    agg.add(ev("close", 3, 7, 100, "LAST_ACK", "CLOSE", passive=True, connect_us=5, srtt_us=40))
+    agg.add(ev("state", 4, 0, 100, "CLOSE", "SYN_SENT"))  # still open: 2 ms to connect, 1 retransmit
+    live = dict(ev("connect", 4, 0, 100), state="ESTABLISHED", connect_us=2000, retransmits=1)
+    agg.set_live([live])
+    health = agg.snapshot().cgroups[0].health
+    assert {name: health[name] for name in ("connects", "failed_refused", "failed_timeout", "retransmits",
+                                            "resets_sent", "resets_received", "connect_sum_us", "rtt_sum_us")} == {
+        "connects": 2, "failed_refused": 1, "failed_timeout": 0, "retransmits": 3, "resets_sent": 1,
+        "resets_received": 1, "connect_sum_us": 2080, "rtt_sum_us": 100}
+    assert health["connect_buckets"] == [1, 0, 0, 1] + [0] * 8  # 80 us <= 100 us; 1 ms < 2 ms <= 5 ms
+    assert health["rtt_buckets"] == [0, 1, 1] + [0] * 9  # 40 and 60 us: (10, 50], (50, 100]
+    assert agg.snapshot().cgroups[0].health == health  # the live part is not kept: counted again each time
+    row = [line for line in render(agg.snapshot()).splitlines() if "/bpfhook.lab/web" in line][0]
+    assert re.search(r" 1 +3 +100us +4\.9ms  /bpfhook\.lab/web", row), row
+
+
 def test_udp_flows_are_counted_per_cgroup():
     agg = Aggregator(resolve=resolve)
     agg.add(ev("udp", 0, 0, 300, protocol="udp", bytes_sent=64, bytes_received=64))
@@ -173,7 +200,7 @@ def test_render_layout():
     assert db.startswith("  [CTR] db ") and "<-" in db and "postgres" in db
     i = lines.index("Cgroup-based metrics:")
     assert "CONTAINER" in lines[i + 1] and "OPENED" in lines[i + 1]
-    assert re.match(r"  \[CTR\] web +lab +web +1 +1 +0 +1\.5KiB +68\.4KiB +0 +0 +- +-  /bpfhook\.lab/web \(id 100\)",
+    assert re.match(r"  \[CTR\] web +lab +web +1 +1 +0 +1\.5KiB +68\.4KiB +0 +0 +50us +99us  /bpfhook\.lab/web \(id 100\)",
                     lines[i + 2]), lines[i + 2]
     assert lines[-2] == "Lost events: 0"
 
