@@ -64,6 +64,8 @@ TOOLS = {t.name: t for t in (
     Tool("ctr", "--version", r"ctr \S+ v?(\d+(?:\.\d+)*)", (), "containerd"),
     Tool("podman", "--version", r"podman version (\d+(?:\.\d+)*)", (), "podman"),
     Tool("runc", "--version", r"runc version (\d+(?:\.\d+)*)", (), "runc"),
+    # a base image without a registry: a minimal Debian made from the apt mirrors
+    Tool("debootstrap", "--version", r"debootstrap (\d+(?:\.\d+)*)", (), "debootstrap"),
     # a real Prometheus scraping the monitor, and its exposition linter
     Tool("prometheus", "--version", r"prometheus, version (\d+(?:\.\d+)*)", (2, 42), "prometheus"),
     Tool("promtool", "--version", r"promtool, version (\d+(?:\.\d+)*)", (2, 42), "prometheus"),

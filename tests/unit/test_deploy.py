@@ -64,6 +64,6 @@ def test_scrape_annotations_match_the_port_served_and_series_carry_the_node():
 def test_dockerfile_installs_the_wheel_on_a_slim_python():
     with open(os.path.join(DEPLOY, "Dockerfile")) as f:
         lines = [line for line in f.read().splitlines() if line and not line.startswith("#")]
-    assert re.fullmatch(r"FROM python:3\.\d+-slim", lines[0])
+    assert re.fullmatch(r"ARG BASE=python:3\.\d+-slim", lines[0]) and lines[1] == "FROM ${BASE}"
     assert any(re.search(r"pip install .*bpfhook-\*\.whl", line) for line in lines)
     assert lines[-2:] == ['ENTRYPOINT ["bpfhook"]', 'CMD ["monitor", "--prometheus", ":9433"]']
