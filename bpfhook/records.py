@@ -123,7 +123,7 @@ EVENT = Struct(
     "newstate" / u8,
     "flags" / u8,  # F_* bits
     "failure" / u8,  # close of a connect() that never reached ESTABLISHED: FAIL_* (0: none)
-    "retransmits" / u32,  # segments retransmitted (tcp:tcp_retransmit_skb), so far
+    "retransmits" / u32,  # segments retransmitted after the handshake (tcp:tcp_retransmit_skb), so far
     "srtt_us" / u32,  # close: tcp_sock's smoothed RTT, microseconds (0: no sample)
     "connect_us" / u32,  # handshake time: SYN_SENT (client) or SYN_RECV (server) to ESTABLISHED
     "resets_sent" / u16,  # TCP resets this connection sent (tcp:tcp_send_reset) and received, so far;

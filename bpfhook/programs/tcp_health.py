@@ -4,13 +4,13 @@ first), one small program per tracepoint, attached as raw tracepoints (no kprobe
 
 Each counts in its connection's CONN (what its close event carries) and at once in its
 cgroup's and namespace's metrics: a live connection's retransmits show before it closes.
-Retransmits are of segments after the handshake: a SYN's (or a SYN-ACK's) retransmit is a
-connect's retry, which shows in its connect time or its failure (timeout), as coroot counts
-them. An abort's reset counts in the metrics though its socket closed just before
-(tcp_disconnect); its close event has it from conn_state's prediction (_abort_reset there). A reset sent with no socket we follow (the answer to a SYN for a
-closed port, sent by no socket) counts in stats[STAT_RESETS_UNOWNED]. These run rarely
-(a loss, an abort): they use the metrics hash maps and atomic adds, not the per-CPU caches
-conn_state fills with preemption off.
+Retransmits are of segments after the handshake, as coroot counts them: a SYN's (or a
+SYN-ACK's) is a connect's retry, which shows in its connect time or its failure (timeout).
+An abort's reset, sent just after its socket closed (tcp_disconnect), counts in the metrics
+here; conn_state put it in the close event already (_abort_reset). A reset sent with no
+socket we follow (the answer to a SYN for a closed port, sent by no socket) counts in
+stats[STAT_RESETS_UNOWNED]. These run rarely (a loss, an abort): they use the metrics hash
+maps and atomic adds, not the per-CPU caches conn_state fills with preemption off.
 """
 from bpfhook import records
 from pybpf.asm import Program

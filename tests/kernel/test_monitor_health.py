@@ -1,9 +1,10 @@
 """Connection health, provoked for real: a refused connect (a closed port), a timed-out one (its
 SYN-ACKs dropped in the client's lab namespace), a lost SYN (a slow connect, no retransmit),
 retransmits (the server's ACKs dropped there for a bounded time), resets sent and received (an
-abort at either end), and the connect time and smoothed RTT of connections that worked. Each shows in the close event, in the connection's entry, and in its container's
-metrics. The client runs in a lab container; servers listen on the host's side of its veth
-(monitor_helpers.host_server)."""
+abort at either end), and the connect time and smoothed RTT of connections that worked. Each
+shows in the close event, in the connection's entry, and in its container's metrics, and in
+a filtered report as in the maps. The client runs in a lab container; servers listen on the
+host's side of its veth (monitor_helpers.host_server)."""
 import io
 import json
 import os
