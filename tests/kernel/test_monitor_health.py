@@ -22,7 +22,7 @@ from bpfhook import cgroups
 from bpfhook.monitor import Monitor
 from bpfhook.exporters import HISTOGRAMS, PER_CGROUP_METRICS
 from bpfhook.monitor_cli import MonitorOptions, watch
-from bpfhook.programs import conn_common
+from bpfhook.programs import conn_common, conn_state
 from bpfhook.records import CONNECT_BUCKETS_US
 from bpfhook.report import HEALTH_FIELDS, CgroupTotals
 from pybpf.asm import Program
@@ -62,10 +62,12 @@ s.close()
 """
 
 
-@pytest.fixture
-def setup(lab):
+@pytest.fixture(params=conn_state.HOOKS)
+def setup(lab, request):
+    """A lab container and a streaming Monitor, its state program on each hook (typed reads, or
+    bpf_probe_read_kernel)."""
     c = lab(ipv6=False)
-    with Monitor(cgroups.mount(), stream=True) as m:
+    with Monitor(cgroups.mount(), stream=True, state=request.param) as m:
         assert set(m.health) == {"tcp_retransmit_skb", "tcp_send_reset", "tcp_receive_reset"}, m.notes
         yield c, m
 
