@@ -201,7 +201,7 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
     try:
         resolve = Resolver()
         keep = EventFilter.from_options(options)
-        aggregator = Aggregator(resolve)
+        aggregator = Aggregator(resolve, health=not keep.passes_everything)  # (else the maps have it)
         lock = threading.Lock()
         json_out = JsonLines(out) if options.json else None
         # Events one by one only for whoever looks at them; the report alone reads the maps.

@@ -71,11 +71,14 @@ class Aggregator:
 
     resolve: cgroup id -> Container (bpfhook.containers.Resolver); host by default
     recent:  how many finished or new connections to remember
+    health:  fold the closes' and live connections' health figures (add_health); not needed
+             (a cost per close) where the maps' figures are set for every cgroup
     """
 
-    def __init__(self, resolve=None, recent=10, clock=time.time):
+    def __init__(self, resolve=None, recent=10, clock=time.time, health=True):
         self.resolve = resolve or (lambda cgroup_id: HOST)
         self.clock = clock
+        self.health = health
         self.active = {}  # sock -> connection dict
         self.recent = collections.deque(maxlen=recent)
         self.transitions = collections.Counter()
@@ -154,7 +157,8 @@ class Aggregator:
         self.closed_unseen += event["close_unseen"]
         conn.update(state="CLOSE", bytes_sent=0, bytes_received=0, duration_ns=0)
         self._account(conn, totals, event)
-        add_health(totals.health, event, closed=True)
+        if self.health:
+            add_health(totals.health, event, closed=True)
         self._closed[sock] = (conn, totals)
         if len(self._closed) > 4096:
             self._closed.popitem(last=False)
@@ -222,7 +226,8 @@ class Aggregator:
                 row = rows[conn["cgroup_id"]]
                 row.bytes_sent += conn["bytes_sent"]
                 row.bytes_received += conn["bytes_received"]
-                add_health(row.health, conn, closed=False)
+                if self.health:
+                    add_health(row.health, conn, closed=False)
         active = sorted(self.active.values(), key=lambda c: c["start_ns"])
         return Snapshot(
             time=self.clock(),

@@ -160,6 +160,10 @@ def test_health_from_events_is_what_the_maps_count_for_those_connections():
     assert agg.snapshot().cgroups[0].health == health  # the live part is not kept: counted again each time
     row = [line for line in render(agg.snapshot()).splitlines() if "/bpfhook.lab/web" in line][0]
     assert re.search(r" 1 +3 +100us +4\.9ms  /bpfhook\.lab/web", row), row
+    unfiltered = Aggregator(resolve=resolve, health=False)  # the maps' figures come instead: not folded
+    unfiltered.add(ev("close", 1, 9, 100, "ESTABLISHED", "CLOSE", connect_us=80, retransmits=2))
+    unfiltered.set_live([live])
+    assert unfiltered.snapshot().cgroups[0].health == {}
 
 
 def test_udp_flows_are_counted_per_cgroup():
