@@ -247,7 +247,7 @@ def _texts(data, syntax, symbols):
     sample of the slots hardly repeats, looking each one up would cost more than it saves."""
     shows, show_wide = _OPCODES[syntax], _OPCODES[syntax, "wide"]
     whole = len(data) & ~7
-    view = memoryview(data)[:whole]
+    view = memoryview(data)[:whole]  # data: bytes
     sample = view[:8 * _SAMPLE]
     caching = len(set(_SLOT.iter_unpack(sample))) <= _REPEATS * (len(sample) >> 3)
     cache = {}
@@ -326,7 +326,7 @@ def disassemble(code, syntax="kernel", *, symbols=RAW, pcs=None):
         pcs = syntax != "ubpf"
     if not isinstance(code, (bytes, bytearray, memoryview)):
         code = b"".join(insn.encode() for insn in code)
-    texts, wide = _texts(code, syntax, symbols)
+    texts, wide = _texts(bytes(code), syntax, symbols)
     if not pcs:
         return "\n".join(texts) + ("\n" if texts else "")
     return _numbered(texts, wide, syntax == "llvm")

@@ -4,6 +4,7 @@ the row's printer, as format_insn prints one instruction), on every instruction 
 row with its fields at their bounds, each opcode byte with any registers, offsets and
 immediates (so invalid ones too), ld_imm64 with good and bad second slots, a truncated tail.
 """
+import array
 import random
 import struct
 
@@ -85,3 +86,12 @@ def test_pc_column_widths():
     code = encode(insns)
     for syntax in ("kernel", "llvm"):
         assert disasm.disassemble(code, syntax) == per_instruction(code, syntax, disasm.RAW, True)
+
+
+def test_any_buffer_reads_as_its_bytes():
+    """bytes, bytearray, and a memoryview of 8-byte items: the same text."""
+    code = CORPORA["tail"]
+    whole = code[:len(code) & ~7]
+    expected = disasm.disassemble(whole)
+    assert disasm.disassemble(bytearray(whole)) == expected
+    assert disasm.disassemble(memoryview(array.array("Q", whole))) == expected
