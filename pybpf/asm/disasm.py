@@ -8,18 +8,21 @@ llvm    what `llvm-objdump -d --mcpu=v4 --no-show-raw-insn` prints ("       0:\t
 ubpf    ubpf's mnemonics ("ldxw %r1, [%r2+4]"); rows ubpf lacks print as their isa name.
 
 Bytes that are no instruction print as "invalid: REASON [xx xx ...]" and disassembly goes on.
-The text of an instruction is a function of its 8 or 16 bytes and the options, so it is
-cached per raw slot: a real program costs a dict lookup per instruction after its first
-distinct slots.
+Each opcode has a function written from the table (its rows' bounds and spellings inlined)
+that prints a slot's fields as iter_unpack reads them; slots that repeat print once (a cache),
+and the pc column is one %-format over every line.
 """
+import re
 import struct
+from bisect import bisect_left
+from itertools import chain
 
 from ..errors import BpfError
 from . import helpers, isa
-from .insn import Insn
+from .insn import Insn, InvalidInsn
 from .insn import decode as _decode
 from .isa import Kind
-from .spelling import PRINTERS, SYNTAXES, U32, U64, s32
+from .spelling import PRINT_NAMESPACE, PRINTERS, SYNTAXES, U32, U64, printer_source, s32
 
 _SLOT = struct.Struct("<BBhi")
 _LD_IMM64 = isa.LD | isa.MODE_IMM | isa.SIZE_DW
@@ -137,77 +140,177 @@ def _decode_one(raw, symbols):
     return insn
 
 
-# opcode -> its row, or (index of the discriminating field in (code, regs, off, imm) with regs
-# split as src, {value: row}) when rows share the opcode: decode_op's answer without the calls.
-_FIELD_INDEX = {"src": 1, "off": 2, "imm": 3}
-_ROWS = {code: isa.DECODE[(code, None)] if field is None else
-        (_FIELD_INDEX[field], {value: row for (c, value), row in isa.DECODE.items() if c == code})
-         for code, field in isa.DISCRIMINATOR.items()}
+# -- the fast path: one function per opcode and syntax, written from the table ---------------
+
+# The range each field has as a slot holds it ("<BBhi": imm signed; ld_imm64's 64 bits unsigned).
+_NATIVE = {"dst": (0, 15), "src": (0, 15), "off": (-(1 << 15), (1 << 15) - 1), "imm": (-(1 << 31), (1 << 31) - 1)}
+_NATIVE_WIDE = dict(_NATIVE, imm=(0, U64))
+_OP = re.compile(r"\bop\b")
+
+
+def _out_of_bounds(row, native, skip):
+    """A Python condition true when a slot's fields are no instruction of `row` (insn.validate's
+    bounds, less those the slot's field widths and the discriminating field `skip` already keep)."""
+    out = []
+    for i, name in enumerate(isa.FIELDS):
+        lo, hi = row.bounds[2 * i:2 * i + 2]
+        low, high = native[name]
+        if name == skip or lo <= low and high <= hi:
+            continue
+        out.append(f"{name} != {lo}" if lo == hi else f"{name} > {hi}" if lo <= low else
+                   f"{name} < {lo}" if high <= hi else f"not {lo} <= {name} <= {hi}")
+    return " or ".join(out)
+
+
+def _opcode_source(syntax, code, wide=False):
+    """def show(regs, off, imm, syms): the text of an instruction of opcode `code` in `syntax`
+    (the kernel's "(xx) " included), or None when no row has its fields. Every row of the
+    opcode inlined: its bounds as comparisons, its printer (spelling.printer_source)."""
+    field = isa.DISCRIMINATOR[code]
+    rows = [row for row in isa.OPS if row.code == code]
+    native = _NATIVE_WIDE if wide else _NATIVE
+    lines = ["dst = regs & 15", "src = regs >> 4"]
+    prefix = f"({code:02x}) " if syntax == "kernel" else ""
+    for i, row in enumerate(rows):
+        body = [line.replace('return f"', 'return f"' + prefix, 1) for line in printer_source(syntax, row)]
+        if any(_OP.search(line) for line in body):
+            body.insert(0, f"op = ROWS[{i}]")
+        bad = _out_of_bounds(row, native, field)
+        if bad:
+            body[:0] = [f"if {bad}:", "    return None"]
+        if field is not None:
+            body = [f"if {field} == {row.fixed_value(field)}:"] + ["    " + line for line in body]
+        lines += body
+    if field is not None:
+        lines.append("return None")
+    return "def show(regs, off, imm, syms):\n" + "".join(f"    {line}\n" for line in lines), rows
+
+
+def _compile(syntax, code, wide=False):
+    source, rows = _opcode_source(syntax, code, wide)
+    namespace = dict(PRINT_NAMESPACE, ROWS=rows, op=rows[0])
+    exec(compile(source, f"<{syntax} {code:#04x}>", "exec"), namespace)
+    return namespace["show"]
+
+
+def _nothing(regs, off, imm, syms):
+    return None
+
+
+def _on_first_use(shows, syntax, code):
+    """A stand-in for opcode `code`'s show: compiles it, in its place, when first called."""
+    def show(regs, off, imm, syms):
+        shows[code] = _compile(syntax, code)
+        return shows[code](regs, off, imm, syms)
+    return show
+
+
+class _Opcodes(dict):
+    """syntax -> [show for each opcode byte] (and, under (syntax, "wide"), ld_imm64's, which
+    takes the 64-bit immediate), each compiled on first use: a program meets few opcodes."""
+
+    def __missing__(self, key):
+        if isinstance(key, tuple):
+            value = _compile(key[0], _LD_IMM64, wide=True)
+        else:
+            value = [_nothing] * 256
+            for code in isa.DISCRIMINATOR:
+                if code != _LD_IMM64:
+                    value[code] = _on_first_use(value, key, code)
+        self[key] = value
+        return value
+
+
+_OPCODES = _Opcodes()
 _KERNEL_PREFIX = [f"({code:02x}) " for code in range(256)]
 
 
-def _decoded_text(data, pos, printers, kernel, symbols):
-    """(raw bytes, text, cacheable) of the instruction at data[pos:], through insn.decode:
-    ld_imm64, invalid slots (with their exact reason) and xlated code's r11."""
-    insn = _decode_one(data[pos:pos + 16], symbols)
+def _unusual(raw, syntax, symbols):
+    """(text, slots, cacheable) of what the fast path leaves: invalid slots (with insn.decode's
+    exact reason), xlated code's r11, and ld_imm64 with a bad second slot."""
+    insn = _decode_one(raw, symbols)
     if insn.op is None:
-        return insn.raw, _body(insn, "kernel" if kernel else "", symbols), False
-    text = printers[insn.op](insn.dst, insn.src, insn.off, insn.imm, symbols)
-    return data[pos:pos + 8 * insn.op.slots], _KERNEL_PREFIX[insn.op.code] + text if kernel else text, True
+        return _body(insn, syntax, symbols), 1, False
+    text = PRINTERS[syntax][insn.op](insn.dst, insn.src, insn.off, insn.imm, symbols)
+    return (_KERNEL_PREFIX[insn.op.code] + text if syntax == "kernel" else text), insn.op.slots, True
 
 
-def _slots(data, syntax, symbols, pcs=True):
-    """(pcs, texts) of the instructions of `data`: each one's first slot and its text body
-    (pcs is None when not asked for).
+_SAMPLE = 4096  # slots
+_REPEATS = 0.8  # distinct slots in the sample at most, for the cache to pay (a lookup costs a fifth of a print)
 
-    The cache maps raw slot bytes to text: identical slots format once. A valid
-    one-slot instruction missing from it is read straight from its fields (the
-    checks of insn.decode, without building an Insn): a program with no repeats
-    costs that per instruction.
-    """
-    printers = PRINTERS[syntax]
-    kernel = syntax == "kernel"
-    unpack, rows = _SLOT.unpack_from, _ROWS
-    cache, shows = {}, {}
-    texts, at = [], [] if pcs else None
-    add, add_pc = texts.append, at.append if pcs else None
-    end = len(data)
-    pos = 0
-    while pos < end:
-        key = data[pos:pos + 8]
-        text = cache.get(key)
-        if text is None and len(key) == 8:
-            code, regs, off, imm = unpack(key)
-            row = rows.get(code)
-            src = regs >> 4
-            if row.__class__ is tuple:
-                index, by_value = row
-                row = by_value.get(src if index == 1 else off if index == 2 else imm)
-            if row is not None and row.slots == 1:
-                dst = regs & 0x0F
-                dst_lo, dst_hi, src_lo, src_hi, off_lo, off_hi, imm_lo, imm_hi = row.bounds
-                if (dst_lo <= dst <= dst_hi and src_lo <= src <= src_hi and off_lo <= off <= off_hi
-                        and imm_lo <= imm <= imm_hi):
-                    show = shows.get(row.serial)  # by serial: an int hashes at C speed, a row does not
-                    if show is None:
-                        show = shows[row.serial] = printers[row]
-                    text = show(dst, src, off, imm, symbols)
-                    if kernel:
-                        text = _KERNEL_PREFIX[code] + text
-                    cache[key] = text
-            elif code == _LD_IMM64:  # cached under both its slots
-                text = cache.get(data[pos:pos + 16])
+
+def _texts(data, syntax, symbols):
+    """(texts, wide) of bytecode: each instruction's text, and the indexes of the two-slot ones.
+
+    Slots are read by one iter_unpack and printed by their opcode's function. A cache maps
+    slots to text, so identical slots format once: a real program repeats many. Where a
+    sample of the slots hardly repeats, looking each one up would cost more than it saves."""
+    shows, show_wide = _OPCODES[syntax], _OPCODES[syntax, "wide"]
+    whole = len(data) & ~7
+    view = memoryview(data)[:whole]  # data: bytes
+    sample = view[:8 * _SAMPLE]
+    caching = len(set(_SLOT.iter_unpack(sample))) <= _REPEATS * (len(sample) >> 3)
+    cache = {}
+    get = cache.get
+    texts, wide = [], []
+    add = texts.append
+    slots = _SLOT.iter_unpack(view)
+    while True:
+        for slot in slots:
+            if caching:
+                text = get(slot)
                 if text is not None:
-                    key = data[pos:pos + 16]
-        if text is None:
-            key, text, cacheable = _decoded_text(data, pos, printers, kernel, symbols)
-            if cacheable:
-                cache[key] = text
-        add(text)
-        if pcs:
-            add_pc(pos >> 3)
-        pos += len(key)
-    return at, texts
+                    add(text)
+                    continue
+            code, regs, off, imm = slot
+            text = shows[code](regs, off, imm, symbols)
+            if text is not None:
+                if caching:
+                    cache[slot] = text
+                add(text)
+                continue
+            if code != _LD_IMM64:
+                text, _, cacheable = _unusual(_SLOT.pack(*slot), syntax, symbols)
+                if cacheable:
+                    cache[slot] = text
+                add(text)
+                continue
+            # ld_imm64: its second slot holds imm's high half, and nothing else
+            second = next(slots, None)
+            key = (slot, second)
+            text = get(key)
+            if text is None and second is not None and not (second[0] or second[1] or second[2]):
+                text = show_wide(regs, off, (second[3] & U32) << 32 | imm & U32, symbols)
+            if text is None:
+                raw = _SLOT.pack(*slot) + (b"" if second is None else _SLOT.pack(*second))
+                text, used, cacheable = _unusual(raw, syntax, symbols)
+                if used == 1:
+                    add(text)
+                    if second is not None:  # no instruction's half: read on from it
+                        slots = chain((second,), slots)
+                        break
+                    continue
+            cache[key] = text
+            wide.append(len(texts))
+            add(text)
+        else:
+            break
+    if whole < len(data):
+        raw = bytes(data[whole:])
+        add(_body(InvalidInsn(raw, f"truncated instruction: {len(raw)} bytes"), syntax, symbols))
+    return texts, wide
+
+
+def _pcs(count, wide):
+    """The first slot of each of `count` instructions, `wide` the indexes of the two-slot ones."""
+    if not wide:
+        return range(count)
+    out, start = [], 0
+    for shift, index in enumerate(wide):
+        out += range(start + shift, index + 1 + shift)
+        start = index + 1
+    out += range(start + len(wide), count + len(wide))
+    return out
 
 
 def disassemble(code, syntax="kernel", *, symbols=RAW, pcs=None):
@@ -223,13 +326,27 @@ def disassemble(code, syntax="kernel", *, symbols=RAW, pcs=None):
         pcs = syntax != "ubpf"
     if not isinstance(code, (bytes, bytearray, memoryview)):
         code = b"".join(insn.encode() for insn in code)
-    at, lines = _slots(bytes(code), syntax, symbols, pcs)
-    if pcs:
-        if syntax == "llvm":
-            lines = [f"{pc:8d}:\t{text}" for pc, text in zip(at, lines)]
-        else:
-            lines = [f"{pc: 4d}: {text}" for pc, text in zip(at, lines)]
-    return "\n".join(lines) + ("\n" if lines else "")
+    texts, wide = _texts(bytes(code), syntax, symbols)
+    if not pcs:
+        return "\n".join(texts) + ("\n" if texts else "")
+    return _numbered(texts, wide, syntax == "llvm")
+
+
+def _numbered(texts, wide, llvm):
+    """The lines with their pc column, as llvm-objdump ("%8d:\t") or bpftool ("% 4d: ") prints
+    it: one %-format in C, the padding spelled out for each run of pcs of as many digits."""
+    count = len(texts)
+    pcs = _pcs(count, wide)
+    columns = [None] * (2 * count)
+    columns[::2] = pcs
+    columns[1::2] = texts
+    formats, start, digits = [], 0, 1
+    while start < count:
+        end = bisect_left(pcs, 10 ** digits, start)
+        pad = " " * (max(8 - digits, 0) if llvm else max(4 - digits, 1))
+        formats.append((pad + ("%d:\t%s\n" if llvm else "%d: %s\n")) * (end - start))
+        start, digits = end, digits + 1
+    return "".join(formats) % tuple(columns)
 
 
 def disassemble_json(code, syntax="kernel", *, symbols=RAW, map_names=None):
@@ -245,7 +362,8 @@ def disassemble_json(code, syntax="kernel", *, symbols=RAW, map_names=None):
     if not isinstance(code, (bytes, bytearray, memoryview)):
         code = b"".join(insn.encode() for insn in code)
     data = bytes(code)
-    at, texts = _slots(data, syntax, symbols)
+    texts, wide = _texts(data, syntax, symbols)
+    at = list(_pcs(len(texts), wide))
     out = []
     for i, (pc, text) in enumerate(zip(at, texts)):
         raw = data[pc * 8:at[i + 1] * 8 if i + 1 < len(at) else len(data)]

@@ -50,16 +50,6 @@ def shex(value):
     return f"-{-value:#x}" if value < 0 else f"{value:#x}"
 
 
-def phex(value):
-    """LLVM's jump offset: +0x3, -0x4."""
-    return f"-{-value:#x}" if value < 0 else f"+{value:#x}"
-
-
-def loff(value):
-    """LLVM's memory offset: "+ 0x4", "- 0x4"."""
-    return f"- {-value:#x}" if value < 0 else f"+ {value:#x}"
-
-
 def uoff(value):
     """ubpf's offset: +4, -8."""
     return f"+{value}" if value >= 0 else str(value)
@@ -111,7 +101,7 @@ def kernel_callee(op, src, off, imm, syms):
 
 class Operand:
     """An instruction field in one notation: regex and desc to read it, `show` (an f-string
-    fragment around the field's expression) to print it, `read` for its value. target: it
+    fragment, each %s the field's expression) to print it, `read` for its value. target: it
     reads a jump target (a number or a label); signed: an immediate read back as s32."""
 
     def __init__(self, regex, desc, show, word=True, target=False, signed=False, read=None):
@@ -179,20 +169,22 @@ FIELDS = {
     "r0": Register(None),
     # immediates
     "dec": Operand(_IMM, "an immediate", "{%s}", signed=True),
-    "hex": Operand(_IMM, "an immediate", "{%s:#x}", signed=True),
-    "hex32": Operand(_IMM, "an immediate", "{%s & 0xFFFFFFFF:#x}", signed=True),
-    "hex64": Operand(_IMM, "an immediate", "{%s & 0xFFFFFFFFFFFFFFFF:#x}"),
-    "shex": Operand(_IMM, "an immediate", "{shex(%s)}", signed=True),
-    "shex64": Operand(_IMM, "an immediate", "{shex(s64(%s))}"),
+    "hex": Operand(_IMM, "an immediate", "{hex(%s)}", signed=True),
+    "hex32": Operand(_IMM, "an immediate", "{hex(%s & 0xFFFFFFFF)}", signed=True),
+    "hex64": Operand(_IMM, "an immediate", "{hex(%s & 0xFFFFFFFFFFFFFFFF)}"),
+    "shex": Operand(_IMM, "an immediate", "{hex(%s)}", signed=True),  # hex() spells as shex() does
+    "shex64": Operand(_IMM, "an immediate", "{hex(s64(%s))}"),
     # memory offsets, and ld_ind's immediate
-    "koff": Operand(_OFF, "an offset like +8 or -8", "{%s:+d}", word=False),
-    "loff": Operand(_OFF, "an offset like +8 or -8", "{loff(%s)}", word=False),
+    "koff": Operand(_OFF, "an offset like +8 or -8", "{'' if %s < 0 else '+'}{%s}", word=False),
+    "loff": Operand(_OFF, "an offset like +8 or -8", "{'- ' + hex(-%s) if %s < 0 else '+ ' + hex(%s)}",
+                    word=False),
     "uoff": Operand(_OFF, "an offset like +8", "{uoff(%s)}", word=False),
     "kplus": Operand(_OFF, "an offset like +8 or -8", "+ {%s}", word=False, signed=True),
-    "lplus": Operand(_OFF, "an offset like +8 or -8", "+ {shex(%s)}", word=False, signed=True),
+    "lplus": Operand(_OFF, "an offset like +8 or -8", "+ {hex(%s)}", word=False, signed=True),
     # pc-relative targets: a number, or a label that linking resolves
-    "kpc": Operand(TARGET, "a jump target (+N, pc+N or a label)", "pc{%s:+d}", target=True),
-    "lrel": Operand(TARGET, "a jump target (+N, pc+N or a label)", "{phex(%s)}", target=True),
+    "kpc": Operand(TARGET, "a jump target (+N, pc+N or a label)", "pc{'' if %s < 0 else '+'}{%s}", target=True),
+    "lrel": Operand(TARGET, "a jump target (+N, pc+N or a label)", "{hex(%s) if %s < 0 else '+' + hex(%s)}",
+                    target=True),
     "urel": Operand(TARGET, "a jump target (+N, pc+N or a label)", "{uoff(%s)}", target=True),
     "ksub": Operand(TARGET, "a jump target (+N, pc+N or a label)", "{s32(%s):+d}", target=True),
     "usub": Operand(TARGET, "a jump target (+N, pc+N or a label)", "{uoff(s32(%s))}", target=True),
@@ -415,14 +407,25 @@ def _expression(template, row):
             text.append(ftype.letter(row) + ("0" if name == "_" else "{%s}" % _EXPR[name]))
         elif optional:  # printed with the separator before it, or not at all
             sep = items[i - 1][0] if i and items[i - 1][0] and items[i - 1][0].isspace() else ""
-            text.append("{f'%s%s' if %s else ''}" % (sep, ftype.show % _EXPR[name], _EXPR[name]))
+            text.append("{f'%s%s' if %s else ''}" % (sep, ftype.show.replace("%s", _EXPR[name]), _EXPR[name]))
         else:
-            text.append(ftype.show % _EXPR[name] if "%s" in ftype.show else ftype.show)
+            text.append(ftype.show.replace("%s", _EXPR[name]))
     return 'f"%s"' % "".join(text)
 
 
-_NAMESPACE = {"shex": shex, "phex": phex, "loff": loff, "uoff": uoff, "s32": s32, "s64": s64,
-              "kernel_callee": kernel_callee}
+PRINT_NAMESPACE = {"shex": shex, "uoff": uoff, "s32": s32, "s64": s64,
+                   "kernel_callee": kernel_callee}
+
+
+def printer_source(syntax, row):
+    """The lines of Python that print `row` in `syntax`: returning f-strings over dst, src, off,
+    imm, syms and op (the row), with PRINT_NAMESPACE. Printers compiles them; the
+    disassembler inlines them in its per-opcode functions."""
+    lines = []
+    for template, when in _lines(syntax, row):
+        text = _expression(template, row)
+        lines += [f"if {when}:", f"    return {text}"] if when else [f"return {text}"]
+    return lines
 
 
 class Printers(dict):
@@ -434,10 +437,8 @@ class Printers(dict):
         self.syntax = syntax
 
     def __missing__(self, row):
-        lines = _lines(self.syntax, row)
-        body = "".join(f"    if {when}:\n        return {_expression(template, row)}\n" if when else
-                       f"    return {_expression(template, row)}\n" for template, when in lines)
-        namespace = dict(_NAMESPACE, op=row)
+        body = "".join(f"    {line}\n" for line in printer_source(self.syntax, row))
+        namespace = dict(PRINT_NAMESPACE, op=row)
         exec(compile(f"def show(dst, src, off, imm, syms):\n{body}", f"<{self.syntax} {row.name}>", "exec"),
              namespace)
         fn = self[row] = namespace["show"]

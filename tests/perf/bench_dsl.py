@@ -10,7 +10,7 @@ measured in the same run (its process start, timed on an empty file, is
 subtracted). Best of ROUNDS for both, in wall-clock time, and once more in
 CPU time (ours: process_time; llvm-mc: its rusage), which load from other
 work on a shared machine blurs less. The two outputs are checked to be the
-same bytes.
+same bytes. Each row's target is llvm-mc's figure.
 
     python tests/perf/bench_dsl.py
 """
@@ -31,7 +31,7 @@ from pybpf.disasm import disassemble  # noqa: E402
 
 BLOCKS = 1500
 ROUNDS = 9  # best of, for ours and llvm-mc alike: each round is short and the machine shared
-TARGET = ">= 500000"
+FLOOR = ">= 500000"  # the target where llvm-mc is missing
 LLVM_BINS = ("/usr/lib/llvm-19/bin", "/usr/bin")
 
 
@@ -129,14 +129,15 @@ def run():
     if peer_code is not None and peer_code != code:
         raise AssertionError("llvm-mc assembled different bytes from the same program")
 
-    def both(mine, theirs, target=TARGET):
-        return round(mine), round(theirs) if theirs else None, "insn/s", target
+    def both(mine, theirs):
+        # the target: at least llvm-mc's figure in the same run (ours/peer >= 1.0, issue 27)
+        return round(mine), round(theirs) if theirs else None, "insn/s", f">= {round(theirs)}" if theirs else FLOOR
 
     return {
         "DSL emit+link+encode (insn/s)": both(total_rate, peer_rate),
         "DSL emit only (insn/s)": both(emit_rate, peer_rate),
         # CPU time of our process and of llvm-mc's: what a loaded, shared machine does not blur
-        "DSL emit+link+encode, CPU (insn/s)": both(cpu_rate, peer_cpu_rate, None),
+        "DSL emit+link+encode, CPU (insn/s)": both(cpu_rate, peer_cpu_rate),
     }
 
 
