@@ -272,6 +272,7 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
             deadline = started + options.duration if options.duration else None
             next_report = time.monotonic() + options.metrics_interval
             lost_said, next_chores = 0, 0.0
+            older_pending = True
             while not interrupted:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -281,6 +282,10 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
                     deliver(monitor.read(max(min(wake - now, POLL_SECONDS), 0)), options.show_events)
                 else:  # nothing comes one by one: wake for the next chore or report only
                     interrupted.wait(max(min(wake, next_chores) - now, 0))
+                if older_pending:  # after the first poll: the first events are out before this walk
+                    older_pending = False
+                    with lock:
+                        _say_older(monitor, options, err)
                 if time.monotonic() >= next_chores:
                     next_chores = time.monotonic() + CHORES_SECONDS
                     monitor.trim_closed()
@@ -294,6 +299,9 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
                         with lock:
                             out.write(render(snapshot(), options.show_containers))
                         out.flush()
+            if older_pending:  # (stopped before the first poll: its warnings are still said)
+                with lock:
+                    _say_older(monitor, options, err)
             deliver(monitor.read(0), show_events=False)  # what arrived while we were stopping
             with lock:
                 final = snapshot()
@@ -313,8 +321,7 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
 
 
 def _say_started(monitor, options, started, err):
-    """The start-up lines: attached how, where and in how long; the older connections; what could
-    not be had."""
+    """The start-up lines said once attached: how, where and in how long."""
     attached = time.monotonic() - started
     print(f"bpfhook monitor: attached in {attached:.3f}s "
           f"({monitor.events_kind}, cgroup hooks on {options.cgroup})", file=err, flush=True)
@@ -323,16 +330,23 @@ def _say_started(monitor, options, started, err):
         timings.add("attach and the rest", attached - sum(timings.phases.values()) + timings.phases[INTERPRETER])
     print(f"bpfhook monitor: connection states through {monitor.state_note}", file=err, flush=True)
     print(f"bpfhook monitor: accepted connections through {monitor.accept_note}", file=err, flush=True)
-    older = monitor.enter_older()  # (and the live walk below: the first poll waits for them)
+
+
+def _say_older(monitor, options, err):
+    """After the first poll (the walks would delay the first events by their ~15 ms): the older
+    connections entered, the live walk loaded, then the timings and what could not be had."""
+    timings = monitor.timings
+    with timings.phase("older connections"):
+        older = monitor.enter_older()
+        monitor.load_live_walk()  # now: a kernel without the walk is noted below
     if older is not None:
         print(f"bpfhook monitor: {older} TCP connections open before the start entered, "
               f"{len(monitor.older_owners)} with their owner from /proc (the rest: when accepted or "
               "closed)", file=err, flush=True)
-    monitor.load_live_walk()  # now: a kernel without the walk is noted below
     if options.timings:
-        timings.add("older connections", time.monotonic() - started - attached)
         print(f"bpfhook monitor: timings: {timings.line()} (interpreter and imports: from the exec, to 10 ms; "
-              f"build: the programs not kept from the last start)", file=err, flush=True)
+              f"build: the programs not kept from the last start; older connections: after the first poll)",
+              file=err, flush=True)
     for note in monitor.notes:
         print(f"bpfhook monitor: warning: {note}", file=err, flush=True)
     for capability, lost in missing_capabilities(among=MONITOR):  # (what it needs to start, it had)

@@ -11,15 +11,20 @@ import errno
 import os
 
 from . import cleanup, mounts, pmu, syscall, tracefs
-from . import tc as _tc
 from .attachment import NO_LINK, Attachment, Link, attach_error, ifindex, link_create, prog_fd
-from .elf import ElfFile
 from .errors import BpfError, FeatureUnavailable, SyscallError, netlink_error
 from .pmu import KPROBE_PMU, pmu_config_bit, pmu_type  # noqa: F401 (KPROBE_PMU: a public name before pybpf.pmu)
 from .uapi import AttachFlags, AttachType, Cmd
 
 ffi = syscall.ffi
-tc = _tc.attach  # SCHED_CLS programs at ingress or egress: tcx link, else clsact + cls_bpf
+
+
+def tc(*args, **kwargs):
+    """SCHED_CLS programs at ingress or egress: tcx link, else clsact + cls_bpf (pybpf.tc.attach,
+    imported when first used: no cost to the start of tools that attach no tc program)."""
+    from .tc import attach
+
+    return attach(*args, **kwargs)
 
 BPF_F_UPROBE_MULTI_RETURN = 1 << 0
 
@@ -227,6 +232,8 @@ def _uprobe_offset(path, target):
     an offset given as an int."""
     if isinstance(target, int):
         return target, f"{target:#x}"
+    from .elf import ElfFile  # (construct's ELF layouts: uprobes only)
+
     return ElfFile(path).offset(target), target
 
 

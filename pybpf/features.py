@@ -13,7 +13,6 @@ raw_tracepoint perf_event_tracepoint tracefs debugfs cgroup2.
 import errno as _errno
 import os
 import socket
-import tempfile
 from dataclasses import dataclass
 
 from . import mounts, pmu, syscall, tracefs
@@ -407,6 +406,8 @@ def _probe_kprobe_pmu():
 
 def _uprobe_target():
     """A temporary file no process maps: a uprobe there is registered and never hit."""
+    import tempfile  # (shutil, random, ...: only this probe needs them, not every start)
+
     target = tempfile.NamedTemporaryFile(prefix="pybpf-uprobe-probe-")
     target.write(b"\x90" * 16)
     target.flush()

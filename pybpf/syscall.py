@@ -6,7 +6,6 @@ new_attr() zero-fills it. Every fd is close-on-exec.
 """
 import errno as _errno
 import os
-import platform
 import zlib
 
 from . import mounts
@@ -518,7 +517,7 @@ _SYSCALLS = {
     "aarch64": (280, 241),
     "arm64": (280, 241),
 }
-_NR = _SYSCALLS.get(platform.machine())
+_NR = _SYSCALLS.get(os.uname().machine)
 
 ATTR_SIZE = ffi.sizeof("union bpf_attr")
 
@@ -552,7 +551,7 @@ _LONG_SIZE = ffi.cast("long", ATTR_SIZE)
 
 def _nr(index, name):
     if _NR is None:
-        raise BpfError(f"{name}: no syscall number known for architecture {platform.machine()!r} "
+        raise BpfError(f"{name}: no syscall number known for architecture {os.uname().machine!r} "
                        f"(pybpf knows {', '.join(sorted(_SYSCALLS))})")
     return _NR[index]
 

@@ -6,7 +6,7 @@ load-acquire, then hand space back with a store-release. On x86_64 (TSO) the pla
 stores of struct.unpack_from / pack_into are that already; elsewhere they go through
 libatomic's __atomic_load_8 / __atomic_store_8 (cffi, no compiler).
 """
-import platform
+import os
 import select
 import struct
 
@@ -15,7 +15,7 @@ from ..fd import Closeable
 from ..layout import codec
 
 _U64 = struct.Struct("<Q")
-_TSO = platform.machine() in ("x86_64", "AMD64", "i686", "i386")
+_TSO = os.uname().machine in ("x86_64", "AMD64", "i686", "i386")
 
 
 class _PlainOrdering:
@@ -44,7 +44,7 @@ class _LibatomicOrdering:
         try:
             self.lib = self.ffi.dlopen("libatomic.so.1")
         except OSError as err:
-            raise FeatureUnavailable(f"event readers on {platform.machine()} need libatomic.so.1 "
+            raise FeatureUnavailable(f"event readers on {os.uname().machine} need libatomic.so.1 "
                                      f"for acquire/release ordering: {err}") from None
 
     def _ptr(self, buf, offset):

@@ -5,9 +5,9 @@ time from exec to the first line of output naming the listener's port (the monit
 bpftrace: a printf of the ports on tcp state changes). Best of LAUNCHES: the machine is
 shared, its noise only ever adds.
 
-The monitor runs as users run it: installed from a wheel (pip byte-compiles it), here into a
-target directory put on PYTHONPATH of this venv's interpreter (which has the dependencies),
-not the editable checkout (whose import hook costs ~15 ms a start). The programs built at the
+The monitor runs as users run it: installed from a wheel (pip byte-compiles it) into a venv of
+its own, the dependencies reached through a .pth naming this venv's site-packages (whose own
+.pth files, the editable checkout's import hook among them, ~10 ms a start, are not read then). The programs built at the
 first start are kept (bpfhook.program_cache): the first launch, a cold one, is reported too.
 The monitor's own --timings line of the best launch says where its time went.
 
@@ -81,26 +81,33 @@ def first_report(cmd, env=None):
 
 def install_wheel(into):
     """The checkout built into a wheel (from a copy: the build leaves its build/ behind) and
-    pip-installed (byte-compiled) into `into`."""
+    pip-installed (byte-compiled) into a venv in `into`: its python."""
     source, wheels = os.path.join(into, "source"), os.path.join(into, "wheels")
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
                                                                 ".pytest_cache", ".hypothesis"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels,
                     source], check=True, capture_output=True)
     wheel = [os.path.join(wheels, name) for name in os.listdir(wheels) if name.endswith(".whl")]
-    site = os.path.join(into, "site")
+    venv = os.path.join(into, "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, capture_output=True)
+    python = os.path.join(venv, "bin", "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
+                          capture_output=True, text=True).stdout.strip()
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", site,
                     *wheel], check=True, capture_output=True)
-    return site
+    dependencies = [path for path in sys.path if path.endswith("-packages") and os.path.isdir(path)]
+    with open(os.path.join(site, "dependencies.pth"), "w") as f:
+        f.write("\n".join(dependencies) + "\n")
+    return python
 
 
 def run():
     from bpfhook.program_cache import CACHE_DIR
 
     with tempfile.TemporaryDirectory() as tmp:
-        site = install_wheel(tmp)
-        env = dict(os.environ, PYTHONPATH=site)
-        cmd = [sys.executable, "-m", "bpfhook", "monitor", "--json", "--timings"]
+        python = install_wheel(tmp)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        cmd = [python, "-m", "bpfhook", "monitor", "--json", "--timings"]
         for name in os.listdir(CACHE_DIR) if os.path.isdir(CACHE_DIR) else ():
             if name.startswith("monitor-programs-"):
                 os.unlink(os.path.join(CACHE_DIR, name))  # the first launch builds the programs
