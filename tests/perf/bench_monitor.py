@@ -154,24 +154,41 @@ class Churn:
         self.proc = subprocess.Popen([sys.executable, "-c", CHURN, str(fd), *map(str, CHURN_LIMIT)],
                                      pass_fds=(fd,), preexec_fn=pin)
         deadline = time.monotonic() + 10
-        while self._done[0] == 0:  # running
+        while self.done == 0:  # running
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 raise RuntimeError("the churn process did not start")
             time.sleep(0.01)
-        self.proc.send_signal(signal.SIGSTOP)
+        self.pause()
 
-    def rate(self, seconds):
-        """Connections per second over `seconds` of running, after WARM_SECONDS."""
+    @property
+    def done(self):
+        """Connections made so far."""
+        return self._done[0]
+
+    def resume(self):
         self.proc.send_signal(signal.SIGCONT)
-        time.sleep(WARM_SECONDS)
-        done, start = self._done[0], time.monotonic()
-        time.sleep(seconds)
-        done, elapsed = self._done[0] - done, time.monotonic() - start
+
+    def pause(self):
         self.proc.send_signal(signal.SIGSTOP)
         if self.proc.poll() is not None:
             raise RuntimeError(f"the churn process exited ({self.proc.returncode})")
+
+    def rate(self, seconds):
+        """Connections per second over `seconds` of running, after WARM_SECONDS."""
+        self.resume()
+        time.sleep(WARM_SECONDS)
+        done, start = self.done, time.monotonic()
+        time.sleep(seconds)
+        done, elapsed = self.done - done, time.monotonic() - start
+        self.pause()
         return done / elapsed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def close(self):
         self.proc.kill()

@@ -1,8 +1,8 @@
 """Streaming without loss: `monitor --json > /dev/null` while loopback churn loops run on every
 CPU, beside bpftrace printing the same events (a line per opening and per close).
 
-For 1, 2, ... CHURNS_MAX churn processes (each a client thread and a server thread, as the
-monitor benchmark's churn): SECONDS of churn with the tool attached; the events it wrote and
+For 1, 2, ... CHURNS_MAX churn processes (bench_monitor.Churn: a client thread and a server
+thread each, all run together): SECONDS of churn with the tool attached; the events it wrote and
 those it reported lost (the monitor: the ring buffer's refusals of its "detached (N events, M
 lost: R the ring buffer refused, S in runs the kernel skipped)" line, the kernel's skipped runs
 being lost to bpftrace too, uncounted; bpftrace: its "Lost N events" lines).
@@ -10,6 +10,7 @@ The figure is the highest event rate a tool streamed with none lost.
 
 Run as root: python tests/perf/run.py monitor_stream
 """
+import contextlib
 import os
 import re
 import shutil
@@ -20,22 +21,12 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from tests.perf.bench_monitor import Churn  # noqa: E402  (the one churn loop, its count in a shared page)
+
 SECONDS = 5.0
 CHURNS_MAX = 3
-CHURN = """
-import socket, sys, threading, time
-seconds = float(sys.argv[1])
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1024)
-addr = srv.getsockname()
-def serve():
-    while True:
-        c, _ = srv.accept(); c.close()
-threading.Thread(target=serve, daemon=True).start()
-start = time.monotonic(); n = 0
-while time.monotonic() - start < seconds:
-    s = socket.create_connection(addr); s.recv(1); s.close(); n += 1
-print(n)
-"""
 # A line per opening (SYN_SENT 2, SYN_RECV 3) and per close (CLOSE 7), as the monitor sends by default
 BPFTRACE = ('tracepoint:sock:inet_sock_set_state /args->newstate == 2 || args->newstate == 3 || '
             'args->newstate == 7/ { printf("%d %d %d %d %d\\n", pid, args->oldstate, args->newstate, '
@@ -59,9 +50,15 @@ def churn(tool_cmd, marker, churns):
             else:
                 raise RuntimeError(f"{tool_cmd[0]} did not start")
             time.sleep(0.3)
-            loops = [subprocess.Popen([sys.executable, "-c", CHURN, str(SECONDS)], stdout=subprocess.PIPE,
-                                      text=True) for _ in range(churns)]
-            connections = sum(int(p.communicate(timeout=SECONDS + 60)[0]) for p in loops)
+            with contextlib.ExitStack() as stack:
+                loops = [stack.enter_context(Churn("spread")) for _ in range(churns)]
+                before = [loop.done for loop in loops]
+                for loop in loops:
+                    loop.resume()
+                time.sleep(SECONDS)
+                for loop in loops:
+                    loop.pause()
+                connections = sum(loop.done - done for loop, done in zip(loops, before))
             time.sleep(0.5)  # the tool drains what is left
         finally:
             tool.send_signal(signal.SIGINT)
