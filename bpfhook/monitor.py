@@ -447,8 +447,10 @@ class Monitor:
         return len(stale)
 
     def lost(self):
-        """Kernel-side drops: "events" the buffer refused (plus perf's own lost records) and the
-        "missed" ones; "conns": closes of connections the LRU map no longer held.
+        """Kernel-side drops: "events", all lost: "ring_full" (the buffer refused them full, or
+        perf's own lost records), "with_room" (the ring refused them under half full: the
+        kernel failed the reservation; records.LOST_SLOTS) and the "missed" ones; "conns":
+        closes of connections the LRU map no longer held.
 
         missed: runs the kernel skipped because the same program was running on that CPU
         (bpf_prog_info.recursion_misses): no event exists for them. What they left in the table
@@ -462,7 +464,9 @@ class Monitor:
         # Never less than before (a total): a close skipped a moment ago, not yet made good,
         # stays counted
         self._missed = counts["missed"] = max(self._missed, skipped - counts["made_good"])
-        counts["events"] += self.reader.lost + counts["missed"]
+        counts["ring_full"] = counts.pop("events") + self.reader.lost
+        counts["with_room"] = counts.pop("events_with_room")
+        counts["events"] = counts["ring_full"] + counts["with_room"] + counts["missed"]
         return counts
 
     def close(self):

@@ -311,8 +311,8 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
             else:
                 json_out.stream.write(_summary_json(final, lost) + "\n")
             out.flush()
-        why = (f": {lost['events'] - lost['missed']} the ring buffer refused, {lost['missed']} in runs the kernel "
-               "skipped" if lost["events"] else "")
+        why = (f": {lost['ring_full']} the ring buffer refused full, {lost['with_room']} it refused with room "
+               f"left, {lost['missed']} in runs the kernel skipped" if lost["events"] else "")
         print(f"bpfhook monitor: detached ({final.events} events, {lost['events']} lost{why})", file=err, flush=True)
         return 0
     finally:
@@ -363,12 +363,13 @@ def _say_lost(new, total, json_out, out, err):
     if json_out is not None:
         out.write(json.dumps({"ts": time.time(), "event": "lost", "lost": new, "lost_total": total}) + "\n")
         out.flush()
-    print(f"bpfhook monitor: warning: {new} events lost ({total} in all): the ring buffer was full, or the "
-          "kernel skipped a program already running on that CPU", file=err, flush=True)
+    print(f"bpfhook monitor: warning: {new} events lost ({total} in all): the ring buffer was full or failed a "
+          "reservation, or the kernel skipped a program already running on that CPU", file=err, flush=True)
 
 
 def _summary_json(snapshot, lost):
     return json.dumps({"ts": snapshot.time, "event": "summary", "events": snapshot.events,
-                       "lost": lost["events"], "lost_missed": lost["missed"], "lost_conns": lost["conns"],
+                       "lost": lost["events"], "lost_ring_full": lost["ring_full"],
+                       "lost_with_room": lost["with_room"], "lost_missed": lost["missed"], "lost_conns": lost["conns"],
                        "lost_made_good": lost["made_good"],
                        "closed": snapshot.closed, "active": len(snapshot.active)}, separators=(",", ":"))

@@ -50,7 +50,7 @@ IPPROTO_TCP, IPPROTO_UDP = int(socket.IPPROTO_TCP), int(socket.IPPROTO_UDP)
 AF_INET, AF_INET6 = int(socket.AF_INET), int(socket.AF_INET6)
 BPF_NOEXIST = 1
 BPF_RB_NO_WAKEUP, BPF_RB_FORCE_WAKEUP = 1, 2
-BPF_RB_AVAIL_DATA = 0
+BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE = 0, 1
 BPF_F_CURRENT_CPU = 0xFFFFFFFF
 
 CONNS_MAX = 32768
@@ -885,7 +885,11 @@ def emit(p, maps, ev, ctx, scratch, count=True):
     """Count the EVENT in stack slot `ev` (in stats[STAT_EVENTS], unless count=False: the state
     program's events are its transitions) and, when streaming, send it; a failure counts in
     lost[LOST_EVENTS]. ctx: the context register (the perf buffer path needs it); scratch: 4 spare
-    stack bytes."""
+    stack bytes.
+
+    A refused event counts in lost[LOST_EVENTS] when the ring is over half full then (full at the
+    refusal: the reader had fallen behind, a larger ring or a faster reader keeps it), else in
+    lost[LOST_EVENTS_WITH_ROOM] (the kernel failed the reservation with room left)."""
     if count:
         stat_add(p, maps, scratch, records.STAT_EVENTS, 1)
     if not maps.stream:
@@ -899,10 +903,20 @@ def emit(p, maps, ev, ctx, scratch, count=True):
         with p.If(p.r0 >= WAKEUP_BYTES):
             p.r4 = BPF_RB_FORCE_WAKEUP
         p.call("ringbuf_output", maps.events, ev, size, p.r4)
+        with p.If(p.r0 != 0):
+            p.call("ringbuf_query", maps.events, BPF_RB_RING_SIZE)
+            p.r0 >>= 1
+            scratch.u32[0] = p.r0  # (a ring is at most 1 GB: half of it fits)
+            p.call("ringbuf_query", maps.events, BPF_RB_AVAIL_DATA)
+            p.r1 = scratch.u32[0]
+            with p.If(p.r0 < p.r1):
+                count_lost(p, maps, scratch, records.LOST_EVENTS_WITH_ROOM)
+            with p.Else():
+                count_lost(p, maps, scratch, records.LOST_EVENTS)
     else:
         p.call("perf_event_output", ctx, maps.events, BPF_F_CURRENT_CPU, ev, size)
-    with p.If(p.r0 != 0):
-        count_lost(p, maps, scratch, records.LOST_EVENTS)
+        with p.If(p.r0 != 0):
+            count_lost(p, maps, scratch, records.LOST_EVENTS)
 
 
 def count_lost(p, maps, slot, which):

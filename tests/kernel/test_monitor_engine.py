@@ -212,3 +212,19 @@ def test_perf_buffer_path_delivers_the_same_events():
         events = collect(m, lambda ev: closed(ev, sport=sport))
         assert closed(events, sport=sport)[0]["bytes_sent"] == 1
         assert m.lost()["events"] == 0
+
+
+def test_a_full_ring_counts_its_refusals_apart():
+    """Events refused while the ring is full count in lost()["ring_full"] (what a larger ring or a
+    faster reader keeps), not in "with_room" (the kernel failing a reservation with room left)."""
+    with Monitor(CGROUP_ROOT, ring_size=4096, older=False) as m:  # a page: 26 events fill it
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(64)
+            for _ in range(20):  # 4 events each, none read
+                with socket.create_connection(listener.getsockname()):
+                    listener.accept()[0].close()
+        lost = m.lost()
+        assert lost["ring_full"] >= 80 - 4096 // 152 and lost["with_room"] == 0
+        assert lost["events"] == lost["ring_full"] + lost["with_room"] + lost["missed"]
+        assert 0 < len(m.read(0)) <= 4096 // 152

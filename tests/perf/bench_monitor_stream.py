@@ -4,8 +4,9 @@ CPU, beside bpftrace printing the same events (a line per opening and per close)
 For 1, 2, ... CHURNS_MAX churn processes (bench_monitor.Churn: a client thread and a server
 thread each, all run together): SECONDS of churn with the tool attached; the events it wrote and
 those it reported lost (the monitor: the ring buffer's refusals of its "detached (N events, M
-lost: R the ring buffer refused, S in runs the kernel skipped)" line, the kernel's skipped runs
-being lost to bpftrace too, uncounted; bpftrace: its "Lost N events" lines).
+lost: F the ring buffer refused full, R it refused with room left, S in runs the kernel skipped)"
+line, F + R, the kernel's skipped runs being lost to bpftrace too, uncounted; bpftrace: its "Lost
+N events" lines). F apart: what a larger ring or a faster reader would have kept.
 The figure is the highest event rate a tool streamed with none lost.
 
 Run as root: python tests/perf/run.py monitor_stream
@@ -34,7 +35,8 @@ BPFTRACE = ('tracepoint:sock:inet_sock_set_state /args->newstate == 2 || args->n
 
 
 def churn(tool_cmd, marker, churns):
-    """(events written, events lost, connections/s) of `churns` churn processes with the tool,
+    """(events written, events lost, of them with the ring full (None: not told), connections/s) of
+    `churns` churn processes with the tool,
     its output going to a file (bpftrace: counted there) or /dev/null (the monitor: its count)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         ours = tool_cmd[0] != "bpftrace"
@@ -71,12 +73,14 @@ def churn(tool_cmd, marker, churns):
         err.seek(0)
         printed, said = out.read(), err.read()
     if ours:
-        m = re.search(r"detached \((\d+) events, (\d+) lost(?:: (\d+) the ring buffer refused)?", said)
-        written, lost = (int(m[1]), int(m[3] or m[2])) if m else (None, None)
+        m = re.search(r"detached \((\d+) events, (\d+) lost(?:: (\d+) the ring buffer refused full, (\d+) it "
+                      r"refused with room)?", said)
+        written, lost, full = (int(m[1]), int(m[3]) + int(m[4]) if m[3] else int(m[2]), int(m[3] or 0)) if m \
+            else (None, None, None)
     else:
-        written = printed.count("\n") - 1  # (its "Attaching" line)
+        written, full = printed.count("\n") - 1, None  # (its "Attaching" line)
         lost = sum(int(n) for n in re.findall(r"Lost (\d+) events", printed + said))
-    return written, lost, connections / SECONDS
+    return written, lost, full, connections / SECONDS
 
 
 def run():
@@ -88,16 +92,17 @@ def run():
         row = {}
         for who, cmd, marker in (("ours", ours_cmd, "attached"), ("peer", peer_cmd, "Attaching")):
             if cmd is None:
-                row[who] = (None, None, None)
+                row[who] = (None, None, None, None)
                 continue
-            written, lost, rate = churn(cmd, marker, churns)
-            row[who] = (written, lost, rate)
+            written, lost, full, rate = churn(cmd, marker, churns)
+            row[who] = (written, lost, full, rate)
             if lost == 0 and written is not None and (best[who] is None or written / SECONDS > best[who]):
                 best[who] = written / SECONDS
-        (ow, ol, orate), (pw, pl, prate) = row["ours"], row["peer"]
+        (ow, ol, ofull, orate), (pw, pl, _, prate) = row["ours"], row["peer"]
         figures[f"{churns} churn loop(s): events/s streamed"] = (
             ow and ow / SECONDS, pw and pw / SECONDS, "events/s", None)
         figures[f"{churns} churn loop(s): events lost"] = (ol, pl, "events", "<= 0")
+        figures[f"{churns} churn loop(s): events lost with the ring full"] = (ofull, None, "events", "<= 0")
         figures[f"{churns} churn loop(s): connections/s"] = (orate, prate, "conn/s", None)
     figures["highest event rate streamed with none lost"] = (best["ours"], best["peer"], "events/s", None)
     return figures
