@@ -324,69 +324,44 @@ def state_name(number):
     return TCP_STATES.get(number, f"STATE_{number}")
 
 
-# decode_event's positional unpacking follows EVENT's field order
-assert EVENT_CODEC.names == ("ts_ns", "cgroup_id", "netns", "sock", "cookie", "bytes_sent", "bytes_received",
-                             "duration_ns", "pid", "tid", "comm", "saddr", "daddr", "sport", "dport", "family",
-                             "protocol", "kind", "oldstate", "newstate", "flags", "failure", "retransmits", "srtt_us",
-                             "connect_us", "resets_sent", "resets_received")
 _STATE_NAMES = [state_name(n) for n in range(256)]
+# EVENT.flags as decode_event's booleans, a dict per flags value (owner_from_proc: set by Monitor)
+_FLAG_NAMES = (("netns_is_inode", F_NETNS_INODE), ("owner_from_accept", F_OWNER_FROM_ACCEPT),
+               ("owner_from_close", F_OWNER_FROM_CLOSE), ("passive", F_PASSIVE), ("older", F_OLDER),
+               ("accepted_before", F_ACCEPTED_BEFORE), ("found_late", F_FOUND_LATE), ("close_unseen", F_CLOSE_UNSEEN))
+_FLAGS = [dict({name: bool(flags & bit) for name, bit in _FLAG_NAMES}, owner_from_proc=False) for flags in range(256)]
 _TEXTS_MAX = 4096  # comms and addresses kept decoded (a busy stream repeats them); emptied when full
 _comms, _addresses = {}, {}
 
 
 def decode_event(record):
-    """An EVENT (bytes, at the start of a record, or the codec's Container) as a plain dict with
-    names and text addresses. The stream's hot path: fields unpacked by position; comms and
-    addresses decoded once while they repeat."""
+    """An EVENT (bytes, at the start of a record, or the codec's Container) as a plain dict: every
+    field of the layout by its name (a field added there comes through as its number), those with
+    meanings as names and text (kind as "event", flags as booleans, addresses). The stream's hot
+    path: comms and addresses decoded once while they repeat."""
     if isinstance(record, (bytes, bytearray, memoryview)):
         values = EVENT_CODEC.values_from(record)
     else:
-        values = tuple(record[name] for name in EVENT_CODEC.names)
-    (ts_ns, cgroup_id, netns, sock, cookie, bytes_sent, bytes_received, duration_ns, pid, tid, raw_comm, saddr, daddr,
-     sport, dport, family, protocol, kind, oldstate, newstate, flags, failure, retransmits, srtt_us, connect_us,
-     resets_sent, resets_received) = values
+        values = [record[name] for name in EVENT_CODEC.names]
+    e = dict(zip(EVENT_CODEC.names, values))
+    kind, family = e.pop("kind"), e["family"]
+    e.update(_FLAGS[e.pop("flags")])
+    raw_comm = e["comm"]
     text = _comms.get(raw_comm)
     if text is None:
         if len(_comms) >= _TEXTS_MAX:
             _comms.clear()
         text = _comms[raw_comm] = comm(raw_comm)
-    return {
-        "ts_ns": ts_ns,
-        "event": EVENT_KINDS.get(kind) or f"kind_{kind}",
-        "pid": pid,
-        "tid": tid,
-        "comm": text,
-        "cgroup_id": cgroup_id,
-        "netns": netns,
-        "netns_is_inode": bool(flags & F_NETNS_INODE),
-        "owner_from_accept": bool(flags & F_OWNER_FROM_ACCEPT),
-        "owner_from_close": bool(flags & F_OWNER_FROM_CLOSE),
-        "passive": bool(flags & F_PASSIVE),
-        "older": bool(flags & F_OLDER),
-        "accepted_before": bool(flags & F_ACCEPTED_BEFORE),
-        "found_late": bool(flags & F_FOUND_LATE),
-        "close_unseen": bool(flags & F_CLOSE_UNSEEN),
-        "owner_from_proc": False,  # set by Monitor: pid/comm from /proc (an older connection's)
-        "family": AF_NAMES.get(family) or str(family),
-        "protocol": PROTOCOLS.get(protocol) or str(protocol),
-        "saddr": _address(family, saddr),
-        "sport": sport,
-        "daddr": _address(family, daddr),
-        "dport": dport,
-        "oldstate": _STATE_NAMES[oldstate],
-        "newstate": _STATE_NAMES[newstate],
-        "bytes_sent": bytes_sent,
-        "bytes_received": bytes_received,
-        "duration_ns": duration_ns,
-        "sock": sock,
-        "cookie": cookie,
-        "failure": FAIL_REASONS.get(failure),
-        "retransmits": retransmits,
-        "srtt_us": srtt_us,
-        "connect_us": connect_us,
-        "resets_sent": resets_sent,
-        "resets_received": resets_received,
-    }
+    e["comm"] = text
+    e["event"] = EVENT_KINDS.get(kind) or f"kind_{kind}"
+    e["family"] = AF_NAMES.get(family) or str(family)
+    e["protocol"] = PROTOCOLS.get(e["protocol"]) or str(e["protocol"])
+    e["saddr"] = _address(family, e["saddr"])
+    e["daddr"] = _address(family, e["daddr"])
+    e["oldstate"] = _STATE_NAMES[e["oldstate"]]
+    e["newstate"] = _STATE_NAMES[e["newstate"]]
+    e["failure"] = FAIL_REASONS.get(e["failure"])
+    return e
 
 
 def _address(family, raw):

@@ -3,11 +3,11 @@ import socket
 import struct
 
 import pytest
-from construct import Container, Int16ub, Int16ul, Struct
+from construct import Container, Int16ub, Int16ul, Int32un, Padding, Struct
 
 from bpfhook import records as r
 from pybpf.errors import LayoutError
-from pybpf.layout import offsetof
+from pybpf.layout import codec, offsetof
 
 # The C view the BPF programs are written against. A change here is a change
 # of the kernel/user contract: the programs must move with it.
@@ -89,6 +89,16 @@ def test_decode_event_ipv4():
     }
     assert [r.decode_event(_event_bytes(failure=n, oldstate=2))["failure"] for n in (1, 2, 3)] == [
         "refused", "timeout", "other"]
+
+
+def test_decode_event_follows_the_layout(monkeypatch):
+    """decode_event names the fields from EVENT itself: one added there (as resets_sent and
+    resets_received were) comes through by its name, with no edit here."""
+    grown = Struct(*r.EVENT.subcons, "resets" / Int32un, Padding(4))
+    monkeypatch.setattr(r, "EVENT_CODEC", codec(grown))
+    d = r.decode_event(_event_bytes() + struct.pack("=I4x", 9))
+    assert d["resets"] == 9 and (d["event"], d["comm"], d["saddr"], d["connect_us"]) == ("close", "curl", "10.77.1.2", 95)
+    assert "kind" not in d and "flags" not in d  # (as "event" and the flag booleans)
 
 
 def test_decode_event_ipv6_and_codec_container():
