@@ -1,4 +1,5 @@
 """`bpfhook monitor` as a command: filters, JSON lines, the report's wake-ups, bad input."""
+import collections
 import io
 import json
 import os
@@ -92,6 +93,31 @@ def test_the_command_streams_and_reports_connections_open_before_it_started():
     assert m and int(m[1]) >= int(m[2]) >= 2
     final = out.getvalue().split("FINAL CONNECTION METRICS REPORT")[1]
     assert "Active connections: 2 " in final and "ESTABLISHED" in final
+
+
+def test_unfiltered_json_lines_with_the_summary_from_the_maps():
+    """--json with no filter: every event written, the summary's "events" their count, and its
+    closes from the kernel's maps (the events are not also folded into a report)."""
+    p = spawn_monitor("--json", "--duration", "3")
+    wait_attached(p)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)):
+                listener.accept()[0].close()
+    out, err = p.communicate(timeout=15 * slow_factor())
+    assert p.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    summary = lines.pop()
+    events = [o for o in lines if o["event"] != "lost"]
+    assert summary["event"] == "summary" and summary["events"] == len(events) > 0
+    ours = [o for o in events if port in (o["sport"], o["dport"])]
+    kinds = collections.Counter(o["event"] for o in ours)
+    assert (kinds["connect"], kinds["accept"], kinds["close"]) == (3, 3, 6), ours
+    assert summary["closed"] >= 6 and summary["lost"] == summary["lost_ring_full"] + summary["lost_with_room"] + \
+        summary["lost_missed"]
 
 
 def test_json_lines_with_port_filter_and_duration(lab):
