@@ -62,6 +62,8 @@ class Monitor:
         self._task_walk, self._task_walk_failed = None, False  # _namespaces's iterator link
         self._gone = _Gone()
         self._missed = 0  # lost()'s "missed" last time
+        self._spill_next = None  # each CPU's spill.next as of the last spilled()
+        self._spill_lost = 0  # spilled events written over before spilled() read them
         self.programs = []  # loaded and attached, whose skipped runs lose events (lost())
         self.menders = []  # ... and programs/conn_destroy.py's, whose skipped runs lose nothing
         self._stack = contextlib.ExitStack()
@@ -361,6 +363,26 @@ class Monitor:
         """Decoded events that arrived (waiting up to `timeout` seconds for the first)."""
         return self._with_older_owners([records.decode_event(r) for r in self.reader.read(timeout)])
 
+    def spilled(self):
+        """Decoded events the ring buffer refused with room left since the last call, oldest first
+        on each CPU: emit() (programs/conn_common.py) keeps them in the "spill" map, RECENT_SLOTS a
+        CPU. Rare (a few a second under load): read with the chores, not at every poll. Those
+        written over before this read count in lost()["with_room"]."""
+        if self.maps.spill is None:
+            return []
+        per_cpu = self.maps.spill.lookup(0)
+        seen = self._spill_next or [0] * len(per_cpu)
+        out = []
+        for cpu, spill in enumerate(per_cpu):
+            new = spill.next - seen[cpu]
+            if new > records.RECENT_SLOTS:
+                self._spill_lost += new - records.RECENT_SLOTS
+                new = records.RECENT_SLOTS
+            out += [spill.events[(spill.next - back) % records.RECENT_SLOTS] for back in range(new, 0, -1)]
+            seen[cpu] = spill.next
+        self._spill_next = seen
+        return self._with_older_owners([records.decode_event(e) for e in out])
+
     def cgroup_metrics(self, connections=None):
         """{cgroup id: metrics dict}: the kernel's totals of what ended, the closes it missed
         that the walks found (_Gone), and the live connections (connections(), read now when
@@ -448,9 +470,10 @@ class Monitor:
 
     def lost(self):
         """Kernel-side drops: "events", all lost: "ring_full" (the buffer refused them full, or
-        perf's own lost records), "with_room" (the ring refused them under half full: the
-        kernel failed the reservation; records.LOST_SLOTS) and the "missed" ones; "conns":
-        closes of connections the LRU map no longer held.
+        perf's own lost records), "with_room" (refused under half full, the kernel failing the
+        reservation: kept in the spill map, and lost only when written over there before
+        spilled() read them) and the "missed" ones; "conns": closes of connections the LRU map no
+        longer held.
 
         missed: runs the kernel skipped because the same program was running on that CPU
         (bpf_prog_info.recursion_misses): no event exists for them. What they left in the table
@@ -465,7 +488,7 @@ class Monitor:
         # stays counted
         self._missed = counts["missed"] = max(self._missed, skipped - counts["made_good"])
         counts["ring_full"] = counts.pop("events") + self.reader.lost
-        counts["with_room"] = counts.pop("events_with_room")
+        counts["with_room"] = self._spill_lost
         counts["events"] = counts["ring_full"] + counts["with_room"] + counts["missed"]
         return counts
 

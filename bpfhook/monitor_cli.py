@@ -300,6 +300,8 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
                         _say_older(monitor, options, err)
                 if time.monotonic() >= next_chores:
                     next_chores = time.monotonic() + CHORES_SECONDS
+                    if stream:  # (the few the ring refused with room left)
+                        deliver(monitor.spilled(), options.show_events)
                     monitor.trim_closed()
                     lost = monitor.lost()["events"]
                     if lost > lost_said:
@@ -314,7 +316,7 @@ def watch(options, out=None, err=None, on_event=None, events="auto", stop=None):
             if older_pending:  # (stopped before the first poll: its warnings are still said)
                 with lock:
                     _say_older(monitor, options, err)
-            deliver(monitor.read(0), show_events=False)  # what arrived while we were stopping
+            deliver(monitor.read(0) + monitor.spilled(), show_events=False)  # what arrived while we were stopping
             with lock:
                 final = snapshot()
             lost = monitor.lost()

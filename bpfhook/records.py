@@ -71,11 +71,11 @@ PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
 LOST_SLOTS = {
     0: "events",  # the ring buffer was full (more than half full at the refusal), or perf output failed
     1: "conns",  # a close or state change found no conn entry (evicted from the LRU): bytes/duration unknown
-    # the ring buffer refused an event while under half full: the kernel failed the reservation itself
-    # (its lock: since 6.15 a resilient spin lock, which gives up), no ring size would have kept it
-    2: "events_with_room",
 }
-LOST_EVENTS, LOST_CONNS, LOST_EVENTS_WITH_ROOM = 0, 1, 2
+LOST_EVENTS, LOST_CONNS = 0, 1
+# An event the ring buffer refused while under half full (the kernel failed the reservation itself:
+# its lock, since 6.15 a resilient spin lock, which gives up) goes to the "spill" map, a RECENT per
+# CPU: lost only when written over before user space read it
 
 # Slots of STATS, the "stats" map's value (u64s per CPU; user space sums the CPUs, or takes the max
 # for *_MAX): the summaries the report needs when events are not streamed to user space one by one.

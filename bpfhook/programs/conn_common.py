@@ -253,6 +253,9 @@ class Maps:
                                   len(records.LOST_SLOTS), "lost")
             self.stats = self._add(MapType.PERCPU_ARRAY, 4, records.STATS, 1, "stats")
             self.recent = self._add(MapType.PERCPU_ARRAY, 4, records.RECENT, 1, "recent")
+            # What the ring buffer refused with room left (emit), for Monitor.spilled() to read
+            self.spill = self._add(MapType.PERCPU_ARRAY, 4, records.RECENT, 1, "spill") if ringbuf and stream \
+                else None
         except BaseException:
             self.close()
             raise
@@ -862,11 +865,11 @@ def stat_max(p, maps, scratch, slot, value):
             p.r0.u64[slot * 8] = p.r2
 
 
-def remember(p, maps, ev, scratch):
-    """Copy the EVENT in stack slot `ev` into this CPU's next "recent" slot (what the report
-    lists), in place: the verifier inlines an array lookup, where map_update_elem is a helper
-    call, an indirect call and a memcpy (on each close)."""
-    this_cpu(p, maps.recent, scratch)
+def remember(p, maps, ev, scratch, table=None):
+    """Copy the EVENT in stack slot `ev` into this CPU's next slot of `table` (a RECENT; "recent" by
+    default: what the report lists), in place: the verifier inlines an array lookup, where
+    map_update_elem is a helper call, an indirect call and a memcpy (on each close)."""
+    this_cpu(p, maps.recent if table is None else table, scratch)
     with p.If(p.r0 != 0):
         recent = p.ptr(p.r0, records.RECENT)
         p.r1 = recent.next
@@ -888,8 +891,9 @@ def emit(p, maps, ev, ctx, scratch, count=True):
     stack bytes.
 
     A refused event counts in lost[LOST_EVENTS] when the ring is over half full then (full at the
-    refusal: the reader had fallen behind, a larger ring or a faster reader keeps it), else in
-    lost[LOST_EVENTS_WITH_ROOM] (the kernel failed the reservation with room left)."""
+    refusal: the reader had fallen behind, a larger ring or a faster reader keeps it); else the
+    kernel failed the reservation with room left (a few a second under load), and the event goes
+    to this CPU's "spill" ring, where Monitor.spilled() finds it."""
     if count:
         stat_add(p, maps, scratch, records.STAT_EVENTS, 1)
     if not maps.stream:
@@ -910,7 +914,7 @@ def emit(p, maps, ev, ctx, scratch, count=True):
             p.call("ringbuf_query", maps.events, BPF_RB_AVAIL_DATA)
             p.r1 = scratch.u32[0]
             with p.If(p.r0 < p.r1):
-                count_lost(p, maps, scratch, records.LOST_EVENTS_WITH_ROOM)
+                remember(p, maps, ev, scratch, table=maps.spill)
             with p.Else():
                 count_lost(p, maps, scratch, records.LOST_EVENTS)
     else:

@@ -15,7 +15,7 @@ import pytest
 from bpfhook import cgroups
 from bpfhook.monitor import Monitor
 from bpfhook.programs.conn_common import Maps
-from bpfhook.records import TCP_STATE_IDS, zero_metrics
+from bpfhook.records import EV_CLOSE, EVENT_CODEC, RECENT_SLOTS, TCP_STATE_IDS, zero_metrics
 from bpfhook.trafficgen import Server, generate
 from pybpf import features
 from tests.kernel.monitor_helpers import CGROUP_ROOT, HOOK_WORDS, STATE_NEEDS, closed, collect, host_server
@@ -228,3 +228,28 @@ def test_a_full_ring_counts_its_refusals_apart():
         assert lost["ring_full"] >= 80 - 4096 // 152 and lost["with_room"] == 0
         assert lost["events"] == lost["ring_full"] + lost["with_room"] + lost["missed"]
         assert 0 < len(m.read(0)) <= 4096 // 152
+
+
+def test_events_the_ring_refused_with_room_left_are_read_from_the_spill():
+    """emit() keeps an event the ring refused with room left in this CPU's spill ring. The kernel
+    fails such reservations a few times a second under load, never on demand: the test writes
+    the spill as the programs do. spilled() reads each event once, oldest first, and counts those
+    written over before it read them in lost()["with_room"]."""
+    with Monitor(CGROUP_ROOT, older=False) as m:
+        assert m.spilled() == [] and m.lost()["with_room"] == 0
+        blank = EVENT_CODEC.decode(bytes(EVENT_CODEC.size))
+
+        def spill(next, stamps):
+            """A CPU's spill: `next`, and the slots' ts_ns (0: never written)."""
+            return {"next": next, "events": [dict(blank, ts_ns=ts, kind=EV_CLOSE, family=socket.AF_INET)
+                                             for ts in stamps]}
+
+        cpus = len(m.maps.spill.lookup(0))
+        idle = spill(0, [0] * RECENT_SLOTS)
+        m.maps.spill.update(0, [spill(3, [1, 2, 3] + [0] * (RECENT_SLOTS - 3))] + [idle] * (cpus - 1))
+        assert [e["ts_ns"] for e in m.spilled()] == [1, 2, 3] and m.spilled() == []
+        # 20 more: the ring of 16 kept the last 16, from slot 23 % 16 = 7 on
+        m.maps.spill.update(0, [spill(23, [100 + (slot - 7) % RECENT_SLOTS for slot in range(RECENT_SLOTS)])]
+                            + [idle] * (cpus - 1))
+        assert [e["ts_ns"] for e in m.spilled()] == list(range(100, 100 + RECENT_SLOTS))
+        assert m.lost()["with_room"] == 20 - RECENT_SLOTS
