@@ -221,6 +221,38 @@ def test_timings_say_where_the_start_went_and_when_the_first_event_came():
     assert re.search(r"first event [\d.]+ ms after the start", lines[1])
 
 
+def test_the_first_events_come_before_the_walk_of_older_connections():
+    """The walk of the connections open before the start (every namespace's sockets, their owners
+    in /proc) runs after the first poll: with connections coming all along, the first event is
+    said before the walk's line."""
+    stop_traffic = threading.Event()
+
+    def traffic(listener):
+        while not stop_traffic.is_set():
+            with socket.create_connection(listener.getsockname()):
+                listener.accept()[0].close()
+            time.sleep(0.002)
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        t_traffic = threading.Thread(target=traffic, args=(listener,))
+        t_traffic.start()
+        try:
+            stop, t, _out, err, result = _run_in_thread(_options(timings=True), lambda e, ctr: None)
+            try:
+                assert eventually(lambda: "TCP connections open before the start" in err.getvalue())
+            finally:
+                stop.set()
+                t.join(10)
+        finally:
+            stop_traffic.set()
+            t_traffic.join(10)
+    said = err.getvalue()
+    assert result["rc"] == 0
+    assert said.index("first event") < said.index("TCP connections open before the start") < said.index("timings:")
+
+
 @pytest.mark.parametrize("transitions", [False, True], ids=["openings-and-closes", "transitions"])
 def test_the_stream_sends_openings_and_closes_unless_asked_for_every_transition(transitions):
     """By default a connection streams its opening and its close (which carries its bytes), as
