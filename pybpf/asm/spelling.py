@@ -579,9 +579,15 @@ def _reader(form, groups=None):
 
     bits_known = signed = memx = False
     values = set()
+    spelled = {}  # field -> (its text, {word: what it says}): the words a fast entry is keyed by
     for i, (name, ftype, again, optional) in enumerate(form.fields):
         at = i + 1
-        emit(f"t = m[{groups[i]}]" if fast else f"t = g[{i}]")
+        # the field's text: read where it is used, when it is used once
+        once = fast and not optional and (isinstance(ftype, (Register, Word)) or isinstance(
+            ftype, Operand) and not ftype.target and ftype.read is number)
+        t = f"m[{groups[i]}]" if once else "t"
+        if not once:
+            emit(f"t = m[{groups[i]}]" if fast else f"t = g[{i}]")
         pad = "    " if optional else ""
         if optional:
             emit("if t is not None:")
@@ -590,10 +596,10 @@ def _reader(form, groups=None):
             namespace[f"N{i}"] = ftype.names
             n = var if name != "_" and again is None else "n"
             if ftype.width == "row" and not bits_known:
-                emit(f"{pad}{n}, bits = N{i}[t]")
+                emit(f"{pad}{n}, bits = N{i}[{t}]")
                 bits_known = True
             else:
-                emit(f"{pad}{n}, b = N{i}[t]")
+                emit(f"{pad}{n}, b = N{i}[{t}]")
                 if ftype.width in ("row", 64):
                     emit(f"{pad}if b != {'bits' if ftype.width == 'row' else 64}:")
                     emit(f"{pad}    return None")
@@ -639,11 +645,14 @@ def _reader(form, groups=None):
                           f"value), got {{g[{again}]!r}}')")
         elif isinstance(ftype, Word):
             if ftype.numeric:
-                emit(f"{pad}k{i} = {'int(t, 0)' if fast else 'number(t)'}")
+                emit(f"{pad}k{i} = {f'int({t}, 0)' if fast else 'number(t)'}")
             else:
                 words = {w: ftype.key(row) for row in form.rows for w in ftype.words(row)}
                 namespace[f"W{i}"] = _Spaced(words) if any(" " in w for w in words) else words
-                emit(f"{pad}k{i} = W{i}[t]")
+                if once and not isinstance(namespace[f"W{i}"], _Spaced):
+                    spelled[i] = (t, words)  # the entry is found by the word as written
+                else:
+                    emit(f"{pad}k{i} = W{i}[{t}]")
         elif isinstance(ftype, Callee):
             emit(f"{pad}row, imm, ref = callee(t, {ftype.kernel})")
             if fast:
@@ -665,7 +674,7 @@ def _reader(form, groups=None):
             values.update((var, "ref"))
         else:
             if fast and ftype.read is number:  # number()'s first try; the rest is the slow path's
-                emit(f"{pad}{var} = int(t{'' if ftype.word else DESPACE}, 0)")
+                emit(f"{pad}{var} = int({t}{'' if ftype.word else DESPACE}, 0)")
             else:
                 namespace[f"R{i}"] = ftype.read
                 emit(f"{pad}{var} = R{i}(t)")
@@ -676,9 +685,17 @@ def _reader(form, groups=None):
     varying = _varies(form, values) if fast else None
     if not form.callee:
         key = ", ".join([f"k{i}" for i in form.words] + (["bits"] if form.width else []))
-        if fast:  # the row's encoding, looked up as the row would be
-            namespace["ENTRY"] = {k: _entry(varying, row) for k, row in form.index.items()}
-            emit(f"e = ENTRY[({key}{',' if key else ''})]")
+        if fast:  # the row's encoding, found as the row would be, by the words as written
+            entries = {k: _entry(varying, row) for k, row in form.index.items()}
+            for n, i in enumerate(form.words):
+                if i in spelled:
+                    text, words = spelled[i]
+                    entries = {k[:n] + (w,) + k[n + 1:]: e for k, e in entries.items()
+                               for w, said in words.items() if said == k[n]}
+            namespace["ENTRY"] = entries
+            key = ", ".join([spelled[i][0] if i in spelled else f"k{i}" for i in form.words]
+                            + (["bits"] if form.width else []))
+            emit(f"{', '.join(_entry(varying, None))}, = ENTRY[({key}{',' if key else ''})]")
         elif len(form.index) == 1 and not key:
             namespace["ROW"] = next(iter(form.index.values()))
             emit("row = ROW")
@@ -688,9 +705,7 @@ def _reader(form, groups=None):
             fail("", f"form.miss(c, {'bits' if form.width else 'None'})")
     elif fast:
         namespace["ENTRY"] = {row.serial: _entry(varying, row) for row in form.rows}
-        emit("e = ENTRY[row.serial]")
-    if fast:
-        emit(f"{', '.join(_entry(varying, None))}, = e")
+        emit(f"{', '.join(_entry(varying, None))}, = ENTRY[row.serial]")
     if memx and fast:
         emit("if memx != (64 if row.bits == 64 else 32):")
         emit("    return None")
