@@ -22,7 +22,7 @@ import functools
 import re
 
 from . import helpers, isa
-from .insn import make
+from .insn import _SLOT, _WIDE, make  # the 8-byte forms, packed as Insn.encode packs them
 from .isa import Kind
 
 U32, U64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
@@ -494,10 +494,13 @@ class Form:
         for body, desc, optional, word_start, word_end, spaced in items:
             sep = r"\s+" if spaced and prev_word and word_start else r"\s*"
             piece = f"(?:{sep}{body})?" if optional else sep + body
-            pieces.append(piece)
+            pieces.append(("", piece, optional and body[0] == "(") if optional else (sep, body, body[0] == "("))
             self.steps.append((piece, desc))
             prev_word = word_end
-        self.pattern = "".join(pieces) + r"\s*$"
+        # The pattern as (separator, body, whether the body is a field's group) pieces: a
+        # field's body is its one group. pybpf.asm.text joins the pieces of many forms.
+        self.pieces = tuple(pieces)
+        self.pattern = "".join(step for step, _ in self.steps) + r"\s*$"
         # The row, from what its words say (and the registers' width, where that is the row's).
         self.words = [i for i, (_, ftype, _, _) in enumerate(self.fields) if isinstance(ftype, Word)]
         self.width = any(isinstance(f, Register) and f.width == "row" for _, f, _, _ in self.fields)
@@ -515,6 +518,13 @@ class Form:
         exec(compile(self.source, f"<read {self.template}>", "exec"), self.namespace)
         self.build = self.namespace["build"]
         return self.build(c)
+
+    def encoder(self, groups):
+        """encode(m) for this form's fields at these groups of a match (see _reader)."""
+        source, namespace = _reader(self, groups)
+        namespace["BadNumber"] = BadNumber
+        exec(compile(source, f"<encode {self.template}>", "exec"), namespace)
+        return namespace["encode"]
 
     @functools.cached_property
     def regex(self):
@@ -547,63 +557,115 @@ def _wrong_width(c, group, bits, n, text):
     c.fail(group, f"expected a {bits}-bit register ({'w' if bits == 32 else 'r'}{n}), got {text!r}")
 
 
-def _reader(form):
+DESPACE = ".replace(' ', '')"  # "+ 4" -> "+4"
+
+
+def _reader(form, groups=None):
     """(source, namespace) of build(c) for a form: straight-line code for its fields, as a
-    printer is for a row."""
+    printer is for a row.
+
+    With `groups` (the group of each field in a regex joining many forms), the function is
+    encode(m) instead: the instruction's bytes, validated as Insn.encode does, or None for
+    anything else (a label, a bad field, a row that does not fit), which the caller then
+    reads with build(c) to say what is wrong, or to keep the label."""
+    fast = groups is not None
     code, namespace = [], {"make": make, "number": number, "s32": s32, "U32": U32, "form": form,
-                           "INDEX": form.index, "callee": _callee, "wrong_width": _wrong_width}
+                           "INDEX": form.index, "callee": _callee, "wrong_width": _wrong_width,
+                           "SLOT": _SLOT.pack, "WIDE": _WIDE.pack}
     emit = code.append
+
+    def fail(pad, statement):
+        emit(f"{pad}    {'return None' if fast else statement}")
+
     bits_known = signed = memx = False
     values = set()
+    spelled = {}  # field -> (its text, {word: what it says}): the words a fast entry is keyed by
     for i, (name, ftype, again, optional) in enumerate(form.fields):
         at = i + 1
-        emit(f"t = g[{i}]")
+        # the field's text: read where it is used, when it is used once
+        once = fast and not optional and (isinstance(ftype, (Register, Word)) or isinstance(
+            ftype, Operand) and not ftype.target and ftype.read is number)
+        t = f"m[{groups[i]}]" if once else "t"
+        if not once:
+            emit(f"t = m[{groups[i]}]" if fast else f"t = g[{i}]")
         pad = "    " if optional else ""
         if optional:
             emit("if t is not None:")
         var = name  # the local variable of an operand field is its name
-        if isinstance(ftype, Register):
+        if isinstance(ftype, Register) and fast:
+            namespace[f"N{i}"] = ftype.names
+            n = var if name != "_" and again is None else "n"
+            if ftype.width == "row" and not bits_known:
+                emit(f"{pad}{n}, bits = N{i}[{t}]")
+                bits_known = True
+            else:
+                emit(f"{pad}{n}, b = N{i}[{t}]")
+                if ftype.width in ("row", 64):
+                    emit(f"{pad}if b != {'bits' if ftype.width == 'row' else 64}:")
+                    emit(f"{pad}    return None")
+                elif ftype.width == "memx" and not memx:
+                    emit(f"{pad}memx = b")
+                    memx = True
+            if n == var:
+                values.add(var)
+            elif name != "_" or ftype.zero:
+                emit(f"{pad}if n{'' if name == '_' else ' != ' + var}:")
+                emit(f"{pad}    return None")
+        elif isinstance(ftype, Register):
             namespace[f"N{i}"] = ftype.names
             emit(f"{pad}r = N{i}.get(t)")
             emit(f"{pad}if r is None:")
-            emit(f"{pad}    c.fail({at}, f'expected a register, got {{t!r}}')")
+            fail(pad, f"c.fail({at}, f'expected a register, got {{t!r}}')")
             if ftype.width == "row":
                 if bits_known:
                     emit(f"{pad}if r[1] != bits:")
-                    emit(f"{pad}    wrong_width(c, {at}, bits, r[0], t)")
+                    fail(pad, f"wrong_width(c, {at}, bits, r[0], t)")
                 else:
                     emit(f"{pad}bits = r[1]")
                     bits_known = True
             elif ftype.width == 64:
                 emit(f"{pad}if r[1] != 64:")
-                emit(f"{pad}    wrong_width(c, {at}, 64, r[0], t)")
+                fail(pad, f"wrong_width(c, {at}, 64, r[0], t)")
             elif ftype.width == "memx" and not memx:
                 emit(f"{pad}memx = ({at}, t, r)")
                 memx = True
             if name == "_":
                 if ftype.zero:
                     emit(f"{pad}if r[0]:")
-                    emit(f"{pad}    c.fail({at}, f'expected r0 (cmpxchg compares with r0), got {{t!r}}')")
+                    fail(pad, f"c.fail({at}, f'expected r0 (cmpxchg compares with r0), got {{t!r}}')")
             elif again is None:
                 emit(f"{pad}{var} = r[0]")
                 values.add(var)
             elif name == "dst":  # the same register again: neg's
                 emit(f"{pad}if r[0] != dst:")
-                emit(f"{pad}    c.fail({at}, f'expected the destination register again, got {{t!r}}')")
+                fail(pad, f"c.fail({at}, f'expected the destination register again, got {{t!r}}')")
             else:  # a fetching atomic's result
                 emit(f"{pad}if r[0] != {var}:")
-                emit(f"{pad}    c.fail({again + 1}, f'expected {{t!r}} (the source register receives the old "
-                     f"value), got {{g[{again}]!r}}')")
+                fail(pad, f"c.fail({again + 1}, f'expected {{t!r}} (the source register receives the old "
+                          f"value), got {{g[{again}]!r}}')")
         elif isinstance(ftype, Word):
             if ftype.numeric:
-                emit(f"{pad}k{i} = number(t)")
+                emit(f"{pad}k{i} = {f'int({t}, 0)' if fast else 'number(t)'}")
             else:
                 words = {w: ftype.key(row) for row in form.rows for w in ftype.words(row)}
                 namespace[f"W{i}"] = _Spaced(words) if any(" " in w for w in words) else words
-                emit(f"{pad}k{i} = W{i}[t]")
+                if once and not isinstance(namespace[f"W{i}"], _Spaced):
+                    spelled[i] = (t, words)  # the entry is found by the word as written
+                else:
+                    emit(f"{pad}k{i} = W{i}[{t}]")
         elif isinstance(ftype, Callee):
             emit(f"{pad}row, imm, ref = callee(t, {ftype.kernel})")
+            if fast:
+                emit(f"{pad}if ref is not None:")
+                emit(f"{pad}    return None")
             values.update(("imm", "ref"))
+        elif ftype.target and fast:  # a number (a label is no number: the slow path keeps it)
+            emit(f"{pad}if t[0] == 'p':")
+            emit(f"{pad}    if t[1] != 'c' or t[2] not in '+-':")
+            emit(f"{pad}        return None")
+            emit(f"{pad}    t = t[2:]")
+            emit(f"{pad}{var} = int(t, 0)")
+            values.add(var)
         elif ftype.target:
             emit(f"{pad}if t[0] in '+-' or t[:2] == 'pc' and t[2:3] in ('+', '-'):")
             emit(f"{pad}    {var} = number(t.removeprefix('pc'))")
@@ -611,37 +673,150 @@ def _reader(form):
             emit(f"{pad}    ref = t")
             values.update((var, "ref"))
         else:
-            namespace[f"R{i}"] = ftype.read
-            emit(f"{pad}{var} = R{i}(t)")
+            if fast and ftype.read is number:  # number()'s first try; the rest is the slow path's
+                emit(f"{pad}{var} = int({t}{'' if ftype.word else DESPACE}, 0)")
+            else:
+                namespace[f"R{i}"] = ftype.read
+                emit(f"{pad}{var} = R{i}(t)")
             values.add(var)
             signed = signed or ftype.signed and name == "imm"
+    if "lo" in values:
+        values.add("imm")  # made of lo and hi
+    varying = _varies(form, values) if fast else None
     if not form.callee:
         key = ", ".join([f"k{i}" for i in form.words] + (["bits"] if form.width else []))
-        if len(form.index) == 1 and not key:
+        if fast:  # the row's encoding, found as the row would be, by the words as written
+            entries = {k: _entry(varying, row) for k, row in form.index.items()}
+            for n, i in enumerate(form.words):
+                if i in spelled:
+                    text, words = spelled[i]
+                    entries = {k[:n] + (w,) + k[n + 1:]: e for k, e in entries.items()
+                               for w, said in words.items() if said == k[n]}
+            namespace["ENTRY"] = entries
+            key = ", ".join([spelled[i][0] if i in spelled else f"k{i}" for i in form.words]
+                            + (["bits"] if form.width else []))
+            emit(f"{', '.join(_entry(varying, None))}, = ENTRY[({key}{',' if key else ''})]")
+        elif len(form.index) == 1 and not key:
             namespace["ROW"] = next(iter(form.index.values()))
             emit("row = ROW")
         else:
             emit(f"row = INDEX.get(({key}{',' if key else ''}))")
             emit("if row is None:")
-            emit(f"    form.miss(c, {'bits' if form.width else 'None'})")
-    if memx:
+            fail("", f"form.miss(c, {'bits' if form.width else 'None'})")
+    elif fast:
+        namespace["ENTRY"] = {row.serial: _entry(varying, row) for row in form.rows}
+        emit(f"{', '.join(_entry(varying, None))}, = ENTRY[row.serial]")
+    if memx and fast:
+        emit("if memx != (64 if row.bits == 64 else 32):")
+        emit("    return None")
+    elif memx:
         emit("if memx[2][1] != (64 if row.bits == 64 else 32):")
-        emit("    wrong_width(c, memx[0], 64 if row.bits == 64 else 32, memx[2][0], memx[1])")
+        fail("", "wrong_width(c, memx[0], 64 if row.bits == 64 else 32, memx[2][0], memx[1])")
     if "lo" in values:
         if "hi" in values:
             emit("imm = (lo & U32) | (hi << 32)")
         else:
             emit("imm = lo & U32 if -(1 << 31) <= lo < 0 else lo")
-    elif signed:
+    elif signed and fast and not _plain_imm(form):  # (encoding an s32 is encoding the u32)
+        if "slots" in dict(varying):
+            emit("if slots == 1:")
+            emit("    imm = s32(imm)")
+        elif form.rows[0].slots == 1:
+            emit("imm = s32(imm)")
+    elif signed and not fast:
         emit("if row.slots == 1:")
         emit("    imm = s32(imm)")
+    if fast:
+        _encoder(form, values, varying, emit)
     defaults = ["dst = src = off = imm = 0", "ref = None"] + [f"{var} = 0" for var in ("lo", "hi") if var in values]
     body = "\n".join("        " + line for line in code)
+    if fast:  # what a field left out reads as; the rest is read or constant
+        defaults = [f"{name} = 0" for name, _, _, optional in form.fields if optional and name != "_"]
+        return ("def encode(m):\n" + "".join(f"    {line}\n" for line in defaults)
+                + f"    try:\n{body}\n    except (BadNumber, ValueError, KeyError, IndexError):\n        return None\n"), namespace
     source = ("def build(c):\n    g = c.m.groups()\n    " + "\n    ".join(defaults) + "\n"
               + f"    try:\n{body}\n    except BadNumber as e:\n        form.bad_number(c, e.text)\n"
               + "    return make(row, dst, src, off, imm, None, ref, c.source)\n")
     namespace["BadNumber"] = BadNumber
     return source, namespace
+
+
+_STANDARD_IMM = (-(1 << 31), (1 << 32) - 1)
+
+
+def _plain_imm(form):
+    """Every row of the form takes a one-slot immediate of the standard bounds, unfixed."""
+    return all(row.slots == 1 and row.bounds[6:] == _STANDARD_IMM and "imm" not in dict(row.fixed)
+               for row in form.rows)
+
+
+def _encoding(form, values):
+    """What the encoding of a row of this form takes from the row: [(name, fn(row))]."""
+    out = [("row", lambda row: row)] if any(f.width == "memx" for _, f, _, _ in form.fields
+                                            if isinstance(f, Register)) else []
+    out.append(("code", lambda row: row.code))
+    for n, name in enumerate(isa.FIELDS):
+        if name in values:
+            out.append((f"fixed_{name}", lambda row, name=name: dict(row.fixed).get(name)))
+            out += [(f"lo_{name}", lambda row, n=n: row.bounds[2 * n]),
+                    (f"hi_{name}", lambda row, n=n: row.bounds[2 * n + 1])]
+        else:  # what make() leaves in it: the row's fixed value, else 0
+            out.append((f"const_{name}", lambda row, name=name: dict(row.fixed).get(name, 0)))
+    out.append(("slots", lambda row: row.slots))
+    return out
+
+
+def _varies(form, values):
+    """The part of _encoding that differs between the rows of the form (row and code always)."""
+    return [(name, fn) for name, fn in _encoding(form, values)
+            if name in ("row", "code") or len({fn(row) for row in form.rows}) > 1]
+
+
+def _entry(varying, row):
+    """The row's values of what varies in the form (_varies), their names for row=None."""
+    return tuple(name if row is None else fn(row) for name, fn in varying)
+
+
+def _encoder(form, values, varying, emit):
+    """The tail of a form's encode(m): what make() and Insn.encode() do, unrolled for the rows
+    of the form, with what all of them share as constants: the fixed fields, each field checked
+    against the row's bounds, the bytes."""
+    varying = {name for name, _ in varying}
+    row0 = form.rows[0]
+    same = {name: repr(fn(row0)) for name, fn in _encoding(form, values) if name not in varying}
+    fields = {}
+    for n, name in enumerate(isa.FIELDS):
+        if name not in values:
+            fields[name] = f"const_{name}" if f"const_{name}" in varying else same[f"const_{name}"]
+            continue
+        fields[name] = name
+        if f"fixed_{name}" in varying:
+            emit(f"if fixed_{name} is not None:")
+            emit(f"    {name} = fixed_{name}")
+        elif same[f"fixed_{name}"] != "None":  # every row fixes it, to the same value
+            fields[name] = same[f"fixed_{name}"]
+            continue
+        lo, hi = (f"lo_{name}", f"hi_{name}") if f"lo_{name}" in varying else (same[f"lo_{name}"], same[f"hi_{name}"])
+        if name in ("dst", "src") and (lo, hi) == ("0", str(isa.MAX_REG)):
+            continue  # a register read by name is one of these
+        emit(f"if not {lo} <= {name} <= {hi}:")
+        emit("    return None")
+    regs = fields["dst"] if fields["src"] == "0" else f"({fields['src']} << 4) | {fields['dst']}"
+    imm = fields["imm"]
+    one = f"return SLOT(code, {regs}, {fields['off']}, {imm} - 0x100000000 if {imm} > 0x7FFFFFFF else {imm})"
+    two = (f"imm = {imm} & 0xFFFFFFFFFFFFFFFF", "lo, hi = imm & 0xFFFFFFFF, imm >> 32",
+           f"return WIDE(code, {regs}, {fields['off']}, lo - 0x100000000 if lo >> 31 else lo, "
+           "0, 0, 0, hi - 0x100000000 if hi >> 31 else hi)")
+    if "slots" in varying:
+        emit("if slots == 1:")
+        emit("    " + one)
+        for line in two:
+            emit(line)
+    elif row0.slots == 1:
+        emit(one)
+    else:
+        for line in two:
+            emit(line)
 
 
 def _callee(text, kernel):

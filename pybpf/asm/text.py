@@ -13,6 +13,7 @@ text stops making sense, and what was expected there.
 """
 import gc
 import re
+import sys
 
 from ..errors import AssemblerError
 from . import isa, spelling
@@ -98,6 +99,112 @@ def _read(form, ctx):
     if insn.op is _MOV64_IMM and not -(1 << 31) <= insn.imm < (1 << 31):
         return make(_LDDW, insn.dst, 0, 0, insn.imm, None, None, insn.source)
     return insn
+
+
+# --- assembling: the forms a line may be, joined into one regex -------------------------
+
+class _Joined:
+    """The forms that may read a line (those of its first characters or mnemonic), joined into
+    one regex that reads the line once: consecutive forms share their common first pieces, and
+    an empty group ending each form tells by m.lastindex which form read it. Forms keep their
+    order, so the first form whose pattern reads the line is the one that does, as when each is
+    tried in turn (parse()). encoders[m.lastindex](m) gives the bytes, or None for the slow path
+    (each form's encode(m), written on first use).
+
+    Separators are possessive and fields atomic: no body starts with whitespace, and none can
+    start with what the field before it could give back (a digit, a word character), so
+    backtracking never finds another reading. The separators come before the alternatives,
+    which then start with a literal or a group: the regex engine skips a literal at a glance."""
+
+    def __init__(self, forms):
+        out, leaves = [], {}
+        groups = 0
+
+        def walk(entries, depth):
+            nonlocal groups
+            runs, i = [], 0  # consecutive entries with the same next piece (None: the end)
+            while i < len(entries):
+                form, _ = entries[i]
+                piece = form.pieces[depth] if depth < len(form.pieces) else None
+                j = i + 1
+                while piece is not None and j < len(entries) and entries[j][0].pieces[depth:depth + 1] == (piece,):
+                    j += 1
+                runs.append((piece, entries[i:j]))
+                i = j
+            seps = {piece[0] if piece else r"\s*" for piece, _ in runs}
+            shared = seps.pop() if len(seps) == 1 else ""
+            out.append(_possessive(shared) + "(?:")
+            for n, (piece, run) in enumerate(runs):
+                if n:
+                    out.append("|")
+                if piece is None:
+                    groups += 1
+                    out.append(("" if shared else _possessive(r"\s*")) + "$()")
+                    leaves[groups] = run[0]  # a form that reads the same as one before it never gets here
+                    continue
+                sep, body, held = piece
+                if held and _ATOMIC and body[1] != "?":
+                    body = "((?>" + body[1:-1] + "))"
+                out.append(("" if shared else _possessive(sep)) + body)
+                groups += held
+                walk([(f, g + [groups] if held else g) for f, g in run], depth + 1)
+            out.append(")")
+
+        walk([(form, []) for form in forms], 0)
+        self.match = re.compile("".join(out)).match
+        self.encoders = [None] * (groups + 1)
+        for marker, (form, fields) in leaves.items():
+            self.encoders[marker] = self._first_use(marker, form, fields)
+
+    def _first_use(self, marker, form, fields):
+        def encode(m):
+            self.encoders[marker] = form.encoder(fields)
+            return self.encoders[marker](m)
+        return encode
+
+
+_ATOMIC = sys.version_info >= (3, 11)  # possessive repeats and atomic groups
+
+
+def _possessive(sep):
+    """\\s* as \\s*+ (Python 3.11 has possessive repeats; before, the same match, more slowly)."""
+    return sep + "+" if sep and _ATOMIC else sep
+
+
+_INDEX = {"llvm": _BY_PREFIX, "ubpf": _BY_WORD["ubpf"]}
+_JOINED = {}  # the forms' ids -> _Joined: every register ("r0" ... "w9") starts the same forms
+_NO_READER = (lambda line: None, None)
+
+
+def _reader(syntax, readers, line):
+    """(match, encoders) for a line that begins with `key` (its first two characters, or
+    its mnemonic in ubpf), remembered in `readers` under that key."""
+    stripped = line.lstrip()
+    key = stripped[:2] if syntax == "llvm" else stripped.partition(" ")[0]
+    reader = readers.get(key)
+    if reader is None:
+        forms = _INDEX[syntax].get(key)
+        reader = _NO_READER
+        if forms:
+            same = tuple(map(id, forms))  # the forms live as long as the module
+            joined = _JOINED.get(same)
+            if joined is None:
+                joined = _JOINED[same] = _Joined(forms)
+            reader = (joined.match, joined.encoders)
+        readers[key] = reader
+    return reader
+
+
+_READERS = {"llvm": {}, "ubpf": {}}  # syntax -> {key: (match, encoders)}
+
+
+class _SLOW:
+    """The readers of a listing: its lines go through _parse_line, which knows their prefixes."""
+
+    @staticmethod
+    def get(key):
+        return _NO_READER
+_CACHE_CHECK = 4096  # the line at which assemble() judges whether lines repeat
 
 
 # --- lines ----------------------------------------------------------------------
@@ -198,25 +305,24 @@ def parse(text, syntax="auto"):
     return _parse(text, syntax)[0]
 
 
-def _parse(text, syntax, share=False):
-    """(insns, labels -> slot, [(index, slot)] of label references, first duplicate label error).
-
-    Slots are counted while parsing so that assemble() links without a scan;
-    a label defined twice is reported after every line parsed, as link() would.
-    With `share`, a repeated line gives the very Insn parsed from its first
-    occurrence (its source names that line): for assemble(), which only
-    encodes them."""
+def _syntax(text, syntax):
+    """(the reader's syntax, "llvm" or "ubpf"; whether the text is a listing)."""
     if syntax == "auto":
         syntax = detect_syntax(text)
     if syntax == "kernel":
         syntax = "llvm"
-    if syntax == "llvm":
-        forms_for = _forms_for("llvm")
-    elif syntax == "ubpf":
-        forms_for = _forms_for("ubpf")
-    else:
+    if syntax not in ("llvm", "ubpf"):
         raise AssemblerError(f"unknown syntax {syntax!r}: expected one of {', '.join(SYNTAXES)}")
-    listing = _LISTING.search(text) is not None
+    return syntax, _LISTING.search(text) is not None
+
+
+def _parse(text, syntax):
+    """(insns, labels -> slot, [(index, slot)] of label references, first duplicate label error).
+
+    Slots are counted while parsing so that assemble() links without a scan;
+    a label defined twice is reported after every line parsed, as link() would."""
+    syntax, listing = _syntax(text, syntax)
+    forms_for = _forms_for(syntax)
     fast = None if listing else _FAST_KEYS[syntax]
     out = []
     append = out.append
@@ -234,10 +340,7 @@ def _parse(text, syntax, share=False):
             if hit is not None:
                 first, col = hit
                 op, ref = first.op, first.ref
-                if share:
-                    insn = first
-                else:
-                    insn = make(op, first.dst, first.src, first.off, first.imm, None, ref, f"line {lineno}, column {col}")
+                insn = make(op, first.dst, first.src, first.off, first.imm, None, ref, f"line {lineno}, column {col}")
             else:
                 stripped = line.lstrip()
                 if not stripped:
@@ -259,8 +362,7 @@ def _parse(text, syntax, share=False):
                         continue
                 op, ref = insn.op, insn.ref
             if labels:
-                if not share:
-                    insn.label = labels[0] if len(labels) == 1 else tuple(labels)
+                insn.label = labels[0] if len(labels) == 1 else tuple(labels)
                 for name in labels:
                     if name in slots and twice is None:
                         twice = AssemblerError(f"label {name!r} defined twice", insn.source)
@@ -282,9 +384,8 @@ def _parse(text, syntax, share=False):
         for insn in out:
             if insn.op.kind == "exit":
                 slots["exit"] = pc
-                if not share:
-                    insn.label = "exit" if insn.label is None else (
-                        (insn.label, "exit") if isinstance(insn.label, str) else tuple(insn.label) + ("exit",))
+                insn.label = "exit" if insn.label is None else (
+                    (insn.label, "exit") if isinstance(insn.label, str) else tuple(insn.label) + ("exit",))
                 break
             pc += insn.op.slots
     return out, slots, refs, twice
@@ -293,21 +394,82 @@ def _parse(text, syntax, share=False):
 def assemble(text, syntax="auto"):
     """Assemble LLVM/kernel or ubpf syntax text into eBPF bytecode."""
     try:
-        insns, slots, refs, twice = _parse(text, syntax, share=True)
-        if twice is not None:
-            raise twice
-        for index, pc in refs:  # link(), knowing where the labels and references are
-            insns[index] = resolve(insns[index], pc, slots)
-        # encode(), remembering each shared instruction's bytes by identity (all are alive here)
-        codes = {}
-        out = []
-        append = out.append
-        for insn in insns:
-            code = codes.get(id(insn))
-            if code is None:
-                code = codes[id(insn)] = insn.encode()  # validates
-            append(code)
-        return b"".join(out)
+        code = _assemble(text, syntax)
+        if code is not None:
+            return code
     except AssemblerError:
-        # Shared instructions name the first line written so; the plain pipeline names the very line.
-        return encode(link(parse(text, syntax)))
+        pass
+    # What the quick reading leaves (an error, a label defined twice or marking no instruction,
+    # ubpf's implicit "exit" label) the plain pipeline says, naming the very line.
+    return encode(link(parse(text, syntax)))
+
+
+def _assemble(text, syntax):
+    """The bytes of the text, or None when assemble() must take the plain pipeline.
+
+    A bare statement is read by its line's _Joined straight to bytes, and a repeated line costs
+    a dict lookup; the rest (labels, comments, listings, label references, what the joined
+    reader leaves) goes through _parse_line to an Insn, as parse() reads it."""
+    syntax, listing = _syntax(text, syntax)
+    forms_for = _forms_for(syntax)
+    readers = _SLOW if listing else _READERS[syntax]
+    llvm = syntax == "llvm"
+    out = []
+    append = out.append
+    labels, slots, refs = [], {}, []  # slots and refs by index in out, until the end
+    ctx = _Line()
+    # line -> its bytes, for lines read without _parse_line (no label on them). Programs repeat
+    # lines ("r1 = r6", "exit"); text that does not (under 1 in 8 of the first lines) goes
+    # without: looking up every line would cost more than the few it finds.
+    seen = {}
+    cached, check = True, _CACHE_CHECK
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # nothing made here holds a cycle; collecting while making it only costs time
+    try:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if cached:
+                code = seen.get(line)
+                if code is not None:
+                    append(code)
+                    continue
+                if lineno >= check:
+                    cached, check = len(seen) < lineno - (lineno >> 3), sys.maxsize
+            reader = readers.get(line[:2] if llvm else line.partition(" ")[0])
+            if reader is None:
+                reader = _reader(syntax, readers, line)
+            m = reader[0](line)
+            if m is not None:
+                code = reader[1][m.lastindex](m)
+                if code is not None:
+                    if cached:
+                        seen[line] = code
+                    append(code)
+                    continue
+            insn = _parse_line(ctx, lineno, line, listing, forms_for, labels)
+            if labels:  # they name the next instruction, wherever it comes from
+                for name in labels:
+                    if name in slots:
+                        return None  # defined twice
+                    slots[name] = len(out)
+                labels.clear()
+            if insn is None:
+                continue
+            ref = insn.ref
+            if ref is not None and ref.__class__ is str and insn.op.target is not None:
+                refs.append(len(out))
+                append(insn)
+            else:
+                append(insn.encode())  # validates
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if slots and max(slots.values()) == len(out) or syntax == "ubpf" and refs and "exit" not in slots:
+        return None  # a label after the last instruction; ubpf's "exit"
+    if refs:  # link(), knowing where the labels and references are
+        pcs = [0]
+        for code in out:
+            pcs.append(pcs[-1] + (len(code) >> 3 if code.__class__ is bytes else code.op.slots))
+        slots = {name: pcs[index] for name, index in slots.items()}
+        for index in refs:
+            out[index] = resolve(out[index], pcs[index], slots).encode()
+    return b"".join(out)
