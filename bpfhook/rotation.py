@@ -89,6 +89,21 @@ class RotatingWriter:
             self.rotate()
         self._writer.packet(*args, **kwargs)
 
+    def blocks(self, blocks):
+        """pcapng.Writer.blocks, starting new files as packet() would before each block."""
+        while blocks:
+            if self._due():
+                self.rotate()
+            take = len(blocks)
+            if self.max_bytes is not None:  # up to the block that reaches the size, as packet()
+                room, take = self.max_bytes - self._writer.size, 0
+                while take < len(blocks) and room > 0:
+                    room -= len(blocks[take])
+                    take += 1
+                take = max(take, 1)
+            self._writer.blocks(blocks[:take])
+            blocks = blocks[take:]
+
     def statistics(self, *args, **kwargs):
         self._writer.statistics(*args, **kwargs)
 
