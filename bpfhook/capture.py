@@ -3,9 +3,14 @@
 Network: cgroup_skb programs (programs/capture.py) on the container's
 cgroup see every TCP/UDP packet delivered to one of its sockets (and, with
 --both-directions, sent by one), as L3 packets: interface 0, LINKTYPE_RAW.
-The process owning a packet's socket is found here, by 5-tuple, the way
+The program writes each packet into a BPF ring buffer as a whole Enhanced
+Packet Block, and runs of them go to the file as they are (one writev of
+views over the ring). Only the first packet of each flow comes through
+Python, to name the process owning its socket, found by 5-tuple the way
 `ss -p` does (the socket table of the container's netns, then its
-processes' fds); a socket that is gone before we look stays "unknown".
+processes' fds), in that packet's comment; a socket that is gone before we
+look stays "unknown". --pid, --tls and --packet-comments pass every packet
+through Python instead.
 
 UDS: syscall tracepoints (programs/uds.py) see read/write/send*/recv*
 on Unix sockets of the container's processes: interface 1, LINKTYPE_USER0
@@ -34,7 +39,7 @@ from bpfhook.programs import uds as uds_program
 from bpfhook.records import flat_struct
 from bpfhook.rotation import RotatingWriter
 from bpfhook.tls import Plaintext, TlsHooks, check_kernel
-from pybpf import attach
+from pybpf import attach, features
 from pybpf.errors import BpfError
 from pybpf.maps import possible_cpus
 from pybpf.readers import open_reader
@@ -173,6 +178,15 @@ class Owners:
         return exact + wild
 
 
+def _require_ring_buffers():
+    """A clear error where the network capture's program cannot be: the kernel has no BPF ring
+    buffer or no atomic fetch operations (both Linux 5.12 on)."""
+    missing = [name for name in ("map_type.ringbuf", "atomics") if not features.has(name)]
+    if missing:
+        raise CaptureError(f"network capture needs BPF ring buffers and atomic operations (Linux 5.12+); "
+                           f"this kernel lacks {', '.join(missing)}")
+
+
 def _sun_path(path):
     """A bound filesystem path's address length counts its NUL; abstract names are exact."""
     return path if path[:1] == b"\0" else path.rstrip(b"\0")
@@ -245,16 +259,24 @@ class Capture:
     # -- network --------------------------------------------------------------------------
     def _build_net(self, ip_proto, port, pages):
         ring = 1 << (pages * 4096 * possible_cpus() - 1).bit_length()  # the per-CPU buffers' total
-        self.net_maps = net_program.Maps(self.snaplen, ring)
+        try:
+            self.net_maps = net_program.Maps(self.snaplen, ring)
+        except BpfError:
+            _require_ring_buffers()
+            raise
         self._stack.callback(self.net_maps.close)
         self.net_maps.config.update(0, dict(clock_offset_ns=self._clock & (1 << 64) - 1))
         self._per_packet = bool(self.packet_comments or self.pid or self.tls)
         directions = ("ingress", "egress") if self.both_directions else ("ingress",)
         for direction in directions:
-            program = load(net_program.build(direction, self.net_maps, self.snaplen, ip_proto, port,
-                                             per_packet=self._per_packet),
-                           "cgroup_skb", name=f"cap_{direction}",
-                           expected_attach_type=f"cgroup_inet_{direction}")
+            try:
+                program = load(net_program.build(direction, self.net_maps, self.snaplen, ip_proto, port,
+                                                 per_packet=self._per_packet),
+                               "cgroup_skb", name=f"cap_{direction}",
+                               expected_attach_type=f"cgroup_inet_{direction}")
+            except BpfError:
+                _require_ring_buffers()
+                raise
             self._stack.callback(program.close)
             self._attach_steps.append(
                 lambda program=program, direction=direction: attach.cgroup(program, direction,
@@ -550,7 +572,8 @@ def add_arguments(parser):
                         help="with -C or -G: keep COUNT files, a ring (the next replaces the oldest)")
     parser.add_argument("--buffer-pages", type=int, default=DEFAULT_PAGES, metavar="N",
                         help=f"event buffer pages per CPU, a power of two (default {DEFAULT_PAGES}: "
-                             f"{DEFAULT_PAGES * 4 // 1024} MiB; smaller buffers drop at high packet rates)")
+                             f"{DEFAULT_PAGES * 4 // 1024} MiB; the packets' ring buffer holds that many for "
+                             "every CPU; smaller buffers drop at high packet rates)")
 
 
 def parse_filter(text):

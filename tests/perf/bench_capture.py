@@ -14,9 +14,11 @@ the link-local IPv6 chatter and ARP replies count against both), the UDP
 datagrams each holds out of those sent, the drops each reports (our ISB
 ifdrop; tcpdump's "dropped by kernel"), and CPU seconds per GB of traffic
 from /proc/PID/stat utime+stime of each capturer read when it has exited (a
-zombie still shows its times): over the whole process, and while the traffic flows (less
-what it had used when the traffic started: its start-up, ~0.25 s of Python imports and
-program loading for us, which a 300 MB run would otherwise spread over its figure). The BPF program itself runs in the kernel's
+zombie still shows its times): over the whole process, and while the traffic flows (from
+just before the traffic starts to just before SIGINT, both capturers read at the same
+moments): the start-up (~0.25 s of Python imports and program loading for us) and the
+shutdown are rows of their own, which a 300 MB run would otherwise spread over the
+per-GB figure. The BPF program itself runs in the kernel's
 softirq and is charged to no process.
 run() returns {name: (ours, peer, unit, target)}.
 """
@@ -139,7 +141,9 @@ def _ours(path):
             packets += 1
             udp += r.data[9] == 17 and len(r.data) >= 24 and int.from_bytes(r.data[22:24], "big") == UDP_PORT
         elif r.dropped is not None:
-            drops = r.dropped  # the last ISB holds the final count
+            drops, why = r.dropped, r.comments  # the last ISB holds the final count
+    if drops:
+        print(f"bench_capture: ours dropped {drops}: {' '.join(why)}", file=sys.stderr)
     return packets, udp, drops
 
 
@@ -183,6 +187,7 @@ def run(megabytes=300, datagrams=20000):
         nbytes += _send_udp(c.ipv4, datagrams)
         time.sleep(1.0)  # let the last packets reach both files
         sent = _tx_packets(c.host_if) - tx0
+        ours_flowing, peer_flowing = _cpu(ours) - ours_start, _cpu(peer) - peer_start
         ours.send_signal(signal.SIGINT)
         peer.send_signal(signal.SIGINT)
         ours_cpu, peer_cpu = _cpu_at_exit(ours), _cpu_at_exit(peer)
@@ -190,7 +195,7 @@ def run(megabytes=300, datagrams=20000):
         ours_packets, ours_udp, ours_drops = _ours(ours_file)
         peer_packets, peer_udp, peer_drops = _peer(peer_file, peer_err)
         gb = nbytes / 1e9
-        ours_flow, peer_flow = (ours_cpu - ours_start) / gb, (peer_cpu - peer_start) / gb
+        ours_flow, peer_flow = ours_flowing / gb, peer_flowing / gb
         return {
             f"TCP stream into the container ({nbytes >> 20} MB total)": (round(gbit, 2), None, "Gbit/s", None),
             "packets written / packets the veth sent in": (round(100 * ours_packets / sent, 2),
@@ -199,12 +204,15 @@ def run(megabytes=300, datagrams=20000):
             "drops the capturer reports": (ours_drops, peer_drops, "packets", "<= 0"),
             "capturer CPU per GB of traffic (utime+stime)": (round(ours_cpu / gb, 3), round(peer_cpu / gb, 3),
                                                              "s/GB", None),
-            "capturer CPU per GB while the traffic flows (start-up excluded)": (
+            "capturer CPU per GB while the traffic flows (start-up and shutdown excluded)": (
                 round(ours_flow, 3), round(peer_flow, 3), "s/GB", None),
             "CPU per GB while the traffic flows: ratio to tcpdump": (
                 round(ours_flow / peer_flow, 3) if peer_flow else None, None, "ratio", "<= 1.0"),
             "capturer start-up CPU (utime+stime before the traffic)": (round(ours_start, 3), round(peer_start, 3),
                                                                        "s", None),
+            "capturer CPU from SIGINT to exit (last drain, statistics, shutdown)": (
+                round(ours_cpu - ours_start - ours_flowing, 3), round(peer_cpu - peer_start - peer_flowing, 3),
+                "s", None),
         }
     finally:
         for p in (ours, peer, sink):
