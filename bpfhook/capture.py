@@ -34,6 +34,7 @@ import sys
 import time
 
 from bpfhook import cgroups, containers, pcapng, procfs
+from bpfhook.cli import ring_megabytes
 from bpfhook.programs import capture as net_program
 from bpfhook.programs import uds as uds_program
 from bpfhook.records import flat_struct
@@ -41,7 +42,6 @@ from bpfhook.rotation import RotatingWriter
 from bpfhook.tls import Plaintext, TlsHooks, check_kernel
 from pybpf import attach, features
 from pybpf.errors import BpfError
-from pybpf.maps import possible_cpus
 from pybpf.readers import open_reader
 from pybpf.prog import load
 
@@ -52,7 +52,8 @@ DEFAULT_SNAPLEN = 262144
 # Event buffer pages per CPU (16 MiB): smaller ones drop packets at 1 Gbit/s (docs/benchmarks.md)
 DEFAULT_PAGES = 4096
 OWNER_RETRY = 0.5  # seconds before asking /proc again about a socket we could not place
-DRAIN_BYTES = 4 << 20  # ring bytes handed to the writer at a time
+RING_SIZE = 64 << 20  # the packets' ring buffer: half a second of 1 Gbit/s while a write waits on the disk
+DRAIN_BYTES = 1 << 20  # ring bytes written, then given back to the kernel, at a time
 
 # A FLOW record: FlowHead, then the EPB (its head, the packet, epb_flags, trailing length)
 _FLOW_HEAD = flat_struct(net_program.FlowHead)
@@ -230,7 +231,8 @@ class Capture:
     and poll() moves records into the file. close() detaches and closes all."""
 
     def __init__(self, target, *, net=True, uds=False, both_directions=False, snaplen=DEFAULT_SNAPLEN,
-                 ip_proto=0, port=0, pid=0, pages=DEFAULT_PAGES, tls=False, packet_comments=False):
+                 ip_proto=0, port=0, pid=0, pages=DEFAULT_PAGES, tls=False, packet_comments=False,
+                 ring_size=RING_SIZE):
         self.target, self.net, self.uds, self.tls, self.pid = target, net, uds, tls, pid
         self.packet_comments = packet_comments
         self.both_directions, self.snaplen = both_directions, snaplen
@@ -247,7 +249,7 @@ class Capture:
             if tls:
                 check_kernel()  # before anything loads
             if net:
-                self._build_net(ip_proto, port, pages)
+                self._build_net(ip_proto, port, ring_size)
             if uds:
                 self._build_uds(pages)
             if tls:
@@ -257,10 +259,9 @@ class Capture:
             raise
 
     # -- network --------------------------------------------------------------------------
-    def _build_net(self, ip_proto, port, pages):
-        ring = 1 << (pages * 4096 * possible_cpus() - 1).bit_length()  # the per-CPU buffers' total
+    def _build_net(self, ip_proto, port, ring_size):
         try:
-            self.net_maps = net_program.Maps(self.snaplen, ring)
+            self.net_maps = net_program.Maps(self.snaplen, ring_size)
         except BpfError:
             _require_ring_buffers()
             raise
@@ -571,9 +572,11 @@ def add_arguments(parser):
     parser.add_argument("-W", "--file-count", type=int, metavar="COUNT",
                         help="with -C or -G: keep COUNT files, a ring (the next replaces the oldest)")
     parser.add_argument("--buffer-pages", type=int, default=DEFAULT_PAGES, metavar="N",
-                        help=f"event buffer pages per CPU, a power of two (default {DEFAULT_PAGES}: "
-                             f"{DEFAULT_PAGES * 4 // 1024} MiB; the packets' ring buffer holds that many for "
-                             "every CPU; smaller buffers drop at high packet rates)")
+                        help=f"Unix-socket and TLS event buffer pages per CPU, a power of two (default "
+                             f"{DEFAULT_PAGES}: {DEFAULT_PAGES * 4 // 1024} MiB; smaller buffers drop at high rates)")
+    parser.add_argument("--ring-size", metavar="MB", type=ring_megabytes, default=RING_SIZE,
+                        help=f"the network packets' ring buffer, a power of two (default {RING_SIZE >> 20}: "
+                             "half a second of 1 Gbit/s while the disk makes a write wait)")
 
 
 def parse_filter(text):
@@ -608,7 +611,7 @@ def run(args):
         raise CaptureError(f"cannot write in {directory}")
     capture = Capture(target, net=net, uds=uds, both_directions=args.both_directions, snaplen=args.snaplen,
                       ip_proto=proto, port=port, pid=args.pid, pages=pages, tls=args.tls,
-                      packet_comments=args.packet_comments)
+                      packet_comments=args.packet_comments, ring_size=args.ring_size)
     try:
         if rotating:
             writer = RotatingWriter(args.write, application="bpfhook capture", on_rotate=capture.rotated,
