@@ -40,7 +40,7 @@ from bpfhook.programs import uds as uds_program
 from bpfhook.records import flat_struct
 from bpfhook.rotation import RotatingWriter
 from bpfhook.tls import Plaintext, TlsHooks, check_kernel
-from pybpf import attach, features
+from pybpf import attach
 from pybpf.errors import BpfError
 from pybpf.readers import open_reader
 from pybpf.prog import load
@@ -182,6 +182,8 @@ class Owners:
 def _require_ring_buffers():
     """A clear error where the network capture's program cannot be: the kernel has no BPF ring
     buffer or no atomic fetch operations (both Linux 5.12 on)."""
+    from pybpf import features  # ~75 ms of imports a capture that starts never needs
+
     missing = [name for name in ("map_type.ringbuf", "atomics") if not features.has(name)]
     if missing:
         raise CaptureError(f"network capture needs BPF ring buffers and atomic operations (Linux 5.12+); "
