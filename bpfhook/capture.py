@@ -59,6 +59,7 @@ DRAIN_BYTES = 1 << 20  # ring bytes written, then given back to the kernel, at a
 _FLOW_HEAD = flat_struct(net_program.FlowHead)
 _FLOW_KEY = slice(net_program.FlowHead.sizeof() - net_program.FlowKey.sizeof(), net_program.FlowHead.sizeof())
 _EPB_BODY = flat_struct(pcapng.EpbBody)
+_EPB = struct.Struct("<II" + _EPB_BODY.format.lstrip("<"))  # the block's type and length, then the body
 _EPB_AT = net_program.FlowHead.sizeof()
 _DATA_AT = _EPB_AT + net_program.EPB_HEAD
 _U32 = struct.Struct("<I")
@@ -109,6 +110,14 @@ def five_tuple(packet):
         return None
     sport, dport = struct.unpack_from(">HH", packet, l4)
     return version, proto, ipaddress.ip_address(bytes(src)), sport, ipaddress.ip_address(bytes(dst)), dport
+
+
+def _flow_of(tuple5):
+    """Both directions of a five_tuple as one key (None for None)."""
+    if tuple5 is None:
+        return None
+    version, proto, src, sport, dst, dport = tuple5
+    return (version, proto) + tuple(sorted(((src, sport), (dst, dport))))
 
 
 def _proc_addr(text, version):
@@ -288,6 +297,8 @@ class Capture:
         self._stack.callback(self.net_reader.close)
         self._readers.append(self.net_reader)
         self._retry = []  # (when, flow key) of flows whose owner was not found: announced again then
+        self._said = {}  # flow (_flow_of) -> the comment its first packet carried
+        self._unsaid, self._stale_bytes = None, 0  # after a new file: flows not yet named in it
 
     def _drain_net(self):
         """Write the ring's records: runs of EPBs as they are (views over the ring, one writev),
@@ -307,10 +318,31 @@ class Capture:
             reader.release(end)
 
     def _write_run(self, run):
-        if run:
-            self.writer.blocks(run)
-            self.counters.packets += len(run)
-            self.counters.bytes += sum(map(len, run))
+        while run:
+            if self._unsaid:
+                run = self._say_again(run)
+                continue
+            taken = self.writer.blocks(run)
+            self.counters.packets += taken
+            self.counters.bytes += sum(map(len, run[:taken]))
+            run = run[taken:]
+
+    def _say_again(self, run):
+        """A new file: the records the kernel wrote before it forgot the flows (rotated) are
+        written one by one, each flow's first with its owner's comment; returns the rest."""
+        for index, record in enumerate(run):
+            if self._stale_bytes <= 0 or not self._unsaid:
+                self._unsaid = None
+                return run[index:]
+            self._stale_bytes -= len(record) + 8  # (the ring's record header)
+            _type, _length, interface, high, low, caplen, length = _EPB.unpack_from(record)
+            data = record[net_program.EPB_HEAD:net_program.EPB_HEAD + caplen]
+            flags = _U32.unpack_from(record, net_program.EPB_HEAD + (caplen + 3 & ~3) + 4)[0]
+            comment = self._unsaid.pop(_flow_of(five_tuple(data)), None)
+            self.writer.packet(interface, (high << 32) | low, data, length, comment, flags)
+            self.counters.packets += 1
+            self.counters.bytes += length
+        return []
 
     def _on_flow(self, record):
         """A FLOW record: the first packet of a flow (every packet, per packet), with its head."""
@@ -329,7 +361,15 @@ class Capture:
         if self.tls and tuple5 and tuple5[1] == 6 and self._plaintext_written(data, tuple5, ts):
             self.counters.ciphertext_left_out += 1
             return
-        self.writer.packet(interface, ts, data, length, self._comment(owner, cgid), flags)
+        comment = self._comment(owner, cgid)
+        if not self._per_packet:
+            flow = _flow_of(tuple5)
+            if len(self._said) >= net_program.FLOWS_MAX:
+                self._said.clear()
+            self._said[flow] = comment
+            if self._unsaid:
+                self._unsaid.pop(flow, None)
+        self.writer.packet(interface, ts, data, length, comment, flags)
         self.counters.packets += 1
         self.counters.bytes += length
 
@@ -480,10 +520,12 @@ class Capture:
             self.write_statistics()
 
     def rotated(self, writer):
-        """A file is complete: its statistics; the next file gets each flow's owner again."""
+        """A file is complete: its statistics; the next file gets each flow's owner again, from
+        the kernel for packets to come, from here for those already in the ring."""
         self.write_statistics()
         if self.net and not self._per_packet:
             self._announce_again(everything=True)
+            self._unsaid, self._stale_bytes = dict(self._said), self.net_reader.pending()
 
     def drops(self):
         """{'ring': .., 'truncated': .., 'total': ..} from the kernel counters and the readers."""

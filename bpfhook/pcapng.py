@@ -230,11 +230,13 @@ class Writer:
 
     def blocks(self, blocks):
         """Whole blocks made elsewhere (a capture's EPBs, as views over a ring buffer), kept and
-        written in order with the packets; the caller keeps them unchanged until flush()."""
+        written in order with the packets; the caller keeps them unchanged until flush().
+        Returns how many were taken: all (RotatingWriter.blocks may take fewer)."""
         self._pending += blocks
         self._pending_bytes += sum(map(len, blocks))
         if self._pending_bytes >= self.PENDING_BYTES or len(self._pending) >= self.PENDING_PIECES:
             self.flush()
+        return len(blocks)
 
     def statistics(self, interface, ts_ns, received=None, dropped=None, start_ns=None, comment=None):
         """An Interface Statistics Block: packets received and dropped so far."""

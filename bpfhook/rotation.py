@@ -53,6 +53,7 @@ class RotatingWriter:
         self._partial = os.path.join(directory, f".{base}.{os.getpid()}.partial")
         self._writer = pcapng.Writer(self._partial, application=self.application)
         self._opened = self._clock()
+        self._blocks_in_file = 0
         for args in self._described:
             self._writer.interface(*args)
 
@@ -90,19 +91,22 @@ class RotatingWriter:
         self._writer.packet(*args, **kwargs)
 
     def blocks(self, blocks):
-        """pcapng.Writer.blocks, starting new files as packet() would before each block."""
-        while blocks:
-            if self._due():
-                self.rotate()
-            take = len(blocks)
-            if self.max_bytes is not None:  # up to the block that reaches the size, as packet()
-                room, take = self.max_bytes - self._writer.size, 0
-                while take < len(blocks) and room > 0:
-                    room -= len(blocks[take])
-                    take += 1
-                take = max(take, 1)
-            self._writer.blocks(blocks[:take])
-            blocks = blocks[take:]
+        """pcapng.Writer.blocks up to where packet() would start a new file; returns how many
+        went in. When a new file is due, it is started and 0 returned: the caller hands the
+        blocks again, and may rewrite some first (each file names the flows' owners again)."""
+        if self._due() and self._blocks_in_file:
+            self.rotate()
+            return 0
+        take = len(blocks)
+        if self.max_bytes is not None:  # up to the block that reaches the size, as packet()
+            room, take = self.max_bytes - self._writer.size, 0
+            while take < len(blocks) and room > 0:
+                room -= len(blocks[take])
+                take += 1
+            take = max(take, 1)
+        self._writer.blocks(blocks[:take])
+        self._blocks_in_file += take
+        return take
 
     def statistics(self, *args, **kwargs):
         self._writer.statistics(*args, **kwargs)

@@ -86,9 +86,9 @@ class RingBuffer(EventReader):
         if position is not None:
             self._order.store_release(self._consumer, 0, position)
 
-    def wait(self, timeout):
-        """Wait up to `timeout` seconds for the kernel's wakeup."""
-        self._wait(timeout)
+    def pending(self):
+        """Bytes the kernel has written that are not given back yet (headers included)."""
+        return self._order.load_acquire(self._producer, 0) - self._order.load_acquire(self._consumer, 0)
 
     def _unmap(self):
         self._data.release()

@@ -260,8 +260,9 @@ def _udp_flood(c, datagrams, size=1000):
 def test_rotation_keeps_a_ring_of_whole_files(lab, tmp_path, stop):
     """-C 1 -W 3: a ring of three files of about a megabyte, each whole under its name (capinfos and
     our reader read every one), the newest holding the latest datagrams. Killed, the file being
-    written is left under its hidden .partial name only; stopped, none is left."""
-    c, _server, _sock = lab
+    written is left under its hidden .partial name only; stopped, none is left. Each file names
+    the flow's owner again."""
+    c, server, _sock = lab
     proc = capture(tmp_path / "ring.pcapng", "--net", "-C", "1", "-W", "3")
     deadline = time.monotonic() + 30
     while not any(n.endswith(".partial") for n in os.listdir(tmp_path)):
@@ -283,6 +284,8 @@ def test_rotation_keeps_a_ring_of_whole_files(lab, tmp_path, stop):
         assert r.returncode == 0, r.stderr
         packets = [p for p in pcapng.Reader(str(tmp_path / name)) if isinstance(p, pcapng.Packet)]
         assert packets
+        owners = {f.meta.get("pid") for f in flows.read(str(tmp_path / name)).flows}
+        assert owners == {str(server.pid)}, (name, owners)
         files.append((max(p.ts_ns for p in packets), os.path.getsize(tmp_path / name),
                       [bytes(p.data[28:]) for p in packets]))
     files.sort()
