@@ -358,7 +358,7 @@ class Capture:
         if self.pid and (owner is None or owner[0] != self.pid):
             self.counters.filtered += 1
             return
-        if self.tls and tuple5 and tuple5[1] == 6 and self._plaintext_written(data, tuple5, ts):
+        if self.tls and tuple5 and tuple5[1] == 6 and self._plaintext_written(data, tuple5, ts - self._clock):
             self.counters.ciphertext_left_out += 1
             return
         comment = self._comment(owner, cgid)
