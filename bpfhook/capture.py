@@ -3,9 +3,14 @@
 Network: cgroup_skb programs (programs/capture.py) on the container's
 cgroup see every TCP/UDP packet delivered to one of its sockets (and, with
 --both-directions, sent by one), as L3 packets: interface 0, LINKTYPE_RAW.
-The process owning a packet's socket is found here, by 5-tuple, the way
+The program writes each packet into a BPF ring buffer as a whole Enhanced
+Packet Block, and runs of them go to the file as they are (one writev of
+views over the ring). Only the first packet of each flow comes through
+Python, to name the process owning its socket, found by 5-tuple the way
 `ss -p` does (the socket table of the container's netns, then its
-processes' fds); a socket that is gone before we look stays "unknown".
+processes' fds), in that packet's comment; a socket that is gone before we
+look stays "unknown". --pid, --tls and --packet-comments pass every packet
+through Python instead.
 
 UDS: syscall tracepoints (programs/uds.py) see read/write/send*/recv*
 on Unix sockets of the container's processes: interface 1, LINKTYPE_USER0
@@ -29,6 +34,7 @@ import sys
 import time
 
 from bpfhook import cgroups, containers, pcapng, procfs
+from bpfhook.cli import ring_megabytes
 from bpfhook.programs import capture as net_program
 from bpfhook.programs import uds as uds_program
 from bpfhook.records import flat_struct
@@ -46,6 +52,17 @@ DEFAULT_SNAPLEN = 262144
 # Event buffer pages per CPU (16 MiB): smaller ones drop packets at 1 Gbit/s (docs/benchmarks.md)
 DEFAULT_PAGES = 4096
 OWNER_RETRY = 0.5  # seconds before asking /proc again about a socket we could not place
+RING_SIZE = 64 << 20  # the packets' ring buffer: half a second of 1 Gbit/s while a write waits on the disk
+DRAIN_BYTES = 1 << 20  # ring bytes written, then given back to the kernel, at a time
+
+# A FLOW record: FlowHead, then the EPB (its head, the packet, epb_flags, trailing length)
+_FLOW_HEAD = flat_struct(net_program.FlowHead)
+_FLOW_KEY = slice(net_program.FlowHead.sizeof() - net_program.FlowKey.sizeof(), net_program.FlowHead.sizeof())
+_EPB_BODY = flat_struct(pcapng.EpbBody)
+_EPB = struct.Struct("<II" + _EPB_BODY.format.lstrip("<"))  # the block's type and length, then the body
+_EPB_AT = net_program.FlowHead.sizeof()
+_DATA_AT = _EPB_AT + net_program.EPB_HEAD
+_U32 = struct.Struct("<I")
 
 
 class CaptureError(BpfError):
@@ -93,6 +110,14 @@ def five_tuple(packet):
         return None
     sport, dport = struct.unpack_from(">HH", packet, l4)
     return version, proto, ipaddress.ip_address(bytes(src)), sport, ipaddress.ip_address(bytes(dst)), dport
+
+
+def _flow_of(tuple5):
+    """Both directions of a five_tuple as one key (None for None)."""
+    if tuple5 is None:
+        return None
+    version, proto, src, sport, dst, dport = tuple5
+    return (version, proto) + tuple(sorted(((src, sport), (dst, dport))))
 
 
 def _proc_addr(text, version):
@@ -163,6 +188,17 @@ class Owners:
         return exact + wild
 
 
+def _require_ring_buffers():
+    """A clear error where the network capture's program cannot be: the kernel has no BPF ring
+    buffer or no atomic fetch operations (both Linux 5.12 on)."""
+    from pybpf import features  # ~75 ms of imports a capture that starts never needs
+
+    missing = [name for name in ("map_type.ringbuf", "atomics") if not features.has(name)]
+    if missing:
+        raise CaptureError(f"network capture needs BPF ring buffers and atomic operations (Linux 5.12+); "
+                           f"this kernel lacks {', '.join(missing)}")
+
+
 def _sun_path(path):
     """A bound filesystem path's address length counts its NUL; abstract names are exact."""
     return path if path[:1] == b"\0" else path.rstrip(b"\0")
@@ -206,8 +242,10 @@ class Capture:
     and poll() moves records into the file. close() detaches and closes all."""
 
     def __init__(self, target, *, net=True, uds=False, both_directions=False, snaplen=DEFAULT_SNAPLEN,
-                 ip_proto=0, port=0, pid=0, pages=DEFAULT_PAGES, tls=False):
+                 ip_proto=0, port=0, pid=0, pages=DEFAULT_PAGES, tls=False, packet_comments=False,
+                 ring_size=RING_SIZE):
         self.target, self.net, self.uds, self.tls, self.pid = target, net, uds, tls, pid
+        self.packet_comments = packet_comments
         self.both_directions, self.snaplen = both_directions, snaplen
         self.counters = Counters()
         self.owners = Owners(target)
@@ -222,7 +260,7 @@ class Capture:
             if tls:
                 check_kernel()  # before anything loads
             if net:
-                self._build_net(ip_proto, port, pages)
+                self._build_net(ip_proto, port, ring_size)
             if uds:
                 self._build_uds(pages)
             if tls:
@@ -232,43 +270,121 @@ class Capture:
             raise
 
     # -- network --------------------------------------------------------------------------
-    def _build_net(self, ip_proto, port, pages):
-        events, self.net_stats = net_program.maps()
-        self._stack.callback(events.close)
-        self._stack.callback(self.net_stats.close)
+    def _build_net(self, ip_proto, port, ring_size):
+        try:
+            self.net_maps = net_program.Maps(self.snaplen, ring_size)
+        except BpfError:
+            _require_ring_buffers()
+            raise
+        self._stack.callback(self.net_maps.close)
+        self.net_maps.config.update(0, dict(clock_offset_ns=self._clock & (1 << 64) - 1))
+        self._per_packet = bool(self.packet_comments or self.pid or self.tls)
         directions = ("ingress", "egress") if self.both_directions else ("ingress",)
         for direction in directions:
-            program = load(net_program.build(direction, events, self.net_stats, self.snaplen, ip_proto, port),
-                           "cgroup_skb", name=f"cap_{direction}",
-                           expected_attach_type=f"cgroup_inet_{direction}")
+            try:
+                program = load(net_program.build(direction, self.net_maps, self.snaplen, ip_proto, port,
+                                                 per_packet=self._per_packet),
+                               "cgroup_skb", name=f"cap_{direction}",
+                               expected_attach_type=f"cgroup_inet_{direction}")
+            except BpfError:
+                _require_ring_buffers()
+                raise
             self._stack.callback(program.close)
             self._attach_steps.append(
                 lambda program=program, direction=direction: attach.cgroup(program, direction,
                                                                            self.target.cgroup_dir))
-        self._head = net_program.PacketEvent.sizeof()
-        self._head_codec = flat_struct(net_program.PacketEvent)
-        reader = open_reader(events, callback=self._on_packet, pages=pages)
-        self._stack.callback(reader.close)
-        self.net_reader = reader
-        self._readers.append(reader)
+        self.net_reader = open_reader(self.net_maps.events)
+        self._stack.callback(self.net_reader.close)
+        self._readers.append(self.net_reader)
+        self._retry = []  # (when, flow key) of flows whose owner was not found: announced again then
+        self._said = {}  # flow (_flow_of) -> the comment its first packet carried
+        self._unsaid, self._stale_bytes = None, 0  # after a new file: flows not yet named in it
 
-    def _on_packet(self, record):
-        ts, cookie, cgid, length, caplen, direction, _proto = self._head_codec.unpack_from(record)
-        data = record[self._head:self._head + caplen]
-        inbound = direction == net_program.INGRESS
+    def _drain_net(self):
+        """Write the ring's records: runs of EPBs as they are (views over the ring, one writev),
+        a flow's first packet (a FLOW record) with its owner's comment."""
+        reader, writer = self.net_reader, self.writer
+        while True:
+            records, end = reader.views(DRAIN_BYTES)
+            if end is None:
+                return
+            start = 0
+            for index in [i for i, r in enumerate(records) if r[0] != net_program.EPB]:
+                self._write_run(records[start:index])
+                self._on_flow(records[index])
+                start = index + 1
+            self._write_run(records[start:] if start else records)
+            writer.flush()  # before the kernel may write over them
+            reader.release(end)
+
+    def _write_run(self, run):
+        while run:
+            if self._unsaid:
+                run = self._say_again(run)
+                continue
+            taken = self.writer.blocks(run)
+            self.counters.packets += taken
+            self.counters.bytes += sum(map(len, run[:taken]))
+            run = run[taken:]
+
+    def _say_again(self, run):
+        """A new file: the records the kernel wrote before it forgot the flows (rotated) are
+        written one by one, each flow's first with its owner's comment; returns the rest."""
+        for index, record in enumerate(run):
+            if self._stale_bytes <= 0 or not self._unsaid:
+                self._unsaid = None
+                return run[index:]
+            self._stale_bytes -= len(record) + 8  # (the ring's record header)
+            _type, _length, interface, high, low, caplen, length = _EPB.unpack_from(record)
+            data = record[net_program.EPB_HEAD:net_program.EPB_HEAD + caplen]
+            flags = _U32.unpack_from(record, net_program.EPB_HEAD + (caplen + 3 & ~3) + 4)[0]
+            comment = self._unsaid.pop(_flow_of(five_tuple(data)), None)
+            self.writer.packet(interface, (high << 32) | low, data, length, comment, flags)
+            self.counters.packets += 1
+            self.counters.bytes += length
+        return []
+
+    def _on_flow(self, record):
+        """A FLOW record: the first packet of a flow (every packet, per packet), with its head."""
+        _kind, cgid, cookie = _FLOW_HEAD.unpack_from(record)[:3]
+        interface, high, low, caplen, length = _EPB_BODY.unpack_from(record, _EPB_AT + 8)
+        data = record[_DATA_AT:_DATA_AT + caplen]
+        flags = _U32.unpack_from(record, _DATA_AT + (caplen + 3 & ~3) + 4)[0]  # epb_flags' value
+        ts, inbound = (high << 32) | low, flags == pcapng.INBOUND
         tuple5 = five_tuple(data)
         owner = self.owners.lookup(cookie, tuple5, inbound) if tuple5 else None
+        if owner is None and not self._per_packet:
+            self._retry.append((time.monotonic() + OWNER_RETRY, bytes(record[_FLOW_KEY])))
         if self.pid and (owner is None or owner[0] != self.pid):
             self.counters.filtered += 1
             return
-        if self.tls and tuple5 and tuple5[1] == 6 and self._plaintext_written(data, tuple5, ts):
+        if self.tls and tuple5 and tuple5[1] == 6 and self._plaintext_written(data, tuple5, ts - self._clock):
             self.counters.ciphertext_left_out += 1
             return
         comment = self._comment(owner, cgid)
-        self.writer.packet(self.net_if, ts + self._clock, data, length, comment,
-                           pcapng.INBOUND if inbound else pcapng.OUTBOUND)
+        if not self._per_packet:
+            flow = _flow_of(tuple5)
+            if len(self._said) >= net_program.FLOWS_MAX:
+                self._said.clear()
+            self._said[flow] = comment
+            if self._unsaid:
+                self._unsaid.pop(flow, None)
+        self.writer.packet(interface, ts, data, length, comment, flags)
         self.counters.packets += 1
         self.counters.bytes += length
+
+    def _announce_again(self, everything=False):
+        """Forget flows in the kernel, so that their next packet comes with its head again: those
+        whose owner was unknown once OWNER_RETRY has passed, or (everything) all: a new file."""
+        flows = self.net_maps.flows
+        if everything:
+            self._retry.clear()
+            flows.lookup_and_delete_batch()
+            return
+        now = time.monotonic()
+        while self._retry and self._retry[0][0] <= now:
+            with contextlib.suppress(KeyError):
+                flows.delete(self._retry.pop(0)[1])
 
     def _plaintext_written(self, data, tuple5, ts):
         """Whether this TCP packet is the ciphertext of a connection whose plaintext the TLS
@@ -344,7 +460,7 @@ class Capture:
         # a connection's packets sent before its first plaintext go to the file before its
         # synthesized handshake: the rings are read one after the other, the TLS one may run ahead
         self.counters.tls = Plaintext(self._on_tls_packet, self._tls_comment,
-                                      before_new=lambda: self.net and self.net_reader.read(0))
+                                      before_new=lambda: self.net and self._drain_net())
         reader = open_reader(self.tls_hooks.events, callback=self.counters.tls.record)
         self._stack.callback(reader.close)
         self.tls_reader = reader
@@ -368,7 +484,7 @@ class Capture:
         self.writer = writer
         self.start_ns = time.time_ns()
         label = self.target.label
-        if self.net:
+        if self.net:  # interface 0: the program writes its id into the EPBs
             self.net_if = writer.interface(pcapng.LINKTYPE_RAW, f"{label}:net",
                                            f"IP packets of container {label} ({self.target.cgroup_path}), "
                                            f"{'both directions' if self.both_directions else 'incoming'}",
@@ -388,11 +504,14 @@ class Capture:
 
     def poll(self, timeout):
         """Move what the kernel wrote into the file; wait up to `timeout` for something."""
-        if len(self._readers) == 1:
-            self._readers[0].read(timeout)
-        else:
+        if timeout:
             select.select(self._readers, [], [], timeout)
-            for reader in self._readers:
+        if self.net:
+            self._drain_net()
+            if self._retry:
+                self._announce_again()
+        for reader in self._readers:
+            if reader is not getattr(self, "net_reader", None):
                 reader.read(0)
         self.writer.flush()  # the poll's packets, in one writev
         if self.tls:
@@ -400,12 +519,20 @@ class Capture:
         if time.monotonic() - self._last_stats >= STATS_EVERY:
             self.write_statistics()
 
+    def rotated(self, writer):
+        """A file is complete: its statistics; the next file gets each flow's owner again, from
+        the kernel for packets to come, from here for those already in the ring."""
+        self.write_statistics()
+        if self.net and not self._per_packet:
+            self._announce_again(everything=True)
+            self._unsaid, self._stale_bytes = dict(self._said), self.net_reader.pending()
+
     def drops(self):
         """{'ring': .., 'truncated': .., 'total': ..} from the kernel counters and the readers."""
         ring = truncated = 0
         if self.net:
             values = self._net_stats()
-            ring += values["lost"] + self.net_reader.lost
+            ring += values["lost"] + values["busy"]
             truncated += values["truncated"]
         if self.uds:
             values = self.uds_set.stats()
@@ -418,16 +545,17 @@ class Capture:
         return {"ring": ring, "truncated": truncated, "total": ring}
 
     def _net_stats(self):
-        return {name: sum(self.net_stats.lookup(index)) for name, index in net_program.STAT.items()}
+        return {name: sum(self.net_maps.stats.lookup(index)) for name, index in net_program.STAT.items()}
 
     def write_statistics(self):
         """ISBs with what the kernel saw and dropped so far."""
         now = time.time_ns()
         if self.net:
             values = self._net_stats()
-            lost = values["lost"] + self.net_reader.lost
+            lost = values["lost"] + values["busy"]
             self.writer.statistics(self.net_if, now, received=values["seen"], dropped=lost, start_ns=self.start_ns,
-                                   comment=f"kernel: seen={values['seen']} lost_ring_full={lost} "
+                                   comment=f"kernel: seen={values['seen']} lost_ring_full={values['lost']} "
+                                           f"lost_slots_busy={values['busy']} "
                                            f"truncated_at_snaplen={values['truncated']} "
                                            f"written={self.counters.packets} filtered_by_pid={self.counters.filtered}"
                                            + (f" tls_ciphertext_left_out={self.counters.ciphertext_left_out}"
@@ -477,6 +605,9 @@ def add_arguments(parser):
                         help="network filter: 80, tcp, udp/53")
     parser.add_argument("--duration", type=float, default=0, metavar="SEC", help="stop after SEC seconds")
     parser.add_argument("--quiet", action="store_true", help="no live summary lines")
+    parser.add_argument("--packet-comments", action="store_true",
+                        help="a comment (pid, comm, cgroup, container) on every network packet, not only on "
+                             "each flow's first: every packet then passes through Python")
     parser.add_argument("-C", "--file-size", type=int, metavar="MB",
                         help="start a new file once this one holds MB megabytes (FILE-000.pcapng, FILE-001.pcapng, "
                         "...; each file whole, named once complete)")
@@ -485,8 +616,11 @@ def add_arguments(parser):
     parser.add_argument("-W", "--file-count", type=int, metavar="COUNT",
                         help="with -C or -G: keep COUNT files, a ring (the next replaces the oldest)")
     parser.add_argument("--buffer-pages", type=int, default=DEFAULT_PAGES, metavar="N",
-                        help=f"event buffer pages per CPU, a power of two (default {DEFAULT_PAGES}: "
-                             f"{DEFAULT_PAGES * 4 // 1024} MiB; smaller buffers drop at high packet rates)")
+                        help=f"Unix-socket and TLS event buffer pages per CPU, a power of two (default "
+                             f"{DEFAULT_PAGES}: {DEFAULT_PAGES * 4 // 1024} MiB; smaller buffers drop at high rates)")
+    parser.add_argument("--ring-size", metavar="MB", type=ring_megabytes, default=RING_SIZE,
+                        help=f"the network packets' ring buffer, a power of two (default {RING_SIZE >> 20}: "
+                             "half a second of 1 Gbit/s while the disk makes a write wait)")
 
 
 def parse_filter(text):
@@ -520,11 +654,12 @@ def run(args):
     if not os.access(directory, os.W_OK | os.X_OK):
         raise CaptureError(f"cannot write in {directory}")
     capture = Capture(target, net=net, uds=uds, both_directions=args.both_directions, snaplen=args.snaplen,
-                      ip_proto=proto, port=port, pid=args.pid, pages=pages, tls=args.tls)
+                      ip_proto=proto, port=port, pid=args.pid, pages=pages, tls=args.tls,
+                      packet_comments=args.packet_comments, ring_size=args.ring_size)
     try:
         if rotating:
-            writer = RotatingWriter(args.write, application="bpfhook capture", on_rotate=lambda _: (
-                capture.write_statistics()), **rotating)
+            writer = RotatingWriter(args.write, application="bpfhook capture", on_rotate=capture.rotated,
+                                    **rotating)
         else:
             writer = pcapng.Writer(args.write, application="bpfhook capture")
         try:

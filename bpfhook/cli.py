@@ -78,6 +78,17 @@ pid_number = _int_in(1, 2**22, "pid")
 port_number = _int_in(1, 65535, "port")
 
 
+def ring_megabytes(text):
+    """--ring-size: a power of two of megabytes, 1 to 1024; in bytes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of megabytes: {text!r}") from None
+    if not 1 <= value <= 1024 or value & (value - 1):
+        raise argparse.ArgumentTypeError(f"must be a power of two from 1 to 1024 (megabytes), got {text!r}")
+    return value << 20
+
+
 def host_port(text):
     """'HOST:PORT', '[v6]:PORT' or ':PORT' (all interfaces) -> (host, port)."""
     host, sep, port = text.rpartition(":")

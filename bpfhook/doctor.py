@@ -30,8 +30,8 @@ CAPABILITIES = {
                           "each namespace for the live walk)"),
     "CAP_SYS_PTRACE": (19, "monitor: connections open before it started keep no owner until they close "
                            "(/proc/PID/fd of other users' processes)"),
-    "CAP_IPC_LOCK": (14, "capture cannot start (and the monitor where the kernel has no ring buffer): "
-                         "perf buffers beyond perf_event_mlock_kb cannot be mapped"),
+    "CAP_IPC_LOCK": (14, "capture of Unix sockets cannot start (and the monitor where the kernel has no ring "
+                         "buffer): perf buffers beyond perf_event_mlock_kb cannot be mapped"),
 }
 # What the monitor uses where the kernel has a ring buffer: the DaemonSet's list
 MONITOR = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE")

@@ -4,7 +4,6 @@
 Bad syntax (numbers, HOST:PORT) is a usage error (exit 2, from argparse); a cgroup path that does
 not exist is a runtime error (exit 1).
 """
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -14,7 +13,7 @@ import threading
 import time
 
 from bpfhook import cgroups
-from bpfhook.cli import host_port, pid_number, port_number, positive_float
+from bpfhook.cli import host_port, pid_number, port_number, positive_float, ring_megabytes
 from bpfhook.containers import ContainerError, Resolver, find
 from bpfhook.doctor import MONITOR, missing_capabilities
 from bpfhook.exporters import JsonLines, exposition, node_name
@@ -87,17 +86,6 @@ def add_arguments(parser):
                         f"{RINGBUF_SIZE >> 20}: most of a second of ~75,000 events/s)")
     parser.add_argument("--timings", action="store_true",
                         help="say where the start-up time went, phase by phase, and when the first event came")
-
-
-def ring_megabytes(text):
-    """--ring-size: a power of two of megabytes, 1 to 1024; in bytes."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of megabytes: {text!r}") from None
-    if not 1 <= value <= 1024 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"must be a power of two from 1 to 1024 (megabytes), got {text!r}")
-    return value << 20
 
 
 def options_from(args):

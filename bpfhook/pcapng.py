@@ -33,6 +33,7 @@ IF_NAME, IF_DESCRIPTION, IF_TSRESOL = 2, 3, 9
 EPB_FLAGS = 2
 ISB_STARTTIME, ISB_ENDTIME, ISB_IFRECV, ISB_IFDROP = 2, 3, 4, 5
 INBOUND, OUTBOUND = 1, 2  # epb_flags bits 0-1
+IOV_MAX = 1024  # pieces a writev takes (Linux)
 EPB_OPTIONS_KEPT = 4096  # distinct (comment, flags) pairs whose encoding a Writer keeps
 
 BlockHeader = construct.Struct("type" / construct.Int32ul, "length" / construct.Int32ul)
@@ -155,7 +156,7 @@ class Writer:
     their data never copied into a block; the other blocks are written at once."""
 
     PENDING_BYTES = 1 << 20
-    PENDING_PIECES = 1000  # (IOV_MAX is 1024)
+    PENDING_PIECES = 4 * IOV_MAX
 
     def __init__(self, path, application="bpfhook"):
         self.path = path
@@ -184,16 +185,19 @@ class Writer:
         return self.bytes_written + self._pending_bytes
 
     def flush(self):
-        """Write the packets kept: one writev (more after a short write)."""
-        pieces = self._pending
-        while pieces:
-            n = os.writev(self.fd, pieces)
+        """Write the packets kept: one writev per IOV_MAX of pieces (more after a short write)."""
+        pieces, first = self._pending, 0
+        while first < len(pieces):
+            batch = pieces[first:first + IOV_MAX]
+            n = os.writev(self.fd, batch)
             self.bytes_written += n
-            while pieces and n >= len(pieces[0]):
-                n -= len(pieces[0])
-                pieces.pop(0)
-            if n:
-                pieces[0] = memoryview(pieces[0])[n:]
+            for piece in batch:
+                if n < len(piece):
+                    pieces[first] = memoryview(piece)[n:]
+                    break
+                n -= len(piece)
+                first += 1
+        pieces.clear()
         self._pending_bytes = 0
 
     def interface(self, linktype, name, description=None, snaplen=0):
@@ -223,6 +227,16 @@ class Writer:
         self._pending_bytes += total
         if self._pending_bytes >= self.PENDING_BYTES or len(self._pending) >= self.PENDING_PIECES:
             self.flush()
+
+    def blocks(self, blocks):
+        """Whole blocks made elsewhere (a capture's EPBs, as views over a ring buffer), kept and
+        written in order with the packets; the caller keeps them unchanged until flush().
+        Returns how many were taken: all (RotatingWriter.blocks may take fewer)."""
+        self._pending += blocks
+        self._pending_bytes += sum(map(len, blocks))
+        if self._pending_bytes >= self.PENDING_BYTES or len(self._pending) >= self.PENDING_PIECES:
+            self.flush()
+        return len(blocks)
 
     def statistics(self, interface, ts_ns, received=None, dropped=None, start_ns=None, comment=None):
         """An Interface Statistics Block: packets received and dropped so far."""

@@ -53,6 +53,7 @@ class RotatingWriter:
         self._partial = os.path.join(directory, f".{base}.{os.getpid()}.partial")
         self._writer = pcapng.Writer(self._partial, application=self.application)
         self._opened = self._clock()
+        self._written = 0  # packets and blocks in this file
         for args in self._described:
             self._writer.interface(*args)
 
@@ -88,6 +89,25 @@ class RotatingWriter:
         if self._due():
             self.rotate()
         self._writer.packet(*args, **kwargs)
+        self._written += 1
+
+    def blocks(self, blocks):
+        """pcapng.Writer.blocks up to where packet() would start a new file; returns how many
+        went in. When a new file is due, it is started and 0 returned: the caller hands the
+        blocks again, and may rewrite some first (each file names the flows' owners again)."""
+        if self._due() and self._written:  # (never twice in a row: a file holds a block at least)
+            self.rotate()
+            return 0
+        take = len(blocks)
+        if self.max_bytes is not None:  # up to the block that reaches the size, as packet()
+            room, take = self.max_bytes - self._writer.size, 0
+            while take < len(blocks) and room > 0:
+                room -= len(blocks[take])
+                take += 1
+            take = max(take, 1)
+        self._writer.blocks(blocks[:take])
+        self._written += take
+        return take
 
     def statistics(self, *args, **kwargs):
         self._writer.statistics(*args, **kwargs)

@@ -40,7 +40,7 @@ CHOICES = [
      [(("link.tcx",), "tcx link"), (("prog_type.sched_cls",), "cls_bpf direct-action filter on clsact")]),
     ("capture", "packets",
      [(("cgroup2", "attach_type.cgroup_inet_ingress"), "cgroup_skb ingress / egress")]),
-    ("capture", "records to user space", [(("map_type.perf_event_array",), "perf event array")]),
+    ("capture", "records to user space", [(("map_type.ringbuf", "atomics"), "BPF ring buffer of pcapng blocks")]),
     ("capture", "TLS plaintext (--tls)",
      [(("uprobe_pmu", "link.uprobe_multi", "bpf_loop"), "uprobe_multi links on the TLS library"),
       (("uprobe_pmu", "bpf_loop"), "perf-event uprobes on the TLS library")]),

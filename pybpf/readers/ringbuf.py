@@ -58,6 +58,38 @@ class RingBuffer(EventReader):
                 store(consumer, 0, cons)
         return count
 
+    def views(self, max_bytes=None):
+        """The records ready now as memoryviews into the ring, no copy, and the position after
+        them: hand it to release() once they are used (the kernel may then write over them).
+        Stops at a record still being written, and after max_bytes of records."""
+        consumer, data, mask = self._consumer, self._data, self._mask
+        load = self._order.load_acquire
+        start = cons = load(consumer, 0)
+        prod = load(self._producer, 0)
+        if max_bytes is not None:
+            prod = min(prod, cons + max_bytes)
+        out = []
+        while cons < prod:
+            offset = cons & mask
+            length = load(data, offset) & 0xFFFFFFFF
+            if length & BUSY_BIT:
+                break
+            size = length & ~DISCARD_BIT
+            cons += (size + HEADER_SIZE + 7) & ~7
+            if not length & DISCARD_BIT:
+                out.append(data[offset + HEADER_SIZE:offset + HEADER_SIZE + size])
+        self.received += len(out)
+        return out, (cons if cons != start else None)
+
+    def release(self, position):
+        """Give the space of records up to `position` (from views()) back to the kernel."""
+        if position is not None:
+            self._order.store_release(self._consumer, 0, position)
+
+    def pending(self):
+        """Bytes the kernel has written that are not given back yet (headers included)."""
+        return self._order.load_acquire(self._producer, 0) - self._order.load_acquire(self._consumer, 0)
+
     def _unmap(self):
         self._data.release()
         self._producer.close()

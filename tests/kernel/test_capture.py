@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from bpfhook import pcapng
+from bpfhook import capture as capture_tool, flows, pcapng
 from bpfhook.lab import Lab
 from tests import kernel_state, oracles
 from tests.conftest import eventually
@@ -260,8 +260,9 @@ def _udp_flood(c, datagrams, size=1000):
 def test_rotation_keeps_a_ring_of_whole_files(lab, tmp_path, stop):
     """-C 1 -W 3: a ring of three files of about a megabyte, each whole under its name (capinfos and
     our reader read every one), the newest holding the latest datagrams. Killed, the file being
-    written is left under its hidden .partial name only; stopped, none is left."""
-    c, _server, _sock = lab
+    written is left under its hidden .partial name only; stopped, none is left. Each file names
+    the flow's owner again."""
+    c, server, _sock = lab
     proc = capture(tmp_path / "ring.pcapng", "--net", "-C", "1", "-W", "3")
     deadline = time.monotonic() + 30
     while not any(n.endswith(".partial") for n in os.listdir(tmp_path)):
@@ -283,6 +284,8 @@ def test_rotation_keeps_a_ring_of_whole_files(lab, tmp_path, stop):
         assert r.returncode == 0, r.stderr
         packets = [p for p in pcapng.Reader(str(tmp_path / name)) if isinstance(p, pcapng.Packet)]
         assert packets
+        owners = {f.meta.get("pid") for f in flows.read(str(tmp_path / name)).flows}
+        assert owners == {str(server.pid)}, (name, owners)
         files.append((max(p.ts_ns for p in packets), os.path.getsize(tmp_path / name),
                       [bytes(p.data[28:]) for p in packets]))
     files.sort()
@@ -297,3 +300,110 @@ def test_rotation_options_out_of_bounds_are_one_line(lab, tmp_path):
                             str(tmp_path / "x.pcapng"), *args], cwd=MAIN, capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
     assert os.listdir(tmp_path) == []
+
+
+# -- the network path: the kernel writes each packet as a pcapng EPB; Python sees only the first
+# packet of each flow (to comment its owner), unless asked for a comment on every packet
+
+UDP_PORT, TCP_PORT = 9090, 8080
+DATAGRAMS = 10000
+
+
+def send_many(c):
+    """DATAGRAMS datagrams from one socket (one flow), and one TCP connection."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(DATAGRAMS):
+            s.sendto(i.to_bytes(4, "big") + b"d" * 60, (c.ipv4, UDP_PORT))
+            if i % 64 == 63:
+                time.sleep(0.0005)
+    with socket.create_connection((c.ipv4, TCP_PORT), timeout=5) as s:
+        s.sendall(TCP_PAYLOAD)
+        assert s.recv(100).endswith(b"ok")
+
+
+def capture_in_process(lab, path, **options):
+    """Capture send_many's traffic in this process, so that the calls of its per-record function
+    can be counted: (the file, those calls, the Capture's counters)."""
+    c, _server, _sock = lab
+    cap = capture_tool.Capture(capture_tool.resolve_target(NAME), net=True, uds=False, both_directions=True, **options)
+    calls = []
+    on_flow = cap._on_flow
+    cap._on_flow = lambda record: (calls.append(len(record)), on_flow(record))
+    writer = pcapng.Writer(str(path), application="test")
+    try:
+        cap.start(writer)
+        send_many(c)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cap.poll(0.1)
+            seen = cap._net_stats()["seen"]
+            if seen and seen == cap.counters.packets + cap.counters.filtered:
+                break
+        cap.write_statistics()
+    finally:
+        cap.close()
+        writer.close()
+    return path, len(calls), cap.counters
+
+
+def udp_in(path):
+    return [p for p in pcapng.Reader(path) if isinstance(p, pcapng.Packet) and p.direction == "in"
+            and p.data[9] == 17 and int.from_bytes(p.data[22:24], "big") == UDP_PORT]
+
+
+@pytest.fixture(scope="module")
+def per_flow(lab, tmp_path_factory):
+    return capture_in_process(lab, tmp_path_factory.mktemp("flows") / "flows.pcapng")
+
+
+@pytest.fixture(scope="module")
+def per_packet(lab, tmp_path_factory):
+    return capture_in_process(lab, tmp_path_factory.mktemp("packets") / "packets.pcapng", packet_comments=True)
+
+
+def test_python_sees_only_each_flows_first_packet(per_flow):
+    path, calls, counters = per_flow
+    assert len(udp_in(path)) == DATAGRAMS
+    assert counters.packets >= DATAGRAMS + 6
+    # the UDP flow, the SYN at the listener, the connection's socket, each way: a handful
+    assert 1 <= calls <= 8, calls
+
+
+def test_packet_comments_pass_every_packet_through_python(per_packet):
+    path, calls, counters = per_packet
+    assert len(udp_in(path)) == DATAGRAMS
+    assert calls == counters.packets
+    assert all(p.comments for p in pcapng.Reader(path) if isinstance(p, pcapng.Packet))
+
+
+def test_every_flow_has_its_owner_in_flows(lab, per_flow):
+    """Our reader (flows, used by analyze and replay): each flow's owner is the server."""
+    _c, server, _sock = lab
+    found = flows.read(per_flow[0])
+    assert {f.kind for f in found.flows} == {"tcp", "udp"}
+    for f in found.flows:
+        assert f.meta.get("pid") == str(server.pid) and f.meta.get("container") == NAME, (f.kind, f.meta)
+    assert found.drops == 0
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_tshark_finds_the_owner_on_each_flows_first_packet(lab, per_flow, proto):
+    """tshark, the independent reader: every packet read, and in each stream the first packet
+    carries the owner's comment, the others none."""
+    _c, server, _sock = lab
+    rows = tshark(per_flow[0], f"{proto}.stream", "frame.comment", filter=proto)
+    assert len(rows) >= (DATAGRAMS if proto == "udp" else 6)
+    first = {}
+    for stream, comment in ((r[0], r[1] if len(r) > 1 else "") for r in rows):
+        first.setdefault(stream, comment)
+    for stream, comment in first.items():
+        assert pcapng.parse_comment(comment).get("pid") == str(server.pid), (stream, comment)
+    commented = sum(1 for r in rows if len(r) > 1 and r[1])
+    assert commented <= 8, commented
+
+
+def test_capinfos_reads_flow_and_packet_comment_files(per_flow, per_packet):
+    for path in (per_flow[0], per_packet[0]):
+        r = subprocess.run([oracles.require("capinfos"), "-c", str(path)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr

@@ -6,7 +6,7 @@ beside tcpdump on the container's host-side veth, in the same run.
 One lab container runs a TCP and a UDP sink. bpfhook capture (cgroup_skb on the
 container's cgroup, a subprocess) and `tcpdump -i bh-NAME -Q out -s 0` (what the
 host sends into the container) record while the host sends a TCP bulk stream
-paced at 1 Gbit/s (MEGABYTES, at most ~10 s) and then a burst of DATAGRAMS UDP
+paced at 1 Gbit/s (MEGABYTES, 1000: ~8.4 s, at most 10 s) and then a burst of DATAGRAMS UDP
 datagrams. Figures: packets each capturer wrote against the packets the veth
 transmitted (IFLA stats in /sys; both capture TCP and UDP, so the link carries
 nothing else: IPv4 only, IPv6 off on both ends, neighbour entries pinned; else
@@ -14,7 +14,13 @@ the link-local IPv6 chatter and ARP replies count against both), the UDP
 datagrams each holds out of those sent, the drops each reports (our ISB
 ifdrop; tcpdump's "dropped by kernel"), and CPU seconds per GB of traffic
 from /proc/PID/stat utime+stime of each capturer read when it has exited (a
-zombie still shows its times). The BPF program itself runs in the kernel's
+zombie still shows its times): over the whole process, and while the traffic flows (from
+just before the traffic starts to just before SIGINT, both capturers read at the same
+moments): the start-up (~0.25 s of Python imports and program loading for us) and the
+shutdown are rows of their own, which a short run would otherwise spread over the
+per-GB figure. The target row divides each capturer's CPU while the traffic flows by the bytes
+it wrote to its file (pcap's per-packet overhead and pcapng's differ by ~0.1% at these sizes),
+so that a capturer that drops packets does not look the cheaper for it. The BPF program itself runs in the kernel's
 softirq and is charged to no process.
 run() returns {name: (ours, peer, unit, target)}.
 """
@@ -81,6 +87,13 @@ def _tx_packets(ifname):
         return int(f.read())
 
 
+def _cpu(proc):
+    """utime+stime seconds a running child has used so far."""
+    with open(f"/proc/{proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_at_exit(proc, timeout=60):
     """utime+stime seconds of an exiting child, read from /proc/PID/stat while it is a zombie, then reaped."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -130,7 +143,9 @@ def _ours(path):
             packets += 1
             udp += r.data[9] == 17 and len(r.data) >= 24 and int.from_bytes(r.data[22:24], "big") == UDP_PORT
         elif r.dropped is not None:
-            drops = r.dropped  # the last ISB holds the final count
+            drops, why = r.dropped, r.comments  # the last ISB holds the final count
+    if drops:
+        print(f"bench_capture: ours dropped {drops}: {' '.join(why)}", file=sys.stderr)
     return packets, udp, drops
 
 
@@ -142,7 +157,7 @@ def _peer(path, stderr):
     return counts["captured"], udp, counts.get("dropped by kernel")
 
 
-def run(megabytes=300, datagrams=20000):
+def run(megabytes=1000, datagrams=20000):
     name = f"bc{os.getpid() % 100000}"
     c = Lab.up(name, ipv6=False)
     workdir = f"/tmp/bench_capture.{os.getpid()}"
@@ -166,6 +181,7 @@ def run(megabytes=300, datagrams=20000):
         if not ready or "listening on" not in peer.stderr.readline():
             raise RuntimeError("tcpdump did not start")
         time.sleep(0.5)  # both attached
+        ours_start, peer_start = _cpu(ours), _cpu(peer)  # start-up: imports, loading, attaching
         tx0 = _tx_packets(c.host_if)
         started = time.monotonic()
         nbytes = _send_tcp(c.ipv4, megabytes << 20)
@@ -173,6 +189,7 @@ def run(megabytes=300, datagrams=20000):
         nbytes += _send_udp(c.ipv4, datagrams)
         time.sleep(1.0)  # let the last packets reach both files
         sent = _tx_packets(c.host_if) - tx0
+        ours_flowing, peer_flowing = _cpu(ours) - ours_start, _cpu(peer) - peer_start
         ours.send_signal(signal.SIGINT)
         peer.send_signal(signal.SIGINT)
         ours_cpu, peer_cpu = _cpu_at_exit(ours), _cpu_at_exit(peer)
@@ -180,6 +197,10 @@ def run(megabytes=300, datagrams=20000):
         ours_packets, ours_udp, ours_drops = _ours(ours_file)
         peer_packets, peer_udp, peer_drops = _peer(peer_file, peer_err)
         gb = nbytes / 1e9
+        ours_flow, peer_flow = ours_flowing / gb, peer_flowing / gb
+        # per GB each wrote to its file: a capturer that drops does not look cheaper for it
+        ours_written, peer_written = os.path.getsize(ours_file) / 1e9, os.path.getsize(peer_file) / 1e9
+        ratio = (ours_flowing / ours_written) / (peer_flowing / peer_written) if peer_flowing else None
         return {
             f"TCP stream into the container ({nbytes >> 20} MB total)": (round(gbit, 2), None, "Gbit/s", None),
             "packets written / packets the veth sent in": (round(100 * ours_packets / sent, 2),
@@ -188,6 +209,15 @@ def run(megabytes=300, datagrams=20000):
             "drops the capturer reports": (ours_drops, peer_drops, "packets", "<= 0"),
             "capturer CPU per GB of traffic (utime+stime)": (round(ours_cpu / gb, 3), round(peer_cpu / gb, 3),
                                                              "s/GB", None),
+            "capturer CPU per GB while the traffic flows (start-up and shutdown excluded)": (
+                round(ours_flow, 3), round(peer_flow, 3), "s/GB", None),
+            "CPU per GB written while the traffic flows: ratio to tcpdump's": (
+                None if ratio is None else round(ratio, 3), None, "ratio", "<= 1.0"),
+            "capturer start-up CPU (utime+stime before the traffic)": (round(ours_start, 3), round(peer_start, 3),
+                                                                       "s", None),
+            "capturer CPU from SIGINT to exit (last drain, statistics, shutdown)": (
+                round(ours_cpu - ours_start - ours_flowing, 3), round(peer_cpu - peer_start - peer_flowing, 3),
+                "s", None),
         }
     finally:
         for p in (ours, peer, sink):
