@@ -34,6 +34,7 @@ from pybpf.elf import ElfError, ElfFile
 from pybpf.errors import BpfError, FeatureUnavailable
 from pybpf.fd import Closeable
 from pybpf.layout import codec
+from pybpf.probesite import function_sites
 from pybpf.prog import load
 
 RESCAN_EVERY = 2.0  # seconds between looks for newly loaded TLS libraries
@@ -178,22 +179,26 @@ class TlsHooks(Closeable):
         if missing:
             self.notify(f"tls: {who} lacks {', '.join(missing)}; probing {', '.join(present)}")
         probed = Probed(len([p for p in self.probed.values() if p is not None]), mapped.path, library, present)
+        sites = function_sites(elf, present)
         try:
             with contextlib.ExitStack() as these:
-                for link in self._attach_library(mapped.open_path, elf, probed):
+                for link in self._attach_library(mapped.open_path, sites, probed):
                     these.enter_context(link)
                 self._probes.enter_context(these.pop_all())
         except BpfError as e:
             self.notify(f"tls: {who}: cannot probe it: {e}")
             return None
-        self.notify(f"tls: probing {mapped.path} ({library.name}: {', '.join(present)}; "
+        followed = "".join(f"; {s.symbol} probed in the function it calls first, at {s.followed:#x}"
+                           + (f", which {' and '.join(s.covers)} calls too" if s.covers else "")
+                           for s in sites if s.followed)
+        self.notify(f"tls: probing {mapped.path} ({library.name}: {', '.join(present)}{followed}; "
                     f"{'uprobe_multi links' if self.multi else 'perf-event uprobes'})")
         return probed
 
-    def _attach_library(self, path, elf, probed):
+    def _attach_library(self, path, sites, probed):
         """Yield the attachments for one library: entries first would leave calls no return takes."""
-        offsets = [elf.offset(f) for f in probed.functions]
-        cookies = [self.prog.cookie(f, probed.number) for f in probed.functions]
+        offsets = [site.offset for site in sites]
+        cookies = [self.prog.cookie(site.symbol, probed.number) for site in sites]
         if self.multi:
             yield attach.uprobe_multi(self.ret, path, offsets, ret=True)
             yield attach.uprobe_multi(self.enter, path, offsets, cookies=cookies)

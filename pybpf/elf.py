@@ -350,6 +350,16 @@ class ElfFile:
                 return vaddr - seg.vaddr + seg.offset
         raise ElfError(f"{self.path}: address {vaddr:#x} lies in no loaded segment")
 
+    def code(self, vaddr, size):
+        """`size` bytes of the file at virtual address `vaddr` (short at the end of its segment)."""
+        offset = self.file_offset(vaddr)
+        seg = next(s for s in self.segments if s.vaddr <= vaddr < s.vaddr + s.filesz)
+        try:
+            with open(self.path, "rb") as f:
+                return os.pread(f.fileno(), min(size, seg.offset + seg.filesz - offset), offset)
+        except OSError as e:
+            raise ElfError(f"{self.path}: cannot read: {e.strerror}") from None
+
     def offset(self, text):
         """The file offset of the code symbol `text` names (find()): what a uprobe attaches at."""
         sym = self.find(text)
