@@ -26,6 +26,8 @@ import os
 import socket
 import time
 
+import construct
+
 from bpfhook import procfs, synth
 from bpfhook.programs import conn_common
 from bpfhook.programs import tls as prog
@@ -248,7 +250,8 @@ class Plaintext:
         self.emit, self.describe = emit, describe  # describe(record) -> comment words
         self.before_new = before_new  # called before a connection's first packets are emitted
         self.prog = prog
-        self._decode = codec(prog.TlsEvent).decode
+        layout = codec(prog.TlsEvent)
+        self._values, self._names = layout.values_from, layout.names
         self._rng = rng
         self._by_tuple = {}  # (local, remote) -> _Conn
         self._by_handle = {}  # (tgid, handle) -> _Conn
@@ -259,9 +262,26 @@ class Plaintext:
 
     def record(self, record, now=None):
         prog = self.prog
-        ev = self._decode(record[:prog.HDR])  # a Container (a dict): items are its fast path
-        payload = record[prog.HDR:prog.HDR + ev["len"]]
+        values = self._values(record)
+        ts, pid_tgid, handle, sk, cgroup_id, cookie, total, offset, length, family, sport, dport, saddr, daddr, comm = values
+        payload = record[prog.HDR:prog.HDR + length]
         now = time.monotonic() if now is None else now
+        # the common case first: a whole call on a connection seen before, by a caller seen before
+        entry = self._by_socket.get((sk, family, saddr, sport, daddr, dport)) if sk and length == total else None
+        if entry is not None and not entry.ended and not entry.duplicate:
+            comment = self._comments.get((pid_tgid >> 32, comm, cgroup_id, cookie, False))
+            if comment is not None:
+                self.calls += 1
+                self.bytes += total
+                entry.used = now
+                self._by_handle[(pid_tgid >> 32, handle)] = entry
+                from_client = ((cookie >> 8 & 0xF) == prog.SENT) == entry.local_is_client
+                self.emit(ts, entry.conn.whole_call(from_client, payload), comment, from_client != entry.local_is_client)
+                return
+        self._record(construct.Container(zip(self._names, values)), payload, now)
+
+    def _record(self, ev, payload, now):
+        prog = self.prog
         if ev["offset"] == 0:
             self.calls += 1
             self.bytes += ev["total"]
@@ -282,7 +302,7 @@ class Plaintext:
         packets = entry.conn.handshake() if fresh else []
         packets += entry.conn.data(from_client, (ev["ts_ns"], ev["pid_tgid"]), ev["total"], ev["offset"], payload)
         for is_client, packet in packets:
-            self.emit(ev["ts_ns"], packet, comment, inbound=is_client != entry.local_is_client)
+            self.emit(ev["ts_ns"], packet, comment, is_client != entry.local_is_client)
 
     def _connection(self, ev, now):
         """(_Conn, whether it is new) for a record."""

@@ -237,3 +237,31 @@ def test_ciphertext_from_the_first_plaintext_on_is_the_plaintexts(plaintext):
     assert p.written(client, server, 101) and p.written(server, client, 150)
     assert not p.written(client, server, 200, syn=True)  # a new connection on the same ports
     assert not p.written(client, server, 201)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["SSL_read_ex", "SSL_write_ex"]), st.integers(1, 40000),
+                          st.integers(0, 3)), min_size=1, max_size=12))
+def test_whole_calls_take_the_same_sequence_numbers_as_pieces(calls):
+    """The fast path (a whole call in one record: Connection.whole_call) writes the packets that
+    Connection.data writes, whatever came before it: pieces of calls, calls with a lost piece."""
+    outs = []
+    for whole in (synth.Connection.whole_call, lambda c, fc, payload: c.data(fc, object(), len(payload), 0,
+                                                                              payload)[0][1]):
+        out = []
+        p = tls.Plaintext(lambda ts, packet, comment, inbound: out.append((packet, inbound)), lambda ev: "x",
+                          random.Random(4))
+        p._listens = lambda pid, port: port == 8443
+        original, synth.Connection.whole_call = synth.Connection.whole_call, whole
+        try:
+            for ts, (call, size, lose) in enumerate(calls):
+                data = bytes(range(256)) * (size // 256 + 1)
+                data = data[:size]
+                chunks = [data[at:at + prog.CHUNK] for at in range(0, size, prog.CHUNK)]
+                for index, chunk in enumerate(chunks):
+                    if len(chunks) > 1 and index == lose:
+                        continue  # lost in the ring
+                    p.record(record(ts, 100, 0xAA, 0xFF01, call, chunk, total=size, offset=index * prog.CHUNK))
+        finally:
+            synth.Connection.whole_call = original
+        outs.append(out)
+    assert outs[0] == outs[1]
