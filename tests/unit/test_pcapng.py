@@ -103,3 +103,17 @@ def test_packets_are_written_in_batches_whole_and_in_order(tmp_path):
     assert isinstance(records[1], pcapng.Statistics) and records[0].comment == "first"
     assert [r.ts_ns for r in records[2:]] == list(range(3, 2 + len(sent)))
     assert os.path.getsize(path) == w.bytes_written
+
+
+def test_short_writes_resume_where_they_stopped(tmp_path, monkeypatch):
+    """A writev that writes part of what it was given (a full disk, a pipe) is resumed mid-piece."""
+    path = tmp_path / "f.pcapng"
+    sent = [IP_UDP + bytes([i % 251]) * (i % 9) for i in range(300)]
+    real = os.writev
+    monkeypatch.setattr(pcapng.os, "writev", lambda fd, pieces: real(fd, [b"".join(bytes(p) for p in pieces)[:1001]]))
+    with pcapng.Writer(str(path), application="test") as w:
+        net = w.interface(pcapng.LINKTYPE_RAW, "x:net", None, 1500)
+        for i, data in enumerate(sent):
+            w.packet(net, i, data, comment=f"c{i % 2}")
+    assert [r.data for r in pcapng.Reader(str(path)) if isinstance(r, pcapng.Packet)] == sent
+    assert os.path.getsize(path) == w.bytes_written
