@@ -575,7 +575,8 @@ class Capture:
                                    comment=f"kernel: calls={values['calls']} lost_ring_full={lost} "
                                            f"truncated_calls={values['truncated']} faults={values['faults']} "
                                            f"without_syscall={values['no_socket']} written_calls={plain.calls} "
-                                           f"unknown_connection={plain.unknown} other_end_duplicates={plain.duplicates}")
+                                           f"unknown_connection={plain.unknown} other_end_duplicates={plain.duplicates} "
+                                           f"server_spoke_first={plain.server_first}")
         self._last_stats = time.monotonic()
 
     def close(self):

@@ -258,7 +258,7 @@ class Plaintext:
         self._by_socket = {}  # (sk, the record's address fields) -> _Conn: the common case, without parsing
         self._listening = {}  # pid -> (time read, ports)
         self._comments = {}  # (pid, comm, cgroup id, cookie, unknown) -> comment
-        self.calls = self.bytes = self.duplicates = self.unknown = 0
+        self.calls = self.bytes = self.duplicates = self.unknown = self.server_first = 0
 
     def record(self, record, now=None):
         prog = self.prog
@@ -297,6 +297,9 @@ class Plaintext:
         from_client = ((ev["cookie"] >> 8 & 0xF) == prog.SENT) == entry.local_is_client
         if fresh:
             entry.first_ts = ev["ts_ns"]
+            # a client speaks first (HTTP): a connection whose first plaintext is the server's had
+            # a read in flight when the probes were attached, which no uprobe sees return
+            self.server_first += bool(entry.sk) and not from_client
             if self.before_new is not None:
                 self.before_new()
         packets = entry.conn.handshake() if fresh else []

@@ -51,7 +51,8 @@ server.serve_forever()
 
 
 # Keep-alive load for the benchmark: `python -c LOAD HOST PORT CERT`; each "SECONDS" line on stdin
-# runs GET /hello on one connection for that long and prints how many requests completed.
+# runs GET /hello on one connection for that long and prints how many requests completed ("0":
+# exactly one request).
 LOAD = r"""
 import socket, ssl, sys, time
 host, port, cert = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -62,7 +63,7 @@ request = b"GET /hello HTTP/1.1\r\nHost: bench\r\n\r\n"
 print("ready", flush=True)
 for line in sys.stdin:
     deadline, done = time.monotonic() + float(line), 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline or not done and not float(line):
         sock.sendall(request)
         length = 0
         while (header := stream.readline()) != b"\r\n":

@@ -560,6 +560,31 @@ def test_hooks_give_the_plaintext(https, multi):
     assert notes and all(note.startswith("tls: probing ") and note.endswith(f"; {kind})") for note in notes)
 
 
+def test_a_read_in_flight_at_attach_is_the_one_call_missed_and_it_is_counted(https):
+    """A keep-alive connection idle in SSL_read_ex when the probes attach: that read entered before
+    any probe, so no uprobe sees it return; its request is the one missing (the benchmark's lost
+    request a phase), the server's answer comes first and is counted, and every later call is whole."""
+    c, server, cert = https
+    packets = []
+    hooks = tls.TlsHooks(c.cgroup_dir, c.pids, lambda note: None)
+    client = Client(c.ipv4, cert)
+    try:
+        client.exchange(get("/before"))  # the server's thread now waits in SSL_read_ex
+        plain = tls.Plaintext(lambda ts, packet, comment, inbound: packets.append(packet), lambda ev: "x")
+        with hooks.attach(), open_reader(hooks.events, callback=plain.record) as reader:
+            first = client.exchange(get("/in-flight"))
+            second = client.exchange(get("/after"))
+            assert eventually(lambda: reader.read(0.1) is not None and plain.calls >= 4, timeout=5)
+    finally:
+        client.close()
+        hooks.close()
+    segments = [flows.parse_packet(pcapng.LINKTYPE_RAW, p) for p in packets]
+    sent = b"".join(g.payload for g in segments if (str(g.src), g.sport) != (c.ipv4, PORT))
+    answered = b"".join(g.payload for g in segments if (str(g.src), g.sport) == (c.ipv4, PORT))
+    assert sent == get("/after") and answered == first + second
+    assert plain.server_first == 1
+
+
 # -- a Docker container --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

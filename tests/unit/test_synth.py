@@ -265,3 +265,16 @@ def test_whole_calls_take_the_same_sequence_numbers_as_pieces(calls):
             synth.Connection.whole_call = original
         outs.append(out)
     assert outs[0] == outs[1]
+
+
+def test_a_connection_whose_first_plaintext_is_the_answer_is_counted(plaintext):
+    """A keep-alive connection idle in SSL_read when the probes attach: that read's return is
+    never seen (no uprobe saw it enter), so the server's answer comes first; it is counted."""
+    p, out = plaintext
+    p.record(record(1, 100, 0xAA, 0xFF01, "SSL_read_ex", REQUEST))
+    p.record(record(2, 100, 0xAA, 0xFF01, "SSL_write_ex", RESPONSE))
+    assert p.server_first == 0
+    p.record(record(3, 100, 0xAB, 0xFF02, "SSL_write_ex", RESPONSE, remote=("10.77.1.1", 40406)))
+    p.record(record(4, 200, 0xAC, 0xFF03, "SSL_read_ex", RESPONSE, local=("10.77.1.1", 40408),
+                    remote=("10.77.1.9", 443)))  # a client in the container reading an answer first
+    assert p.server_first == 2
