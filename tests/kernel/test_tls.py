@@ -3,7 +3,8 @@ Python clients on the host, wget (GnuTLS) in the container as a client of a serv
 
 tshark (the independent reader) must find the exact request lines and statuses on the right
 4-tuples; analyze must list the requests; replay must send them byte for byte to a plain HTTP
-server (and, --tls, to the TLS server); nothing may be lost or reordered under keep-alive and
+server (and, --tls, to the TLS server; h2 by ALPN to nghttpd, which must receive exactly the
+captured requests); nothing may be lost or reordered under keep-alive and
 connection churn, with bodies of 1 byte, 16 KiB and 1 MiB; SIGKILL of the capture leaves no
 uprobe; missing libraries and symbols are one line each."""
 import contextlib
@@ -277,6 +278,83 @@ def test_replay_tls_to_the_https_server_gets_the_same_answers(https, basic):
     r = subprocess.run([sys.executable, "-m", "bpfhook", "replay", str(out), "--to", f"{c.ipv4}:{PORT}", "--tls",
                         "--flow", str(flow.id)], cwd=MAIN, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "certificate verify failed" in r.stdout
+
+
+def _nghttpd(start, address, root, port, key, cert, log):
+    """nghttpd (TLS, h2 by ALPN) serving `root`, its frame log (-v) to `log`; start runs it (the
+    lab container's spawn, or the host's Popen)."""
+    with open(log, "w") as f:
+        return start([oracles.require("nghttpd"), "-v", "-d", str(root), "-a", address, str(port), key, cert],
+                     stdout=f, stderr=subprocess.STDOUT)
+
+
+def _received(log):
+    """(:method, :path) of each request stream nghttpd's -v log says it received, in order."""
+    fields, seen = {}, []
+    for line in open(log, errors="replace"):
+        m = re.search(r"recv \(stream_id=(\d+)\) (:method|:path): (\S+)", line)
+        if m:
+            fields.setdefault(m[1], {})[m[2]] = m[3]
+            if len(fields[m[1]]) == 2:
+                seen.append((fields[m[1]][":method"], fields[m[1]][":path"]))
+    return seen
+
+
+def _listening(host, port, proc, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        assert proc.poll() is None, "nghttpd exited"
+        time.sleep(0.05)
+    raise AssertionError(f"nghttpd does not listen on {host}:{port}")
+
+
+def test_https_h2_plaintext_replays_with_tls_to_an_h2_server(https, tmp_path):
+    """nghttpd (h2 over TLS) in the container, nghttp on the host: capture --tls gives the h2
+    plaintext, and replay --tls sends it by ALPN h2 to a fresh nghttpd, which receives exactly
+    those requests and gives the same answers."""
+    c, _server, cert = https
+    nghttp = oracles.require("nghttp")
+    key = cert[:-len(".crt")] + ".key"
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "a.json").write_text('{"hello": "world"}\n')
+    (root / "big.txt").write_text("".join(f"line {i}\n" for i in range(6000)))  # > 16 KiB: many DATA frames
+    in_container = _nghttpd(c.spawn, c.ipv4, root, 9444, key, cert, tmp_path / "captured.log")
+    try:
+        _listening(c.ipv4, 9444, in_container)
+        out = tmp_path / "h2.pcapng"
+        proc = capture(out)
+        wait_started(proc, out)
+        paths = ["/a.json", "/big.txt", "/missing"]
+        r = subprocess.run([nghttp, "-n", *(f"https://{c.ipv4}:9444{p}" for p in paths)], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+        time.sleep(0.5)
+        stop(proc)
+    finally:
+        in_container.kill()
+        in_container.wait()
+    sent = _received(tmp_path / "captured.log")
+    assert sorted(sent) == sorted(("GET", p) for p in paths)
+    port = 9444  # the same port as the captured one: nghttpd's 404 page names it
+    fresh = _nghttpd(subprocess.Popen, "127.0.0.1", root, port, key, cert, tmp_path / "replayed.log")
+    try:
+        _listening("127.0.0.1", port, fresh)
+        r = subprocess.run([sys.executable, "-m", "bpfhook", "replay", str(out), "--to", f"127.0.0.1:{port}",
+                            "--tls", "--insecure", "--speed", "max", "--json"], cwd=MAIN, capture_output=True,
+                           text=True, timeout=120)
+    finally:
+        fresh.kill()
+        fresh.wait()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _received(tmp_path / "replayed.log") == sent
+    report = json.loads(r.stdout)
+    assert report["summary"] == dict(requests=3, identical=3, different=0, errors=0, uncompared=0), report
+    assert {(e["protocol"], e["path"], e["status"]) for e in report["exchanges"]} == {
+        ("h2", "/a.json", 200), ("h2", "/big.txt", 200), ("h2", "/missing", 404)}
 
 
 # -- volume: keep-alive, churn, large bodies ----------------------------------------------------
