@@ -15,13 +15,18 @@ per request: on a 2-CPU host the client and the server fill both CPUs, and what 
 process spends is taken from them. The client process lives through the whole run, idle between phases, and
 each tool is started before its phase and stopped after it.
 
-capture runs as a user types it, `bpfhook capture --container NAME --tls -w FILE`: uprobes on
-SSL_read, SSL_write, SSL_read_ex, SSL_write_ex (entry and return), the syscall tracepoints
-that tie a call to its socket, the plaintext copied to user space and written as packets.
-For scale, the third tool is capture with its defaults (net and uds, no TLS), what a user
-adds with `--net --uds`. bpftrace's one-liner probes the same functions' entries and
-returns, keeps only the container's cgroup, saves the buffer at entry and counts at return:
-less work than ours (no copy, no syscall hooks), the same traps.
+capture runs as a user types it, `bpfhook capture --container NAME --tls -w FILE`: uprobes for
+SSL_read, SSL_write, SSL_read_ex, SSL_write_ex (entry and return; on this libssl placed in
+the internal functions the _ex wrappers call, where the kernel emulates the probed
+instruction: docs/capture.md), the syscall tracepoints that tie a call to its socket, the
+plaintext copied to user space and written as packets. For scale, the third tool is capture
+with its defaults (net and uds, no TLS), what a user adds with `--net --uds`. bpftrace's
+one-liner probes the same functions' entries and returns as a user writes it (at the
+entries: single-stepped), keeps only the container's cgroup, saves the buffer at entry and
+counts at return: less work than ours (no copy, no syscall hooks), costlier traps. The
+client's and the server's CPU per request added by each tool is the figure the host's load
+disturbs least. Each tool phase starts with one untimed request: it completes the read the
+server was in when the tool attached, which no uprobe sees return (_requests_in).
 
 run() returns {name: (ours, peer, unit, target)}.
 """
