@@ -6,8 +6,8 @@ libssl is the one probed; so are those in the container's library
 directories that no process has loaded yet (a curl that runs for a moment
 after the capture started). Each file (device, inode) is probed once, for
 every process that maps it, and the container is looked at again every
-RESCAN_EVERY seconds for libraries loaded later from elsewhere, and at once
-when a process joins it. The programs (bpfhook.programs.tls) keep only
+RESCAN_EVERY seconds for libraries loaded later from elsewhere, and within
+JOINED_EVERY of a process joining it. The programs (bpfhook.programs.tls) keep only
 calls of the container's cgroup subtree, in the kernel. Their records
 become TCP/IP packets on the connection's addresses (bpfhook.synth):
 Plaintext below.
@@ -40,6 +40,9 @@ from pybpf.probesite import function_sites
 from pybpf.prog import load
 
 RESCAN_EVERY = 2.0  # seconds between looks for newly loaded TLS libraries
+# seconds between looks at the container's processes (a walk of its cgroups): a capture polls
+# its ring hundreds of times a second under load, ~9 records each
+JOINED_EVERY = 0.05
 ROLE_TTL = 1.0  # seconds a process's listening ports are trusted
 IDLE_FORGET = 600.0  # seconds after which a connection no call used is forgotten
 LIBRARY_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib")  # and their multiarch subdirs
@@ -96,7 +99,7 @@ class TlsHooks(Closeable):
         self.multi = features.has("link.uprobe_multi") if multi is None else multi
         self.probed = {}  # (dev, inode) -> Probed, or None: looked at, nothing to probe
         self._probes = None  # an ExitStack while attached
-        self._last_scan = 0.0
+        self._last_scan = self._last_joined = 0.0
         self._scanned_pids = set()
         self._stack = contextlib.ExitStack()
         self._closed = False
@@ -159,11 +162,16 @@ class TlsHooks(Closeable):
         return sum(1 for p in self.probed.values() if p is not None)
 
     def maybe_rescan(self):
-        """Look again every RESCAN_EVERY seconds, and at once when a process joined the container."""
+        """Look again every RESCAN_EVERY seconds, and within JOINED_EVERY of a process joining the container."""
         if self._probes is None:
             return
-        if time.monotonic() - self._last_scan >= RESCAN_EVERY or set(self._pids()) - self._scanned_pids:
-            self.rescan()
+        now = time.monotonic()
+        if now - self._last_scan >= RESCAN_EVERY:
+            self.rescan(now)
+        elif now - self._last_joined >= JOINED_EVERY:
+            self._last_joined = now
+            if set(self._pids()) - self._scanned_pids:
+                self.rescan(now)
 
     def _probe_file(self, mapped):
         library = library_of(mapped.path)
