@@ -50,7 +50,9 @@ def churn(tool_cmd, marker, churns):
                     break
                 time.sleep(0.01)
             else:
-                raise RuntimeError(f"{tool_cmd[0]} did not start")
+                err.seek(0)
+                said_last = (err.read().strip().splitlines() or ["nothing on stderr"])[-1]
+                raise RuntimeError(f"{tool_cmd[0]} did not start (exit {tool.poll()}): {said_last}")
             time.sleep(0.3)
             with contextlib.ExitStack() as stack:
                 loops = [stack.enter_context(Churn("spread")) for _ in range(churns)]
