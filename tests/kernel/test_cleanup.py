@@ -69,9 +69,17 @@ def netns_and_cgroup():
         pr_netns.remove(ns)
 
 
+def _default_signals():
+    # A shell without job control starts background commands with SIGINT ignored, and children
+    # inherit that: pybpf rightly leaves an ignored SIGINT alone, so the child must start from the defaults.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def start(legacy, ns, cgroup_dir, ending="wait"):
     child = subprocess.Popen([sys.executable, "-c", CHILD, "1" if legacy else "0", ns, cgroup_dir, ending],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             preexec_fn=_default_signals)
     line = child.stdout.readline()
     if not line:
         child.wait(10 * slow_factor())
