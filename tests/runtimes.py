@@ -208,8 +208,8 @@ def host_kept():
 # -- daemons ----------------------------------------------------------------------------------
 
 def skip_in_kernel_matrix():
-    """Engines run on the host only: the matrix's guests (vagrant/matrix.py sets BPFHOOK_SLOW) see
-    the host's files read-only, dockerd cannot make its state there, and under TCG it would take minutes."""
+    """Engines run on the host only: in the matrix's guests (vagrant/matrix.py sets BPFHOOK_SLOW:
+    the host's files read-only, TCG emulation) dockerd did not start, and would take minutes if it did."""
     if os.environ.get("BPFHOOK_SLOW"):
         pytest.skip("container engines are tested on the host, not in the kernel matrix")
 
