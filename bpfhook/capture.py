@@ -59,10 +59,17 @@ DRAIN_BYTES = 1 << 20  # ring bytes written, then given back to the kernel, at a
 _FLOW_HEAD = flat_struct(net_program.FlowHead)
 _FLOW_KEY = slice(net_program.FlowHead.sizeof() - net_program.FlowKey.sizeof(), net_program.FlowHead.sizeof())
 _EPB_BODY = flat_struct(pcapng.EpbBody)
-_EPB = struct.Struct("<II" + _EPB_BODY.format.lstrip("<"))  # the block's type and length, then the body
 _EPB_AT = net_program.FlowHead.sizeof()
-_DATA_AT = _EPB_AT + net_program.EPB_HEAD
 _U32 = struct.Struct("<I")
+
+
+def _epb_fields(record, at=0):
+    """(interface, timestamp, packet view, original length, epb_flags) of the EPB at `at` in a
+    ring record, as the program laid it out."""
+    interface, high, low, caplen, length = _EPB_BODY.unpack_from(record, at + 8)  # after type and length
+    data_at = at + net_program.EPB_HEAD
+    flags = _U32.unpack_from(record, data_at + (caplen + 3 & ~3) + 4)[0]  # epb_flags' value
+    return interface, (high << 32) | low, record[data_at:data_at + caplen], length, flags
 
 
 class CaptureError(BpfError):
@@ -335,11 +342,9 @@ class Capture:
                 self._unsaid = None
                 return run[index:]
             self._stale_bytes -= len(record) + 8  # (the ring's record header)
-            _type, _length, interface, high, low, caplen, length = _EPB.unpack_from(record)
-            data = record[net_program.EPB_HEAD:net_program.EPB_HEAD + caplen]
-            flags = _U32.unpack_from(record, net_program.EPB_HEAD + (caplen + 3 & ~3) + 4)[0]
+            interface, ts, data, length, flags = _epb_fields(record)
             comment = self._unsaid.pop(_flow_of(five_tuple(data)), None)
-            self.writer.packet(interface, (high << 32) | low, data, length, comment, flags)
+            self.writer.packet(interface, ts, data, length, comment, flags)
             self.counters.packets += 1
             self.counters.bytes += length
         return []
@@ -347,10 +352,8 @@ class Capture:
     def _on_flow(self, record):
         """A FLOW record: the first packet of a flow (every packet, per packet), with its head."""
         _kind, cgid, cookie = _FLOW_HEAD.unpack_from(record)[:3]
-        interface, high, low, caplen, length = _EPB_BODY.unpack_from(record, _EPB_AT + 8)
-        data = record[_DATA_AT:_DATA_AT + caplen]
-        flags = _U32.unpack_from(record, _DATA_AT + (caplen + 3 & ~3) + 4)[0]  # epb_flags' value
-        ts, inbound = (high << 32) | low, flags == pcapng.INBOUND
+        interface, ts, data, length, flags = _epb_fields(record, _EPB_AT)
+        inbound = flags == pcapng.INBOUND
         tuple5 = five_tuple(data)
         owner = self.owners.lookup(cookie, tuple5, inbound) if tuple5 else None
         if owner is None and not self._per_packet:

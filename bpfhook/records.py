@@ -73,9 +73,9 @@ LOST_SLOTS = {
     1: "conns",  # a close or state change found no conn entry (evicted from the LRU): bytes/duration unknown
 }
 LOST_EVENTS, LOST_CONNS = 0, 1
-# An event the ring buffer refused while under half full (the kernel failed the reservation itself:
-# its lock, since 6.15 a resilient spin lock, which gives up) goes to the "spill" map, a RECENT per
-# CPU: lost only when written over before user space read it
+# An event the ring buffer refused while under half full (the kernel failed the reservation itself;
+# why is not established: perhaps its lock, since 6.15 a resilient spin lock that can give up) goes
+# to the "spill" map, a RECENT per CPU: lost only when written over before user space read it
 
 # Slots of STATS, the "stats" map's value (u64s per CPU; user space sums the CPUs, or takes the max
 # for *_MAX): the summaries the report needs when events are not streamed to user space one by one.
